@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test: installs the DynamoDB emulator (moto) and the AWS CLI from PyPI when missing,
+# starts moto on a free port, runs fmt, clippy and the whole cargo test suite, and stops moto.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! python3 -c 'import moto.server, flask, flask_cors, awscli' >/dev/null 2>&1; then
+  echo "installing moto[server] and awscli from PyPI..."
+  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5' awscli
+fi
+
+mkdir -p target
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 -m moto.server -H 127.0.0.1 -p "$port" >target/moto.log 2>&1 &
+moto_pid=$!
+trap 'kill "$moto_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/')" >/dev/null 2>&1; then
+    break
+  fi
+  sleep 0.2
+done
+export AGENT_SERVER_TEST_DYNAMODB="http://127.0.0.1:$port"
+echo "moto (DynamoDB emulator) on $AGENT_SERVER_TEST_DYNAMODB"
+
+cargo fmt --check
+cargo clippy --all-targets --quiet -- -D warnings
+cargo test --all-targets "$@"

@@ -1,0 +1,209 @@
+//! Configuration from the environment (and a `.env` file in the working directory), with the seed's
+//! variable names. Invalid values stop the process at start with one line naming the variable.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_SESSIONS_TABLE: &str = "ai-agent-sessions";
+pub const DEFAULT_MESSAGES_TABLE: &str = "ai-agent-messages";
+pub const DEFAULT_SQLITE_PATH: &str = "./data/agent-server.db";
+pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful assistant for a business with several locations. \
+Answer the user's questions clearly and briefly, use the context you are given, and say so when you do not know.";
+
+/// A configuration value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {var}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+fn err(var: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        reason: reason.into(),
+    }
+}
+
+/// Where conversations are kept.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StorageConfig {
+    Sqlite {
+        path: PathBuf,
+    },
+    DynamoDb {
+        sessions_table: String,
+        messages_table: String,
+    },
+}
+
+/// Which model answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProviderConfig {
+    Echo,
+    OpenAi {
+        api_key: Option<String>,
+        base_url: String,
+        model: String,
+    },
+}
+
+impl ProviderConfig {
+    pub fn name(&self) -> String {
+        match self {
+            ProviderConfig::Echo => "echo".into(),
+            ProviderConfig::OpenAi {
+                model, base_url, ..
+            } => format!("openai ({model} at {base_url})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub storage: StorageConfig,
+    pub sessions_table: String,
+    pub messages_table: String,
+    pub host: IpAddr,
+    pub port: u16,
+    pub provider: ProviderConfig,
+    pub system_prompt: String,
+    pub history_max_messages: usize,
+    pub session_idle: Duration,
+    pub max_body_bytes: usize,
+    pub max_message_chars: usize,
+    pub llm_timeout: Duration,
+}
+
+/// Reads a variable; unset and empty are the same.
+fn var(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn parse_num<T>(name: &'static str, default: T, min: T) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    match var(name) {
+        None => Ok(default),
+        Some(v) => {
+            let n: T = v
+                .parse()
+                .map_err(|_| err(name, format!("{v:?} is not a number")))?;
+            if n < min {
+                return Err(err(name, format!("must be at least {min}")));
+            }
+            Ok(n)
+        }
+    }
+}
+
+impl Config {
+    /// Loads `.env` (when present) into the environment, then reads the configuration.
+    pub fn load() -> Result<Self, ConfigError> {
+        match dotenvy::dotenv() {
+            Ok(_) => {}
+            Err(e) if e.not_found() => {}
+            Err(e) => return Err(err(".env", e.to_string())),
+        }
+        Self::from_env()
+    }
+
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let sessions_var = var("DYNAMODB_SESSIONS_TABLE");
+        let messages_var = var("DYNAMODB_MESSAGES_TABLE");
+        let sessions_table = sessions_var
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SESSIONS_TABLE.into());
+        let messages_table = messages_var
+            .clone()
+            .unwrap_or_else(|| DEFAULT_MESSAGES_TABLE.into());
+        for (name, value) in [
+            ("DYNAMODB_SESSIONS_TABLE", &sessions_table),
+            ("DYNAMODB_MESSAGES_TABLE", &messages_table),
+        ] {
+            let ok = (3..=255).contains(&value.len())
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+            if !ok {
+                let name: &'static str = if name == "DYNAMODB_SESSIONS_TABLE" {
+                    "DYNAMODB_SESSIONS_TABLE"
+                } else {
+                    "DYNAMODB_MESSAGES_TABLE"
+                };
+                return Err(err(
+                    name,
+                    format!(
+                        "{value:?} is not a valid DynamoDB table name (3-255 of a-z A-Z 0-9 _ - .)"
+                    ),
+                ));
+            }
+        }
+        let dynamo = || StorageConfig::DynamoDb {
+            sessions_table: sessions_table.clone(),
+            messages_table: messages_table.clone(),
+        };
+        let sqlite = || StorageConfig::Sqlite {
+            path: PathBuf::from(var("SQLITE_PATH").unwrap_or_else(|| DEFAULT_SQLITE_PATH.into())),
+        };
+        let storage = match var("STORAGE").as_deref() {
+            Some("sqlite") => sqlite(),
+            Some("dynamodb") => dynamo(),
+            Some(other) => {
+                return Err(err(
+                    "STORAGE",
+                    format!("{other:?} is not one of sqlite, dynamodb"),
+                ));
+            }
+            // Someone who followed the seed's .env must not silently write to a local file.
+            None if sessions_var.is_some() || messages_var.is_some() => dynamo(),
+            None => sqlite(),
+        };
+        let host: IpAddr = match var("HOST") {
+            None => IpAddr::from([127, 0, 0, 1]),
+            Some(h) if h == "localhost" => IpAddr::from([127, 0, 0, 1]),
+            Some(h) => h
+                .parse()
+                .map_err(|_| err("HOST", format!("{h:?} is not an IP address")))?,
+        };
+        let port = parse_num::<u16>("PORT", 3000, 0)?;
+        let provider = match var("LLM_PROVIDER").as_deref() {
+            None | Some("echo") => ProviderConfig::Echo,
+            Some("openai") => ProviderConfig::OpenAi {
+                api_key: var("OPENAI_API_KEY"),
+                base_url: var("OPENAI_BASE_URL")
+                    .unwrap_or_else(|| "https://api.openai.com/v1".into())
+                    .trim_end_matches('/')
+                    .to_string(),
+                model: var("LLM_MODEL").unwrap_or_else(|| "gpt-4o-mini".into()),
+            },
+            Some(other) => {
+                return Err(err(
+                    "LLM_PROVIDER",
+                    format!("{other:?} is not one of echo, openai"),
+                ));
+            }
+        };
+        Ok(Config {
+            storage,
+            sessions_table,
+            messages_table,
+            host,
+            port,
+            provider,
+            system_prompt: var("AGENT_SYSTEM_PROMPT")
+                .unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.into()),
+            history_max_messages: parse_num("HISTORY_MAX_MESSAGES", 50usize, 0)?,
+            session_idle: Duration::from_secs(60 * parse_num("SESSION_IDLE_MINUTES", 30u64, 0)?),
+            max_body_bytes: parse_num("MAX_BODY_BYTES", 1024 * 1024usize, 1024)?,
+            max_message_chars: parse_num("MAX_MESSAGE_CHARS", 32_000usize, 1)?,
+            llm_timeout: Duration::from_secs(parse_num("LLM_TIMEOUT_SECONDS", 60u64, 1)?),
+        })
+    }
+}

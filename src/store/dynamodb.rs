@@ -1,0 +1,895 @@
+//! The DynamoDB backend, on the seed's two tables with the official AWS SDK.
+//!
+//! Serving uses only the actions of the seed's IAM policy (GetItem, PutItem, UpdateItem, DeleteItem,
+//! Query) and never Scan, BatchWriteItem, TransactWriteItems or DescribeTable.
+//!
+//! Our own extra attributes, which a reader of the seed's schema can ignore:
+//! - sessions: `lastMessageAt` (S), the timestamp of the session's newest message. Appends move it
+//!   forward with a conditional update, which is what makes message timestamps strictly increasing
+//!   within a session across server instances, and lets history reads detect a lagging GSI.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use futures::{StreamExt, TryStreamExt};
+use serde_json::{Number, Value};
+
+use super::{
+    Appended, ConversationStore, Cursor, Deleted, MAX_ITEM_BYTES, Message, MessageQuery, Metadata,
+    NewMessage, NewSession, Order, Page, PageRequest, Role, Session, StoreError, StoreResult,
+    message_item_bytes,
+};
+use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
+use crate::tables::{SESSION_TIMESTAMP_INDEX, TENANT_TIMESTAMP_INDEX, TENANT_USER_INDEX};
+use crate::timestamp;
+
+type Item = HashMap<String, AttributeValue>;
+
+/// How many deletes run at once when a session or a user is erased.
+const DELETE_CONCURRENCY: usize = 16;
+
+pub struct DynamoStore {
+    client: Client,
+    sessions: String,
+    messages: String,
+}
+
+impl DynamoStore {
+    pub fn new(
+        client: Client,
+        sessions_table: impl Into<String>,
+        messages_table: impl Into<String>,
+    ) -> Self {
+        Self {
+            client,
+            sessions: sessions_table.into(),
+            messages: messages_table.into(),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn get_session_item(&self, tenant: &str, id: &str) -> StoreResult<Option<Session>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.sessions)
+            .key("id", s(id))
+            .key("tenantId", s(tenant))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| map_err(&self.sessions, "GetItem", e))?;
+        out.item.map(session_from_item).transpose()
+    }
+
+    async fn get_message_item(&self, id: &str) -> StoreResult<Option<Message>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.messages)
+            .key("id", s(id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| map_err(&self.messages, "GetItem", e))?;
+        out.item.map(message_from_item).transpose()
+    }
+
+    /// All sessions of a user from TenantUserIndex (which is not sorted by time), newest first.
+    async fn all_user_sessions(
+        &self,
+        tenant: &str,
+        user: &str,
+        only_active: bool,
+    ) -> StoreResult<Vec<Session>> {
+        let mut sessions = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.sessions)
+                .index_name(TENANT_USER_INDEX)
+                .key_condition_expression("tenantId = :t AND userId = :u")
+                .expression_attribute_values(":t", s(tenant))
+                .expression_attribute_values(":u", s(user))
+                .set_exclusive_start_key(start.take());
+            if only_active {
+                q = q
+                    .filter_expression("isActive = :active")
+                    .expression_attribute_values(":active", AttributeValue::Bool(true));
+            }
+            let out = q
+                .send()
+                .await
+                .map_err(|e| map_err(&self.sessions, "Query", e))?;
+            for item in out.items.unwrap_or_default() {
+                sessions.push(session_from_item(item)?);
+            }
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        sessions.sort_by(|a, b| (&b.updated_at, &b.id).cmp(&(&a.updated_at, &a.id)));
+        Ok(sessions)
+    }
+
+    /// Runs a message query page by page until `limit + 1` items (to know whether more exist).
+    async fn collect_messages(
+        &self,
+        base: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+        limit: usize,
+        mut start: Option<Item>,
+    ) -> StoreResult<Page<Message>> {
+        let mut items = Vec::with_capacity(limit + 1);
+        loop {
+            let want = (limit + 1 - items.len()).max(1) as i32;
+            let out = base
+                .clone()
+                .limit(want)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| map_err(&self.messages, "Query", e))?;
+            for item in out.items.unwrap_or_default() {
+                items.push(message_from_item(item)?);
+            }
+            if items.len() > limit {
+                break;
+            }
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items
+                .last()
+                .map(|m| Cursor::new(&m.timestamp, m.id.as_str()))
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    /// Ids of every message of a session (tenant-checked).
+    async fn session_message_ids(&self, tenant: &str, session: &str) -> StoreResult<Vec<String>> {
+        let mut ids = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.messages)
+                .index_name(SESSION_TIMESTAMP_INDEX)
+                .key_condition_expression("sessionId = :s")
+                .filter_expression("tenantId = :t")
+                .expression_attribute_values(":s", s(session))
+                .expression_attribute_values(":t", s(tenant))
+                .projection_expression("#id")
+                .expression_attribute_names("#id", "id")
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| map_err(&self.messages, "Query", e))?;
+            for item in out.items.unwrap_or_default() {
+                if let Some(AttributeValue::S(id)) = item.get("id") {
+                    ids.push(id.clone());
+                }
+            }
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn delete_session_items(&self, tenant: &str, session: &str) -> StoreResult<usize> {
+        let ids = self.session_message_ids(tenant, session).await?;
+        let count = ids.len();
+        futures::stream::iter(ids)
+            .map(|id| async move {
+                self.client
+                    .delete_item()
+                    .table_name(&self.messages)
+                    .key("id", s(id))
+                    .condition_expression("tenantId = :t")
+                    .expression_attribute_values(":t", s(tenant))
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .or_else(|e| {
+                        if is_conditional_failure(&e) {
+                            Ok(())
+                        } else {
+                            Err(map_err(&self.messages, "DeleteItem", e))
+                        }
+                    })
+            })
+            .buffer_unordered(DELETE_CONCURRENCY)
+            .try_collect::<()>()
+            .await?;
+        self.client
+            .delete_item()
+            .table_name(&self.sessions)
+            .key("id", s(session))
+            .key("tenantId", s(tenant))
+            .send()
+            .await
+            .map_err(|e| map_err(&self.sessions, "DeleteItem", e))?;
+        Ok(count)
+    }
+
+    /// Moves the session's `lastMessageAt` forward over `count` new timestamps and returns them.
+    /// Returns the new timestamps and the session's previous `lastMessageAt` and `updatedAt`.
+    async fn reserve_timestamps(
+        &self,
+        tenant: &str,
+        session: &str,
+        count: usize,
+    ) -> StoreResult<(Vec<String>, Item)> {
+        let mut after: Option<String> = None;
+        for _ in 0..20 {
+            let stamps = timestamp::allocate(after.as_deref(), count);
+            let (first, last) = (stamps[0].clone(), stamps[count - 1].clone());
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.sessions)
+                .key("id", s(session))
+                .key("tenantId", s(tenant))
+                .update_expression("SET lastMessageAt = :last, updatedAt = :last")
+                .condition_expression(
+                    "attribute_exists(id) AND isActive = :active AND \
+                     (attribute_not_exists(lastMessageAt) OR lastMessageAt < :first)",
+                )
+                .expression_attribute_values(":last", s(last))
+                .expression_attribute_values(":first", s(first))
+                .expression_attribute_values(":active", AttributeValue::Bool(true))
+                .return_values(ReturnValue::UpdatedOld)
+                .send()
+                .await;
+            match result {
+                Ok(out) => return Ok((stamps, out.attributes.unwrap_or_default())),
+                Err(e) if is_conditional_failure(&e) => {
+                    let stored =
+                        self.get_session_item(tenant, session)
+                            .await?
+                            .ok_or_else(|| {
+                                StoreError::NotFound(format!("session {session} not found"))
+                            })?;
+                    if !stored.is_active {
+                        return Err(StoreError::Conflict(format!("session {session} is closed")));
+                    }
+                    after = stored.last_message_at;
+                }
+                Err(e) => return Err(map_err(&self.sessions, "UpdateItem", e)),
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "session {session} is being written by too many requests at once; retry"
+        )))
+    }
+}
+
+#[async_trait]
+impl ConversationStore for DynamoStore {
+    fn describe(&self) -> String {
+        format!("dynamodb (tables {} and {})", self.sessions, self.messages)
+    }
+
+    async fn check(&self) -> StoreResult<()> {
+        let probe = "__agent_server_readiness_probe__";
+        let (a, b) = futures::join!(
+            self.get_session_item(probe, probe),
+            self.get_message_item(probe)
+        );
+        a.and(b).map(|_| ()).map_err(|e| match e {
+            StoreError::Internal(m) => StoreError::Unavailable(m),
+            other => other,
+        })
+    }
+
+    async fn create_session(&self, new: NewSession) -> StoreResult<Session> {
+        let now = timestamp::now();
+        let session = Session {
+            id: SessionId::generate(),
+            tenant_id: new.tenant_id,
+            user_id: new.user_id,
+            location_id: new.location_id,
+            is_active: true,
+            created_at: now.clone(),
+            updated_at: now,
+            metadata: new.metadata,
+            last_message_at: None,
+        };
+        self.client
+            .put_item()
+            .table_name(&self.sessions)
+            .set_item(Some(session_item(&session)?))
+            .condition_expression("attribute_not_exists(id)")
+            .send()
+            .await
+            .map_err(|e| map_err(&self.sessions, "PutItem", e))?;
+        Ok(session)
+    }
+
+    async fn get_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<Session>> {
+        self.get_session_item(tenant.as_str(), id.as_str()).await
+    }
+
+    async fn find_active_session(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> StoreResult<Option<Session>> {
+        Ok(self
+            .all_user_sessions(tenant.as_str(), user.as_str(), true)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    async fn list_user_sessions(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        page: PageRequest,
+    ) -> StoreResult<Page<Session>> {
+        let all = self
+            .all_user_sessions(tenant.as_str(), user.as_str(), false)
+            .await?;
+        let mut items: Vec<Session> = all
+            .into_iter()
+            .filter(|s| match &page.cursor {
+                None => true,
+                Some(c) => {
+                    (s.updated_at.as_str(), s.id.as_str()) < (c.timestamp.as_str(), c.id.as_str())
+                }
+            })
+            .take(page.limit + 1)
+            .collect();
+        let next = if items.len() > page.limit {
+            items.truncate(page.limit);
+            items
+                .last()
+                .map(|s| Cursor::new(&s.updated_at, s.id.as_str()))
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn append_messages(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<Vec<Appended>> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Build and check every item before writing anything.
+        let provisional = timestamp::now();
+        let mut built: Vec<Message> = messages
+            .into_iter()
+            .map(|m| Message {
+                id: m.id,
+                tenant_id: tenant.clone(),
+                session_id: session.clone(),
+                user_id: m.user_id,
+                content: m.content,
+                role: m.role,
+                timestamp: provisional.clone(),
+                metadata: m.metadata,
+            })
+            .collect();
+        for m in &built {
+            let size = message_item_bytes(m);
+            if size > MAX_ITEM_BYTES {
+                return Err(StoreError::TooLarge(format!(
+                    "message {} is {size} bytes; DynamoDB's limit is {MAX_ITEM_BYTES} bytes per item",
+                    m.id
+                )));
+            }
+            message_item(m)?;
+        }
+        let (stamps, previous) = self
+            .reserve_timestamps(tenant.as_str(), session.as_str(), built.len())
+            .await?;
+        let reserved_last = stamps[stamps.len() - 1].clone();
+        for (m, ts) in built.iter_mut().zip(stamps) {
+            m.timestamp = ts;
+        }
+        let writes = built.into_iter().map(|m| async move {
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.messages)
+                .set_item(Some(message_item(&m)?))
+                .condition_expression("attribute_not_exists(id)")
+                .send()
+                .await;
+            match put {
+                Ok(_) => Ok(Appended {
+                    message: m,
+                    created: true,
+                }),
+                Err(e) if is_conditional_failure(&e) => {
+                    match self.get_message_item(m.id.as_str()).await? {
+                        Some(existing)
+                            if existing.tenant_id == m.tenant_id
+                                && existing.session_id == m.session_id =>
+                        {
+                            Ok(Appended {
+                                message: existing,
+                                created: false,
+                            })
+                        }
+                        _ => Err(StoreError::Conflict(format!(
+                            "message id {} is already used",
+                            m.id
+                        ))),
+                    }
+                }
+                Err(e) => Err(map_err(&self.messages, "PutItem", e)),
+            }
+        });
+        let appended = futures::future::try_join_all(writes).await?;
+        // Ids that were already stored did not use their reserved timestamps: move the session's
+        // marks back to the newest message really written, unless another append moved them since.
+        let newest_created = appended
+            .iter()
+            .filter(|a| a.created)
+            .map(|a| &a.message.timestamp)
+            .max();
+        if newest_created != Some(&reserved_last) {
+            let (last, updated) = match newest_created {
+                Some(ts) => (Some(s(ts.clone())), s(ts.clone())),
+                None => (
+                    previous.get("lastMessageAt").cloned(),
+                    previous
+                        .get("updatedAt")
+                        .cloned()
+                        .unwrap_or_else(|| s(timestamp::now())),
+                ),
+            };
+            let mut update = self
+                .client
+                .update_item()
+                .table_name(&self.sessions)
+                .key("id", s(session.as_str()))
+                .key("tenantId", s(tenant.as_str()))
+                .condition_expression("lastMessageAt = :reserved")
+                .expression_attribute_values(":reserved", s(reserved_last))
+                .expression_attribute_values(":updated", updated);
+            update = match last {
+                Some(last) => update
+                    .update_expression("SET lastMessageAt = :last, updatedAt = :updated")
+                    .expression_attribute_values(":last", last),
+                None => update.update_expression("SET updatedAt = :updated REMOVE lastMessageAt"),
+            };
+            match update.send().await {
+                Ok(_) => {}
+                Err(e) if is_conditional_failure(&e) => {}
+                Err(e) => return Err(map_err(&self.sessions, "UpdateItem", e)),
+            }
+        }
+        Ok(appended)
+    }
+
+    async fn list_messages(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        query: MessageQuery,
+    ) -> StoreResult<Page<Message>> {
+        // Timestamps are unique within a session, so a cursor's timestamp is an exact position.
+        let mut base = self
+            .client
+            .query()
+            .table_name(&self.messages)
+            .index_name(SESSION_TIMESTAMP_INDEX)
+            .filter_expression("tenantId = :t")
+            .expression_attribute_values(":s", s(session.as_str()))
+            .expression_attribute_values(":t", s(tenant.as_str()))
+            .scan_index_forward(query.order == Order::Asc);
+        let after = query.cursor.map(|c| c.timestamp);
+        let bounded = after.is_some() || query.before.is_some();
+        if bounded {
+            base = base.expression_attribute_names("#ts", "timestamp");
+        }
+        base = match (query.order, after, query.before) {
+            (Order::Desc, Some(a), Some(b)) => base
+                .key_condition_expression("sessionId = :s AND #ts < :hi")
+                .expression_attribute_values(":hi", s(a.min(b))),
+            (Order::Desc, Some(hi), None) | (_, None, Some(hi)) => base
+                .key_condition_expression("sessionId = :s AND #ts < :hi")
+                .expression_attribute_values(":hi", s(hi)),
+            (Order::Asc, Some(lo), before) => {
+                let b = base
+                    .key_condition_expression("sessionId = :s AND #ts > :lo")
+                    .expression_attribute_values(":lo", s(lo));
+                match before {
+                    Some(hi) => b
+                        .filter_expression("tenantId = :t AND #ts < :hi")
+                        .expression_attribute_values(":hi", s(hi)),
+                    None => b,
+                }
+            }
+            (_, None, None) => base.key_condition_expression("sessionId = :s"),
+        };
+        self.collect_messages(base, query.limit, None).await
+    }
+
+    async fn close_session(
+        &self,
+        tenant: &TenantId,
+        id: &SessionId,
+    ) -> StoreResult<Option<Session>> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.sessions)
+            .key("id", s(id.as_str()))
+            .key("tenantId", s(tenant.as_str()))
+            .update_expression("SET isActive = :false, updatedAt = :now")
+            .condition_expression("attribute_exists(id)")
+            .expression_attribute_values(":false", AttributeValue::Bool(false))
+            .expression_attribute_values(":now", s(timestamp::now()))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => out.attributes.map(session_from_item).transpose(),
+            Err(e) if is_conditional_failure(&e) => Ok(None),
+            Err(e) => Err(map_err(&self.sessions, "UpdateItem", e)),
+        }
+    }
+
+    async fn delete_session(
+        &self,
+        tenant: &TenantId,
+        id: &SessionId,
+    ) -> StoreResult<Option<usize>> {
+        if self
+            .get_session_item(tenant.as_str(), id.as_str())
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        self.delete_session_items(tenant.as_str(), id.as_str())
+            .await
+            .map(Some)
+    }
+
+    async fn delete_user(&self, tenant: &TenantId, user: &UserId) -> StoreResult<Deleted> {
+        let sessions = self
+            .all_user_sessions(tenant.as_str(), user.as_str(), false)
+            .await?;
+        let mut deleted = Deleted::default();
+        for session in sessions {
+            deleted.messages += self
+                .delete_session_items(tenant.as_str(), session.id.as_str())
+                .await?;
+            deleted.sessions += 1;
+        }
+        Ok(deleted)
+    }
+
+    async fn list_tenant_messages(
+        &self,
+        tenant: &TenantId,
+        query: MessageQuery,
+    ) -> StoreResult<Page<Message>> {
+        let mut base = self
+            .client
+            .query()
+            .table_name(&self.messages)
+            .index_name(TENANT_TIMESTAMP_INDEX)
+            .expression_attribute_values(":t", s(tenant.as_str()))
+            .scan_index_forward(query.order == Order::Asc);
+        base = match query.before {
+            Some(before) => base
+                .key_condition_expression("tenantId = :t AND #ts < :hi")
+                .expression_attribute_names("#ts", "timestamp")
+                .expression_attribute_values(":hi", s(before)),
+            None => base.key_condition_expression("tenantId = :t"),
+        };
+        // The cursor becomes the start key, always under the caller's own tenant.
+        let start = query.cursor.map(|c| {
+            HashMap::from([
+                ("tenantId".to_string(), s(tenant.as_str())),
+                ("timestamp".to_string(), s(c.timestamp)),
+                ("id".to_string(), s(c.id)),
+            ])
+        });
+        self.collect_messages(base, query.limit, start).await
+    }
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn is_conditional_failure<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    matches!(e, SdkError::ServiceError(se) if se.err().code() == Some("ConditionalCheckFailedException"))
+}
+
+/// Turns an SDK error into a store error that names the table, the action or the endpoint.
+/// Throttling and 5xx have already been retried by the SDK's standard retry policy by now.
+fn map_err<E, R>(table: &str, action: &str, e: SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: Debug,
+{
+    match &e {
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or_default();
+            let message = se.err().message().unwrap_or_default();
+            match code {
+                "ResourceNotFoundException" => StoreError::Unavailable(format!(
+                    "DynamoDB table {table} does not exist (create it with `agent-server tables create`)"
+                )),
+                "AccessDeniedException"
+                | "UnrecognizedClientException"
+                | "InvalidSignatureException"
+                | "ExpiredTokenException"
+                | "MissingAuthenticationTokenException" => StoreError::Unavailable(format!(
+                    "DynamoDB denied dynamodb:{action} on table {table} ({code}): grant it (see `agent-server tables iam-policy`) or fix the AWS credentials"
+                )),
+                "ProvisionedThroughputExceededException"
+                | "ThrottlingException"
+                | "RequestLimitExceeded" => StoreError::Unavailable(format!(
+                    "DynamoDB is throttling dynamodb:{action} on table {table}; retry later"
+                )),
+                "ValidationException" if message.contains("size") => StoreError::TooLarge(format!(
+                    "item too large for DynamoDB table {table}: {message}"
+                )),
+                _ => {
+                    tracing::error!(table, action, code, message, "DynamoDB error");
+                    StoreError::Internal(format!("DynamoDB {action} on {table} failed: {code}"))
+                }
+            }
+        }
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            tracing::error!(table, action, error = %aws_sdk_dynamodb::error::DisplayErrorContext(&e), "DynamoDB unreachable");
+            StoreError::Unavailable(format!(
+                "DynamoDB endpoint is unreachable (dynamodb:{action} on table {table})"
+            ))
+        }
+        _ => {
+            tracing::error!(table, action, error = %aws_sdk_dynamodb::error::DisplayErrorContext(&e), "DynamoDB request failed");
+            StoreError::Unavailable(format!(
+                "DynamoDB request dynamodb:{action} on table {table} could not be made (check AWS region and credentials)"
+            ))
+        }
+    }
+}
+
+// ---- items -------------------------------------------------------------------------------------
+
+/// JSON to a DynamoDB attribute value, applying DynamoDB's rules for numbers.
+pub(crate) fn to_attribute(value: &Value) -> StoreResult<AttributeValue> {
+    Ok(match value {
+        Value::Null => AttributeValue::Null(true),
+        Value::Bool(b) => AttributeValue::Bool(*b),
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
+                let a = f.abs();
+                if !f.is_finite() || a >= 1e126 || (a != 0.0 && a < 1e-130) {
+                    return Err(StoreError::Invalid(format!(
+                        "number {n} in metadata is outside DynamoDB's range (1e-130 to 1e125)"
+                    )));
+                }
+            }
+            AttributeValue::N(n.to_string())
+        }
+        Value::String(s) => AttributeValue::S(s.clone()),
+        Value::Array(items) => {
+            AttributeValue::L(items.iter().map(to_attribute).collect::<StoreResult<_>>()?)
+        }
+        Value::Object(map) => AttributeValue::M(to_attribute_map(map)?),
+    })
+}
+
+fn to_attribute_map(map: &Metadata) -> StoreResult<HashMap<String, AttributeValue>> {
+    map.iter()
+        .map(|(k, v)| Ok((k.clone(), to_attribute(v)?)))
+        .collect()
+}
+
+/// A DynamoDB attribute value to JSON (sets become arrays, binary becomes base64 text).
+pub(crate) fn from_attribute(value: &AttributeValue) -> Value {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    match value {
+        AttributeValue::S(s) => Value::String(s.clone()),
+        AttributeValue::N(n) => number(n),
+        AttributeValue::Bool(b) => Value::Bool(*b),
+        AttributeValue::Null(_) => Value::Null,
+        AttributeValue::L(items) => Value::Array(items.iter().map(from_attribute).collect()),
+        AttributeValue::M(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), from_attribute(v)))
+                .collect(),
+        ),
+        AttributeValue::Ss(items) => {
+            Value::Array(items.iter().cloned().map(Value::String).collect())
+        }
+        AttributeValue::Ns(items) => Value::Array(items.iter().map(|n| number(n)).collect()),
+        AttributeValue::B(b) => Value::String(b64(b.as_ref())),
+        AttributeValue::Bs(items) => Value::Array(
+            items
+                .iter()
+                .map(|b| Value::String(b64(b.as_ref())))
+                .collect(),
+        ),
+        _ => Value::Null,
+    }
+}
+
+fn number(n: &str) -> Value {
+    if let Ok(i) = n.parse::<i64>() {
+        return Value::Number(i.into());
+    }
+    if let Ok(u) = n.parse::<u64>() {
+        return Value::Number(u.into());
+    }
+    n.parse::<f64>()
+        .ok()
+        .and_then(Number::from_f64)
+        .map_or_else(|| Value::String(n.to_string()), Value::Number)
+}
+
+fn get_s(item: &Item, name: &str) -> StoreResult<String> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Ok(v.clone()),
+        _ => Err(StoreError::Internal(format!(
+            "stored item has no string attribute {name}"
+        ))),
+    }
+}
+
+fn get_opt_s(item: &Item, name: &str) -> Option<String> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+fn get_metadata(item: &Item) -> Option<Metadata> {
+    match item.get("metadata") {
+        Some(AttributeValue::M(m)) => Some(
+            m.iter()
+                .map(|(k, v)| (k.clone(), from_attribute(v)))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+fn bad(what: &str) -> StoreError {
+    StoreError::Internal(format!("stored {what} is not valid"))
+}
+
+pub(crate) fn session_item(s: &Session) -> StoreResult<Item> {
+    let mut item = HashMap::from([
+        ("id".to_string(), AttributeValue::S(s.id.to_string())),
+        (
+            "tenantId".to_string(),
+            AttributeValue::S(s.tenant_id.to_string()),
+        ),
+        (
+            "userId".to_string(),
+            AttributeValue::S(s.user_id.to_string()),
+        ),
+        ("isActive".to_string(), AttributeValue::Bool(s.is_active)),
+        (
+            "createdAt".to_string(),
+            AttributeValue::S(s.created_at.clone()),
+        ),
+        (
+            "updatedAt".to_string(),
+            AttributeValue::S(s.updated_at.clone()),
+        ),
+    ]);
+    if let Some(l) = &s.location_id {
+        item.insert("locationId".into(), AttributeValue::S(l.to_string()));
+    }
+    if let Some(m) = &s.metadata {
+        item.insert("metadata".into(), AttributeValue::M(to_attribute_map(m)?));
+    }
+    if let Some(t) = &s.last_message_at {
+        item.insert("lastMessageAt".into(), AttributeValue::S(t.clone()));
+    }
+    Ok(item)
+}
+
+pub(crate) fn session_from_item(item: Item) -> StoreResult<Session> {
+    Ok(Session {
+        id: SessionId::parse(get_s(&item, "id")?).map_err(|_| bad("session id"))?,
+        tenant_id: TenantId::parse(get_s(&item, "tenantId")?).map_err(|_| bad("tenant id"))?,
+        user_id: UserId::parse(get_s(&item, "userId")?).map_err(|_| bad("user id"))?,
+        location_id: get_opt_s(&item, "locationId").and_then(|l| LocationId::parse(l).ok()),
+        is_active: matches!(item.get("isActive"), Some(AttributeValue::Bool(true))),
+        created_at: get_s(&item, "createdAt")?,
+        updated_at: get_s(&item, "updatedAt")?,
+        last_message_at: get_opt_s(&item, "lastMessageAt"),
+        metadata: get_metadata(&item),
+    })
+}
+
+pub(crate) fn message_item(m: &Message) -> StoreResult<Item> {
+    let mut item = HashMap::from([
+        ("id".to_string(), AttributeValue::S(m.id.to_string())),
+        (
+            "tenantId".to_string(),
+            AttributeValue::S(m.tenant_id.to_string()),
+        ),
+        (
+            "sessionId".to_string(),
+            AttributeValue::S(m.session_id.to_string()),
+        ),
+        (
+            "userId".to_string(),
+            AttributeValue::S(m.user_id.to_string()),
+        ),
+        ("content".to_string(), AttributeValue::S(m.content.clone())),
+        (
+            "role".to_string(),
+            AttributeValue::S(m.role.as_str().to_string()),
+        ),
+        (
+            "timestamp".to_string(),
+            AttributeValue::S(m.timestamp.clone()),
+        ),
+    ]);
+    if let Some(md) = &m.metadata {
+        item.insert("metadata".into(), AttributeValue::M(to_attribute_map(md)?));
+    }
+    Ok(item)
+}
+
+pub(crate) fn message_from_item(item: Item) -> StoreResult<Message> {
+    Ok(Message {
+        id: MessageId::parse(get_s(&item, "id")?).map_err(|_| bad("message id"))?,
+        tenant_id: TenantId::parse(get_s(&item, "tenantId")?).map_err(|_| bad("tenant id"))?,
+        session_id: SessionId::parse(get_s(&item, "sessionId")?).map_err(|_| bad("session id"))?,
+        user_id: UserId::parse(get_s(&item, "userId")?).map_err(|_| bad("user id"))?,
+        content: get_s(&item, "content")?,
+        role: Role::parse(&get_s(&item, "role")?).ok_or_else(|| bad("role"))?,
+        timestamp: get_s(&item, "timestamp")?,
+        metadata: get_metadata(&item),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn metadata_round_trips_through_attribute_values() {
+        let v = json!({"a": 1, "b": [true, null, "x", 2.5], "c": {"d": -7}});
+        assert_eq!(from_attribute(&to_attribute(&v).unwrap()), v);
+    }
+
+    #[test]
+    fn numbers_outside_dynamodb_range_are_refused() {
+        assert!(to_attribute(&json!(1e300)).is_err());
+        assert!(to_attribute(&json!(1e-200)).is_err());
+        assert!(to_attribute(&json!(1e100)).is_ok());
+    }
+}

@@ -1,0 +1,55 @@
+//! Item size accounting shared by both backends, so that both refuse the same oversized messages
+//! before anything is written.
+
+use serde_json::Value;
+
+use super::{Message, Metadata};
+
+/// DynamoDB's maximum item size, in bytes (names and values, UTF-8).
+pub const MAX_ITEM_BYTES: usize = 400 * 1024;
+
+/// DynamoDB's size of a JSON value stored as an attribute value.
+pub(crate) fn value_bytes(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) => 1,
+        Value::Number(n) => n.to_string().len().div_ceil(2) + 1,
+        Value::String(s) => s.len(),
+        Value::Array(items) => 3 + items.iter().map(|v| 1 + value_bytes(v)).sum::<usize>(),
+        Value::Object(map) => 3 + map_bytes(map) + map.len(),
+    }
+}
+
+fn map_bytes(map: &Metadata) -> usize {
+    map.iter().map(|(k, v)| k.len() + value_bytes(v)).sum()
+}
+
+/// The size of a message item as DynamoDB counts it (our extra attributes included).
+pub fn message_item_bytes(m: &Message) -> usize {
+    let strings = [
+        ("id", m.id.as_str()),
+        ("tenantId", m.tenant_id.as_str()),
+        ("sessionId", m.session_id.as_str()),
+        ("userId", m.user_id.as_str()),
+        ("content", m.content.as_str()),
+        ("role", m.role.as_str()),
+        ("timestamp", m.timestamp.as_str()),
+    ];
+    let base: usize = strings.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let metadata = m
+        .metadata
+        .as_ref()
+        .map_or(0, |md| "metadata".len() + 3 + map_bytes(md) + md.len());
+    // room for `expiresAt` (a number) that retention may add
+    base + metadata + "expiresAt".len() + 12
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_strings_by_utf8_bytes() {
+        assert_eq!(value_bytes(&Value::String("é".into())), 2);
+        assert_eq!(value_bytes(&serde_json::json!({"ab": "cd"})), 3 + 4 + 1);
+    }
+}

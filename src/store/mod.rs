@@ -1,0 +1,289 @@
+//! The conversation store: sessions and messages of every tenant, on DynamoDB or embedded SQLite.
+//!
+//! One trait, [`ConversationStore`], with two implementations that behave the same way: the same
+//! ordering, idempotency, tenant scoping and paging. The conformance tests in `tests/store.rs` run one
+//! suite over both.
+
+mod cursor;
+pub mod dynamodb;
+mod item;
+pub mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub use cursor::Cursor;
+pub use item::{MAX_ITEM_BYTES, message_item_bytes};
+
+use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
+
+/// Free-form JSON stored with a session or message.
+pub type Metadata = Map<String, Value>;
+
+/// A conversation session, with the seed's attribute names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+    #[schema(value_type = String)]
+    pub id: SessionId,
+    #[schema(value_type = String)]
+    pub tenant_id: TenantId,
+    #[schema(value_type = String)]
+    pub user_id: UserId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub location_id: Option<LocationId>,
+    pub is_active: bool,
+    /// ISO-8601 UTC, microseconds.
+    pub created_at: String,
+    /// ISO-8601 UTC, microseconds: the last activity on the session.
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Metadata>,
+    /// Timestamp of the newest message (our own attribute `lastMessageAt`), used for read-your-writes.
+    #[serde(skip)]
+    pub last_message_at: Option<String>,
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Agent,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Agent => "agent",
+        }
+    }
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "user" => Some(Role::User),
+            "agent" => Some(Role::Agent),
+            _ => None,
+        }
+    }
+}
+
+/// A stored message, with the seed's attribute names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    #[schema(value_type = String)]
+    pub id: MessageId,
+    #[schema(value_type = String)]
+    pub tenant_id: TenantId,
+    #[schema(value_type = String)]
+    pub session_id: SessionId,
+    #[schema(value_type = String)]
+    pub user_id: UserId,
+    pub content: String,
+    pub role: Role,
+    /// ISO-8601 UTC, microseconds; strictly increasing within a session.
+    pub timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Metadata>,
+}
+
+/// What a caller gives to start a session.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub tenant_id: TenantId,
+    pub user_id: UserId,
+    pub location_id: Option<LocationId>,
+    pub metadata: Option<Metadata>,
+}
+
+/// What a caller gives to append a message; the store assigns the timestamp.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: MessageId,
+    pub user_id: UserId,
+    pub role: Role,
+    pub content: String,
+    pub metadata: Option<Metadata>,
+}
+
+/// The result of appending one message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appended {
+    pub message: Message,
+    /// False when a message with this id was already stored: the stored one is returned.
+    pub created: bool,
+}
+
+/// Oldest first or newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    Asc,
+    #[default]
+    Desc,
+}
+
+/// Which page of a list to read.
+#[derive(Debug, Clone, Default)]
+pub struct PageRequest {
+    pub limit: usize,
+    pub cursor: Option<Cursor>,
+}
+
+/// Which page of a message list to read.
+#[derive(Debug, Clone, Default)]
+pub struct MessageQuery {
+    pub limit: usize,
+    pub order: Order,
+    pub cursor: Option<Cursor>,
+    /// Only messages strictly older than this timestamp (fixed-width form).
+    pub before: Option<String>,
+}
+
+/// One page of a list, and where the next page starts when there is one.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<Cursor>,
+}
+
+/// What an erasure removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Deleted {
+    pub sessions: usize,
+    pub messages: usize,
+}
+
+/// Why a store operation failed. Small on purpose: the HTTP layer maps each kind to one status.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    /// The session does not exist for this tenant.
+    #[error("{0}")]
+    NotFound(String),
+    /// The operation conflicts with the stored state (closed session, id used elsewhere).
+    #[error("{0}")]
+    Conflict(String),
+    /// An item would exceed the storage limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A value the store cannot hold (bad cursor, bad metadata).
+    #[error("{0}")]
+    Invalid(String),
+    /// The storage is not reachable, a table is missing or a permission is denied: the message names it.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else; details are logged, not shown.
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The operations of the conversation store. Every call is scoped by tenant.
+#[async_trait]
+pub trait ConversationStore: Send + Sync + 'static {
+    /// `dynamodb` or `sqlite`, with where the data is.
+    fn describe(&self) -> String;
+    /// A cheap read that proves the storage answers (readiness).
+    async fn check(&self) -> StoreResult<()>;
+    async fn create_session(&self, new: NewSession) -> StoreResult<Session>;
+    async fn get_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<Session>>;
+    /// The user's active session with the most recent activity.
+    async fn find_active_session(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> StoreResult<Option<Session>>;
+    /// The user's sessions, most recent activity first.
+    async fn list_user_sessions(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        page: PageRequest,
+    ) -> StoreResult<Page<Session>>;
+    /// Appends messages to an active session with strictly increasing timestamps, in order.
+    /// A message whose id is already stored in this session is not stored again.
+    async fn append_messages(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<Vec<Appended>>;
+    async fn list_messages(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        query: MessageQuery,
+    ) -> StoreResult<Page<Message>>;
+    /// Marks the session inactive; `None` when it does not exist.
+    async fn close_session(
+        &self,
+        tenant: &TenantId,
+        id: &SessionId,
+    ) -> StoreResult<Option<Session>>;
+    /// Deletes the session and all its messages; the number of messages, `None` when absent.
+    async fn delete_session(&self, tenant: &TenantId, id: &SessionId)
+    -> StoreResult<Option<usize>>;
+    /// Deletes every session and message of one user (erasure request).
+    async fn delete_user(&self, tenant: &TenantId, user: &UserId) -> StoreResult<Deleted>;
+    /// The tenant's messages across sessions by time (newest first by default).
+    async fn list_tenant_messages(
+        &self,
+        tenant: &TenantId,
+        query: MessageQuery,
+    ) -> StoreResult<Page<Message>>;
+}
+
+/// The session's newest `limit` messages, oldest first, with read-your-writes.
+///
+/// On DynamoDB the session's messages come from a GSI, which is eventually consistent. The session
+/// item records the timestamp of its newest message, so a read that comes back without it is retried
+/// briefly (up to about half a second) instead of handing the model an incomplete history.
+pub async fn recent_history(
+    store: &dyn ConversationStore,
+    session: &Session,
+    limit: usize,
+) -> StoreResult<Vec<Message>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut delay = Duration::from_millis(10);
+    for attempt in 0.. {
+        let page = store
+            .list_messages(
+                &session.tenant_id,
+                &session.id,
+                MessageQuery {
+                    limit,
+                    order: Order::Desc,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let newest = page.items.first().map(|m| m.timestamp.as_str());
+        let complete = match (&session.last_message_at, newest) {
+            (None, _) => true,
+            (Some(expected), Some(newest)) => newest >= expected.as_str(),
+            (Some(_), None) => false,
+        };
+        if complete || attempt >= 6 {
+            if !complete {
+                tracing::warn!(session = %session.id, "history still incomplete after retries");
+            }
+            let mut items = page.items;
+            items.reverse();
+            return Ok(items);
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+    unreachable!()
+}

@@ -1,0 +1,610 @@
+//! The embedded backend: SQLite (bundled) in WAL mode, one writer connection and a few readers.
+//!
+//! Every call runs on Tokio's blocking pool so the async executor never waits on the disk. A write
+//! returns after its transaction commits; with WAL and `synchronous=NORMAL` a committed transaction
+//! survives the process being killed (only a power loss can roll back the newest commits).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+
+use super::{
+    Appended, ConversationStore, Cursor, Deleted, MAX_ITEM_BYTES, Message, MessageQuery, Metadata,
+    NewMessage, NewSession, Order, Page, PageRequest, Role, Session, StoreError, StoreResult,
+    message_item_bytes,
+};
+use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
+use crate::timestamp;
+
+/// The schema version this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    tenant_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    location_id TEXT,
+    is_active INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    last_message_at TEXT,
+    metadata TEXT,
+    PRIMARY KEY (tenant_id, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (tenant_id, user_id, updated_at, id);
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY NOT NULL,
+    tenant_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    content TEXT NOT NULL,
+    role TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    metadata TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_by_session ON messages (tenant_id, session_id, timestamp);
+CREATE INDEX IF NOT EXISTS messages_by_tenant ON messages (tenant_id, timestamp, id);
+CREATE INDEX IF NOT EXISTS messages_by_user ON messages (tenant_id, user_id);
+";
+
+const SESSION_COLUMNS: &str = "id, tenant_id, user_id, location_id, is_active, created_at, updated_at, last_message_at, metadata";
+const MESSAGE_COLUMNS: &str =
+    "id, tenant_id, session_id, user_id, content, role, timestamp, metadata";
+const MAX_READERS: usize = 8;
+
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn internal(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(format!("sqlite: {e}"))
+}
+
+fn open(path: &Path) -> StoreResult<Connection> {
+    let conn = Connection::open(path).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot open SQLite database {}: {e}",
+            path.display()
+        ))
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(internal)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
+    )
+    .map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot use SQLite database {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (and creates, with its folder) the database at `path`, migrating the schema.
+    pub fn open(path: impl Into<PathBuf>) -> StoreResult<Self> {
+        let path = path.into();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create folder {}: {e}", dir.display()))
+            })?;
+        }
+        let writer = open(&path)?;
+        let version: i64 = writer
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(internal)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Unavailable(format!(
+                "SQLite database {} has schema version {version}, newer than this build ({SCHEMA_VERSION})",
+                path.display()
+            )));
+        }
+        writer.execute_batch(SCHEMA).map_err(internal)?;
+        writer
+            .execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+            .map_err(internal)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(internal)?
+    }
+
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner
+                .readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => open(&inner.path)?,
+            };
+            let result = f(&conn);
+            let mut readers = inner.readers.lock().unwrap_or_else(|p| p.into_inner());
+            if readers.len() < MAX_READERS {
+                readers.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(internal)?
+    }
+}
+
+fn json_text(metadata: &Option<Metadata>) -> Option<String> {
+    metadata
+        .as_ref()
+        .map(|m| serde_json::Value::Object(m.clone()).to_string())
+}
+
+fn parse_json(text: Option<String>) -> Option<Metadata> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+}
+
+fn bad_row(what: &str) -> rusqlite::Error {
+    rusqlite::Error::InvalidColumnName(format!("stored {what} is not valid"))
+}
+
+fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
+    Ok(Session {
+        id: SessionId::parse(r.get::<_, String>(0)?).map_err(|_| bad_row("session id"))?,
+        tenant_id: TenantId::parse(r.get::<_, String>(1)?).map_err(|_| bad_row("tenant id"))?,
+        user_id: UserId::parse(r.get::<_, String>(2)?).map_err(|_| bad_row("user id"))?,
+        location_id: r
+            .get::<_, Option<String>>(3)?
+            .and_then(|l| LocationId::parse(l).ok()),
+        is_active: r.get(4)?,
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
+        last_message_at: r.get(7)?,
+        metadata: parse_json(r.get(8)?),
+    })
+}
+
+fn message_from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        id: MessageId::parse(r.get::<_, String>(0)?).map_err(|_| bad_row("message id"))?,
+        tenant_id: TenantId::parse(r.get::<_, String>(1)?).map_err(|_| bad_row("tenant id"))?,
+        session_id: SessionId::parse(r.get::<_, String>(2)?).map_err(|_| bad_row("session id"))?,
+        user_id: UserId::parse(r.get::<_, String>(3)?).map_err(|_| bad_row("user id"))?,
+        content: r.get(4)?,
+        role: Role::parse(&r.get::<_, String>(5)?).ok_or_else(|| bad_row("role"))?,
+        timestamp: r.get(6)?,
+        metadata: parse_json(r.get(7)?),
+    })
+}
+
+fn get_session(conn: &Connection, tenant: &str, id: &str) -> StoreResult<Option<Session>> {
+    conn.prepare_cached(&format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = ?1 AND id = ?2"
+    ))
+    .and_then(|mut s| {
+        s.query_row(params![tenant, id], session_from_row)
+            .optional()
+    })
+    .map_err(internal)
+}
+
+fn get_message(conn: &Connection, id: &str) -> StoreResult<Option<Message>> {
+    conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1"
+    ))
+    .and_then(|mut s| s.query_row(params![id], message_from_row).optional())
+    .map_err(internal)
+}
+
+/// Runs a message query with positional parameters and splits off the next-page cursor.
+fn message_page(
+    conn: &Connection,
+    sql: &str,
+    params: &[&dyn rusqlite::ToSql],
+    limit: usize,
+) -> StoreResult<Page<Message>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(internal)?;
+    let mut items = stmt
+        .query_map(params, message_from_row)
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(internal)?;
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items
+            .last()
+            .map(|m| Cursor::new(&m.timestamp, m.id.as_str()))
+    } else {
+        None
+    };
+    Ok(Page { items, next })
+}
+
+#[async_trait]
+impl ConversationStore for SqliteStore {
+    fn describe(&self) -> String {
+        format!("sqlite ({})", self.inner.path.display())
+    }
+
+    async fn check(&self) -> StoreResult<()> {
+        self.read(|c| {
+            c.query_row("SELECT count(*) FROM sessions WHERE 0", [], |_| Ok(()))
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("SQLite database does not answer: {e}"))
+                })
+        })
+        .await
+    }
+
+    async fn create_session(&self, new: NewSession) -> StoreResult<Session> {
+        let now = timestamp::now();
+        let session = Session {
+            id: SessionId::generate(),
+            tenant_id: new.tenant_id,
+            user_id: new.user_id,
+            location_id: new.location_id,
+            is_active: true,
+            created_at: now.clone(),
+            updated_at: now,
+            metadata: new.metadata,
+            last_message_at: None,
+        };
+        let s = session.clone();
+        self.write(move |c| {
+            c.prepare_cached(&format!(
+                "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ))
+            .and_then(|mut st| {
+                st.execute(params![
+                    s.id.as_str(),
+                    s.tenant_id.as_str(),
+                    s.user_id.as_str(),
+                    s.location_id.as_ref().map(|l| l.as_str()),
+                    s.is_active,
+                    s.created_at,
+                    s.updated_at,
+                    s.last_message_at,
+                    json_text(&s.metadata),
+                ])
+            })
+            .map_err(internal)?;
+            Ok(())
+        })
+        .await?;
+        Ok(session)
+    }
+
+    async fn get_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<Session>> {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.read(move |c| get_session(c, tenant.as_str(), id.as_str()))
+            .await
+    }
+
+    async fn find_active_session(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> StoreResult<Option<Session>> {
+        let (tenant, user) = (tenant.clone(), user.clone());
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = ?1 AND user_id = ?2 \
+                 AND is_active = 1 ORDER BY updated_at DESC, id DESC LIMIT 1"
+            ))
+            .and_then(|mut s| {
+                s.query_row(params![tenant.as_str(), user.as_str()], session_from_row)
+                    .optional()
+            })
+            .map_err(internal)
+        })
+        .await
+    }
+
+    async fn list_user_sessions(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        page: PageRequest,
+    ) -> StoreResult<Page<Session>> {
+        let (tenant, user) = (tenant.clone(), user.clone());
+        self.read(move |c| {
+            let (t, i) = page
+                .cursor
+                .map(|c| (c.timestamp, c.id))
+                .unwrap_or_else(|| ("\u{10FFFF}".into(), String::new()));
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = ?1 AND user_id = ?2 \
+                     AND (updated_at < ?3 OR (updated_at = ?3 AND id < ?4)) \
+                     ORDER BY updated_at DESC, id DESC LIMIT ?5"
+                ))
+                .map_err(internal)?;
+            let mut items = stmt
+                .query_map(
+                    params![tenant.as_str(), user.as_str(), t, i, page.limit as i64 + 1],
+                    session_from_row,
+                )
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(internal)?;
+            let next = if items.len() > page.limit {
+                items.truncate(page.limit);
+                items
+                    .last()
+                    .map(|s| Cursor::new(&s.updated_at, s.id.as_str()))
+            } else {
+                None
+            };
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    async fn append_messages(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<Vec<Appended>> {
+        let (tenant, session) = (tenant.clone(), session.clone());
+        self.write(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(internal)?;
+            let stored = get_session(&tx, tenant.as_str(), session.as_str())?
+                .ok_or_else(|| StoreError::NotFound(format!("session {session} not found")))?;
+            if !stored.is_active {
+                return Err(StoreError::Conflict(format!("session {session} is closed")));
+            }
+            // Validate everything before writing anything.
+            let mut results: Vec<Option<Appended>> = Vec::with_capacity(messages.len());
+            let mut fresh = 0;
+            for m in &messages {
+                match get_message(&tx, m.id.as_str())? {
+                    Some(existing)
+                        if existing.tenant_id == tenant && existing.session_id == session =>
+                    {
+                        results.push(Some(Appended { message: existing, created: false }))
+                    }
+                    Some(_) => {
+                        return Err(StoreError::Conflict(format!(
+                            "message id {} is already used",
+                            m.id
+                        )));
+                    }
+                    None => {
+                        fresh += 1;
+                        results.push(None)
+                    }
+                }
+            }
+            let mut stamps = timestamp::allocate(stored.last_message_at.as_deref(), fresh).into_iter();
+            let mut last = None;
+            let mut out = Vec::with_capacity(messages.len());
+            for (m, done) in messages.into_iter().zip(results) {
+                if let Some(done) = done {
+                    out.push(done);
+                    continue;
+                }
+                let ts = stamps.next().unwrap_or_default();
+                last = Some(ts.clone());
+                let message = Message {
+                    id: m.id,
+                    tenant_id: tenant.clone(),
+                    session_id: session.clone(),
+                    user_id: m.user_id,
+                    content: m.content,
+                    role: m.role,
+                    timestamp: ts,
+                    metadata: m.metadata,
+                };
+                let size = message_item_bytes(&message);
+                if size > MAX_ITEM_BYTES {
+                    return Err(StoreError::TooLarge(format!(
+                        "message {} is {size} bytes; the storage limit is {MAX_ITEM_BYTES} bytes per message",
+                        message.id
+                    )));
+                }
+                out.push(Appended { message, created: true });
+            }
+            for a in out.iter().filter(|a| a.created) {
+                let m = &a.message;
+                tx.prepare_cached(&format!(
+                    "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                ))
+                .and_then(|mut st| {
+                    st.execute(params![
+                        m.id.as_str(),
+                        m.tenant_id.as_str(),
+                        m.session_id.as_str(),
+                        m.user_id.as_str(),
+                        m.content,
+                        m.role.as_str(),
+                        m.timestamp,
+                        json_text(&m.metadata),
+                    ])
+                })
+                .map_err(internal)?;
+            }
+            if let Some(last) = last {
+                tx.execute(
+                    "UPDATE sessions SET last_message_at = ?1, updated_at = ?1 WHERE tenant_id = ?2 AND id = ?3",
+                    params![last, tenant.as_str(), session.as_str()],
+                )
+                .map_err(internal)?;
+            }
+            tx.commit().map_err(internal)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_messages(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        query: MessageQuery,
+    ) -> StoreResult<Page<Message>> {
+        let (tenant, session) = (tenant.clone(), session.clone());
+        self.read(move |c| {
+            let limit = query.limit;
+            // Timestamps are unique within a session, so the cursor's timestamp is the position.
+            let after = query.cursor.map(|c| c.timestamp);
+            let before = query.before;
+            let (cmp, dir) = match query.order {
+                Order::Desc => ("<", "DESC"),
+                Order::Asc => (">", "ASC"),
+            };
+            let sql = format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = ?1 AND session_id = ?2 \
+                 AND (?3 IS NULL OR timestamp {cmp} ?3) AND (?4 IS NULL OR timestamp < ?4) \
+                 ORDER BY timestamp {dir} LIMIT ?5"
+            );
+            message_page(
+                c,
+                &sql,
+                &[
+                    &tenant.as_str(),
+                    &session.as_str(),
+                    &after,
+                    &before,
+                    &(limit as i64 + 1),
+                ],
+                limit,
+            )
+        })
+        .await
+    }
+
+    async fn close_session(
+        &self,
+        tenant: &TenantId,
+        id: &SessionId,
+    ) -> StoreResult<Option<Session>> {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.write(move |c| {
+            c.prepare_cached(&format!(
+                "UPDATE sessions SET is_active = 0, updated_at = ?3 WHERE tenant_id = ?1 AND id = ?2 \
+                 RETURNING {SESSION_COLUMNS}"
+            ))
+            .and_then(|mut s| {
+                s.query_row(params![tenant.as_str(), id.as_str(), timestamp::now()], session_from_row)
+                    .optional()
+            })
+            .map_err(internal)
+        })
+        .await
+    }
+
+    async fn delete_session(
+        &self,
+        tenant: &TenantId,
+        id: &SessionId,
+    ) -> StoreResult<Option<usize>> {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.write(move |c| {
+            let tx = c.transaction().map_err(internal)?;
+            let messages = tx
+                .execute(
+                    "DELETE FROM messages WHERE tenant_id = ?1 AND session_id = ?2",
+                    params![tenant.as_str(), id.as_str()],
+                )
+                .map_err(internal)?;
+            let sessions = tx
+                .execute(
+                    "DELETE FROM sessions WHERE tenant_id = ?1 AND id = ?2",
+                    params![tenant.as_str(), id.as_str()],
+                )
+                .map_err(internal)?;
+            tx.commit().map_err(internal)?;
+            Ok((sessions > 0).then_some(messages))
+        })
+        .await
+    }
+
+    async fn delete_user(&self, tenant: &TenantId, user: &UserId) -> StoreResult<Deleted> {
+        let (tenant, user) = (tenant.clone(), user.clone());
+        self.write(move |c| {
+            let tx = c.transaction().map_err(internal)?;
+            let messages = tx
+                .execute(
+                    "DELETE FROM messages WHERE tenant_id = ?1 AND (user_id = ?2 OR session_id IN \
+                     (SELECT id FROM sessions WHERE tenant_id = ?1 AND user_id = ?2))",
+                    params![tenant.as_str(), user.as_str()],
+                )
+                .map_err(internal)?;
+            let sessions = tx
+                .execute(
+                    "DELETE FROM sessions WHERE tenant_id = ?1 AND user_id = ?2",
+                    params![tenant.as_str(), user.as_str()],
+                )
+                .map_err(internal)?;
+            tx.commit().map_err(internal)?;
+            Ok(Deleted { sessions, messages })
+        })
+        .await
+    }
+
+    async fn list_tenant_messages(
+        &self,
+        tenant: &TenantId,
+        query: MessageQuery,
+    ) -> StoreResult<Page<Message>> {
+        let tenant = tenant.clone();
+        self.read(move |c| {
+            let limit = query.limit;
+            let (t, i) = match query.cursor {
+                Some(c) => (Some(c.timestamp), c.id),
+                None => (None, String::new()),
+            };
+            let (cmp, dir) = match query.order {
+                Order::Desc => ("<", "DESC"),
+                Order::Asc => (">", "ASC"),
+            };
+            let sql = format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = ?1 \
+                 AND (?2 IS NULL OR timestamp {cmp} ?2 OR (timestamp = ?2 AND id {cmp} ?3)) \
+                 AND (?4 IS NULL OR timestamp < ?4) ORDER BY timestamp {dir}, id {dir} LIMIT ?5"
+            );
+            message_page(
+                c,
+                &sql,
+                &[&tenant.as_str(), &t, &i, &query.before, &(limit as i64 + 1)],
+                limit,
+            )
+        })
+        .await
+    }
+}

@@ -1,0 +1,103 @@
+//! SQLite keeps every acknowledged write when the process is killed with SIGKILL mid-write.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use agent_server::ids::{MessageId, SessionId, TenantId, UserId};
+use agent_server::store::sqlite::SqliteStore;
+use agent_server::store::{ConversationStore, MessageQuery, NewMessage, NewSession, Order, Role};
+
+const CHILD_DB: &str = "AGENT_SERVER_DURABILITY_CHILD_DB";
+
+/// The child: appends messages forever, printing each id once the append has returned.
+#[tokio::test]
+#[ignore = "run by sqlite_survives_kill_9 as a child process"]
+async fn writer_child() {
+    let path = std::env::var(CHILD_DB).expect("only run as a child of sqlite_survives_kill_9");
+    let store = SqliteStore::open(path).unwrap();
+    let tenant = TenantId::parse("acme").unwrap();
+    let user = UserId::parse("u1").unwrap();
+    let s = store
+        .create_session(NewSession {
+            tenant_id: tenant.clone(),
+            user_id: user.clone(),
+            location_id: None,
+            metadata: None,
+        })
+        .await
+        .unwrap();
+    let mut out = std::io::stdout();
+    writeln!(out, "session {}", s.id).unwrap();
+    out.flush().unwrap();
+    for i in 0.. {
+        let id = MessageId::generate();
+        let m = NewMessage {
+            id: id.clone(),
+            user_id: user.clone(),
+            role: Role::User,
+            content: format!("m{i}"),
+            metadata: None,
+        };
+        store
+            .append_messages(&tenant, &s.id, vec![m])
+            .await
+            .unwrap();
+        writeln!(out, "ack {id}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn sqlite_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("agent.db");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "writer_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DB, &db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut session = None;
+    let mut acked = HashSet::new();
+    while acked.len() < 300 {
+        let line = lines.next().expect("child output").unwrap();
+        // The test harness may print its own text before ours on the same line.
+        if let Some(id) = line.split_once("session ").map(|(_, id)| id) {
+            session = Some(SessionId::parse(id).unwrap());
+        } else if let Some(id) = line.strip_prefix("ack ") {
+            acked.insert(id.to_string());
+        }
+    }
+    child.kill().unwrap(); // SIGKILL, mid-write
+    child.wait().unwrap();
+    let store = SqliteStore::open(&db).unwrap();
+    let tenant = TenantId::parse("acme").unwrap();
+    let page = store
+        .list_messages(
+            &tenant,
+            &session.unwrap(),
+            MessageQuery {
+                limit: 100_000,
+                order: Order::Asc,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let stored: HashSet<String> = page.items.iter().map(|m| m.id.to_string()).collect();
+    let lost: Vec<_> = acked.difference(&stored).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged but lost after kill -9: {lost:?}"
+    );
+    assert!(stored.len() >= acked.len());
+}

@@ -1,0 +1,702 @@
+//! One conformance suite run unchanged over both backends: SQLite and DynamoDB (on the emulator).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use agent_server::ids::{MessageId, SessionId, TenantId, UserId};
+use agent_server::store::{
+    Appended, ConversationStore, Cursor, Deleted, Message, MessageQuery, NewMessage, NewSession,
+    Order, Page, PageRequest, Role, Session, StoreError, StoreResult, recent_history,
+};
+use async_trait::async_trait;
+use serde_json::json;
+
+fn tenant(t: &str) -> TenantId {
+    TenantId::parse(t).unwrap()
+}
+fn user(u: &str) -> UserId {
+    UserId::parse(u).unwrap()
+}
+
+async fn new_session(store: &dyn ConversationStore, t: &str, u: &str) -> Session {
+    store
+        .create_session(NewSession {
+            tenant_id: tenant(t),
+            user_id: user(u),
+            location_id: None,
+            metadata: None,
+        })
+        .await
+        .unwrap()
+}
+
+fn msg(u: &str, role: Role, content: &str) -> NewMessage {
+    NewMessage {
+        id: MessageId::generate(),
+        user_id: user(u),
+        role,
+        content: content.into(),
+        metadata: None,
+    }
+}
+
+async fn append(store: &dyn ConversationStore, s: &Session, contents: &[&str]) -> Vec<Message> {
+    let batch = contents
+        .iter()
+        .map(|c| msg(s.user_id.as_str(), Role::User, c))
+        .collect();
+    store
+        .append_messages(&s.tenant_id, &s.id, batch)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.message)
+        .collect()
+}
+
+async fn all_messages(
+    store: &dyn ConversationStore,
+    s: &Session,
+    order: Order,
+    page: usize,
+) -> Vec<Message> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let p = store
+            .list_messages(
+                &s.tenant_id,
+                &s.id,
+                MessageQuery {
+                    limit: page,
+                    order,
+                    cursor,
+                    before: None,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(p.items.len() <= page);
+        out.extend(p.items);
+        match p.next {
+            Some(c) => cursor = Some(c),
+            None => return out,
+        }
+    }
+}
+
+async fn sessions_round_trip_with_seed_fields(store: Arc<dyn ConversationStore>) {
+    let created = store
+        .create_session(NewSession {
+            tenant_id: tenant("acme"),
+            user_id: user("u1"),
+            location_id: Some(agent_server::ids::LocationId::parse("loc-9").unwrap()),
+            metadata: Some(
+                json!({"channel": "web", "n": 3, "nested": {"ok": true}})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+        })
+        .await
+        .unwrap();
+    assert!(created.is_active);
+    assert_eq!(created.created_at, created.updated_at);
+    assert!(
+        created.created_at.ends_with('Z') && created.created_at.len() == 27,
+        "{}",
+        created.created_at
+    );
+    let got = store
+        .get_session(&tenant("acme"), &created.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, created);
+    assert!(
+        store
+            .get_session(&tenant("acme"), &SessionId::generate())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let active = store
+        .find_active_session(&tenant("acme"), &user("u1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(active.id, created.id);
+    let closed = store
+        .close_session(&tenant("acme"), &created.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!closed.is_active);
+    assert!(
+        store
+            .find_active_session(&tenant("acme"), &user("u1"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let err = store
+        .append_messages(
+            &tenant("acme"),
+            &created.id,
+            vec![msg("u1", Role::User, "hi")],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(
+        store
+            .close_session(&tenant("acme"), &SessionId::generate())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn appends_are_ordered_and_idempotent(store: Arc<dyn ConversationStore>) {
+    let s = new_session(&*store, "acme", "u1").await;
+    let first = msg("u1", Role::User, "hello");
+    let reply = msg("u1", Role::Agent, "hi there");
+    let out = store
+        .append_messages(&s.tenant_id, &s.id, vec![first.clone(), reply.clone()])
+        .await
+        .unwrap();
+    assert!(out.iter().all(|a| a.created));
+    assert!(
+        out[0].message.timestamp < out[1].message.timestamp,
+        "the reply sorts after the message it answers"
+    );
+    // The same ids again: stored once, and the call says so.
+    let again = store
+        .append_messages(&s.tenant_id, &s.id, vec![first.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        vec![Appended {
+            message: out[0].message.clone(),
+            created: false
+        }]
+    );
+    let all = all_messages(&*store, &s, Order::Asc, 10).await;
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].content, "hello");
+    assert_eq!(all[1].role, Role::Agent);
+    // The same id in another tenant's session is refused, and reveals nothing.
+    let other = new_session(&*store, "globex", "u1").await;
+    let err = store
+        .append_messages(&other.tenant_id, &other.id, vec![first])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    // The session's activity moved with the messages.
+    let s2 = store
+        .get_session(&s.tenant_id, &s.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s2.updated_at, out[1].message.timestamp);
+}
+
+async fn concurrent_appends_get_strictly_increasing_timestamps(store: Arc<dyn ConversationStore>) {
+    let s = new_session(&*store, "acme", "u1").await;
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = store.clone();
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let batch = vec![
+                msg("u1", Role::User, &format!("q{i}")),
+                msg("u1", Role::Agent, &format!("a{i}")),
+            ];
+            store
+                .append_messages(&s.tenant_id, &s.id, batch)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut pairs = Vec::new();
+    for t in tasks {
+        let out = t.await.unwrap();
+        assert!(out[0].message.timestamp < out[1].message.timestamp);
+        pairs.push(out);
+    }
+    let all = all_messages(&*store, &s, Order::Asc, 100).await;
+    assert_eq!(all.len(), 32);
+    for w in all.windows(2) {
+        assert!(
+            w[0].timestamp < w[1].timestamp,
+            "{} < {}",
+            w[0].timestamp,
+            w[1].timestamp
+        );
+    }
+    // Each reply directly follows its question: batches are not interleaved.
+    for w in all.chunks(2) {
+        assert_eq!(w[0].content[1..], w[1].content[1..]);
+    }
+}
+
+async fn pages_through_250_messages_without_loss_or_repeat(store: Arc<dyn ConversationStore>) {
+    let s = new_session(&*store, "acme", "u1").await;
+    let mut written = Vec::new();
+    for chunk in 0..25 {
+        let contents: Vec<String> = (0..10).map(|i| format!("m{}", chunk * 10 + i)).collect();
+        let refs: Vec<&str> = contents.iter().map(|c| c.as_str()).collect();
+        written.extend(append(&*store, &s, &refs).await);
+    }
+    let ids: Vec<_> = written.iter().map(|m| m.id.clone()).collect();
+    let asc = all_messages(&*store, &s, Order::Asc, 37).await;
+    assert_eq!(asc.iter().map(|m| m.id.clone()).collect::<Vec<_>>(), ids);
+    let desc = all_messages(&*store, &s, Order::Desc, 37).await;
+    let mut rev = ids.clone();
+    rev.reverse();
+    assert_eq!(desc.iter().map(|m| m.id.clone()).collect::<Vec<_>>(), rev);
+    // `before` a timestamp gives the older ones, newest first.
+    let cut = &written[100].timestamp;
+    let page = store
+        .list_messages(
+            &s.tenant_id,
+            &s.id,
+            MessageQuery {
+                limit: 5,
+                before: Some(cut.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.items
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>(),
+        ["m99", "m98", "m97", "m96", "m95"]
+    );
+    // The tenant's messages by time page the same way (TenantTimestampIndex).
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let p = store
+            .list_tenant_messages(
+                &s.tenant_id,
+                MessageQuery {
+                    limit: 40,
+                    cursor,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        seen.extend(p.items.into_iter().map(|m| m.id));
+        match p.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, rev);
+}
+
+async fn tenant_messages_merge_sessions_by_time(store: Arc<dyn ConversationStore>) {
+    let a = new_session(&*store, "acme", "u1").await;
+    let b = new_session(&*store, "acme", "u2").await;
+    let other = new_session(&*store, "globex", "u1").await;
+    let mut expected = Vec::new();
+    for i in 0..6 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        expected.extend(append(&*store, s, &[&format!("x{i}")]).await);
+    }
+    append(&*store, &other, &["secret"]).await;
+    let p = store
+        .list_tenant_messages(
+            &tenant("acme"),
+            MessageQuery {
+                limit: 100,
+                order: Order::Asc,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.items, expected);
+    assert!(p.next.is_none());
+}
+
+async fn user_sessions_list_newest_activity_first(store: Arc<dyn ConversationStore>) {
+    let mut sessions = Vec::new();
+    for _ in 0..5 {
+        sessions.push(new_session(&*store, "acme", "u1").await);
+    }
+    new_session(&*store, "acme", "u2").await;
+    new_session(&*store, "globex", "u1").await;
+    // Activity on the oldest session moves it to the front.
+    append(&*store, &sessions[0], &["bump"]).await;
+    let mut ids = Vec::new();
+    let mut cursor = None;
+    loop {
+        let p = store
+            .list_user_sessions(
+                &tenant("acme"),
+                &user("u1"),
+                PageRequest { limit: 2, cursor },
+            )
+            .await
+            .unwrap();
+        ids.extend(p.items.iter().map(|s| s.id.clone()));
+        match p.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let expected: Vec<_> = [0, 4, 3, 2, 1]
+        .iter()
+        .map(|&i| sessions[i].id.clone())
+        .collect();
+    assert_eq!(ids, expected);
+    let active = store
+        .find_active_session(&tenant("acme"), &user("u1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(active.id, sessions[0].id);
+}
+
+async fn guessed_ids_and_cursors_never_cross_tenants(store: Arc<dyn ConversationStore>) {
+    let mine = new_session(&*store, "acme", "u1").await;
+    append(&*store, &mine, &["private", "more private"]).await;
+    let theirs = tenant("globex");
+    assert!(
+        store
+            .get_session(&theirs, &mine.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let p = store
+        .list_messages(
+            &theirs,
+            &mine.id,
+            MessageQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(p.items.is_empty());
+    let err = store
+        .append_messages(&theirs, &mine.id, vec![msg("u1", Role::User, "x")])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert!(
+        store
+            .close_session(&theirs, &mine.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .delete_session(&theirs, &mine.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store.delete_user(&theirs, &user("u1")).await.unwrap(),
+        Deleted::default()
+    );
+    // A cursor made from acme's data, used by globex, still reads only globex's data.
+    let acme_page = store
+        .list_tenant_messages(
+            &tenant("acme"),
+            MessageQuery {
+                limit: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let forged = acme_page.next.unwrap();
+    let p = store
+        .list_tenant_messages(
+            &theirs,
+            MessageQuery {
+                limit: 10,
+                cursor: Some(forged.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(p.items.is_empty());
+    let p = store
+        .list_messages(
+            &theirs,
+            &mine.id,
+            MessageQuery {
+                limit: 10,
+                cursor: Some(forged),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(p.items.is_empty());
+    let p = store
+        .list_user_sessions(
+            &theirs,
+            &user("u1"),
+            PageRequest {
+                limit: 10,
+                cursor: Some(Cursor::new("9999-01-01T00:00:00.000000Z", "zzz")),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(p.items.is_empty());
+    // acme's data is intact.
+    assert_eq!(all_messages(&*store, &mine, Order::Asc, 10).await.len(), 2);
+}
+
+async fn large_messages_store_and_oversized_ones_are_refused_whole(
+    store: Arc<dyn ConversationStore>,
+) {
+    let s = new_session(&*store, "acme", "u1").await;
+    let big = "é".repeat(175 * 1024); // 350 KB of UTF-8
+    let stored = append(&*store, &s, &[&big]).await;
+    let back = all_messages(&*store, &s, Order::Asc, 10).await;
+    assert_eq!(back, stored);
+    assert_eq!(back[0].content.len(), 350 * 1024);
+    let huge = "x".repeat(401 * 1024);
+    let before = store
+        .get_session(&s.tenant_id, &s.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let err = store
+        .append_messages(
+            &s.tenant_id,
+            &s.id,
+            vec![msg("u1", Role::User, "fine"), msg("u1", Role::Agent, &huge)],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::TooLarge(_)), "{err:?}");
+    // Nothing of the refused turn was written.
+    assert_eq!(all_messages(&*store, &s, Order::Asc, 10).await.len(), 1);
+    let after = store
+        .get_session(&s.tenant_id, &s.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(before.updated_at, after.updated_at);
+}
+
+async fn deleting_a_session_and_erasing_a_user_remove_everything(
+    store: Arc<dyn ConversationStore>,
+) {
+    let a = new_session(&*store, "acme", "u1").await;
+    let b = new_session(&*store, "acme", "u1").await;
+    let keep = new_session(&*store, "acme", "u2").await;
+    append(&*store, &a, &["1", "2", "3"]).await;
+    append(&*store, &b, &["4"]).await;
+    append(&*store, &keep, &["5"]).await;
+    assert_eq!(
+        store.delete_session(&tenant("acme"), &a.id).await.unwrap(),
+        Some(3)
+    );
+    assert!(
+        store
+            .get_session(&tenant("acme"), &a.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(all_messages(&*store, &a, Order::Asc, 10).await.is_empty());
+    assert_eq!(
+        store.delete_session(&tenant("acme"), &a.id).await.unwrap(),
+        None
+    );
+    let erased = store
+        .delete_user(&tenant("acme"), &user("u1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        erased,
+        Deleted {
+            sessions: 1,
+            messages: 1
+        }
+    );
+    let left = store
+        .list_tenant_messages(
+            &tenant("acme"),
+            MessageQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        left.items
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>(),
+        ["5"]
+    );
+    let p = store
+        .list_user_sessions(
+            &tenant("acme"),
+            &user("u1"),
+            PageRequest {
+                limit: 10,
+                cursor: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(p.items.is_empty());
+}
+
+/// A store whose first message query misses the newest item, as a lagging GSI can.
+struct LaggingIndex {
+    inner: Arc<dyn ConversationStore>,
+    lagged: AtomicBool,
+}
+
+#[async_trait]
+impl ConversationStore for LaggingIndex {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn check(&self) -> StoreResult<()> {
+        self.inner.check().await
+    }
+    async fn create_session(&self, new: NewSession) -> StoreResult<Session> {
+        self.inner.create_session(new).await
+    }
+    async fn get_session(&self, t: &TenantId, id: &SessionId) -> StoreResult<Option<Session>> {
+        self.inner.get_session(t, id).await
+    }
+    async fn find_active_session(&self, t: &TenantId, u: &UserId) -> StoreResult<Option<Session>> {
+        self.inner.find_active_session(t, u).await
+    }
+    async fn list_user_sessions(
+        &self,
+        t: &TenantId,
+        u: &UserId,
+        p: PageRequest,
+    ) -> StoreResult<Page<Session>> {
+        self.inner.list_user_sessions(t, u, p).await
+    }
+    async fn append_messages(
+        &self,
+        t: &TenantId,
+        s: &SessionId,
+        m: Vec<NewMessage>,
+    ) -> StoreResult<Vec<Appended>> {
+        self.inner.append_messages(t, s, m).await
+    }
+    async fn list_messages(
+        &self,
+        t: &TenantId,
+        s: &SessionId,
+        q: MessageQuery,
+    ) -> StoreResult<Page<Message>> {
+        let mut page = self.inner.list_messages(t, s, q.clone()).await?;
+        if q.order == Order::Desc
+            && !self.lagged.swap(true, Ordering::SeqCst)
+            && !page.items.is_empty()
+        {
+            page.items.remove(0);
+        }
+        Ok(page)
+    }
+    async fn close_session(&self, t: &TenantId, id: &SessionId) -> StoreResult<Option<Session>> {
+        self.inner.close_session(t, id).await
+    }
+    async fn delete_session(&self, t: &TenantId, id: &SessionId) -> StoreResult<Option<usize>> {
+        self.inner.delete_session(t, id).await
+    }
+    async fn delete_user(&self, t: &TenantId, u: &UserId) -> StoreResult<Deleted> {
+        self.inner.delete_user(t, u).await
+    }
+    async fn list_tenant_messages(
+        &self,
+        t: &TenantId,
+        q: MessageQuery,
+    ) -> StoreResult<Page<Message>> {
+        self.inner.list_tenant_messages(t, q).await
+    }
+}
+
+async fn history_reads_its_own_writes_through_a_lagging_index(store: Arc<dyn ConversationStore>) {
+    let s = new_session(&*store, "acme", "u1").await;
+    append(&*store, &s, &["one", "two", "three"]).await;
+    let lagging = LaggingIndex {
+        inner: store.clone(),
+        lagged: AtomicBool::new(false),
+    };
+    let session = lagging
+        .get_session(&s.tenant_id, &s.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let history = recent_history(&lagging, &session, 2).await.unwrap();
+    assert!(
+        lagging.lagged.load(Ordering::SeqCst),
+        "the first read was short"
+    );
+    assert_eq!(
+        history
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>(),
+        ["two", "three"]
+    );
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let s = crate::common::store("sqlite").await;
+                    super::$name(s.store.clone()).await;
+                }
+            )*
+        }
+        mod dynamodb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let s = crate::common::store("dynamodb").await;
+                    super::$name(s.store.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    sessions_round_trip_with_seed_fields,
+    appends_are_ordered_and_idempotent,
+    concurrent_appends_get_strictly_increasing_timestamps,
+    pages_through_250_messages_without_loss_or_repeat,
+    tenant_messages_merge_sessions_by_time,
+    user_sessions_list_newest_activity_first,
+    guessed_ids_and_cursors_never_cross_tenants,
+    large_messages_store_and_oversized_ones_are_refused_whole,
+    deleting_a_session_and_erasing_a_user_remove_everything,
+    history_reads_its_own_writes_through_a_lagging_index,
+);
