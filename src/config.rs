@@ -41,7 +41,9 @@ pub enum StorageConfig {
 /// Which model answers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProviderConfig {
-    Echo,
+    Echo {
+        chunk_delay: Duration,
+    },
     OpenAi {
         api_key: Option<String>,
         base_url: String,
@@ -52,7 +54,7 @@ pub enum ProviderConfig {
 impl ProviderConfig {
     pub fn name(&self) -> String {
         match self {
-            ProviderConfig::Echo => "echo".into(),
+            ProviderConfig::Echo { .. } => "echo".into(),
             ProviderConfig::OpenAi {
                 model, base_url, ..
             } => format!("openai ({model} at {base_url})"),
@@ -174,7 +176,9 @@ impl Config {
         };
         let port = parse_num::<u16>("PORT", 3000, 0)?;
         let provider = match var("LLM_PROVIDER").as_deref() {
-            None | Some("echo") => ProviderConfig::Echo,
+            None | Some("echo") => ProviderConfig::Echo {
+                chunk_delay: Duration::from_millis(parse_num("ECHO_CHUNK_DELAY_MS", 0u64, 0)?),
+            },
             Some("openai") => ProviderConfig::OpenAi {
                 api_key: var("OPENAI_API_KEY"),
                 base_url: var("OPENAI_BASE_URL")

@@ -1,7 +1,10 @@
 //! agent-server: a multi-tenant AI agent conversation server on DynamoDB or embedded SQLite.
 
+pub mod agent;
 pub mod config;
+pub mod http;
 pub mod ids;
+pub mod llm;
 pub mod store;
 pub mod tables;
 pub mod timestamp;

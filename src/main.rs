@@ -15,6 +15,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the HTTP API (HOST, PORT; storage and model provider from the environment).
+    Serve,
     /// Manage the DynamoDB tables (uses DYNAMODB_SESSIONS_TABLE / DYNAMODB_MESSAGES_TABLE).
     Tables {
         #[command(subcommand)]
@@ -47,7 +49,30 @@ async fn main() -> ExitCode {
         Err(e) => return fail(e),
     };
     match cli.command {
+        Command::Serve => {
+            init_logging();
+            match agent_server::http::serve(config).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
         Command::Tables { command } => run_tables(&config, command).await,
+    }
+}
+
+/// Logs to stdout: `LOG_FORMAT=json` for JSON lines, otherwise human-readable; `RUST_LOG` filters.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .init();
     }
 }
 

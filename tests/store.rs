@@ -188,6 +188,21 @@ async fn appends_are_ordered_and_idempotent(store: Arc<dyn ConversationStore>) {
     assert_eq!(all.len(), 2);
     assert_eq!(all[0].content, "hello");
     assert_eq!(all[1].role, Role::Agent);
+    assert_eq!(
+        store
+            .get_message(&s.tenant_id, &out[1].message.id)
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&out[1].message)
+    );
+    assert_eq!(
+        store
+            .get_message(&tenant("globex"), &out[1].message.id)
+            .await
+            .unwrap(),
+        None
+    );
     // The same id in another tenant's session is refused, and reveals nothing.
     let other = new_session(&*store, "globex", "u1").await;
     let err = store
@@ -605,6 +620,9 @@ impl ConversationStore for LaggingIndex {
         m: Vec<NewMessage>,
     ) -> StoreResult<Vec<Appended>> {
         self.inner.append_messages(t, s, m).await
+    }
+    async fn get_message(&self, t: &TenantId, id: &MessageId) -> StoreResult<Option<Message>> {
+        self.inner.get_message(t, id).await
     }
     async fn list_messages(
         &self,

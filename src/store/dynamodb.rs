@@ -488,6 +488,13 @@ impl ConversationStore for DynamoStore {
         Ok(appended)
     }
 
+    async fn get_message(&self, tenant: &TenantId, id: &MessageId) -> StoreResult<Option<Message>> {
+        Ok(self
+            .get_message_item(id.as_str())
+            .await?
+            .filter(|m| &m.tenant_id == tenant))
+    }
+
     async fn list_messages(
         &self,
         tenant: &TenantId,

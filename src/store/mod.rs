@@ -217,6 +217,8 @@ pub trait ConversationStore: Send + Sync + 'static {
         session: &SessionId,
         messages: Vec<NewMessage>,
     ) -> StoreResult<Vec<Appended>>;
+    /// One message by id, only when it belongs to the tenant.
+    async fn get_message(&self, tenant: &TenantId, id: &MessageId) -> StoreResult<Option<Message>>;
     async fn list_messages(
         &self,
         tenant: &TenantId,

@@ -471,6 +471,12 @@ impl ConversationStore for SqliteStore {
         .await
     }
 
+    async fn get_message(&self, tenant: &TenantId, id: &MessageId) -> StoreResult<Option<Message>> {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.read(move |c| Ok(get_message(c, id.as_str())?.filter(|m| m.tenant_id == tenant)))
+            .await
+    }
+
     async fn list_messages(
         &self,
         tenant: &TenantId,

@@ -92,3 +92,126 @@ pub async fn store(backend: &str) -> AnyStore {
         other => panic!("unknown backend {other}"),
     }
 }
+
+/// The real `agent-server serve` binary on port 0, with its output captured.
+pub struct TestServer {
+    pub url: String,
+    child: std::process::Child,
+    output: Arc<std::sync::Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts the server with the given environment (over a clean one) on SQLite or DynamoDB.
+    pub async fn start(backend: &str, env: &[(&str, &str)]) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_agent-server"));
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PORT", "0")
+            .env("RUST_LOG", "info")
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        match backend {
+            "sqlite" => {
+                cmd.env("STORAGE", "sqlite");
+            }
+            "dynamodb" => {
+                let (sessions, messages) = table_names();
+                let client = dynamodb_client();
+                for spec in tables::specs(&sessions, &messages) {
+                    tables::create(&client, &spec).await.unwrap();
+                }
+                cmd.envs(aws_env())
+                    .env("STORAGE", "dynamodb")
+                    .env("DYNAMODB_SESSIONS_TABLE", sessions)
+                    .env("DYNAMODB_MESSAGES_TABLE", messages);
+            }
+            "dynamodb-missing-tables" => {
+                let (sessions, messages) = table_names();
+                cmd.envs(aws_env())
+                    .env("DYNAMODB_SESSIONS_TABLE", sessions)
+                    .env("DYNAMODB_MESSAGES_TABLE", messages);
+            }
+            other => panic!("unknown backend {other}"),
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start agent-server");
+        let output = Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.split_once("listening on ").map(|(_, r)| r) {
+                        let url = rest
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string();
+                        let _ = tx.send(url);
+                    }
+                    output.lock().unwrap().push_str(&(line + "\n"));
+                }
+            });
+        }
+        let url = match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("agent-server did not start:\n{}", output.lock().unwrap());
+            }
+        };
+        TestServer {
+            url,
+            child,
+            output,
+            _dir: dir,
+        }
+    }
+
+    /// Everything the server printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit (after a signal) and returns its exit code.
+    pub fn wait(&mut self, timeout: std::time::Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client for the tests.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .unwrap()
+}

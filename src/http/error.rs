@@ -1,0 +1,137 @@
+//! The one error type of the HTTP API. Every error is JSON:
+//! `{"error": {"code": "snake_case", "message": "...", "requestId": "..."}}`.
+//! Internal details go to the log under the request id, never to the client.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::agent::TurnError;
+use crate::llm::ModelError;
+use crate::store::StoreError;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// The JSON body, with the request id when known.
+    pub fn body(&self, request_id: Option<&str>) -> serde_json::Value {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(id) = request_id {
+            error["requestId"] = json!(id);
+        }
+        json!({ "error": error })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body(None))).into_response();
+        // The request-id middleware finds the error here and adds the id to the body.
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(m) => ApiError::not_found(m),
+            StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m),
+            StoreError::Invalid(m) => ApiError::bad_request("invalid_request", m),
+            StoreError::Unavailable(m) => {
+                tracing::error!(error = %m, "storage unavailable");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", m)
+            }
+            StoreError::Internal(m) => {
+                tracing::error!(error = %m, "internal storage error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "internal error; the request id identifies it in the server log",
+                )
+            }
+        }
+    }
+}
+
+impl From<TurnError> for ApiError {
+    fn from(e: TurnError) -> Self {
+        match e {
+            TurnError::Store(e) => e.into(),
+            TurnError::Model(ModelError::Failed(m)) => {
+                tracing::warn!(error = %m, "model provider failed");
+                ApiError::new(StatusCode::BAD_GATEWAY, "model_provider_error", m)
+            }
+            TurnError::Model(e @ ModelError::Timeout(_)) => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "model_timeout",
+                format!("{e} (LLM_TIMEOUT_SECONDS)"),
+            ),
+            TurnError::InProgress => ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_in_progress",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be JSON with Content-Type: application/json",
+            ),
+            JsonRejection::JsonSyntaxError(e) => {
+                ApiError::bad_request("invalid_json", e.body_text())
+            }
+            JsonRejection::JsonDataError(e) => ApiError::bad_request("invalid_body", e.body_text()),
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => payload_too_large(),
+            other => ApiError::bad_request("invalid_body", other.body_text()),
+        }
+    }
+}
+
+pub fn payload_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "the request body is larger than MAX_BODY_BYTES allows",
+    )
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::bad_request("invalid_query", r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::bad_request("invalid_path", r.body_text())
+    }
+}

@@ -1,0 +1,222 @@
+//! The HTTP API: one router per resource, one error type, and the middleware every request passes.
+
+mod conversations;
+mod error;
+mod process;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+pub use error::ApiError;
+
+use crate::agent::{Agent, AgentSettings};
+use crate::config::Config;
+use crate::llm::Provider;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub agent: Arc<Agent>,
+    pub max_message_chars: usize,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "agent-server",
+        description = "Multi-tenant AI agent conversations on DynamoDB or embedded SQLite."
+    ),
+    tags(
+        (name = "agent", description = "Agent turns"),
+        (name = "conversations", description = "Reading and managing conversations"),
+        (name = "operations", description = "Health and the API description"),
+    )
+)]
+struct ApiDoc;
+
+/// The whole application: routes, their OpenAPI document, and the middleware.
+pub fn app(state: AppState, max_body_bytes: usize) -> axum::Router {
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(process::router())
+        .merge(conversations::router())
+        .routes(utoipa_axum::routes!(healthz))
+        .routes(utoipa_axum::routes!(readyz))
+        .split_for_parts();
+    let api = Arc::new(api);
+    router
+        .route(
+            "/openapi.json",
+            get(move || {
+                let api = api.clone();
+                async move { Json(api.as_ref().clone()) }
+            }),
+        )
+        .fallback(not_found)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "internal error; the request id identifies it in the server log",
+            )
+            .into_response()
+        }))
+        .layer(middleware::from_fn(request_context))
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+/// The process is up (no I/O).
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is up")))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Storage answers and the model provider is configured.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready"),
+    (status = 503, description = "Not ready, with the reason"),
+))]
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.agent.store().check().await?;
+    if let Some(why) = state.agent.provider().not_ready() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "model_provider_not_configured",
+            why,
+        ));
+    }
+    Ok(Json(serde_json::json!({"status": "ready"})))
+}
+
+fn is_printable_id(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Request id (accepted from `x-request-id` or generated, and returned), JSON bodies for every
+/// error (axum's own 404/405/413 included), and one log line per request.
+async fn request_context(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_printable_id(v))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let tenant = request
+        .headers()
+        .get("x-tenant-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_printable_id(v))
+        .map(str::to_string)
+        .unwrap_or_default();
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
+    let status = response.status();
+    let error = response
+        .extensions()
+        .get::<ApiError>()
+        .cloned()
+        .or_else(|| {
+            let is_json = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+            (status.as_u16() >= 400 && !is_json).then(|| match status {
+                StatusCode::METHOD_NOT_ALLOWED => ApiError::new(
+                    status,
+                    "method_not_allowed",
+                    format!("{method} is not allowed on {path}"),
+                ),
+                StatusCode::PAYLOAD_TOO_LARGE => error::payload_too_large(),
+                StatusCode::NOT_FOUND => {
+                    ApiError::not_found(format!("no route for {method} {path}"))
+                }
+                s => ApiError::new(s, "error", s.canonical_reason().unwrap_or("error")),
+            })
+        });
+    if let Some(error) = error {
+        let headers = std::mem::take(response.headers_mut());
+        response = (status, Json(error.body(Some(&request_id)))).into_response();
+        for (name, value) in headers.iter() {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                response.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    tracing::info!(
+        request_id = %request_id,
+        %method,
+        path = %path,
+        tenant = %tenant,
+        status = status.as_u16(),
+        latency_ms = format!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
+        "request"
+    );
+    response
+}
+
+/// Starts the server and runs it until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let store = crate::open_store(&config.storage).await?;
+    let provider = Provider::from_config(&config.provider, config.llm_timeout);
+    let settings = AgentSettings {
+        system_prompt: config.system_prompt.clone(),
+        history_max_messages: config.history_max_messages,
+        session_idle: config.session_idle,
+        llm_timeout: config.llm_timeout,
+    };
+    let storage = store.describe();
+    let state = AppState {
+        agent: Arc::new(Agent::new(store, provider, settings)),
+        max_message_chars: config.max_message_chars,
+    };
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.host, config.port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", config.host, config.port))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        "agent-server listening on http://{addr} (storage: {storage}; model provider: {})",
+        config.provider.name()
+    );
+    axum::serve(listener, app(state, config.max_body_bytes))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("agent-server stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,254 @@
+//! `POST /agent/process`: one agent turn, as JSON or as Server-Sent Events.
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderMap, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+
+use super::{ApiError, AppState};
+use crate::agent::{TurnEvent, TurnOutcome, TurnRequest};
+use crate::ids::{IdError, LocationId, SessionId, TenantId, UserId};
+use crate::store::Message;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(utoipa_axum::routes!(process))
+}
+
+/// The largest `metadata` or `context`, as JSON.
+pub const MAX_JSON_BYTES: usize = 16 * 1024;
+/// The deepest nesting of `metadata` or `context`.
+pub const MAX_JSON_DEPTH: usize = 8;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessRequest {
+    /// The user's message.
+    message: String,
+    /// Continue this session (it must be this tenant's and user's, and active).
+    session_id: Option<String>,
+    /// Free JSON from the calling app, given to the model with this turn (not stored).
+    #[schema(value_type = Option<Object>)]
+    context: Option<Map<String, Value>>,
+    /// Stored on the user message.
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Map<String, Value>>,
+    /// Answer with Server-Sent Events (also chosen by `Accept: text/event-stream`).
+    stream: Option<bool>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessResponse {
+    session_id: String,
+    /// The agent's reply text.
+    response: String,
+    user_message: Message,
+    agent_message: Message,
+}
+
+impl From<TurnOutcome> for ProcessResponse {
+    fn from(t: TurnOutcome) -> Self {
+        Self {
+            session_id: t.session_id.to_string(),
+            response: t.agent_message.content.clone(),
+            user_message: t.user_message,
+            agent_message: t.agent_message,
+        }
+    }
+}
+
+/// Reads an id header; `Ok(None)` when absent.
+pub(super) fn header_id<T>(
+    headers: &HeaderMap,
+    name: &str,
+    parse: fn(String) -> Result<T, IdError>,
+) -> Result<Option<T>, ApiError> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_header",
+            format!("{name}: must contain only printable characters without spaces"),
+        )
+    })?;
+    parse(text.to_string())
+        .map(Some)
+        .map_err(|e| ApiError::bad_request("invalid_header", format!("{name}: {e}")))
+}
+
+fn required_header<T>(
+    headers: &HeaderMap,
+    name: &str,
+    parse: fn(String) -> Result<T, IdError>,
+) -> Result<T, ApiError> {
+    header_id(headers, name, parse)?.ok_or_else(|| {
+        ApiError::bad_request("missing_header", format!("the {name} header is required"))
+    })
+}
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// `metadata` and `context` are at most 16 KB as JSON and nested at most 8 deep.
+pub(super) fn check_json(field: &str, map: &Option<Map<String, Value>>) -> Result<(), ApiError> {
+    let Some(map) = map else { return Ok(()) };
+    let value = Value::Object(map.clone());
+    if value.to_string().len() > MAX_JSON_BYTES {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "field_too_large",
+            format!("{field} is larger than {MAX_JSON_BYTES} bytes as JSON"),
+        ));
+    }
+    if depth(&value) > MAX_JSON_DEPTH {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("{field} is nested deeper than {MAX_JSON_DEPTH} levels"),
+        ));
+    }
+    Ok(())
+}
+
+fn wants_stream(headers: &HeaderMap, body: &ProcessRequest) -> bool {
+    body.stream.unwrap_or_else(|| {
+        headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/event-stream"))
+    })
+}
+
+/// Send a message to the agent and get its reply.
+///
+/// The user's active session is continued when its last activity is within `SESSION_IDLE_MINUTES`;
+/// otherwise a new session starts. Both messages are stored.
+#[utoipa::path(
+    post,
+    path = "/agent/process",
+    tag = "agent",
+    request_body = ProcessRequest,
+    params(
+        ("x-tenant-id" = String, Header, description = "Tenant id"),
+        ("x-user-id" = String, Header, description = "User id"),
+        ("x-location-id" = Option<String>, Header, description = "Location id, stored on a new session"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, per tenant"),
+    ),
+    responses(
+        (status = 200, description = "The agent's reply (or an SSE stream of events: session, delta, done, error)", body = ProcessResponse),
+        (status = 400, description = "Bad JSON, header or field"),
+        (status = 404, description = "sessionId is not this tenant's and user's"),
+        (status = 409, description = "The session is closed, or the same Idempotency-Key is in progress"),
+        (status = 413, description = "Body or message too large"),
+        (status = 415, description = "Not JSON"),
+        (status = 502, description = "The model provider failed"),
+        (status = 503, description = "Storage unavailable"),
+        (status = 504, description = "The model did not answer in time"),
+    )
+)]
+async fn process(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<ProcessRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let tenant = required_header(&headers, "x-tenant-id", TenantId::parse)?;
+    let user = required_header(&headers, "x-user-id", UserId::parse)?;
+    let location = header_id(&headers, "x-location-id", LocationId::parse)?;
+    let Json(body) = body?;
+    if body.message.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "message must not be empty",
+        ));
+    }
+    let chars = body.message.chars().count();
+    if chars > state.max_message_chars {
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_long",
+            format!(
+                "message has {chars} characters; the limit is {} (MAX_MESSAGE_CHARS)",
+                state.max_message_chars
+            ),
+        ));
+    }
+    check_json("metadata", &body.metadata)?;
+    check_json("context", &body.context)?;
+    let session_id = body
+        .session_id
+        .clone()
+        .map(SessionId::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("sessionId: {e}")))?;
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|k| {
+                    !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic())
+                })
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_header",
+                        "Idempotency-Key: 1 to 255 printable characters",
+                    )
+                })?
+                .to_string(),
+        ),
+    };
+    let stream = wants_stream(&headers, &body);
+    let turn = TurnRequest {
+        tenant,
+        user,
+        location,
+        message: body.message,
+        session_id,
+        context: body.context,
+        metadata: body.metadata,
+        idempotency_key,
+    };
+    if !stream {
+        let outcome = state.agent.run(turn).await?;
+        return Ok(Json(ProcessResponse::from(outcome)).into_response());
+    }
+    let (tx, rx) = mpsc::channel(64);
+    let agent = state.agent.clone();
+    tokio::spawn(async move { agent.run_streaming(turn, tx).await });
+    let events = ReceiverStream::new(rx).map(|event| Ok::<_, Infallible>(sse_event(event)));
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+fn sse_event(event: TurnEvent) -> Event {
+    let (name, data) = match event {
+        TurnEvent::Session {
+            session_id,
+            user_message,
+        } => (
+            "session",
+            json!({"sessionId": session_id, "userMessage": user_message}),
+        ),
+        TurnEvent::Delta(text) => ("delta", json!({"text": text})),
+        TurnEvent::Done(outcome) => ("done", json!(ProcessResponse::from(outcome))),
+        TurnEvent::Error(e) => ("error", ApiError::from(e).body(None)),
+    };
+    Event::default().event(name).data(data.to_string())
+}

@@ -1,0 +1,123 @@
+//! Model providers, dispatched statically: `echo` (deterministic, no network) and any
+//! OpenAI-compatible Chat Completions server.
+
+mod echo;
+mod openai;
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use crate::config::ProviderConfig;
+use crate::store::{Message, Role};
+
+pub use echo::EchoProvider;
+pub use openai::OpenAiProvider;
+
+/// What the model is given for one turn.
+#[derive(Debug, Clone)]
+pub struct ModelRequest {
+    pub system_prompt: String,
+    /// Earlier messages of the session, oldest first.
+    pub history: Vec<Message>,
+    pub message: String,
+    /// Free JSON from the calling app (business data, the user's permissions).
+    pub context: Option<Map<String, Value>>,
+}
+
+/// Token counts, when the provider reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// The model's whole answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelReply {
+    pub text: String,
+    pub model: String,
+    pub usage: Option<Usage>,
+}
+
+/// Why the model gave no answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ModelError {
+    /// The provider failed; the message says which and why (no secrets).
+    #[error("{0}")]
+    Failed(String),
+    /// No answer within `LLM_TIMEOUT_SECONDS`.
+    #[error("the model did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Text as the model produces it, sent while a reply streams.
+pub type Deltas = mpsc::UnboundedSender<String>;
+
+/// The configured provider.
+pub enum Provider {
+    Echo(EchoProvider),
+    OpenAi(OpenAiProvider),
+}
+
+impl Provider {
+    pub fn from_config(config: &ProviderConfig, timeout: Duration) -> Self {
+        match config {
+            ProviderConfig::Echo { chunk_delay } => Provider::Echo(EchoProvider::new(*chunk_delay)),
+            ProviderConfig::OpenAi {
+                api_key,
+                base_url,
+                model,
+            } => Provider::OpenAi(OpenAiProvider::new(
+                api_key.clone(),
+                base_url.clone(),
+                model.clone(),
+                timeout,
+            )),
+        }
+    }
+
+    /// Asks the model for a reply. When `deltas` is given, text is sent there as it is produced.
+    pub async fn complete(
+        &self,
+        request: &ModelRequest,
+        deltas: Option<&Deltas>,
+    ) -> Result<ModelReply, ModelError> {
+        match self {
+            Provider::Echo(p) => p.complete(request, deltas).await,
+            Provider::OpenAi(p) => p.complete(request, deltas).await,
+        }
+    }
+
+    /// Why the provider cannot answer, when it is not configured well enough to try.
+    pub fn not_ready(&self) -> Option<String> {
+        match self {
+            Provider::Echo(_) => None,
+            Provider::OpenAi(p) => p.not_ready(),
+        }
+    }
+}
+
+/// The chat messages for an OpenAI-style API: system prompt, context, history, then the message.
+pub(crate) fn chat_messages(request: &ModelRequest) -> Vec<(&'static str, String)> {
+    let mut out = vec![("system", request.system_prompt.clone())];
+    if let Some(context) = request.context.as_ref().filter(|c| !c.is_empty()) {
+        out.push((
+            "system",
+            format!(
+                "Context from the application (JSON):\n{}",
+                Value::Object(context.clone())
+            ),
+        ));
+    }
+    for m in &request.history {
+        let role = match m.role {
+            Role::User => "user",
+            Role::Agent => "assistant",
+        };
+        out.push((role, m.content.clone()));
+    }
+    out.push(("user", request.message.clone()));
+    out
+}
