@@ -178,8 +178,12 @@ impl Agent {
         }
     }
 
-    /// The session this turn continues or starts.
-    async fn resolve_session(&self, req: &TurnRequest) -> Result<Session, TurnError> {
+    /// The session this turn continues, or `None` when it starts a new one (created only when the
+    /// turn has something to store). An idle active session is closed at that point.
+    async fn find_session(
+        &self,
+        req: &TurnRequest,
+    ) -> Result<(Option<Session>, Option<Session>), TurnError> {
         if let Some(id) = &req.session_id {
             let session = self
                 .store
@@ -195,21 +199,35 @@ impl Agent {
                 ))
                 .into());
             }
-            return Ok(session);
+            return Ok((Some(session), None));
         }
-        if let Some(active) = self
+        match self
             .store
             .find_active_session(&req.tenant, &req.user)
             .await?
         {
-            let idle = timestamp::parse_micros(&active.updated_at)
-                .map(|t| timestamp::now_micros().saturating_sub(t))
-                .unwrap_or(i64::MAX);
-            if idle <= self.settings.session_idle.as_micros() as i64 {
-                return Ok(active);
+            Some(active) => {
+                let idle = timestamp::parse_micros(&active.updated_at)
+                    .map(|t| timestamp::now_micros().saturating_sub(t))
+                    .unwrap_or(i64::MAX);
+                if idle <= self.settings.session_idle.as_micros() as i64 {
+                    Ok((Some(active), None))
+                } else {
+                    Ok((None, Some(active)))
+                }
             }
-            // The user's last session went idle: close it so that one session at a time is active.
-            self.store.close_session(&req.tenant, &active.id).await?;
+            None => Ok((None, None)),
+        }
+    }
+
+    /// Creates the new session of a turn, closing the user's idle one so that one is active at a time.
+    async fn start_session(
+        &self,
+        req: &TurnRequest,
+        idle: Option<Session>,
+    ) -> Result<Session, TurnError> {
+        if let Some(idle) = idle {
+            self.store.close_session(&req.tenant, &idle.id).await?;
         }
         Ok(self
             .store
@@ -222,13 +240,21 @@ impl Agent {
             .await?)
     }
 
+    async fn history(&self, session: Option<&Session>) -> Result<Vec<Message>, TurnError> {
+        match session {
+            Some(s) => {
+                Ok(recent_history(&*self.store, s, self.settings.history_max_messages).await?)
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
     async fn model_request(
         &self,
         req: &TurnRequest,
-        session: &Session,
+        session: Option<&Session>,
     ) -> Result<ModelRequest, TurnError> {
-        let history =
-            recent_history(&*self.store, session, self.settings.history_max_messages).await?;
+        let history = self.history(session).await?;
         Ok(ModelRequest {
             system_prompt: self.settings.system_prompt.clone(),
             history,
@@ -290,18 +316,22 @@ impl Agent {
         }
     }
 
-    /// A whole turn. Nothing is stored unless the model answers: then the message and the reply are
-    /// stored together.
+    /// A whole turn. Nothing is stored unless the model answers (not even a new session): then the
+    /// message and the reply are stored together.
     pub async fn run(&self, req: TurnRequest) -> Result<TurnOutcome, TurnError> {
         let _claim = self.claim(&req)?;
         let ids = turn_ids(&req.tenant, req.idempotency_key.as_deref());
         if let Some(done) = self.replay(&req, &ids).await? {
             return Ok(done);
         }
-        let session = self.resolve_session(&req).await?;
-        let request = self.model_request(&req, &session).await?;
+        let (session, idle) = self.find_session(&req).await?;
+        let request = self.model_request(&req, session.as_ref()).await?;
         let started = Instant::now();
         let reply = self.call_model(&request, None).await?;
+        let session = match session {
+            Some(s) => s,
+            None => self.start_session(&req, idle).await?,
+        };
         let messages = vec![
             Self::user_message(&req, ids.0),
             Self::agent_message(&req, ids.1, &reply, started, None),
@@ -357,8 +387,12 @@ impl Agent {
             let _ = events.send(TurnEvent::Done(done)).await;
             return Ok(());
         }
-        let session = self.resolve_session(req).await?;
-        let request = self.model_request(req, &session).await?;
+        let (session, idle) = self.find_session(req).await?;
+        let request = self.model_request(req, session.as_ref()).await?;
+        let session = match session {
+            Some(s) => s,
+            None => self.start_session(req, idle).await?,
+        };
         let user_message = self
             .store
             .append_messages(

@@ -2,6 +2,8 @@
 //! `scripts/test.sh` starts (moto), each DynamoDB test on tables of its own.
 #![allow(dead_code)]
 
+pub mod openai_mock;
+
 use std::sync::Arc;
 
 use agent_server::store::ConversationStore;
