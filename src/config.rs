@@ -49,6 +49,9 @@ pub enum ProviderConfig {
         base_url: String,
         model: String,
     },
+    Bedrock {
+        model: String,
+    },
 }
 
 impl ProviderConfig {
@@ -58,6 +61,7 @@ impl ProviderConfig {
             ProviderConfig::OpenAi {
                 model, base_url, ..
             } => format!("openai ({model} at {base_url})"),
+            ProviderConfig::Bedrock { model } => format!("bedrock ({model})"),
         }
     }
 }
@@ -187,10 +191,18 @@ impl Config {
                     .to_string(),
                 model: var("LLM_MODEL").unwrap_or_else(|| "gpt-4o-mini".into()),
             },
+            Some("bedrock") => ProviderConfig::Bedrock {
+                model: var("LLM_MODEL").ok_or_else(|| {
+                    err(
+                        "LLM_MODEL",
+                        "a Bedrock model id is required with LLM_PROVIDER=bedrock",
+                    )
+                })?,
+            },
             Some(other) => {
                 return Err(err(
                     "LLM_PROVIDER",
-                    format!("{other:?} is not one of echo, openai"),
+                    format!("{other:?} is not one of echo, openai, bedrock"),
                 ));
             }
         };

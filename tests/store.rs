@@ -382,6 +382,57 @@ async fn user_sessions_list_newest_activity_first(store: Arc<dyn ConversationSto
     assert_eq!(active.id, sessions[0].id);
 }
 
+/// A user's sessions whose items fill more than one 1 MB Query page still list completely and in order.
+async fn user_sessions_list_is_complete_across_query_pages(store: Arc<dyn ConversationStore>) {
+    let padding = json!({"notes": "n".repeat(10 * 1024)})
+        .as_object()
+        .unwrap()
+        .clone();
+    let mut created = Vec::new();
+    for chunk in 0..6 {
+        let batch = (0..20).map(|_| {
+            store.create_session(NewSession {
+                tenant_id: tenant("acme"),
+                user_id: user("heavy"),
+                location_id: None,
+                metadata: Some(padding.clone()),
+            })
+        });
+        for s in futures::future::join_all(batch).await {
+            created.push(s.unwrap());
+        }
+        let _ = chunk;
+    }
+    let mut listed = Vec::new();
+    let mut cursor = None;
+    loop {
+        let p = store
+            .list_user_sessions(
+                &tenant("acme"),
+                &user("heavy"),
+                PageRequest { limit: 50, cursor },
+            )
+            .await
+            .unwrap();
+        listed.extend(p.items);
+        match p.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(listed.len(), 120);
+    assert!(
+        listed
+            .windows(2)
+            .all(|w| (&w[0].updated_at, &w[0].id) > (&w[1].updated_at, &w[1].id))
+    );
+    let mut want: Vec<_> = created.iter().map(|s| s.id.clone()).collect();
+    let mut got: Vec<_> = listed.iter().map(|s| s.id.clone()).collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+}
+
 async fn guessed_ids_and_cursors_never_cross_tenants(store: Arc<dyn ConversationStore>) {
     let mine = new_session(&*store, "acme", "u1").await;
     append(&*store, &mine, &["private", "more private"]).await;
@@ -713,6 +764,7 @@ conformance!(
     pages_through_250_messages_without_loss_or_repeat,
     tenant_messages_merge_sessions_by_time,
     user_sessions_list_newest_activity_first,
+    user_sessions_list_is_complete_across_query_pages,
     guessed_ids_and_cursors_never_cross_tenants,
     large_messages_store_and_oversized_ones_are_refused_whole,
     deleting_a_session_and_erasing_a_user_remove_everything,

@@ -179,7 +179,7 @@ async fn request_context(request: Request, next: Next) -> Response {
 /// Starts the server and runs it until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let store = crate::open_store(&config.storage).await?;
-    let provider = Provider::from_config(&config.provider, config.llm_timeout);
+    let provider = Provider::from_config(&config.provider, config.llm_timeout).await;
     let settings = AgentSettings {
         system_prompt: config.system_prompt.clone(),
         history_max_messages: config.history_max_messages,

@@ -1,6 +1,7 @@
-//! Model providers, dispatched statically: `echo` (deterministic, no network) and any
-//! OpenAI-compatible Chat Completions server.
+//! Model providers, dispatched statically: `echo` (deterministic, no network), any
+//! OpenAI-compatible Chat Completions server, and Amazon Bedrock (Converse).
 
+mod bedrock;
 mod echo;
 mod openai;
 
@@ -12,6 +13,7 @@ use tokio::sync::mpsc;
 use crate::config::ProviderConfig;
 use crate::store::{Message, Role};
 
+pub use bedrock::BedrockProvider;
 pub use echo::EchoProvider;
 pub use openai::OpenAiProvider;
 
@@ -59,11 +61,16 @@ pub type Deltas = mpsc::UnboundedSender<String>;
 pub enum Provider {
     Echo(EchoProvider),
     OpenAi(OpenAiProvider),
+    Bedrock(BedrockProvider),
 }
 
 impl Provider {
-    pub fn from_config(config: &ProviderConfig, timeout: Duration) -> Self {
+    pub async fn from_config(config: &ProviderConfig, timeout: Duration) -> Self {
         match config {
+            ProviderConfig::Bedrock { model } => Provider::Bedrock(BedrockProvider::new(
+                &crate::aws_config().await,
+                model.clone(),
+            )),
             ProviderConfig::Echo { chunk_delay } => Provider::Echo(EchoProvider::new(*chunk_delay)),
             ProviderConfig::OpenAi {
                 api_key,
@@ -87,13 +94,14 @@ impl Provider {
         match self {
             Provider::Echo(p) => p.complete(request, deltas).await,
             Provider::OpenAi(p) => p.complete(request, deltas).await,
+            Provider::Bedrock(p) => p.complete(request, deltas).await,
         }
     }
 
     /// Why the provider cannot answer, when it is not configured well enough to try.
     pub fn not_ready(&self) -> Option<String> {
         match self {
-            Provider::Echo(_) => None,
+            Provider::Echo(_) | Provider::Bedrock(_) => None,
             Provider::OpenAi(p) => p.not_ready(),
         }
     }
