@@ -10,8 +10,7 @@ use tokio::sync::mpsc;
 use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
 use crate::llm::{ModelError, ModelReply, ModelRequest, Provider};
 use crate::store::{
-    ConversationStore, Message, Metadata, NewMessage, NewSession, Role, Session, StoreError,
-    recent_history,
+    ConversationStore, Message, Metadata, NewMessage, NewSession, Role, Session, StoreError, recent_history,
 };
 use crate::timestamp;
 
@@ -60,10 +59,7 @@ pub enum TurnError {
 /// What a streaming turn reports, in order: `Session`, `Delta`s, then `Done` or `Error`.
 #[derive(Debug)]
 pub enum TurnEvent {
-    Session {
-        session_id: SessionId,
-        user_message: Message,
-    },
+    Session { session_id: SessionId, user_message: Message },
     Delta(String),
     Done(TurnOutcome),
     Error(TurnError),
@@ -86,11 +82,7 @@ struct InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            self.agent
-                .in_flight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
+            self.agent.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
         }
     }
 }
@@ -103,8 +95,7 @@ fn turn_ids(tenant: &TenantId, key: Option<&str>) -> (MessageId, MessageId) {
         Some(key) => {
             let derive = |part: &str| {
                 let name = format!("{}\n{}\n{}", tenant.as_str(), key, part);
-                let id =
-                    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string();
+                let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string();
                 MessageId::parse(id).expect("a UUID is a valid id")
             };
             (derive("user"), derive("agent"))
@@ -113,17 +104,8 @@ fn turn_ids(tenant: &TenantId, key: Option<&str>) -> (MessageId, MessageId) {
 }
 
 impl Agent {
-    pub fn new(
-        store: Arc<dyn ConversationStore>,
-        provider: Provider,
-        settings: AgentSettings,
-    ) -> Self {
-        Self {
-            store,
-            provider,
-            settings,
-            in_flight: Mutex::new(HashSet::new()),
-        }
+    pub fn new(store: Arc<dyn ConversationStore>, provider: Provider, settings: AgentSettings) -> Self {
+        Self { store, provider, settings, in_flight: Mutex::new(HashSet::new()) }
     }
 
     pub fn store(&self) -> &Arc<dyn ConversationStore> {
@@ -136,32 +118,17 @@ impl Agent {
 
     fn claim(&self, req: &TurnRequest) -> Result<InFlight<'_>, TurnError> {
         let Some(key) = &req.idempotency_key else {
-            return Ok(InFlight {
-                agent: self,
-                key: None,
-            });
+            return Ok(InFlight { agent: self, key: None });
         };
         let entry = (req.tenant.clone(), key.clone());
-        if !self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(entry.clone())
-        {
+        if !self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(entry.clone()) {
             return Err(TurnError::InProgress);
         }
-        Ok(InFlight {
-            agent: self,
-            key: Some(entry),
-        })
+        Ok(InFlight { agent: self, key: Some(entry) })
     }
 
     /// The stored result of an earlier request with the same idempotency key, if it finished.
-    async fn replay(
-        &self,
-        req: &TurnRequest,
-        ids: &(MessageId, MessageId),
-    ) -> Result<Option<TurnOutcome>, TurnError> {
+    async fn replay(&self, req: &TurnRequest, ids: &(MessageId, MessageId)) -> Result<Option<TurnOutcome>, TurnError> {
         if req.idempotency_key.is_none() {
             return Ok(None);
         }
@@ -169,30 +136,23 @@ impl Agent {
             return Ok(None);
         };
         match self.store.get_message(&req.tenant, &ids.1).await? {
-            Some(agent_message) => Ok(Some(TurnOutcome {
-                session_id: user_message.session_id.clone(),
-                user_message,
-                agent_message,
-            })),
+            Some(agent_message) => {
+                Ok(Some(TurnOutcome { session_id: user_message.session_id.clone(), user_message, agent_message }))
+            }
             None => Err(TurnError::InProgress),
         }
     }
 
     /// The session this turn continues, or `None` when it starts a new one (created only when the
     /// turn has something to store). An idle active session is closed at that point.
-    async fn find_session(
-        &self,
-        req: &TurnRequest,
-    ) -> Result<(Option<Session>, Option<Session>), TurnError> {
+    async fn find_session(&self, req: &TurnRequest) -> Result<(Option<Session>, Option<Session>), TurnError> {
         if let Some(id) = &req.session_id {
             let session = self
                 .store
                 .get_session(&req.tenant, id)
                 .await?
                 .filter(|s| s.user_id == req.user)
-                .ok_or_else(|| {
-                    StoreError::NotFound(format!("session {id} not found for this tenant and user"))
-                })?;
+                .ok_or_else(|| StoreError::NotFound(format!("session {id} not found for this tenant and user")))?;
             if !session.is_active {
                 return Err(StoreError::Conflict(format!(
                     "session {id} is closed; send the message without sessionId to start a new one"
@@ -201,11 +161,7 @@ impl Agent {
             }
             return Ok((Some(session), None));
         }
-        match self
-            .store
-            .find_active_session(&req.tenant, &req.user)
-            .await?
-        {
+        match self.store.find_active_session(&req.tenant, &req.user).await? {
             Some(active) => {
                 let idle = timestamp::parse_micros(&active.updated_at)
                     .map(|t| timestamp::now_micros().saturating_sub(t))
@@ -221,11 +177,7 @@ impl Agent {
     }
 
     /// Creates the new session of a turn, closing the user's idle one so that one is active at a time.
-    async fn start_session(
-        &self,
-        req: &TurnRequest,
-        idle: Option<Session>,
-    ) -> Result<Session, TurnError> {
+    async fn start_session(&self, req: &TurnRequest, idle: Option<Session>) -> Result<Session, TurnError> {
         if let Some(idle) = idle {
             self.store.close_session(&req.tenant, &idle.id).await?;
         }
@@ -242,18 +194,12 @@ impl Agent {
 
     async fn history(&self, session: Option<&Session>) -> Result<Vec<Message>, TurnError> {
         match session {
-            Some(s) => {
-                Ok(recent_history(&*self.store, s, self.settings.history_max_messages).await?)
-            }
+            Some(s) => Ok(recent_history(&*self.store, s, self.settings.history_max_messages).await?),
             None => Ok(Vec::new()),
         }
     }
 
-    async fn model_request(
-        &self,
-        req: &TurnRequest,
-        session: Option<&Session>,
-    ) -> Result<ModelRequest, TurnError> {
+    async fn model_request(&self, req: &TurnRequest, session: Option<&Session>) -> Result<ModelRequest, TurnError> {
         let history = self.history(session).await?;
         Ok(ModelRequest {
             system_prompt: self.settings.system_prompt.clone(),
@@ -283,15 +229,9 @@ impl Agent {
         let mut metadata = Map::new();
         metadata.insert("model".into(), json!(reply.model));
         if let Some(u) = reply.usage {
-            metadata.insert(
-                "usage".into(),
-                json!({"inputTokens": u.input_tokens, "outputTokens": u.output_tokens}),
-            );
+            metadata.insert("usage".into(), json!({"inputTokens": u.input_tokens, "outputTokens": u.output_tokens}));
         }
-        metadata.insert(
-            "latencyMs".into(),
-            json!(started.elapsed().as_millis() as u64),
-        );
+        metadata.insert("latencyMs".into(), json!(started.elapsed().as_millis() as u64));
         if let Some((k, v)) = extra {
             metadata.insert(k.into(), v);
         }
@@ -332,29 +272,15 @@ impl Agent {
             Some(s) => s,
             None => self.start_session(&req, idle).await?,
         };
-        let messages = vec![
-            Self::user_message(&req, ids.0),
-            Self::agent_message(&req, ids.1, &reply, started, None),
-        ];
-        let mut stored = self
-            .store
-            .append_messages(&session.tenant_id, &session.id, messages)
-            .await?
-            .into_iter();
+        let messages = vec![Self::user_message(&req, ids.0), Self::agent_message(&req, ids.1, &reply, started, None)];
+        let mut stored = self.store.append_messages(&session.tenant_id, &session.id, messages).await?.into_iter();
         let (user_message, agent_message) = match (stored.next(), stored.next()) {
             (Some(u), Some(a)) => (u.message, a.message),
             _ => {
-                return Err(StoreError::Internal(
-                    "append returned fewer messages than given".into(),
-                )
-                .into());
+                return Err(StoreError::Internal("append returned fewer messages than given".into()).into());
             }
         };
-        Ok(TurnOutcome {
-            session_id: session.id,
-            user_message,
-            agent_message,
-        })
+        Ok(TurnOutcome { session_id: session.id, user_message, agent_message })
     }
 
     /// A streaming turn, reporting to `events`. The user message is stored first (and sent in the
@@ -367,11 +293,7 @@ impl Agent {
         }
     }
 
-    async fn stream_turn(
-        &self,
-        req: &TurnRequest,
-        events: &mpsc::Sender<TurnEvent>,
-    ) -> Result<(), TurnError> {
+    async fn stream_turn(&self, req: &TurnRequest, events: &mpsc::Sender<TurnEvent>) -> Result<(), TurnError> {
         let _claim = self.claim(req)?;
         let ids = turn_ids(&req.tenant, req.idempotency_key.as_deref());
         if let Some(done) = self.replay(req, &ids).await? {
@@ -381,9 +303,7 @@ impl Agent {
                     user_message: done.user_message.clone(),
                 })
                 .await;
-            let _ = events
-                .send(TurnEvent::Delta(done.agent_message.content.clone()))
-                .await;
+            let _ = events.send(TurnEvent::Delta(done.agent_message.content.clone())).await;
             let _ = events.send(TurnEvent::Done(done)).await;
             return Ok(());
         }
@@ -395,20 +315,13 @@ impl Agent {
         };
         let user_message = self
             .store
-            .append_messages(
-                &session.tenant_id,
-                &session.id,
-                vec![Self::user_message(req, ids.0)],
-            )
+            .append_messages(&session.tenant_id, &session.id, vec![Self::user_message(req, ids.0)])
             .await?
             .remove(0)
             .message;
         let started = Instant::now();
         let mut client_gone = events
-            .send(TurnEvent::Session {
-                session_id: session.id.clone(),
-                user_message: user_message.clone(),
-            })
+            .send(TurnEvent::Session { session_id: session.id.clone(), user_message: user_message.clone() })
             .await
             .is_err();
 
@@ -445,28 +358,14 @@ impl Agent {
             Some(Err(e)) if !client_gone => return Err(e.into()),
             _ => {
                 tracing::info!(session = %session.id, "client went away mid-stream; storing the partial reply");
-                let reply = ModelReply {
-                    text: partial,
-                    model: String::new(),
-                    usage: None,
-                };
+                let reply = ModelReply { text: partial, model: String::new(), usage: None };
                 (reply, Some(("interrupted", json!(true))))
             }
         };
         let agent = Self::agent_message(req, ids.1, &reply, started, extra);
-        let agent_message = self
-            .store
-            .append_messages(&session.tenant_id, &session.id, vec![agent])
-            .await?
-            .remove(0)
-            .message;
-        let _ = events
-            .send(TurnEvent::Done(TurnOutcome {
-                session_id: session.id,
-                user_message,
-                agent_message,
-            }))
-            .await;
+        let agent_message =
+            self.store.append_messages(&session.tenant_id, &session.id, vec![agent]).await?.remove(0).message;
+        let _ = events.send(TurnEvent::Done(TurnOutcome { session_id: session.id, user_message, agent_message })).await;
         Ok(())
     }
 }

@@ -20,47 +20,82 @@ pub struct ConfigError {
 }
 
 fn err(var: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        reason: reason.into(),
-    }
+    ConfigError { var, reason: reason.into() }
 }
 
 /// Where conversations are kept.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StorageConfig {
-    Sqlite {
-        path: PathBuf,
+    Sqlite { path: PathBuf },
+    DynamoDb { sessions_table: String, messages_table: String },
+}
+
+/// A secret value: shown as `***` in debug output, so it cannot reach a log by accident.
+#[derive(Clone, PartialEq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// How JWTs are verified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtConfig {
+    pub secret: Option<Secret>,
+    pub jwks_url: Option<String>,
+    pub tenant_claim: String,
+    pub user_claim: String,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+/// How requests are authenticated (`AUTH_MODE`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuthConfig {
+    /// Headers are trusted; `exposed` when explicitly allowed on a non-loopback address.
+    None {
+        exposed: bool,
     },
-    DynamoDb {
-        sessions_table: String,
-        messages_table: String,
+    ApiKey {
+        keys_file: PathBuf,
     },
+    Jwt(JwtConfig),
+}
+
+impl AuthConfig {
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuthConfig::None { .. } => "none",
+            AuthConfig::ApiKey { .. } => "api-key",
+            AuthConfig::Jwt(_) => "jwt",
+        }
+    }
 }
 
 /// Which model answers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProviderConfig {
-    Echo {
-        chunk_delay: Duration,
-    },
-    OpenAi {
-        api_key: Option<String>,
-        base_url: String,
-        model: String,
-    },
-    Bedrock {
-        model: String,
-    },
+    Echo { chunk_delay: Duration },
+    OpenAi { api_key: Option<Secret>, base_url: String, model: String },
+    Bedrock { model: String },
 }
 
 impl ProviderConfig {
     pub fn name(&self) -> String {
         match self {
             ProviderConfig::Echo { .. } => "echo".into(),
-            ProviderConfig::OpenAi {
-                model, base_url, ..
-            } => format!("openai ({model} at {base_url})"),
+            ProviderConfig::OpenAi { model, base_url, .. } => format!("openai ({model} at {base_url})"),
             ProviderConfig::Bedrock { model } => format!("bedrock ({model})"),
         }
     }
@@ -80,14 +115,19 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_message_chars: usize,
     pub llm_timeout: Duration,
+    pub auth: AuthConfig,
+    pub api_keys_file: PathBuf,
+    /// Requests per minute per tenant; `None` is unlimited.
+    pub rate_limit_per_minute: Option<u32>,
+    pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_concurrent_requests: usize,
+    pub shutdown_grace: Duration,
 }
 
 /// Reads a variable; unset and empty are the same.
 fn var(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
+    std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
 fn parse_num<T>(name: &'static str, default: T, min: T) -> Result<T, ConfigError>
@@ -97,9 +137,7 @@ where
     match var(name) {
         None => Ok(default),
         Some(v) => {
-            let n: T = v
-                .parse()
-                .map_err(|_| err(name, format!("{v:?} is not a number")))?;
+            let n: T = v.parse().map_err(|_| err(name, format!("{v:?} is not a number")))?;
             if n < min {
                 return Err(err(name, format!("must be at least {min}")));
             }
@@ -123,20 +161,13 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         let sessions_var = var("DYNAMODB_SESSIONS_TABLE");
         let messages_var = var("DYNAMODB_MESSAGES_TABLE");
-        let sessions_table = sessions_var
-            .clone()
-            .unwrap_or_else(|| DEFAULT_SESSIONS_TABLE.into());
-        let messages_table = messages_var
-            .clone()
-            .unwrap_or_else(|| DEFAULT_MESSAGES_TABLE.into());
-        for (name, value) in [
-            ("DYNAMODB_SESSIONS_TABLE", &sessions_table),
-            ("DYNAMODB_MESSAGES_TABLE", &messages_table),
-        ] {
+        let sessions_table = sessions_var.clone().unwrap_or_else(|| DEFAULT_SESSIONS_TABLE.into());
+        let messages_table = messages_var.clone().unwrap_or_else(|| DEFAULT_MESSAGES_TABLE.into());
+        for (name, value) in
+            [("DYNAMODB_SESSIONS_TABLE", &sessions_table), ("DYNAMODB_MESSAGES_TABLE", &messages_table)]
+        {
             let ok = (3..=255).contains(&value.len())
-                && value
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+                && value.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
             if !ok {
                 let name: &'static str = if name == "DYNAMODB_SESSIONS_TABLE" {
                     "DYNAMODB_SESSIONS_TABLE"
@@ -145,9 +176,7 @@ impl Config {
                 };
                 return Err(err(
                     name,
-                    format!(
-                        "{value:?} is not a valid DynamoDB table name (3-255 of a-z A-Z 0-9 _ - .)"
-                    ),
+                    format!("{value:?} is not a valid DynamoDB table name (3-255 of a-z A-Z 0-9 _ - .)"),
                 ));
             }
         }
@@ -162,10 +191,7 @@ impl Config {
             Some("sqlite") => sqlite(),
             Some("dynamodb") => dynamo(),
             Some(other) => {
-                return Err(err(
-                    "STORAGE",
-                    format!("{other:?} is not one of sqlite, dynamodb"),
-                ));
+                return Err(err("STORAGE", format!("{other:?} is not one of sqlite, dynamodb")));
             }
             // Someone who followed the seed's .env must not silently write to a local file.
             None if sessions_var.is_some() || messages_var.is_some() => dynamo(),
@@ -174,17 +200,15 @@ impl Config {
         let host: IpAddr = match var("HOST") {
             None => IpAddr::from([127, 0, 0, 1]),
             Some(h) if h == "localhost" => IpAddr::from([127, 0, 0, 1]),
-            Some(h) => h
-                .parse()
-                .map_err(|_| err("HOST", format!("{h:?} is not an IP address")))?,
+            Some(h) => h.parse().map_err(|_| err("HOST", format!("{h:?} is not an IP address")))?,
         };
         let port = parse_num::<u16>("PORT", 3000, 0)?;
         let provider = match var("LLM_PROVIDER").as_deref() {
-            None | Some("echo") => ProviderConfig::Echo {
-                chunk_delay: Duration::from_millis(parse_num("ECHO_CHUNK_DELAY_MS", 0u64, 0)?),
-            },
+            None | Some("echo") => {
+                ProviderConfig::Echo { chunk_delay: Duration::from_millis(parse_num("ECHO_CHUNK_DELAY_MS", 0u64, 0)?) }
+            }
             Some("openai") => ProviderConfig::OpenAi {
-                api_key: var("OPENAI_API_KEY"),
+                api_key: var("OPENAI_API_KEY").map(Secret::new),
                 base_url: var("OPENAI_BASE_URL")
                     .unwrap_or_else(|| "https://api.openai.com/v1".into())
                     .trim_end_matches('/')
@@ -192,34 +216,84 @@ impl Config {
                 model: var("LLM_MODEL").unwrap_or_else(|| "gpt-4o-mini".into()),
             },
             Some("bedrock") => ProviderConfig::Bedrock {
-                model: var("LLM_MODEL").ok_or_else(|| {
-                    err(
-                        "LLM_MODEL",
-                        "a Bedrock model id is required with LLM_PROVIDER=bedrock",
-                    )
-                })?,
+                model: var("LLM_MODEL")
+                    .ok_or_else(|| err("LLM_MODEL", "a Bedrock model id is required with LLM_PROVIDER=bedrock"))?,
             },
             Some(other) => {
-                return Err(err(
-                    "LLM_PROVIDER",
-                    format!("{other:?} is not one of echo, openai, bedrock"),
-                ));
+                return Err(err("LLM_PROVIDER", format!("{other:?} is not one of echo, openai, bedrock")));
             }
         };
+        let loopback = host.is_loopback();
+        let api_keys_file = PathBuf::from(var("API_KEYS_FILE").unwrap_or_else(|| "./data/api-keys.json".into()));
+        let auth = match var("AUTH_MODE").as_deref() {
+            None | Some("none") => {
+                let allowed = var("ALLOW_UNAUTHENTICATED").is_some_and(|v| v == "true");
+                let explicit = var("AUTH_MODE").is_some();
+                if !(loopback || explicit && allowed) {
+                    return Err(err(
+                        "AUTH_MODE",
+                        format!(
+                            "HOST={host} is not a loopback address, and without authentication anyone who reaches it \
+                             can read and write every tenant's data: set AUTH_MODE=api-key or AUTH_MODE=jwt, or \
+                             AUTH_MODE=none with ALLOW_UNAUTHENTICATED=true behind a trusted gateway"
+                        ),
+                    ));
+                }
+                AuthConfig::None { exposed: !loopback }
+            }
+            Some("api-key") => AuthConfig::ApiKey { keys_file: api_keys_file.clone() },
+            Some("jwt") => {
+                let secret = var("JWT_SECRET").map(Secret::new);
+                let jwks_url = var("JWT_JWKS_URL");
+                if secret.is_none() == jwks_url.is_none() {
+                    return Err(err("JWT_SECRET", "AUTH_MODE=jwt needs exactly one of JWT_SECRET or JWT_JWKS_URL"));
+                }
+                if secret.as_ref().is_some_and(|s| s.expose().len() < 32) {
+                    return Err(err("JWT_SECRET", "must be at least 32 characters"));
+                }
+                AuthConfig::Jwt(JwtConfig {
+                    secret,
+                    jwks_url,
+                    tenant_claim: var("JWT_TENANT_CLAIM").unwrap_or_else(|| "tenant_id".into()),
+                    user_claim: var("JWT_USER_CLAIM").unwrap_or_else(|| "sub".into()),
+                    issuer: var("JWT_ISSUER"),
+                    audience: var("JWT_AUDIENCE"),
+                })
+            }
+            Some(other) => {
+                return Err(err("AUTH_MODE", format!("{other:?} is not one of none, api-key, jwt")));
+            }
+        };
+        let rate_limit_per_minute = match var("RATE_LIMIT_PER_MINUTE").as_deref() {
+            None if loopback => None,
+            None => Some(600),
+            Some("off") | Some("0") => None,
+            Some(v) => Some(
+                v.parse::<u32>()
+                    .map_err(|_| err("RATE_LIMIT_PER_MINUTE", format!("{v:?} is not a number (or off)")))?,
+            ),
+        };
+        let llm_timeout = Duration::from_secs(parse_num("LLM_TIMEOUT_SECONDS", 60u64, 1)?);
         Ok(Config {
+            auth,
+            api_keys_file,
+            rate_limit_per_minute,
+            request_timeout: Duration::from_secs(parse_num("REQUEST_TIMEOUT_SECONDS", llm_timeout.as_secs() + 30, 1)?),
+            header_read_timeout: Duration::from_secs(parse_num("HEADER_READ_TIMEOUT_SECONDS", 10u64, 1)?),
+            max_concurrent_requests: parse_num("MAX_CONCURRENT_REQUESTS", 4096usize, 1)?,
+            shutdown_grace: Duration::from_secs(parse_num("SHUTDOWN_GRACE_SECONDS", 25u64, 0)?),
             storage,
             sessions_table,
             messages_table,
             host,
             port,
             provider,
-            system_prompt: var("AGENT_SYSTEM_PROMPT")
-                .unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.into()),
+            system_prompt: var("AGENT_SYSTEM_PROMPT").unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.into()),
             history_max_messages: parse_num("HISTORY_MAX_MESSAGES", 50usize, 0)?,
             session_idle: Duration::from_secs(60 * parse_num("SESSION_IDLE_MINUTES", 30u64, 0)?),
             max_body_bytes: parse_num("MAX_BODY_BYTES", 1024 * 1024usize, 1024)?,
             max_message_chars: parse_num("MAX_MESSAGE_CHARS", 32_000usize, 1)?,
-            llm_timeout: Duration::from_secs(parse_num("LLM_TIMEOUT_SECONDS", 60u64, 1)?),
+            llm_timeout,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! agent-server: a multi-tenant AI agent conversation server on DynamoDB or embedded SQLite.
 
 pub mod agent;
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod ids;
@@ -29,13 +30,8 @@ pub async fn dynamodb_client() -> aws_sdk_dynamodb::Client {
 pub async fn open_store(storage: &StorageConfig) -> Result<Arc<dyn ConversationStore>, StoreError> {
     Ok(match storage {
         StorageConfig::Sqlite { path } => Arc::new(SqliteStore::open(path.clone())?),
-        StorageConfig::DynamoDb {
-            sessions_table,
-            messages_table,
-        } => Arc::new(DynamoStore::new(
-            dynamodb_client().await,
-            sessions_table,
-            messages_table,
-        )),
+        StorageConfig::DynamoDb { sessions_table, messages_table } => {
+            Arc::new(DynamoStore::new(dynamodb_client().await, sessions_table, messages_table))
+        }
     })
 }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, IndexStatus, KeySchemaElement, KeyType,
-    Projection, ProjectionType, ScalarAttributeType, TableDescription, TableStatus,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, IndexStatus, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, TableDescription, TableStatus,
 };
 
 pub const TENANT_USER_INDEX: &str = "TenantUserIndex";
@@ -59,11 +59,7 @@ pub fn specs(sessions_table: &str, messages_table: &str) -> [TableSpec; 2] {
             hash: "id",
             range: Some("tenantId"),
             attributes: vec!["id", "tenantId", "userId"],
-            indexes: vec![IndexSpec {
-                name: TENANT_USER_INDEX,
-                hash: "tenantId",
-                range: "userId",
-            }],
+            indexes: vec![IndexSpec { name: TENANT_USER_INDEX, hash: "tenantId", range: "userId" }],
         },
         TableSpec {
             logical_id: "MessagesTable",
@@ -72,16 +68,8 @@ pub fn specs(sessions_table: &str, messages_table: &str) -> [TableSpec; 2] {
             range: None,
             attributes: vec!["id", "sessionId", "timestamp", "tenantId"],
             indexes: vec![
-                IndexSpec {
-                    name: SESSION_TIMESTAMP_INDEX,
-                    hash: "sessionId",
-                    range: "timestamp",
-                },
-                IndexSpec {
-                    name: TENANT_TIMESTAMP_INDEX,
-                    hash: "tenantId",
-                    range: "timestamp",
-                },
+                IndexSpec { name: SESSION_TIMESTAMP_INDEX, hash: "sessionId", range: "timestamp" },
+                IndexSpec { name: TENANT_TIMESTAMP_INDEX, hash: "tenantId", range: "timestamp" },
             ],
         },
     ]
@@ -108,24 +96,16 @@ fn key_schema(hash: &str, range: Option<&str>) -> Vec<KeySchemaElement> {
 #[error("{0}")]
 pub struct ProvisionError(pub String);
 
-fn describe_error<
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
->(
+fn describe_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static, R: std::fmt::Debug>(
     action: &str,
     table: &str,
     e: aws_sdk_dynamodb::error::SdkError<E, R>,
 ) -> ProvisionError {
     let code = e.code().unwrap_or("").to_string();
     if code == "AccessDeniedException" {
-        return ProvisionError(format!(
-            "permission denied: dynamodb:{action} on table {table} is needed"
-        ));
+        return ProvisionError(format!("permission denied: dynamodb:{action} on table {table} is needed"));
     }
-    ProvisionError(format!(
-        "dynamodb:{action} on table {table} failed: {}",
-        DisplayErrorContext(&e)
-    ))
+    ProvisionError(format!("dynamodb:{action} on table {table} failed: {}", DisplayErrorContext(&e)))
 }
 
 /// Creates the table when it is missing, waits until it and its indexes are ACTIVE, and checks its
@@ -142,11 +122,7 @@ pub async fn create(client: &Client, spec: &TableSpec) -> Result<bool, Provision
         GlobalSecondaryIndex::builder()
             .index_name(i.name)
             .set_key_schema(Some(key_schema(i.hash, Some(i.range))))
-            .projection(
-                Projection::builder()
-                    .projection_type(ProjectionType::All)
-                    .build(),
-            )
+            .projection(Projection::builder().projection_type(ProjectionType::All).build())
             .build()
             .expect("index has its required fields")
     });
@@ -176,10 +152,7 @@ pub async fn create(client: &Client, spec: &TableSpec) -> Result<bool, Provision
     Ok(created)
 }
 
-async fn describe(
-    client: &Client,
-    table: &str,
-) -> Result<Option<TableDescription>, ProvisionError> {
+async fn describe(client: &Client, table: &str) -> Result<Option<TableDescription>, ProvisionError> {
     match client.describe_table().table_name(table).send().await {
         Ok(out) => Ok(out.table),
         Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(None),
@@ -191,28 +164,21 @@ async fn wait_active(client: &Client, table: &str) -> Result<(), ProvisionError>
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         if let Some(t) = describe(client, table).await? {
-            let indexes_active = t
-                .global_secondary_indexes()
-                .iter()
-                .all(|i| i.index_status().is_none_or(|s| *s == IndexStatus::Active));
+            let indexes_active =
+                t.global_secondary_indexes().iter().all(|i| i.index_status().is_none_or(|s| *s == IndexStatus::Active));
             if t.table_status() == Some(&TableStatus::Active) && indexes_active {
                 return Ok(());
             }
         }
         if Instant::now() > deadline {
-            return Err(ProvisionError(format!(
-                "table {table} did not become ACTIVE within 10 minutes"
-            )));
+            return Err(ProvisionError(format!("table {table} did not become ACTIVE within 10 minutes")));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
 fn describe_keys(keys: &[KeySchemaElement]) -> String {
-    keys.iter()
-        .map(|k| format!("{} {}", k.attribute_name(), k.key_type().as_str()))
-        .collect::<Vec<_>>()
-        .join(", ")
+    keys.iter().map(|k| format!("{} {}", k.attribute_name(), k.key_type().as_str())).collect::<Vec<_>>().join(", ")
 }
 
 /// Compares the live table with the expected shape; one line per difference, empty when they agree.
@@ -230,9 +196,7 @@ pub fn compare(spec: &TableSpec, table: &TableDescription) -> Vec<String> {
     let want_keys = describe_keys(&key_schema(spec.hash, spec.range));
     let have_keys = describe_keys(table.key_schema());
     if want_keys != have_keys {
-        diffs.push(format!(
-            "{name}: key schema is [{have_keys}], expected [{want_keys}]"
-        ));
+        diffs.push(format!("{name}: key schema is [{have_keys}], expected [{want_keys}]"));
     }
     let mut have_attrs: Vec<String> = table
         .attribute_definitions()
@@ -250,11 +214,7 @@ pub fn compare(spec: &TableSpec, table: &TableDescription) -> Vec<String> {
         ));
     }
     for want in &spec.indexes {
-        match table
-            .global_secondary_indexes()
-            .iter()
-            .find(|i| i.index_name() == Some(want.name))
-        {
+        match table.global_secondary_indexes().iter().find(|i| i.index_name() == Some(want.name)) {
             None => diffs.push(format!("{name}: index {} is missing", want.name)),
             Some(have) => {
                 let want_keys = describe_keys(&key_schema(want.hash, Some(want.range)));
@@ -299,54 +259,30 @@ pub fn cloudformation(specs: &[TableSpec]) -> String {
     );
     let keys = |out: &mut String, indent: &str, hash: &str, range: Option<&str>| {
         let _ = writeln!(out, "{indent}KeySchema:");
-        let _ = writeln!(
-            out,
-            "{indent}  - AttributeName: {hash}\n{indent}    KeyType: HASH"
-        );
+        let _ = writeln!(out, "{indent}  - AttributeName: {hash}\n{indent}    KeyType: HASH");
         if let Some(r) = range {
-            let _ = writeln!(
-                out,
-                "{indent}  - AttributeName: {r}\n{indent}    KeyType: RANGE"
-            );
+            let _ = writeln!(out, "{indent}  - AttributeName: {r}\n{indent}    KeyType: RANGE");
         }
     };
     for spec in specs {
-        let _ = writeln!(
-            out,
-            "  {}:\n    Type: AWS::DynamoDB::Table\n    Properties:",
-            spec.logical_id
-        );
-        let _ = writeln!(
-            out,
-            "      TableName: {}\n      BillingMode: PAY_PER_REQUEST",
-            spec.name
-        );
+        let _ = writeln!(out, "  {}:\n    Type: AWS::DynamoDB::Table\n    Properties:", spec.logical_id);
+        let _ = writeln!(out, "      TableName: {}\n      BillingMode: PAY_PER_REQUEST", spec.name);
         let _ = writeln!(out, "      AttributeDefinitions:");
         for a in &spec.attributes {
-            let _ = writeln!(
-                out,
-                "        - AttributeName: {a}\n          AttributeType: S"
-            );
+            let _ = writeln!(out, "        - AttributeName: {a}\n          AttributeType: S");
         }
         keys(&mut out, "      ", spec.hash, spec.range);
         let _ = writeln!(out, "      GlobalSecondaryIndexes:");
         for i in &spec.indexes {
             let _ = writeln!(out, "        - IndexName: {}", i.name);
             keys(&mut out, "          ", i.hash, Some(i.range));
-            let _ = writeln!(
-                out,
-                "          Projection:\n            ProjectionType: ALL"
-            );
+            let _ = writeln!(out, "          Projection:\n            ProjectionType: ALL");
         }
         out.push('\n');
     }
     out.push_str("Outputs:\n");
     for (spec, output) in specs.iter().zip(["SessionsTableName", "MessagesTableName"]) {
-        let what = if spec.logical_id == "SessionsTable" {
-            "sessions"
-        } else {
-            "messages"
-        };
+        let what = if spec.logical_id == "SessionsTable" { "sessions" } else { "messages" };
         let _ = writeln!(
             out,
             "  {output}:\n    Description: Name of the {what} table\n    Value: !Ref {}\n    Export:\n      Name: !Sub \"${{AWS::StackName}}-{}\"",
@@ -361,10 +297,7 @@ pub fn iam_policy(specs: &[TableSpec]) -> serde_json::Value {
     let resources: Vec<String> = specs
         .iter()
         .flat_map(|s| {
-            [
-                format!("arn:aws:dynamodb:*:*:table/{}", s.name),
-                format!("arn:aws:dynamodb:*:*:table/{}/index/*", s.name),
-            ]
+            [format!("arn:aws:dynamodb:*:*:table/{}", s.name), format!("arn:aws:dynamodb:*:*:table/{}/index/*", s.name)]
         })
         .collect();
     serde_json::json!({
@@ -405,11 +338,7 @@ mod tests {
         let t = cloudformation(&specs("s-table", "m-table"));
         assert!(t.contains("TableName: s-table"));
         assert!(t.contains("TableName: m-table"));
-        for i in [
-            TENANT_USER_INDEX,
-            SESSION_TIMESTAMP_INDEX,
-            TENANT_TIMESTAMP_INDEX,
-        ] {
+        for i in [TENANT_USER_INDEX, SESSION_TIMESTAMP_INDEX, TENANT_TIMESTAMP_INDEX] {
             assert!(t.contains(&format!("IndexName: {i}")), "{i}");
         }
     }

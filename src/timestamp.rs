@@ -11,16 +11,12 @@ static LAST_MICROS: AtomicI64 = AtomicI64::new(0);
 
 /// Formats microseconds since the Unix epoch.
 pub fn format_micros(micros: i64) -> String {
-    DateTime::<Utc>::from_timestamp_micros(micros)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Micros, true)
+    DateTime::<Utc>::from_timestamp_micros(micros).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 /// Parses any RFC 3339 timestamp into microseconds since the epoch.
 pub fn parse_micros(value: &str) -> Option<i64> {
-    DateTime::parse_from_rfc3339(value)
-        .ok()
-        .map(|t| t.with_timezone(&Utc).timestamp_micros())
+    DateTime::parse_from_rfc3339(value).ok().map(|t| t.with_timezone(&Utc).timestamp_micros())
 }
 
 /// Rewrites any RFC 3339 timestamp into our fixed-width form (for `before=` parameters).
@@ -50,9 +46,7 @@ pub fn now() -> String {
 pub fn allocate(after: Option<&str>, count: usize) -> Vec<String> {
     let floor = after.and_then(parse_micros).map_or(i64::MIN, |m| m + 1);
     let start = now_micros().max(floor);
-    (0..count as i64)
-        .map(|i| format_micros(start + i))
-        .collect()
+    (0..count as i64).map(|i| format_micros(start + i)).collect()
 }
 
 /// Seconds since the epoch.
@@ -84,14 +78,8 @@ mod tests {
 
     #[test]
     fn normalize_pads_coarse_timestamps() {
-        assert_eq!(
-            normalize("2026-11-25T10:00:00Z").as_deref(),
-            Some("2026-11-25T10:00:00.000000Z")
-        );
-        assert_eq!(
-            normalize("2026-11-25T11:00:00.5+01:00").as_deref(),
-            Some("2026-11-25T10:00:00.500000Z")
-        );
+        assert_eq!(normalize("2026-11-25T10:00:00Z").as_deref(), Some("2026-11-25T10:00:00.000000Z"));
+        assert_eq!(normalize("2026-11-25T11:00:00.5+01:00").as_deref(), Some("2026-11-25T10:00:00.500000Z"));
         assert_eq!(normalize("yesterday"), None);
     }
 }

@@ -28,29 +28,16 @@ async fn ok_json(r: Response) -> Value {
 }
 
 async fn get(s: &TestServer, path: &str) -> Response {
-    common::http()
-        .get(format!("{}{path}", s.url))
-        .send()
-        .await
-        .unwrap()
+    common::http().get(format!("{}{path}", s.url)).send().await.unwrap()
 }
 
 /// Asserts the JSON error shape and returns the code.
 async fn error_code(r: Response, status: StatusCode) -> String {
     assert_eq!(r.status(), status);
-    let request_id = r
-        .headers()
-        .get("x-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let request_id = r.headers().get("x-request-id").unwrap().to_str().unwrap().to_string();
     let body: Value = r.json().await.unwrap();
     let error = &body["error"];
-    assert!(
-        error["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
     assert_eq!(error["requestId"], json!(request_id), "{body}");
     error["code"].as_str().unwrap().to_string()
 }
@@ -68,43 +55,20 @@ async fn the_seeds_curl_commands_work(backend: &str) {
     let s = TestServer::start(backend, &[]).await;
     let port = s.url.rsplit(':').next().unwrap().to_string();
     let post = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-X",
-            "POST",
-            &format!("http://localhost:{port}/agent/process"),
-        ])
+        .args(["-s", "-X", "POST", &format!("http://localhost:{port}/agent/process")])
         .args(["-H", "Content-Type: application/json"])
-        .args([
-            "-H",
-            "x-tenant-id: test-tenant",
-            "-H",
-            "x-user-id: test-user",
-            "-H",
-            "x-location-id: test-location",
-        ])
+        .args(["-H", "x-tenant-id: test-tenant", "-H", "x-user-id: test-user", "-H", "x-location-id: test-location"])
         .args(["-d", r#"{"message": "Hello, this is a test message"}"#])
         .output()
         .unwrap();
     let reply: Value = serde_json::from_slice(&post.stdout).unwrap();
-    assert!(
-        reply["response"]
-            .as_str()
-            .unwrap()
-            .contains("Hello, this is a test message"),
-        "{reply}"
-    );
+    assert!(reply["response"].as_str().unwrap().contains("Hello, this is a test message"), "{reply}");
     let session_id = reply["sessionId"].as_str().unwrap();
     assert_eq!(reply["userMessage"]["role"], "user");
     assert_eq!(reply["agentMessage"]["role"], "agent");
     assert_eq!(reply["agentMessage"]["sessionId"], json!(session_id));
     let list = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-X",
-            "GET",
-            &format!("http://localhost:{port}/agent/conversations/test-tenant/users/test-user"),
-        ])
+        .args(["-s", "-X", "GET", &format!("http://localhost:{port}/agent/conversations/test-tenant/users/test-user")])
         .output()
         .unwrap();
     let sessions: Value = serde_json::from_slice(&list.stdout).unwrap();
@@ -128,39 +92,16 @@ async fn history_and_context_reach_the_model(backend: &str) {
     let mut session = None;
     for (i, text) in ["first", "second", "third"].iter().enumerate() {
         let r = ok_json(
-            process(
-                &s,
-                "t1",
-                "u1",
-                json!({"message": text, "context": {"plan": "gold", "role": "owner"}}),
-            )
-            .await,
+            process(&s, "t1", "u1", json!({"message": text, "context": {"plan": "gold", "role": "owner"}})).await,
         )
         .await;
-        assert_eq!(
-            r["response"],
-            json!(format!(
-                "Echo: {text} [history: {} messages; context: plan, role]",
-                i * 2
-            ))
-        );
+        assert_eq!(r["response"], json!(format!("Echo: {text} [history: {} messages; context: plan, role]", i * 2)));
         let id = r["sessionId"].as_str().unwrap().to_string();
-        assert_eq!(
-            session.get_or_insert(id.clone()),
-            &id,
-            "one session across the three turns"
-        );
+        assert_eq!(session.get_or_insert(id.clone()), &id, "one session across the three turns");
     }
     // The stored conversation is in order, newest first by default.
     let id = session.unwrap();
-    let msgs = ok_json(
-        get(
-            &s,
-            &format!("/agent/conversations/t1/sessions/{id}/messages"),
-        )
-        .await,
-    )
-    .await;
+    let msgs = ok_json(get(&s, &format!("/agent/conversations/t1/sessions/{id}/messages")).await).await;
     let contents: Vec<&str> = msgs
         .as_array()
         .unwrap()
@@ -175,13 +116,7 @@ async fn history_and_context_reach_the_model(backend: &str) {
         ok_json(process(&s2, "t1", "u1", json!({"message": "x"})).await).await;
     }
     let r = ok_json(process(&s2, "t1", "u1", json!({"message": "y"})).await).await;
-    assert!(
-        r["response"]
-            .as_str()
-            .unwrap()
-            .contains("history: 3 messages"),
-        "{r}"
-    );
+    assert!(r["response"].as_str().unwrap().contains("history: 3 messages"), "{r}");
 }
 
 async fn sessions_are_reused_until_idle_and_explicit_ids_are_checked(backend: &str) {
@@ -198,22 +133,10 @@ async fn sessions_are_reused_until_idle_and_explicit_ids_are_checked(backend: &s
     let r = process(&s, "t2", "u1", json!({"message": "hi", "sessionId": sid})).await;
     assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "not_found");
     // Closing it: continuing it explicitly is 409, and the next message starts a new session.
-    let closed = common::http()
-        .post(format!(
-            "{}/agent/conversations/t1/sessions/{sid}/close",
-            s.url
-        ))
-        .send()
-        .await
-        .unwrap();
+    let closed =
+        common::http().post(format!("{}/agent/conversations/t1/sessions/{sid}/close", s.url)).send().await.unwrap();
     assert_eq!(ok_json(closed).await["isActive"], false);
-    let r = process(
-        &s,
-        "t1",
-        "u1",
-        json!({"message": "three", "sessionId": sid}),
-    )
-    .await;
+    let r = process(&s, "t1", "u1", json!({"message": "three", "sessionId": sid})).await;
     assert_eq!(error_code(r, StatusCode::CONFLICT).await, "conflict");
     let d = ok_json(process(&s, "t1", "u1", json!({"message": "four"})).await).await;
     assert_ne!(d["sessionId"], a["sessionId"]);
@@ -223,26 +146,12 @@ async fn sessions_are_reused_until_idle_and_explicit_ids_are_checked(backend: &s
     tokio::time::sleep(Duration::from_millis(5)).await;
     let y = ok_json(process(&idle, "t1", "u1", json!({"message": "two"})).await).await;
     assert_ne!(x["sessionId"], y["sessionId"]);
-    let old = ok_json(
-        get(
-            &idle,
-            &format!(
-                "/agent/conversations/t1/sessions/{}",
-                x["sessionId"].as_str().unwrap()
-            ),
-        )
-        .await,
-    )
-    .await;
+    let old =
+        ok_json(get(&idle, &format!("/agent/conversations/t1/sessions/{}", x["sessionId"].as_str().unwrap())).await)
+            .await;
     assert_eq!(old["isActive"], false);
     // An explicit sessionId still continues the idle session... unless it was closed, as here.
-    let r = process(
-        &idle,
-        "t1",
-        "u1",
-        json!({"message": "three", "sessionId": y["sessionId"]}),
-    )
-    .await;
+    let r = process(&idle, "t1", "u1", json!({"message": "three", "sessionId": y["sessionId"]})).await;
     assert_eq!(ok_json(r).await["sessionId"], y["sessionId"]);
 }
 
@@ -255,37 +164,29 @@ async fn pages_through_250_messages_by_link_and_by_before(backend: &str) {
     }
     // By Link headers.
     let mut ids = Vec::new();
-    let mut next = Some(format!(
-        "/agent/conversations/t1/sessions/{sid}/messages?limit=40&order=asc"
-    ));
+    let mut next = Some(format!("/agent/conversations/t1/sessions/{sid}/messages?limit=40&order=asc"));
     while let Some(path) = next {
         let r = get(&s, &path).await;
         next = next_link(&r);
         let page = ok_json(r).await;
-        ids.extend(page.as_array().unwrap().iter().map(|m| {
-            (
-                m["id"].as_str().unwrap().to_string(),
-                m["timestamp"].as_str().unwrap().to_string(),
-            )
-        }));
+        ids.extend(
+            page.as_array()
+                .unwrap()
+                .iter()
+                .map(|m| (m["id"].as_str().unwrap().to_string(), m["timestamp"].as_str().unwrap().to_string())),
+        );
     }
     assert_eq!(ids.len(), 250);
     let unique: std::collections::HashSet<_> = ids.iter().map(|(id, _)| id.clone()).collect();
     assert_eq!(unique.len(), 250, "no message repeated");
-    assert!(
-        ids.windows(2).all(|w| w[0].1 < w[1].1),
-        "oldest first, strictly increasing"
-    );
+    assert!(ids.windows(2).all(|w| w[0].1 < w[1].1), "oldest first, strictly increasing");
     // By `before`, newest first, as the original server's clients page.
     let mut seen = Vec::new();
     let mut before: Option<String> = None;
     loop {
         let path = match &before {
             None => format!("/agent/conversations/t1/sessions/{sid}/messages?limit=33"),
-            Some(b) => format!(
-                "/agent/conversations/t1/sessions/{sid}/messages?limit=33&before={}",
-                urlencode(b)
-            ),
+            Some(b) => format!("/agent/conversations/t1/sessions/{sid}/messages?limit=33&before={}", urlencode(b)),
         };
         let page = ok_json(get(&s, &path).await).await;
         let page = page.as_array().unwrap();
@@ -293,12 +194,7 @@ async fn pages_through_250_messages_by_link_and_by_before(backend: &str) {
             break;
         }
         seen.extend(page.iter().map(|m| m["id"].as_str().unwrap().to_string()));
-        before = Some(
-            page.last().unwrap()["timestamp"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        before = Some(page.last().unwrap()["timestamp"].as_str().unwrap().to_string());
     }
     let mut expected: Vec<String> = ids.into_iter().map(|(id, _)| id).collect();
     expected.reverse();
@@ -320,10 +216,7 @@ fn urlencode(s: &str) -> String {
 
 /// Reads an SSE response into (event, data) pairs.
 async fn sse_events(r: Response) -> Vec<(String, Value)> {
-    assert_eq!(
-        r.headers().get("content-type").unwrap(),
-        "text/event-stream"
-    );
+    assert_eq!(r.headers().get("content-type").unwrap(), "text/event-stream");
     let text = r.text().await.unwrap();
     parse_sse(&text)
 }
@@ -347,32 +240,17 @@ fn parse_sse(text: &str) -> Vec<(String, Value)> {
 
 async fn streams_session_deltas_and_done(backend: &str) {
     let s = TestServer::start(backend, &[]).await;
-    let r = process(
-        &s,
-        "t1",
-        "u1",
-        json!({"message": "stream this reply please", "stream": true}),
-    )
-    .await;
+    let r = process(&s, "t1", "u1", json!({"message": "stream this reply please", "stream": true})).await;
     let events = sse_events(r).await;
     let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
     assert_eq!(names[0], "session");
     assert_eq!(*names.last().unwrap(), "done");
-    let deltas: Vec<&str> = events
-        .iter()
-        .filter(|(e, _)| e == "delta")
-        .map(|(_, d)| d["text"].as_str().unwrap())
-        .collect();
+    let deltas: Vec<&str> =
+        events.iter().filter(|(e, _)| e == "delta").map(|(_, d)| d["text"].as_str().unwrap()).collect();
     assert!(deltas.len() >= 3, "several chunks: {deltas:?}");
     let done = &events.last().unwrap().1;
-    assert_eq!(
-        deltas.concat(),
-        done["agentMessage"]["content"].as_str().unwrap()
-    );
-    assert_eq!(
-        events[0].1["userMessage"]["content"],
-        "stream this reply please"
-    );
+    assert_eq!(deltas.concat(), done["agentMessage"]["content"].as_str().unwrap());
+    assert_eq!(events[0].1["userMessage"]["content"], "stream this reply please");
     assert_eq!(events[0].1["sessionId"], done["sessionId"]);
     // Accept: text/event-stream chooses streaming too; both turns are stored.
     let r = common::http()
@@ -387,23 +265,10 @@ async fn streams_session_deltas_and_done(backend: &str) {
     let events = sse_events(r).await;
     assert_eq!(events.last().unwrap().0, "done");
     let sid = done["sessionId"].as_str().unwrap();
-    let msgs = ok_json(
-        get(
-            &s,
-            &format!("/agent/conversations/t1/sessions/{sid}/messages?order=asc"),
-        )
-        .await,
-    )
-    .await;
+    let msgs = ok_json(get(&s, &format!("/agent/conversations/t1/sessions/{sid}/messages?order=asc")).await).await;
     assert_eq!(msgs.as_array().unwrap().len(), 4);
     // Errors arrive as an `error` event with the JSON error body.
-    let r = process(
-        &s,
-        "t1",
-        "u1",
-        json!({"message": "x", "stream": true, "sessionId": "no-such-session"}),
-    )
-    .await;
+    let r = process(&s, "t1", "u1", json!({"message": "x", "stream": true, "sessionId": "no-such-session"})).await;
     assert_eq!(r.status(), StatusCode::OK);
     let events = sse_events(r).await;
     assert_eq!(events.len(), 1);
@@ -413,36 +278,20 @@ async fn streams_session_deltas_and_done(backend: &str) {
 
 async fn a_client_that_disconnects_mid_stream_leaves_a_whole_turn(backend: &str) {
     let s = TestServer::start(backend, &[("ECHO_CHUNK_DELAY_MS", "150")]).await;
-    let r = process(
-        &s,
-        "t1",
-        "u1",
-        json!({"message": "a long answer that streams slowly in many chunks", "stream": true}),
-    )
-    .await;
+    let r =
+        process(&s, "t1", "u1", json!({"message": "a long answer that streams slowly in many chunks", "stream": true}))
+            .await;
     let mut body = r.bytes_stream();
     let mut seen = String::new();
     while !seen.contains("event: delta") {
-        seen.push_str(&String::from_utf8_lossy(
-            &body.next().await.unwrap().unwrap(),
-        ));
+        seen.push_str(&String::from_utf8_lossy(&body.next().await.unwrap().unwrap()));
     }
-    let sid = parse_sse(&seen)[0].1["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let sid = parse_sse(&seen)[0].1["sessionId"].as_str().unwrap().to_string();
     drop(body); // the client goes away
     let mut msgs = Value::Null;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        msgs = ok_json(
-            get(
-                &s,
-                &format!("/agent/conversations/t1/sessions/{sid}/messages?order=asc"),
-            )
-            .await,
-        )
-        .await;
+        msgs = ok_json(get(&s, &format!("/agent/conversations/t1/sessions/{sid}/messages?order=asc")).await).await;
         if msgs.as_array().unwrap().len() == 2 {
             break;
         }
@@ -453,10 +302,7 @@ async fn a_client_that_disconnects_mid_stream_leaves_a_whole_turn(backend: &str)
     assert_eq!(msgs[1]["metadata"]["interrupted"], true);
     let full = "Echo: a long answer that streams slowly in many chunks [history: 0 messages; context: none]";
     let partial = msgs[1]["content"].as_str().unwrap();
-    assert!(
-        full.starts_with(partial) && partial.len() < full.len(),
-        "partial reply: {partial:?}"
-    );
+    assert!(full.starts_with(partial) && partial.len() < full.len(), "partial reply: {partial:?}");
 }
 
 async fn idempotent_retries_return_the_first_result(backend: &str) {
@@ -476,19 +322,8 @@ async fn idempotent_retries_return_the_first_result(backend: &str) {
     let other = ok_json(send("key-2", "hello").await.unwrap()).await;
     assert_ne!(other["agentMessage"]["id"], first["agentMessage"]["id"]);
     let sid = first["sessionId"].as_str().unwrap();
-    let msgs = ok_json(
-        get(
-            &s,
-            &format!("/agent/conversations/t1/sessions/{sid}/messages"),
-        )
-        .await,
-    )
-    .await;
-    assert_eq!(
-        msgs.as_array().unwrap().len(),
-        4,
-        "the retry stored nothing"
-    );
+    let msgs = ok_json(get(&s, &format!("/agent/conversations/t1/sessions/{sid}/messages")).await).await;
+    assert_eq!(msgs.as_array().unwrap().len(), 4, "the retry stored nothing");
     // The same key from another tenant is another request.
     let r = common::http()
         .post(format!("{}/agent/process", s.url))

@@ -18,26 +18,12 @@ use serde_json::{Value, json};
 type Seen = Arc<Mutex<Vec<(String, Value)>>>;
 
 fn reply_to(body: &Value) -> String {
-    let last = body["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .cloned()
-        .unwrap_or(Value::Null);
-    let text = last["content"][0]["text"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    format!(
-        "bedrock says: {text} ({} messages)",
-        body["messages"].as_array().map_or(0, |m| m.len())
-    )
+    let last = body["messages"].as_array().and_then(|m| m.last()).cloned().unwrap_or(Value::Null);
+    let text = last["content"][0]["text"].as_str().unwrap_or_default().to_string();
+    format!("bedrock says: {text} ({} messages)", body["messages"].as_array().map_or(0, |m| m.len()))
 }
 
-async fn converse(
-    State(seen): State<Seen>,
-    Path(model): Path<String>,
-    Json(body): Json<Value>,
-) -> Response {
+async fn converse(State(seen): State<Seen>, Path(model): Path<String>, Json(body): Json<Value>) -> Response {
     seen.lock().unwrap().push((model, body.clone()));
     Json(json!({
         "output": {"message": {"role": "assistant", "content": [{"text": reply_to(&body)}]}},
@@ -50,44 +36,28 @@ async fn converse(
 
 fn frame(event_type: &str, payload: Value) -> Vec<u8> {
     let message = Message::new(payload.to_string().into_bytes())
-        .add_header(Header::new(
-            ":event-type",
-            HeaderValue::String(event_type.to_string().into()),
-        ))
-        .add_header(Header::new(
-            ":message-type",
-            HeaderValue::String("event".into()),
-        ))
-        .add_header(Header::new(
-            ":content-type",
-            HeaderValue::String("application/json".into()),
-        ));
+        .add_header(Header::new(":event-type", HeaderValue::String(event_type.to_string().into())))
+        .add_header(Header::new(":message-type", HeaderValue::String("event".into())))
+        .add_header(Header::new(":content-type", HeaderValue::String("application/json".into())));
     let mut buf = Vec::new();
     write_message_to(&message, &mut buf).unwrap();
     buf
 }
 
-async fn converse_stream(
-    State(seen): State<Seen>,
-    Path(model): Path<String>,
-    Json(body): Json<Value>,
-) -> Response {
+async fn converse_stream(State(seen): State<Seen>, Path(model): Path<String>, Json(body): Json<Value>) -> Response {
     seen.lock().unwrap().push((model, body.clone()));
     let text = reply_to(&body);
     let mut out = frame("messageStart", json!({"role": "assistant"}));
     for piece in text.split_inclusive(' ') {
-        out.extend(frame(
-            "contentBlockDelta",
-            json!({"contentBlockIndex": 0, "delta": {"text": piece}}),
-        ));
+        out.extend(frame("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"text": piece}})));
     }
     out.extend(frame("contentBlockStop", json!({"contentBlockIndex": 0})));
     out.extend(frame("messageStop", json!({"stopReason": "end_turn"})));
-    out.extend(frame("metadata", json!({"usage": {"inputTokens": 21, "outputTokens": 9, "totalTokens": 30}, "metrics": {"latencyMs": 4}})));
-    Response::builder()
-        .header("content-type", "application/vnd.amazon.eventstream")
-        .body(Body::from(out))
-        .unwrap()
+    out.extend(frame(
+        "metadata",
+        json!({"usage": {"inputTokens": 21, "outputTokens": 9, "totalTokens": 30}, "metrics": {"latencyMs": 4}}),
+    ));
+    Response::builder().header("content-type", "application/vnd.amazon.eventstream").body(Body::from(out)).unwrap()
 }
 
 async fn mock() -> (String, Seen) {
@@ -130,50 +100,20 @@ fn turn(s: &TestServer, body: Value) -> reqwest::RequestBuilder {
 async fn converse_answers_a_turn_with_history_and_context() {
     let (url, seen) = mock().await;
     let s = server(&url).await;
-    let first: Value = turn(&s, json!({"message": "hello"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        first["response"], "bedrock says: hello (1 messages)",
-        "{first}"
-    );
-    assert_eq!(
-        first["agentMessage"]["metadata"]["usage"],
-        json!({"inputTokens": 21, "outputTokens": 5})
-    );
-    assert_eq!(
-        first["agentMessage"]["metadata"]["model"],
-        "anthropic.claude-test-v1"
-    );
-    let second: Value = turn(&s, json!({"message": "again", "context": {"plan": "gold"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first: Value = turn(&s, json!({"message": "hello"})).send().await.unwrap().json().await.unwrap();
+    assert_eq!(first["response"], "bedrock says: hello (1 messages)", "{first}");
+    assert_eq!(first["agentMessage"]["metadata"]["usage"], json!({"inputTokens": 21, "outputTokens": 5}));
+    assert_eq!(first["agentMessage"]["metadata"]["model"], "anthropic.claude-test-v1");
+    let second: Value =
+        turn(&s, json!({"message": "again", "context": {"plan": "gold"}})).send().await.unwrap().json().await.unwrap();
     assert_eq!(second["response"], "bedrock says: again (3 messages)");
     let (model, body) = seen.lock().unwrap().last().cloned().unwrap();
     assert_eq!(model, "anthropic.claude-test-v1");
-    let roles: Vec<&str> = body["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["role"].as_str().unwrap())
-        .collect();
+    let roles: Vec<&str> = body["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["user", "assistant", "user"]);
     let system = body["system"].as_array().unwrap();
     assert_eq!(system.len(), 2);
-    assert!(
-        system[1]["text"]
-            .as_str()
-            .unwrap()
-            .contains("\"plan\":\"gold\"")
-    );
+    assert!(system[1]["text"].as_str().unwrap().contains("\"plan\":\"gold\""));
     assert!(!s.output().contains("bedrock-secret-value"));
 }
 
@@ -181,20 +121,12 @@ async fn converse_answers_a_turn_with_history_and_context() {
 async fn converse_stream_streams_deltas() {
     let (url, _seen) = mock().await;
     let s = server(&url).await;
-    let text = turn(&s, json!({"message": "stream please", "stream": true}))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text =
+        turn(&s, json!({"message": "stream please", "stream": true})).send().await.unwrap().text().await.unwrap();
     let mut deltas = String::new();
     let mut done = Value::Null;
     for block in text.split("\n\n") {
-        let event = block
-            .lines()
-            .find_map(|l| l.strip_prefix("event: "))
-            .unwrap_or_default();
+        let event = block.lines().find_map(|l| l.strip_prefix("event: ")).unwrap_or_default();
         let data: Value = block
             .lines()
             .find_map(|l| l.strip_prefix("data: "))

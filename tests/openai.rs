@@ -33,47 +33,25 @@ fn turn(s: &TestServer, body: Value) -> reqwest::RequestBuilder {
 async fn non_streaming_turns_send_history_context_and_key() {
     let mock = OpenAiMock::start().await;
     let s = server(&mock).await;
-    let first: Value = turn(&s, json!({"message": "hello"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first: Value = turn(&s, json!({"message": "hello"})).send().await.unwrap().json().await.unwrap();
     assert_eq!(first["response"], "mock reply to: hello (2 messages) ✓");
     let meta = &first["agentMessage"]["metadata"];
     assert_eq!(meta["model"], "mock-model");
     assert_eq!(meta["usage"], json!({"inputTokens": 11, "outputTokens": 7}));
     assert!(meta["latencyMs"].is_u64());
-    let second: Value = turn(&s, json!({"message": "again", "context": {"plan": "gold"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let second: Value =
+        turn(&s, json!({"message": "again", "context": {"plan": "gold"}})).send().await.unwrap().json().await.unwrap();
     assert_eq!(second["response"], "mock reply to: again (5 messages) ✓");
     let body = mock.last_body();
     assert_eq!(body["model"], "gpt-test");
     let messages = body["messages"].as_array().unwrap();
-    let roles: Vec<&str> = messages
-        .iter()
-        .map(|m| m["role"].as_str().unwrap())
-        .collect();
+    let roles: Vec<&str> = messages.iter().map(|m| m["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["system", "system", "user", "assistant", "user"]);
     assert_eq!(messages[0]["content"], "You are the test agent.");
-    assert!(
-        messages[1]["content"]
-            .as_str()
-            .unwrap()
-            .contains("\"plan\":\"gold\"")
-    );
+    assert!(messages[1]["content"].as_str().unwrap().contains("\"plan\":\"gold\""));
     assert_eq!(messages[2]["content"], "hello");
     assert_eq!(messages[3]["content"], first["response"]);
-    assert_eq!(
-        mock.recorded.lock().unwrap().authorizations[0],
-        "Bearer sk-test-key-42"
-    );
+    assert_eq!(mock.recorded.lock().unwrap().authorizations[0], "Bearer sk-test-key-42");
     assert!(!s.output().contains("sk-test-key-42"));
 }
 
@@ -81,23 +59,17 @@ async fn non_streaming_turns_send_history_context_and_key() {
 async fn streaming_survives_odd_chunk_boundaries() {
     let mock = OpenAiMock::start().await;
     let s = server(&mock).await;
-    let text = turn(
-        &s,
-        json!({"message": "stream ünïcödé please", "stream": true}),
-    )
-    .send()
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
+    let text = turn(&s, json!({"message": "stream ünïcödé please", "stream": true}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let mut deltas = String::new();
     let mut done = Value::Null;
     for block in text.split("\n\n") {
-        let event = block
-            .lines()
-            .find_map(|l| l.strip_prefix("event: "))
-            .unwrap_or_default();
+        let event = block.lines().find_map(|l| l.strip_prefix("event: ")).unwrap_or_default();
         let data: Value = block
             .lines()
             .find_map(|l| l.strip_prefix("data: "))
@@ -120,18 +92,10 @@ async fn streaming_survives_odd_chunk_boundaries() {
 async fn a_429_is_retried_and_then_succeeds() {
     let mock = OpenAiMock::start().await;
     let s = server(&mock).await;
-    let r = turn(&s, json!({"message": "busy [429-once]"}))
-        .send()
-        .await
-        .unwrap();
+    let r = turn(&s, json!({"message": "busy [429-once]"})).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
-    assert!(
-        body["response"]
-            .as_str()
-            .unwrap()
-            .starts_with("mock reply to: busy")
-    );
+    assert!(body["response"].as_str().unwrap().starts_with("mock reply to: busy"));
     assert_eq!(mock.calls(), 2);
 }
 
@@ -139,21 +103,13 @@ async fn a_429_is_retried_and_then_succeeds() {
 async fn concurrent_requests_with_one_idempotency_key_call_the_model_once() {
     let mock = OpenAiMock::start().await;
     let s = server(&mock).await;
-    let send = || {
-        turn(&s, json!({"message": "slow one [slow:800]"}))
-            .header("idempotency-key", "abc")
-            .send()
-    };
+    let send = || turn(&s, json!({"message": "slow one [slow:800]"})).header("idempotency-key", "abc").send();
     let (a, b) = tokio::join!(send(), send());
     let (a, b) = (a.unwrap(), b.unwrap());
     let mut statuses = [a.status().as_u16(), b.status().as_u16()];
     statuses.sort();
     assert_eq!(statuses, [200, 409]);
-    let (winner, loser) = if a.status() == StatusCode::OK {
-        (a, b)
-    } else {
-        (b, a)
-    };
+    let (winner, loser) = if a.status() == StatusCode::OK { (a, b) } else { (b, a) };
     let loser: Value = loser.json().await.unwrap();
     assert_eq!(loser["error"]["code"], "idempotency_in_progress");
     let first: Value = winner.json().await.unwrap();

@@ -9,22 +9,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/agent/process"),
     ("get", "/agent/conversations/{tenantId}/users/{userId}"),
     ("delete", "/agent/conversations/{tenantId}/users/{userId}"),
-    (
-        "get",
-        "/agent/conversations/{tenantId}/sessions/{sessionId}",
-    ),
-    (
-        "delete",
-        "/agent/conversations/{tenantId}/sessions/{sessionId}",
-    ),
-    (
-        "post",
-        "/agent/conversations/{tenantId}/sessions/{sessionId}/close",
-    ),
-    (
-        "get",
-        "/agent/conversations/{tenantId}/sessions/{sessionId}/messages",
-    ),
+    ("get", "/agent/conversations/{tenantId}/sessions/{sessionId}"),
+    ("delete", "/agent/conversations/{tenantId}/sessions/{sessionId}"),
+    ("post", "/agent/conversations/{tenantId}/sessions/{sessionId}/close"),
+    ("get", "/agent/conversations/{tenantId}/sessions/{sessionId}/messages"),
     ("get", "/agent/conversations/{tenantId}/messages"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -33,19 +21,8 @@ const ROUTES: &[(&str, &str)] = &[
 #[tokio::test]
 async fn every_route_is_in_the_openapi_document_and_exists() {
     let s = TestServer::start("sqlite", &[]).await;
-    let spec: Value = common::http()
-        .get(format!("{}/openapi.json", s.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        spec["openapi"].as_str().unwrap().starts_with("3.1"),
-        "{}",
-        spec["openapi"]
-    );
+    let spec: Value = common::http().get(format!("{}/openapi.json", s.url)).send().await.unwrap().json().await.unwrap();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"), "{}", spec["openapi"]);
     let paths = spec["paths"].as_object().unwrap();
     for (method, path) in ROUTES {
         assert!(
@@ -61,30 +38,15 @@ async fn every_route_is_in_the_openapi_document_and_exists() {
             let url = format!(
                 "{}{}",
                 s.url,
-                path.replace("{tenantId}", "t1")
-                    .replace("{userId}", "u1")
-                    .replace("{sessionId}", "s1")
+                path.replace("{tenantId}", "t1").replace("{userId}", "u1").replace("{sessionId}", "s1")
             );
-            let r = common::http()
-                .request(method.to_uppercase().parse().unwrap(), &url)
-                .send()
-                .await
-                .unwrap();
+            let r = common::http().request(method.to_uppercase().parse().unwrap(), &url).send().await.unwrap();
             let status = r.status().as_u16();
             let body: Value = r.json().await.unwrap_or(Value::Null);
-            let no_route = status == 404
-                && body["error"]["message"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("no route"));
-            assert!(
-                !no_route && status != 405,
-                "{method} {path} is documented but not served ({status})"
-            );
+            let no_route =
+                status == 404 && body["error"]["message"].as_str().is_some_and(|m| m.starts_with("no route"));
+            assert!(!no_route && status != 405, "{method} {path} is documented but not served ({status})");
         }
     }
-    assert_eq!(
-        documented,
-        ROUTES.len(),
-        "undocumented or unexpected operations in the spec"
-    );
+    assert_eq!(documented, ROUTES.len(), "undocumented or unexpected operations in the spec");
 }

@@ -39,10 +39,7 @@ async fn writer_child() {
             content: format!("m{i}"),
             metadata: None,
         };
-        store
-            .append_messages(&tenant, &s.id, vec![m])
-            .await
-            .unwrap();
+        store.append_messages(&tenant, &s.id, vec![m]).await.unwrap();
         writeln!(out, "ack {id}").unwrap();
         out.flush().unwrap();
     }
@@ -53,13 +50,7 @@ async fn sqlite_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("agent.db");
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "writer_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--ignored", "--exact", "writer_child", "--nocapture", "--test-threads=1"])
         .env(CHILD_DB, &db)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -85,19 +76,12 @@ async fn sqlite_survives_kill_9() {
         .list_messages(
             &tenant,
             &session.unwrap(),
-            MessageQuery {
-                limit: 100_000,
-                order: Order::Asc,
-                ..Default::default()
-            },
+            MessageQuery { limit: 100_000, order: Order::Asc, ..Default::default() },
         )
         .await
         .unwrap();
     let stored: HashSet<String> = page.items.iter().map(|m| m.id.to_string()).collect();
     let lost: Vec<_> = acked.difference(&stored).collect();
-    assert!(
-        lost.is_empty(),
-        "acknowledged but lost after kill -9: {lost:?}"
-    );
+    assert!(lost.is_empty(), "acknowledged but lost after kill -9: {lost:?}");
     assert!(stored.len() >= acked.len());
 }

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use agent_server::ids::{MessageId, SessionId, TenantId, UserId};
 use agent_server::store::{
-    Appended, ConversationStore, Cursor, Deleted, Message, MessageQuery, NewMessage, NewSession,
-    Order, Page, PageRequest, Role, Session, StoreError, StoreResult, recent_history,
+    Appended, ConversationStore, Cursor, Deleted, Message, MessageQuery, NewMessage, NewSession, Order, Page,
+    PageRequest, Role, Session, StoreError, StoreResult, recent_history,
 };
 use async_trait::async_trait;
 use serde_json::json;
@@ -22,60 +22,26 @@ fn user(u: &str) -> UserId {
 
 async fn new_session(store: &dyn ConversationStore, t: &str, u: &str) -> Session {
     store
-        .create_session(NewSession {
-            tenant_id: tenant(t),
-            user_id: user(u),
-            location_id: None,
-            metadata: None,
-        })
+        .create_session(NewSession { tenant_id: tenant(t), user_id: user(u), location_id: None, metadata: None })
         .await
         .unwrap()
 }
 
 fn msg(u: &str, role: Role, content: &str) -> NewMessage {
-    NewMessage {
-        id: MessageId::generate(),
-        user_id: user(u),
-        role,
-        content: content.into(),
-        metadata: None,
-    }
+    NewMessage { id: MessageId::generate(), user_id: user(u), role, content: content.into(), metadata: None }
 }
 
 async fn append(store: &dyn ConversationStore, s: &Session, contents: &[&str]) -> Vec<Message> {
-    let batch = contents
-        .iter()
-        .map(|c| msg(s.user_id.as_str(), Role::User, c))
-        .collect();
-    store
-        .append_messages(&s.tenant_id, &s.id, batch)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|a| a.message)
-        .collect()
+    let batch = contents.iter().map(|c| msg(s.user_id.as_str(), Role::User, c)).collect();
+    store.append_messages(&s.tenant_id, &s.id, batch).await.unwrap().into_iter().map(|a| a.message).collect()
 }
 
-async fn all_messages(
-    store: &dyn ConversationStore,
-    s: &Session,
-    order: Order,
-    page: usize,
-) -> Vec<Message> {
+async fn all_messages(store: &dyn ConversationStore, s: &Session, order: Order, page: usize) -> Vec<Message> {
     let mut out = Vec::new();
     let mut cursor = None;
     loop {
         let p = store
-            .list_messages(
-                &s.tenant_id,
-                &s.id,
-                MessageQuery {
-                    limit: page,
-                    order,
-                    cursor,
-                    before: None,
-                },
-            )
+            .list_messages(&s.tenant_id, &s.id, MessageQuery { limit: page, order, cursor, before: None })
             .await
             .unwrap();
         assert!(p.items.len() <= page);
@@ -93,129 +59,48 @@ async fn sessions_round_trip_with_seed_fields(store: Arc<dyn ConversationStore>)
             tenant_id: tenant("acme"),
             user_id: user("u1"),
             location_id: Some(agent_server::ids::LocationId::parse("loc-9").unwrap()),
-            metadata: Some(
-                json!({"channel": "web", "n": 3, "nested": {"ok": true}})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            ),
+            metadata: Some(json!({"channel": "web", "n": 3, "nested": {"ok": true}}).as_object().unwrap().clone()),
         })
         .await
         .unwrap();
     assert!(created.is_active);
     assert_eq!(created.created_at, created.updated_at);
-    assert!(
-        created.created_at.ends_with('Z') && created.created_at.len() == 27,
-        "{}",
-        created.created_at
-    );
-    let got = store
-        .get_session(&tenant("acme"), &created.id)
-        .await
-        .unwrap()
-        .unwrap();
+    assert!(created.created_at.ends_with('Z') && created.created_at.len() == 27, "{}", created.created_at);
+    let got = store.get_session(&tenant("acme"), &created.id).await.unwrap().unwrap();
     assert_eq!(got, created);
-    assert!(
-        store
-            .get_session(&tenant("acme"), &SessionId::generate())
-            .await
-            .unwrap()
-            .is_none()
-    );
-    let active = store
-        .find_active_session(&tenant("acme"), &user("u1"))
-        .await
-        .unwrap()
-        .unwrap();
+    assert!(store.get_session(&tenant("acme"), &SessionId::generate()).await.unwrap().is_none());
+    let active = store.find_active_session(&tenant("acme"), &user("u1")).await.unwrap().unwrap();
     assert_eq!(active.id, created.id);
-    let closed = store
-        .close_session(&tenant("acme"), &created.id)
-        .await
-        .unwrap()
-        .unwrap();
+    let closed = store.close_session(&tenant("acme"), &created.id).await.unwrap().unwrap();
     assert!(!closed.is_active);
-    assert!(
-        store
-            .find_active_session(&tenant("acme"), &user("u1"))
-            .await
-            .unwrap()
-            .is_none()
-    );
-    let err = store
-        .append_messages(
-            &tenant("acme"),
-            &created.id,
-            vec![msg("u1", Role::User, "hi")],
-        )
-        .await
-        .unwrap_err();
+    assert!(store.find_active_session(&tenant("acme"), &user("u1")).await.unwrap().is_none());
+    let err = store.append_messages(&tenant("acme"), &created.id, vec![msg("u1", Role::User, "hi")]).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
-    assert!(
-        store
-            .close_session(&tenant("acme"), &SessionId::generate())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(store.close_session(&tenant("acme"), &SessionId::generate()).await.unwrap().is_none());
 }
 
 async fn appends_are_ordered_and_idempotent(store: Arc<dyn ConversationStore>) {
     let s = new_session(&*store, "acme", "u1").await;
     let first = msg("u1", Role::User, "hello");
     let reply = msg("u1", Role::Agent, "hi there");
-    let out = store
-        .append_messages(&s.tenant_id, &s.id, vec![first.clone(), reply.clone()])
-        .await
-        .unwrap();
+    let out = store.append_messages(&s.tenant_id, &s.id, vec![first.clone(), reply.clone()]).await.unwrap();
     assert!(out.iter().all(|a| a.created));
-    assert!(
-        out[0].message.timestamp < out[1].message.timestamp,
-        "the reply sorts after the message it answers"
-    );
+    assert!(out[0].message.timestamp < out[1].message.timestamp, "the reply sorts after the message it answers");
     // The same ids again: stored once, and the call says so.
-    let again = store
-        .append_messages(&s.tenant_id, &s.id, vec![first.clone()])
-        .await
-        .unwrap();
-    assert_eq!(
-        again,
-        vec![Appended {
-            message: out[0].message.clone(),
-            created: false
-        }]
-    );
+    let again = store.append_messages(&s.tenant_id, &s.id, vec![first.clone()]).await.unwrap();
+    assert_eq!(again, vec![Appended { message: out[0].message.clone(), created: false }]);
     let all = all_messages(&*store, &s, Order::Asc, 10).await;
     assert_eq!(all.len(), 2);
     assert_eq!(all[0].content, "hello");
     assert_eq!(all[1].role, Role::Agent);
-    assert_eq!(
-        store
-            .get_message(&s.tenant_id, &out[1].message.id)
-            .await
-            .unwrap()
-            .as_ref(),
-        Some(&out[1].message)
-    );
-    assert_eq!(
-        store
-            .get_message(&tenant("globex"), &out[1].message.id)
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(store.get_message(&s.tenant_id, &out[1].message.id).await.unwrap().as_ref(), Some(&out[1].message));
+    assert_eq!(store.get_message(&tenant("globex"), &out[1].message.id).await.unwrap(), None);
     // The same id in another tenant's session is refused, and reveals nothing.
     let other = new_session(&*store, "globex", "u1").await;
-    let err = store
-        .append_messages(&other.tenant_id, &other.id, vec![first])
-        .await
-        .unwrap_err();
+    let err = store.append_messages(&other.tenant_id, &other.id, vec![first]).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     // The session's activity moved with the messages.
-    let s2 = store
-        .get_session(&s.tenant_id, &s.id)
-        .await
-        .unwrap()
-        .unwrap();
+    let s2 = store.get_session(&s.tenant_id, &s.id).await.unwrap().unwrap();
     assert_eq!(s2.updated_at, out[1].message.timestamp);
 }
 
@@ -226,14 +111,8 @@ async fn concurrent_appends_get_strictly_increasing_timestamps(store: Arc<dyn Co
         let store = store.clone();
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            let batch = vec![
-                msg("u1", Role::User, &format!("q{i}")),
-                msg("u1", Role::Agent, &format!("a{i}")),
-            ];
-            store
-                .append_messages(&s.tenant_id, &s.id, batch)
-                .await
-                .unwrap()
+            let batch = vec![msg("u1", Role::User, &format!("q{i}")), msg("u1", Role::Agent, &format!("a{i}"))];
+            store.append_messages(&s.tenant_id, &s.id, batch).await.unwrap()
         }));
     }
     let mut pairs = Vec::new();
@@ -245,12 +124,7 @@ async fn concurrent_appends_get_strictly_increasing_timestamps(store: Arc<dyn Co
     let all = all_messages(&*store, &s, Order::Asc, 100).await;
     assert_eq!(all.len(), 32);
     for w in all.windows(2) {
-        assert!(
-            w[0].timestamp < w[1].timestamp,
-            "{} < {}",
-            w[0].timestamp,
-            w[1].timestamp
-        );
+        assert!(w[0].timestamp < w[1].timestamp, "{} < {}", w[0].timestamp, w[1].timestamp);
     }
     // Each reply directly follows its question: batches are not interleaved.
     for w in all.chunks(2) {
@@ -276,37 +150,16 @@ async fn pages_through_250_messages_without_loss_or_repeat(store: Arc<dyn Conver
     // `before` a timestamp gives the older ones, newest first.
     let cut = &written[100].timestamp;
     let page = store
-        .list_messages(
-            &s.tenant_id,
-            &s.id,
-            MessageQuery {
-                limit: 5,
-                before: Some(cut.clone()),
-                ..Default::default()
-            },
-        )
+        .list_messages(&s.tenant_id, &s.id, MessageQuery { limit: 5, before: Some(cut.clone()), ..Default::default() })
         .await
         .unwrap();
-    assert_eq!(
-        page.items
-            .iter()
-            .map(|m| m.content.as_str())
-            .collect::<Vec<_>>(),
-        ["m99", "m98", "m97", "m96", "m95"]
-    );
+    assert_eq!(page.items.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["m99", "m98", "m97", "m96", "m95"]);
     // The tenant's messages by time page the same way (TenantTimestampIndex).
     let mut seen = Vec::new();
     let mut cursor = None;
     loop {
         let p = store
-            .list_tenant_messages(
-                &s.tenant_id,
-                MessageQuery {
-                    limit: 40,
-                    cursor,
-                    ..Default::default()
-                },
-            )
+            .list_tenant_messages(&s.tenant_id, MessageQuery { limit: 40, cursor, ..Default::default() })
             .await
             .unwrap();
         seen.extend(p.items.into_iter().map(|m| m.id));
@@ -329,14 +182,7 @@ async fn tenant_messages_merge_sessions_by_time(store: Arc<dyn ConversationStore
     }
     append(&*store, &other, &["secret"]).await;
     let p = store
-        .list_tenant_messages(
-            &tenant("acme"),
-            MessageQuery {
-                limit: 100,
-                order: Order::Asc,
-                ..Default::default()
-            },
-        )
+        .list_tenant_messages(&tenant("acme"), MessageQuery { limit: 100, order: Order::Asc, ..Default::default() })
         .await
         .unwrap();
     assert_eq!(p.items, expected);
@@ -355,39 +201,22 @@ async fn user_sessions_list_newest_activity_first(store: Arc<dyn ConversationSto
     let mut ids = Vec::new();
     let mut cursor = None;
     loop {
-        let p = store
-            .list_user_sessions(
-                &tenant("acme"),
-                &user("u1"),
-                PageRequest { limit: 2, cursor },
-            )
-            .await
-            .unwrap();
+        let p = store.list_user_sessions(&tenant("acme"), &user("u1"), PageRequest { limit: 2, cursor }).await.unwrap();
         ids.extend(p.items.iter().map(|s| s.id.clone()));
         match p.next {
             Some(c) => cursor = Some(c),
             None => break,
         }
     }
-    let expected: Vec<_> = [0, 4, 3, 2, 1]
-        .iter()
-        .map(|&i| sessions[i].id.clone())
-        .collect();
+    let expected: Vec<_> = [0, 4, 3, 2, 1].iter().map(|&i| sessions[i].id.clone()).collect();
     assert_eq!(ids, expected);
-    let active = store
-        .find_active_session(&tenant("acme"), &user("u1"))
-        .await
-        .unwrap()
-        .unwrap();
+    let active = store.find_active_session(&tenant("acme"), &user("u1")).await.unwrap().unwrap();
     assert_eq!(active.id, sessions[0].id);
 }
 
 /// A user's sessions whose items fill more than one 1 MB Query page still list completely and in order.
 async fn user_sessions_list_is_complete_across_query_pages(store: Arc<dyn ConversationStore>) {
-    let padding = json!({"notes": "n".repeat(10 * 1024)})
-        .as_object()
-        .unwrap()
-        .clone();
+    let padding = json!({"notes": "n".repeat(10 * 1024)}).as_object().unwrap().clone();
     let mut created = Vec::new();
     for chunk in 0..6 {
         let batch = (0..20).map(|_| {
@@ -406,14 +235,8 @@ async fn user_sessions_list_is_complete_across_query_pages(store: Arc<dyn Conver
     let mut listed = Vec::new();
     let mut cursor = None;
     loop {
-        let p = store
-            .list_user_sessions(
-                &tenant("acme"),
-                &user("heavy"),
-                PageRequest { limit: 50, cursor },
-            )
-            .await
-            .unwrap();
+        let p =
+            store.list_user_sessions(&tenant("acme"), &user("heavy"), PageRequest { limit: 50, cursor }).await.unwrap();
         listed.extend(p.items);
         match p.next {
             Some(c) => cursor = Some(c),
@@ -421,11 +244,7 @@ async fn user_sessions_list_is_complete_across_query_pages(store: Arc<dyn Conver
         }
     }
     assert_eq!(listed.len(), 120);
-    assert!(
-        listed
-            .windows(2)
-            .all(|w| (&w[0].updated_at, &w[0].id) > (&w[1].updated_at, &w[1].id))
-    );
+    assert!(listed.windows(2).all(|w| (&w[0].updated_at, &w[0].id) > (&w[1].updated_at, &w[1].id)));
     let mut want: Vec<_> = created.iter().map(|s| s.id.clone()).collect();
     let mut got: Vec<_> = listed.iter().map(|s| s.id.clone()).collect();
     want.sort();
@@ -437,82 +256,25 @@ async fn guessed_ids_and_cursors_never_cross_tenants(store: Arc<dyn Conversation
     let mine = new_session(&*store, "acme", "u1").await;
     append(&*store, &mine, &["private", "more private"]).await;
     let theirs = tenant("globex");
-    assert!(
-        store
-            .get_session(&theirs, &mine.id)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    let p = store
-        .list_messages(
-            &theirs,
-            &mine.id,
-            MessageQuery {
-                limit: 10,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    assert!(store.get_session(&theirs, &mine.id).await.unwrap().is_none());
+    let p = store.list_messages(&theirs, &mine.id, MessageQuery { limit: 10, ..Default::default() }).await.unwrap();
     assert!(p.items.is_empty());
-    let err = store
-        .append_messages(&theirs, &mine.id, vec![msg("u1", Role::User, "x")])
-        .await
-        .unwrap_err();
+    let err = store.append_messages(&theirs, &mine.id, vec![msg("u1", Role::User, "x")]).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
-    assert!(
-        store
-            .close_session(&theirs, &mine.id)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        store
-            .delete_session(&theirs, &mine.id)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert_eq!(
-        store.delete_user(&theirs, &user("u1")).await.unwrap(),
-        Deleted::default()
-    );
+    assert!(store.close_session(&theirs, &mine.id).await.unwrap().is_none());
+    assert!(store.delete_session(&theirs, &mine.id).await.unwrap().is_none());
+    assert_eq!(store.delete_user(&theirs, &user("u1")).await.unwrap(), Deleted::default());
     // A cursor made from acme's data, used by globex, still reads only globex's data.
-    let acme_page = store
-        .list_tenant_messages(
-            &tenant("acme"),
-            MessageQuery {
-                limit: 1,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let acme_page =
+        store.list_tenant_messages(&tenant("acme"), MessageQuery { limit: 1, ..Default::default() }).await.unwrap();
     let forged = acme_page.next.unwrap();
     let p = store
-        .list_tenant_messages(
-            &theirs,
-            MessageQuery {
-                limit: 10,
-                cursor: Some(forged.clone()),
-                ..Default::default()
-            },
-        )
+        .list_tenant_messages(&theirs, MessageQuery { limit: 10, cursor: Some(forged.clone()), ..Default::default() })
         .await
         .unwrap();
     assert!(p.items.is_empty());
     let p = store
-        .list_messages(
-            &theirs,
-            &mine.id,
-            MessageQuery {
-                limit: 10,
-                cursor: Some(forged),
-                ..Default::default()
-            },
-        )
+        .list_messages(&theirs, &mine.id, MessageQuery { limit: 10, cursor: Some(forged), ..Default::default() })
         .await
         .unwrap();
     assert!(p.items.is_empty());
@@ -520,10 +282,7 @@ async fn guessed_ids_and_cursors_never_cross_tenants(store: Arc<dyn Conversation
         .list_user_sessions(
             &theirs,
             &user("u1"),
-            PageRequest {
-                limit: 10,
-                cursor: Some(Cursor::new("9999-01-01T00:00:00.000000Z", "zzz")),
-            },
+            PageRequest { limit: 10, cursor: Some(Cursor::new("9999-01-01T00:00:00.000000Z", "zzz")) },
         )
         .await
         .unwrap();
@@ -532,9 +291,7 @@ async fn guessed_ids_and_cursors_never_cross_tenants(store: Arc<dyn Conversation
     assert_eq!(all_messages(&*store, &mine, Order::Asc, 10).await.len(), 2);
 }
 
-async fn large_messages_store_and_oversized_ones_are_refused_whole(
-    store: Arc<dyn ConversationStore>,
-) {
+async fn large_messages_store_and_oversized_ones_are_refused_whole(store: Arc<dyn ConversationStore>) {
     let s = new_session(&*store, "acme", "u1").await;
     let big = "é".repeat(175 * 1024); // 350 KB of UTF-8
     let stored = append(&*store, &s, &[&big]).await;
@@ -542,94 +299,36 @@ async fn large_messages_store_and_oversized_ones_are_refused_whole(
     assert_eq!(back, stored);
     assert_eq!(back[0].content.len(), 350 * 1024);
     let huge = "x".repeat(401 * 1024);
-    let before = store
-        .get_session(&s.tenant_id, &s.id)
-        .await
-        .unwrap()
-        .unwrap();
+    let before = store.get_session(&s.tenant_id, &s.id).await.unwrap().unwrap();
     let err = store
-        .append_messages(
-            &s.tenant_id,
-            &s.id,
-            vec![msg("u1", Role::User, "fine"), msg("u1", Role::Agent, &huge)],
-        )
+        .append_messages(&s.tenant_id, &s.id, vec![msg("u1", Role::User, "fine"), msg("u1", Role::Agent, &huge)])
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::TooLarge(_)), "{err:?}");
     // Nothing of the refused turn was written.
     assert_eq!(all_messages(&*store, &s, Order::Asc, 10).await.len(), 1);
-    let after = store
-        .get_session(&s.tenant_id, &s.id)
-        .await
-        .unwrap()
-        .unwrap();
+    let after = store.get_session(&s.tenant_id, &s.id).await.unwrap().unwrap();
     assert_eq!(before.updated_at, after.updated_at);
 }
 
-async fn deleting_a_session_and_erasing_a_user_remove_everything(
-    store: Arc<dyn ConversationStore>,
-) {
+async fn deleting_a_session_and_erasing_a_user_remove_everything(store: Arc<dyn ConversationStore>) {
     let a = new_session(&*store, "acme", "u1").await;
     let b = new_session(&*store, "acme", "u1").await;
     let keep = new_session(&*store, "acme", "u2").await;
     append(&*store, &a, &["1", "2", "3"]).await;
     append(&*store, &b, &["4"]).await;
     append(&*store, &keep, &["5"]).await;
-    assert_eq!(
-        store.delete_session(&tenant("acme"), &a.id).await.unwrap(),
-        Some(3)
-    );
-    assert!(
-        store
-            .get_session(&tenant("acme"), &a.id)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert_eq!(store.delete_session(&tenant("acme"), &a.id).await.unwrap(), Some(3));
+    assert!(store.get_session(&tenant("acme"), &a.id).await.unwrap().is_none());
     assert!(all_messages(&*store, &a, Order::Asc, 10).await.is_empty());
-    assert_eq!(
-        store.delete_session(&tenant("acme"), &a.id).await.unwrap(),
-        None
-    );
-    let erased = store
-        .delete_user(&tenant("acme"), &user("u1"))
-        .await
-        .unwrap();
-    assert_eq!(
-        erased,
-        Deleted {
-            sessions: 1,
-            messages: 1
-        }
-    );
-    let left = store
-        .list_tenant_messages(
-            &tenant("acme"),
-            MessageQuery {
-                limit: 10,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        left.items
-            .iter()
-            .map(|m| m.content.as_str())
-            .collect::<Vec<_>>(),
-        ["5"]
-    );
-    let p = store
-        .list_user_sessions(
-            &tenant("acme"),
-            &user("u1"),
-            PageRequest {
-                limit: 10,
-                cursor: None,
-            },
-        )
-        .await
-        .unwrap();
+    assert_eq!(store.delete_session(&tenant("acme"), &a.id).await.unwrap(), None);
+    let erased = store.delete_user(&tenant("acme"), &user("u1")).await.unwrap();
+    assert_eq!(erased, Deleted { sessions: 1, messages: 1 });
+    let left =
+        store.list_tenant_messages(&tenant("acme"), MessageQuery { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(left.items.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["5"]);
+    let p =
+        store.list_user_sessions(&tenant("acme"), &user("u1"), PageRequest { limit: 10, cursor: None }).await.unwrap();
     assert!(p.items.is_empty());
 }
 
@@ -656,36 +355,18 @@ impl ConversationStore for LaggingIndex {
     async fn find_active_session(&self, t: &TenantId, u: &UserId) -> StoreResult<Option<Session>> {
         self.inner.find_active_session(t, u).await
     }
-    async fn list_user_sessions(
-        &self,
-        t: &TenantId,
-        u: &UserId,
-        p: PageRequest,
-    ) -> StoreResult<Page<Session>> {
+    async fn list_user_sessions(&self, t: &TenantId, u: &UserId, p: PageRequest) -> StoreResult<Page<Session>> {
         self.inner.list_user_sessions(t, u, p).await
     }
-    async fn append_messages(
-        &self,
-        t: &TenantId,
-        s: &SessionId,
-        m: Vec<NewMessage>,
-    ) -> StoreResult<Vec<Appended>> {
+    async fn append_messages(&self, t: &TenantId, s: &SessionId, m: Vec<NewMessage>) -> StoreResult<Vec<Appended>> {
         self.inner.append_messages(t, s, m).await
     }
     async fn get_message(&self, t: &TenantId, id: &MessageId) -> StoreResult<Option<Message>> {
         self.inner.get_message(t, id).await
     }
-    async fn list_messages(
-        &self,
-        t: &TenantId,
-        s: &SessionId,
-        q: MessageQuery,
-    ) -> StoreResult<Page<Message>> {
+    async fn list_messages(&self, t: &TenantId, s: &SessionId, q: MessageQuery) -> StoreResult<Page<Message>> {
         let mut page = self.inner.list_messages(t, s, q.clone()).await?;
-        if q.order == Order::Desc
-            && !self.lagged.swap(true, Ordering::SeqCst)
-            && !page.items.is_empty()
-        {
+        if q.order == Order::Desc && !self.lagged.swap(true, Ordering::SeqCst) && !page.items.is_empty() {
             page.items.remove(0);
         }
         Ok(page)
@@ -699,11 +380,7 @@ impl ConversationStore for LaggingIndex {
     async fn delete_user(&self, t: &TenantId, u: &UserId) -> StoreResult<Deleted> {
         self.inner.delete_user(t, u).await
     }
-    async fn list_tenant_messages(
-        &self,
-        t: &TenantId,
-        q: MessageQuery,
-    ) -> StoreResult<Page<Message>> {
+    async fn list_tenant_messages(&self, t: &TenantId, q: MessageQuery) -> StoreResult<Page<Message>> {
         self.inner.list_tenant_messages(t, q).await
     }
 }
@@ -711,27 +388,11 @@ impl ConversationStore for LaggingIndex {
 async fn history_reads_its_own_writes_through_a_lagging_index(store: Arc<dyn ConversationStore>) {
     let s = new_session(&*store, "acme", "u1").await;
     append(&*store, &s, &["one", "two", "three"]).await;
-    let lagging = LaggingIndex {
-        inner: store.clone(),
-        lagged: AtomicBool::new(false),
-    };
-    let session = lagging
-        .get_session(&s.tenant_id, &s.id)
-        .await
-        .unwrap()
-        .unwrap();
+    let lagging = LaggingIndex { inner: store.clone(), lagged: AtomicBool::new(false) };
+    let session = lagging.get_session(&s.tenant_id, &s.id).await.unwrap().unwrap();
     let history = recent_history(&lagging, &session, 2).await.unwrap();
-    assert!(
-        lagging.lagged.load(Ordering::SeqCst),
-        "the first read was short"
-    );
-    assert_eq!(
-        history
-            .iter()
-            .map(|m| m.content.as_str())
-            .collect::<Vec<_>>(),
-        ["two", "three"]
-    );
+    assert!(lagging.lagged.load(Ordering::SeqCst), "the first read was short");
+    assert_eq!(history.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["two", "three"]);
 }
 
 macro_rules! conformance {

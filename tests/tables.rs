@@ -9,8 +9,8 @@ use agent_server::ids::{MessageId, TenantId, UserId};
 use agent_server::store::dynamodb::DynamoStore;
 use agent_server::store::{ConversationStore, MessageQuery, NewMessage, NewSession, Order, Role};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType,
 };
 
 /// Runs the real binary with the emulator's AWS settings and the given table names.
@@ -27,11 +27,7 @@ fn agent_server(args: &[&str], sessions: &str, messages: &str) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// Runs the AWS CLI (v1 from PyPI) against the emulator.
@@ -39,12 +35,7 @@ fn aws(args: &[&str]) {
     let out = Command::new("python3")
         .args(["-m", "awscli"])
         .args(args)
-        .args([
-            "--endpoint-url",
-            &common::dynamodb_endpoint(),
-            "--output",
-            "json",
-        ])
+        .args(["--endpoint-url", &common::dynamodb_endpoint(), "--output", "json"])
         .envs(common::aws_env())
         .output()
         .expect("run the AWS CLI (python3 -m awscli)");
@@ -111,20 +102,9 @@ async fn store_works_on(sessions: &str, messages: &str) {
         content: "Hello".into(),
         metadata: None,
     };
-    store
-        .append_messages(&tenant, &s.id, vec![m])
-        .await
-        .unwrap();
+    store.append_messages(&tenant, &s.id, vec![m]).await.unwrap();
     let page = store
-        .list_messages(
-            &tenant,
-            &s.id,
-            MessageQuery {
-                limit: 10,
-                order: Order::Asc,
-                ..Default::default()
-            },
-        )
+        .list_messages(&tenant, &s.id, MessageQuery { limit: 10, order: Order::Asc, ..Default::default() })
         .await
         .unwrap();
     assert_eq!(page.items.len(), 1);
@@ -140,11 +120,7 @@ async fn tables_from_the_seeds_cli_commands_work_and_verify() {
     assert!(text(&verify).contains(&format!("table {sessions}: ok")));
     let create = agent_server(&["tables", "create"], &sessions, &messages);
     assert!(create.status.success(), "{}", text(&create));
-    assert!(
-        text(&create).contains("already exists with the expected shape"),
-        "{}",
-        text(&create)
-    );
+    assert!(text(&create).contains("already exists with the expected shape"), "{}", text(&create));
     store_works_on(&sessions, &messages).await;
 }
 
@@ -164,19 +140,9 @@ async fn verify_names_each_difference_and_exits_1() {
     let (sessions, messages) = common::table_names();
     let client = common::dynamodb_client();
     // A messages table without TenantTimestampIndex and with provisioned billing; no sessions table.
-    let key = |n: &str, k: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(n)
-            .key_type(k)
-            .build()
-            .unwrap()
-    };
+    let key = |n: &str, k: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(k).build().unwrap();
     let attr = |n: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(n)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-            .unwrap()
+        AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build().unwrap()
     };
     client
         .create_table()
@@ -190,11 +156,7 @@ async fn verify_names_each_difference_and_exits_1() {
                 .index_name("SessionTimestampIndex")
                 .key_schema(key("sessionId", KeyType::Hash))
                 .key_schema(key("timestamp", KeyType::Range))
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::All)
-                        .build(),
-                )
+                .projection(Projection::builder().projection_type(ProjectionType::All).build())
                 .build()
                 .unwrap(),
         )
@@ -205,44 +167,32 @@ async fn verify_names_each_difference_and_exits_1() {
     let verify = agent_server(&["tables", "verify"], &sessions, &messages);
     assert_eq!(verify.status.code(), Some(1), "{}", text(&verify));
     let out = text(&verify);
-    assert!(
-        out.contains(&format!("table {sessions} does not exist")),
-        "{out}"
-    );
-    assert!(
-        out.contains("index TenantTimestampIndex is missing"),
-        "{out}"
-    );
+    assert!(out.contains(&format!("table {sessions} does not exist")), "{out}");
+    assert!(out.contains("index TenantTimestampIndex is missing"), "{out}");
     assert!(out.contains("attribute definitions"), "{out}");
     // `tables create` refuses to call a wrongly shaped table good.
     let create = agent_server(&["tables", "create"], &sessions, &messages);
     assert!(!create.status.success(), "{}", text(&create));
-    assert!(
-        text(&create).contains("exists with another shape"),
-        "{}",
-        text(&create)
-    );
+    assert!(text(&create).contains("exists with another shape"), "{}", text(&create));
 }
 
 #[tokio::test]
 async fn the_seeds_cloudformation_template_and_ours_both_verify() {
-    // The seed's template, verbatim (it fixes the default table names).
+    // The seed's template, verbatim (it fixes the default table names, so clear them first when
+    // the emulator is reused).
+    let client = common::dynamodb_client();
+    for t in ["ai-agent-sessions", "ai-agent-messages"] {
+        let _ = client.delete_table().table_name(t).send().await;
+    }
     aws(&[
         "cloudformation",
         "create-stack",
         "--stack-name",
-        "seed-tables",
+        &common::unique("seed"),
         "--template-body",
-        &format!(
-            "file://{}/tests/fixtures/seed-cloudformation.yaml",
-            env!("CARGO_MANIFEST_DIR")
-        ),
+        &format!("file://{}/tests/fixtures/seed-cloudformation.yaml", env!("CARGO_MANIFEST_DIR")),
     ]);
-    let verify = agent_server(
-        &["tables", "verify"],
-        "ai-agent-sessions",
-        "ai-agent-messages",
-    );
+    let verify = agent_server(&["tables", "verify"], "ai-agent-sessions", "ai-agent-messages");
     assert!(verify.status.success(), "{}", text(&verify));
     store_works_on("ai-agent-sessions", "ai-agent-messages").await;
 
@@ -271,8 +221,6 @@ fn iam_policy_command_prints_the_configured_tables() {
     assert!(out.status.success());
     let policy: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let resources = policy["Statement"][0]["Resource"].as_array().unwrap();
-    assert!(resources.contains(&serde_json::json!(
-        "arn:aws:dynamodb:*:*:table/my-messages/index/*"
-    )));
+    assert!(resources.contains(&serde_json::json!("arn:aws:dynamodb:*:*:table/my-messages/index/*")));
     assert!(!policy.to_string().contains("BatchWriteItem"));
 }

@@ -26,43 +26,32 @@ pub fn router() -> OpenApiRouter<AppState> {
 const MAX_LIMIT: usize = 100;
 
 fn tenant_id(raw: &str) -> Result<TenantId, ApiError> {
-    TenantId::parse(raw)
-        .map_err(|e| ApiError::bad_request("invalid_path", format!("tenantId: {e}")))
+    TenantId::parse(raw).map_err(|e| ApiError::bad_request("invalid_path", format!("tenantId: {e}")))
 }
 fn user_id(raw: &str) -> Result<UserId, ApiError> {
     UserId::parse(raw).map_err(|e| ApiError::bad_request("invalid_path", format!("userId: {e}")))
 }
 fn session_id(raw: &str) -> Result<SessionId, ApiError> {
-    SessionId::parse(raw)
-        .map_err(|e| ApiError::bad_request("invalid_path", format!("sessionId: {e}")))
+    SessionId::parse(raw).map_err(|e| ApiError::bad_request("invalid_path", format!("sessionId: {e}")))
 }
 
 fn limit(value: Option<usize>, default: usize, min: usize, name: &str) -> Result<usize, ApiError> {
     let v = value.unwrap_or(default);
     if v < min || v > MAX_LIMIT {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("{name} must be between {min} and {MAX_LIMIT}"),
-        ));
+        return Err(ApiError::bad_request("invalid_query", format!("{name} must be between {min} and {MAX_LIMIT}")));
     }
     Ok(v)
 }
 
 fn cursor(value: Option<&str>) -> Result<Option<Cursor>, ApiError> {
-    value
-        .map(Cursor::decode)
-        .transpose()
-        .map_err(ApiError::from)
+    value.map(Cursor::decode).transpose().map_err(ApiError::from)
 }
 
 fn before(value: Option<&str>) -> Result<Option<String>, ApiError> {
     value
         .map(|b| {
             timestamp::normalize(b).ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_query",
-                    format!("before: {b:?} is not an ISO-8601 timestamp"),
-                )
+                ApiError::bad_request("invalid_query", format!("before: {b:?} is not an ISO-8601 timestamp"))
             })
         })
         .transpose()
@@ -127,16 +116,8 @@ async fn list_user_conversations(
     let limit = limit(q.limit, 10, 1, "limit")?;
     let message_limit = limit_messages(q.message_limit)?;
     let store = state.agent.store();
-    let page = store
-        .list_user_sessions(
-            &tenant,
-            &user,
-            PageRequest {
-                limit,
-                cursor: cursor(q.cursor.as_deref())?,
-            },
-        )
-        .await?;
+    let page =
+        store.list_user_sessions(&tenant, &user, PageRequest { limit, cursor: cursor(q.cursor.as_deref())? }).await?;
     let reads = page.items.into_iter().map(|session| async move {
         let messages = if message_limit == 0 {
             Vec::new()
@@ -145,10 +126,7 @@ async fn list_user_conversations(
                 .list_messages(
                     &session.tenant_id,
                     &session.id,
-                    MessageQuery {
-                        limit: message_limit,
-                        ..Default::default()
-                    },
+                    MessageQuery { limit: message_limit, ..Default::default() },
                 )
                 .await?
                 .items;
@@ -178,11 +156,7 @@ async fn erase_user(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<DeletedResponse>, ApiError> {
     let Path((tenant, user)) = path?;
-    let deleted = state
-        .agent
-        .store()
-        .delete_user(&tenant_id(&tenant)?, &user_id(&user)?)
-        .await?;
+    let deleted = state.agent.store().delete_user(&tenant_id(&tenant)?, &user_id(&user)?).await?;
     Ok(Json(DeletedResponse { deleted }))
 }
 
@@ -234,12 +208,7 @@ async fn delete_session(
         .delete_session(&tenant_id(&tenant)?, &id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("session {id} not found")))?;
-    Ok(Json(DeletedResponse {
-        deleted: Deleted {
-            sessions: 1,
-            messages,
-        },
-    }))
+    Ok(Json(DeletedResponse { deleted: Deleted { sessions: 1, messages } }))
 }
 
 /// Close a session (`isActive: false`); the next message without `sessionId` starts a new one.
@@ -331,10 +300,6 @@ async fn list_tenant_messages(
 ) -> Result<Response, ApiError> {
     let Path(tenant) = path?;
     let Query(q) = query?;
-    let page = state
-        .agent
-        .store()
-        .list_tenant_messages(&tenant_id(&tenant)?, q.to_store()?)
-        .await?;
+    let page = state.agent.store().list_tenant_messages(&tenant_id(&tenant)?, q.to_store()?).await?;
     Ok(paged(&uri, page.items, page.next))
 }

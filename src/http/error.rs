@@ -21,11 +21,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
+        Self { status, code, message: message.into() }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -84,16 +80,10 @@ impl From<TurnError> for ApiError {
                 tracing::warn!(error = %m, "model provider failed");
                 ApiError::new(StatusCode::BAD_GATEWAY, "model_provider_error", m)
             }
-            TurnError::Model(e @ ModelError::Timeout(_)) => ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "model_timeout",
-                format!("{e} (LLM_TIMEOUT_SECONDS)"),
-            ),
-            TurnError::InProgress => ApiError::new(
-                StatusCode::CONFLICT,
-                "idempotency_in_progress",
-                e.to_string(),
-            ),
+            TurnError::Model(e @ ModelError::Timeout(_)) => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "model_timeout", format!("{e} (LLM_TIMEOUT_SECONDS)"))
+            }
+            TurnError::InProgress => ApiError::new(StatusCode::CONFLICT, "idempotency_in_progress", e.to_string()),
         }
     }
 }
@@ -106,9 +96,7 @@ impl From<JsonRejection> for ApiError {
                 "unsupported_media_type",
                 "the body must be JSON with Content-Type: application/json",
             ),
-            JsonRejection::JsonSyntaxError(e) => {
-                ApiError::bad_request("invalid_json", e.body_text())
-            }
+            JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("invalid_json", e.body_text()),
             JsonRejection::JsonDataError(e) => ApiError::bad_request("invalid_body", e.body_text()),
             other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => payload_too_large(),
             other => ApiError::bad_request("invalid_body", other.body_text()),

@@ -1,12 +1,13 @@
 //! The HTTP API: one router per resource, one error type, and the middleware every request passes.
 
+mod access;
 mod conversations;
 mod error;
 mod process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -14,21 +15,36 @@ use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use error::ApiError;
 
 use crate::agent::{Agent, AgentSettings};
-use crate::config::Config;
+use crate::auth::Authenticator;
+use crate::config::{AuthConfig, Config};
 use crate::llm::Provider;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub agent: Arc<Agent>,
+    pub auth: Arc<Authenticator>,
+    pub rate_limit: Option<Arc<access::TenantRateLimit>>,
+    /// `/metrics` needs no credential (the server listens on loopback).
+    pub metrics_open: bool,
     pub max_message_chars: usize,
+}
+
+/// Limits that protect the server from slow or greedy clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub max_concurrent_requests: usize,
 }
 
 #[derive(OpenApi)]
@@ -46,7 +62,7 @@ pub struct AppState {
 struct ApiDoc;
 
 /// The whole application: routes, their OpenAPI document, and the middleware.
-pub fn app(state: AppState, max_body_bytes: usize) -> axum::Router {
+pub fn app(state: AppState, limits: Limits) -> axum::Router {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(process::router())
         .merge(conversations::router())
@@ -63,8 +79,7 @@ pub fn app(state: AppState, max_body_bytes: usize) -> axum::Router {
             }),
         )
         .fallback(not_found)
-        .with_state(state)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -73,7 +88,13 @@ pub fn app(state: AppState, max_body_bytes: usize) -> axum::Router {
             )
             .into_response()
         }))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout))
+        .layer(GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests))
+        .layer(middleware::from_fn_with_state(state.clone(), access::rate_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), access::authorize))
+        .layer(middleware::from_fn(access::header_limits))
         .layer(middleware::from_fn(request_context))
+        .with_state(state)
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
@@ -94,11 +115,7 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     state.agent.store().check().await?;
     if let Some(why) = state.agent.provider().not_ready() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "model_provider_not_configured",
-            why,
-        ));
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_provider_not_configured", why));
     }
     Ok(Json(serde_json::json!({"status": "ready"})))
 }
@@ -130,28 +147,18 @@ async fn request_context(request: Request, next: Next) -> Response {
     let span = tracing::info_span!("request", request_id = %request_id);
     let mut response = tracing::Instrument::instrument(next.run(request), span).await;
     let status = response.status();
-    let error = response
-        .extensions()
-        .get::<ApiError>()
-        .cloned()
-        .or_else(|| {
-            let is_json = response
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-            (status.as_u16() >= 400 && !is_json).then(|| match status {
-                StatusCode::METHOD_NOT_ALLOWED => ApiError::new(
-                    status,
-                    "method_not_allowed",
-                    format!("{method} is not allowed on {path}"),
-                ),
-                StatusCode::PAYLOAD_TOO_LARGE => error::payload_too_large(),
-                StatusCode::NOT_FOUND => {
-                    ApiError::not_found(format!("no route for {method} {path}"))
-                }
-                s => ApiError::new(s, "error", s.canonical_reason().unwrap_or("error")),
-            })
-        });
+    let error = response.extensions().get::<ApiError>().cloned().or_else(|| {
+        let is_json =
+            response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        (status.as_u16() >= 400 && !is_json).then(|| match status {
+            StatusCode::METHOD_NOT_ALLOWED => {
+                ApiError::new(status, "method_not_allowed", format!("{method} is not allowed on {path}"))
+            }
+            StatusCode::PAYLOAD_TOO_LARGE => error::payload_too_large(),
+            StatusCode::NOT_FOUND => ApiError::not_found(format!("no route for {method} {path}")),
+            s => ApiError::new(s, "error", s.canonical_reason().unwrap_or("error")),
+        })
+    });
     if let Some(error) = error {
         let headers = std::mem::take(response.headers_mut());
         response = (status, Json(error.body(Some(&request_id)))).into_response();
@@ -176,7 +183,8 @@ async fn request_context(request: Request, next: Next) -> Response {
     response
 }
 
-/// Starts the server and runs it until SIGINT or SIGTERM.
+/// Starts the server and runs it until SIGINT or SIGTERM, then lets running requests and streams
+/// finish within `SHUTDOWN_GRACE_SECONDS`.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let store = crate::open_store(&config.storage).await?;
     let provider = Provider::from_config(&config.provider, config.llm_timeout).await;
@@ -187,22 +195,80 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         llm_timeout: config.llm_timeout,
     };
     let storage = store.describe();
+    let rate_limit = config.rate_limit_per_minute.and_then(access::TenantRateLimit::per_minute);
+    if let Some(limit) = rate_limit.clone() {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                limit.forget_idle();
+            }
+        });
+    }
+    if let AuthConfig::None { exposed: true } = config.auth {
+        tracing::warn!(
+            "AUTH_MODE=none on {}: every request is trusted with the tenant it names; only run this behind a trusted gateway",
+            config.host
+        );
+    }
     let state = AppState {
         agent: Arc::new(Agent::new(store, provider, settings)),
+        auth: Arc::new(Authenticator::from_config(&config.auth)),
+        rate_limit,
+        metrics_open: config.host.is_loopback(),
         max_message_chars: config.max_message_chars,
+    };
+    let limits = Limits {
+        max_body_bytes: config.max_body_bytes,
+        request_timeout: config.request_timeout,
+        max_concurrent_requests: config.max_concurrent_requests,
     };
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.host, config.port))
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", config.host, config.port))?;
     let addr = listener.local_addr()?;
     tracing::info!(
-        "agent-server listening on http://{addr} (storage: {storage}; model provider: {})",
-        config.provider.name()
+        "agent-server listening on http://{addr} (storage: {storage}; model provider: {}; auth: {})",
+        config.provider.name(),
+        config.auth.name(),
     );
-    axum::serve(listener, app(state, config.max_body_bytes))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    tracing::info!("agent-server stopped");
+    let app = app(state, limits);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                // hyper directly, for the header read timeout that stops slowloris clients.
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(config.header_read_timeout)
+                    .serve_connection(
+                        hyper_util::rt::TokioIo::new(stream),
+                        hyper_util::service::TowerToHyperService::new(app.clone()),
+                    );
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting up to {:?} for running requests", config.shutdown_grace);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("agent-server stopped"),
+        _ = tokio::time::sleep(config.shutdown_grace) => tracing::warn!("agent-server stopped with requests still running"),
+    }
     Ok(())
 }
 

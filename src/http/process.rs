@@ -83,19 +83,12 @@ pub(super) fn header_id<T>(
             format!("{name}: must contain only printable characters without spaces"),
         )
     })?;
-    parse(text.to_string())
-        .map(Some)
-        .map_err(|e| ApiError::bad_request("invalid_header", format!("{name}: {e}")))
+    parse(text.to_string()).map(Some).map_err(|e| ApiError::bad_request("invalid_header", format!("{name}: {e}")))
 }
 
-fn required_header<T>(
-    headers: &HeaderMap,
-    name: &str,
-    parse: fn(String) -> Result<T, IdError>,
-) -> Result<T, ApiError> {
-    header_id(headers, name, parse)?.ok_or_else(|| {
-        ApiError::bad_request("missing_header", format!("the {name} header is required"))
-    })
+fn required_header<T>(headers: &HeaderMap, name: &str, parse: fn(String) -> Result<T, IdError>) -> Result<T, ApiError> {
+    header_id(headers, name, parse)?
+        .ok_or_else(|| ApiError::bad_request("missing_header", format!("the {name} header is required")))
 }
 
 fn depth(v: &Value) -> usize {
@@ -128,10 +121,7 @@ pub(super) fn check_json(field: &str, map: &Option<Map<String, Value>>) -> Resul
 
 fn wants_stream(headers: &HeaderMap, body: &ProcessRequest) -> bool {
     body.stream.unwrap_or_else(|| {
-        headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("text/event-stream"))
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/event-stream"))
     })
 }
 
@@ -172,20 +162,14 @@ async fn process(
     let location = header_id(&headers, "x-location-id", LocationId::parse)?;
     let Json(body) = body?;
     if body.message.trim().is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            "message must not be empty",
-        ));
+        return Err(ApiError::bad_request("invalid_body", "message must not be empty"));
     }
     let chars = body.message.chars().count();
     if chars > state.max_message_chars {
         return Err(ApiError::new(
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,
             "message_too_long",
-            format!(
-                "message has {chars} characters; the limit is {} (MAX_MESSAGE_CHARS)",
-                state.max_message_chars
-            ),
+            format!("message has {chars} characters; the limit is {} (MAX_MESSAGE_CHARS)", state.max_message_chars),
         ));
     }
     check_json("metadata", &body.metadata)?;
@@ -201,14 +185,9 @@ async fn process(
         Some(v) => Some(
             v.to_str()
                 .ok()
-                .filter(|k| {
-                    !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic())
-                })
+                .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
                 .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_header",
-                        "Idempotency-Key: 1 to 255 printable characters",
-                    )
+                    ApiError::bad_request("invalid_header", "Idempotency-Key: 1 to 255 printable characters")
                 })?
                 .to_string(),
         ),
@@ -232,20 +211,14 @@ async fn process(
     let agent = state.agent.clone();
     tokio::spawn(async move { agent.run_streaming(turn, tx).await });
     let events = ReceiverStream::new(rx).map(|event| Ok::<_, Infallible>(sse_event(event)));
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }
 
 fn sse_event(event: TurnEvent) -> Event {
     let (name, data) = match event {
-        TurnEvent::Session {
-            session_id,
-            user_message,
-        } => (
-            "session",
-            json!({"sessionId": session_id, "userMessage": user_message}),
-        ),
+        TurnEvent::Session { session_id, user_message } => {
+            ("session", json!({"sessionId": session_id, "userMessage": user_message}))
+        }
         TurnEvent::Delta(text) => ("delta", json!({"text": text})),
         TurnEvent::Done(outcome) => ("done", json!(ProcessResponse::from(outcome))),
         TurnEvent::Error(e) => ("error", ApiError::from(e).body(None)),

@@ -5,8 +5,8 @@
 use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_bedrockruntime::types::{
-    ContentBlock, ContentBlockDelta, ConversationRole, ConverseOutput, ConverseStreamOutput,
-    Message, SystemContentBlock, TokenUsage,
+    ContentBlock, ContentBlockDelta, ConversationRole, ConverseOutput, ConverseStreamOutput, Message,
+    SystemContentBlock, TokenUsage,
 };
 
 use super::{Deltas, ModelError, ModelReply, ModelRequest, Usage, chat_messages};
@@ -18,10 +18,7 @@ pub struct BedrockProvider {
 
 impl BedrockProvider {
     pub fn new(config: &aws_config::SdkConfig, model: String) -> Self {
-        Self {
-            client: Client::new(config),
-            model,
-        }
+        Self { client: Client::new(config), model }
     }
 
     fn failed(&self, why: impl std::fmt::Display) -> ModelError {
@@ -52,10 +49,7 @@ impl BedrockProvider {
 
     /// System blocks and a conversation that alternates user and assistant, starting with the user
     /// (Bedrock refuses anything else): consecutive messages of one role are joined.
-    fn conversation(
-        &self,
-        request: &ModelRequest,
-    ) -> Result<(Vec<SystemContentBlock>, Vec<Message>), ModelError> {
+    fn conversation(&self, request: &ModelRequest) -> Result<(Vec<SystemContentBlock>, Vec<Message>), ModelError> {
         let mut system = Vec::new();
         let mut turns: Vec<(ConversationRole, String)> = Vec::new();
         for (role, text) in chat_messages(request) {
@@ -80,22 +74,13 @@ impl BedrockProvider {
         }
         let messages = turns
             .into_iter()
-            .map(|(role, text)| {
-                Message::builder()
-                    .role(role)
-                    .content(ContentBlock::Text(text))
-                    .build()
-            })
+            .map(|(role, text)| Message::builder().role(role).content(ContentBlock::Text(text)).build())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.failed(e))?;
         Ok((system, messages))
     }
 
-    pub async fn complete(
-        &self,
-        request: &ModelRequest,
-        deltas: Option<&Deltas>,
-    ) -> Result<ModelReply, ModelError> {
+    pub async fn complete(&self, request: &ModelRequest, deltas: Option<&Deltas>) -> Result<ModelReply, ModelError> {
         let (system, messages) = self.conversation(request)?;
         match deltas {
             None => {
@@ -109,19 +94,12 @@ impl BedrockProvider {
                     .await
                     .map_err(|e| self.sdk_error(e))?;
                 let text = match out.output() {
-                    Some(ConverseOutput::Message(m)) => m
-                        .content()
-                        .iter()
-                        .filter_map(|c| c.as_text().ok().cloned())
-                        .collect::<Vec<_>>()
-                        .join(""),
+                    Some(ConverseOutput::Message(m)) => {
+                        m.content().iter().filter_map(|c| c.as_text().ok().cloned()).collect::<Vec<_>>().join("")
+                    }
                     _ => return Err(self.failed("the answer has no message")),
                 };
-                Ok(ModelReply {
-                    text,
-                    model: self.model.clone(),
-                    usage: out.usage().map(usage),
-                })
+                Ok(ModelReply { text, model: self.model.clone(), usage: out.usage().map(usage) })
             }
             Some(deltas) => {
                 let mut out = self
@@ -133,11 +111,7 @@ impl BedrockProvider {
                     .send()
                     .await
                     .map_err(|e| self.sdk_error(e))?;
-                let mut reply = ModelReply {
-                    text: String::new(),
-                    model: self.model.clone(),
-                    usage: None,
-                };
+                let mut reply = ModelReply { text: String::new(), model: self.model.clone(), usage: None };
                 loop {
                     match out.stream.recv().await {
                         Ok(Some(ConverseStreamOutput::ContentBlockDelta(d))) => {
@@ -146,9 +120,7 @@ impl BedrockProvider {
                                 let _ = deltas.send(text.clone());
                             }
                         }
-                        Ok(Some(ConverseStreamOutput::Metadata(m))) => {
-                            reply.usage = m.usage().map(usage)
-                        }
+                        Ok(Some(ConverseStreamOutput::Metadata(m))) => reply.usage = m.usage().map(usage),
                         Ok(Some(_)) => {}
                         Ok(None) => return Ok(reply),
                         Err(e) => return Err(self.sdk_error(e)),
@@ -160,8 +132,5 @@ impl BedrockProvider {
 }
 
 fn usage(u: &TokenUsage) -> Usage {
-    Usage {
-        input_tokens: u.input_tokens().max(0) as u64,
-        output_tokens: u.output_tokens().max(0) as u64,
-    }
+    Usage { input_tokens: u.input_tokens().max(0) as u64, output_tokens: u.output_tokens().max(0) as u64 }
 }

@@ -22,19 +22,10 @@ impl EchoProvider {
             .map(|c| c.keys().cloned().collect::<Vec<_>>().join(", "))
             .filter(|k| !k.is_empty())
             .unwrap_or_else(|| "none".into());
-        format!(
-            "Echo: {} [history: {} messages; context: {}]",
-            request.message,
-            request.history.len(),
-            keys
-        )
+        format!("Echo: {} [history: {} messages; context: {}]", request.message, request.history.len(), keys)
     }
 
-    pub async fn complete(
-        &self,
-        request: &ModelRequest,
-        deltas: Option<&Deltas>,
-    ) -> Result<ModelReply, ModelError> {
+    pub async fn complete(&self, request: &ModelRequest, deltas: Option<&Deltas>) -> Result<ModelReply, ModelError> {
         let text = Self::reply_text(request);
         if let Some(deltas) = deltas {
             // Several chunks, split on word boundaries, so clients see a real stream.
@@ -49,17 +40,9 @@ impl EchoProvider {
             let _ = deltas.send(text[start..].to_string());
         }
         let words = |s: &str| s.split_whitespace().count() as u64;
-        let input = words(&request.message)
-            + request
-                .history
-                .iter()
-                .map(|m| words(&m.content))
-                .sum::<u64>();
+        let input = words(&request.message) + request.history.iter().map(|m| words(&m.content)).sum::<u64>();
         Ok(ModelReply {
-            usage: Some(Usage {
-                input_tokens: input,
-                output_tokens: words(&text),
-            }),
+            usage: Some(Usage { input_tokens: input, output_tokens: words(&text) }),
             text,
             model: "echo".into(),
         })

@@ -67,30 +67,18 @@ pub enum Provider {
 impl Provider {
     pub async fn from_config(config: &ProviderConfig, timeout: Duration) -> Self {
         match config {
-            ProviderConfig::Bedrock { model } => Provider::Bedrock(BedrockProvider::new(
-                &crate::aws_config().await,
-                model.clone(),
-            )),
+            ProviderConfig::Bedrock { model } => {
+                Provider::Bedrock(BedrockProvider::new(&crate::aws_config().await, model.clone()))
+            }
             ProviderConfig::Echo { chunk_delay } => Provider::Echo(EchoProvider::new(*chunk_delay)),
-            ProviderConfig::OpenAi {
-                api_key,
-                base_url,
-                model,
-            } => Provider::OpenAi(OpenAiProvider::new(
-                api_key.clone(),
-                base_url.clone(),
-                model.clone(),
-                timeout,
-            )),
+            ProviderConfig::OpenAi { api_key, base_url, model } => {
+                Provider::OpenAi(OpenAiProvider::new(api_key.clone(), base_url.clone(), model.clone(), timeout))
+            }
         }
     }
 
     /// Asks the model for a reply. When `deltas` is given, text is sent there as it is produced.
-    pub async fn complete(
-        &self,
-        request: &ModelRequest,
-        deltas: Option<&Deltas>,
-    ) -> Result<ModelReply, ModelError> {
+    pub async fn complete(&self, request: &ModelRequest, deltas: Option<&Deltas>) -> Result<ModelReply, ModelError> {
         match self {
             Provider::Echo(p) => p.complete(request, deltas).await,
             Provider::OpenAi(p) => p.complete(request, deltas).await,
@@ -111,13 +99,7 @@ impl Provider {
 pub(crate) fn chat_messages(request: &ModelRequest) -> Vec<(&'static str, String)> {
     let mut out = vec![("system", request.system_prompt.clone())];
     if let Some(context) = request.context.as_ref().filter(|c| !c.is_empty()) {
-        out.push((
-            "system",
-            format!(
-                "Context from the application (JSON):\n{}",
-                Value::Object(context.clone())
-            ),
-        ));
+        out.push(("system", format!("Context from the application (JSON):\n{}", Value::Object(context.clone()))));
     }
     for m in &request.history {
         let role = match m.role {

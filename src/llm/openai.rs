@@ -6,11 +6,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use crate::config::Secret;
+
 use super::{Deltas, ModelError, ModelReply, ModelRequest, Usage, chat_messages};
 
 pub struct OpenAiProvider {
     http: reqwest::Client,
-    api_key: Option<String>,
+    api_key: Option<Secret>,
     base_url: String,
     model: String,
     timeout: Duration,
@@ -21,23 +23,12 @@ fn failed(base_url: &str, why: impl std::fmt::Display) -> ModelError {
 }
 
 impl OpenAiProvider {
-    pub fn new(
-        api_key: Option<String>,
-        base_url: String,
-        model: String,
-        timeout: Duration,
-    ) -> Self {
+    pub fn new(api_key: Option<Secret>, base_url: String, model: String, timeout: Duration) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()
             .expect("HTTP client with default TLS");
-        Self {
-            http,
-            api_key,
-            base_url,
-            model,
-            timeout,
-        }
+        Self { http, api_key, base_url, model, timeout }
     }
 
     pub fn not_ready(&self) -> Option<String> {
@@ -45,11 +36,7 @@ impl OpenAiProvider {
             .then(|| "OPENAI_API_KEY is not set for the public OpenAI API".to_string())
     }
 
-    pub async fn complete(
-        &self,
-        request: &ModelRequest,
-        deltas: Option<&Deltas>,
-    ) -> Result<ModelReply, ModelError> {
+    pub async fn complete(&self, request: &ModelRequest, deltas: Option<&Deltas>) -> Result<ModelReply, ModelError> {
         let messages: Vec<Value> = chat_messages(request)
             .into_iter()
             .map(|(role, content)| json!({"role": role, "content": content}))
@@ -73,7 +60,7 @@ impl OpenAiProvider {
         loop {
             let mut req = self.http.post(&url).json(body);
             if let Some(key) = &self.api_key {
-                req = req.bearer_auth(key);
+                req = req.bearer_auth(key.expose());
             }
             let result = req.send().await;
             let retry_after = match result {
@@ -98,9 +85,7 @@ impl OpenAiProvider {
                         .unwrap_or_else(|| text.chars().take(200).collect());
                     return Err(failed(&self.base_url, format!("HTTP {status}: {detail}")));
                 }
-                Err(e) if e.is_connect() || e.is_timeout() => {
-                    (format!("cannot connect ({e})"), None)
-                }
+                Err(e) if e.is_connect() || e.is_timeout() => (format!("cannot connect ({e})"), None),
                 Err(e) => return Err(failed(&self.base_url, e)),
             };
             let (why, hinted) = retry_after;
@@ -114,10 +99,7 @@ impl OpenAiProvider {
             );
             let wait = hinted.unwrap_or(backoff) + jitter;
             if Instant::now() + wait >= deadline {
-                return Err(failed(
-                    &self.base_url,
-                    format!("{why}; gave up retrying within the timeout"),
-                ));
+                return Err(failed(&self.base_url, format!("{why}; gave up retrying within the timeout")));
             }
             tokio::time::sleep(wait).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -125,18 +107,10 @@ impl OpenAiProvider {
     }
 
     async fn read_whole(&self, response: reqwest::Response) -> Result<ModelReply, ModelError> {
-        let v: Value = response
-            .json()
-            .await
-            .map_err(|e| failed(&self.base_url, format!("unreadable answer: {e}")))?;
+        let v: Value = response.json().await.map_err(|e| failed(&self.base_url, format!("unreadable answer: {e}")))?;
         let text = v["choices"][0]["message"]["content"]
             .as_str()
-            .ok_or_else(|| {
-                failed(
-                    &self.base_url,
-                    "the answer has no choices[0].message.content",
-                )
-            })?
+            .ok_or_else(|| failed(&self.base_url, "the answer has no choices[0].message.content"))?
             .to_string();
         Ok(ModelReply {
             text,
@@ -145,18 +119,10 @@ impl OpenAiProvider {
         })
     }
 
-    async fn read_stream(
-        &self,
-        response: reqwest::Response,
-        deltas: &Deltas,
-    ) -> Result<ModelReply, ModelError> {
+    async fn read_stream(&self, response: reqwest::Response, deltas: &Deltas) -> Result<ModelReply, ModelError> {
         let mut body = response.bytes_stream();
         let mut buffer: Vec<u8> = Vec::new();
-        let mut reply = ModelReply {
-            text: String::new(),
-            model: self.model.clone(),
-            usage: None,
-        };
+        let mut reply = ModelReply { text: String::new(), model: self.model.clone(), usage: None };
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| failed(&self.base_url, format!("stream broke: {e}")))?;
             buffer.extend_from_slice(&chunk);
@@ -171,18 +137,15 @@ impl OpenAiProvider {
                 if data == "[DONE]" {
                     return Ok(reply);
                 }
-                let event: Value = serde_json::from_str(data)
-                    .map_err(|e| failed(&self.base_url, format!("bad stream event: {e}")))?;
+                let event: Value =
+                    serde_json::from_str(data).map_err(|e| failed(&self.base_url, format!("bad stream event: {e}")))?;
                 if let Some(m) = event["model"].as_str() {
                     reply.model = m.to_string();
                 }
                 if let Some(u) = usage(&event["usage"]) {
                     reply.usage = Some(u);
                 }
-                if let Some(text) = event["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .filter(|t| !t.is_empty())
-                {
+                if let Some(text) = event["choices"][0]["delta"]["content"].as_str().filter(|t| !t.is_empty()) {
                     reply.text.push_str(text);
                     let _ = deltas.send(text.to_string());
                 }
@@ -193,8 +156,5 @@ impl OpenAiProvider {
 }
 
 fn usage(v: &Value) -> Option<Usage> {
-    Some(Usage {
-        input_tokens: v["prompt_tokens"].as_u64()?,
-        output_tokens: v["completion_tokens"].as_u64()?,
-    })
+    Some(Usage { input_tokens: v["prompt_tokens"].as_u64()?, output_tokens: v["completion_tokens"].as_u64()? })
 }

@@ -22,10 +22,7 @@ pub struct Cursor {
 
 impl Cursor {
     pub fn new(timestamp: impl Into<String>, id: impl Into<String>) -> Self {
-        Self {
-            timestamp: timestamp.into(),
-            id: id.into(),
-        }
+        Self { timestamp: timestamp.into(), id: id.into() }
     }
 
     pub fn encode(&self) -> String {
@@ -33,11 +30,7 @@ impl Cursor {
     }
 
     pub fn decode(value: &str) -> Result<Self, StoreError> {
-        let invalid = || {
-            StoreError::Invalid(
-                "cursor is not valid: use the Link header of the previous page".into(),
-            )
-        };
+        let invalid = || StoreError::Invalid("cursor is not valid: use the Link header of the previous page".into());
         if value.len() > 1024 {
             return Err(invalid());
         }
@@ -62,11 +55,6 @@ mod tests {
         assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
         assert!(Cursor::decode("not-a-cursor").is_err());
         assert!(Cursor::decode(&URL_SAFE_NO_PAD.encode(b"{\"t\":\"x\",\"i\":\"y\"}")).is_err());
-        assert!(
-            Cursor::decode(
-                &URL_SAFE_NO_PAD.encode(b"{\"t\":\"2026-11-25T10:00:00Z\",\"i\":\"a b\"}")
-            )
-            .is_err()
-        );
+        assert!(Cursor::decode(&URL_SAFE_NO_PAD.encode(b"{\"t\":\"2026-11-25T10:00:00Z\",\"i\":\"a b\"}")).is_err());
     }
 }

@@ -19,9 +19,8 @@ use futures::{StreamExt, TryStreamExt};
 use serde_json::{Number, Value};
 
 use super::{
-    Appended, ConversationStore, Cursor, Deleted, MAX_ITEM_BYTES, Message, MessageQuery, Metadata,
-    NewMessage, NewSession, Order, Page, PageRequest, Role, Session, StoreError, StoreResult,
-    message_item_bytes,
+    Appended, ConversationStore, Cursor, Deleted, MAX_ITEM_BYTES, Message, MessageQuery, Metadata, NewMessage,
+    NewSession, Order, Page, PageRequest, Role, Session, StoreError, StoreResult, message_item_bytes,
 };
 use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
 use crate::tables::{SESSION_TIMESTAMP_INDEX, TENANT_TIMESTAMP_INDEX, TENANT_USER_INDEX};
@@ -39,16 +38,8 @@ pub struct DynamoStore {
 }
 
 impl DynamoStore {
-    pub fn new(
-        client: Client,
-        sessions_table: impl Into<String>,
-        messages_table: impl Into<String>,
-    ) -> Self {
-        Self {
-            client,
-            sessions: sessions_table.into(),
-            messages: messages_table.into(),
-        }
+    pub fn new(client: Client, sessions_table: impl Into<String>, messages_table: impl Into<String>) -> Self {
+        Self { client, sessions: sessions_table.into(), messages: messages_table.into() }
     }
 
     pub fn client(&self) -> &Client {
@@ -83,12 +74,7 @@ impl DynamoStore {
     }
 
     /// All sessions of a user from TenantUserIndex (which is not sorted by time), newest first.
-    async fn all_user_sessions(
-        &self,
-        tenant: &str,
-        user: &str,
-        only_active: bool,
-    ) -> StoreResult<Vec<Session>> {
+    async fn all_user_sessions(&self, tenant: &str, user: &str, only_active: bool) -> StoreResult<Vec<Session>> {
         let mut sessions = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -106,10 +92,7 @@ impl DynamoStore {
                     .filter_expression("isActive = :active")
                     .expression_attribute_values(":active", AttributeValue::Bool(true));
             }
-            let out = q
-                .send()
-                .await
-                .map_err(|e| map_err(&self.sessions, "Query", e))?;
+            let out = q.send().await.map_err(|e| map_err(&self.sessions, "Query", e))?;
             for item in out.items.unwrap_or_default() {
                 sessions.push(session_from_item(item)?);
             }
@@ -152,9 +135,7 @@ impl DynamoStore {
         }
         let next = if items.len() > limit {
             items.truncate(limit);
-            items
-                .last()
-                .map(|m| Cursor::new(&m.timestamp, m.id.as_str()))
+            items.last().map(|m| Cursor::new(&m.timestamp, m.id.as_str()))
         } else {
             None
         };
@@ -209,11 +190,7 @@ impl DynamoStore {
                     .await
                     .map(|_| ())
                     .or_else(|e| {
-                        if is_conditional_failure(&e) {
-                            Ok(())
-                        } else {
-                            Err(map_err(&self.messages, "DeleteItem", e))
-                        }
+                        if is_conditional_failure(&e) { Ok(()) } else { Err(map_err(&self.messages, "DeleteItem", e)) }
                     })
             })
             .buffer_unordered(DELETE_CONCURRENCY)
@@ -232,12 +209,7 @@ impl DynamoStore {
 
     /// Moves the session's `lastMessageAt` forward over `count` new timestamps and returns them.
     /// Returns the new timestamps and the session's previous `lastMessageAt` and `updatedAt`.
-    async fn reserve_timestamps(
-        &self,
-        tenant: &str,
-        session: &str,
-        count: usize,
-    ) -> StoreResult<(Vec<String>, Item)> {
+    async fn reserve_timestamps(&self, tenant: &str, session: &str, count: usize) -> StoreResult<(Vec<String>, Item)> {
         let mut after: Option<String> = None;
         for _ in 0..20 {
             let stamps = timestamp::allocate(after.as_deref(), count);
@@ -262,12 +234,10 @@ impl DynamoStore {
             match result {
                 Ok(out) => return Ok((stamps, out.attributes.unwrap_or_default())),
                 Err(e) if is_conditional_failure(&e) => {
-                    let stored =
-                        self.get_session_item(tenant, session)
-                            .await?
-                            .ok_or_else(|| {
-                                StoreError::NotFound(format!("session {session} not found"))
-                            })?;
+                    let stored = self
+                        .get_session_item(tenant, session)
+                        .await?
+                        .ok_or_else(|| StoreError::NotFound(format!("session {session} not found")))?;
                     if !stored.is_active {
                         return Err(StoreError::Conflict(format!("session {session} is closed")));
                     }
@@ -276,9 +246,7 @@ impl DynamoStore {
                 Err(e) => return Err(map_err(&self.sessions, "UpdateItem", e)),
             }
         }
-        Err(StoreError::Conflict(format!(
-            "session {session} is being written by too many requests at once; retry"
-        )))
+        Err(StoreError::Conflict(format!("session {session} is being written by too many requests at once; retry")))
     }
 }
 
@@ -290,10 +258,7 @@ impl ConversationStore for DynamoStore {
 
     async fn check(&self) -> StoreResult<()> {
         let probe = "__agent_server_readiness_probe__";
-        let (a, b) = futures::join!(
-            self.get_session_item(probe, probe),
-            self.get_message_item(probe)
-        );
+        let (a, b) = futures::join!(self.get_session_item(probe, probe), self.get_message_item(probe));
         a.and(b).map(|_| ()).map_err(|e| match e {
             StoreError::Internal(m) => StoreError::Unavailable(m),
             other => other,
@@ -328,16 +293,8 @@ impl ConversationStore for DynamoStore {
         self.get_session_item(tenant.as_str(), id.as_str()).await
     }
 
-    async fn find_active_session(
-        &self,
-        tenant: &TenantId,
-        user: &UserId,
-    ) -> StoreResult<Option<Session>> {
-        Ok(self
-            .all_user_sessions(tenant.as_str(), user.as_str(), true)
-            .await?
-            .into_iter()
-            .next())
+    async fn find_active_session(&self, tenant: &TenantId, user: &UserId) -> StoreResult<Option<Session>> {
+        Ok(self.all_user_sessions(tenant.as_str(), user.as_str(), true).await?.into_iter().next())
     }
 
     async fn list_user_sessions(
@@ -346,24 +303,18 @@ impl ConversationStore for DynamoStore {
         user: &UserId,
         page: PageRequest,
     ) -> StoreResult<Page<Session>> {
-        let all = self
-            .all_user_sessions(tenant.as_str(), user.as_str(), false)
-            .await?;
+        let all = self.all_user_sessions(tenant.as_str(), user.as_str(), false).await?;
         let mut items: Vec<Session> = all
             .into_iter()
             .filter(|s| match &page.cursor {
                 None => true,
-                Some(c) => {
-                    (s.updated_at.as_str(), s.id.as_str()) < (c.timestamp.as_str(), c.id.as_str())
-                }
+                Some(c) => (s.updated_at.as_str(), s.id.as_str()) < (c.timestamp.as_str(), c.id.as_str()),
             })
             .take(page.limit + 1)
             .collect();
         let next = if items.len() > page.limit {
             items.truncate(page.limit);
-            items
-                .last()
-                .map(|s| Cursor::new(&s.updated_at, s.id.as_str()))
+            items.last().map(|s| Cursor::new(&s.updated_at, s.id.as_str()))
         } else {
             None
         };
@@ -404,9 +355,7 @@ impl ConversationStore for DynamoStore {
             }
             message_item(m)?;
         }
-        let (stamps, previous) = self
-            .reserve_timestamps(tenant.as_str(), session.as_str(), built.len())
-            .await?;
+        let (stamps, previous) = self.reserve_timestamps(tenant.as_str(), session.as_str(), built.len()).await?;
         let reserved_last = stamps[stamps.len() - 1].clone();
         for (m, ts) in built.iter_mut().zip(stamps) {
             m.timestamp = ts;
@@ -421,47 +370,26 @@ impl ConversationStore for DynamoStore {
                 .send()
                 .await;
             match put {
-                Ok(_) => Ok(Appended {
-                    message: m,
-                    created: true,
-                }),
-                Err(e) if is_conditional_failure(&e) => {
-                    match self.get_message_item(m.id.as_str()).await? {
-                        Some(existing)
-                            if existing.tenant_id == m.tenant_id
-                                && existing.session_id == m.session_id =>
-                        {
-                            Ok(Appended {
-                                message: existing,
-                                created: false,
-                            })
-                        }
-                        _ => Err(StoreError::Conflict(format!(
-                            "message id {} is already used",
-                            m.id
-                        ))),
+                Ok(_) => Ok(Appended { message: m, created: true }),
+                Err(e) if is_conditional_failure(&e) => match self.get_message_item(m.id.as_str()).await? {
+                    Some(existing) if existing.tenant_id == m.tenant_id && existing.session_id == m.session_id => {
+                        Ok(Appended { message: existing, created: false })
                     }
-                }
+                    _ => Err(StoreError::Conflict(format!("message id {} is already used", m.id))),
+                },
                 Err(e) => Err(map_err(&self.messages, "PutItem", e)),
             }
         });
         let appended = futures::future::try_join_all(writes).await?;
         // Ids that were already stored did not use their reserved timestamps: move the session's
         // marks back to the newest message really written, unless another append moved them since.
-        let newest_created = appended
-            .iter()
-            .filter(|a| a.created)
-            .map(|a| &a.message.timestamp)
-            .max();
+        let newest_created = appended.iter().filter(|a| a.created).map(|a| &a.message.timestamp).max();
         if newest_created != Some(&reserved_last) {
             let (last, updated) = match newest_created {
                 Some(ts) => (Some(s(ts.clone())), s(ts.clone())),
                 None => (
                     previous.get("lastMessageAt").cloned(),
-                    previous
-                        .get("updatedAt")
-                        .cloned()
-                        .unwrap_or_else(|| s(timestamp::now())),
+                    previous.get("updatedAt").cloned().unwrap_or_else(|| s(timestamp::now())),
                 ),
             };
             let mut update = self
@@ -489,10 +417,7 @@ impl ConversationStore for DynamoStore {
     }
 
     async fn get_message(&self, tenant: &TenantId, id: &MessageId) -> StoreResult<Option<Message>> {
-        Ok(self
-            .get_message_item(id.as_str())
-            .await?
-            .filter(|m| &m.tenant_id == tenant))
+        Ok(self.get_message_item(id.as_str()).await?.filter(|m| &m.tenant_id == tenant))
     }
 
     async fn list_messages(
@@ -520,17 +445,17 @@ impl ConversationStore for DynamoStore {
             (Order::Desc, Some(a), Some(b)) => base
                 .key_condition_expression("sessionId = :s AND #ts < :hi")
                 .expression_attribute_values(":hi", s(a.min(b))),
-            (Order::Desc, Some(hi), None) | (_, None, Some(hi)) => base
-                .key_condition_expression("sessionId = :s AND #ts < :hi")
-                .expression_attribute_values(":hi", s(hi)),
+            (Order::Desc, Some(hi), None) | (_, None, Some(hi)) => {
+                base.key_condition_expression("sessionId = :s AND #ts < :hi").expression_attribute_values(":hi", s(hi))
+            }
             (Order::Asc, Some(lo), before) => {
                 let b = base
                     .key_condition_expression("sessionId = :s AND #ts > :lo")
                     .expression_attribute_values(":lo", s(lo));
                 match before {
-                    Some(hi) => b
-                        .filter_expression("tenantId = :t AND #ts < :hi")
-                        .expression_attribute_values(":hi", s(hi)),
+                    Some(hi) => {
+                        b.filter_expression("tenantId = :t AND #ts < :hi").expression_attribute_values(":hi", s(hi))
+                    }
                     None => b,
                 }
             }
@@ -539,11 +464,7 @@ impl ConversationStore for DynamoStore {
         self.collect_messages(base, query.limit, None).await
     }
 
-    async fn close_session(
-        &self,
-        tenant: &TenantId,
-        id: &SessionId,
-    ) -> StoreResult<Option<Session>> {
+    async fn close_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<Session>> {
         let result = self
             .client
             .update_item()
@@ -564,42 +485,24 @@ impl ConversationStore for DynamoStore {
         }
     }
 
-    async fn delete_session(
-        &self,
-        tenant: &TenantId,
-        id: &SessionId,
-    ) -> StoreResult<Option<usize>> {
-        if self
-            .get_session_item(tenant.as_str(), id.as_str())
-            .await?
-            .is_none()
-        {
+    async fn delete_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<usize>> {
+        if self.get_session_item(tenant.as_str(), id.as_str()).await?.is_none() {
             return Ok(None);
         }
-        self.delete_session_items(tenant.as_str(), id.as_str())
-            .await
-            .map(Some)
+        self.delete_session_items(tenant.as_str(), id.as_str()).await.map(Some)
     }
 
     async fn delete_user(&self, tenant: &TenantId, user: &UserId) -> StoreResult<Deleted> {
-        let sessions = self
-            .all_user_sessions(tenant.as_str(), user.as_str(), false)
-            .await?;
+        let sessions = self.all_user_sessions(tenant.as_str(), user.as_str(), false).await?;
         let mut deleted = Deleted::default();
         for session in sessions {
-            deleted.messages += self
-                .delete_session_items(tenant.as_str(), session.id.as_str())
-                .await?;
+            deleted.messages += self.delete_session_items(tenant.as_str(), session.id.as_str()).await?;
             deleted.sessions += 1;
         }
         Ok(deleted)
     }
 
-    async fn list_tenant_messages(
-        &self,
-        tenant: &TenantId,
-        query: MessageQuery,
-    ) -> StoreResult<Page<Message>> {
+    async fn list_tenant_messages(&self, tenant: &TenantId, query: MessageQuery) -> StoreResult<Page<Message>> {
         let mut base = self
             .client
             .query()
@@ -656,14 +559,14 @@ where
                 | "MissingAuthenticationTokenException" => StoreError::Unavailable(format!(
                     "DynamoDB denied dynamodb:{action} on table {table} ({code}): grant it (see `agent-server tables iam-policy`) or fix the AWS credentials"
                 )),
-                "ProvisionedThroughputExceededException"
-                | "ThrottlingException"
-                | "RequestLimitExceeded" => StoreError::Unavailable(format!(
-                    "DynamoDB is throttling dynamodb:{action} on table {table}; retry later"
-                )),
-                "ValidationException" if message.contains("size") => StoreError::TooLarge(format!(
-                    "item too large for DynamoDB table {table}: {message}"
-                )),
+                "ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded" => {
+                    StoreError::Unavailable(format!(
+                        "DynamoDB is throttling dynamodb:{action} on table {table}; retry later"
+                    ))
+                }
+                "ValidationException" if message.contains("size") => {
+                    StoreError::TooLarge(format!("item too large for DynamoDB table {table}: {message}"))
+                }
                 _ => {
                     tracing::error!(table, action, code, message, "DynamoDB error");
                     StoreError::Internal(format!("DynamoDB {action} on {table} failed: {code}"))
@@ -672,9 +575,7 @@ where
         }
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
             tracing::error!(table, action, error = %aws_sdk_dynamodb::error::DisplayErrorContext(&e), "DynamoDB unreachable");
-            StoreError::Unavailable(format!(
-                "DynamoDB endpoint is unreachable (dynamodb:{action} on table {table})"
-            ))
+            StoreError::Unavailable(format!("DynamoDB endpoint is unreachable (dynamodb:{action} on table {table})"))
         }
         _ => {
             tracing::error!(table, action, error = %aws_sdk_dynamodb::error::DisplayErrorContext(&e), "DynamoDB request failed");
@@ -704,17 +605,13 @@ pub(crate) fn to_attribute(value: &Value) -> StoreResult<AttributeValue> {
             AttributeValue::N(n.to_string())
         }
         Value::String(s) => AttributeValue::S(s.clone()),
-        Value::Array(items) => {
-            AttributeValue::L(items.iter().map(to_attribute).collect::<StoreResult<_>>()?)
-        }
+        Value::Array(items) => AttributeValue::L(items.iter().map(to_attribute).collect::<StoreResult<_>>()?),
         Value::Object(map) => AttributeValue::M(to_attribute_map(map)?),
     })
 }
 
 fn to_attribute_map(map: &Metadata) -> StoreResult<HashMap<String, AttributeValue>> {
-    map.iter()
-        .map(|(k, v)| Ok((k.clone(), to_attribute(v)?)))
-        .collect()
+    map.iter().map(|(k, v)| Ok((k.clone(), to_attribute(v)?))).collect()
 }
 
 /// A DynamoDB attribute value to JSON (sets become arrays, binary becomes base64 text).
@@ -727,22 +624,11 @@ pub(crate) fn from_attribute(value: &AttributeValue) -> Value {
         AttributeValue::Bool(b) => Value::Bool(*b),
         AttributeValue::Null(_) => Value::Null,
         AttributeValue::L(items) => Value::Array(items.iter().map(from_attribute).collect()),
-        AttributeValue::M(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (k.clone(), from_attribute(v)))
-                .collect(),
-        ),
-        AttributeValue::Ss(items) => {
-            Value::Array(items.iter().cloned().map(Value::String).collect())
-        }
+        AttributeValue::M(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), from_attribute(v))).collect()),
+        AttributeValue::Ss(items) => Value::Array(items.iter().cloned().map(Value::String).collect()),
         AttributeValue::Ns(items) => Value::Array(items.iter().map(|n| number(n)).collect()),
         AttributeValue::B(b) => Value::String(b64(b.as_ref())),
-        AttributeValue::Bs(items) => Value::Array(
-            items
-                .iter()
-                .map(|b| Value::String(b64(b.as_ref())))
-                .collect(),
-        ),
+        AttributeValue::Bs(items) => Value::Array(items.iter().map(|b| Value::String(b64(b.as_ref()))).collect()),
         _ => Value::Null,
     }
 }
@@ -754,18 +640,13 @@ fn number(n: &str) -> Value {
     if let Ok(u) = n.parse::<u64>() {
         return Value::Number(u.into());
     }
-    n.parse::<f64>()
-        .ok()
-        .and_then(Number::from_f64)
-        .map_or_else(|| Value::String(n.to_string()), Value::Number)
+    n.parse::<f64>().ok().and_then(Number::from_f64).map_or_else(|| Value::String(n.to_string()), Value::Number)
 }
 
 fn get_s(item: &Item, name: &str) -> StoreResult<String> {
     match item.get(name) {
         Some(AttributeValue::S(v)) => Ok(v.clone()),
-        _ => Err(StoreError::Internal(format!(
-            "stored item has no string attribute {name}"
-        ))),
+        _ => Err(StoreError::Internal(format!("stored item has no string attribute {name}"))),
     }
 }
 
@@ -778,11 +659,7 @@ fn get_opt_s(item: &Item, name: &str) -> Option<String> {
 
 fn get_metadata(item: &Item) -> Option<Metadata> {
     match item.get("metadata") {
-        Some(AttributeValue::M(m)) => Some(
-            m.iter()
-                .map(|(k, v)| (k.clone(), from_attribute(v)))
-                .collect(),
-        ),
+        Some(AttributeValue::M(m)) => Some(m.iter().map(|(k, v)| (k.clone(), from_attribute(v))).collect()),
         _ => None,
     }
 }
@@ -794,23 +671,11 @@ fn bad(what: &str) -> StoreError {
 pub(crate) fn session_item(s: &Session) -> StoreResult<Item> {
     let mut item = HashMap::from([
         ("id".to_string(), AttributeValue::S(s.id.to_string())),
-        (
-            "tenantId".to_string(),
-            AttributeValue::S(s.tenant_id.to_string()),
-        ),
-        (
-            "userId".to_string(),
-            AttributeValue::S(s.user_id.to_string()),
-        ),
+        ("tenantId".to_string(), AttributeValue::S(s.tenant_id.to_string())),
+        ("userId".to_string(), AttributeValue::S(s.user_id.to_string())),
         ("isActive".to_string(), AttributeValue::Bool(s.is_active)),
-        (
-            "createdAt".to_string(),
-            AttributeValue::S(s.created_at.clone()),
-        ),
-        (
-            "updatedAt".to_string(),
-            AttributeValue::S(s.updated_at.clone()),
-        ),
+        ("createdAt".to_string(), AttributeValue::S(s.created_at.clone())),
+        ("updatedAt".to_string(), AttributeValue::S(s.updated_at.clone())),
     ]);
     if let Some(l) = &s.location_id {
         item.insert("locationId".into(), AttributeValue::S(l.to_string()));
@@ -841,27 +706,12 @@ pub(crate) fn session_from_item(item: Item) -> StoreResult<Session> {
 pub(crate) fn message_item(m: &Message) -> StoreResult<Item> {
     let mut item = HashMap::from([
         ("id".to_string(), AttributeValue::S(m.id.to_string())),
-        (
-            "tenantId".to_string(),
-            AttributeValue::S(m.tenant_id.to_string()),
-        ),
-        (
-            "sessionId".to_string(),
-            AttributeValue::S(m.session_id.to_string()),
-        ),
-        (
-            "userId".to_string(),
-            AttributeValue::S(m.user_id.to_string()),
-        ),
+        ("tenantId".to_string(), AttributeValue::S(m.tenant_id.to_string())),
+        ("sessionId".to_string(), AttributeValue::S(m.session_id.to_string())),
+        ("userId".to_string(), AttributeValue::S(m.user_id.to_string())),
         ("content".to_string(), AttributeValue::S(m.content.clone())),
-        (
-            "role".to_string(),
-            AttributeValue::S(m.role.as_str().to_string()),
-        ),
-        (
-            "timestamp".to_string(),
-            AttributeValue::S(m.timestamp.clone()),
-        ),
+        ("role".to_string(), AttributeValue::S(m.role.as_str().to_string())),
+        ("timestamp".to_string(), AttributeValue::S(m.timestamp.clone())),
     ]);
     if let Some(md) = &m.metadata {
         item.insert("metadata".into(), AttributeValue::M(to_attribute_map(md)?));

@@ -35,10 +35,7 @@ pub fn message_item_bytes(m: &Message) -> usize {
         ("timestamp", m.timestamp.as_str()),
     ];
     let base: usize = strings.iter().map(|(k, v)| k.len() + v.len()).sum();
-    let metadata = m
-        .metadata
-        .as_ref()
-        .map_or(0, |md| "metadata".len() + 3 + map_bytes(md) + md.len());
+    let metadata = m.metadata.as_ref().map_or(0, |md| "metadata".len() + 3 + map_bytes(md) + md.len());
     // room for `expiresAt` (a number) that retention may add
     base + metadata + "expiresAt".len() + 12
 }

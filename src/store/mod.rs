@@ -197,11 +197,7 @@ pub trait ConversationStore: Send + Sync + 'static {
     async fn create_session(&self, new: NewSession) -> StoreResult<Session>;
     async fn get_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<Session>>;
     /// The user's active session with the most recent activity.
-    async fn find_active_session(
-        &self,
-        tenant: &TenantId,
-        user: &UserId,
-    ) -> StoreResult<Option<Session>>;
+    async fn find_active_session(&self, tenant: &TenantId, user: &UserId) -> StoreResult<Option<Session>>;
     /// The user's sessions, most recent activity first.
     async fn list_user_sessions(
         &self,
@@ -226,22 +222,13 @@ pub trait ConversationStore: Send + Sync + 'static {
         query: MessageQuery,
     ) -> StoreResult<Page<Message>>;
     /// Marks the session inactive; `None` when it does not exist.
-    async fn close_session(
-        &self,
-        tenant: &TenantId,
-        id: &SessionId,
-    ) -> StoreResult<Option<Session>>;
+    async fn close_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<Session>>;
     /// Deletes the session and all its messages; the number of messages, `None` when absent.
-    async fn delete_session(&self, tenant: &TenantId, id: &SessionId)
-    -> StoreResult<Option<usize>>;
+    async fn delete_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<usize>>;
     /// Deletes every session and message of one user (erasure request).
     async fn delete_user(&self, tenant: &TenantId, user: &UserId) -> StoreResult<Deleted>;
     /// The tenant's messages across sessions by time (newest first by default).
-    async fn list_tenant_messages(
-        &self,
-        tenant: &TenantId,
-        query: MessageQuery,
-    ) -> StoreResult<Page<Message>>;
+    async fn list_tenant_messages(&self, tenant: &TenantId, query: MessageQuery) -> StoreResult<Page<Message>>;
 }
 
 /// The session's newest `limit` messages, oldest first, with read-your-writes.
@@ -263,11 +250,7 @@ pub async fn recent_history(
             .list_messages(
                 &session.tenant_id,
                 &session.id,
-                MessageQuery {
-                    limit,
-                    order: Order::Desc,
-                    ..Default::default()
-                },
+                MessageQuery { limit, order: Order::Desc, ..Default::default() },
             )
             .await?;
         let newest = page.items.first().map(|m| m.timestamp.as_str());

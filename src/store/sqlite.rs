@@ -11,9 +11,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
-    Appended, ConversationStore, Cursor, Deleted, MAX_ITEM_BYTES, Message, MessageQuery, Metadata,
-    NewMessage, NewSession, Order, Page, PageRequest, Role, Session, StoreError, StoreResult,
-    message_item_bytes,
+    Appended, ConversationStore, Cursor, Deleted, MAX_ITEM_BYTES, Message, MessageQuery, Metadata, NewMessage,
+    NewSession, Order, Page, PageRequest, Role, Session, StoreError, StoreResult, message_item_bytes,
 };
 use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
 use crate::timestamp;
@@ -50,9 +49,9 @@ CREATE INDEX IF NOT EXISTS messages_by_tenant ON messages (tenant_id, timestamp,
 CREATE INDEX IF NOT EXISTS messages_by_user ON messages (tenant_id, user_id);
 ";
 
-const SESSION_COLUMNS: &str = "id, tenant_id, user_id, location_id, is_active, created_at, updated_at, last_message_at, metadata";
-const MESSAGE_COLUMNS: &str =
-    "id, tenant_id, session_id, user_id, content, role, timestamp, metadata";
+const SESSION_COLUMNS: &str =
+    "id, tenant_id, user_id, location_id, is_active, created_at, updated_at, last_message_at, metadata";
+const MESSAGE_COLUMNS: &str = "id, tenant_id, session_id, user_id, content, role, timestamp, metadata";
 const MAX_READERS: usize = 8;
 
 pub struct SqliteStore {
@@ -70,23 +69,11 @@ fn internal(e: impl std::fmt::Display) -> StoreError {
 }
 
 fn open(path: &Path) -> StoreResult<Connection> {
-    let conn = Connection::open(path).map_err(|e| {
-        StoreError::Unavailable(format!(
-            "cannot open SQLite database {}: {e}",
-            path.display()
-        ))
-    })?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(internal)?;
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
-    )
-    .map_err(|e| {
-        StoreError::Unavailable(format!(
-            "cannot use SQLite database {}: {e}",
-            path.display()
-        ))
-    })?;
+    let conn = Connection::open(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database {}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(internal)?;
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
+        .map_err(|e| StoreError::Unavailable(format!("cannot use SQLite database {}: {e}", path.display())))?;
     Ok(conn)
 }
 
@@ -95,14 +82,11 @@ impl SqliteStore {
     pub fn open(path: impl Into<PathBuf>) -> StoreResult<Self> {
         let path = path.into();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create folder {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("cannot create folder {}: {e}", dir.display())))?;
         }
         let writer = open(&path)?;
-        let version: i64 = writer
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(internal)?;
+        let version: i64 = writer.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(internal)?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::Unavailable(format!(
                 "SQLite database {} has schema version {version}, newer than this build ({SCHEMA_VERSION})",
@@ -110,16 +94,8 @@ impl SqliteStore {
             )));
         }
         writer.execute_batch(SCHEMA).map_err(internal)?;
-        writer
-            .execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
-            .map_err(internal)?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                path,
-                writer: Mutex::new(writer),
-                readers: Mutex::new(Vec::new()),
-            }),
-        })
+        writer.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(internal)?;
+        Ok(Self { inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }) })
     }
 
     pub fn path(&self) -> &Path {
@@ -147,11 +123,7 @@ impl SqliteStore {
     {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let pooled = inner
-                .readers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop();
+            let pooled = inner.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let conn = match pooled {
                 Some(c) => c,
                 None => open(&inner.path)?,
@@ -169,9 +141,7 @@ impl SqliteStore {
 }
 
 fn json_text(metadata: &Option<Metadata>) -> Option<String> {
-    metadata
-        .as_ref()
-        .map(|m| serde_json::Value::Object(m.clone()).to_string())
+    metadata.as_ref().map(|m| serde_json::Value::Object(m.clone()).to_string())
 }
 
 fn parse_json(text: Option<String>) -> Option<Metadata> {
@@ -187,9 +157,7 @@ fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
         id: SessionId::parse(r.get::<_, String>(0)?).map_err(|_| bad_row("session id"))?,
         tenant_id: TenantId::parse(r.get::<_, String>(1)?).map_err(|_| bad_row("tenant id"))?,
         user_id: UserId::parse(r.get::<_, String>(2)?).map_err(|_| bad_row("user id"))?,
-        location_id: r
-            .get::<_, Option<String>>(3)?
-            .and_then(|l| LocationId::parse(l).ok()),
+        location_id: r.get::<_, Option<String>>(3)?.and_then(|l| LocationId::parse(l).ok()),
         is_active: r.get(4)?,
         created_at: r.get(5)?,
         updated_at: r.get(6)?,
@@ -212,22 +180,15 @@ fn message_from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
 }
 
 fn get_session(conn: &Connection, tenant: &str, id: &str) -> StoreResult<Option<Session>> {
-    conn.prepare_cached(&format!(
-        "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = ?1 AND id = ?2"
-    ))
-    .and_then(|mut s| {
-        s.query_row(params![tenant, id], session_from_row)
-            .optional()
-    })
-    .map_err(internal)
+    conn.prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = ?1 AND id = ?2"))
+        .and_then(|mut s| s.query_row(params![tenant, id], session_from_row).optional())
+        .map_err(internal)
 }
 
 fn get_message(conn: &Connection, id: &str) -> StoreResult<Option<Message>> {
-    conn.prepare_cached(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1"
-    ))
-    .and_then(|mut s| s.query_row(params![id], message_from_row).optional())
-    .map_err(internal)
+    conn.prepare_cached(&format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1"))
+        .and_then(|mut s| s.query_row(params![id], message_from_row).optional())
+        .map_err(internal)
 }
 
 /// Runs a message query with positional parameters and splits off the next-page cursor.
@@ -244,9 +205,7 @@ fn message_page(
         .map_err(internal)?;
     let next = if items.len() > limit {
         items.truncate(limit);
-        items
-            .last()
-            .map(|m| Cursor::new(&m.timestamp, m.id.as_str()))
+        items.last().map(|m| Cursor::new(&m.timestamp, m.id.as_str()))
     } else {
         None
     };
@@ -262,9 +221,7 @@ impl ConversationStore for SqliteStore {
     async fn check(&self) -> StoreResult<()> {
         self.read(|c| {
             c.query_row("SELECT count(*) FROM sessions WHERE 0", [], |_| Ok(()))
-                .map_err(|e| {
-                    StoreError::Unavailable(format!("SQLite database does not answer: {e}"))
-                })
+                .map_err(|e| StoreError::Unavailable(format!("SQLite database does not answer: {e}")))
         })
         .await
     }
@@ -309,25 +266,17 @@ impl ConversationStore for SqliteStore {
 
     async fn get_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<Session>> {
         let (tenant, id) = (tenant.clone(), id.clone());
-        self.read(move |c| get_session(c, tenant.as_str(), id.as_str()))
-            .await
+        self.read(move |c| get_session(c, tenant.as_str(), id.as_str())).await
     }
 
-    async fn find_active_session(
-        &self,
-        tenant: &TenantId,
-        user: &UserId,
-    ) -> StoreResult<Option<Session>> {
+    async fn find_active_session(&self, tenant: &TenantId, user: &UserId) -> StoreResult<Option<Session>> {
         let (tenant, user) = (tenant.clone(), user.clone());
         self.read(move |c| {
             c.prepare_cached(&format!(
                 "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = ?1 AND user_id = ?2 \
                  AND is_active = 1 ORDER BY updated_at DESC, id DESC LIMIT 1"
             ))
-            .and_then(|mut s| {
-                s.query_row(params![tenant.as_str(), user.as_str()], session_from_row)
-                    .optional()
-            })
+            .and_then(|mut s| s.query_row(params![tenant.as_str(), user.as_str()], session_from_row).optional())
             .map_err(internal)
         })
         .await
@@ -341,10 +290,8 @@ impl ConversationStore for SqliteStore {
     ) -> StoreResult<Page<Session>> {
         let (tenant, user) = (tenant.clone(), user.clone());
         self.read(move |c| {
-            let (t, i) = page
-                .cursor
-                .map(|c| (c.timestamp, c.id))
-                .unwrap_or_else(|| ("\u{10FFFF}".into(), String::new()));
+            let (t, i) =
+                page.cursor.map(|c| (c.timestamp, c.id)).unwrap_or_else(|| ("\u{10FFFF}".into(), String::new()));
             let mut stmt = c
                 .prepare_cached(&format!(
                     "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = ?1 AND user_id = ?2 \
@@ -353,17 +300,12 @@ impl ConversationStore for SqliteStore {
                 ))
                 .map_err(internal)?;
             let mut items = stmt
-                .query_map(
-                    params![tenant.as_str(), user.as_str(), t, i, page.limit as i64 + 1],
-                    session_from_row,
-                )
+                .query_map(params![tenant.as_str(), user.as_str(), t, i, page.limit as i64 + 1], session_from_row)
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
                 .map_err(internal)?;
             let next = if items.len() > page.limit {
                 items.truncate(page.limit);
-                items
-                    .last()
-                    .map(|s| Cursor::new(&s.updated_at, s.id.as_str()))
+                items.last().map(|s| Cursor::new(&s.updated_at, s.id.as_str()))
             } else {
                 None
             };
@@ -380,9 +322,7 @@ impl ConversationStore for SqliteStore {
     ) -> StoreResult<Vec<Appended>> {
         let (tenant, session) = (tenant.clone(), session.clone());
         self.write(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(internal)?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(internal)?;
             let stored = get_session(&tx, tenant.as_str(), session.as_str())?
                 .ok_or_else(|| StoreError::NotFound(format!("session {session} not found")))?;
             if !stored.is_active {
@@ -393,16 +333,11 @@ impl ConversationStore for SqliteStore {
             let mut fresh = 0;
             for m in &messages {
                 match get_message(&tx, m.id.as_str())? {
-                    Some(existing)
-                        if existing.tenant_id == tenant && existing.session_id == session =>
-                    {
+                    Some(existing) if existing.tenant_id == tenant && existing.session_id == session => {
                         results.push(Some(Appended { message: existing, created: false }))
                     }
                     Some(_) => {
-                        return Err(StoreError::Conflict(format!(
-                            "message id {} is already used",
-                            m.id
-                        )));
+                        return Err(StoreError::Conflict(format!("message id {} is already used", m.id)));
                     }
                     None => {
                         fresh += 1;
@@ -473,8 +408,7 @@ impl ConversationStore for SqliteStore {
 
     async fn get_message(&self, tenant: &TenantId, id: &MessageId) -> StoreResult<Option<Message>> {
         let (tenant, id) = (tenant.clone(), id.clone());
-        self.read(move |c| Ok(get_message(c, id.as_str())?.filter(|m| m.tenant_id == tenant)))
-            .await
+        self.read(move |c| Ok(get_message(c, id.as_str())?.filter(|m| m.tenant_id == tenant))).await
     }
 
     async fn list_messages(
@@ -498,27 +432,12 @@ impl ConversationStore for SqliteStore {
                  AND (?3 IS NULL OR timestamp {cmp} ?3) AND (?4 IS NULL OR timestamp < ?4) \
                  ORDER BY timestamp {dir} LIMIT ?5"
             );
-            message_page(
-                c,
-                &sql,
-                &[
-                    &tenant.as_str(),
-                    &session.as_str(),
-                    &after,
-                    &before,
-                    &(limit as i64 + 1),
-                ],
-                limit,
-            )
+            message_page(c, &sql, &[&tenant.as_str(), &session.as_str(), &after, &before, &(limit as i64 + 1)], limit)
         })
         .await
     }
 
-    async fn close_session(
-        &self,
-        tenant: &TenantId,
-        id: &SessionId,
-    ) -> StoreResult<Option<Session>> {
+    async fn close_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<Session>> {
         let (tenant, id) = (tenant.clone(), id.clone());
         self.write(move |c| {
             c.prepare_cached(&format!(
@@ -526,19 +445,14 @@ impl ConversationStore for SqliteStore {
                  RETURNING {SESSION_COLUMNS}"
             ))
             .and_then(|mut s| {
-                s.query_row(params![tenant.as_str(), id.as_str(), timestamp::now()], session_from_row)
-                    .optional()
+                s.query_row(params![tenant.as_str(), id.as_str(), timestamp::now()], session_from_row).optional()
             })
             .map_err(internal)
         })
         .await
     }
 
-    async fn delete_session(
-        &self,
-        tenant: &TenantId,
-        id: &SessionId,
-    ) -> StoreResult<Option<usize>> {
+    async fn delete_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<usize>> {
         let (tenant, id) = (tenant.clone(), id.clone());
         self.write(move |c| {
             let tx = c.transaction().map_err(internal)?;
@@ -549,10 +463,7 @@ impl ConversationStore for SqliteStore {
                 )
                 .map_err(internal)?;
             let sessions = tx
-                .execute(
-                    "DELETE FROM sessions WHERE tenant_id = ?1 AND id = ?2",
-                    params![tenant.as_str(), id.as_str()],
-                )
+                .execute("DELETE FROM sessions WHERE tenant_id = ?1 AND id = ?2", params![tenant.as_str(), id.as_str()])
                 .map_err(internal)?;
             tx.commit().map_err(internal)?;
             Ok((sessions > 0).then_some(messages))
@@ -583,11 +494,7 @@ impl ConversationStore for SqliteStore {
         .await
     }
 
-    async fn list_tenant_messages(
-        &self,
-        tenant: &TenantId,
-        query: MessageQuery,
-    ) -> StoreResult<Page<Message>> {
+    async fn list_tenant_messages(&self, tenant: &TenantId, query: MessageQuery) -> StoreResult<Page<Message>> {
         let tenant = tenant.clone();
         self.read(move |c| {
             let limit = query.limit;
@@ -604,12 +511,7 @@ impl ConversationStore for SqliteStore {
                  AND (?2 IS NULL OR timestamp {cmp} ?2 OR (timestamp = ?2 AND id {cmp} ?3)) \
                  AND (?4 IS NULL OR timestamp < ?4) ORDER BY timestamp {dir}, id {dir} LIMIT ?5"
             );
-            message_page(
-                c,
-                &sql,
-                &[&tenant.as_str(), &t, &i, &query.before, &(limit as i64 + 1)],
-                limit,
-            )
+            message_page(c, &sql, &[&tenant.as_str(), &t, &i, &query.before, &(limit as i64 + 1)], limit)
         })
         .await
     }

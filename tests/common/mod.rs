@@ -58,9 +58,7 @@ pub async fn dynamodb_store() -> DynamoStore {
     let client = dynamodb_client();
     let (sessions, messages) = table_names();
     for spec in tables::specs(&sessions, &messages) {
-        tables::create(&client, &spec)
-            .await
-            .expect("create tables on the emulator");
+        tables::create(&client, &spec).await.expect("create tables on the emulator");
     }
     DynamoStore::new(client, sessions, messages)
 }
@@ -82,15 +80,9 @@ pub async fn store(backend: &str) -> AnyStore {
     match backend {
         "sqlite" => {
             let (s, dir) = sqlite_store();
-            AnyStore {
-                store: Arc::new(s),
-                _guard: Some(dir),
-            }
+            AnyStore { store: Arc::new(s), _guard: Some(dir) }
         }
-        "dynamodb" => AnyStore {
-            store: Arc::new(dynamodb_store().await),
-            _guard: None,
-        },
+        "dynamodb" => AnyStore { store: Arc::new(dynamodb_store().await), _guard: None },
         other => panic!("unknown backend {other}"),
     }
 }
@@ -133,9 +125,7 @@ impl TestServer {
             }
             "dynamodb-missing-tables" => {
                 let (sessions, messages) = table_names();
-                cmd.envs(aws_env())
-                    .env("DYNAMODB_SESSIONS_TABLE", sessions)
-                    .env("DYNAMODB_MESSAGES_TABLE", messages);
+                cmd.envs(aws_env()).env("DYNAMODB_SESSIONS_TABLE", sessions).env("DYNAMODB_MESSAGES_TABLE", messages);
             }
             other => panic!("unknown backend {other}"),
         }
@@ -155,11 +145,7 @@ impl TestServer {
                 use std::io::BufRead;
                 for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
                     if let Some(rest) = line.split_once("listening on ").map(|(_, r)| r) {
-                        let url = rest
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string();
+                        let url = rest.split_whitespace().next().unwrap_or_default().to_string();
                         let _ = tx.send(url);
                     }
                     output.lock().unwrap().push_str(&(line + "\n"));
@@ -173,12 +159,7 @@ impl TestServer {
                 panic!("agent-server did not start:\n{}", output.lock().unwrap());
             }
         };
-        TestServer {
-            url,
-            child,
-            output,
-            _dir: dir,
-        }
+        TestServer { url, child, output, _dir: dir }
     }
 
     /// Everything the server printed so far.
@@ -212,8 +193,5 @@ impl Drop for TestServer {
 
 /// An HTTP client for the tests.
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(60))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap()
 }

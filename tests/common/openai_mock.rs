@@ -39,9 +39,7 @@ pub struct OpenAiMock {
 impl OpenAiMock {
     pub async fn start() -> OpenAiMock {
         let recorded = Arc::new(Mutex::new(Recorded::default()));
-        let app = axum::Router::new()
-            .route("/v1/chat/completions", post(completions))
-            .with_state(recorded.clone());
+        let app = axum::Router::new().route("/v1/chat/completions", post(completions)).with_state(recorded.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -53,13 +51,7 @@ impl OpenAiMock {
     }
 
     pub fn last_body(&self) -> Value {
-        self.recorded
-            .lock()
-            .unwrap()
-            .bodies
-            .last()
-            .cloned()
-            .unwrap_or(Value::Null)
+        self.recorded.lock().unwrap().bodies.last().cloned().unwrap_or(Value::Null)
     }
 }
 
@@ -75,41 +67,23 @@ async fn completions(
     Json(body): Json<Value>,
 ) -> Response {
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
-    let last = messages
-        .last()
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or_default()
-        .to_string();
+    let last = messages.last().and_then(|m| m["content"].as_str()).unwrap_or_default().to_string();
     let first_429 = {
         let mut r = recorded.lock().unwrap();
         r.calls += 1;
         r.bodies.push(body.clone());
-        r.authorizations.push(
-            headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string(),
-        );
+        r.authorizations.push(headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string());
         last.contains("[429-once]") && r.seen_429.insert(last.clone())
     };
     if first_429 {
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            Json(json!({"error": {"message": "slow down"}})),
-        )
-            .into_response();
+        return (StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": {"message": "slow down"}}))).into_response();
     }
     if let Some(ms) = tag_value(&last, "slow").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     if let Some(status) = tag_value(&last, "status").and_then(|v| v.parse::<u16>().ok()) {
         let status = StatusCode::from_u16(status).unwrap();
-        return (
-            status,
-            Json(json!({"error": {"message": format!("mock failure {status}")}})),
-        )
-            .into_response();
+        return (status, Json(json!({"error": {"message": format!("mock failure {status}")}}))).into_response();
     }
     let reply = format!("mock reply to: {last} ({} messages) ✓", messages.len());
     if body["stream"] != json!(true) {
@@ -134,19 +108,11 @@ async fn completions(
     sse.push_str("data: [DONE]\n\n");
     let bytes = sse.into_bytes();
     let stream = async_stream_chunks(bytes);
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .body(Body::from_stream(stream))
-        .unwrap()
+    Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(stream)).unwrap()
 }
 
-fn async_stream_chunks(
-    bytes: Vec<u8>,
-) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
-    let chunks: Vec<Result<Bytes, std::io::Error>> = bytes
-        .chunks(7)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
+fn async_stream_chunks(bytes: Vec<u8>) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+    let chunks: Vec<Result<Bytes, std::io::Error>> = bytes.chunks(7).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
     futures::StreamExt::then(futures::stream::iter(chunks), |c| async move {
         tokio::time::sleep(Duration::from_millis(1)).await;
         c

@@ -1,0 +1,387 @@
+//! Authentication modes, tenant binding, rate limits, header limits, slow clients and secrets,
+//! against the real binary.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::TestServer;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn agent_server(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_agent-server"))
+        .args(args)
+        .env_clear()
+        .env("API_KEYS_FILE", dir.join("keys.json"))
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+/// Creates a key with the CLI and returns it (the last line of output).
+fn create_key(dir: &std::path::Path, args: &[&str]) -> String {
+    let mut all = vec!["keys", "create"];
+    all.extend_from_slice(args);
+    let out = agent_server(&all, dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+async fn send(
+    s: &TestServer,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut req = common::http().request(method.parse().unwrap(), format!("{}{path}", s.url));
+    if let Some(a) = auth {
+        req = req.header("authorization", format!("Bearer {a}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    req.send().await.unwrap()
+}
+
+#[test]
+fn without_auth_the_server_refuses_to_listen_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    for auth in [None, Some("none")] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_agent-server"));
+        cmd.arg("serve").env_clear().env("HOST", "0.0.0.0").env("PORT", "0").current_dir(dir.path());
+        if let Some(a) = auth {
+            cmd.env("AUTH_MODE", a);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("AUTH_MODE=api-key") && err.contains("ALLOW_UNAUTHENTICATED=true"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn an_explicitly_unauthenticated_server_on_all_interfaces_warns() {
+    let s =
+        TestServer::start("sqlite", &[("HOST", "0.0.0.0"), ("AUTH_MODE", "none"), ("ALLOW_UNAUTHENTICATED", "true")])
+            .await;
+    assert!(s.output().contains("only run this behind a trusted gateway"), "{}", s.output());
+    // Off loopback the default rate limit applies; the server still answers.
+    let r = common::http().get(s.url.replace("0.0.0.0", "127.0.0.1") + "/healthz").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn api_keys_bind_requests_to_their_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let acme = create_key(dir.path(), &["--tenant", "acme", "--name", "acme-backend"]);
+    let admin = create_key(dir.path(), &["--admin", "--name", "ops"]);
+    assert!(acme.starts_with("ask_") && acme.len() > 40);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("keys.json")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let stored = std::fs::read_to_string(dir.path().join("keys.json")).unwrap();
+    assert!(!stored.contains(&acme) && !stored.contains(&admin), "only hashes are stored");
+    let list = String::from_utf8(agent_server(&["keys", "list"], dir.path()).stdout).unwrap();
+    assert!(list.contains("acme-backend") && list.contains("ops") && !list.contains("ask_"), "{list}");
+
+    let keys_file = dir.path().join("keys.json");
+    let s =
+        TestServer::start("sqlite", &[("AUTH_MODE", "api-key"), ("API_KEYS_FILE", keys_file.to_str().unwrap())]).await;
+    let turn = json!({"message": "hello"});
+    // No credential: 401 with a challenge. A wrong one: 401 too.
+    let r =
+        send(&s, "POST", "/agent/process", None, &[("x-user-id", "u1"), ("x-tenant-id", "acme")], Some(turn.clone()))
+            .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    let r = send(&s, "POST", "/agent/process", Some("ask_wrong"), &[("x-user-id", "u1")], Some(turn.clone())).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+    // The key's tenant is used when the header is left out, and must match when it is given.
+    let r = send(&s, "POST", "/agent/process", Some(&acme), &[("x-user-id", "u1")], Some(turn.clone())).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let reply: Value = r.json().await.unwrap();
+    assert_eq!(reply["userMessage"]["tenantId"], "acme");
+    let r = send(
+        &s,
+        "POST",
+        "/agent/process",
+        Some(&acme),
+        &[("x-user-id", "u1"), ("x-tenant-id", "globex")],
+        Some(turn.clone()),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = send(&s, "GET", "/agent/conversations/globex/users/u1", Some(&acme), &[], None).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = send(&s, "GET", "/agent/conversations/glob%65x/messages", Some(&acme), &[], None).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "percent-encoding does not get around the check");
+    // x-api-key works too.
+    let r = common::http()
+        .get(format!("{}/agent/conversations/acme/users/u1", s.url))
+        .header("x-api-key", &acme)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let sessions: Value = r.json().await.unwrap();
+    assert_eq!(sessions.as_array().unwrap().len(), 1);
+    // An admin key acts for any tenant.
+    let r = send(&s, "GET", "/agent/conversations/globex/users/u1", Some(&admin), &[], None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // Health stays open.
+    assert_eq!(send(&s, "GET", "/healthz", None, &[], None).await.status(), StatusCode::OK);
+    assert_eq!(send(&s, "GET", "/readyz", None, &[], None).await.status(), StatusCode::OK);
+    // Revoking and creating keys takes effect without a restart.
+    let id = list.lines().find(|l| l.contains("acme-backend")).unwrap().split_whitespace().next().unwrap().to_string();
+    assert!(agent_server(&["keys", "revoke", &id], dir.path()).status.success());
+    let r = send(&s, "GET", "/agent/conversations/acme/users/u1", Some(&acme), &[], None).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let fresh = create_key(dir.path(), &["--tenant", "acme"]);
+    let r = send(&s, "GET", "/agent/conversations/acme/users/u1", Some(&fresh), &[], None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let log = s.output();
+    for secret in [&acme, &admin, &fresh] {
+        assert!(!log.contains(secret.as_str()), "a key reached the log");
+    }
+}
+
+const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
+
+fn hs256(claims: Value) -> String {
+    encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+}
+
+#[tokio::test]
+async fn jwt_with_a_shared_secret_enforces_claims() {
+    let s = TestServer::start(
+        "sqlite",
+        &[
+            ("AUTH_MODE", "jwt"),
+            ("JWT_SECRET", SECRET),
+            ("JWT_ISSUER", "https://issuer.test"),
+            ("JWT_AUDIENCE", "agent-server"),
+        ],
+    )
+    .await;
+    let good = json!({"sub": "u1", "tenant_id": "acme", "exp": now() + 600, "iss": "https://issuer.test", "aud": "agent-server"});
+    let turn = Some(json!({"message": "hi"}));
+    let r = send(&s, "POST", "/agent/process", Some(&hs256(good.clone())), &[], turn.clone()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let reply: Value = r.json().await.unwrap();
+    assert_eq!(reply["userMessage"]["tenantId"], "acme");
+    assert_eq!(reply["userMessage"]["userId"], "u1");
+    let mut bad = Vec::new();
+    let with = |k: &str, v: Value| {
+        let mut c = good.clone();
+        c[k] = v;
+        c
+    };
+    bad.push(("expired", hs256(with("exp", json!(now() - 3600)))));
+    bad.push(("not yet valid", hs256(with("nbf", json!(now() + 3600)))));
+    bad.push(("wrong issuer", hs256(with("iss", json!("https://evil.test")))));
+    bad.push(("wrong audience", hs256(with("aud", json!("other")))));
+    bad.push((
+        "no tenant",
+        hs256(json!({"sub": "u1", "exp": now() + 600, "iss": "https://issuer.test", "aud": "agent-server"})),
+    ));
+    bad.push((
+        "other secret",
+        encode(
+            &Header::new(Algorithm::HS256),
+            &good,
+            &EncodingKey::from_secret(b"another-secret-of-enough-length-000"),
+        )
+        .unwrap(),
+    ));
+    let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let claims = URL_SAFE_NO_PAD.encode(good.to_string());
+    bad.push(("alg none", format!("{none_header}.{claims}.")));
+    for (why, token) in bad {
+        let r = send(&s, "POST", "/agent/process", Some(&token), &[], turn.clone()).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{why}");
+    }
+    // The token's tenant and user bind the request.
+    let token = hs256(good);
+    let r = send(&s, "POST", "/agent/process", Some(&token), &[("x-user-id", "u2")], turn.clone()).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = send(&s, "GET", "/agent/conversations/globex/messages", Some(&token), &[], None).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = send(&s, "GET", "/agent/conversations/acme/users/u2", Some(&token), &[], None).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = send(&s, "GET", "/agent/conversations/acme/users/u1", Some(&token), &[], None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(!s.output().contains(&token));
+}
+
+struct EcKey {
+    kid: String,
+    pair: EcdsaKeyPair,
+}
+
+impl EcKey {
+    fn new(kid: &str) -> Self {
+        Self { kid: kid.into(), pair: EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap() }
+    }
+    fn jwk(&self) -> Value {
+        let point = self.pair.public_key().as_ref();
+        json!({"kty": "EC", "crv": "P-256", "kid": self.kid, "alg": "ES256", "use": "sig",
+               "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..65])})
+    }
+    fn sign(&self, claims: &Value) -> String {
+        let der = self.pair.to_pkcs8v1().unwrap();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        encode(&header, claims, &EncodingKey::from_ec_der(der.as_ref())).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn jwt_with_a_jwks_refreshes_on_unknown_kid_and_refuses_algorithm_confusion() {
+    let jwks = std::sync::Arc::new(std::sync::Mutex::new(json!({"keys": []})));
+    let served = jwks.clone();
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let served = served.clone();
+            async move { axum::Json(served.lock().unwrap().clone()) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let k1 = EcKey::new("k1");
+    jwks.lock().unwrap()["keys"] = json!([k1.jwk()]);
+    let s =
+        TestServer::start("sqlite", &[("AUTH_MODE", "jwt"), ("JWT_JWKS_URL", &url), ("JWT_TENANT_CLAIM", "org")]).await;
+    let claims = json!({"sub": "u1", "org": "acme", "exp": now() + 600});
+    let turn = Some(json!({"message": "hi"}));
+    let r = send(&s, "POST", "/agent/process", Some(&k1.sign(&claims)), &[], turn.clone()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // A rotated key appears in the JWKS; a token signed with it is accepted without a restart.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let k2 = EcKey::new("k2");
+    jwks.lock().unwrap()["keys"] = json!([k1.jwk(), k2.jwk()]);
+    let r = send(&s, "POST", "/agent/process", Some(&k2.sign(&claims)), &[], turn.clone()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // Algorithm confusion: an HS256 token whose "secret" is the public key.
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("k1".into());
+    let public = serde_json::to_vec(&k1.jwk()).unwrap();
+    let forged = encode(&header, &claims, &EncodingKey::from_secret(&public)).unwrap();
+    let r = send(&s, "POST", "/agent/process", Some(&forged), &[], turn.clone()).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // A key nobody published.
+    let r = send(&s, "POST", "/agent/process", Some(&EcKey::new("k9").sign(&claims)), &[], turn).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn tenants_are_rate_limited_separately_with_retry_after() {
+    let s = TestServer::start("sqlite", &[("RATE_LIMIT_PER_MINUTE", "3")]).await;
+    for _ in 0..3 {
+        let r = send(&s, "GET", "/agent/conversations/acme/messages", None, &[("x-tenant-id", "acme")], None).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let r = send(&s, "GET", "/agent/conversations/acme/messages", None, &[("x-tenant-id", "acme")], None).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let r = send(&s, "GET", "/agent/conversations/globex/messages", None, &[("x-tenant-id", "globex")], None).await;
+    assert_eq!(r.status(), StatusCode::OK, "another tenant is not affected");
+    assert_eq!(send(&s, "GET", "/healthz", None, &[], None).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let s = TestServer::start("sqlite", &[]).await;
+    let big = "x".repeat(9000);
+    let r = send(&s, "GET", "/agent/conversations/acme/messages", None, &[("x-custom", &big)], None).await;
+    assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "header_too_large");
+}
+
+#[tokio::test]
+async fn a_client_that_sends_headers_slowly_is_cut_off() {
+    let s = TestServer::start("sqlite", &[("HEADER_READ_TIMEOUT_SECONDS", "1")]).await;
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let started = Instant::now();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut buf = Vec::new();
+    let _ = stream.read_to_end(&mut buf); // the server closes the connection
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(5), "the connection stayed open {elapsed:?}");
+    assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+    // A normal client is unaffected.
+    assert_eq!(send(&s, "GET", "/healthz", None, &[], None).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn secrets_never_reach_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = create_key(dir.path(), &["--tenant", "acme"]);
+    let mock = common::openai_mock::OpenAiMock::start().await;
+    let secrets = [
+        ("OPENAI_API_KEY", "sk-live-openai-secret-777"),
+        ("API_SERVER_KEY", "business-api-secret-888"),
+        ("AWS_SECRET_ACCESS_KEY", "aws-secret-access-key-999"),
+        ("AWS_ACCESS_KEY_ID", "AKIASECRETID000"),
+    ];
+    let keys_file = dir.path().join("keys.json");
+    let mut env = vec![
+        ("AUTH_MODE", "api-key"),
+        ("API_KEYS_FILE", keys_file.to_str().unwrap()),
+        ("LLM_PROVIDER", "openai"),
+        ("OPENAI_BASE_URL", mock.url.as_str()),
+        ("API_SERVER_URL", "http://127.0.0.1:9"),
+        ("RUST_LOG", "debug"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    env.extend(secrets.iter().copied());
+    let s = TestServer::start("sqlite", &env).await;
+    for auth in [Some(key.as_str()), Some("ask_not_a_real_key"), None] {
+        for body in [
+            json!({"message": "hi"}),
+            json!({"message": "fail [status:401]"}),
+            json!({"message": "stream", "stream": true}),
+        ] {
+            let r = send(&s, "POST", "/agent/process", auth, &[("x-user-id", "u1")], Some(body)).await;
+            let text = r.text().await.unwrap();
+            for (_, secret) in secrets {
+                assert!(!text.contains(secret), "a secret reached a response");
+            }
+            assert!(!text.contains(&key));
+        }
+    }
+    let log = s.output();
+    assert!(log.contains("request"), "the log was captured");
+    for (name, secret) in secrets {
+        assert!(!log.contains(secret), "{name} reached the log");
+    }
+    assert!(!log.contains(&key), "the API key reached the log");
+}
