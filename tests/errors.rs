@@ -68,6 +68,13 @@ async fn client_errors_are_json_and_name_what_is_wrong() {
     .await;
     assert_eq!(code, "invalid_body");
     assert!(msg.contains("metadata"), "{msg}");
+    // Values DynamoDB cannot hold are refused the same way on every backend, before any write.
+    for metadata in [json!({"n": 1e300}), json!({"": 1}), json!({"a": [{"": true}]})] {
+        let (code, msg) =
+            expect_error(turn(&s).json(&json!({"message": "hi", "metadata": metadata})), StatusCode::BAD_REQUEST).await;
+        assert_eq!(code, "invalid_body");
+        assert!(msg.starts_with("metadata"), "{msg}");
+    }
     for query in ["limit=abc", "limit=0", "limit=101", "cursor=forged", "before=yesterday", "order=sideways"] {
         let (code, _) =
             expect_error(c.get(format!("{}/agent/conversations/t1/messages?{query}", s.url)), StatusCode::BAD_REQUEST)

@@ -81,8 +81,10 @@ fn paged<T: Serialize>(uri: &Uri, items: Vec<T>, next: Option<Cursor>) -> Respon
 #[into_params(parameter_in = Query)]
 pub struct UserConversationsQuery {
     /// Sessions per page (1-100, default 10).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
     /// Newest messages per session, oldest first (0-100, default 20).
+    #[param(minimum = 0, maximum = 100)]
     message_limit: Option<usize>,
     /// From the `Link` header of the previous page.
     cursor: Option<String>,
@@ -238,10 +240,12 @@ async fn close_session(
 #[into_params(parameter_in = Query)]
 pub struct MessagesQuery {
     /// Messages per page (1-100, default 50).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
     /// Only messages older than this ISO-8601 timestamp.
     before: Option<String>,
     /// `desc` (newest first, the default) or `asc`.
+    #[param(inline)]
     order: Option<Order>,
     /// From the `Link` header of the previous page.
     cursor: Option<String>,

@@ -33,7 +33,8 @@ pub const MAX_JSON_DEPTH: usize = 8;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessRequest {
-    /// The user's message.
+    /// The user's message (not blank; at most MAX_MESSAGE_CHARS characters).
+    #[schema(min_length = 1)]
     message: String,
     /// Continue this session (it must be this tenant's and user's, and active).
     session_id: Option<String>,
@@ -109,6 +110,9 @@ pub(super) fn check_json(field: &str, map: &Option<Map<String, Value>>) -> Resul
             "field_too_large",
             format!("{field} is larger than {MAX_JSON_BYTES} bytes as JSON"),
         ));
+    }
+    if let Err(e) = crate::store::check_storable(&value) {
+        return Err(ApiError::bad_request("invalid_body", format!("{field}: {e}")));
     }
     if depth(&value) > MAX_JSON_DEPTH {
         return Err(ApiError::bad_request(

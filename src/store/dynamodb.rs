@@ -594,14 +594,7 @@ pub(crate) fn to_attribute(value: &Value) -> StoreResult<AttributeValue> {
         Value::Null => AttributeValue::Null(true),
         Value::Bool(b) => AttributeValue::Bool(*b),
         Value::Number(n) => {
-            if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
-                let a = f.abs();
-                if !f.is_finite() || a >= 1e126 || (a != 0.0 && a < 1e-130) {
-                    return Err(StoreError::Invalid(format!(
-                        "number {n} in metadata is outside DynamoDB's range (1e-130 to 1e125)"
-                    )));
-                }
-            }
+            super::check_storable(value).map_err(|e| StoreError::Invalid(format!("metadata: {e}")))?;
             AttributeValue::N(n.to_string())
         }
         Value::String(s) => AttributeValue::S(s.clone()),

@@ -8,6 +8,29 @@ use super::{Message, Metadata};
 /// DynamoDB's maximum item size, in bytes (names and values, UTF-8).
 pub const MAX_ITEM_BYTES: usize = 400 * 1024;
 
+/// Whether DynamoDB can store a JSON value as it is (both backends apply the same rules, so a value
+/// is accepted or refused the same way everywhere): numbers within DynamoDB's range, map keys not empty.
+pub fn check_storable(value: &Value) -> Result<(), String> {
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            let a = f.abs();
+            if !f.is_finite() || a >= 1e126 || (a != 0.0 && a < 1e-130) {
+                return Err(format!("number {n} is outside DynamoDB's range (1e-130 to 1e125)"));
+            }
+            Ok(())
+        }
+        Value::Array(items) => items.iter().try_for_each(check_storable),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            if k.is_empty() {
+                return Err("an empty key is not allowed".to_string());
+            }
+            check_storable(v)
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// DynamoDB's size of a JSON value stored as an attribute value.
 pub(crate) fn value_bytes(value: &Value) -> usize {
     match value {

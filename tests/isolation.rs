@@ -1,0 +1,212 @@
+//! Tenant isolation, on both backends: with two tenants of two users each, every endpoint is tried
+//! with the other tenant's (and the other user's) session ids and cursors, forged and tampered ones
+//! too. Nothing of the other tenant is ever returned, changed or deleted; the answer is never a 5xx.
+
+mod common;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::TestServer;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+struct Client<'a> {
+    s: &'a TestServer,
+    key: String,
+}
+
+impl Client<'_> {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        user: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value, Option<String>) {
+        let mut req = common::http()
+            .request(method.parse().unwrap(), format!("{}{path}", self.s.url))
+            .header("authorization", format!("Bearer {}", self.key));
+        if let Some(u) = user {
+            req = req.header("x-user-id", u);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        let link = r.headers().get("link").map(|l| {
+            let l = l.to_str().unwrap();
+            l[l.find('<').unwrap() + 1..l.find('>').unwrap()].to_string()
+        });
+        let body = r.json().await.unwrap_or(Value::Null);
+        assert!(status.as_u16() < 500, "{method} {path} answered {status}: {body}");
+        (status, body, link)
+    }
+}
+
+fn create_key(dir: &std::path::Path, tenant: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-server"))
+        .args(["keys", "create", "--tenant", tenant])
+        .env_clear()
+        .env("API_KEYS_FILE", dir.join("keys.json"))
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string()
+}
+
+/// Everything a tenant can see of itself: sessions (with messages) of both users, and its messages.
+async fn snapshot(c: &Client<'_>, tenant: &str) -> Value {
+    let mut all = Vec::new();
+    for user in ["u1", "u2"] {
+        let (status, sessions, _) =
+            c.call("GET", &format!("/agent/conversations/{tenant}/users/{user}?messageLimit=100"), None, None).await;
+        assert_eq!(status, StatusCode::OK);
+        all.push(sessions);
+    }
+    let (_, messages, _) =
+        c.call("GET", &format!("/agent/conversations/{tenant}/messages?limit=100"), None, None).await;
+    all.push(messages);
+    Value::Array(all)
+}
+
+fn mentions_tenant(v: &Value, tenant: &str) -> bool {
+    v.to_string().contains(&format!("\"tenantId\":\"{tenant}\""))
+}
+
+async fn isolation(backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let acme_key = create_key(dir.path(), "acme");
+    let globex_key = create_key(dir.path(), "globex");
+    let keys = dir.path().join("keys.json");
+    let s = TestServer::start(backend, &[("AUTH_MODE", "api-key"), ("API_KEYS_FILE", keys.to_str().unwrap())]).await;
+    let acme = Client { s: &s, key: acme_key };
+    let globex = Client { s: &s, key: globex_key };
+
+    // Two users in each tenant, each with a session of a few turns.
+    let mut sessions = std::collections::HashMap::new();
+    for (c, tenant) in [(&acme, "acme"), (&globex, "globex")] {
+        for user in ["u1", "u2"] {
+            let mut sid = String::new();
+            for i in 0..3 {
+                let (status, r, _) = c
+                    .call(
+                        "POST",
+                        "/agent/process",
+                        Some(user),
+                        Some(json!({"message": format!("{tenant} {user} {i}")})),
+                    )
+                    .await;
+                assert_eq!(status, StatusCode::OK);
+                sid = r["sessionId"].as_str().unwrap().to_string();
+            }
+            sessions.insert((tenant, user), sid);
+        }
+    }
+    let before = snapshot(&globex, "globex").await;
+    let acme_before = snapshot(&acme, "acme").await;
+    let victim = &sessions[&("globex", "u1")];
+
+    // 1. The other tenant's paths: 403, whatever the ids.
+    for (method, path) in [
+        ("GET", "/agent/conversations/globex/users/u1".to_string()),
+        ("DELETE", "/agent/conversations/globex/users/u1".to_string()),
+        ("GET", format!("/agent/conversations/globex/sessions/{victim}")),
+        ("DELETE", format!("/agent/conversations/globex/sessions/{victim}")),
+        ("POST", format!("/agent/conversations/globex/sessions/{victim}/close")),
+        ("GET", format!("/agent/conversations/globex/sessions/{victim}/messages")),
+        ("GET", "/agent/conversations/globex/messages".to_string()),
+    ] {
+        let (status, body, _) = acme.call(method, &path, None, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}");
+        assert!(!mentions_tenant(&body, "globex"));
+    }
+    let (status, _, _) = acme.call("POST", "/agent/process", Some("u1"), Some(json!({"message": "x"}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let r = common::http()
+        .post(format!("{}/agent/process", s.url))
+        .header("authorization", format!("Bearer {}", acme.key))
+        .header("x-tenant-id", "globex")
+        .header("x-user-id", "u1")
+        .json(&json!({"message": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // 2. The other tenant's session ids under one's own tenant: 404.
+    for (method, path) in [
+        ("GET", format!("/agent/conversations/acme/sessions/{victim}")),
+        ("DELETE", format!("/agent/conversations/acme/sessions/{victim}")),
+        ("POST", format!("/agent/conversations/acme/sessions/{victim}/close")),
+        ("GET", format!("/agent/conversations/acme/sessions/{victim}/messages")),
+    ] {
+        let (status, body, _) = acme.call(method, &path, None, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
+        assert!(!mentions_tenant(&body, "globex"));
+    }
+    let (status, _, _) =
+        acme.call("POST", "/agent/process", Some("u1"), Some(json!({"message": "x", "sessionId": victim}))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = acme
+        .call("POST", "/agent/process", Some("u1"), Some(json!({"message": "x", "sessionId": victim, "stream": false})))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The other user's session in one's own tenant cannot be continued either.
+    let (status, _, _) = acme
+        .call(
+            "POST",
+            "/agent/process",
+            Some("u1"),
+            Some(json!({"message": "x", "sessionId": sessions[&("acme", "u2")]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // 3. Cursors: globex's own, used by acme; forged; tampered.
+    let (_, _, globex_link) = globex.call("GET", "/agent/conversations/globex/messages?limit=2", None, None).await;
+    let globex_cursor = globex_link.unwrap().split("cursor=").nth(1).unwrap().to_string();
+    let forged = URL_SAFE_NO_PAD.encode(json!({"t": "9999-12-31T23:59:59.999999Z", "i": victim}).to_string());
+    let mut tampered = globex_cursor.clone();
+    tampered.insert(3, '!');
+    for cursor in [globex_cursor.as_str(), forged.as_str(), tampered.as_str(), "", "%00", "e30"] {
+        for path in [
+            format!("/agent/conversations/acme/messages?cursor={cursor}"),
+            format!("/agent/conversations/acme/users/u1?cursor={cursor}"),
+            format!("/agent/conversations/acme/sessions/{}/messages?cursor={cursor}", sessions[&("acme", "u1")]),
+            format!("/agent/conversations/acme/sessions/{victim}/messages?cursor={cursor}"),
+        ] {
+            let (status, body, _) = acme.call("GET", &path, None, None).await;
+            assert!(
+                [StatusCode::OK, StatusCode::BAD_REQUEST, StatusCode::NOT_FOUND].contains(&status),
+                "{path}: {status}"
+            );
+            assert!(!mentions_tenant(&body, "globex"), "{path} returned globex data: {body}");
+        }
+    }
+
+    // 4. Erasing one's own users does not touch the other tenant's users of the same name.
+    let (status, _, _) = acme.call("DELETE", "/agent/conversations/acme/users/u2", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = acme
+        .call("DELETE", &format!("/agent/conversations/acme/sessions/{}", sessions[&("acme", "u1")]), None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Nothing of globex was changed or deleted; acme's data changed only as acme asked.
+    assert_eq!(snapshot(&globex, "globex").await, before);
+    assert_ne!(snapshot(&acme, "acme").await, acme_before);
+    let (_, session, _) =
+        globex.call("GET", &format!("/agent/conversations/globex/sessions/{victim}"), None, None).await;
+    assert_eq!(session["isActive"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_on_sqlite() {
+    isolation("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_on_dynamodb() {
+    isolation("dynamodb").await;
+}
