@@ -71,6 +71,8 @@ pub struct Agent {
     settings: AgentSettings,
     /// Idempotency keys (per tenant) of turns running in this process.
     in_flight: Mutex<HashSet<(TenantId, String)>>,
+    /// Set when streams must stop (shutdown deadline).
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// Removes an idempotency key from the in-flight set when the turn ends, however it ends.
@@ -105,7 +107,13 @@ fn turn_ids(tenant: &TenantId, key: Option<&str>) -> (MessageId, MessageId) {
 
 impl Agent {
     pub fn new(store: Arc<dyn ConversationStore>, provider: Provider, settings: AgentSettings) -> Self {
-        Self { store, provider, settings, in_flight: Mutex::new(HashSet::new()) }
+        Self {
+            store,
+            provider,
+            settings,
+            in_flight: Mutex::new(HashSet::new()),
+            stop: tokio::sync::watch::Sender::new(false),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn ConversationStore> {
@@ -250,15 +258,26 @@ impl Agent {
         deltas: Option<&crate::llm::Deltas>,
     ) -> Result<ModelReply, ModelError> {
         let timeout = self.settings.llm_timeout;
-        match tokio::time::timeout(timeout, self.provider.complete(request, deltas)).await {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(timeout, self.provider.complete(request, deltas)).await {
             Ok(result) => result,
             Err(_) => Err(ModelError::Timeout(timeout)),
-        }
+        };
+        let tokens = result.as_ref().ok().and_then(|r| r.usage).map(|u| (u.input_tokens, u.output_tokens));
+        crate::telemetry::model_call(self.provider.label(), result.is_ok(), started.elapsed(), tokens);
+        result
     }
 
     /// A whole turn. Nothing is stored unless the model answers (not even a new session): then the
     /// message and the reply are stored together.
     pub async fn run(&self, req: TurnRequest) -> Result<TurnOutcome, TurnError> {
+        let started = Instant::now();
+        let result = self.run_turn(req).await;
+        crate::telemetry::turn(false, result.is_ok(), started.elapsed());
+        result
+    }
+
+    async fn run_turn(&self, req: TurnRequest) -> Result<TurnOutcome, TurnError> {
         let _claim = self.claim(&req)?;
         let ids = turn_ids(&req.tenant, req.idempotency_key.as_deref());
         if let Some(done) = self.replay(&req, &ids).await? {
@@ -286,11 +305,19 @@ impl Agent {
     /// A streaming turn, reporting to `events`. The user message is stored first (and sent in the
     /// `Session` event); the reply is stored when the model finishes. If the client goes away
     /// mid-stream, the model call stops and the partial reply is stored with
-    /// `metadata.interrupted = true`, so the conversation never has half a turn.
+    /// `metadata.interrupted` saying why, so the conversation never has half a turn.
     pub async fn run_streaming(&self, req: TurnRequest, events: mpsc::Sender<TurnEvent>) {
-        if let Err(e) = self.stream_turn(&req, &events).await {
+        let started = Instant::now();
+        let result = self.stream_turn(&req, &events).await;
+        crate::telemetry::turn(true, result.is_ok(), started.elapsed());
+        if let Err(e) = result {
             let _ = events.send(TurnEvent::Error(e)).await;
         }
+    }
+
+    /// Asks every running stream to stop now and store what it has (the shutdown deadline passed).
+    pub fn stop_streams(&self) {
+        let _ = self.stop.send(true);
     }
 
     async fn stream_turn(&self, req: &TurnRequest, events: &mpsc::Sender<TurnEvent>) -> Result<(), TurnError> {
@@ -328,7 +355,9 @@ impl Agent {
         let (delta_tx, mut delta_rx) = mpsc::unbounded_channel();
         let mut partial = String::new();
         let mut result = None;
-        if !client_gone {
+        let mut stop = self.stop.subscribe();
+        let mut stopped = *stop.borrow_and_update();
+        if !client_gone && !stopped {
             let model = self.call_model(&request, Some(&delta_tx));
             tokio::pin!(model);
             loop {
@@ -345,6 +374,10 @@ impl Agent {
                         client_gone = true;
                         break;
                     }
+                    Ok(()) = stop.changed() => {
+                        stopped = true;
+                        break;
+                    }
                     else => break,
                 }
                 if result.is_some() && delta_rx.is_empty() {
@@ -354,12 +387,13 @@ impl Agent {
         }
         drop(delta_tx);
         let (reply, extra) = match result {
-            Some(Ok(reply)) if !client_gone => (reply, None),
-            Some(Err(e)) if !client_gone => return Err(e.into()),
+            Some(Ok(reply)) if !client_gone && !stopped => (reply, None),
+            Some(Err(e)) if !client_gone && !stopped => return Err(e.into()),
             _ => {
-                tracing::info!(session = %session.id, "client went away mid-stream; storing the partial reply");
+                let why = if stopped { "shutdown" } else { "client_disconnected" };
+                tracing::info!(session = %session.id, reason = why, "stream interrupted; storing the partial reply");
                 let reply = ModelReply { text: partial, model: String::new(), usage: None };
-                (reply, Some(("interrupted", json!(true))))
+                (reply, Some(("interrupted", json!(why))))
             }
         };
         let agent = Self::agent_message(req, ids.1, &reply, started, extra);

@@ -123,6 +123,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     pub max_concurrent_requests: usize,
     pub shutdown_grace: Duration,
+    /// `MESSAGE_TTL_DAYS`: how long sessions and messages are kept after their last write.
+    pub retention: crate::store::Retention,
 }
 
 /// Reads a variable; unset and empty are the same.
@@ -282,6 +284,10 @@ impl Config {
             header_read_timeout: Duration::from_secs(parse_num("HEADER_READ_TIMEOUT_SECONDS", 10u64, 1)?),
             max_concurrent_requests: parse_num("MAX_CONCURRENT_REQUESTS", 4096usize, 1)?,
             shutdown_grace: Duration::from_secs(parse_num("SHUTDOWN_GRACE_SECONDS", 25u64, 0)?),
+            retention: crate::store::Retention(match var("MESSAGE_TTL_DAYS") {
+                None => None,
+                Some(_) => Some(Duration::from_secs(86_400 * parse_num("MESSAGE_TTL_DAYS", 0u64, 1)?)),
+            }),
             storage,
             sessions_table,
             messages_table,

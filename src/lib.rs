@@ -8,12 +8,13 @@ pub mod ids;
 pub mod llm;
 pub mod store;
 pub mod tables;
+pub mod telemetry;
 pub mod timestamp;
 
 use std::sync::Arc;
 
 use config::StorageConfig;
-use store::{ConversationStore, StoreError, dynamodb::DynamoStore, sqlite::SqliteStore};
+use store::{ConversationStore, Retention, StoreError, dynamodb::DynamoStore, sqlite::SqliteStore};
 
 /// The AWS SDK configuration from the standard chain: environment, profiles, SSO, instance and
 /// task roles; `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_DYNAMODB` point it at an emulator.
@@ -21,17 +22,22 @@ pub async fn aws_config() -> aws_config::SdkConfig {
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
 }
 
-/// A DynamoDB client from the standard AWS configuration.
+/// A DynamoDB client from the standard AWS configuration, counting its calls for `/metrics`.
 pub async fn dynamodb_client() -> aws_sdk_dynamodb::Client {
-    aws_sdk_dynamodb::Client::new(&aws_config().await)
+    let config =
+        aws_sdk_dynamodb::config::Builder::from(&aws_config().await).interceptor(telemetry::DynamoDbCalls).build();
+    aws_sdk_dynamodb::Client::from_conf(config)
 }
 
 /// Opens the configured store.
-pub async fn open_store(storage: &StorageConfig) -> Result<Arc<dyn ConversationStore>, StoreError> {
+pub async fn open_store(
+    storage: &StorageConfig,
+    retention: Retention,
+) -> Result<Arc<dyn ConversationStore>, StoreError> {
     Ok(match storage {
-        StorageConfig::Sqlite { path } => Arc::new(SqliteStore::open(path.clone())?),
-        StorageConfig::DynamoDb { sessions_table, messages_table } => {
-            Arc::new(DynamoStore::new(dynamodb_client().await, sessions_table, messages_table))
-        }
+        StorageConfig::Sqlite { path } => Arc::new(SqliteStore::open(path.clone())?.with_retention(retention)),
+        StorageConfig::DynamoDb { sessions_table, messages_table } => Arc::new(
+            DynamoStore::new(dynamodb_client().await, sessions_table, messages_table).with_retention(retention),
+        ),
     })
 }

@@ -299,7 +299,7 @@ async fn a_client_that_disconnects_mid_stream_leaves_a_whole_turn(backend: &str)
     let msgs = msgs.as_array().unwrap();
     assert_eq!(msgs.len(), 2, "{msgs:?}");
     assert_eq!(msgs[1]["role"], "agent");
-    assert_eq!(msgs[1]["metadata"]["interrupted"], true);
+    assert_eq!(msgs[1]["metadata"]["interrupted"], "client_disconnected");
     let full = "Echo: a long answer that streams slowly in many chunks [history: 0 messages; context: none]";
     let partial = msgs[1]["content"].as_str().unwrap();
     assert!(full.starts_with(partial) && partial.len() < full.len(), "partial reply: {partial:?}");

@@ -79,6 +79,7 @@ fn router(dir: &std::path::Path) -> axum::Router {
         auth: Arc::new(Authenticator::None),
         rate_limit: None,
         metrics_open: true,
+        metrics: None,
         max_message_chars: 1000,
     };
     app(

@@ -383,6 +383,20 @@ impl ConversationStore for LaggingIndex {
     async fn list_tenant_messages(&self, t: &TenantId, q: MessageQuery) -> StoreResult<Page<Message>> {
         self.inner.list_tenant_messages(t, q).await
     }
+    async fn scan_sessions(
+        &self,
+        t: Option<&TenantId>,
+        after: Option<String>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Session>, Option<String>)> {
+        self.inner.scan_sessions(t, after, limit).await
+    }
+    async fn import_session(&self, s: Session) -> StoreResult<bool> {
+        self.inner.import_session(s).await
+    }
+    async fn import_message(&self, m: Message) -> StoreResult<bool> {
+        self.inner.import_message(m).await
+    }
 }
 
 async fn history_reads_its_own_writes_through_a_lagging_index(store: Arc<dyn ConversationStore>) {

@@ -151,6 +151,7 @@ pub async fn rate_limit(State(state): State<AppState>, request: Request, next: N
         .or_else(|| path_tenant(request.uri().path()))
         .unwrap_or_default();
     if let Err(not_until) = limit.limiter.check_key(&tenant) {
+        crate::telemetry::rate_limited();
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let mut response = ApiError::new(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -36,6 +36,8 @@ pub struct AppState {
     pub rate_limit: Option<Arc<access::TenantRateLimit>>,
     /// `/metrics` needs no credential (the server listens on loopback).
     pub metrics_open: bool,
+    /// Renders `/metrics`; `None` when no recorder is installed (in-process tests).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub max_message_chars: usize,
 }
 
@@ -78,6 +80,8 @@ pub fn app(state: AppState, limits: Limits) -> axum::Router {
                 async move { Json(api.as_ref().clone()) }
             }),
         )
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn(route_label))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(CatchPanicLayer::custom(|_| {
@@ -95,6 +99,29 @@ pub fn app(state: AppState, limits: Limits) -> axum::Router {
         .layer(middleware::from_fn(access::header_limits))
         .layer(middleware::from_fn(request_context))
         .with_state(state)
+}
+
+/// Prometheus text: open on loopback, otherwise for admin credentials (see `access::authorize`).
+async fn metrics(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(handle) => {
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render()).into_response()
+        }
+        None => ApiError::not_found("metrics are not enabled in this process").into_response(),
+    }
+}
+
+/// The route pattern a request matched (for logs and metrics without unbounded label values).
+#[derive(Clone)]
+struct RouteLabel(String);
+
+async fn route_label(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string());
+    let mut response = next.run(request).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(RouteLabel(route));
+    }
+    response
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
@@ -147,6 +174,8 @@ async fn request_context(request: Request, next: Next) -> Response {
     let span = tracing::info_span!("request", request_id = %request_id);
     let mut response = tracing::Instrument::instrument(next.run(request), span).await;
     let status = response.status();
+    let route = response.extensions().get::<RouteLabel>().map_or_else(|| "unmatched".to_string(), |r| r.0.clone());
+    crate::telemetry::http_request(method.as_str(), &route, status.as_u16(), started.elapsed());
     let error = response.extensions().get::<ApiError>().cloned().or_else(|| {
         let is_json =
             response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
@@ -175,6 +204,7 @@ async fn request_context(request: Request, next: Next) -> Response {
         request_id = %request_id,
         %method,
         path = %path,
+        route = %route,
         tenant = %tenant,
         status = status.as_u16(),
         latency_ms = format!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
@@ -186,7 +216,21 @@ async fn request_context(request: Request, next: Next) -> Response {
 /// Starts the server and runs it until SIGINT or SIGTERM, then lets running requests and streams
 /// finish within `SHUTDOWN_GRACE_SECONDS`.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let store = crate::open_store(&config.storage).await?;
+    let metrics = crate::telemetry::install()?;
+    let store = crate::open_store(&config.storage, config.retention).await?;
+    if config.retention.0.is_some() {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                match store.purge_expired().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "deleted expired sessions and messages"),
+                    Err(e) => tracing::warn!(error = %e, "purging expired items failed"),
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        });
+    }
     let provider = Provider::from_config(&config.provider, config.llm_timeout).await;
     let settings = AgentSettings {
         system_prompt: config.system_prompt.clone(),
@@ -210,11 +254,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             config.host
         );
     }
+    let agent = Arc::new(Agent::new(store, provider, settings));
     let state = AppState {
-        agent: Arc::new(Agent::new(store, provider, settings)),
+        agent: agent.clone(),
         auth: Arc::new(Authenticator::from_config(&config.auth)),
         rate_limit,
         metrics_open: config.host.is_loopback(),
+        metrics: Some(metrics),
         max_message_chars: config.max_message_chars,
     };
     let limits = Limits {
@@ -265,10 +311,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     drop(listener);
     tracing::info!("shutting down: waiting up to {:?} for running requests", config.shutdown_grace);
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("agent-server stopped"),
-        _ = tokio::time::sleep(config.shutdown_grace) => tracing::warn!("agent-server stopped with requests still running"),
+        _ = &mut drained => {}
+        _ = tokio::time::sleep(config.shutdown_grace) => {
+            // Streams still running store what they have (marked interrupted) and end.
+            tracing::warn!("shutdown deadline passed: interrupting running streams");
+            agent.stop_streams();
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut drained).await;
+        }
     }
+    tracing::info!("agent-server stopped");
     Ok(())
 }
 

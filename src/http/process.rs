@@ -214,7 +214,11 @@ async fn process(
     let (tx, rx) = mpsc::channel(64);
     let agent = state.agent.clone();
     tokio::spawn(async move { agent.run_streaming(turn, tx).await });
-    let events = ReceiverStream::new(rx).map(|event| Ok::<_, Infallible>(sse_event(event)));
+    let open = crate::telemetry::ActiveStream::open();
+    let events = ReceiverStream::new(rx).map(move |event| {
+        let _counted = &open;
+        Ok::<_, Infallible>(sse_event(event))
+    });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }
 

@@ -86,6 +86,15 @@ impl Provider {
         }
     }
 
+    /// The provider's name, for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Provider::Echo(_) => "echo",
+            Provider::OpenAi(_) => "openai",
+            Provider::Bedrock(_) => "bedrock",
+        }
+    }
+
     /// Why the provider cannot answer, when it is not configured well enough to try.
     pub fn not_ready(&self) -> Option<String> {
         match self {

@@ -20,7 +20,8 @@ use serde_json::{Number, Value};
 
 use super::{
     Appended, ConversationStore, Cursor, Deleted, MAX_ITEM_BYTES, Message, MessageQuery, Metadata, NewMessage,
-    NewSession, Order, Page, PageRequest, Role, Session, StoreError, StoreResult, message_item_bytes,
+    NewSession, Order, Page, PageRequest, Retention, Role, Session, StoreError, StoreResult, is_expired,
+    message_item_bytes,
 };
 use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
 use crate::tables::{SESSION_TIMESTAMP_INDEX, TENANT_TIMESTAMP_INDEX, TENANT_USER_INDEX};
@@ -35,11 +36,24 @@ pub struct DynamoStore {
     client: Client,
     sessions: String,
     messages: String,
+    retention: Retention,
 }
 
 impl DynamoStore {
     pub fn new(client: Client, sessions_table: impl Into<String>, messages_table: impl Into<String>) -> Self {
-        Self { client, sessions: sessions_table.into(), messages: messages_table.into() }
+        Self {
+            client,
+            sessions: sessions_table.into(),
+            messages: messages_table.into(),
+            retention: Retention::default(),
+        }
+    }
+
+    /// New sessions and messages carry `expiresAt` (DynamoDB's TTL attribute) this long after their
+    /// last write.
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -57,7 +71,7 @@ impl DynamoStore {
             .send()
             .await
             .map_err(|e| map_err(&self.sessions, "GetItem", e))?;
-        out.item.map(session_from_item).transpose()
+        Ok(out.item.map(session_from_item).transpose()?.filter(|s| !is_expired(s.expires_at)))
     }
 
     async fn get_message_item(&self, id: &str) -> StoreResult<Option<Message>> {
@@ -94,7 +108,10 @@ impl DynamoStore {
             }
             let out = q.send().await.map_err(|e| map_err(&self.sessions, "Query", e))?;
             for item in out.items.unwrap_or_default() {
-                sessions.push(session_from_item(item)?);
+                let session = session_from_item(item)?;
+                if !is_expired(session.expires_at) {
+                    sessions.push(session);
+                }
             }
             match out.last_evaluated_key {
                 Some(k) if !k.is_empty() => start = Some(k),
@@ -123,7 +140,10 @@ impl DynamoStore {
                 .await
                 .map_err(|e| map_err(&self.messages, "Query", e))?;
             for item in out.items.unwrap_or_default() {
-                items.push(message_from_item(item)?);
+                let message = message_from_item(item)?;
+                if !is_expired(message.expires_at) {
+                    items.push(message);
+                }
             }
             if items.len() > limit {
                 break;
@@ -214,13 +234,16 @@ impl DynamoStore {
         for _ in 0..20 {
             let stamps = timestamp::allocate(after.as_deref(), count);
             let (first, last) = (stamps[0].clone(), stamps[count - 1].clone());
-            let result = self
-                .client
-                .update_item()
-                .table_name(&self.sessions)
-                .key("id", s(session))
-                .key("tenantId", s(tenant))
-                .update_expression("SET lastMessageAt = :last, updatedAt = :last")
+            let expires_at = timestamp::parse_micros(&last).and_then(|m| self.retention.expires_at(m));
+            let mut update =
+                self.client.update_item().table_name(&self.sessions).key("id", s(session)).key("tenantId", s(tenant));
+            update = match expires_at {
+                Some(at) => update
+                    .update_expression("SET lastMessageAt = :last, updatedAt = :last, expiresAt = :exp")
+                    .expression_attribute_values(":exp", AttributeValue::N(at.to_string())),
+                None => update.update_expression("SET lastMessageAt = :last, updatedAt = :last"),
+            };
+            let result = update
                 .condition_expression(
                     "attribute_exists(id) AND isActive = :active AND \
                      (attribute_not_exists(lastMessageAt) OR lastMessageAt < :first)",
@@ -266,7 +289,8 @@ impl ConversationStore for DynamoStore {
     }
 
     async fn create_session(&self, new: NewSession) -> StoreResult<Session> {
-        let now = timestamp::now();
+        let micros = timestamp::now_micros();
+        let now = timestamp::format_micros(micros);
         let session = Session {
             id: SessionId::generate(),
             tenant_id: new.tenant_id,
@@ -277,6 +301,7 @@ impl ConversationStore for DynamoStore {
             updated_at: now,
             metadata: new.metadata,
             last_message_at: None,
+            expires_at: self.retention.expires_at(micros),
         };
         self.client
             .put_item()
@@ -343,6 +368,7 @@ impl ConversationStore for DynamoStore {
                 role: m.role,
                 timestamp: provisional.clone(),
                 metadata: m.metadata,
+                expires_at: self.retention.expires_at(0),
             })
             .collect();
         for m in &built {
@@ -358,6 +384,7 @@ impl ConversationStore for DynamoStore {
         let (stamps, previous) = self.reserve_timestamps(tenant.as_str(), session.as_str(), built.len()).await?;
         let reserved_last = stamps[stamps.len() - 1].clone();
         for (m, ts) in built.iter_mut().zip(stamps) {
+            m.expires_at = timestamp::parse_micros(&ts).and_then(|micros| self.retention.expires_at(micros));
             m.timestamp = ts;
         }
         let writes = built.into_iter().map(|m| async move {
@@ -417,7 +444,7 @@ impl ConversationStore for DynamoStore {
     }
 
     async fn get_message(&self, tenant: &TenantId, id: &MessageId) -> StoreResult<Option<Message>> {
-        Ok(self.get_message_item(id.as_str()).await?.filter(|m| &m.tenant_id == tenant))
+        Ok(self.get_message_item(id.as_str()).await?.filter(|m| &m.tenant_id == tenant && !is_expired(m.expires_at)))
     }
 
     async fn list_messages(
@@ -526,6 +553,111 @@ impl ConversationStore for DynamoStore {
             ])
         });
         self.collect_messages(base, query.limit, start).await
+    }
+
+    async fn scan_sessions(
+        &self,
+        tenant: Option<&TenantId>,
+        after: Option<String>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Session>, Option<String>)> {
+        // The position is DynamoDB's LastEvaluatedKey (string attributes), as JSON.
+        let start: Option<Item> = after
+            .as_deref()
+            .and_then(|a| serde_json::from_str::<HashMap<String, String>>(a).ok())
+            .map(|m| m.into_iter().map(|(k, v)| (k, s(v))).collect());
+        let (items, last) = match tenant {
+            Some(t) => {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&self.sessions)
+                    .index_name(TENANT_USER_INDEX)
+                    .key_condition_expression("tenantId = :t")
+                    .expression_attribute_values(":t", s(t.as_str()))
+                    .set_exclusive_start_key(start)
+                    .limit(limit as i32)
+                    .send()
+                    .await
+                    .map_err(|e| map_err(&self.sessions, "Query", e))?;
+                (out.items, out.last_evaluated_key)
+            }
+            None => {
+                let out = self
+                    .client
+                    .scan()
+                    .table_name(&self.sessions)
+                    .set_exclusive_start_key(start)
+                    .limit(limit as i32)
+                    .send()
+                    .await
+                    .map_err(|e| map_err(&self.sessions, "Scan", e))?;
+                (out.items, out.last_evaluated_key)
+            }
+        };
+        let mut sessions = Vec::new();
+        for item in items.unwrap_or_default() {
+            let session = session_from_item(item)?;
+            if !is_expired(session.expires_at) {
+                sessions.push(session);
+            }
+        }
+        let next = last.filter(|k| !k.is_empty()).map(|k| {
+            let plain: HashMap<String, String> =
+                k.into_iter().filter_map(|(name, v)| v.as_s().ok().map(|s| (name, s.clone()))).collect();
+            serde_json::to_string(&plain).unwrap_or_default()
+        });
+        Ok((sessions, next))
+    }
+
+    async fn import_session(&self, session: Session) -> StoreResult<bool> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.sessions)
+            .set_item(Some(session_item(&session)?))
+            .condition_expression("attribute_not_exists(id)")
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(map_err(&self.sessions, "PutItem", e)),
+        }
+    }
+
+    async fn import_message(&self, message: Message) -> StoreResult<bool> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.messages)
+            .set_item(Some(message_item(&message)?))
+            .condition_expression("attribute_not_exists(id)")
+            .send()
+            .await;
+        let created = match put {
+            Ok(_) => true,
+            Err(e) if is_conditional_failure(&e) => false,
+            Err(e) => return Err(map_err(&self.messages, "PutItem", e)),
+        };
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.sessions)
+            .key("id", s(message.session_id.as_str()))
+            .key("tenantId", s(message.tenant_id.as_str()))
+            .update_expression("SET lastMessageAt = :ts")
+            .condition_expression(
+                "attribute_exists(id) AND (attribute_not_exists(lastMessageAt) OR lastMessageAt < :ts)",
+            )
+            .expression_attribute_values(":ts", s(message.timestamp.clone()))
+            .send()
+            .await;
+        match update {
+            Ok(_) => Ok(created),
+            Err(e) if is_conditional_failure(&e) => Ok(created),
+            Err(e) => Err(map_err(&self.sessions, "UpdateItem", e)),
+        }
     }
 }
 
@@ -657,6 +789,14 @@ fn get_metadata(item: &Item) -> Option<Metadata> {
     }
 }
 
+/// `expiresAt`: epoch seconds (DynamoDB's TTL format).
+fn get_epoch(item: &Item) -> Option<i64> {
+    match item.get("expiresAt") {
+        Some(AttributeValue::N(n)) => n.parse::<f64>().ok().map(|f| f as i64),
+        _ => None,
+    }
+}
+
 fn bad(what: &str) -> StoreError {
     StoreError::Internal(format!("stored {what} is not valid"))
 }
@@ -679,6 +819,9 @@ pub(crate) fn session_item(s: &Session) -> StoreResult<Item> {
     if let Some(t) = &s.last_message_at {
         item.insert("lastMessageAt".into(), AttributeValue::S(t.clone()));
     }
+    if let Some(at) = s.expires_at {
+        item.insert("expiresAt".into(), AttributeValue::N(at.to_string()));
+    }
     Ok(item)
 }
 
@@ -693,6 +836,7 @@ pub(crate) fn session_from_item(item: Item) -> StoreResult<Session> {
         updated_at: get_s(&item, "updatedAt")?,
         last_message_at: get_opt_s(&item, "lastMessageAt"),
         metadata: get_metadata(&item),
+        expires_at: get_epoch(&item),
     })
 }
 
@@ -709,6 +853,9 @@ pub(crate) fn message_item(m: &Message) -> StoreResult<Item> {
     if let Some(md) = &m.metadata {
         item.insert("metadata".into(), AttributeValue::M(to_attribute_map(md)?));
     }
+    if let Some(at) = m.expires_at {
+        item.insert("expiresAt".into(), AttributeValue::N(at.to_string()));
+    }
     Ok(item)
 }
 
@@ -722,6 +869,7 @@ pub(crate) fn message_from_item(item: Item) -> StoreResult<Message> {
         role: Role::parse(&get_s(&item, "role")?).ok_or_else(|| bad("role"))?,
         timestamp: get_s(&item, "timestamp")?,
         metadata: get_metadata(&item),
+        expires_at: get_epoch(&item),
     })
 }
 

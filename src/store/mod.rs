@@ -47,6 +47,9 @@ pub struct Session {
     /// Timestamp of the newest message (our own attribute `lastMessageAt`), used for read-your-writes.
     #[serde(skip)]
     pub last_message_at: Option<String>,
+    /// When `MESSAGE_TTL_DAYS` is set: epoch seconds after which the session is deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
 }
 
 /// Who wrote a message.
@@ -92,6 +95,25 @@ pub struct Message {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Metadata>,
+    /// When `MESSAGE_TTL_DAYS` is set: epoch seconds after which the message is deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+/// How long new items are kept (`MESSAGE_TTL_DAYS`), counted from their last write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention(pub Option<std::time::Duration>);
+
+impl Retention {
+    /// The `expiresAt` of an item written at `micros` (microseconds since the epoch).
+    pub fn expires_at(self, micros: i64) -> Option<i64> {
+        self.0.map(|ttl| micros.div_euclid(1_000_000) + ttl.as_secs() as i64)
+    }
+}
+
+/// Whether an item is past its `expiresAt` (DynamoDB deletes such items lazily, so reads hide them).
+pub fn is_expired(expires_at: Option<i64>) -> bool {
+    expires_at.is_some_and(|t| t <= crate::timestamp::epoch_seconds())
 }
 
 /// What a caller gives to start a session.
@@ -229,6 +251,24 @@ pub trait ConversationStore: Send + Sync + 'static {
     async fn delete_user(&self, tenant: &TenantId, user: &UserId) -> StoreResult<Deleted>;
     /// The tenant's messages across sessions by time (newest first by default).
     async fn list_tenant_messages(&self, tenant: &TenantId, query: MessageQuery) -> StoreResult<Page<Message>>;
+    /// Deletes items past their `expiresAt` in small batches; the number deleted. DynamoDB's own TTL
+    /// does this for the DynamoDB backend.
+    async fn purge_expired(&self) -> StoreResult<usize> {
+        Ok(0)
+    }
+    /// Every session (of one tenant, or of all), page by page, for export. `after` is the opaque
+    /// position the previous page returned.
+    async fn scan_sessions(
+        &self,
+        tenant: Option<&TenantId>,
+        after: Option<String>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Session>, Option<String>)>;
+    /// Stores an exported session as it is, unless one with its key exists; true when stored.
+    async fn import_session(&self, session: Session) -> StoreResult<bool>;
+    /// Stores an exported message as it is, unless its id exists; true when stored. Its session's
+    /// `lastMessageAt` moves forward to the message's timestamp.
+    async fn import_message(&self, message: Message) -> StoreResult<bool>;
 }
 
 /// The session's newest `limit` messages, oldest first, with read-your-writes.

@@ -12,15 +12,16 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
     Appended, ConversationStore, Cursor, Deleted, MAX_ITEM_BYTES, Message, MessageQuery, Metadata, NewMessage,
-    NewSession, Order, Page, PageRequest, Role, Session, StoreError, StoreResult, message_item_bytes,
+    NewSession, Order, Page, PageRequest, Retention, Role, Session, StoreError, StoreResult, message_item_bytes,
 };
 use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
 use crate::timestamp;
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
-const SCHEMA: &str = "
+/// Version 1: sessions and messages with their indexes.
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
     tenant_id TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -49,13 +50,26 @@ CREATE INDEX IF NOT EXISTS messages_by_tenant ON messages (tenant_id, timestamp,
 CREATE INDEX IF NOT EXISTS messages_by_user ON messages (tenant_id, user_id);
 ";
 
+/// Version 2: `expires_at` (epoch seconds) for retention.
+const SCHEMA_V2: &str = "
+ALTER TABLE sessions ADD COLUMN expires_at INTEGER;
+ALTER TABLE messages ADD COLUMN expires_at INTEGER;
+CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires_at) WHERE expires_at IS NOT NULL;
+";
+
 const SESSION_COLUMNS: &str =
-    "id, tenant_id, user_id, location_id, is_active, created_at, updated_at, last_message_at, metadata";
-const MESSAGE_COLUMNS: &str = "id, tenant_id, session_id, user_id, content, role, timestamp, metadata";
+    "id, tenant_id, user_id, location_id, is_active, created_at, updated_at, last_message_at, metadata, expires_at";
+const MESSAGE_COLUMNS: &str = "id, tenant_id, session_id, user_id, content, role, timestamp, metadata, expires_at";
+/// Rows past their `expires_at` are hidden from every read until the purge deletes them.
+const LIVE: &str = "(expires_at IS NULL OR expires_at > unixepoch())";
 const MAX_READERS: usize = 8;
+/// Rows deleted per purge transaction, so the write lock is held only briefly.
+const PURGE_BATCH: usize = 500;
 
 pub struct SqliteStore {
     inner: Arc<Inner>,
+    retention: Retention,
 }
 
 struct Inner {
@@ -77,6 +91,25 @@ fn open(path: &Path) -> StoreResult<Connection> {
     Ok(conn)
 }
 
+fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(internal)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Unavailable(format!(
+            "SQLite database {} has schema version {version}, newer than this build ({SCHEMA_VERSION})",
+            path.display()
+        )));
+    }
+    let tx = conn.transaction().map_err(internal)?;
+    if version < 1 {
+        tx.execute_batch(SCHEMA_V1).map_err(internal)?;
+    }
+    if version < 2 {
+        tx.execute_batch(SCHEMA_V2).map_err(internal)?;
+    }
+    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(internal)?;
+    tx.commit().map_err(internal)
+}
+
 impl SqliteStore {
     /// Opens (and creates, with its folder) the database at `path`, migrating the schema.
     pub fn open(path: impl Into<PathBuf>) -> StoreResult<Self> {
@@ -85,44 +118,58 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Unavailable(format!("cannot create folder {}: {e}", dir.display())))?;
         }
-        let writer = open(&path)?;
-        let version: i64 = writer.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(internal)?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::Unavailable(format!(
-                "SQLite database {} has schema version {version}, newer than this build ({SCHEMA_VERSION})",
-                path.display()
-            )));
-        }
-        writer.execute_batch(SCHEMA).map_err(internal)?;
-        writer.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(internal)?;
-        Ok(Self { inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }) })
+        let mut writer = open(&path)?;
+        migrate(&mut writer, &path)?;
+        Ok(Self {
+            inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }),
+            retention: Retention::default(),
+        })
+    }
+
+    /// Keeps new sessions and messages for this long after their last write.
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
     }
 
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
 
-    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    /// A consistent copy of the database, taken while the server runs (`VACUUM INTO`).
+    pub async fn backup_to(&self, out: PathBuf) -> StoreResult<()> {
+        self.read("backup", move |c| {
+            c.execute("VACUUM INTO ?1", params![out.to_string_lossy()])
+                .map_err(|e| StoreError::Unavailable(format!("cannot write the backup to {}: {e}", out.display())))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn write<T, F>(&self, op: &'static str, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let mut conn = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut conn)
         })
         .await
-        .map_err(internal)?
+        .map_err(internal)
+        .and_then(|r| r);
+        crate::telemetry::storage_call("sqlite", op, result.is_ok());
+        result
     }
 
-    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    async fn read<T, F>(&self, op: &'static str, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let pooled = inner.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let conn = match pooled {
                 Some(c) => c,
@@ -136,7 +183,10 @@ impl SqliteStore {
             result
         })
         .await
-        .map_err(internal)?
+        .map_err(internal)
+        .and_then(|r| r);
+        crate::telemetry::storage_call("sqlite", op, result.is_ok());
+        result
     }
 }
 
@@ -163,6 +213,7 @@ fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
         updated_at: r.get(6)?,
         last_message_at: r.get(7)?,
         metadata: parse_json(r.get(8)?),
+        expires_at: r.get(9)?,
     })
 }
 
@@ -176,19 +227,66 @@ fn message_from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
         role: Role::parse(&r.get::<_, String>(5)?).ok_or_else(|| bad_row("role"))?,
         timestamp: r.get(6)?,
         metadata: parse_json(r.get(7)?),
+        expires_at: r.get(8)?,
     })
 }
 
 fn get_session(conn: &Connection, tenant: &str, id: &str) -> StoreResult<Option<Session>> {
-    conn.prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = ?1 AND id = ?2"))
+    conn.prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = ?1 AND id = ?2 AND {LIVE}"))
         .and_then(|mut s| s.query_row(params![tenant, id], session_from_row).optional())
         .map_err(internal)
 }
 
+/// A message by id, expired or not (ids stay taken until the row is purged).
 fn get_message(conn: &Connection, id: &str) -> StoreResult<Option<Message>> {
     conn.prepare_cached(&format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1"))
         .and_then(|mut s| s.query_row(params![id], message_from_row).optional())
         .map_err(internal)
+}
+
+fn insert_session(conn: &Connection, s: &Session) -> StoreResult<bool> {
+    let n = conn
+        .prepare_cached(&format!(
+            "INSERT OR IGNORE INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        ))
+        .and_then(|mut st| {
+            st.execute(params![
+                s.id.as_str(),
+                s.tenant_id.as_str(),
+                s.user_id.as_str(),
+                s.location_id.as_ref().map(|l| l.as_str()),
+                s.is_active,
+                s.created_at,
+                s.updated_at,
+                s.last_message_at,
+                json_text(&s.metadata),
+                s.expires_at,
+            ])
+        })
+        .map_err(internal)?;
+    Ok(n > 0)
+}
+
+fn insert_message(conn: &Connection, m: &Message) -> StoreResult<bool> {
+    let n = conn
+        .prepare_cached(&format!(
+            "INSERT OR IGNORE INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        ))
+        .and_then(|mut st| {
+            st.execute(params![
+                m.id.as_str(),
+                m.tenant_id.as_str(),
+                m.session_id.as_str(),
+                m.user_id.as_str(),
+                m.content,
+                m.role.as_str(),
+                m.timestamp,
+                json_text(&m.metadata),
+                m.expires_at,
+            ])
+        })
+        .map_err(internal)?;
+    Ok(n > 0)
 }
 
 /// Runs a message query with positional parameters and splits off the next-page cursor.
@@ -219,7 +317,7 @@ impl ConversationStore for SqliteStore {
     }
 
     async fn check(&self) -> StoreResult<()> {
-        self.read(|c| {
+        self.read("check", |c| {
             c.query_row("SELECT count(*) FROM sessions WHERE 0", [], |_| Ok(()))
                 .map_err(|e| StoreError::Unavailable(format!("SQLite database does not answer: {e}")))
         })
@@ -227,7 +325,8 @@ impl ConversationStore for SqliteStore {
     }
 
     async fn create_session(&self, new: NewSession) -> StoreResult<Session> {
-        let now = timestamp::now();
+        let micros = timestamp::now_micros();
+        let now = timestamp::format_micros(micros);
         let session = Session {
             id: SessionId::generate(),
             tenant_id: new.tenant_id,
@@ -238,43 +337,24 @@ impl ConversationStore for SqliteStore {
             updated_at: now,
             metadata: new.metadata,
             last_message_at: None,
+            expires_at: self.retention.expires_at(micros),
         };
         let s = session.clone();
-        self.write(move |c| {
-            c.prepare_cached(&format!(
-                "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-            ))
-            .and_then(|mut st| {
-                st.execute(params![
-                    s.id.as_str(),
-                    s.tenant_id.as_str(),
-                    s.user_id.as_str(),
-                    s.location_id.as_ref().map(|l| l.as_str()),
-                    s.is_active,
-                    s.created_at,
-                    s.updated_at,
-                    s.last_message_at,
-                    json_text(&s.metadata),
-                ])
-            })
-            .map_err(internal)?;
-            Ok(())
-        })
-        .await?;
+        self.write("create_session", move |c| insert_session(c, &s)).await?;
         Ok(session)
     }
 
     async fn get_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<Session>> {
         let (tenant, id) = (tenant.clone(), id.clone());
-        self.read(move |c| get_session(c, tenant.as_str(), id.as_str())).await
+        self.read("get_session", move |c| get_session(c, tenant.as_str(), id.as_str())).await
     }
 
     async fn find_active_session(&self, tenant: &TenantId, user: &UserId) -> StoreResult<Option<Session>> {
         let (tenant, user) = (tenant.clone(), user.clone());
-        self.read(move |c| {
+        self.read("find_active_session", move |c| {
             c.prepare_cached(&format!(
                 "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = ?1 AND user_id = ?2 \
-                 AND is_active = 1 ORDER BY updated_at DESC, id DESC LIMIT 1"
+                 AND is_active = 1 AND {LIVE} ORDER BY updated_at DESC, id DESC LIMIT 1"
             ))
             .and_then(|mut s| s.query_row(params![tenant.as_str(), user.as_str()], session_from_row).optional())
             .map_err(internal)
@@ -289,13 +369,13 @@ impl ConversationStore for SqliteStore {
         page: PageRequest,
     ) -> StoreResult<Page<Session>> {
         let (tenant, user) = (tenant.clone(), user.clone());
-        self.read(move |c| {
+        self.read("list_user_sessions", move |c| {
             let (t, i) =
                 page.cursor.map(|c| (c.timestamp, c.id)).unwrap_or_else(|| ("\u{10FFFF}".into(), String::new()));
             let mut stmt = c
                 .prepare_cached(&format!(
                     "SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = ?1 AND user_id = ?2 \
-                     AND (updated_at < ?3 OR (updated_at = ?3 AND id < ?4)) \
+                     AND (updated_at < ?3 OR (updated_at = ?3 AND id < ?4)) AND {LIVE} \
                      ORDER BY updated_at DESC, id DESC LIMIT ?5"
                 ))
                 .map_err(internal)?;
@@ -321,7 +401,8 @@ impl ConversationStore for SqliteStore {
         messages: Vec<NewMessage>,
     ) -> StoreResult<Vec<Appended>> {
         let (tenant, session) = (tenant.clone(), session.clone());
-        self.write(move |c| {
+        let retention = self.retention;
+        self.write("append_messages", move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(internal)?;
             let stored = get_session(&tx, tenant.as_str(), session.as_str())?
                 .ok_or_else(|| StoreError::NotFound(format!("session {session} not found")))?;
@@ -336,9 +417,7 @@ impl ConversationStore for SqliteStore {
                     Some(existing) if existing.tenant_id == tenant && existing.session_id == session => {
                         results.push(Some(Appended { message: existing, created: false }))
                     }
-                    Some(_) => {
-                        return Err(StoreError::Conflict(format!("message id {} is already used", m.id)));
-                    }
+                    Some(_) => return Err(StoreError::Conflict(format!("message id {} is already used", m.id))),
                     None => {
                         fresh += 1;
                         results.push(None)
@@ -354,7 +433,8 @@ impl ConversationStore for SqliteStore {
                     continue;
                 }
                 let ts = stamps.next().unwrap_or_default();
-                last = Some(ts.clone());
+                let expires_at = timestamp::parse_micros(&ts).and_then(|micros| retention.expires_at(micros));
+                last = Some((ts.clone(), expires_at));
                 let message = Message {
                     id: m.id,
                     tenant_id: tenant.clone(),
@@ -364,6 +444,7 @@ impl ConversationStore for SqliteStore {
                     role: m.role,
                     timestamp: ts,
                     metadata: m.metadata,
+                    expires_at,
                 };
                 let size = message_item_bytes(&message);
                 if size > MAX_ITEM_BYTES {
@@ -375,28 +456,13 @@ impl ConversationStore for SqliteStore {
                 out.push(Appended { message, created: true });
             }
             for a in out.iter().filter(|a| a.created) {
-                let m = &a.message;
-                tx.prepare_cached(&format!(
-                    "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-                ))
-                .and_then(|mut st| {
-                    st.execute(params![
-                        m.id.as_str(),
-                        m.tenant_id.as_str(),
-                        m.session_id.as_str(),
-                        m.user_id.as_str(),
-                        m.content,
-                        m.role.as_str(),
-                        m.timestamp,
-                        json_text(&m.metadata),
-                    ])
-                })
-                .map_err(internal)?;
+                insert_message(&tx, &a.message)?;
             }
-            if let Some(last) = last {
+            if let Some((last, expires_at)) = last {
                 tx.execute(
-                    "UPDATE sessions SET last_message_at = ?1, updated_at = ?1 WHERE tenant_id = ?2 AND id = ?3",
-                    params![last, tenant.as_str(), session.as_str()],
+                    "UPDATE sessions SET last_message_at = ?1, updated_at = ?1, \
+                     expires_at = coalesce(?4, expires_at) WHERE tenant_id = ?2 AND id = ?3",
+                    params![last, tenant.as_str(), session.as_str(), expires_at],
                 )
                 .map_err(internal)?;
             }
@@ -408,7 +474,10 @@ impl ConversationStore for SqliteStore {
 
     async fn get_message(&self, tenant: &TenantId, id: &MessageId) -> StoreResult<Option<Message>> {
         let (tenant, id) = (tenant.clone(), id.clone());
-        self.read(move |c| Ok(get_message(c, id.as_str())?.filter(|m| m.tenant_id == tenant))).await
+        self.read("get_message", move |c| {
+            Ok(get_message(c, id.as_str())?.filter(|m| m.tenant_id == tenant && !super::is_expired(m.expires_at)))
+        })
+        .await
     }
 
     async fn list_messages(
@@ -418,7 +487,7 @@ impl ConversationStore for SqliteStore {
         query: MessageQuery,
     ) -> StoreResult<Page<Message>> {
         let (tenant, session) = (tenant.clone(), session.clone());
-        self.read(move |c| {
+        self.read("list_messages", move |c| {
             let limit = query.limit;
             // Timestamps are unique within a session, so the cursor's timestamp is the position.
             let after = query.cursor.map(|c| c.timestamp);
@@ -429,7 +498,7 @@ impl ConversationStore for SqliteStore {
             };
             let sql = format!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = ?1 AND session_id = ?2 \
-                 AND (?3 IS NULL OR timestamp {cmp} ?3) AND (?4 IS NULL OR timestamp < ?4) \
+                 AND (?3 IS NULL OR timestamp {cmp} ?3) AND (?4 IS NULL OR timestamp < ?4) AND {LIVE} \
                  ORDER BY timestamp {dir} LIMIT ?5"
             );
             message_page(c, &sql, &[&tenant.as_str(), &session.as_str(), &after, &before, &(limit as i64 + 1)], limit)
@@ -439,9 +508,9 @@ impl ConversationStore for SqliteStore {
 
     async fn close_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<Session>> {
         let (tenant, id) = (tenant.clone(), id.clone());
-        self.write(move |c| {
+        self.write("close_session", move |c| {
             c.prepare_cached(&format!(
-                "UPDATE sessions SET is_active = 0, updated_at = ?3 WHERE tenant_id = ?1 AND id = ?2 \
+                "UPDATE sessions SET is_active = 0, updated_at = ?3 WHERE tenant_id = ?1 AND id = ?2 AND {LIVE} \
                  RETURNING {SESSION_COLUMNS}"
             ))
             .and_then(|mut s| {
@@ -454,7 +523,7 @@ impl ConversationStore for SqliteStore {
 
     async fn delete_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<usize>> {
         let (tenant, id) = (tenant.clone(), id.clone());
-        self.write(move |c| {
+        self.write("delete_session", move |c| {
             let tx = c.transaction().map_err(internal)?;
             let messages = tx
                 .execute(
@@ -473,7 +542,7 @@ impl ConversationStore for SqliteStore {
 
     async fn delete_user(&self, tenant: &TenantId, user: &UserId) -> StoreResult<Deleted> {
         let (tenant, user) = (tenant.clone(), user.clone());
-        self.write(move |c| {
+        self.write("delete_user", move |c| {
             let tx = c.transaction().map_err(internal)?;
             let messages = tx
                 .execute(
@@ -496,7 +565,7 @@ impl ConversationStore for SqliteStore {
 
     async fn list_tenant_messages(&self, tenant: &TenantId, query: MessageQuery) -> StoreResult<Page<Message>> {
         let tenant = tenant.clone();
-        self.read(move |c| {
+        self.read("list_tenant_messages", move |c| {
             let limit = query.limit;
             let (t, i) = match query.cursor {
                 Some(c) => (Some(c.timestamp), c.id),
@@ -509,9 +578,87 @@ impl ConversationStore for SqliteStore {
             let sql = format!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = ?1 \
                  AND (?2 IS NULL OR timestamp {cmp} ?2 OR (timestamp = ?2 AND id {cmp} ?3)) \
-                 AND (?4 IS NULL OR timestamp < ?4) ORDER BY timestamp {dir}, id {dir} LIMIT ?5"
+                 AND (?4 IS NULL OR timestamp < ?4) AND {LIVE} ORDER BY timestamp {dir}, id {dir} LIMIT ?5"
             );
             message_page(c, &sql, &[&tenant.as_str(), &t, &i, &query.before, &(limit as i64 + 1)], limit)
+        })
+        .await
+    }
+
+    async fn purge_expired(&self) -> StoreResult<usize> {
+        let mut total = 0;
+        for table in ["messages", "sessions"] {
+            loop {
+                let sql = format!(
+                    "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} \
+                     WHERE expires_at IS NOT NULL AND expires_at <= unixepoch() LIMIT {PURGE_BATCH})"
+                );
+                // `sessions` is WITHOUT ROWID: delete by its key instead.
+                let sql = if table == "sessions" {
+                    format!(
+                        "DELETE FROM sessions WHERE (tenant_id, id) IN (SELECT tenant_id, id FROM sessions \
+                         WHERE expires_at IS NOT NULL AND expires_at <= unixepoch() LIMIT {PURGE_BATCH})"
+                    )
+                } else {
+                    sql
+                };
+                let n = self.write("purge_expired", move |c| c.execute(&sql, []).map_err(internal)).await?;
+                total += n;
+                if n < PURGE_BATCH {
+                    break;
+                }
+                // Let other writers in between batches.
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(total)
+    }
+
+    async fn scan_sessions(
+        &self,
+        tenant: Option<&TenantId>,
+        after: Option<String>,
+        limit: usize,
+    ) -> StoreResult<(Vec<Session>, Option<String>)> {
+        let tenant = tenant.map(|t| t.to_string());
+        self.read("scan_sessions", move |c| {
+            let (after_tenant, after_id) =
+                after.as_deref().and_then(|a| serde_json::from_str::<(String, String)>(a).ok()).unwrap_or_default();
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE (?1 IS NULL OR tenant_id = ?1) \
+                     AND (tenant_id > ?2 OR (tenant_id = ?2 AND id > ?3)) AND {LIVE} \
+                     ORDER BY tenant_id, id LIMIT ?4"
+                ))
+                .map_err(internal)?;
+            let items = stmt
+                .query_map(params![tenant, after_tenant, after_id, limit as i64], session_from_row)
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(internal)?;
+            let next = (items.len() == limit)
+                .then(|| items.last().map(|s| serde_json::json!([s.tenant_id, s.id]).to_string()))
+                .flatten();
+            Ok((items, next))
+        })
+        .await
+    }
+
+    async fn import_session(&self, session: Session) -> StoreResult<bool> {
+        self.write("import_session", move |c| insert_session(c, &session)).await
+    }
+
+    async fn import_message(&self, message: Message) -> StoreResult<bool> {
+        self.write("import_message", move |c| {
+            let tx = c.transaction().map_err(internal)?;
+            let created = insert_message(&tx, &message)?;
+            tx.execute(
+                "UPDATE sessions SET last_message_at = ?3 WHERE tenant_id = ?1 AND id = ?2 \
+                 AND (last_message_at IS NULL OR last_message_at < ?3)",
+                params![message.tenant_id.as_str(), message.session_id.as_str(), message.timestamp],
+            )
+            .map_err(internal)?;
+            tx.commit().map_err(internal)?;
+            Ok(created)
         })
         .await
     }
