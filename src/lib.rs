@@ -2,10 +2,12 @@
 
 pub mod agent;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod http;
 pub mod ids;
 pub mod llm;
+pub mod portability;
 pub mod store;
 pub mod tables;
 pub mod telemetry;

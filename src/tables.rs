@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, IndexStatus, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, TableDescription, TableStatus,
+    ProjectionType, ScalarAttributeType, TableDescription, TableStatus, TimeToLiveSpecification,
 };
 
 pub const TENANT_USER_INDEX: &str = "TenantUserIndex";
@@ -27,7 +27,11 @@ pub const SERVE_ACTIONS: [&str; 6] = [
 ];
 
 /// The actions the `tables` commands use in addition.
-pub const PROVISIONING_ACTIONS: [&str; 2] = ["dynamodb:CreateTable", "dynamodb:DescribeTable"];
+pub const PROVISIONING_ACTIONS: [&str; 4] =
+    ["dynamodb:CreateTable", "dynamodb:DescribeTable", "dynamodb:UpdateTimeToLive", "dynamodb:DescribeTimeToLive"];
+
+/// The attribute DynamoDB's TTL reads (epoch seconds), when `MESSAGE_TTL_DAYS` is set.
+pub const TTL_ATTRIBUTE: &str = "expiresAt";
 
 /// One global secondary index (projection ALL, as in the seed).
 #[derive(Debug, Clone, PartialEq)]
@@ -175,6 +179,36 @@ async fn wait_active(client: &Client, table: &str) -> Result<(), ProvisionError>
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Turns on DynamoDB TTL for `expiresAt`; true when it was off before.
+pub async fn enable_ttl(client: &Client, table: &str) -> Result<bool, ProvisionError> {
+    if ttl_status(client, table).await?.is_some_and(|(status, attr)| status == "ENABLED" && attr == TTL_ATTRIBUTE) {
+        return Ok(false);
+    }
+    let spec = TimeToLiveSpecification::builder()
+        .enabled(true)
+        .attribute_name(TTL_ATTRIBUTE)
+        .build()
+        .expect("TTL specification has its required fields");
+    match client.update_time_to_live().table_name(table).time_to_live_specification(spec).send().await {
+        Ok(_) => Ok(true),
+        Err(e) if e.message().is_some_and(|m| m.contains("already enabled")) => Ok(false),
+        Err(e) => Err(describe_error("UpdateTimeToLive", table, e)),
+    }
+}
+
+/// The table's TTL status and attribute (`None` when TTL was never configured).
+pub async fn ttl_status(client: &Client, table: &str) -> Result<Option<(String, String)>, ProvisionError> {
+    let out = client
+        .describe_time_to_live()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| describe_error("DescribeTimeToLive", table, e))?;
+    Ok(out.time_to_live_description().and_then(|d| {
+        Some((d.time_to_live_status()?.as_str().to_string(), d.attribute_name().unwrap_or_default().to_string()))
+    }))
 }
 
 fn describe_keys(keys: &[KeySchemaElement]) -> String {

@@ -41,6 +41,9 @@ fn describe() {
     describe_counter!("storage_calls_total", "Storage operations by backend, operation and outcome");
     describe_gauge!("sse_streams_active", "Server-Sent Event streams open now");
     describe_counter!("rate_limited_requests_total", "Requests refused with 429");
+    // Shown from the start, not only once something happened.
+    metrics::gauge!("sse_streams_active").set(0.0);
+    metrics::counter!("rate_limited_requests_total").absolute(0);
 }
 
 pub fn http_request(method: &str, route: &str, status: u16, elapsed: Duration) {

@@ -85,3 +85,39 @@ async fn sqlite_survives_kill_9() {
     assert!(lost.is_empty(), "acknowledged but lost after kill -9: {lost:?}");
     assert!(stored.len() >= acked.len());
 }
+
+#[tokio::test]
+async fn the_purge_deletes_expired_rows_in_batches() {
+    use agent_server::store::ConversationStore;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("p.db")).unwrap();
+    let tenant = TenantId::parse("acme").unwrap();
+    let user = UserId::parse("u1").unwrap();
+    let s = store
+        .create_session(NewSession {
+            tenant_id: tenant.clone(),
+            user_id: user.clone(),
+            location_id: None,
+            metadata: None,
+        })
+        .await
+        .unwrap();
+    let past = agent_server::timestamp::epoch_seconds() - 1;
+    for i in 0..1200 {
+        let m = agent_server::store::Message {
+            id: MessageId::generate(),
+            tenant_id: tenant.clone(),
+            session_id: s.id.clone(),
+            user_id: user.clone(),
+            content: format!("old {i}"),
+            role: Role::User,
+            timestamp: agent_server::timestamp::now(),
+            metadata: None,
+            expires_at: Some(past),
+        };
+        store.import_message(m).await.unwrap();
+    }
+    assert_eq!(store.purge_expired().await.unwrap(), 1200);
+    assert_eq!(store.purge_expired().await.unwrap(), 0);
+    assert!(store.get_session(&tenant, &s.id).await.unwrap().is_some(), "the live session stays");
+}

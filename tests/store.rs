@@ -332,6 +332,45 @@ async fn deleting_a_session_and_erasing_a_user_remove_everything(store: Arc<dyn 
     assert!(p.items.is_empty());
 }
 
+/// Items past their `expiresAt` are hidden from every read (DynamoDB deletes them lazily), and the
+/// SQLite purge deletes them.
+async fn expired_items_are_hidden_and_purged(store: Arc<dyn ConversationStore>) {
+    let live = new_session(&*store, "acme", "u1").await;
+    append(&*store, &live, &["still here"]).await;
+    let past = agent_server::timestamp::epoch_seconds() - 10;
+    let mut old = live.clone();
+    old.id = SessionId::generate();
+    old.expires_at = Some(past);
+    assert!(store.import_session(old.clone()).await.unwrap());
+    let mut expired = all_messages(&*store, &live, Order::Asc, 10).await.remove(0);
+    expired.id = MessageId::generate();
+    expired.session_id = old.id.clone();
+    expired.expires_at = Some(past);
+    assert!(store.import_message(expired.clone()).await.unwrap());
+    let mut expired_in_live = expired.clone();
+    expired_in_live.id = MessageId::generate();
+    expired_in_live.session_id = live.id.clone();
+    expired_in_live.timestamp = "2000-01-01T00:00:00.000000Z".into();
+    assert!(store.import_message(expired_in_live.clone()).await.unwrap());
+
+    assert!(store.get_session(&tenant("acme"), &old.id).await.unwrap().is_none());
+    assert!(store.get_message(&tenant("acme"), &expired.id).await.unwrap().is_none());
+    let listed =
+        store.list_user_sessions(&tenant("acme"), &user("u1"), PageRequest { limit: 10, cursor: None }).await.unwrap();
+    assert_eq!(listed.items.iter().map(|s| s.id.clone()).collect::<Vec<_>>(), vec![live.id.clone()]);
+    let msgs = all_messages(&*store, &live, Order::Asc, 10).await;
+    assert_eq!(msgs.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["still here"]);
+    let tenant_msgs =
+        store.list_tenant_messages(&tenant("acme"), MessageQuery { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(tenant_msgs.items.len(), 1);
+    let (scanned, _) = store.scan_sessions(Some(&tenant("acme")), None, 100).await.unwrap();
+    assert_eq!(scanned.len(), 1);
+    // The purge (SQLite) deletes them; DynamoDB leaves that to its TTL. Either way they stay hidden.
+    store.purge_expired().await.unwrap();
+    assert!(store.get_message(&tenant("acme"), &expired.id).await.unwrap().is_none());
+    assert_eq!(all_messages(&*store, &live, Order::Asc, 10).await.len(), 1);
+}
+
 /// A store whose first message query misses the newest item, as a lagging GSI can.
 struct LaggingIndex {
     inner: Arc<dyn ConversationStore>,
@@ -444,4 +483,5 @@ conformance!(
     large_messages_store_and_oversized_ones_are_refused_whole,
     deleting_a_session_and_erasing_a_user_remove_everything,
     history_reads_its_own_writes_through_a_lagging_index,
+    expired_items_are_hidden_and_purged,
 );

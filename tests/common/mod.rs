@@ -90,6 +90,8 @@ pub async fn store(backend: &str) -> AnyStore {
 /// The real `agent-server serve` binary on port 0, with its output captured.
 pub struct TestServer {
     pub url: String,
+    /// The DynamoDB tables it uses (sessions, messages), when on DynamoDB.
+    pub tables: Option<(String, String)>,
     child: std::process::Child,
     output: Arc<std::sync::Mutex<String>>,
     _dir: tempfile::TempDir,
@@ -108,12 +110,14 @@ impl TestServer {
             .current_dir(dir.path())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
+        let mut tables_used = None;
         match backend {
             "sqlite" => {
                 cmd.env("STORAGE", "sqlite");
             }
             "dynamodb" => {
                 let (sessions, messages) = table_names();
+                tables_used = Some((sessions.clone(), messages.clone()));
                 let client = dynamodb_client();
                 for spec in tables::specs(&sessions, &messages) {
                     tables::create(&client, &spec).await.unwrap();
@@ -159,7 +163,7 @@ impl TestServer {
                 panic!("agent-server did not start:\n{}", output.lock().unwrap());
             }
         };
-        TestServer { url, child, output, _dir: dir }
+        TestServer { url, tables: tables_used, child, output, _dir: dir }
     }
 
     /// Everything the server printed so far.
@@ -194,4 +198,22 @@ impl Drop for TestServer {
 /// An HTTP client for the tests.
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap()
+}
+
+/// Runs the real binary once (not `serve`) in `dir`, with the emulator's AWS settings and `env`.
+pub fn cli(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_agent-server"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(if std::env::var("AGENT_SERVER_TEST_DYNAMODB").is_ok() { aws_env() } else { Vec::new() })
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .output()
+        .expect("run agent-server")
+}
+
+/// Standard output and error of a finished command, for assertions.
+pub fn text(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
