@@ -8,11 +8,13 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
 use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
-use crate::llm::{ModelError, ModelReply, ModelRequest, Provider};
+use crate::llm::{Deltas, ModelError, ModelReply, ModelRequest, Provider, StreamItem, Usage};
 use crate::store::{
-    ConversationStore, Message, Metadata, NewMessage, NewSession, Role, Session, StoreError, recent_history,
+    ConversationStore, Message, MessageQuery, Metadata, NewMessage, NewSession, Order, Role, Session, StoreError,
+    recent_history,
 };
 use crate::timestamp;
+use crate::tools::{ToolCall, ToolContext, ToolResult, ToolStep, Toolbox, action_record};
 
 /// How the agent behaves, from the configuration.
 #[derive(Debug, Clone)]
@@ -36,12 +38,26 @@ pub struct TurnRequest {
     pub idempotency_key: Option<String>,
 }
 
-/// A finished turn: both stored messages.
+/// A finished turn: the stored messages (no user message when the turn continues after an
+/// approval decision).
 #[derive(Debug, Clone)]
 pub struct TurnOutcome {
     pub session_id: SessionId,
-    pub user_message: Message,
+    pub user_message: Option<Message>,
     pub agent_message: Message,
+}
+
+impl TurnOutcome {
+    /// Every tool call of the turn, as stored in the agent message's `metadata.actions`.
+    pub fn actions(&self) -> Vec<Value> {
+        self.agent_message
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("actions"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 /// Why a turn did not finish.
@@ -61,6 +77,8 @@ pub enum TurnError {
 pub enum TurnEvent {
     Session { session_id: SessionId, user_message: Message },
     Delta(String),
+    ToolCall(Value),
+    ToolResult(Value),
     Done(TurnOutcome),
     Error(TurnError),
 }
@@ -68,6 +86,7 @@ pub enum TurnEvent {
 pub struct Agent {
     store: Arc<dyn ConversationStore>,
     provider: Provider,
+    tools: Toolbox,
     settings: AgentSettings,
     /// Idempotency keys (per tenant) of turns running in this process.
     in_flight: Mutex<HashSet<(TenantId, String)>>,
@@ -107,9 +126,19 @@ fn turn_ids(tenant: &TenantId, key: Option<&str>) -> (MessageId, MessageId) {
 
 impl Agent {
     pub fn new(store: Arc<dyn ConversationStore>, provider: Provider, settings: AgentSettings) -> Self {
+        Self::with_tools(store, provider, settings, Toolbox::empty())
+    }
+
+    pub fn with_tools(
+        store: Arc<dyn ConversationStore>,
+        provider: Provider,
+        settings: AgentSettings,
+        tools: Toolbox,
+    ) -> Self {
         Self {
             store,
             provider,
+            tools,
             settings,
             in_flight: Mutex::new(HashSet::new()),
             stop: tokio::sync::watch::Sender::new(false),
@@ -144,9 +173,11 @@ impl Agent {
             return Ok(None);
         };
         match self.store.get_message(&req.tenant, &ids.1).await? {
-            Some(agent_message) => {
-                Ok(Some(TurnOutcome { session_id: user_message.session_id.clone(), user_message, agent_message }))
-            }
+            Some(agent_message) => Ok(Some(TurnOutcome {
+                session_id: user_message.session_id.clone(),
+                user_message: Some(user_message),
+                agent_message,
+            })),
             None => Err(TurnError::InProgress),
         }
     }
@@ -207,14 +238,20 @@ impl Agent {
         }
     }
 
-    async fn model_request(&self, req: &TurnRequest, session: Option<&Session>) -> Result<ModelRequest, TurnError> {
-        let history = self.history(session).await?;
-        Ok(ModelRequest {
+    fn model_request(
+        &self,
+        message: String,
+        history: Vec<Message>,
+        context: Option<Map<String, Value>>,
+    ) -> ModelRequest {
+        ModelRequest {
             system_prompt: self.settings.system_prompt.clone(),
             history,
-            message: req.message.clone(),
-            context: req.context.clone(),
-        })
+            message,
+            context,
+            tools: self.tools.specs(),
+            steps: Vec::new(),
+        }
     }
 
     fn user_message(req: &TurnRequest, id: MessageId) -> NewMessage {
@@ -228,35 +265,35 @@ impl Agent {
     }
 
     fn agent_message(
-        req: &TurnRequest,
+        user: &UserId,
         id: MessageId,
-        reply: &ModelReply,
+        thought: &Thought,
         started: Instant,
         extra: Option<(&str, Value)>,
     ) -> NewMessage {
+        let reply = &thought.reply;
         let mut metadata = Map::new();
         metadata.insert("model".into(), json!(reply.model));
         if let Some(u) = reply.usage {
             metadata.insert("usage".into(), json!({"inputTokens": u.input_tokens, "outputTokens": u.output_tokens}));
         }
         metadata.insert("latencyMs".into(), json!(started.elapsed().as_millis() as u64));
+        if !thought.actions.is_empty() {
+            metadata.insert("actions".into(), Value::Array(thought.actions.clone()));
+        }
         if let Some((k, v)) = extra {
             metadata.insert(k.into(), v);
         }
         NewMessage {
             id,
-            user_id: req.user.clone(),
+            user_id: user.clone(),
             role: Role::Agent,
             content: reply.text.clone(),
             metadata: Some(metadata),
         }
     }
 
-    async fn call_model(
-        &self,
-        request: &ModelRequest,
-        deltas: Option<&crate::llm::Deltas>,
-    ) -> Result<ModelReply, ModelError> {
+    async fn call_model(&self, request: &ModelRequest, deltas: Option<&Deltas>) -> Result<ModelReply, ModelError> {
         let timeout = self.settings.llm_timeout;
         let started = Instant::now();
         let result = match tokio::time::timeout(timeout, self.provider.complete(request, deltas)).await {
@@ -266,6 +303,88 @@ impl Agent {
         let tokens = result.as_ref().ok().and_then(|r| r.usage).map(|u| (u.input_tokens, u.output_tokens));
         crate::telemetry::model_call(self.provider.label(), result.is_ok(), started.elapsed(), tokens);
         result
+    }
+
+    /// The model's answer, with the tool loop: tool calls are run (in parallel) and their results
+    /// given back, up to `AGENT_MAX_TOOL_STEPS` rounds; calls that need approval stop the turn.
+    async fn think(
+        &self,
+        mut request: ModelRequest,
+        ctx: &ToolContext,
+        progress: Option<&Deltas>,
+    ) -> Result<Thought, TurnError> {
+        let mut actions = Vec::new();
+        let mut usage: Option<Usage> = None;
+        for step in 0.. {
+            let mut reply = self.call_model(&request, progress).await?;
+            if let Some(u) = reply.usage {
+                let total = usage.get_or_insert_with(Usage::default);
+                total.input_tokens += u.input_tokens;
+                total.output_tokens += u.output_tokens;
+            }
+            reply.usage = usage;
+            if reply.tool_calls.is_empty() {
+                return Ok(Thought { reply, actions });
+            }
+            if step >= self.tools.max_steps {
+                let note = format!(
+                    "I stopped after {} rounds of tool calls (AGENT_MAX_TOOL_STEPS) without a final answer.",
+                    self.tools.max_steps
+                );
+                reply.text = if reply.text.is_empty() { note } else { format!("{}\n\n{note}", reply.text) };
+                reply.tool_calls.clear();
+                return Ok(Thought { reply, actions });
+            }
+            for (i, call) in reply.tool_calls.iter_mut().enumerate() {
+                if call.id.is_empty() {
+                    call.id = format!("call_{}_{}", step + 1, i + 1);
+                }
+                // Action ids are unique across turns, so approvals can find them.
+                call.id = format!("{}-{}", uuid::Uuid::now_v7().simple(), call.id);
+            }
+            let calls = std::mem::take(&mut reply.tool_calls);
+            let (pending, runnable): (Vec<_>, Vec<_>) =
+                calls.iter().cloned().partition(|c| self.tools.needs_approval(c));
+            for c in &calls {
+                if let Some(p) = progress {
+                    p.event(StreamItem::ToolCall(json!({"id": c.id, "tool": c.name, "arguments": c.arguments})));
+                }
+            }
+            let results = futures::future::join_all(runnable.iter().map(|c| self.run_tool(c, ctx))).await;
+            for (c, r) in runnable.iter().zip(&results) {
+                let status = if r.is_error { "failed" } else { "done" };
+                let action = action_record(c, status, Some(r));
+                if let Some(p) = progress {
+                    p.event(StreamItem::ToolResult(action.clone()));
+                }
+                actions.push(action);
+            }
+            if !pending.is_empty() {
+                let wanted: Vec<String> = pending.iter().map(|c| format!("{}({})", c.name, c.arguments)).collect();
+                let note = format!("I would like to run {}. Please approve or reject.", wanted.join(", "));
+                reply.text = if reply.text.is_empty() { note } else { format!("{}\n\n{note}", reply.text) };
+                if let Some(p) = progress {
+                    p.send(format!("\n\n{}", wanted.join(", ")));
+                }
+                actions.extend(pending.iter().map(|c| action_record(c, "pending_approval", None)));
+                return Ok(Thought { reply, actions });
+            }
+            request.steps.push(ToolStep { text: reply.text.clone(), calls: runnable, results });
+        }
+        unreachable!("the loop returns")
+    }
+
+    async fn run_tool(&self, call: &ToolCall, ctx: &ToolContext) -> ToolResult {
+        match self.tools.run(call, ctx).await {
+            Ok(content) => ToolResult { call_id: call.id.clone(), content, is_error: false },
+            Err(e) => {
+                ToolResult { call_id: call.id.clone(), content: json!({"error": e.0}).to_string(), is_error: true }
+            }
+        }
+    }
+
+    fn tool_context(tenant: &TenantId, user: &UserId, location: Option<&LocationId>) -> ToolContext {
+        ToolContext { tenant: tenant.clone(), user: user.clone(), location: location.cloned() }
     }
 
     /// A whole turn. Nothing is stored unless the model answers (not even a new session): then the
@@ -284,22 +403,27 @@ impl Agent {
             return Ok(done);
         }
         let (session, idle) = self.find_session(&req).await?;
-        let request = self.model_request(&req, session.as_ref()).await?;
+        let history = self.history(session.as_ref()).await?;
+        let request = self.model_request(req.message.clone(), history, req.context.clone());
+        let ctx = Self::tool_context(
+            &req.tenant,
+            &req.user,
+            session.as_ref().and_then(|s| s.location_id.as_ref()).or(req.location.as_ref()),
+        );
         let started = Instant::now();
-        let reply = self.call_model(&request, None).await?;
+        let thought = self.think(request, &ctx, None).await?;
         let session = match session {
             Some(s) => s,
             None => self.start_session(&req, idle).await?,
         };
-        let messages = vec![Self::user_message(&req, ids.0), Self::agent_message(&req, ids.1, &reply, started, None)];
+        let messages =
+            vec![Self::user_message(&req, ids.0), Self::agent_message(&req.user, ids.1, &thought, started, None)];
         let mut stored = self.store.append_messages(&session.tenant_id, &session.id, messages).await?.into_iter();
         let (user_message, agent_message) = match (stored.next(), stored.next()) {
             (Some(u), Some(a)) => (u.message, a.message),
-            _ => {
-                return Err(StoreError::Internal("append returned fewer messages than given".into()).into());
-            }
+            _ => return Err(StoreError::Internal("append returned fewer messages than given".into()).into()),
         };
-        Ok(TurnOutcome { session_id: session.id, user_message, agent_message })
+        Ok(TurnOutcome { session_id: session.id, user_message: Some(user_message), agent_message })
     }
 
     /// A streaming turn, reporting to `events`. The user message is stored first (and sent in the
@@ -324,18 +448,16 @@ impl Agent {
         let _claim = self.claim(req)?;
         let ids = turn_ids(&req.tenant, req.idempotency_key.as_deref());
         if let Some(done) = self.replay(req, &ids).await? {
-            let _ = events
-                .send(TurnEvent::Session {
-                    session_id: done.session_id.clone(),
-                    user_message: done.user_message.clone(),
-                })
-                .await;
+            if let Some(user_message) = done.user_message.clone() {
+                let _ = events.send(TurnEvent::Session { session_id: done.session_id.clone(), user_message }).await;
+            }
             let _ = events.send(TurnEvent::Delta(done.agent_message.content.clone())).await;
             let _ = events.send(TurnEvent::Done(done)).await;
             return Ok(());
         }
         let (session, idle) = self.find_session(req).await?;
-        let request = self.model_request(req, session.as_ref()).await?;
+        let history = self.history(session.as_ref()).await?;
+        let request = self.model_request(req.message.clone(), history, req.context.clone());
         let session = match session {
             Some(s) => s,
             None => self.start_session(req, idle).await?,
@@ -347,25 +469,54 @@ impl Agent {
             .remove(0)
             .message;
         let started = Instant::now();
-        let mut client_gone = events
+        let client_gone = events
             .send(TurnEvent::Session { session_id: session.id.clone(), user_message: user_message.clone() })
             .await
             .is_err();
+        let ctx = Self::tool_context(&req.tenant, &req.user, session.location_id.as_ref());
+        let agent_message =
+            self.stream_reply(&session, &req.user, ids.1, request, &ctx, events, started, client_gone).await?;
+        let outcome = TurnOutcome { session_id: session.id, user_message: Some(user_message), agent_message };
+        let _ = events.send(TurnEvent::Done(outcome)).await;
+        Ok(())
+    }
 
-        let (delta_tx, mut delta_rx) = mpsc::unbounded_channel();
+    /// Streams the model's reply (and tool events) to `events` and stores it, partial when the client
+    /// went away or the server is shutting down.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_reply(
+        &self,
+        session: &Session,
+        user: &UserId,
+        id: MessageId,
+        request: ModelRequest,
+        ctx: &ToolContext,
+        events: &mpsc::Sender<TurnEvent>,
+        started: Instant,
+        mut client_gone: bool,
+    ) -> Result<Message, TurnError> {
+        let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
+        let progress = Deltas::new(progress_tx);
         let mut partial = String::new();
         let mut result = None;
         let mut stop = self.stop.subscribe();
         let mut stopped = *stop.borrow_and_update();
         if !client_gone && !stopped {
-            let model = self.call_model(&request, Some(&delta_tx));
-            tokio::pin!(model);
+            let thinking = self.think(request, ctx, Some(&progress));
+            tokio::pin!(thinking);
             loop {
                 tokio::select! {
-                    r = &mut model, if result.is_none() => result = Some(r),
-                    Some(text) = delta_rx.recv() => {
-                        partial.push_str(&text);
-                        if events.send(TurnEvent::Delta(text)).await.is_err() {
+                    r = &mut thinking, if result.is_none() => result = Some(r),
+                    Some(item) = progress_rx.recv() => {
+                        let event = match item {
+                            StreamItem::Delta(text) => {
+                                partial.push_str(&text);
+                                TurnEvent::Delta(text)
+                            }
+                            StreamItem::ToolCall(v) => TurnEvent::ToolCall(v),
+                            StreamItem::ToolResult(v) => TurnEvent::ToolResult(v),
+                        };
+                        if events.send(event).await.is_err() {
                             client_gone = true;
                             break;
                         }
@@ -380,26 +531,115 @@ impl Agent {
                     }
                     else => break,
                 }
-                if result.is_some() && delta_rx.is_empty() {
+                if result.is_some() && progress_rx.is_empty() {
                     break;
                 }
             }
         }
-        drop(delta_tx);
-        let (reply, extra) = match result {
-            Some(Ok(reply)) if !client_gone && !stopped => (reply, None),
-            Some(Err(e)) if !client_gone && !stopped => return Err(e.into()),
+        drop(progress);
+        let (thought, extra) = match result {
+            Some(Ok(thought)) if !client_gone && !stopped => (thought, None),
+            Some(Err(e)) if !client_gone && !stopped => return Err(e),
             _ => {
                 let why = if stopped { "shutdown" } else { "client_disconnected" };
                 tracing::info!(session = %session.id, reason = why, "stream interrupted; storing the partial reply");
-                let reply = ModelReply { text: partial, model: String::new(), usage: None };
-                (reply, Some(("interrupted", json!(why))))
+                let reply = ModelReply { text: partial, model: String::new(), usage: None, tool_calls: Vec::new() };
+                (Thought { reply, actions: Vec::new() }, Some(("interrupted", json!(why))))
             }
         };
-        let agent = Self::agent_message(req, ids.1, &reply, started, extra);
-        let agent_message =
-            self.store.append_messages(&session.tenant_id, &session.id, vec![agent]).await?.remove(0).message;
-        let _ = events.send(TurnEvent::Done(TurnOutcome { session_id: session.id, user_message, agent_message })).await;
-        Ok(())
+        let agent = Self::agent_message(user, id, &thought, started, extra);
+        Ok(self.store.append_messages(&session.tenant_id, &session.id, vec![agent]).await?.remove(0).message)
     }
+
+    /// Approves (runs) or rejects a pending action, then lets the agent finish its answer, stored as a
+    /// new agent message. An action is decided once: a second decision is a conflict.
+    pub async fn decide(
+        &self,
+        tenant: &TenantId,
+        session_id: &SessionId,
+        action_id: &str,
+        approve: bool,
+        reason: Option<String>,
+    ) -> Result<TurnOutcome, TurnError> {
+        let not_found = || StoreError::NotFound(format!("action {action_id} not found in session {session_id}"));
+        let session = self.store.get_session(tenant, session_id).await?.ok_or_else(not_found)?;
+        if !session.is_active {
+            return Err(StoreError::Conflict(format!("session {session_id} is closed")).into());
+        }
+        let recent = self
+            .store
+            .list_messages(tenant, session_id, MessageQuery { limit: 50, order: Order::Desc, ..Default::default() })
+            .await?;
+        let (message, action) = recent
+            .items
+            .iter()
+            .filter(|m| m.role == Role::Agent)
+            .find_map(|m| {
+                let actions = m.metadata.as_ref()?.get("actions")?.as_array()?;
+                let a = actions.iter().find(|a| a["id"] == json!(action_id))?;
+                Some((m.clone(), a.clone()))
+            })
+            .ok_or_else(not_found)?;
+        let status = action["status"].as_str().unwrap_or_default().to_string();
+        let decided = |action: &Value| {
+            StoreError::Conflict(format!(
+                "action {action_id} was already decided (status {})",
+                action["status"].as_str().unwrap_or("unknown")
+            ))
+        };
+        if status != "pending_approval" {
+            return Err(decided(&action).into());
+        }
+        let call = ToolCall {
+            id: action_id.to_string(),
+            name: action["tool"].as_str().unwrap_or_default().to_string(),
+            arguments: action["arguments"].clone(),
+        };
+        let mut claimed = action.clone();
+        claimed["status"] = json!(if approve { "approved" } else { "rejected" });
+        if let Some(r) = &reason {
+            claimed["reason"] = json!(r);
+        }
+        if !self.store.transition_action(tenant, &message.id, action_id, "pending_approval", claimed.clone()).await? {
+            return Err(decided(&claimed).into());
+        }
+        let ctx = Self::tool_context(tenant, &session.user_id, session.location_id.as_ref());
+        let (resolved, note) = if approve {
+            let result = self.run_tool(&call, &ctx).await;
+            let status = if result.is_error { "failed" } else { "done" };
+            let mut done = action_record(&call, status, Some(&result));
+            done["approved"] = json!(true);
+            self.store.transition_action(tenant, &message.id, action_id, "approved", done.clone()).await?;
+            let note = format!(
+                "[The user approved {}({}). It {}: {}]",
+                call.name,
+                call.arguments,
+                if result.is_error { "failed" } else { "ran" },
+                result.content
+            );
+            (done, note)
+        } else {
+            let note = format!(
+                "[The user rejected {}({}){}. Do not run it.]",
+                call.name,
+                call.arguments,
+                reason.as_deref().map(|r| format!(" because: {r}")).unwrap_or_default()
+            );
+            (claimed, note)
+        };
+        let history = recent_history(&*self.store, &session, self.settings.history_max_messages).await?;
+        let request = self.model_request(note, history, None);
+        let started = Instant::now();
+        let mut thought = self.think(request, &ctx, None).await?;
+        thought.actions.insert(0, resolved);
+        let agent = Self::agent_message(&session.user_id, MessageId::generate(), &thought, started, None);
+        let agent_message = self.store.append_messages(tenant, session_id, vec![agent]).await?.remove(0).message;
+        Ok(TurnOutcome { session_id: session.id, user_message: None, agent_message })
+    }
+}
+
+/// The model's final reply for a turn and every tool call it made on the way.
+struct Thought {
+    reply: ModelReply,
+    actions: Vec<Value>,
 }

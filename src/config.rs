@@ -125,6 +125,45 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `MESSAGE_TTL_DAYS`: how long sessions and messages are kept after their last write.
     pub retention: crate::store::Retention,
+    pub tools: ToolsConfig,
+}
+
+/// The agent's tools: the business API and its settings.
+#[derive(Debug, Clone)]
+pub struct ToolsConfig {
+    pub api_server_url: Option<String>,
+    pub api_server_key: Option<Secret>,
+    pub resource_types: Option<Vec<String>>,
+    pub tools_file: Option<PathBuf>,
+    pub timeout: Duration,
+    pub max_steps: usize,
+    pub approval: crate::tools::ApprovalPolicy,
+    pub result_max_chars: usize,
+}
+
+impl ToolsConfig {
+    /// The toolbox; reads `AGENT_TOOLS_FILE`.
+    pub fn build(&self) -> Result<crate::tools::Toolbox, ConfigError> {
+        let api = match &self.api_server_url {
+            None => None,
+            Some(url) => {
+                let file_tools = match &self.tools_file {
+                    Some(path) => crate::tools::read_tools_file(path).map_err(|e| err("AGENT_TOOLS_FILE", e))?,
+                    None => Vec::new(),
+                };
+                Some(crate::tools::BusinessApi::new(
+                    url.clone(),
+                    self.api_server_key.clone(),
+                    self.resource_types.clone(),
+                    file_tools,
+                ))
+            }
+        };
+        if api.is_none() && self.tools_file.is_some() {
+            return Err(err("AGENT_TOOLS_FILE", "needs API_SERVER_URL: its tools call paths under it"));
+        }
+        Ok(crate::tools::Toolbox::new(api, self.timeout, self.approval, self.max_steps, self.result_max_chars))
+    }
 }
 
 /// Reads a variable; unset and empty are the same.
@@ -284,6 +323,28 @@ impl Config {
             header_read_timeout: Duration::from_secs(parse_num("HEADER_READ_TIMEOUT_SECONDS", 10u64, 1)?),
             max_concurrent_requests: parse_num("MAX_CONCURRENT_REQUESTS", 4096usize, 1)?,
             shutdown_grace: Duration::from_secs(parse_num("SHUTDOWN_GRACE_SECONDS", 25u64, 0)?),
+            tools: ToolsConfig {
+                api_server_url: match var("API_SERVER_URL") {
+                    None => None,
+                    Some(u) if u.starts_with("http://") || u.starts_with("https://") => Some(u),
+                    Some(u) => return Err(err("API_SERVER_URL", format!("{u:?} is not an http(s) URL"))),
+                },
+                api_server_key: var("API_SERVER_KEY").map(Secret::new),
+                resource_types: var("API_RESOURCE_TYPES")
+                    .map(|v| v.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()),
+                tools_file: var("AGENT_TOOLS_FILE").map(PathBuf::from),
+                timeout: Duration::from_secs(parse_num("TOOL_TIMEOUT_SECONDS", 15u64, 1)?),
+                max_steps: parse_num("AGENT_MAX_TOOL_STEPS", 5usize, 1)?,
+                approval: match var("TOOL_APPROVAL").as_deref() {
+                    None | Some("writes") => crate::tools::ApprovalPolicy::Writes,
+                    Some("none") => crate::tools::ApprovalPolicy::None,
+                    Some("all") => crate::tools::ApprovalPolicy::All,
+                    Some(other) => {
+                        return Err(err("TOOL_APPROVAL", format!("{other:?} is not one of writes, none, all")));
+                    }
+                },
+                result_max_chars: parse_num("TOOL_RESULT_MAX_CHARS", 8000usize, 100)?,
+            },
             retention: crate::store::Retention(match var("MESSAGE_TTL_DAYS") {
                 None => None,
                 Some(_) => Some(Duration::from_secs(86_400 * parse_num("MESSAGE_TTL_DAYS", 0u64, 1)?)),

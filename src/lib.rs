@@ -12,6 +12,7 @@ pub mod store;
 pub mod tables;
 pub mod telemetry;
 pub mod timestamp;
+pub mod tools;
 
 use std::sync::Arc;
 

@@ -14,6 +14,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/agent/conversations/{tenantId}/sessions/{sessionId}/close"),
     ("get", "/agent/conversations/{tenantId}/sessions/{sessionId}/messages"),
     ("get", "/agent/conversations/{tenantId}/messages"),
+    ("post", "/agent/conversations/{tenantId}/sessions/{sessionId}/actions/{actionId}/approve"),
+    ("post", "/agent/conversations/{tenantId}/sessions/{sessionId}/actions/{actionId}/reject"),
     ("get", "/healthz"),
     ("get", "/readyz"),
 ];
@@ -38,7 +40,10 @@ async fn every_route_is_in_the_openapi_document_and_exists() {
             let url = format!(
                 "{}{}",
                 s.url,
-                path.replace("{tenantId}", "t1").replace("{userId}", "u1").replace("{sessionId}", "s1")
+                path.replace("{tenantId}", "t1")
+                    .replace("{userId}", "u1")
+                    .replace("{sessionId}", "s1")
+                    .replace("{actionId}", "a1")
             );
             let r = common::http().request(method.to_uppercase().parse().unwrap(), &url).send().await.unwrap();
             let status = r.status().as_u16();

@@ -436,6 +436,16 @@ impl ConversationStore for LaggingIndex {
     async fn import_message(&self, m: Message) -> StoreResult<bool> {
         self.inner.import_message(m).await
     }
+    async fn transition_action(
+        &self,
+        t: &TenantId,
+        m: &MessageId,
+        a: &str,
+        from: &str,
+        to: serde_json::Value,
+    ) -> StoreResult<bool> {
+        self.inner.transition_action(t, m, a, from, to).await
+    }
 }
 
 async fn history_reads_its_own_writes_through_a_lagging_index(store: Arc<dyn ConversationStore>) {

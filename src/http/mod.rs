@@ -1,6 +1,7 @@
 //! The HTTP API: one router per resource, one error type, and the middleware every request passes.
 
 mod access;
+mod actions;
 mod conversations;
 mod error;
 mod process;
@@ -68,6 +69,7 @@ pub fn app(state: AppState, limits: Limits) -> axum::Router {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(process::router())
         .merge(conversations::router())
+        .merge(actions::router())
         .routes(utoipa_axum::routes!(healthz))
         .routes(utoipa_axum::routes!(readyz))
         .split_for_parts();
@@ -254,7 +256,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             config.host
         );
     }
-    let agent = Arc::new(Agent::new(store, provider, settings));
+    let tools = config.tools.build()?;
+    let agent = Arc::new(Agent::with_tools(store, provider, settings, tools));
     let state = AppState {
         agent: agent.clone(),
         auth: Arc::new(Authenticator::from_config(&config.auth)),

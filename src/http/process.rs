@@ -54,8 +54,14 @@ pub struct ProcessResponse {
     session_id: String,
     /// The agent's reply text.
     response: String,
-    user_message: Message,
+    /// The stored user message (absent in the answer to an approval decision).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_message: Option<Message>,
     agent_message: Message,
+    /// Every tool call of the turn: `{id, tool, arguments, status, summary}`, status one of `done`,
+    /// `failed`, `pending_approval`, `rejected`.
+    #[schema(value_type = Vec<Object>)]
+    actions: Vec<Value>,
 }
 
 impl From<TurnOutcome> for ProcessResponse {
@@ -63,6 +69,7 @@ impl From<TurnOutcome> for ProcessResponse {
         Self {
             session_id: t.session_id.to_string(),
             response: t.agent_message.content.clone(),
+            actions: t.actions(),
             user_message: t.user_message,
             agent_message: t.agent_message,
         }
@@ -228,6 +235,8 @@ fn sse_event(event: TurnEvent) -> Event {
             ("session", json!({"sessionId": session_id, "userMessage": user_message}))
         }
         TurnEvent::Delta(text) => ("delta", json!({"text": text})),
+        TurnEvent::ToolCall(call) => ("tool_call", call),
+        TurnEvent::ToolResult(result) => ("tool_result", result),
         TurnEvent::Done(outcome) => ("done", json!(ProcessResponse::from(outcome))),
         TurnEvent::Error(e) => ("error", ApiError::from(e).body(None)),
     };

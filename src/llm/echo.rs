@@ -1,10 +1,15 @@
 //! The `echo` provider: no network, deterministic. Its reply shows what it was given, so tests and
 //! demos can see that history and context reach the model:
 //! `Echo: <message> [history: N messages; context: key1, key2]`.
+//!
+//! It asks for tools deterministically: each line `@tool NAME {json arguments}` in the message is a
+//! tool call of its first step (several lines: parallel calls). Once results are in, it answers
+//! `Echo: ... [tool results: NAME: <result>; ...]`.
 
 use std::time::Duration;
 
 use super::{Deltas, ModelError, ModelReply, ModelRequest, Usage};
+use crate::tools::ToolCall;
 
 pub struct EchoProvider {
     chunk_delay: Duration,
@@ -13,6 +18,21 @@ pub struct EchoProvider {
 impl EchoProvider {
     pub fn new(chunk_delay: Duration) -> Self {
         Self { chunk_delay }
+    }
+
+    /// The `@tool NAME {json}` lines of a message, as calls.
+    fn requested_tools(request: &ModelRequest) -> Vec<ToolCall> {
+        request
+            .message
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("@tool "))
+            .enumerate()
+            .filter_map(|(i, rest)| {
+                let (name, args) = rest.trim().split_once(' ').unwrap_or((rest.trim(), "{}"));
+                let arguments = serde_json::from_str(args).unwrap_or_else(|_| serde_json::json!({}));
+                Some(ToolCall { id: super::call_id(0, i), name: name.to_string(), arguments })
+            })
+            .collect()
     }
 
     pub fn reply_text(request: &ModelRequest) -> String {
@@ -26,6 +46,12 @@ impl EchoProvider {
     }
 
     pub async fn complete(&self, request: &ModelRequest, deltas: Option<&Deltas>) -> Result<ModelReply, ModelError> {
+        if request.steps.is_empty() && !request.tools.is_empty() {
+            let calls = Self::requested_tools(request);
+            if !calls.is_empty() {
+                return Ok(ModelReply { text: String::new(), model: "echo".into(), usage: None, tool_calls: calls });
+            }
+        }
         let text = Self::reply_text(request);
         if let Some(deltas) = deltas {
             // Several chunks, split on word boundaries, so clients see a real stream.
@@ -45,6 +71,7 @@ impl EchoProvider {
             usage: Some(Usage { input_tokens: input, output_tokens: words(&text) }),
             text,
             model: "echo".into(),
+            tool_calls: Vec::new(),
         })
     }
 

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::config::ProviderConfig;
 use crate::store::{Message, Role};
+use crate::tools::{ToolCall, ToolSpec, ToolStep};
 
 pub use bedrock::BedrockProvider;
 pub use echo::EchoProvider;
@@ -26,6 +27,10 @@ pub struct ModelRequest {
     pub message: String,
     /// Free JSON from the calling app (business data, the user's permissions).
     pub context: Option<Map<String, Value>>,
+    /// The tools the model may call.
+    pub tools: Vec<ToolSpec>,
+    /// This turn's earlier tool rounds: the model's calls and their results.
+    pub steps: Vec<ToolStep>,
 }
 
 /// Token counts, when the provider reports them.
@@ -41,6 +46,8 @@ pub struct ModelReply {
     pub text: String,
     pub model: String,
     pub usage: Option<Usage>,
+    /// Tools the model wants called before it answers.
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// Why the model gave no answer.
@@ -54,8 +61,30 @@ pub enum ModelError {
     Timeout(Duration),
 }
 
-/// Text as the model produces it, sent while a reply streams.
-pub type Deltas = mpsc::UnboundedSender<String>;
+/// What a streaming turn reports while it runs, in order.
+#[derive(Debug, Clone)]
+pub enum StreamItem {
+    Delta(String),
+    ToolCall(Value),
+    ToolResult(Value),
+}
+
+/// Where a provider sends text as the model produces it (and the agent its tool events).
+#[derive(Clone)]
+pub struct Deltas(mpsc::UnboundedSender<StreamItem>);
+
+impl Deltas {
+    pub fn new(sender: mpsc::UnboundedSender<StreamItem>) -> Self {
+        Self(sender)
+    }
+    /// Sends text; a listener that went away is not an error for the model call.
+    pub fn send(&self, text: String) {
+        let _ = self.0.send(StreamItem::Delta(text));
+    }
+    pub fn event(&self, item: StreamItem) {
+        let _ = self.0.send(item);
+    }
+}
 
 /// The configured provider.
 pub enum Provider {
@@ -115,8 +144,32 @@ pub(crate) fn chat_messages(request: &ModelRequest) -> Vec<(&'static str, String
             Role::User => "user",
             Role::Agent => "assistant",
         };
-        out.push((role, m.content.clone()));
+        out.push((role, with_tool_record(m)));
     }
     out.push(("user", request.message.clone()));
     out
+}
+
+/// An agent message's text with what its tools did (from `metadata.actions`), so later turns know.
+fn with_tool_record(m: &Message) -> String {
+    let actions = m.metadata.as_ref().and_then(|md| md.get("actions")).and_then(Value::as_array);
+    let Some(actions) = actions.filter(|a| !a.is_empty()) else { return m.content.clone() };
+    let lines: Vec<String> = actions
+        .iter()
+        .map(|a| {
+            format!(
+                "- {}({}) {}: {}",
+                a["tool"].as_str().unwrap_or("?"),
+                a["arguments"],
+                a["status"].as_str().unwrap_or("?"),
+                a["result"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    format!("{}\n\n[Tools used in this turn]\n{}", m.content, lines.join("\n"))
+}
+
+/// Tool call ids are unique within a turn.
+pub(crate) fn call_id(step: usize, index: usize) -> String {
+    format!("call_{}_{}", step + 1, index + 1)
 }

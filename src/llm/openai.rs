@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use crate::config::Secret;
 
 use super::{Deltas, ModelError, ModelReply, ModelRequest, Usage, chat_messages};
+use crate::tools::ToolCall;
 
 pub struct OpenAiProvider {
     http: reqwest::Client,
@@ -37,11 +38,31 @@ impl OpenAiProvider {
     }
 
     pub async fn complete(&self, request: &ModelRequest, deltas: Option<&Deltas>) -> Result<ModelReply, ModelError> {
-        let messages: Vec<Value> = chat_messages(request)
+        let mut messages: Vec<Value> = chat_messages(request)
             .into_iter()
             .map(|(role, content)| json!({"role": role, "content": content}))
             .collect();
+        for step in &request.steps {
+            let calls: Vec<Value> = step
+                .calls
+                .iter()
+                .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments.to_string()}}))
+                .collect();
+            let text = if step.text.is_empty() { Value::Null } else { json!(step.text) };
+            messages.push(json!({"role": "assistant", "content": text, "tool_calls": calls}));
+            for r in &step.results {
+                messages.push(json!({"role": "tool", "tool_call_id": r.call_id, "content": r.content}));
+            }
+        }
         let mut body = json!({"model": self.model, "messages": messages});
+        if !request.tools.is_empty() {
+            let tools: Vec<Value> = request
+                .tools
+                .iter()
+                .map(|t| json!({"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}))
+                .collect();
+            body["tools"] = json!(tools);
+        }
         if deltas.is_some() {
             body["stream"] = json!(true);
             body["stream_options"] = json!({"include_usage": true});
@@ -108,21 +129,29 @@ impl OpenAiProvider {
 
     async fn read_whole(&self, response: reqwest::Response) -> Result<ModelReply, ModelError> {
         let v: Value = response.json().await.map_err(|e| failed(&self.base_url, format!("unreadable answer: {e}")))?;
-        let text = v["choices"][0]["message"]["content"]
-            .as_str()
-            .ok_or_else(|| failed(&self.base_url, "the answer has no choices[0].message.content"))?
-            .to_string();
+        let message = &v["choices"][0]["message"];
+        let tool_calls: Vec<ToolCall> =
+            message["tool_calls"].as_array().map(|calls| calls.iter().map(parse_call).collect()).unwrap_or_default();
+        let text = match message["content"].as_str() {
+            Some(t) => t.to_string(),
+            None if !tool_calls.is_empty() => String::new(),
+            None => return Err(failed(&self.base_url, "the answer has no choices[0].message.content")),
+        };
         Ok(ModelReply {
             text,
             model: v["model"].as_str().unwrap_or(&self.model).to_string(),
             usage: usage(&v["usage"]),
+            tool_calls,
         })
     }
 
     async fn read_stream(&self, response: reqwest::Response, deltas: &Deltas) -> Result<ModelReply, ModelError> {
         let mut body = response.bytes_stream();
         let mut buffer: Vec<u8> = Vec::new();
-        let mut reply = ModelReply { text: String::new(), model: self.model.clone(), usage: None };
+        let mut reply =
+            ModelReply { text: String::new(), model: self.model.clone(), usage: None, tool_calls: Vec::new() };
+        // Tool calls arrive in pieces: by index, an id and a name first, then argument fragments.
+        let mut calls: Vec<(String, String, String)> = Vec::new();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| failed(&self.base_url, format!("stream broke: {e}")))?;
             buffer.extend_from_slice(&chunk);
@@ -135,6 +164,7 @@ impl OpenAiProvider {
                 };
                 let data = data.trim();
                 if data == "[DONE]" {
+                    reply.tool_calls = finish_calls(calls);
                     return Ok(reply);
                 }
                 let event: Value =
@@ -145,14 +175,55 @@ impl OpenAiProvider {
                 if let Some(u) = usage(&event["usage"]) {
                     reply.usage = Some(u);
                 }
+                for piece in event["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                    let index = piece["index"].as_u64().unwrap_or(0) as usize;
+                    if calls.len() <= index {
+                        calls.resize(index + 1, Default::default());
+                    }
+                    let call = &mut calls[index];
+                    if let Some(id) = piece["id"].as_str() {
+                        call.0 = id.to_string();
+                    }
+                    if let Some(name) = piece["function"]["name"].as_str() {
+                        call.1.push_str(name);
+                    }
+                    if let Some(args) = piece["function"]["arguments"].as_str() {
+                        call.2.push_str(args);
+                    }
+                }
                 if let Some(text) = event["choices"][0]["delta"]["content"].as_str().filter(|t| !t.is_empty()) {
                     reply.text.push_str(text);
                     let _ = deltas.send(text.to_string());
                 }
             }
         }
+        reply.tool_calls = finish_calls(calls);
         Ok(reply)
     }
+}
+
+fn parse_call(c: &Value) -> ToolCall {
+    let arguments = c["function"]["arguments"]
+        .as_str()
+        .and_then(|a| serde_json::from_str(a).ok())
+        .unwrap_or_else(|| c["function"]["arguments"].clone());
+    ToolCall {
+        id: c["id"].as_str().unwrap_or_default().to_string(),
+        name: c["function"]["name"].as_str().unwrap_or_default().to_string(),
+        arguments,
+    }
+}
+
+fn finish_calls(calls: Vec<(String, String, String)>) -> Vec<ToolCall> {
+    calls
+        .into_iter()
+        .filter(|(_, name, _)| !name.is_empty())
+        .map(|(id, name, args)| ToolCall {
+            id,
+            name,
+            arguments: serde_json::from_str(&args).unwrap_or(Value::String(args)),
+        })
+        .collect()
 }
 
 fn usage(v: &Value) -> Option<Usage> {

@@ -610,6 +610,47 @@ impl ConversationStore for DynamoStore {
         Ok((sessions, next))
     }
 
+    async fn transition_action(
+        &self,
+        tenant: &TenantId,
+        message: &MessageId,
+        action_id: &str,
+        from: &str,
+        to: serde_json::Value,
+    ) -> StoreResult<bool> {
+        let Some(stored) = self.get_message_item(message.as_str()).await?.filter(|m| &m.tenant_id == tenant) else {
+            return Ok(false);
+        };
+        let actions = stored.metadata.as_ref().and_then(|m| m.get("actions")).and_then(|a| a.as_array());
+        let Some(index) = actions.and_then(|a| a.iter().position(|x| x["id"] == serde_json::json!(action_id))) else {
+            return Ok(false);
+        };
+        // A conditional update of that one list element: only one decision can win.
+        let path = format!("#md.#actions[{index}]");
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.messages)
+            .key("id", s(message.as_str()))
+            .update_expression(format!("SET {path} = :to"))
+            .condition_expression(format!("tenantId = :t AND {path}.#id = :aid AND {path}.#status = :from"))
+            .expression_attribute_names("#md", "metadata")
+            .expression_attribute_names("#actions", "actions")
+            .expression_attribute_names("#id", "id")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":to", to_attribute(&to)?)
+            .expression_attribute_values(":t", s(tenant.as_str()))
+            .expression_attribute_values(":aid", s(action_id))
+            .expression_attribute_values(":from", s(from))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(map_err(&self.messages, "UpdateItem", e)),
+        }
+    }
+
     async fn import_session(&self, session: Session) -> StoreResult<bool> {
         let put = self
             .client

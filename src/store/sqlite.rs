@@ -643,6 +643,44 @@ impl ConversationStore for SqliteStore {
         .await
     }
 
+    async fn transition_action(
+        &self,
+        tenant: &TenantId,
+        message: &MessageId,
+        action_id: &str,
+        from: &str,
+        to: serde_json::Value,
+    ) -> StoreResult<bool> {
+        let (tenant, message, action_id, from) =
+            (tenant.clone(), message.clone(), action_id.to_string(), from.to_string());
+        self.write("transition_action", move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(internal)?;
+            let Some(mut stored) = get_message(&tx, message.as_str())?.filter(|m| m.tenant_id == tenant) else {
+                return Ok(false);
+            };
+            let Some(actions) =
+                stored.metadata.as_mut().and_then(|m| m.get_mut("actions")).and_then(|a| a.as_array_mut())
+            else {
+                return Ok(false);
+            };
+            let Some(slot) = actions.iter_mut().find(|a| a["id"] == serde_json::json!(action_id)) else {
+                return Ok(false);
+            };
+            if slot["status"] != serde_json::json!(from) {
+                return Ok(false);
+            }
+            *slot = to;
+            tx.execute(
+                "UPDATE messages SET metadata = ?2 WHERE id = ?1",
+                params![message.as_str(), json_text(&stored.metadata)],
+            )
+            .map_err(internal)?;
+            tx.commit().map_err(internal)?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn import_session(&self, session: Session) -> StoreResult<bool> {
         self.write("import_session", move |c| insert_session(c, &session)).await
     }

@@ -1,0 +1,146 @@
+//! Agent tools: the built-in tools on the tenant's business API (`API_SERVER_URL`), tools declared in
+//! `AGENT_TOOLS_FILE`, and the tools of MCP servers. The model asks for tool calls; this module says
+//! which tools exist, which of them change things (and so may need approval), and runs them.
+
+mod business_api;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+pub use business_api::{BusinessApi, FileTool, read_tools_file};
+
+use crate::ids::{LocationId, TenantId, UserId};
+
+/// A tool as the model sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    /// JSON schema of the arguments.
+    pub parameters: Value,
+}
+
+/// One call the model asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: Value,
+}
+
+/// What a tool call gave back (or why it failed), as the model will read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolResult {
+    pub call_id: String,
+    pub content: String,
+    pub is_error: bool,
+}
+
+/// One round of the tool loop within a turn: the model's calls and their results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolStep {
+    pub text: String,
+    pub calls: Vec<ToolCall>,
+    pub results: Vec<ToolResult>,
+}
+
+/// Who a tool acts for: always the turn's own tenant, user and location, never the model's choice.
+#[derive(Debug, Clone)]
+pub struct ToolContext {
+    pub tenant: TenantId,
+    pub user: UserId,
+    pub location: Option<LocationId>,
+}
+
+/// Which tool calls wait for a human (`TOOL_APPROVAL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovalPolicy {
+    /// Nothing waits.
+    None,
+    /// Calls that create, change or delete wait; reads run at once.
+    Writes,
+    /// Every call waits.
+    All,
+}
+
+/// The tools available to the agent.
+pub struct Toolbox {
+    api: Option<BusinessApi>,
+    timeout: Duration,
+    pub policy: ApprovalPolicy,
+    pub max_steps: usize,
+    pub result_max_chars: usize,
+}
+
+/// A tool call refused or failed; the message is for the model (and the user), never a 5xx.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ToolError(pub String);
+
+impl Toolbox {
+    pub fn new(
+        api: Option<BusinessApi>,
+        timeout: Duration,
+        policy: ApprovalPolicy,
+        max_steps: usize,
+        result_max_chars: usize,
+    ) -> Self {
+        Self { api, timeout, policy, max_steps, result_max_chars }
+    }
+
+    /// No tools at all.
+    pub fn empty() -> Self {
+        Self::new(None, Duration::from_secs(15), ApprovalPolicy::Writes, 5, 8000)
+    }
+
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        self.api.as_ref().map(|a| a.specs()).unwrap_or_default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.api.is_none()
+    }
+
+    /// Whether a call must wait for approval under the policy.
+    pub fn needs_approval(&self, call: &ToolCall) -> bool {
+        match self.policy {
+            ApprovalPolicy::None => false,
+            ApprovalPolicy::All => true,
+            ApprovalPolicy::Writes => self.api.as_ref().is_none_or(|a| a.is_write(&call.name)),
+        }
+    }
+
+    /// Runs one call within `TOOL_TIMEOUT_SECONDS`; the result is JSON text for the model.
+    pub async fn run(&self, call: &ToolCall, ctx: &ToolContext) -> Result<String, ToolError> {
+        let api = self.api.as_ref().ok_or_else(|| ToolError(format!("no tool named {}", call.name)))?;
+        match tokio::time::timeout(self.timeout, api.call(&call.name, &call.arguments, ctx)).await {
+            Ok(result) => result.map(|v| self.bounded(v.to_string())),
+            Err(_) => {
+                Err(ToolError(format!("{} did not answer within {:?} (TOOL_TIMEOUT_SECONDS)", call.name, self.timeout)))
+            }
+        }
+    }
+
+    /// Cuts text over `TOOL_RESULT_MAX_CHARS`, saying so.
+    pub fn bounded(&self, text: String) -> String {
+        if text.chars().count() <= self.result_max_chars {
+            return text;
+        }
+        let cut: String = text.chars().take(self.result_max_chars).collect();
+        format!("{cut} [truncated: the result was longer than {} characters]", self.result_max_chars)
+    }
+}
+
+/// The record of one tool call, as stored in the agent message's `metadata.actions` and returned in
+/// the response's `actions`.
+pub fn action_record(call: &ToolCall, status: &str, result: Option<&ToolResult>) -> Value {
+    let mut action = json!({"id": call.id, "tool": call.name, "arguments": call.arguments, "status": status});
+    if let Some(r) = result {
+        action["result"] = json!(r.content);
+        let summary: String = r.content.chars().take(200).collect();
+        action["summary"] = json!(summary);
+    }
+    action
+}
