@@ -371,6 +371,38 @@ async fn expired_items_are_hidden_and_purged(store: Arc<dyn ConversationStore>) 
     assert_eq!(all_messages(&*store, &live, Order::Asc, 10).await.len(), 1);
 }
 
+/// A pending action is decided exactly once, under concurrency, and only within its tenant.
+async fn actions_transition_exactly_once(store: Arc<dyn ConversationStore>) {
+    let s = new_session(&*store, "acme", "u1").await;
+    let mut m = msg("u1", Role::Agent, "may I?");
+    m.metadata = Some(
+        json!({"actions": [{"id": "a-1", "tool": "list_resources", "status": "done"}, {"id": "a-2", "tool": "create_resource", "status": "pending_approval"}]})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    let stored = store.append_messages(&s.tenant_id, &s.id, vec![m]).await.unwrap().remove(0).message;
+    let approved = json!({"id": "a-2", "tool": "create_resource", "status": "approved"});
+    assert!(
+        !store
+            .transition_action(&tenant("globex"), &stored.id, "a-2", "pending_approval", approved.clone())
+            .await
+            .unwrap()
+    );
+    let tries =
+        (0..5).map(|_| store.transition_action(&s.tenant_id, &stored.id, "a-2", "pending_approval", approved.clone()));
+    let wins = futures::future::join_all(tries).await.into_iter().filter(|r| *r.as_ref().unwrap()).count();
+    assert_eq!(wins, 1);
+    assert!(
+        !store.transition_action(&s.tenant_id, &stored.id, "a-9", "pending_approval", approved.clone()).await.unwrap()
+    );
+    let back = store.get_message(&s.tenant_id, &stored.id).await.unwrap().unwrap();
+    let actions = back.metadata.unwrap()["actions"].clone();
+    assert_eq!(actions[1]["status"], "approved");
+    assert_eq!(actions[0]["status"], "done", "other actions are untouched");
+    assert_eq!(back.content, "may I?");
+}
+
 /// A store whose first message query misses the newest item, as a lagging GSI can.
 struct LaggingIndex {
     inner: Arc<dyn ConversationStore>,
@@ -494,4 +526,5 @@ conformance!(
     deleting_a_session_and_erasing_a_user_remove_everything,
     history_reads_its_own_writes_through_a_lagging_index,
     expired_items_are_hidden_and_purged,
+    actions_transition_exactly_once,
 );

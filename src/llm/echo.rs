@@ -42,7 +42,18 @@ impl EchoProvider {
             .map(|c| c.keys().cloned().collect::<Vec<_>>().join(", "))
             .filter(|k| !k.is_empty())
             .unwrap_or_else(|| "none".into());
-        format!("Echo: {} [history: {} messages; context: {}]", request.message, request.history.len(), keys)
+        let mut text =
+            format!("Echo: {} [history: {} messages; context: {}]", request.message, request.history.len(), keys);
+        let results: Vec<String> = request
+            .steps
+            .iter()
+            .flat_map(|s| s.calls.iter().zip(&s.results))
+            .map(|(c, r)| format!("{}: {}", c.name, r.content))
+            .collect();
+        if !results.is_empty() {
+            text.push_str(&format!(" [tool results: {}]", results.join("; ")));
+        }
+        text
     }
 
     pub async fn complete(&self, request: &ModelRequest, deltas: Option<&Deltas>) -> Result<ModelReply, ModelError> {

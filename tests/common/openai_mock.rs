@@ -85,7 +85,55 @@ async fn completions(
         let status = StatusCode::from_u16(status).unwrap();
         return (status, Json(json!({"error": {"message": format!("mock failure {status}")}}))).into_response();
     }
-    let reply = format!("mock reply to: {last} ({} messages) ✓", messages.len());
+    // Tool calling: `[tools:[{"name":..,"arguments":{..}}, ..]]` in the newest user message asks for
+    // those calls; once tool results follow, the reply lists them. `[loop]` asks for a tool forever.
+    let newest_user =
+        messages.iter().rev().find(|m| m["role"] == "user").and_then(|m| m["content"].as_str()).unwrap_or_default();
+    let after_tools = messages.last().is_some_and(|m| m["role"] == "tool");
+    let wanted: Option<Vec<Value>> = if newest_user.contains("[loop]") {
+        Some(vec![json!({"name": "list_resources", "arguments": {"resourceType": "appointments"}})])
+    } else if !after_tools {
+        newest_user.find("[tools:").and_then(|i| {
+            let rest = &newest_user[i + 7..];
+            let end = rest.rfind("]]")?;
+            serde_json::from_str(&rest[..=end]).ok()
+        })
+    } else {
+        None
+    };
+    if let Some(calls) = wanted {
+        let calls: Vec<Value> = calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| json!({"id": format!("call_{i}"), "type": "function", "function": {"name": c["name"], "arguments": c["arguments"].to_string()}}))
+            .collect();
+        if body["stream"] == json!(true) {
+            let mut sse = String::new();
+            for (i, c) in calls.iter().enumerate() {
+                let args = c["function"]["arguments"].as_str().unwrap().to_string();
+                let (a, b) = args.split_at(args.len() / 2);
+                let first = json!({"choices": [{"delta": {"tool_calls": [{"index": i, "id": c["id"], "type": "function", "function": {"name": c["function"]["name"], "arguments": a}}]}}]});
+                let second =
+                    json!({"choices": [{"delta": {"tool_calls": [{"index": i, "function": {"arguments": b}}]}}]});
+                sse.push_str(&format!("data: {first}\n\ndata: {second}\n\n"));
+            }
+            sse.push_str("data: [DONE]\n\n");
+            return Response::builder().header("content-type", "text/event-stream").body(Body::from(sse)).unwrap();
+        }
+        return Json(json!({
+            "model": "mock-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": calls}, "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3}
+        }))
+        .into_response();
+    }
+    let reply = if after_tools {
+        let results: Vec<&str> =
+            messages.iter().rev().take_while(|m| m["role"] == "tool").filter_map(|m| m["content"].as_str()).collect();
+        format!("tool results: {}", results.join(" | "))
+    } else {
+        format!("mock reply to: {last} ({} messages) ✓", messages.len())
+    };
     if body["stream"] != json!(true) {
         return Json(json!({
             "id": "chatcmpl-1",
