@@ -188,7 +188,7 @@ impl BedrockProvider {
                         Ok(Some(ConverseStreamOutput::ContentBlockDelta(d))) => match d.delta() {
                             Some(ContentBlockDelta::Text(text)) => {
                                 reply.text.push_str(text);
-                                let _ = deltas.send(text.clone());
+                                deltas.send(text.clone());
                             }
                             Some(ContentBlockDelta::ToolUse(u)) => {
                                 if let Some(entry) = uses.iter_mut().find(|e| e.0 == d.content_block_index()) {

@@ -27,10 +27,10 @@ impl EchoProvider {
             .lines()
             .filter_map(|l| l.trim().strip_prefix("@tool "))
             .enumerate()
-            .filter_map(|(i, rest)| {
+            .map(|(i, rest)| {
                 let (name, args) = rest.trim().split_once(' ').unwrap_or((rest.trim(), "{}"));
                 let arguments = serde_json::from_str(args).unwrap_or_else(|_| serde_json::json!({}));
-                Some(ToolCall { id: super::call_id(0, i), name: name.to_string(), arguments })
+                ToolCall { id: super::call_id(0, i), name: name.to_string(), arguments }
             })
             .collect()
     }
@@ -69,12 +69,12 @@ impl EchoProvider {
             let mut start = 0;
             for (i, _) in text.match_indices(' ').filter(|(i, _)| *i > 0) {
                 if i - start >= 12 {
-                    let _ = deltas.send(text[start..i].to_string());
+                    deltas.send(text[start..i].to_string());
                     start = i;
                     self.pause().await;
                 }
             }
-            let _ = deltas.send(text[start..].to_string());
+            deltas.send(text[start..].to_string());
         }
         let words = |s: &str| s.split_whitespace().count() as u64;
         let input = words(&request.message) + request.history.iter().map(|m| words(&m.content)).sum::<u64>();

@@ -193,7 +193,7 @@ impl OpenAiProvider {
                 }
                 if let Some(text) = event["choices"][0]["delta"]["content"].as_str().filter(|t| !t.is_empty()) {
                     reply.text.push_str(text);
-                    let _ = deltas.send(text.to_string());
+                    deltas.send(text.to_string());
                 }
             }
         }

@@ -73,6 +73,9 @@ fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// A call to make: method, path under `API_SERVER_URL`, query pairs, JSON body.
+type ApiRequest = (reqwest::Method, String, Vec<(String, String)>, Option<Value>);
+
 pub struct BusinessApi {
     http: reqwest::Client,
     base: String,
@@ -277,11 +280,7 @@ impl BusinessApi {
         self.send(method, &path, &query, body, ctx).await
     }
 
-    fn file_tool_request(
-        &self,
-        name: &str,
-        args: &Value,
-    ) -> Result<(reqwest::Method, String, Vec<(String, String)>, Option<Value>), ToolError> {
+    fn file_tool_request(&self, name: &str, args: &Value) -> Result<ApiRequest, ToolError> {
         let tool = self
             .file_tools
             .iter()
