@@ -139,6 +139,8 @@ pub struct ToolsConfig {
     pub max_steps: usize,
     pub approval: crate::tools::ApprovalPolicy,
     pub result_max_chars: usize,
+    /// `MCP_SERVERS`: streamable HTTP URLs of MCP servers whose tools the agent may use.
+    pub mcp_servers: Vec<String>,
 }
 
 impl ToolsConfig {
@@ -344,6 +346,19 @@ impl Config {
                     }
                 },
                 result_max_chars: parse_num("TOOL_RESULT_MAX_CHARS", 8000usize, 100)?,
+                mcp_servers: match var("MCP_SERVERS") {
+                    None => Vec::new(),
+                    Some(v) => {
+                        let urls: Vec<String> =
+                            v.split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect();
+                        if let Some(bad) =
+                            urls.iter().find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+                        {
+                            return Err(err("MCP_SERVERS", format!("{bad:?} is not an http(s) URL")));
+                        }
+                        urls
+                    }
+                },
             },
             retention: crate::store::Retention(match var("MESSAGE_TTL_DAYS") {
                 None => None,

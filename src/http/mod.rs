@@ -256,7 +256,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             config.host
         );
     }
-    let tools = config.tools.build()?;
+    let mut tools = config.tools.build()?;
+    if !config.tools.mcp_servers.is_empty() {
+        tools = tools.with_mcp(crate::tools::McpServers::connect(&config.tools.mcp_servers).await);
+    }
     let agent = Arc::new(Agent::with_tools(store, provider, settings, tools));
     let state = AppState {
         agent: agent.clone(),

@@ -3,6 +3,7 @@
 //! which tools exist, which of them change things (and so may need approval), and runs them.
 
 mod business_api;
+mod mcp;
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 pub use business_api::{BusinessApi, FileTool, read_tools_file};
+pub use mcp::McpServers;
 
 use crate::ids::{LocationId, TenantId, UserId};
 
@@ -68,6 +70,7 @@ pub enum ApprovalPolicy {
 /// The tools available to the agent.
 pub struct Toolbox {
     api: Option<BusinessApi>,
+    mcp: Option<McpServers>,
     timeout: Duration,
     pub policy: ApprovalPolicy,
     pub max_steps: usize,
@@ -87,7 +90,13 @@ impl Toolbox {
         max_steps: usize,
         result_max_chars: usize,
     ) -> Self {
-        Self { api, timeout, policy, max_steps, result_max_chars }
+        Self { api, mcp: None, timeout, policy, max_steps, result_max_chars }
+    }
+
+    /// Adds the tools of MCP servers (the business API's tools win a name clash).
+    pub fn with_mcp(mut self, mcp: McpServers) -> Self {
+        self.mcp = Some(mcp);
+        self
     }
 
     /// No tools at all.
@@ -96,11 +105,23 @@ impl Toolbox {
     }
 
     pub fn specs(&self) -> Vec<ToolSpec> {
-        self.api.as_ref().map(|a| a.specs()).unwrap_or_default()
+        let mut specs = self.api.as_ref().map(|a| a.specs()).unwrap_or_default();
+        if let Some(mcp) = &self.mcp {
+            for spec in mcp.specs() {
+                if !specs.iter().any(|s| s.name == spec.name) {
+                    specs.push(spec);
+                }
+            }
+        }
+        specs
     }
 
     pub fn is_empty(&self) -> bool {
-        self.api.is_none()
+        self.api.is_none() && self.mcp.is_none()
+    }
+
+    fn is_business_tool(&self, name: &str) -> bool {
+        self.api.as_ref().is_some_and(|a| a.specs().iter().any(|s| s.name == name))
     }
 
     /// Whether a call must wait for approval under the policy.
@@ -108,14 +129,24 @@ impl Toolbox {
         match self.policy {
             ApprovalPolicy::None => false,
             ApprovalPolicy::All => true,
-            ApprovalPolicy::Writes => self.api.as_ref().is_none_or(|a| a.is_write(&call.name)),
+            ApprovalPolicy::Writes => match (&self.api, &self.mcp) {
+                (Some(api), _) if self.is_business_tool(&call.name) => api.is_write(&call.name),
+                (_, Some(mcp)) => mcp.is_write(&call.name),
+                _ => true,
+            },
         }
     }
 
     /// Runs one call within `TOOL_TIMEOUT_SECONDS`; the result is JSON text for the model.
     pub async fn run(&self, call: &ToolCall, ctx: &ToolContext) -> Result<String, ToolError> {
-        let api = self.api.as_ref().ok_or_else(|| ToolError(format!("no tool named {}", call.name)))?;
-        match tokio::time::timeout(self.timeout, api.call(&call.name, &call.arguments, ctx)).await {
+        let work = async {
+            match (&self.api, &self.mcp) {
+                (Some(api), _) if self.is_business_tool(&call.name) => api.call(&call.name, &call.arguments, ctx).await,
+                (_, Some(mcp)) => mcp.call(&call.name, &call.arguments).await,
+                _ => Err(ToolError(format!("no tool named {}", call.name))),
+            }
+        };
+        match tokio::time::timeout(self.timeout, work).await {
             Ok(result) => result.map(|v| self.bounded(v.to_string())),
             Err(_) => {
                 Err(ToolError(format!("{} did not answer within {:?} (TOOL_TIMEOUT_SECONDS)", call.name, self.timeout)))

@@ -1,0 +1,120 @@
+//! Tools of an MCP server (rmcp, streamable HTTP) started by the test: listed at start, read-only
+//! ones run at once, others wait for approval.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::TestServer;
+use reqwest::StatusCode;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{ServerCapabilities, ServerConfig};
+use rmcp::transport::streamable_http_server::{
+    StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+};
+use rmcp::{ServerHandler, schemars, tool, tool_handler, tool_router};
+use serde_json::{Value, json};
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct HoursRequest {
+    location: String,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct SmsRequest {
+    to: String,
+    text: String,
+}
+
+#[derive(Debug, Clone)]
+struct Shop {
+    tool_router: ToolRouter<Self>,
+    sms_sent: Arc<AtomicUsize>,
+}
+
+#[tool_router]
+impl Shop {
+    #[tool(description = "Opening hours of a location", annotations(read_only_hint = true))]
+    fn opening_hours(&self, Parameters(HoursRequest { location }): Parameters<HoursRequest>) -> String {
+        format!("{location} is open 9:00-17:00")
+    }
+
+    #[tool(description = "Send a text message to a customer")]
+    fn send_sms(&self, Parameters(SmsRequest { to, text }): Parameters<SmsRequest>) -> String {
+        self.sms_sent.fetch_add(1, Ordering::SeqCst);
+        format!("sent {text:?} to {to}")
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for Shop {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+}
+
+async fn mcp_server(sms_sent: Arc<AtomicUsize>) -> String {
+    let service: StreamableHttpService<Shop, LocalSessionManager> = StreamableHttpService::new(
+        move || Ok(Shop { tool_router: Shop::tool_router(), sms_sent: sms_sent.clone() }),
+        Default::default(),
+        StreamableHttpServerConfig::default().with_sse_keep_alive(None),
+    );
+    let router = axum::Router::new().nest_service("/mcp", service);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    url
+}
+
+async fn turn(s: &TestServer, message: &str) -> Value {
+    let r = common::http()
+        .post(format!("{}/agent/process", s.url))
+        .header("x-tenant-id", "acme")
+        .header("x-user-id", "u1")
+        .json(&json!({"message": message}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_tools_are_listed_run_and_approved() {
+    let sms_sent = Arc::new(AtomicUsize::new(0));
+    let url = mcp_server(sms_sent.clone()).await;
+    let s = TestServer::start("sqlite", &[("MCP_SERVERS", &url)]).await;
+    assert!(s.output().contains("MCP server connected"), "{}", s.output());
+
+    // A read-only MCP tool runs within the turn (the echo provider asks for it).
+    let r = turn(&s, "hours?\n@tool opening_hours {\"location\": \"Downtown\"}").await;
+    assert_eq!(r["actions"][0]["status"], "done", "{r}");
+    assert!(r["response"].as_str().unwrap().contains("Downtown is open 9:00-17:00"), "{r}");
+
+    // One without the read-only hint waits for approval, then runs once.
+    let r = turn(&s, "text her\n@tool send_sms {\"to\": \"+100\", \"text\": \"ready\"}").await;
+    assert_eq!(r["actions"][0]["status"], "pending_approval", "{r}");
+    assert_eq!(sms_sent.load(Ordering::SeqCst), 0);
+    let (session, id) = (r["sessionId"].as_str().unwrap(), r["actions"][0]["id"].as_str().unwrap());
+    let approved: Value = common::http()
+        .post(format!("{}/agent/conversations/acme/sessions/{session}/actions/{id}/approve", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(approved["actions"][0]["status"], "done", "{approved}");
+    assert!(approved["actions"][0]["result"].as_str().unwrap().contains("sent"), "{approved}");
+    assert_eq!(sms_sent.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_mcp_server_does_not_stop_the_agent() {
+    let s = TestServer::start("sqlite", &[("MCP_SERVERS", "http://127.0.0.1:9/mcp")]).await;
+    assert!(s.output().contains("MCP server unreachable"), "{}", s.output());
+    let r = turn(&s, "hello").await;
+    assert!(r["response"].as_str().unwrap().starts_with("Echo: hello"));
+}
