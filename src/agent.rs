@@ -11,7 +11,7 @@ use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
 use crate::llm::{Deltas, ModelError, ModelReply, ModelRequest, Provider, StreamItem, Usage};
 use crate::store::{
     ConversationStore, Message, MessageQuery, Metadata, NewMessage, NewSession, Order, Role, Session, StoreError,
-    recent_history,
+    complete_history, history_query, recent_history,
 };
 use crate::timestamp;
 use crate::tools::{ToolCall, ToolContext, ToolResult, ToolStep, Toolbox, action_record};
@@ -201,16 +201,8 @@ impl Agent {
             return Ok((Some(session), None));
         }
         match self.store.find_active_session(&req.tenant, &req.user).await? {
-            Some(active) => {
-                let idle = timestamp::parse_micros(&active.updated_at)
-                    .map(|t| timestamp::now_micros().saturating_sub(t))
-                    .unwrap_or(i64::MAX);
-                if idle <= self.settings.session_idle.as_micros() as i64 {
-                    Ok((Some(active), None))
-                } else {
-                    Ok((None, Some(active)))
-                }
-            }
+            Some(active) if self.is_idle(&active) => Ok((None, Some(active))),
+            Some(active) => Ok((Some(active), None)),
             None => Ok((None, None)),
         }
     }
@@ -402,22 +394,94 @@ impl Agent {
         if let Some(done) = self.replay(&req, &ids).await? {
             return Ok(done);
         }
-        let (session, idle) = self.find_session(&req).await?;
-        let history = self.history(session.as_ref()).await?;
+        let (session, idle) = match &req.session_id {
+            Some(id) => (Some(id.clone()), None),
+            None => match self.store.find_active_session(&req.tenant, &req.user).await? {
+                Some(active) if !self.is_idle(&active) => (Some(active.id), None),
+                other => (None, other),
+            },
+        };
+        match session {
+            Some(id) => self.continue_session(&req, &id, ids).await,
+            None => self.start_session_turn(&req, idle, ids).await,
+        }
+    }
+
+    fn is_idle(&self, session: &Session) -> bool {
+        let idle = timestamp::parse_micros(&session.updated_at)
+            .map(|t| timestamp::now_micros().saturating_sub(t))
+            .unwrap_or(i64::MAX);
+        idle > self.settings.session_idle.as_micros() as i64
+    }
+
+    /// A turn on an existing session, in two round trips to the store: before the model, one
+    /// conditional write that checks the session and reserves the two timestamps, beside the history
+    /// read; after it, the two messages written at once. If the model fails, the reservation is
+    /// given back and nothing is stored.
+    async fn continue_session(
+        &self,
+        req: &TurnRequest,
+        id: &SessionId,
+        ids: (MessageId, MessageId),
+    ) -> Result<TurnOutcome, TurnError> {
+        let limit = self.settings.history_max_messages;
+        let history_page = async {
+            if limit == 0 {
+                Ok(None)
+            } else {
+                self.store.list_messages(&req.tenant, id, history_query(limit)).await.map(Some)
+            }
+        };
+        let (begun, page) = tokio::join!(self.store.begin_turn(&req.tenant, id, &req.user, 2), history_page);
+        let (before, stamps) = begun?;
+        let history = complete_history(&*self.store, &before, limit, page?).await?;
         let request = self.model_request(req.message.clone(), history, req.context.clone());
-        let ctx = Self::tool_context(
-            &req.tenant,
-            &req.user,
-            session.as_ref().and_then(|s| s.location_id.as_ref()).or(req.location.as_ref()),
-        );
+        let ctx = Self::tool_context(&req.tenant, &req.user, before.location_id.as_ref());
+        let started = Instant::now();
+        let thought = match self.think(request, &ctx, None).await {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = self.store.release_turn(&req.tenant, id, &stamps[1], before.last_message_at.as_deref()).await;
+                return Err(e);
+            }
+        };
+        let message = |new: NewMessage, timestamp: &String| Message {
+            id: new.id,
+            tenant_id: req.tenant.clone(),
+            session_id: id.clone(),
+            user_id: new.user_id,
+            content: new.content,
+            role: new.role,
+            timestamp: timestamp.clone(),
+            metadata: new.metadata,
+            expires_at: None,
+        };
+        let messages = vec![
+            message(Self::user_message(req, ids.0), &stamps[0]),
+            message(Self::agent_message(&req.user, ids.1, &thought, started, None), &stamps[1]),
+        ];
+        let mut stored = self.store.put_messages(&req.tenant, id, messages).await?.into_iter();
+        let (user_message, agent_message) = match (stored.next(), stored.next()) {
+            (Some(u), Some(a)) => (u.message, a.message),
+            _ => return Err(StoreError::Internal("put returned fewer messages than given".into()).into()),
+        };
+        Ok(TurnOutcome { session_id: id.clone(), user_message: Some(user_message), agent_message })
+    }
+
+    /// A turn that starts a session: the session is created only once the model has answered.
+    async fn start_session_turn(
+        &self,
+        req: &TurnRequest,
+        idle: Option<Session>,
+        ids: (MessageId, MessageId),
+    ) -> Result<TurnOutcome, TurnError> {
+        let request = self.model_request(req.message.clone(), Vec::new(), req.context.clone());
+        let ctx = Self::tool_context(&req.tenant, &req.user, req.location.as_ref());
         let started = Instant::now();
         let thought = self.think(request, &ctx, None).await?;
-        let session = match session {
-            Some(s) => s,
-            None => self.start_session(&req, idle).await?,
-        };
+        let session = self.start_session(req, idle).await?;
         let messages =
-            vec![Self::user_message(&req, ids.0), Self::agent_message(&req.user, ids.1, &thought, started, None)];
+            vec![Self::user_message(req, ids.0), Self::agent_message(&req.user, ids.1, &thought, started, None)];
         let mut stored = self.store.append_messages(&session.tenant_id, &session.id, messages).await?.into_iter();
         let (user_message, agent_message) = match (stored.next(), stored.next()) {
             (Some(u), Some(a)) => (u.message, a.message),

@@ -403,6 +403,47 @@ async fn actions_transition_exactly_once(store: Arc<dyn ConversationStore>) {
     assert_eq!(back.content, "may I?");
 }
 
+/// A turn on an existing session: the begin checks the user and reserves ordered timestamps, the
+/// put stores the messages, and a failed turn gives its reservation back.
+async fn turns_reserve_timestamps_and_release_them(store: Arc<dyn ConversationStore>) {
+    let s = new_session(&*store, "acme", "u1").await;
+    let first = append(&*store, &s, &["before"]).await.remove(0);
+    let err = store.begin_turn(&s.tenant_id, &s.id, &user("u2"), 2).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    let err = store.begin_turn(&tenant("globex"), &s.id, &user("u1"), 2).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    let (before, stamps) = store.begin_turn(&s.tenant_id, &s.id, &user("u1"), 2).await.unwrap();
+    assert_eq!(before.last_message_at.as_deref(), Some(first.timestamp.as_str()));
+    assert!(first.timestamp < stamps[0] && stamps[0] < stamps[1]);
+    // A concurrent turn gets later timestamps.
+    let (_, later) = store.begin_turn(&s.tenant_id, &s.id, &user("u1"), 2).await.unwrap();
+    assert!(later[0] > stamps[1]);
+    store.release_turn(&s.tenant_id, &s.id, &later[1], Some(&stamps[1])).await.unwrap();
+    let make = |content: &str, ts: &str, role| Message {
+        id: MessageId::generate(),
+        tenant_id: s.tenant_id.clone(),
+        session_id: s.id.clone(),
+        user_id: user("u1"),
+        content: content.into(),
+        role,
+        timestamp: ts.into(),
+        metadata: None,
+        expires_at: None,
+    };
+    let q = make("question", &stamps[0], Role::User);
+    let a = make("answer", &stamps[1], Role::Agent);
+    let out = store.put_messages(&s.tenant_id, &s.id, vec![q.clone(), a]).await.unwrap();
+    assert!(out.iter().all(|x| x.created));
+    assert!(!store.put_messages(&s.tenant_id, &s.id, vec![q]).await.unwrap()[0].created, "idempotent");
+    let session = store.get_session(&s.tenant_id, &s.id).await.unwrap().unwrap();
+    assert_eq!(session.last_message_at.as_deref(), Some(stamps[1].as_str()), "the released turn gave its time back");
+    let history = recent_history(&*store, &session, 10).await.unwrap();
+    assert_eq!(history.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["before", "question", "answer"]);
+    store.close_session(&s.tenant_id, &s.id).await.unwrap();
+    let err = store.begin_turn(&s.tenant_id, &s.id, &user("u1"), 2).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+}
+
 /// A store whose first message query misses the newest item, as a lagging GSI can.
 struct LaggingIndex {
     inner: Arc<dyn ConversationStore>,
@@ -478,6 +519,21 @@ impl ConversationStore for LaggingIndex {
     ) -> StoreResult<bool> {
         self.inner.transition_action(t, m, a, from, to).await
     }
+    async fn begin_turn(
+        &self,
+        t: &TenantId,
+        s: &SessionId,
+        u: &UserId,
+        n: usize,
+    ) -> StoreResult<(Session, Vec<String>)> {
+        self.inner.begin_turn(t, s, u, n).await
+    }
+    async fn put_messages(&self, t: &TenantId, s: &SessionId, m: Vec<Message>) -> StoreResult<Vec<Appended>> {
+        self.inner.put_messages(t, s, m).await
+    }
+    async fn release_turn(&self, t: &TenantId, s: &SessionId, r: &str, p: Option<&str>) -> StoreResult<()> {
+        self.inner.release_turn(t, s, r, p).await
+    }
 }
 
 async fn history_reads_its_own_writes_through_a_lagging_index(store: Arc<dyn ConversationStore>) {
@@ -527,4 +583,5 @@ conformance!(
     history_reads_its_own_writes_through_a_lagging_index,
     expired_items_are_hidden_and_purged,
     actions_transition_exactly_once,
+    turns_reserve_timestamps_and_release_them,
 );

@@ -118,9 +118,10 @@ fn free_port() -> u16 {
 }
 
 /// Starts agent-server and waits for its "listening on" line.
-fn start_server(bin: &PathBuf, env: &[(&str, String)]) -> Proc {
+fn start_server(bin: &std::path::Path, env: &[(&str, String)]) -> Proc {
     let dir = tempfile::tempdir().unwrap();
-    let bin = std::fs::canonicalize(bin).unwrap_or_else(|e| panic!("{}: {e} (build it: cargo build --release)", bin.display()));
+    let bin = std::fs::canonicalize(bin)
+        .unwrap_or_else(|e| panic!("{}: {e} (build it: cargo build --release)", bin.display()));
     let mut cmd = Command::new(&bin);
     cmd.arg("serve")
         .env_clear()
@@ -133,7 +134,8 @@ fn start_server(bin: &PathBuf, env: &[(&str, String)]) -> Proc {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {}: {e} (build it: cargo build --release)", bin.display()));
+    let mut child =
+        cmd.spawn().unwrap_or_else(|e| panic!("start {}: {e} (build it: cargo build --release)", bin.display()));
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -152,7 +154,11 @@ fn start_server(bin: &PathBuf, env: &[(&str, String)]) -> Proc {
 fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
-        status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
 }
@@ -209,7 +215,13 @@ impl Traffic {
 }
 
 /// One turn; the latency in microseconds (or to the first delta when streaming), and the session.
-async fn one_turn(client: &reqwest::Client, url: &str, n: u64, session: Option<&str>, stream: bool) -> Result<(u64, String), String> {
+async fn one_turn(
+    client: &reqwest::Client,
+    url: &str,
+    n: u64,
+    session: Option<&str>,
+    stream: bool,
+) -> Result<(u64, String), String> {
     let (tenant, user) = Traffic::who(n);
     let mut body = json!({"message": Traffic::message(n)});
     if let Some(s) = session {
@@ -262,7 +274,8 @@ async fn closed_loop(url: &str, pid: Option<u32>, concurrency: usize, seconds: u
     let deadline = started + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (client, url, counter, hist, errors) = (client.clone(), url.to_string(), counter.clone(), hist.clone(), errors.clone());
+        let (client, url, counter, hist, errors) =
+            (client.clone(), url.to_string(), counter.clone(), hist.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let mut local = histogram();
             let mut session: Option<String> = None;
@@ -355,7 +368,7 @@ async fn mock_own_latency(mock: SocketAddr, stream: bool, n: usize) -> Stats {
 
 // ---- DynamoDB: dynalite and the counting proxy ---------------------------------------------------
 
-fn start_dynalite(bench_dir: &PathBuf) -> Proc {
+fn start_dynalite(bench_dir: &std::path::Path) -> Proc {
     let port = free_port();
     let cli = bench_dir.join("node_modules/dynalite/cli.js");
     let child = Command::new("node")
@@ -388,7 +401,14 @@ struct Proxy {
 
 async fn forward(State(p): State<Proxy>, headers: HeaderMap, body: Bytes) -> Response {
     let start = p.epoch.elapsed().as_micros() as u64;
-    let op = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("").rsplit('.').next().unwrap_or("").to_string();
+    let op = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .rsplit('.')
+        .next()
+        .unwrap_or("")
+        .to_string();
     let mut req = p.client.post(&p.upstream).body(body);
     for (k, v) in &headers {
         if k != "content-length" {
@@ -448,8 +468,13 @@ fn dynamo_env(endpoint: &str, sessions: &str, messages: &str) -> Vec<(&'static s
     ]
 }
 
-fn create_tables(bin: &PathBuf, env: &[(&str, String)]) {
-    let out = Command::new(bin).args(["tables", "create"]).env_clear().envs(env.iter().map(|(k, v)| (*k, v))).output().unwrap();
+fn create_tables(bin: &std::path::Path, env: &[(&str, String)]) {
+    let out = Command::new(bin)
+        .args(["tables", "create"])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "tables create: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -473,7 +498,11 @@ impl Report {
 }
 
 fn model_env(mock: SocketAddr) -> Vec<(&'static str, String)> {
-    vec![("LLM_PROVIDER", "openai".into()), ("OPENAI_BASE_URL", format!("http://{mock}/v1")), ("LLM_MODEL", "bench".into())]
+    vec![
+        ("LLM_PROVIDER", "openai".into()),
+        ("OPENAI_BASE_URL", format!("http://{mock}/v1")),
+        ("LLM_MODEL", "bench".into()),
+    ]
 }
 
 async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<PathBuf>) {
@@ -495,7 +524,10 @@ async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<PathBuf
         "p99 ≤ 150 µs",
         Some(added(0.99) <= 150.0),
     );
-    report.json.insert("added_latency_us".into(), json!({"p50": added(0.5), "p90": added(0.9), "p99": added(0.99), "p999": added(0.999), "mock_p50": own.p(0.5)}));
+    report.json.insert(
+        "added_latency_us".into(),
+        json!({"p50": added(0.5), "p90": added(0.9), "p99": added(0.99), "p999": added(0.999), "mock_p50": own.p(0.5)}),
+    );
     report.row("4. RSS idle", format!("{:.1} MiB", idle_rss as f64 / 1024.0), "≤ 15 MiB", Some(idle_rss <= 15 * 1024));
 
     // 2: throughput on SQLite.
@@ -508,11 +540,20 @@ async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<PathBuf
         };
         report.row(
             &format!("2. SQLite c={c}"),
-            format!("{:.0} turns/s, p99 {:.2} ms, {:.0} turns/CPU-s, {} errors", st.rate(), st.p(0.99) / 1000.0, per_cpu, st.errors),
+            format!(
+                "{:.0} turns/s, p99 {:.2} ms, {:.0} turns/CPU-s, {} errors",
+                st.rate(),
+                st.p(0.99) / 1000.0,
+                per_cpu,
+                st.errors
+            ),
             target,
             met,
         );
-        report.json.insert(format!("sqlite_c{c}"), json!({"turns_per_s": st.rate(), "p99_ms": st.p(0.99) / 1000.0, "turns_per_cpu_s": per_cpu}));
+        report.json.insert(
+            format!("sqlite_c{c}"),
+            json!({"turns_per_s": st.rate(), "p99_ms": st.p(0.99) / 1000.0, "turns_per_cpu_s": per_cpu}),
+        );
     }
     let open = open_loop(&s.url, 1000.0, seconds).await;
     report.row(
@@ -526,11 +567,20 @@ async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<PathBuf
     let own_stream = mock_own_latency(mock, true, 2000).await;
     let st = closed_loop(&s.url, Some(pid), 1, seconds, true).await;
     let ttft = |q: f64| (st.p(q) - own_stream.p(0.5)).max(0.0);
-    report.row("3. added time to first token, c=1 (p50/p99)", format!("{:.0}/{:.0} µs", ttft(0.5), ttft(0.99)), "≤ 250 µs", Some(ttft(0.99) <= 250.0));
+    report.row(
+        "3. added time to first token, c=1 (p50/p99)",
+        format!("{:.0}/{:.0} µs", ttft(0.5), ttft(0.99)),
+        "≤ 250 µs",
+        Some(ttft(0.99) <= 250.0),
+    );
     drop(s);
 
     // 3 and 4: 1,000 concurrent streams held open by a slow model.
-    let slow = start_mock(MockModel { ttft: Duration::from_millis(200), per_token: Duration::from_millis(100), tokens: 20 }, 0).await;
+    let slow = start_mock(
+        MockModel { ttft: Duration::from_millis(200), per_token: Duration::from_millis(100), tokens: 20 },
+        0,
+    )
+    .await;
     let s = start_server(&bin, &model_env(slow));
     let pid = s.child.id();
     let client = reqwest::Client::builder().pool_max_idle_per_host(1000).build().unwrap();
@@ -551,7 +601,12 @@ async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<PathBuf
     .await;
     sampling.abort();
     let completed = streams.iter().filter(|r| r.is_ok()).count();
-    report.row("3. 1,000 concurrent SSE streams (slow model, 2.1 s each)", format!("{completed} of 1000 complete"), "all complete", Some(completed == 1000));
+    report.row(
+        "3. 1,000 concurrent SSE streams (slow model, 2.1 s each)",
+        format!("{completed} of 1000 complete"),
+        "all complete",
+        Some(completed == 1000),
+    );
     let peak_mib = peak.load(Ordering::Relaxed) as f64 / 1024.0;
     report.row("4. RSS at 1,000 concurrent streams", format!("{peak_mib:.1} MiB"), "≤ 64 MiB", Some(peak_mib <= 64.0));
     drop(s);
@@ -577,27 +632,48 @@ async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<PathBuf
                 calls.lock().unwrap().clear();
                 let (_, sid) = one_turn(&client, &s.url, 900_000 + k, session.as_deref(), false).await.unwrap();
                 let log = calls.lock().unwrap().clone();
-                if t == 0 { starting.push(log) } else { continuing.push(log) }
+                if t == 0 {
+                    starting.push(log)
+                } else {
+                    continuing.push(log)
+                }
                 session = Some(sid);
             }
         }
-        for (name, logs) in [("continuing a session (sessionId given)", &continuing), ("starting a session", &starting)] {
+        for (name, logs) in [("continuing a session (sessionId given)", &continuing), ("starting a session", &starting)]
+        {
             let mut ops: BTreeMap<String, usize> = BTreeMap::new();
             for log in logs.iter() {
                 for (_, _, op) in log {
                     *ops.entry(op.clone()).or_default() += 1;
                 }
             }
-            let per_turn: Vec<String> = ops.iter().map(|(op, n)| format!("{} {op}", *n as f64 / logs.len() as f64)).collect();
+            let per_turn: Vec<String> =
+                ops.iter().map(|(op, n)| format!("{} {op}", *n as f64 / logs.len() as f64)).collect();
             let total: f64 = ops.values().sum::<usize>() as f64 / logs.len() as f64;
             let phase = logs.iter().map(|l| phases(l)).max().unwrap_or(0);
-            report.row(&format!("5. DynamoDB requests per turn, {name}"), format!("{total} ({}); {phase} sequential phases", per_turn.join(", ")), "≤ 5 requests; 1 phase before and 1 after the model", Some(total <= 5.0 && phase <= 2));
+            report.row(
+                &format!("5. DynamoDB requests per turn, {name}"),
+                format!("{total} ({}); {phase} sequential phases", per_turn.join(", ")),
+                "≤ 5 requests; 1 phase before and 1 after the model",
+                Some(total <= 5.0 && phase <= 2),
+            );
             if name.starts_with("continuing") {
-                let reads = ops.iter().filter(|(op, _)| matches!(op.as_str(), "GetItem" | "Query")).map(|(_, n)| *n).sum::<usize>() as f64 / logs.len() as f64;
+                let reads = ops
+                    .iter()
+                    .filter(|(op, _)| matches!(op.as_str(), "GetItem" | "Query"))
+                    .map(|(_, n)| *n)
+                    .sum::<usize>() as f64
+                    / logs.len() as f64;
                 let writes = total - reads;
                 // On-demand list prices (us-east-1): $0.125 per million reads, $0.625 per million writes (items ≤ 1 KB / 4 KB).
                 let cost = reads * 0.125 + writes * 0.625;
-                report.row("5. on-demand cost per million turns (continuing)", format!("${cost:.2} ({reads} reads, {writes} writes per turn)"), "-", None);
+                report.row(
+                    "5. on-demand cost per million turns (continuing)",
+                    format!("${cost:.2} ({reads} reads, {writes} writes per turn)"),
+                    "-",
+                    None,
+                );
             }
         }
         for c in [16, 64] {
@@ -605,11 +681,20 @@ async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<PathBuf
             let per_cpu = st.ok as f64 / st.cpu.max(0.001);
             report.row(
                 &format!("2. DynamoDB (dynalite) c={c}"),
-                format!("{:.0} turns/s, p99 {:.2} ms, {:.0} turns per server CPU-s, {} errors", st.rate(), st.p(0.99) / 1000.0, per_cpu, st.errors),
+                format!(
+                    "{:.0} turns/s, p99 {:.2} ms, {:.0} turns per server CPU-s, {} errors",
+                    st.rate(),
+                    st.p(0.99) / 1000.0,
+                    per_cpu,
+                    st.errors
+                ),
                 "≥ 1,500 turns per server CPU-s",
                 Some(per_cpu >= 1500.0),
             );
-            report.json.insert(format!("dynamodb_c{c}"), json!({"turns_per_s": st.rate(), "p99_ms": st.p(0.99) / 1000.0, "turns_per_cpu_s": per_cpu}));
+            report.json.insert(
+                format!("dynamodb_c{c}"),
+                json!({"turns_per_s": st.rate(), "p99_ms": st.p(0.99) / 1000.0, "turns_per_cpu_s": per_cpu}),
+            );
         }
         let ours = report.json.get("dynamodb_c16").and_then(|v| v["turns_per_cpu_s"].as_f64()).unwrap_or(0.0);
         drop(s);
@@ -637,7 +722,13 @@ async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<PathBuf
             let theirs = st.ok as f64 / st.cpu.max(0.001);
             report.row(
                 "7. Node.js/Express + AWS SDK v3 baseline, c=16",
-                format!("{:.0} turns/s, {:.0} turns per server CPU-s, {} errors; ratio {:.1}x", st.rate(), theirs, st.errors, ours / theirs.max(0.001)),
+                format!(
+                    "{:.0} turns/s, {:.0} turns per server CPU-s, {} errors; ratio {:.1}x",
+                    st.rate(),
+                    theirs,
+                    st.errors,
+                    ours / theirs.max(0.001)
+                ),
                 "≥ 5x",
                 Some(ours / theirs.max(0.001) >= 5.0),
             );
@@ -655,7 +746,7 @@ async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<PathBuf
 
 /// Turn and read latency with 10, 1,000 and 10,000 messages in the session, and with other tenants'
 /// data in the store.
-async fn growth(bin: &PathBuf, mock: SocketAddr, report: &mut Report) {
+async fn growth(bin: &std::path::Path, mock: SocketAddr, report: &mut Report) {
     let s = start_server(bin, &model_env(mock));
     let client = reqwest::Client::new();
     let mut session: Option<String> = None;
@@ -681,7 +772,11 @@ async fn growth(bin: &PathBuf, mock: SocketAddr, report: &mut Report) {
         sent += 200;
         report.row(
             &format!("6. session with {target} messages: turn / conversation read p50"),
-            format!("{:.2} / {:.2} ms", turn.value_at_quantile(0.5) as f64 / 1000.0, read.value_at_quantile(0.5) as f64 / 1000.0),
+            format!(
+                "{:.2} / {:.2} ms",
+                turn.value_at_quantile(0.5) as f64 / 1000.0,
+                read.value_at_quantile(0.5) as f64 / 1000.0
+            ),
             "flat as data grows",
             None,
         );

@@ -227,6 +227,32 @@ impl DynamoStore {
         Ok(count)
     }
 
+    /// Conditional PutItems of new messages, in parallel. An id already stored in the same session
+    /// is returned as stored; one stored elsewhere is a conflict.
+    async fn put_all(&self, messages: Vec<Message>) -> StoreResult<Vec<Appended>> {
+        let writes = messages.into_iter().map(|m| async move {
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.messages)
+                .set_item(Some(message_item(&m)?))
+                .condition_expression("attribute_not_exists(id)")
+                .send()
+                .await;
+            match put {
+                Ok(_) => Ok(Appended { message: m, created: true }),
+                Err(e) if is_conditional_failure(&e) => match self.get_message_item(m.id.as_str()).await? {
+                    Some(existing) if existing.tenant_id == m.tenant_id && existing.session_id == m.session_id => {
+                        Ok(Appended { message: existing, created: false })
+                    }
+                    _ => Err(StoreError::Conflict(format!("message id {} is already used", m.id))),
+                },
+                Err(e) => Err(map_err(&self.messages, "PutItem", e)),
+            }
+        });
+        futures::future::try_join_all(writes).await
+    }
+
     /// Moves the session's `lastMessageAt` forward over `count` new timestamps and returns them.
     /// Returns the new timestamps and the session's previous `lastMessageAt` and `updatedAt`.
     async fn reserve_timestamps(&self, tenant: &str, session: &str, count: usize) -> StoreResult<(Vec<String>, Item)> {
@@ -387,27 +413,7 @@ impl ConversationStore for DynamoStore {
             m.expires_at = timestamp::parse_micros(&ts).and_then(|micros| self.retention.expires_at(micros));
             m.timestamp = ts;
         }
-        let writes = built.into_iter().map(|m| async move {
-            let put = self
-                .client
-                .put_item()
-                .table_name(&self.messages)
-                .set_item(Some(message_item(&m)?))
-                .condition_expression("attribute_not_exists(id)")
-                .send()
-                .await;
-            match put {
-                Ok(_) => Ok(Appended { message: m, created: true }),
-                Err(e) if is_conditional_failure(&e) => match self.get_message_item(m.id.as_str()).await? {
-                    Some(existing) if existing.tenant_id == m.tenant_id && existing.session_id == m.session_id => {
-                        Ok(Appended { message: existing, created: false })
-                    }
-                    _ => Err(StoreError::Conflict(format!("message id {} is already used", m.id))),
-                },
-                Err(e) => Err(map_err(&self.messages, "PutItem", e)),
-            }
-        });
-        let appended = futures::future::try_join_all(writes).await?;
+        let appended = self.put_all(built).await?;
         // Ids that were already stored did not use their reserved timestamps: move the session's
         // marks back to the newest message really written, unless another append moved them since.
         let newest_created = appended.iter().filter(|a| a.created).map(|a| &a.message.timestamp).max();
@@ -441,6 +447,120 @@ impl ConversationStore for DynamoStore {
             }
         }
         Ok(appended)
+    }
+
+    async fn begin_turn(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        user: &UserId,
+        count: usize,
+    ) -> StoreResult<(Session, Vec<String>)> {
+        let not_found = || StoreError::NotFound(format!("session {session} not found for this tenant and user"));
+        let mut after: Option<String> = None;
+        for _ in 0..20 {
+            let stamps = timestamp::allocate(after.as_deref(), count);
+            let (first, last) = (stamps[0].clone(), stamps[count - 1].clone());
+            let expires_at = timestamp::parse_micros(&last).and_then(|m| self.retention.expires_at(m));
+            // One conditional write checks the session (this user's, active) and reserves the
+            // timestamps; the old item comes back for the history check.
+            let mut update = self
+                .client
+                .update_item()
+                .table_name(&self.sessions)
+                .key("id", s(session.as_str()))
+                .key("tenantId", s(tenant.as_str()))
+                .condition_expression(
+                    "attribute_exists(id) AND userId = :u AND isActive = :active AND \
+                     (attribute_not_exists(lastMessageAt) OR lastMessageAt < :first)",
+                )
+                .expression_attribute_values(":u", s(user.as_str()))
+                .expression_attribute_values(":active", AttributeValue::Bool(true))
+                .expression_attribute_values(":first", s(first))
+                .expression_attribute_values(":last", s(last))
+                .return_values(ReturnValue::AllOld);
+            update = match expires_at {
+                Some(at) => update
+                    .update_expression("SET lastMessageAt = :last, updatedAt = :last, expiresAt = :exp")
+                    .expression_attribute_values(":exp", AttributeValue::N(at.to_string())),
+                None => update.update_expression("SET lastMessageAt = :last, updatedAt = :last"),
+            };
+            match update.send().await {
+                Ok(out) => {
+                    let before = session_from_item(out.attributes.unwrap_or_default())?;
+                    if is_expired(before.expires_at) {
+                        return Err(not_found());
+                    }
+                    return Ok((before, stamps));
+                }
+                Err(e) if is_conditional_failure(&e) => {
+                    let stored = self
+                        .get_session_item(tenant.as_str(), session.as_str())
+                        .await?
+                        .filter(|s| &s.user_id == user)
+                        .ok_or_else(not_found)?;
+                    if !stored.is_active {
+                        return Err(StoreError::Conflict(format!(
+                            "session {session} is closed; send the message without sessionId to start a new one"
+                        )));
+                    }
+                    after = stored.last_message_at;
+                }
+                Err(e) => return Err(map_err(&self.sessions, "UpdateItem", e)),
+            }
+        }
+        Err(StoreError::Conflict(format!("session {session} is being written by too many requests at once; retry")))
+    }
+
+    async fn put_messages(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        messages: Vec<Message>,
+    ) -> StoreResult<Vec<Appended>> {
+        let mut checked = Vec::with_capacity(messages.len());
+        for mut m in messages {
+            if &m.tenant_id != tenant || &m.session_id != session {
+                return Err(StoreError::Invalid("a message of another session".into()));
+            }
+            m.expires_at = timestamp::parse_micros(&m.timestamp).and_then(|micros| self.retention.expires_at(micros));
+            let size = message_item_bytes(&m);
+            if size > MAX_ITEM_BYTES {
+                return Err(StoreError::TooLarge(format!(
+                    "message {} is {size} bytes; DynamoDB's limit is {MAX_ITEM_BYTES} bytes per item",
+                    m.id
+                )));
+            }
+            message_item(&m)?;
+            checked.push(m);
+        }
+        self.put_all(checked).await
+    }
+
+    async fn release_turn(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        reserved_last: &str,
+        previous: Option<&str>,
+    ) -> StoreResult<()> {
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.sessions)
+            .key("id", s(session.as_str()))
+            .key("tenantId", s(tenant.as_str()))
+            .condition_expression("lastMessageAt = :reserved")
+            .expression_attribute_values(":reserved", s(reserved_last));
+        update = match previous {
+            Some(p) => update.update_expression("SET lastMessageAt = :prev").expression_attribute_values(":prev", s(p)),
+            None => update.update_expression("REMOVE lastMessageAt"),
+        };
+        match update.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Ok(()),
+            Err(e) => Err(map_err(&self.sessions, "UpdateItem", e)),
+        }
     }
 
     async fn get_message(&self, tenant: &TenantId, id: &MessageId) -> StoreResult<Option<Message>> {

@@ -229,6 +229,34 @@ pub trait ConversationStore: Send + Sync + 'static {
     ) -> StoreResult<Page<Session>>;
     /// Appends messages to an active session with strictly increasing timestamps, in order.
     /// A message whose id is already stored in this session is not stored again.
+    /// Starts a turn on an existing session: checks that it is this user's and active, moves its
+    /// activity forward and reserves `count` strictly increasing timestamps after its newest message,
+    /// in one write. Returns the session as it was before (its `last_message_at` is what a history
+    /// read must reach) and the timestamps. Messages written with them go through `put_messages`.
+    async fn begin_turn(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        user: &UserId,
+        count: usize,
+    ) -> StoreResult<(Session, Vec<String>)>;
+    /// Stores messages whose timestamps `begin_turn` reserved, all at once; a message whose id is
+    /// already stored in this session is returned as stored.
+    async fn put_messages(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        messages: Vec<Message>,
+    ) -> StoreResult<Vec<Appended>>;
+    /// Gives back the timestamps of a turn that stored nothing (the model failed), unless another
+    /// turn reserved after it.
+    async fn release_turn(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        reserved_last: &str,
+        previous: Option<&str>,
+    ) -> StoreResult<()>;
     async fn append_messages(
         &self,
         tenant: &TenantId,
@@ -292,18 +320,30 @@ pub async fn recent_history(
     session: &Session,
     limit: usize,
 ) -> StoreResult<Vec<Message>> {
+    complete_history(store, session, limit, None).await
+}
+
+/// The query `recent_history` makes, to run beside other requests.
+pub fn history_query(limit: usize) -> MessageQuery {
+    MessageQuery { limit, order: Order::Desc, ..Default::default() }
+}
+
+/// `recent_history`, starting from a first page already read with `history_query`.
+pub async fn complete_history(
+    store: &dyn ConversationStore,
+    session: &Session,
+    limit: usize,
+    mut first: Option<Page<Message>>,
+) -> StoreResult<Vec<Message>> {
     if limit == 0 {
         return Ok(Vec::new());
     }
     let mut delay = Duration::from_millis(10);
     for attempt in 0.. {
-        let page = store
-            .list_messages(
-                &session.tenant_id,
-                &session.id,
-                MessageQuery { limit, order: Order::Desc, ..Default::default() },
-            )
-            .await?;
+        let page = match first.take() {
+            Some(page) => page,
+            None => store.list_messages(&session.tenant_id, &session.id, history_query(limit)).await?,
+        };
         let newest = page.items.first().map(|m| m.timestamp.as_str());
         let complete = match (&session.last_message_at, newest) {
             (None, _) => true,

@@ -472,6 +472,101 @@ impl ConversationStore for SqliteStore {
         .await
     }
 
+    async fn begin_turn(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        user: &UserId,
+        count: usize,
+    ) -> StoreResult<(Session, Vec<String>)> {
+        let (tenant, session, user) = (tenant.clone(), session.clone(), user.clone());
+        self.write("begin_turn", move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(internal)?;
+            let stored = get_session(&tx, tenant.as_str(), session.as_str())?
+                .filter(|s| s.user_id == user)
+                .ok_or_else(|| StoreError::NotFound(format!("session {session} not found for this tenant and user")))?;
+            if !stored.is_active {
+                return Err(StoreError::Conflict(format!(
+                    "session {session} is closed; send the message without sessionId to start a new one"
+                )));
+            }
+            let stamps = timestamp::allocate(stored.last_message_at.as_deref(), count);
+            let last = stamps.last().cloned().unwrap_or_default();
+            tx.execute(
+                "UPDATE sessions SET last_message_at = ?1, updated_at = ?1 WHERE tenant_id = ?2 AND id = ?3",
+                params![last, tenant.as_str(), session.as_str()],
+            )
+            .map_err(internal)?;
+            tx.commit().map_err(internal)?;
+            Ok((stored, stamps))
+        })
+        .await
+    }
+
+    async fn put_messages(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        messages: Vec<Message>,
+    ) -> StoreResult<Vec<Appended>> {
+        let (tenant, session) = (tenant.clone(), session.clone());
+        let retention = self.retention;
+        self.write("put_messages", move |c| {
+            let tx = c.transaction().map_err(internal)?;
+            let mut out = Vec::with_capacity(messages.len());
+            for mut m in messages {
+                let size = message_item_bytes(&m);
+                if size > MAX_ITEM_BYTES {
+                    return Err(StoreError::TooLarge(format!(
+                        "message {} is {size} bytes; the storage limit is {MAX_ITEM_BYTES} bytes per message",
+                        m.id
+                    )));
+                }
+                m.expires_at = timestamp::parse_micros(&m.timestamp).and_then(|micros| retention.expires_at(micros));
+                if insert_message(&tx, &m)? {
+                    out.push(Appended { message: m, created: true });
+                } else {
+                    match get_message(&tx, m.id.as_str())? {
+                        Some(existing) if existing.tenant_id == tenant && existing.session_id == session => {
+                            out.push(Appended { message: existing, created: false })
+                        }
+                        _ => return Err(StoreError::Conflict(format!("message id {} is already used", m.id))),
+                    }
+                }
+            }
+            if let Some(at) = out.iter().filter_map(|a| a.message.expires_at).max() {
+                tx.execute(
+                    "UPDATE sessions SET expires_at = ?3 WHERE tenant_id = ?1 AND id = ?2",
+                    params![tenant.as_str(), session.as_str(), at],
+                )
+                .map_err(internal)?;
+            }
+            tx.commit().map_err(internal)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn release_turn(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        reserved_last: &str,
+        previous: Option<&str>,
+    ) -> StoreResult<()> {
+        let (tenant, session) = (tenant.clone(), session.clone());
+        let (reserved, previous) = (reserved_last.to_string(), previous.map(str::to_string));
+        self.write("release_turn", move |c| {
+            c.execute(
+                "UPDATE sessions SET last_message_at = ?4 WHERE tenant_id = ?1 AND id = ?2 AND last_message_at = ?3",
+                params![tenant.as_str(), session.as_str(), reserved, previous],
+            )
+            .map_err(internal)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn get_message(&self, tenant: &TenantId, id: &MessageId) -> StoreResult<Option<Message>> {
         let (tenant, id) = (tenant.clone(), id.clone());
         self.read("get_message", move |c| {
