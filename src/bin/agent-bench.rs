@@ -397,6 +397,8 @@ struct Proxy {
     client: reqwest::Client,
     log: CallLog,
     epoch: Instant,
+    /// Added to every call (microseconds), to make round trips visible like a real network does.
+    delay_us: Arc<AtomicU64>,
 }
 
 async fn forward(State(p): State<Proxy>, headers: HeaderMap, body: Bytes) -> Response {
@@ -415,6 +417,10 @@ async fn forward(State(p): State<Proxy>, headers: HeaderMap, body: Bytes) -> Res
             req = req.header(k, v);
         }
     }
+    let delay = p.delay_us.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_micros(delay)).await;
+    }
     let r = req.send().await.unwrap();
     let status = r.status();
     let ct = r.headers().get("content-type").cloned();
@@ -427,15 +433,17 @@ async fn forward(State(p): State<Proxy>, headers: HeaderMap, body: Bytes) -> Res
     resp.body(Body::from(bytes)).unwrap()
 }
 
-async fn start_proxy(upstream: &str) -> (String, CallLog, Instant) {
+async fn start_proxy(upstream: &str) -> (String, CallLog, Arc<AtomicU64>) {
     let log: CallLog = Arc::default();
     let epoch = Instant::now();
-    let proxy = Proxy { upstream: upstream.to_string(), client: reqwest::Client::new(), log: log.clone(), epoch };
+    let delay_us = Arc::new(AtomicU64::new(0));
+    let client = reqwest::Client::new();
+    let proxy = Proxy { upstream: upstream.to_string(), client, log: log.clone(), epoch, delay_us: delay_us.clone() };
     let app = axum::Router::new().fallback(forward).with_state(proxy);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, log, epoch)
+    (url, log, delay_us)
 }
 
 /// Groups of overlapping calls = sequential round-trip phases.
@@ -616,13 +624,16 @@ async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<PathBuf
         println!("(skipping DynamoDB figures: run `npm install` in {})", bench_dir.display());
     } else {
         let dynalite = start_dynalite(&bench_dir);
-        let (proxy_url, calls, _epoch) = start_proxy(&dynalite.url).await;
+        let (proxy_url, calls, delay_us) = start_proxy(&dynalite.url).await;
         let mut env = dynamo_env(&proxy_url, "bench-sessions", "bench-messages");
         create_tables(&bin, &env);
         env.extend(model_env(mock));
         let s = start_server(&bin, &env);
         let pid = s.child.id();
         // Requests and phases per turn, at concurrency 1, from the proxy's log.
+        // With 5 ms added to every call, as a network would: calls made together overlap, sequential
+        // ones do not, so the proxy's log shows the round-trip phases.
+        delay_us.store(5000, Ordering::Relaxed);
         let client = reqwest::Client::new();
         let mut continuing = Vec::new();
         let mut starting = Vec::new();
@@ -640,6 +651,7 @@ async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<PathBuf
                 session = Some(sid);
             }
         }
+        delay_us.store(0, Ordering::Relaxed);
         for (name, logs) in [("continuing a session (sessionId given)", &continuing), ("starting a session", &starting)]
         {
             let mut ops: BTreeMap<String, usize> = BTreeMap::new();

@@ -120,10 +120,12 @@ impl SqliteStore {
         }
         let mut writer = open(&path)?;
         migrate(&mut writer, &path)?;
-        Ok(Self {
-            inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }),
-            retention: Retention::default(),
-        })
+        // Checkpoints (which fsync) run on a thread of their own instead of inside a writer's commit,
+        // so they never add milliseconds to a request.
+        writer.execute_batch("PRAGMA wal_autocheckpoint=0;").map_err(internal)?;
+        let inner = Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) });
+        spawn_checkpointer(Arc::downgrade(&inner))?;
+        Ok(Self { inner, retention: Retention::default() })
     }
 
     /// Keeps new sessions and messages for this long after their last write.
@@ -188,6 +190,25 @@ impl SqliteStore {
         crate::telemetry::storage_call("sqlite", op, result.is_ok());
         result
     }
+}
+
+/// Checkpoints the WAL into the database every second (PASSIVE: it never blocks readers or the
+/// writer), until the store is dropped.
+fn spawn_checkpointer(inner: std::sync::Weak<Inner>) -> StoreResult<()> {
+    let path = inner.upgrade().map(|i| i.path.clone()).unwrap_or_default();
+    let conn = open(&path)?;
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || {
+            while inner.upgrade().is_some() {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                    tracing::warn!(error = %e, "SQLite checkpoint failed");
+                }
+            }
+        })
+        .map_err(internal)?;
+    Ok(())
 }
 
 fn json_text(metadata: &Option<Metadata>) -> Option<String> {
