@@ -48,6 +48,11 @@ enum Cmd {
         #[arg(long, default_value = "target/release/agent-server")]
         server: PathBuf,
     },
+    /// Only figure 6 (growth with the session's size and with other tenants' data).
+    Growth {
+        #[arg(long, default_value = "target/release/agent-server")]
+        server: PathBuf,
+    },
     /// Only the mock model, on a port.
     MockModel {
         #[arg(long, default_value_t = 8090)]
@@ -749,6 +754,7 @@ async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<PathBuf
 
     // 6: growth with data the request does not touch (SQLite).
     growth(&bin, mock, &mut report).await;
+    growth_tenants(&bin, mock, &mut report).await;
 
     if let Some(out) = out {
         let json = json!({"rows": report.rows, "figures": report.json});
@@ -795,6 +801,84 @@ async fn growth(bin: &std::path::Path, mock: SocketAddr, report: &mut Report) {
     }
 }
 
+/// Turn and conversation-read latency when the store holds 1 and 100 tenants with 10,000 sessions
+/// each (written straight into the SQLite file, then served).
+async fn growth_tenants(bin: &std::path::Path, mock: SocketAddr, report: &mut Report) {
+    use agent_server::ids::{SessionId, TenantId, UserId};
+    use agent_server::store::{ConversationStore, Session, sqlite::SqliteStore};
+    for tenants in [1usize, 100] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("growth.db");
+        {
+            let store = Arc::new(SqliteStore::open(db.clone()).unwrap());
+            let now = agent_server::timestamp::now();
+            let writes = futures::stream::iter(0..tenants * 10_000).map(|i| {
+                let store = store.clone();
+                let now = now.clone();
+                async move {
+                    let session = Session {
+                        id: SessionId::generate(),
+                        tenant_id: TenantId::parse(format!("tenant-{}", i % tenants)).unwrap(),
+                        user_id: UserId::parse(format!("filler-{}", i % 1000)).unwrap(),
+                        location_id: None,
+                        is_active: false,
+                        created_at: now.clone(),
+                        updated_at: now,
+                        metadata: None,
+                        last_message_at: None,
+                        expires_at: None,
+                    };
+                    store.import_session(session).await.unwrap();
+                }
+            });
+            writes.buffer_unordered(16).collect::<Vec<_>>().await;
+        }
+        let mut env = model_env(mock);
+        env.push(("SQLITE_PATH", db.to_string_lossy().into_owned()));
+        let s = start_server(bin, &env);
+        let client = reqwest::Client::new();
+        let mut turn = histogram();
+        let mut read = histogram();
+        let mut session: Option<String> = None;
+        for i in 0..300u64 {
+            let body = json!({"message": Traffic::message(i), "sessionId": session});
+            let t = Instant::now();
+            let v: Value = client
+                .post(format!("{}/agent/process", s.url))
+                .header("x-tenant-id", "tenant-0")
+                .header("x-user-id", "filler-7")
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            turn.record(t.elapsed().as_micros() as u64).unwrap();
+            session = v["sessionId"].as_str().map(str::to_string);
+            let t = Instant::now();
+            let _ = client
+                .get(format!("{}/agent/conversations/tenant-0/users/filler-7", s.url))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await;
+            read.record(t.elapsed().as_micros() as u64).unwrap();
+        }
+        report.row(
+            &format!("6. {tenants} tenant(s) x 10,000 sessions: turn / conversation read p50"),
+            format!(
+                "{:.2} / {:.2} ms",
+                turn.value_at_quantile(0.5) as f64 / 1000.0,
+                read.value_at_quantile(0.5) as f64 / 1000.0
+            ),
+            "flat as other tenants' data grows",
+            None,
+        );
+    }
+}
+
 async fn smoke(bin: PathBuf) {
     let mock = start_mock(MockModel { ttft: Duration::ZERO, per_token: Duration::ZERO, tokens: 10 }, 0).await;
     let s = start_server(&bin, &model_env(mock));
@@ -823,6 +907,13 @@ async fn main() {
     match Cli::parse().command {
         Cmd::Run { server, seconds, bench_dir, out } => run(server, seconds, bench_dir, out).await,
         Cmd::Smoke { server } => smoke(server).await,
+        Cmd::Growth { server } => {
+            let mock = start_mock(MockModel { ttft: Duration::ZERO, per_token: Duration::ZERO, tokens: 20 }, 0).await;
+            let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
+            println!("| figure | measured | target | |\n|---|---|---|---|");
+            growth(&server, mock, &mut report).await;
+            growth_tenants(&server, mock, &mut report).await;
+        }
         Cmd::MockModel { port, ttft_ms, token_ms, tokens } => {
             let addr = start_mock(
                 MockModel { ttft: Duration::from_millis(ttft_ms), per_token: Duration::from_millis(token_ms), tokens },

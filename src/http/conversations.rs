@@ -35,6 +35,12 @@ fn session_id(raw: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(raw).map_err(|e| ApiError::bad_request("invalid_path", format!("sessionId: {e}")))
 }
 
+/// `{tenantId}` and `{sessionId}` of a session path.
+fn session_path(path: Result<Path<(String, String)>, PathRejection>) -> Result<(TenantId, SessionId), ApiError> {
+    let Path((tenant, id)) = path?;
+    Ok((tenant_id(&tenant)?, session_id(&id)?))
+}
+
 fn limit(value: Option<usize>, default: usize, min: usize, name: &str) -> Result<usize, ApiError> {
     let v = value.unwrap_or(default);
     if v < min || v > MAX_LIMIT {
@@ -179,12 +185,11 @@ async fn get_session(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Session>, ApiError> {
-    let Path((tenant, id)) = path?;
-    let id = session_id(&id)?;
+    let (tenant, id) = session_path(path)?;
     state
         .agent
         .store()
-        .get_session(&tenant_id(&tenant)?, &id)
+        .get_session(&tenant, &id)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("session {id} not found")))
@@ -202,12 +207,11 @@ async fn delete_session(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<DeletedResponse>, ApiError> {
-    let Path((tenant, id)) = path?;
-    let id = session_id(&id)?;
+    let (tenant, id) = session_path(path)?;
     let messages = state
         .agent
         .store()
-        .delete_session(&tenant_id(&tenant)?, &id)
+        .delete_session(&tenant, &id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("session {id} not found")))?;
     Ok(Json(DeletedResponse { deleted: Deleted { sessions: 1, messages } }))
@@ -225,12 +229,11 @@ async fn close_session(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Session>, ApiError> {
-    let Path((tenant, id)) = path?;
-    let id = session_id(&id)?;
+    let (tenant, id) = session_path(path)?;
     state
         .agent
         .store()
-        .close_session(&tenant_id(&tenant)?, &id)
+        .close_session(&tenant, &id)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("session {id} not found")))
@@ -276,9 +279,8 @@ async fn list_session_messages(
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<MessagesQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Path((tenant, id)) = path?;
+    let (tenant, id) = session_path(path)?;
     let Query(q) = query?;
-    let (tenant, id) = (tenant_id(&tenant)?, session_id(&id)?);
     let query = q.to_store()?;
     let store = state.agent.store();
     if store.get_session(&tenant, &id).await?.is_none() {

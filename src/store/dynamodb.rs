@@ -315,20 +315,7 @@ impl ConversationStore for DynamoStore {
     }
 
     async fn create_session(&self, new: NewSession) -> StoreResult<Session> {
-        let micros = timestamp::now_micros();
-        let now = timestamp::format_micros(micros);
-        let session = Session {
-            id: SessionId::generate(),
-            tenant_id: new.tenant_id,
-            user_id: new.user_id,
-            location_id: new.location_id,
-            is_active: true,
-            created_at: now.clone(),
-            updated_at: now,
-            metadata: new.metadata,
-            last_message_at: None,
-            expires_at: self.retention.expires_at(micros),
-        };
+        let session = Session::new(new, self.retention);
         self.client
             .put_item()
             .table_name(&self.sessions)
@@ -556,11 +543,7 @@ impl ConversationStore for DynamoStore {
             Some(p) => update.update_expression("SET lastMessageAt = :prev").expression_attribute_values(":prev", s(p)),
             None => update.update_expression("REMOVE lastMessageAt"),
         };
-        match update.send().await {
-            Ok(_) => Ok(()),
-            Err(e) if is_conditional_failure(&e) => Ok(()),
-            Err(e) => Err(map_err(&self.sessions, "UpdateItem", e)),
-        }
+        written(update.send().await, &self.sessions, "UpdateItem").map(|_| ())
     }
 
     async fn get_message(&self, tenant: &TenantId, id: &MessageId) -> StoreResult<Option<Message>> {
@@ -764,11 +747,7 @@ impl ConversationStore for DynamoStore {
             .expression_attribute_values(":from", s(from))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(map_err(&self.messages, "UpdateItem", e)),
-        }
+        written(result, &self.messages, "UpdateItem")
     }
 
     async fn import_session(&self, session: Session) -> StoreResult<bool> {
@@ -780,11 +759,7 @@ impl ConversationStore for DynamoStore {
             .condition_expression("attribute_not_exists(id)")
             .send()
             .await;
-        match put {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(map_err(&self.sessions, "PutItem", e)),
-        }
+        written(put, &self.sessions, "PutItem")
     }
 
     async fn import_message(&self, message: Message) -> StoreResult<bool> {
@@ -796,11 +771,7 @@ impl ConversationStore for DynamoStore {
             .condition_expression("attribute_not_exists(id)")
             .send()
             .await;
-        let created = match put {
-            Ok(_) => true,
-            Err(e) if is_conditional_failure(&e) => false,
-            Err(e) => return Err(map_err(&self.messages, "PutItem", e)),
-        };
+        let created = written(put, &self.messages, "PutItem")?;
         let update = self
             .client
             .update_item()
@@ -814,16 +785,26 @@ impl ConversationStore for DynamoStore {
             .expression_attribute_values(":ts", s(message.timestamp.clone()))
             .send()
             .await;
-        match update {
-            Ok(_) => Ok(created),
-            Err(e) if is_conditional_failure(&e) => Ok(created),
-            Err(e) => Err(map_err(&self.sessions, "UpdateItem", e)),
-        }
+        written(update, &self.sessions, "UpdateItem")?;
+        Ok(created)
     }
 }
 
 fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
+}
+
+/// A conditional write's outcome: true when it happened, false when its condition did not hold.
+fn written<T, E, R>(result: Result<T, SdkError<E, R>>, table: &str, action: &str) -> StoreResult<bool>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: Debug,
+{
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) if is_conditional_failure(&e) => Ok(false),
+        Err(e) => Err(map_err(table, action, e)),
+    }
 }
 
 fn is_conditional_failure<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {

@@ -100,6 +100,26 @@ pub struct Message {
     pub expires_at: Option<i64>,
 }
 
+impl Session {
+    /// A new active session, created now, with its expiry under `retention`.
+    pub fn new(new: NewSession, retention: Retention) -> Self {
+        let micros = crate::timestamp::now_micros();
+        let now = crate::timestamp::format_micros(micros);
+        Session {
+            id: SessionId::generate(),
+            tenant_id: new.tenant_id,
+            user_id: new.user_id,
+            location_id: new.location_id,
+            is_active: true,
+            created_at: now.clone(),
+            updated_at: now,
+            metadata: new.metadata,
+            last_message_at: None,
+            expires_at: retention.expires_at(micros),
+        }
+    }
+}
+
 /// How long new items are kept (`MESSAGE_TTL_DAYS`), counted from their last write.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Retention(pub Option<std::time::Duration>);

@@ -346,20 +346,7 @@ impl ConversationStore for SqliteStore {
     }
 
     async fn create_session(&self, new: NewSession) -> StoreResult<Session> {
-        let micros = timestamp::now_micros();
-        let now = timestamp::format_micros(micros);
-        let session = Session {
-            id: SessionId::generate(),
-            tenant_id: new.tenant_id,
-            user_id: new.user_id,
-            location_id: new.location_id,
-            is_active: true,
-            created_at: now.clone(),
-            updated_at: now,
-            metadata: new.metadata,
-            last_message_at: None,
-            expires_at: self.retention.expires_at(micros),
-        };
+        let session = Session::new(new, self.retention);
         let s = session.clone();
         self.write("create_session", move |c| insert_session(c, &s)).await?;
         Ok(session)
