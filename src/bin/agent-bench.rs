@@ -819,7 +819,7 @@ async fn growth_tenants(bin: &std::path::Path, mock: SocketAddr, report: &mut Re
                     let session = Session {
                         id: SessionId::generate(),
                         tenant_id: TenantId::parse(format!("tenant-{}", i % tenants)).unwrap(),
-                        user_id: UserId::parse(format!("filler-{}", i % 1000)).unwrap(),
+                        user_id: UserId::parse(format!("filler-{}", (i / tenants) % 1000)).unwrap(),
                         location_id: None,
                         is_active: false,
                         created_at: now.clone(),
