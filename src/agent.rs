@@ -621,12 +621,18 @@ impl Agent {
         &self,
         tenant: &TenantId,
         session_id: &SessionId,
+        user: Option<&UserId>,
         action_id: &str,
         approve: bool,
         reason: Option<String>,
     ) -> Result<TurnOutcome, TurnError> {
         let not_found = || StoreError::NotFound(format!("action {action_id} not found in session {session_id}"));
-        let session = self.store.get_session(tenant, session_id).await?.ok_or_else(not_found)?;
+        let session = self
+            .store
+            .get_session(tenant, session_id)
+            .await?
+            .filter(|s| user.is_none_or(|u| &s.user_id == u))
+            .ok_or_else(not_found)?;
         if !session.is_active {
             return Err(StoreError::Conflict(format!("session {session_id} is closed")).into());
         }

@@ -231,6 +231,28 @@ async fn jwt_with_a_shared_secret_enforces_claims() {
     let r = send(&s, "GET", "/agent/conversations/acme/users/u1", Some(&token), &[], None).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert!(!s.output().contains(&token));
+    // A token for one user sees only that user's sessions, not the tenant's other users'.
+    let sid = reply["sessionId"].as_str().unwrap().to_string();
+    let other = hs256(
+        json!({"sub": "u2", "tenant_id": "acme", "exp": now() + 600, "iss": "https://issuer.test", "aud": "agent-server"}),
+    );
+    for (method, path) in [
+        ("GET", format!("/agent/conversations/acme/sessions/{sid}")),
+        ("GET", format!("/agent/conversations/acme/sessions/{sid}/messages")),
+        ("POST", format!("/agent/conversations/acme/sessions/{sid}/close")),
+        ("DELETE", format!("/agent/conversations/acme/sessions/{sid}")),
+        ("POST", format!("/agent/conversations/acme/sessions/{sid}/actions/a1/approve")),
+    ] {
+        let r = send(&s, method, &path, Some(&other), &[], None).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {path}");
+    }
+    let r = send(&s, "GET", "/agent/conversations/acme/messages", Some(&other), &[], None).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "the tenant-wide list is not for one user's token");
+    let r =
+        send(&s, "GET", &format!("/agent/conversations/acme/sessions/{sid}/messages"), Some(&token), &[], None).await;
+    assert_eq!(r.status(), StatusCode::OK, "the owner still reads it");
+    let r = send(&s, "GET", &format!("/agent/conversations/acme/sessions/{sid}"), Some(&token), &[], None).await;
+    assert_eq!(r.status(), StatusCode::OK);
 }
 
 struct EcKey {

@@ -91,6 +91,13 @@ fn bind(caller: &Caller, request: &mut Request) -> Result<(), ApiError> {
         if path_user(&path).is_some_and(|u| u != user.as_str()) {
             return Err(forbidden("the user in the path"));
         }
+        // The tenant-wide message list is for tenant credentials, not one user's.
+        if path_tenant(&path).is_some()
+            && path.trim_end_matches('/').ends_with("/messages")
+            && !path.contains("/sessions/")
+        {
+            return Err(forbidden("the tenant's messages of every user"));
+        }
     }
     Ok(())
 }

@@ -4,13 +4,14 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 
 use super::process::ProcessResponse;
 use super::{ApiError, AppState};
+use crate::auth::Caller;
 use crate::ids::{SessionId, TenantId};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -42,13 +43,16 @@ fn reason(body: &Bytes) -> Result<Option<String>, ApiError> {
 
 async fn decide(
     state: AppState,
+    caller: Option<Extension<Caller>>,
     path: (String, String, String),
     approve: bool,
     body: Bytes,
 ) -> Result<Json<ProcessResponse>, ApiError> {
     let (tenant, session) = ids(&path.0, &path.1)?;
     let reason = reason(&body)?;
-    let outcome = state.agent.decide(&tenant, &session, &path.2, approve, reason).await?;
+    // A credential bound to one user (a JWT) decides only that user's actions.
+    let user = caller.and_then(|Extension(c)| c.user);
+    let outcome = state.agent.decide(&tenant, &session, user.as_ref(), &path.2, approve, reason).await?;
     Ok(Json(outcome.into()))
 }
 
@@ -67,11 +71,12 @@ async fn decide(
 )]
 async fn approve(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     body: Bytes,
 ) -> Result<Json<ProcessResponse>, ApiError> {
     let Path(path) = path?;
-    decide(state, path, true, body).await
+    decide(state, caller, path, true, body).await
 }
 
 /// Drop a pending action (never run), optionally with `{"reason": "..."}`, and let the agent answer.
@@ -89,9 +94,10 @@ async fn approve(
 )]
 async fn reject(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     body: Bytes,
 ) -> Result<Json<ProcessResponse>, ApiError> {
     let Path(path) = path?;
-    decide(state, path, false, body).await
+    decide(state, caller, path, false, body).await
 }

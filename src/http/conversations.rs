@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{OriginalUri, Path, Query, State};
+use axum::extract::{Extension, OriginalUri, Path, Query, State};
 use axum::http::{HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 
 use super::{ApiError, AppState};
+use crate::auth::Caller;
 use crate::ids::{SessionId, TenantId, UserId};
 use crate::store::{Cursor, Deleted, Message, MessageQuery, Order, PageRequest, Session};
 use crate::timestamp;
@@ -33,6 +34,24 @@ fn user_id(raw: &str) -> Result<UserId, ApiError> {
 }
 fn session_id(raw: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(raw).map_err(|e| ApiError::bad_request("invalid_path", format!("sessionId: {e}")))
+}
+
+/// The session, when it exists for this tenant and, for a credential bound to one user (a JWT), is
+/// that user's: anyone else gets the same 404 as for a session that does not exist.
+async fn visible_session(
+    state: &AppState,
+    caller: Option<Extension<Caller>>,
+    tenant: &TenantId,
+    id: &SessionId,
+) -> Result<Session, ApiError> {
+    let user = caller.and_then(|Extension(c)| c.user);
+    state
+        .agent
+        .store()
+        .get_session(tenant, id)
+        .await?
+        .filter(|s| user.as_ref().is_none_or(|u| &s.user_id == u))
+        .ok_or_else(|| ApiError::not_found(format!("session {id} not found")))
 }
 
 /// `{tenantId}` and `{sessionId}` of a session path.
@@ -183,16 +202,11 @@ pub struct DeletedResponse {
 )]
 async fn get_session(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Session>, ApiError> {
     let (tenant, id) = session_path(path)?;
-    state
-        .agent
-        .store()
-        .get_session(&tenant, &id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("session {id} not found")))
+    visible_session(&state, caller, &tenant, &id).await.map(Json)
 }
 
 /// Delete a session and all its messages.
@@ -205,9 +219,11 @@ async fn get_session(
 )]
 async fn delete_session(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<DeletedResponse>, ApiError> {
     let (tenant, id) = session_path(path)?;
+    visible_session(&state, caller, &tenant, &id).await?;
     let messages = state
         .agent
         .store()
@@ -227,9 +243,11 @@ async fn delete_session(
 )]
 async fn close_session(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<Session>, ApiError> {
     let (tenant, id) = session_path(path)?;
+    visible_session(&state, caller, &tenant, &id).await?;
     state
         .agent
         .store()
@@ -275,6 +293,7 @@ impl MessagesQuery {
 )]
 async fn list_session_messages(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     OriginalUri(uri): OriginalUri,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<MessagesQuery>, QueryRejection>,
@@ -283,9 +302,7 @@ async fn list_session_messages(
     let Query(q) = query?;
     let query = q.to_store()?;
     let store = state.agent.store();
-    if store.get_session(&tenant, &id).await?.is_none() {
-        return Err(ApiError::not_found(format!("session {id} not found")));
-    }
+    visible_session(&state, caller, &tenant, &id).await?;
     let page = store.list_messages(&tenant, &id, query).await?;
     Ok(paged(&uri, page.items, page.next))
 }
