@@ -227,27 +227,31 @@ impl DynamoStore {
         Ok(count)
     }
 
+    /// A PutItem unless an item with this key exists; false when one did.
+    async fn put_if_absent(&self, table: &str, item: Item) -> StoreResult<bool> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(id)")
+            .send()
+            .await;
+        written(put, table, "PutItem")
+    }
+
     /// Conditional PutItems of new messages, in parallel. An id already stored in the same session
     /// is returned as stored; one stored elsewhere is a conflict.
     async fn put_all(&self, messages: Vec<Message>) -> StoreResult<Vec<Appended>> {
         let writes = messages.into_iter().map(|m| async move {
-            let put = self
-                .client
-                .put_item()
-                .table_name(&self.messages)
-                .set_item(Some(message_item(&m)?))
-                .condition_expression("attribute_not_exists(id)")
-                .send()
-                .await;
-            match put {
-                Ok(_) => Ok(Appended { message: m, created: true }),
-                Err(e) if is_conditional_failure(&e) => match self.get_message_item(m.id.as_str()).await? {
-                    Some(existing) if existing.tenant_id == m.tenant_id && existing.session_id == m.session_id => {
-                        Ok(Appended { message: existing, created: false })
-                    }
-                    _ => Err(StoreError::Conflict(format!("message id {} is already used", m.id))),
-                },
-                Err(e) => Err(map_err(&self.messages, "PutItem", e)),
+            if self.put_if_absent(&self.messages, message_item(&m)?).await? {
+                return Ok(Appended { message: m, created: true });
+            }
+            match self.get_message_item(m.id.as_str()).await? {
+                Some(existing) if existing.tenant_id == m.tenant_id && existing.session_id == m.session_id => {
+                    Ok(Appended { message: existing, created: false })
+                }
+                _ => Err(StoreError::Conflict(format!("message id {} is already used", m.id))),
             }
         });
         futures::future::try_join_all(writes).await
@@ -316,14 +320,9 @@ impl ConversationStore for DynamoStore {
 
     async fn create_session(&self, new: NewSession) -> StoreResult<Session> {
         let session = Session::new(new, self.retention);
-        self.client
-            .put_item()
-            .table_name(&self.sessions)
-            .set_item(Some(session_item(&session)?))
-            .condition_expression("attribute_not_exists(id)")
-            .send()
-            .await
-            .map_err(|e| map_err(&self.sessions, "PutItem", e))?;
+        if !self.put_if_absent(&self.sessions, session_item(&session)?).await? {
+            return Err(StoreError::Conflict(format!("session id {} is already used", session.id)));
+        }
         Ok(session)
     }
 
@@ -751,27 +750,11 @@ impl ConversationStore for DynamoStore {
     }
 
     async fn import_session(&self, session: Session) -> StoreResult<bool> {
-        let put = self
-            .client
-            .put_item()
-            .table_name(&self.sessions)
-            .set_item(Some(session_item(&session)?))
-            .condition_expression("attribute_not_exists(id)")
-            .send()
-            .await;
-        written(put, &self.sessions, "PutItem")
+        self.put_if_absent(&self.sessions, session_item(&session)?).await
     }
 
     async fn import_message(&self, message: Message) -> StoreResult<bool> {
-        let put = self
-            .client
-            .put_item()
-            .table_name(&self.messages)
-            .set_item(Some(message_item(&message)?))
-            .condition_expression("attribute_not_exists(id)")
-            .send()
-            .await;
-        let created = written(put, &self.messages, "PutItem")?;
+        let created = self.put_if_absent(&self.messages, message_item(&message)?).await?;
         let update = self
             .client
             .update_item()

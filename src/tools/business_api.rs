@@ -205,6 +205,15 @@ impl BusinessApi {
         specs
     }
 
+    /// Whether this is one of the tools `specs` offers.
+    pub fn has(&self, name: &str) -> bool {
+        match name {
+            "list_resources" | "read_resource" => true,
+            "create_resource" | "update_resource" | "delete_resource" => self.writes_allowed(),
+            other => self.file_tools.iter().any(|t| t.name == other),
+        }
+    }
+
     /// Whether a tool changes the business's data.
     pub fn is_write(&self, name: &str) -> bool {
         match name {

@@ -121,7 +121,7 @@ impl Toolbox {
     }
 
     fn is_business_tool(&self, name: &str) -> bool {
-        self.api.as_ref().is_some_and(|a| a.specs().iter().any(|s| s.name == name))
+        self.api.as_ref().is_some_and(|a| a.has(name))
     }
 
     /// Whether a call must wait for approval under the policy.
