@@ -479,13 +479,28 @@ impl Agent {
         let ctx = Self::tool_context(&req.tenant, &req.user, req.location.as_ref());
         let started = Instant::now();
         let thought = self.think(request, &ctx, None).await?;
-        let session = self.start_session(req, idle).await?;
+        // The idle session is closed, and the new one written with both messages, in one round trip.
+        let close_idle = async {
+            match &idle {
+                Some(idle) => self.store.close_session(&req.tenant, &idle.id).await.map(|_| ()),
+                None => Ok(()),
+            }
+        };
+        let new = NewSession {
+            tenant_id: req.tenant.clone(),
+            user_id: req.user.clone(),
+            location_id: req.location.clone(),
+            metadata: None,
+        };
         let messages =
             vec![Self::user_message(req, ids.0), Self::agent_message(&req.user, ids.1, &thought, started, None)];
-        let mut stored = self.store.append_messages(&session.tenant_id, &session.id, messages).await?.into_iter();
+        let (closed, created) = tokio::join!(close_idle, self.store.create_session_with(new, messages));
+        closed?;
+        let (session, stored) = created?;
+        let mut stored = stored.into_iter();
         let (user_message, agent_message) = match (stored.next(), stored.next()) {
-            (Some(u), Some(a)) => (u.message, a.message),
-            _ => return Err(StoreError::Internal("append returned fewer messages than given".into()).into()),
+            (Some(u), Some(a)) => (u, a),
+            _ => return Err(StoreError::Internal("the new session has fewer messages than given".into()).into()),
         };
         Ok(TurnOutcome { session_id: session.id, user_message: Some(user_message), agent_message })
     }

@@ -444,6 +444,27 @@ async fn turns_reserve_timestamps_and_release_them(store: Arc<dyn ConversationSt
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
 }
 
+/// A session can start with its first messages, written at once, in order.
+async fn sessions_start_with_their_first_messages(store: Arc<dyn ConversationStore>) {
+    let (session, messages) = store
+        .create_session_with(
+            NewSession { tenant_id: tenant("acme"), user_id: user("u1"), location_id: None, metadata: None },
+            vec![msg("u1", Role::User, "hi"), msg("u1", Role::Agent, "hello")],
+        )
+        .await
+        .unwrap();
+    assert!(messages[0].timestamp < messages[1].timestamp);
+    assert!(session.created_at < messages[0].timestamp);
+    let stored = store.get_session(&tenant("acme"), &session.id).await.unwrap().unwrap();
+    assert_eq!(stored.last_message_at.as_deref(), Some(messages[1].timestamp.as_str()));
+    assert!(stored.is_active);
+    let history = recent_history(&*store, &stored, 10).await.unwrap();
+    assert_eq!(history, messages);
+    // The next turn continues after them.
+    let (_, stamps) = store.begin_turn(&tenant("acme"), &session.id, &user("u1"), 2).await.unwrap();
+    assert!(stamps[0] > messages[1].timestamp);
+}
+
 /// A store whose first message query misses the newest item, as a lagging GSI can.
 struct LaggingIndex {
     inner: Arc<dyn ConversationStore>,
@@ -534,6 +555,9 @@ impl ConversationStore for LaggingIndex {
     async fn release_turn(&self, t: &TenantId, s: &SessionId, r: &str, p: Option<&str>) -> StoreResult<()> {
         self.inner.release_turn(t, s, r, p).await
     }
+    async fn create_session_with(&self, n: NewSession, m: Vec<NewMessage>) -> StoreResult<(Session, Vec<Message>)> {
+        self.inner.create_session_with(n, m).await
+    }
 }
 
 async fn history_reads_its_own_writes_through_a_lagging_index(store: Arc<dyn ConversationStore>) {
@@ -584,4 +608,5 @@ conformance!(
     expired_items_are_hidden_and_purged,
     actions_transition_exactly_once,
     turns_reserve_timestamps_and_release_them,
+    sessions_start_with_their_first_messages,
 );

@@ -326,6 +326,32 @@ impl ConversationStore for DynamoStore {
         Ok(session)
     }
 
+    async fn create_session_with(
+        &self,
+        new: NewSession,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<(Session, Vec<Message>)> {
+        let mut session = Session::new(new, self.retention);
+        let messages = super::first_messages(&mut session, messages, self.retention);
+        for m in &messages {
+            let size = message_item_bytes(m);
+            if size > MAX_ITEM_BYTES {
+                return Err(StoreError::TooLarge(format!(
+                    "message {} is {size} bytes; DynamoDB's limit is {MAX_ITEM_BYTES} bytes per item",
+                    m.id
+                )));
+            }
+            message_item(m)?;
+        }
+        // The session and its messages in one round trip: nothing else can write a new session yet.
+        let (created, stored) =
+            tokio::join!(self.put_if_absent(&self.sessions, session_item(&session)?), self.put_all(messages));
+        if !created? {
+            return Err(StoreError::Conflict(format!("session id {} is already used", session.id)));
+        }
+        Ok((session, stored?.into_iter().map(|a| a.message).collect()))
+    }
+
     async fn get_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<Session>> {
         self.get_session_item(tenant.as_str(), id.as_str()).await
     }

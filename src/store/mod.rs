@@ -100,6 +100,32 @@ pub struct Message {
     pub expires_at: Option<i64>,
 }
 
+/// The messages a new session starts with, timestamped in order, and the session pointing at them.
+pub(crate) fn first_messages(session: &mut Session, messages: Vec<NewMessage>, retention: Retention) -> Vec<Message> {
+    let stamps = crate::timestamp::allocate(Some(&session.created_at), messages.len());
+    let out: Vec<Message> = messages
+        .into_iter()
+        .zip(stamps)
+        .map(|(m, ts)| Message {
+            id: m.id,
+            tenant_id: session.tenant_id.clone(),
+            session_id: session.id.clone(),
+            user_id: m.user_id,
+            content: m.content,
+            role: m.role,
+            expires_at: crate::timestamp::parse_micros(&ts).and_then(|micros| retention.expires_at(micros)),
+            timestamp: ts,
+            metadata: m.metadata,
+        })
+        .collect();
+    if let Some(last) = out.last() {
+        session.last_message_at = Some(last.timestamp.clone());
+        session.updated_at = last.timestamp.clone();
+        session.expires_at = last.expires_at.or(session.expires_at);
+    }
+    out
+}
+
 impl Session {
     /// A new active session, created now, with its expiry under `retention`.
     pub fn new(new: NewSession, retention: Retention) -> Self {
@@ -238,6 +264,13 @@ pub trait ConversationStore: Send + Sync + 'static {
     async fn check(&self) -> StoreResult<()>;
     async fn create_session(&self, new: NewSession) -> StoreResult<Session>;
     async fn get_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<Session>>;
+    /// Creates a session together with its first messages (a turn that starts a session), all
+    /// written at once; the messages get strictly increasing timestamps.
+    async fn create_session_with(
+        &self,
+        new: NewSession,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<(Session, Vec<Message>)>;
     /// The user's active session with the most recent activity.
     async fn find_active_session(&self, tenant: &TenantId, user: &UserId) -> StoreResult<Option<Session>>;
     /// The user's sessions, most recent activity first.

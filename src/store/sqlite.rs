@@ -352,6 +352,37 @@ impl ConversationStore for SqliteStore {
         Ok(session)
     }
 
+    async fn create_session_with(
+        &self,
+        new: NewSession,
+        messages: Vec<NewMessage>,
+    ) -> StoreResult<(Session, Vec<Message>)> {
+        let mut session = Session::new(new, self.retention);
+        let messages = super::first_messages(&mut session, messages, self.retention);
+        for m in &messages {
+            let size = message_item_bytes(m);
+            if size > MAX_ITEM_BYTES {
+                return Err(StoreError::TooLarge(format!(
+                    "message {} is {size} bytes; the storage limit is {MAX_ITEM_BYTES} bytes per message",
+                    m.id
+                )));
+            }
+        }
+        let (s, ms) = (session.clone(), messages.clone());
+        self.write("create_session_with", move |c| {
+            let tx = c.transaction().map_err(internal)?;
+            insert_session(&tx, &s)?;
+            for m in &ms {
+                if !insert_message(&tx, m)? {
+                    return Err(StoreError::Conflict(format!("message id {} is already used", m.id)));
+                }
+            }
+            tx.commit().map_err(internal)
+        })
+        .await?;
+        Ok((session, messages))
+    }
+
     async fn get_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<Session>> {
         let (tenant, id) = (tenant.clone(), id.clone());
         self.read("get_session", move |c| get_session(c, tenant.as_str(), id.as_str())).await
