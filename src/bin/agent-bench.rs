@@ -53,6 +53,11 @@ enum Cmd {
         #[arg(long, default_value = "target/release/agent-server")]
         server: PathBuf,
     },
+    /// Only figures 3 and 4: idle memory and 1,000 concurrent streams.
+    Streams {
+        #[arg(long, default_value = "target/release/agent-server")]
+        server: PathBuf,
+    },
     /// Only the mock model, on a port.
     MockModel {
         #[arg(long, default_value_t = 8090)]
@@ -588,41 +593,7 @@ async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<PathBuf
     );
     drop(s);
 
-    // 3 and 4: 1,000 concurrent streams held open by a slow model.
-    let slow = start_mock(
-        MockModel { ttft: Duration::from_millis(200), per_token: Duration::from_millis(100), tokens: 20 },
-        0,
-    )
-    .await;
-    let s = start_server(&bin, &model_env(slow));
-    let pid = s.child.id();
-    let client = reqwest::Client::builder().pool_max_idle_per_host(1000).build().unwrap();
-    let peak = Arc::new(AtomicU64::new(0));
-    let sampling = {
-        let peak = peak.clone();
-        tokio::spawn(async move {
-            loop {
-                peak.fetch_max(rss_kib(pid).0, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
-    let streams = futures::future::join_all((0..1000u64).map(|i| {
-        let (client, url) = (client.clone(), s.url.clone());
-        async move { one_turn(&client, &url, i * 13, None, true).await }
-    }))
-    .await;
-    sampling.abort();
-    let completed = streams.iter().filter(|r| r.is_ok()).count();
-    report.row(
-        "3. 1,000 concurrent SSE streams (slow model, 2.1 s each)",
-        format!("{completed} of 1000 complete"),
-        "all complete",
-        Some(completed == 1000),
-    );
-    let peak_mib = peak.load(Ordering::Relaxed) as f64 / 1024.0;
-    report.row("4. RSS at 1,000 concurrent streams", format!("{peak_mib:.1} MiB"), "≤ 64 MiB", Some(peak_mib <= 64.0));
-    drop(s);
+    streams(&bin, &mut report).await;
 
     // 2, 5 and 7: DynamoDB on dynalite.
     if !bench_dir.join("node_modules/dynalite/cli.js").exists() {
@@ -879,6 +850,47 @@ async fn growth_tenants(bin: &std::path::Path, mock: SocketAddr, report: &mut Re
     }
 }
 
+/// Idle memory, and 1,000 concurrent streams held open by a slow model.
+async fn streams(bin: &std::path::Path, report: &mut Report) {
+    let slow = start_mock(
+        MockModel { ttft: Duration::from_millis(200), per_token: Duration::from_millis(100), tokens: 20 },
+        0,
+    )
+    .await;
+    let s = start_server(bin, &model_env(slow));
+    let pid = s.child.id();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (idle, _) = rss_kib(pid);
+    println!("| idle RSS before the streams | {:.1} MiB | | |", idle as f64 / 1024.0);
+    let client = reqwest::Client::builder().pool_max_idle_per_host(1000).build().unwrap();
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampling = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(pid).0, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let streams = futures::future::join_all((0..1000u64).map(|i| {
+        let (client, url) = (client.clone(), s.url.clone());
+        async move { one_turn(&client, &url, i * 13, None, true).await }
+    }))
+    .await;
+    sampling.abort();
+    let completed = streams.iter().filter(|r| r.is_ok()).count();
+    report.row(
+        "3. 1,000 concurrent SSE streams (slow model, 2.1 s each)",
+        format!("{completed} of 1000 complete"),
+        "all complete",
+        Some(completed == 1000),
+    );
+    let peak_mib = peak.load(Ordering::Relaxed) as f64 / 1024.0;
+    report.row("4. RSS at 1,000 concurrent streams", format!("{peak_mib:.1} MiB"), "≤ 64 MiB", Some(peak_mib <= 64.0));
+    drop(s);
+}
+
 async fn smoke(bin: PathBuf) {
     let mock = start_mock(MockModel { ttft: Duration::ZERO, per_token: Duration::ZERO, tokens: 10 }, 0).await;
     let s = start_server(&bin, &model_env(mock));
@@ -907,6 +919,10 @@ async fn main() {
     match Cli::parse().command {
         Cmd::Run { server, seconds, bench_dir, out } => run(server, seconds, bench_dir, out).await,
         Cmd::Smoke { server } => smoke(server).await,
+        Cmd::Streams { server } => {
+            let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
+            streams(&server, &mut report).await;
+        }
         Cmd::Growth { server } => {
             let mock = start_mock(MockModel { ttft: Duration::ZERO, per_token: Duration::ZERO, tokens: 20 }, 0).await;
             let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
