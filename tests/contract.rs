@@ -9,8 +9,11 @@ use common::TestServer;
 async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let s = TestServer::start("sqlite", &[("MAX_MESSAGE_CHARS", "2000")]).await;
     let url = format!("{}/openapi.json", s.url);
+    let cache = tempfile::tempdir().unwrap();
+    let cwd = cache.path().to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("python3")
+            .current_dir(cwd)
             .args(["-m", "schemathesis.cli", "run", &url])
             .args(["--checks", "not_a_server_error,response_schema_conformance"])
             .args(["--max-examples", "300", "--generation-database", "none", "--no-color"])
