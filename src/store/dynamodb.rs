@@ -19,9 +19,8 @@ use futures::{StreamExt, TryStreamExt};
 use serde_json::{Number, Value};
 
 use super::{
-    Appended, ConversationStore, Cursor, Deleted, MAX_ITEM_BYTES, Message, MessageQuery, Metadata, NewMessage,
-    NewSession, Order, Page, PageRequest, Retention, Role, Session, StoreError, StoreResult, is_expired,
-    message_item_bytes,
+    Appended, ConversationStore, Cursor, Deleted, Message, MessageQuery, Metadata, NewMessage, NewSession, Order, Page,
+    PageRequest, Retention, Role, Session, StoreError, StoreResult, check_size, is_expired,
 };
 use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
 use crate::tables::{SESSION_TIMESTAMP_INDEX, TENANT_TIMESTAMP_INDEX, TENANT_USER_INDEX};
@@ -334,13 +333,7 @@ impl ConversationStore for DynamoStore {
         let mut session = Session::new(new, self.retention);
         let messages = super::first_messages(&mut session, messages, self.retention);
         for m in &messages {
-            let size = message_item_bytes(m);
-            if size > MAX_ITEM_BYTES {
-                return Err(StoreError::TooLarge(format!(
-                    "message {} is {size} bytes; DynamoDB's limit is {MAX_ITEM_BYTES} bytes per item",
-                    m.id
-                )));
-            }
+            check_size(m)?;
             message_item(m)?;
         }
         // The session and its messages in one round trip: nothing else can write a new session yet.
@@ -410,13 +403,7 @@ impl ConversationStore for DynamoStore {
             })
             .collect();
         for m in &built {
-            let size = message_item_bytes(m);
-            if size > MAX_ITEM_BYTES {
-                return Err(StoreError::TooLarge(format!(
-                    "message {} is {size} bytes; DynamoDB's limit is {MAX_ITEM_BYTES} bytes per item",
-                    m.id
-                )));
-            }
+            check_size(m)?;
             message_item(m)?;
         }
         let (stamps, previous) = self.reserve_timestamps(tenant.as_str(), session.as_str(), built.len()).await?;
@@ -536,13 +523,7 @@ impl ConversationStore for DynamoStore {
                 return Err(StoreError::Invalid("a message of another session".into()));
             }
             m.expires_at = timestamp::parse_micros(&m.timestamp).and_then(|micros| self.retention.expires_at(micros));
-            let size = message_item_bytes(&m);
-            if size > MAX_ITEM_BYTES {
-                return Err(StoreError::TooLarge(format!(
-                    "message {} is {size} bytes; DynamoDB's limit is {MAX_ITEM_BYTES} bytes per item",
-                    m.id
-                )));
-            }
+            check_size(&m)?;
             message_item(&m)?;
             checked.push(m);
         }

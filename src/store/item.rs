@@ -46,6 +46,18 @@ fn map_bytes(map: &Metadata) -> usize {
     map.iter().map(|(k, v)| k.len() + value_bytes(v)).sum()
 }
 
+/// Refuses a message over the storage limit (DynamoDB's item limit, applied on both backends).
+pub fn check_size(m: &Message) -> Result<(), super::StoreError> {
+    let size = message_item_bytes(m);
+    if size > MAX_ITEM_BYTES {
+        return Err(super::StoreError::TooLarge(format!(
+            "message {} is {size} bytes; the storage limit is {MAX_ITEM_BYTES} bytes per message",
+            m.id
+        )));
+    }
+    Ok(())
+}
+
 /// The size of a message item as DynamoDB counts it (our extra attributes included).
 pub fn message_item_bytes(m: &Message) -> usize {
     let strings = [

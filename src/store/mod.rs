@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use cursor::Cursor;
-pub use item::{MAX_ITEM_BYTES, check_storable, message_item_bytes};
+pub use item::{MAX_ITEM_BYTES, check_size, check_storable, message_item_bytes};
 
 use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
 

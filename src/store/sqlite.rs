@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
-    Appended, ConversationStore, Cursor, Deleted, MAX_ITEM_BYTES, Message, MessageQuery, Metadata, NewMessage,
-    NewSession, Order, Page, PageRequest, Retention, Role, Session, StoreError, StoreResult, message_item_bytes,
+    Appended, ConversationStore, Cursor, Deleted, Message, MessageQuery, Metadata, NewMessage, NewSession, Order, Page,
+    PageRequest, Retention, Role, Session, StoreError, StoreResult, check_size,
 };
 use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
 use crate::timestamp;
@@ -364,13 +364,7 @@ impl ConversationStore for SqliteStore {
         let mut session = Session::new(new, self.retention);
         let messages = super::first_messages(&mut session, messages, self.retention);
         for m in &messages {
-            let size = message_item_bytes(m);
-            if size > MAX_ITEM_BYTES {
-                return Err(StoreError::TooLarge(format!(
-                    "message {} is {size} bytes; the storage limit is {MAX_ITEM_BYTES} bytes per message",
-                    m.id
-                )));
-            }
+            check_size(m)?;
         }
         let (s, ms) = (session.clone(), messages.clone());
         self.write("create_session_with", move |c| {
@@ -489,13 +483,7 @@ impl ConversationStore for SqliteStore {
                     metadata: m.metadata,
                     expires_at,
                 };
-                let size = message_item_bytes(&message);
-                if size > MAX_ITEM_BYTES {
-                    return Err(StoreError::TooLarge(format!(
-                        "message {} is {size} bytes; the storage limit is {MAX_ITEM_BYTES} bytes per message",
-                        message.id
-                    )));
-                }
+                check_size(&message)?;
                 out.push(Appended { message, created: true });
             }
             for a in out.iter().filter(|a| a.created) {
@@ -558,13 +546,7 @@ impl ConversationStore for SqliteStore {
             let tx = c.transaction().map_err(internal)?;
             let mut out = Vec::with_capacity(messages.len());
             for mut m in messages {
-                let size = message_item_bytes(&m);
-                if size > MAX_ITEM_BYTES {
-                    return Err(StoreError::TooLarge(format!(
-                        "message {} is {size} bytes; the storage limit is {MAX_ITEM_BYTES} bytes per message",
-                        m.id
-                    )));
-                }
+                check_size(&m)?;
                 m.expires_at = timestamp::parse_micros(&m.timestamp).and_then(|micros| retention.expires_at(micros));
                 if insert_message(&tx, &m)? {
                     out.push(Appended { message: m, created: true });
