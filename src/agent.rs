@@ -11,7 +11,7 @@ use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
 use crate::llm::{Deltas, ModelError, ModelReply, ModelRequest, Provider, StreamItem, Usage};
 use crate::store::{
     ConversationStore, Message, MessageQuery, Metadata, NewMessage, NewSession, Order, Role, Session, StoreError,
-    complete_history, history_query, recent_history,
+    complete_history, history_query, recent_history, writable_session,
 };
 use crate::timestamp;
 use crate::tools::{ToolCall, ToolContext, ToolResult, ToolStep, Toolbox, action_record};
@@ -186,19 +186,8 @@ impl Agent {
     /// turn has something to store). An idle active session is closed at that point.
     async fn find_session(&self, req: &TurnRequest) -> Result<(Option<Session>, Option<Session>), TurnError> {
         if let Some(id) = &req.session_id {
-            let session = self
-                .store
-                .get_session(&req.tenant, id)
-                .await?
-                .filter(|s| s.user_id == req.user)
-                .ok_or_else(|| StoreError::NotFound(format!("session {id} not found for this tenant and user")))?;
-            if !session.is_active {
-                return Err(StoreError::Conflict(format!(
-                    "session {id} is closed; send the message without sessionId to start a new one"
-                ))
-                .into());
-            }
-            return Ok((Some(session), None));
+            let session = self.store.get_session(&req.tenant, id).await?;
+            return Ok((Some(writable_session(session, id, Some(&req.user))?), None));
         }
         match self.store.find_active_session(&req.tenant, &req.user).await? {
             Some(active) if self.is_idle(&active) => Ok((None, Some(active))),
@@ -432,7 +421,7 @@ impl Agent {
                 self.store.list_messages(&req.tenant, id, history_query(limit)).await.map(Some)
             }
         };
-        let (begun, page) = tokio::join!(self.store.begin_turn(&req.tenant, id, &req.user, 2), history_page);
+        let (begun, page) = tokio::join!(self.store.begin_turn(&req.tenant, id, Some(&req.user), 2), history_page);
         let (before, stamps) = begun?;
         let history = complete_history(&*self.store, &before, limit, page?).await?;
         let request = self.model_request(req.message.clone(), history, req.context.clone());
@@ -445,20 +434,11 @@ impl Agent {
                 return Err(e);
             }
         };
-        let message = |new: NewMessage, timestamp: &String| Message {
-            id: new.id,
-            tenant_id: req.tenant.clone(),
-            session_id: id.clone(),
-            user_id: new.user_id,
-            content: new.content,
-            role: new.role,
-            timestamp: timestamp.clone(),
-            metadata: new.metadata,
-            expires_at: None,
-        };
+        let mut stamps = stamps.into_iter();
+        let mut stamp = || stamps.next().unwrap_or_default();
         let messages = vec![
-            message(Self::user_message(req, ids.0), &stamps[0]),
-            message(Self::agent_message(&req.user, ids.1, &thought, started, None), &stamps[1]),
+            Self::user_message(req, ids.0).into_message(&req.tenant, id, stamp()),
+            Self::agent_message(&req.user, ids.1, &thought, started, None).into_message(&req.tenant, id, stamp()),
         ];
         let mut stored = self.store.put_messages(&req.tenant, id, messages).await?.into_iter();
         let (user_message, agent_message) = match (stored.next(), stored.next()) {

@@ -379,3 +379,9 @@ impl Config {
         })
     }
 }
+
+/// The AWS SDK configuration from the standard chain: environment, profiles, SSO, instance and
+/// task roles; `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_DYNAMODB` point it at an emulator.
+pub async fn aws_sdk_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}

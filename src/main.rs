@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use agent_server::config::Config;
-use agent_server::tables;
+use agent_server::store::dynamodb::tables;
 
 /// A multi-tenant AI agent conversation server on DynamoDB or an embedded SQLite store.
 #[derive(Parser)]
@@ -162,8 +162,8 @@ async fn run() -> ExitCode {
 }
 
 async fn run_backup(config: &Config, command: BackupCommand) -> ExitCode {
-    use agent_server::backup;
     use agent_server::config::StorageConfig;
+    use agent_server::store::dynamodb::backup;
     if let StorageConfig::Sqlite { path } = &config.storage {
         return match command {
             BackupCommand::Create { out: Some(out), .. } => {
@@ -189,7 +189,7 @@ async fn run_backup(config: &Config, command: BackupCommand) -> ExitCode {
             ),
         };
     }
-    let client = agent_server::dynamodb_client().await;
+    let client = agent_server::store::dynamodb::client().await;
     let tables = [config.sessions_table.as_str(), config.messages_table.as_str()];
     let result: Result<(), backup::BackupError> = async {
         match command {
@@ -279,7 +279,7 @@ async fn run_export(config: &Config, tenant: Option<String>, out: Option<std::pa
         Ok(t) => t,
         Err(e) => return fail(format!("--tenant: {e}")),
     };
-    let store = match agent_server::open_store(&config.storage, config.retention).await {
+    let store = match agent_server::store::open(&config.storage, config.retention).await {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -308,7 +308,7 @@ async fn run_export(config: &Config, tenant: Option<String>, out: Option<std::pa
 
 async fn run_import(config: &Config, file: std::path::PathBuf) -> ExitCode {
     use std::io::BufRead;
-    let store = match agent_server::open_store(&config.storage, config.retention).await {
+    let store = match agent_server::store::open(&config.storage, config.retention).await {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -418,7 +418,7 @@ async fn run_tables(config: &Config, command: TablesCommand) -> ExitCode {
             ExitCode::SUCCESS
         }
         TablesCommand::Create => {
-            let client = agent_server::dynamodb_client().await;
+            let client = agent_server::store::dynamodb::client().await;
             for spec in &specs {
                 match tables::create(&client, spec).await {
                     Ok(true) => println!("created table {} (ACTIVE)", spec.name),
@@ -436,7 +436,7 @@ async fn run_tables(config: &Config, command: TablesCommand) -> ExitCode {
             ExitCode::SUCCESS
         }
         TablesCommand::Ttl { command: TtlCommand::Enable } => {
-            let client = agent_server::dynamodb_client().await;
+            let client = agent_server::store::dynamodb::client().await;
             for spec in &specs {
                 if let Err(e) = enable_ttl(&client, spec).await {
                     return fail(e);
@@ -445,7 +445,7 @@ async fn run_tables(config: &Config, command: TablesCommand) -> ExitCode {
             ExitCode::SUCCESS
         }
         TablesCommand::Verify => {
-            let client = agent_server::dynamodb_client().await;
+            let client = agent_server::store::dynamodb::client().await;
             let mut differences = 0;
             for spec in &specs {
                 match tables::verify(&client, spec).await {

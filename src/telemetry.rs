@@ -3,10 +3,6 @@
 
 use std::time::Duration;
 
-use aws_sdk_dynamodb::config::interceptors::FinalizerInterceptorContextRef;
-use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
-use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Installs the global recorder and starts its upkeep; the handle renders `/metrics`.
@@ -98,27 +94,5 @@ impl ActiveStream {
 impl Drop for ActiveStream {
     fn drop(&mut self) {
         metrics::gauge!("sse_streams_active").decrement(1.0);
-    }
-}
-
-/// Counts every DynamoDB operation (GetItem, Query, PutItem, ...) and its outcome, after retries.
-#[derive(Debug)]
-pub struct DynamoDbCalls;
-
-impl Intercept for DynamoDbCalls {
-    fn name(&self) -> &'static str {
-        "DynamoDbCalls"
-    }
-
-    fn read_after_execution(
-        &self,
-        context: &FinalizerInterceptorContextRef<'_>,
-        _: &RuntimeComponents,
-        cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        let operation = cfg.load::<Metadata>().map_or("unknown", |m| m.name());
-        let ok = matches!(context.output_or_error(), Some(Ok(_)));
-        storage_call("dynamodb", operation, ok);
-        Ok(())
     }
 }

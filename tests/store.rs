@@ -408,15 +408,15 @@ async fn actions_transition_exactly_once(store: Arc<dyn ConversationStore>) {
 async fn turns_reserve_timestamps_and_release_them(store: Arc<dyn ConversationStore>) {
     let s = new_session(&*store, "acme", "u1").await;
     let first = append(&*store, &s, &["before"]).await.remove(0);
-    let err = store.begin_turn(&s.tenant_id, &s.id, &user("u2"), 2).await.unwrap_err();
+    let err = store.begin_turn(&s.tenant_id, &s.id, Some(&user("u2")), 2).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
-    let err = store.begin_turn(&tenant("globex"), &s.id, &user("u1"), 2).await.unwrap_err();
+    let err = store.begin_turn(&tenant("globex"), &s.id, Some(&user("u1")), 2).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
-    let (before, stamps) = store.begin_turn(&s.tenant_id, &s.id, &user("u1"), 2).await.unwrap();
+    let (before, stamps) = store.begin_turn(&s.tenant_id, &s.id, Some(&user("u1")), 2).await.unwrap();
     assert_eq!(before.last_message_at.as_deref(), Some(first.timestamp.as_str()));
     assert!(first.timestamp < stamps[0] && stamps[0] < stamps[1]);
     // A concurrent turn gets later timestamps.
-    let (_, later) = store.begin_turn(&s.tenant_id, &s.id, &user("u1"), 2).await.unwrap();
+    let (_, later) = store.begin_turn(&s.tenant_id, &s.id, Some(&user("u1")), 2).await.unwrap();
     assert!(later[0] > stamps[1]);
     store.release_turn(&s.tenant_id, &s.id, &later[1], Some(&stamps[1])).await.unwrap();
     let make = |content: &str, ts: &str, role| Message {
@@ -440,7 +440,7 @@ async fn turns_reserve_timestamps_and_release_them(store: Arc<dyn ConversationSt
     let history = recent_history(&*store, &session, 10).await.unwrap();
     assert_eq!(history.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["before", "question", "answer"]);
     store.close_session(&s.tenant_id, &s.id).await.unwrap();
-    let err = store.begin_turn(&s.tenant_id, &s.id, &user("u1"), 2).await.unwrap_err();
+    let err = store.begin_turn(&s.tenant_id, &s.id, Some(&user("u1")), 2).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
 }
 
@@ -461,7 +461,7 @@ async fn sessions_start_with_their_first_messages(store: Arc<dyn ConversationSto
     let history = recent_history(&*store, &stored, 10).await.unwrap();
     assert_eq!(history, messages);
     // The next turn continues after them.
-    let (_, stamps) = store.begin_turn(&tenant("acme"), &session.id, &user("u1"), 2).await.unwrap();
+    let (_, stamps) = store.begin_turn(&tenant("acme"), &session.id, Some(&user("u1")), 2).await.unwrap();
     assert!(stamps[0] > messages[1].timestamp);
 }
 
@@ -544,7 +544,7 @@ impl ConversationStore for LaggingIndex {
         &self,
         t: &TenantId,
         s: &SessionId,
-        u: &UserId,
+        u: Option<&UserId>,
         n: usize,
     ) -> StoreResult<(Session, Vec<String>)> {
         self.inner.begin_turn(t, s, u, n).await

@@ -219,7 +219,7 @@ async fn request_context(request: Request, next: Next) -> Response {
 /// finish within `SHUTDOWN_GRACE_SECONDS`.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = crate::telemetry::install()?;
-    let store = crate::open_store(&config.storage, config.retention).await?;
+    let store = crate::store::open(&config.storage, config.retention).await?;
     if config.retention.0.is_some() {
         let store = store.clone();
         tokio::spawn(async move {

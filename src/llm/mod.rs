@@ -97,7 +97,7 @@ impl Provider {
     pub async fn from_config(config: &ProviderConfig, timeout: Duration) -> Self {
         match config {
             ProviderConfig::Bedrock { model } => {
-                Provider::Bedrock(BedrockProvider::new(&crate::aws_config().await, model.clone()))
+                Provider::Bedrock(BedrockProvider::new(&crate::config::aws_sdk_config().await, model.clone()))
             }
             ProviderConfig::Echo { chunk_delay } => Provider::Echo(EchoProvider::new(*chunk_delay)),
             ProviderConfig::OpenAi { api_key, base_url, model } => {

@@ -46,6 +46,17 @@ fn map_bytes(map: &Metadata) -> usize {
     map.iter().map(|(k, v)| k.len() + value_bytes(v)).sum()
 }
 
+/// Refuses a message that either backend could not store: metadata DynamoDB cannot hold, or an
+/// item over the storage limit (DynamoDB's, applied on both backends).
+pub fn check_message(m: &Message) -> Result<(), super::StoreError> {
+    if let Some(metadata) = &m.metadata {
+        for value in metadata.values() {
+            check_storable(value).map_err(|e| super::StoreError::Invalid(format!("metadata: {e}")))?;
+        }
+    }
+    check_size(m)
+}
+
 /// Refuses a message over the storage limit (DynamoDB's item limit, applied on both backends).
 pub fn check_size(m: &Message) -> Result<(), super::StoreError> {
     let size = message_item_bytes(m);

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use agent_server::store::ConversationStore;
 use agent_server::store::dynamodb::DynamoStore;
+use agent_server::store::dynamodb::tables;
 use agent_server::store::sqlite::SqliteStore;
-use agent_server::tables;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 
 /// The emulator's URL, set by `scripts/test.sh`.

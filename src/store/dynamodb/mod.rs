@@ -1,32 +1,42 @@
-//! The DynamoDB backend, on the seed's two tables with the official AWS SDK.
+//! The DynamoDB backend, on the two tables of the original server's DynamoDB guide (see
+//! docs/origin.md), with the official AWS SDK.
 //!
-//! Serving uses only the actions of the seed's IAM policy (GetItem, PutItem, UpdateItem, DeleteItem,
+//! Serving uses only the actions of the guide's IAM policy (GetItem, PutItem, UpdateItem, DeleteItem,
 //! Query) and never Scan, BatchWriteItem, TransactWriteItems or DescribeTable.
 //!
-//! Our own extra attributes, which a reader of the seed's schema can ignore:
+//! Our own extra attributes, which a reader of the guide's schema can ignore:
 //! - sessions: `lastMessageAt` (S), the timestamp of the session's newest message. Appends move it
 //!   forward with a conditional update, which is what makes message timestamps strictly increasing
 //!   within a session across server instances, and lets history reads detect a lagging GSI.
 
+pub mod backup;
+mod client;
+mod errors;
+mod items;
+pub mod tables;
+
 use std::collections::HashMap;
-use std::fmt::Debug;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use futures::{StreamExt, TryStreamExt};
-use serde_json::{Number, Value};
+
+pub use client::{DynamoDbCalls, client};
+use errors::{is_conditional_failure, map_err, written};
+
+use items::{message_from_item, message_item, s, session_from_item, session_item, to_attribute};
+use tables::{SESSION_TIMESTAMP_INDEX, TENANT_TIMESTAMP_INDEX, TENANT_USER_INDEX};
 
 use super::{
-    Appended, ConversationStore, Cursor, Deleted, Message, MessageQuery, Metadata, NewMessage, NewSession, Order, Page,
-    PageRequest, Retention, Role, Session, StoreError, StoreResult, check_size, is_expired,
+    Appended, ConversationStore, Cursor, Deleted, Message, MessageQuery, NewMessage, NewSession, Order, Page,
+    PageRequest, Retention, Session, StoreError, StoreResult, check_message, is_expired, prepare_messages,
+    writable_session,
 };
-use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
-use crate::tables::{SESSION_TIMESTAMP_INDEX, TENANT_TIMESTAMP_INDEX, TENANT_USER_INDEX};
+use crate::ids::{MessageId, SessionId, TenantId, UserId};
 use crate::timestamp;
 
-type Item = HashMap<String, AttributeValue>;
+pub(super) type Item = HashMap<String, AttributeValue>;
 
 /// How many deletes run at once when a session or a user is erased.
 const DELETE_CONCURRENCY: usize = 16;
@@ -250,55 +260,10 @@ impl DynamoStore {
                 Some(existing) if existing.tenant_id == m.tenant_id && existing.session_id == m.session_id => {
                     Ok(Appended { message: existing, created: false })
                 }
-                _ => Err(StoreError::Conflict(format!("message id {} is already used", m.id))),
+                _ => Err(StoreError::id_taken("message", &m.id)),
             }
         });
         futures::future::try_join_all(writes).await
-    }
-
-    /// Moves the session's `lastMessageAt` forward over `count` new timestamps and returns them.
-    /// Returns the new timestamps and the session's previous `lastMessageAt` and `updatedAt`.
-    async fn reserve_timestamps(&self, tenant: &str, session: &str, count: usize) -> StoreResult<(Vec<String>, Item)> {
-        let mut after: Option<String> = None;
-        for _ in 0..20 {
-            let stamps = timestamp::allocate(after.as_deref(), count);
-            let (first, last) = (stamps[0].clone(), stamps[count - 1].clone());
-            let expires_at = timestamp::parse_micros(&last).and_then(|m| self.retention.expires_at(m));
-            let mut update =
-                self.client.update_item().table_name(&self.sessions).key("id", s(session)).key("tenantId", s(tenant));
-            update = match expires_at {
-                Some(at) => update
-                    .update_expression("SET lastMessageAt = :last, updatedAt = :last, expiresAt = :exp")
-                    .expression_attribute_values(":exp", AttributeValue::N(at.to_string())),
-                None => update.update_expression("SET lastMessageAt = :last, updatedAt = :last"),
-            };
-            let result = update
-                .condition_expression(
-                    "attribute_exists(id) AND isActive = :active AND \
-                     (attribute_not_exists(lastMessageAt) OR lastMessageAt < :first)",
-                )
-                .expression_attribute_values(":last", s(last))
-                .expression_attribute_values(":first", s(first))
-                .expression_attribute_values(":active", AttributeValue::Bool(true))
-                .return_values(ReturnValue::UpdatedOld)
-                .send()
-                .await;
-            match result {
-                Ok(out) => return Ok((stamps, out.attributes.unwrap_or_default())),
-                Err(e) if is_conditional_failure(&e) => {
-                    let stored = self
-                        .get_session_item(tenant, session)
-                        .await?
-                        .ok_or_else(|| StoreError::NotFound(format!("session {session} not found")))?;
-                    if !stored.is_active {
-                        return Err(StoreError::Conflict(format!("session {session} is closed")));
-                    }
-                    after = stored.last_message_at;
-                }
-                Err(e) => return Err(map_err(&self.sessions, "UpdateItem", e)),
-            }
-        }
-        Err(StoreError::Conflict(format!("session {session} is being written by too many requests at once; retry")))
     }
 }
 
@@ -317,14 +282,6 @@ impl ConversationStore for DynamoStore {
         })
     }
 
-    async fn create_session(&self, new: NewSession) -> StoreResult<Session> {
-        let session = Session::new(new, self.retention);
-        if !self.put_if_absent(&self.sessions, session_item(&session)?).await? {
-            return Err(StoreError::Conflict(format!("session id {} is already used", session.id)));
-        }
-        Ok(session)
-    }
-
     async fn create_session_with(
         &self,
         new: NewSession,
@@ -333,14 +290,14 @@ impl ConversationStore for DynamoStore {
         let mut session = Session::new(new, self.retention);
         let messages = super::first_messages(&mut session, messages, self.retention);
         for m in &messages {
-            check_size(m)?;
+            check_message(m)?;
             message_item(m)?;
         }
         // The session and its messages in one round trip: nothing else can write a new session yet.
         let (created, stored) =
             tokio::join!(self.put_if_absent(&self.sessions, session_item(&session)?), self.put_all(messages));
         if !created? {
-            return Err(StoreError::Conflict(format!("session id {} is already used", session.id)));
+            return Err(StoreError::id_taken("session", &session.id));
         }
         Ok((session, stored?.into_iter().map(|a| a.message).collect()))
     }
@@ -377,91 +334,19 @@ impl ConversationStore for DynamoStore {
         Ok(Page { items, next })
     }
 
-    async fn append_messages(
-        &self,
-        tenant: &TenantId,
-        session: &SessionId,
-        messages: Vec<NewMessage>,
-    ) -> StoreResult<Vec<Appended>> {
-        if messages.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Build and check every item before writing anything.
-        let provisional = timestamp::now();
-        let mut built: Vec<Message> = messages
-            .into_iter()
-            .map(|m| Message {
-                id: m.id,
-                tenant_id: tenant.clone(),
-                session_id: session.clone(),
-                user_id: m.user_id,
-                content: m.content,
-                role: m.role,
-                timestamp: provisional.clone(),
-                metadata: m.metadata,
-                expires_at: self.retention.expires_at(0),
-            })
-            .collect();
-        for m in &built {
-            check_size(m)?;
-            message_item(m)?;
-        }
-        let (stamps, previous) = self.reserve_timestamps(tenant.as_str(), session.as_str(), built.len()).await?;
-        let reserved_last = stamps[stamps.len() - 1].clone();
-        for (m, ts) in built.iter_mut().zip(stamps) {
-            m.expires_at = timestamp::parse_micros(&ts).and_then(|micros| self.retention.expires_at(micros));
-            m.timestamp = ts;
-        }
-        let appended = self.put_all(built).await?;
-        // Ids that were already stored did not use their reserved timestamps: move the session's
-        // marks back to the newest message really written, unless another append moved them since.
-        let newest_created = appended.iter().filter(|a| a.created).map(|a| &a.message.timestamp).max();
-        if newest_created != Some(&reserved_last) {
-            let (last, updated) = match newest_created {
-                Some(ts) => (Some(s(ts.clone())), s(ts.clone())),
-                None => (
-                    previous.get("lastMessageAt").cloned(),
-                    previous.get("updatedAt").cloned().unwrap_or_else(|| s(timestamp::now())),
-                ),
-            };
-            let mut update = self
-                .client
-                .update_item()
-                .table_name(&self.sessions)
-                .key("id", s(session.as_str()))
-                .key("tenantId", s(tenant.as_str()))
-                .condition_expression("lastMessageAt = :reserved")
-                .expression_attribute_values(":reserved", s(reserved_last))
-                .expression_attribute_values(":updated", updated);
-            update = match last {
-                Some(last) => update
-                    .update_expression("SET lastMessageAt = :last, updatedAt = :updated")
-                    .expression_attribute_values(":last", last),
-                None => update.update_expression("SET updatedAt = :updated REMOVE lastMessageAt"),
-            };
-            match update.send().await {
-                Ok(_) => {}
-                Err(e) if is_conditional_failure(&e) => {}
-                Err(e) => return Err(map_err(&self.sessions, "UpdateItem", e)),
-            }
-        }
-        Ok(appended)
-    }
-
     async fn begin_turn(
         &self,
         tenant: &TenantId,
         session: &SessionId,
-        user: &UserId,
+        owner: Option<&UserId>,
         count: usize,
     ) -> StoreResult<(Session, Vec<String>)> {
-        let not_found = || StoreError::NotFound(format!("session {session} not found for this tenant and user"));
         let mut after: Option<String> = None;
         for _ in 0..20 {
             let stamps = timestamp::allocate(after.as_deref(), count);
             let (first, last) = (stamps[0].clone(), stamps[count - 1].clone());
             let expires_at = timestamp::parse_micros(&last).and_then(|m| self.retention.expires_at(m));
-            // One conditional write checks the session (this user's, active) and reserves the
+            // One conditional write checks the session (active, the owner's) and reserves the
             // timestamps; the old item comes back for the history check.
             let mut update = self
                 .client
@@ -469,11 +354,14 @@ impl ConversationStore for DynamoStore {
                 .table_name(&self.sessions)
                 .key("id", s(session.as_str()))
                 .key("tenantId", s(tenant.as_str()))
-                .condition_expression(
+                .condition_expression(if owner.is_some() {
                     "attribute_exists(id) AND userId = :u AND isActive = :active AND \
-                     (attribute_not_exists(lastMessageAt) OR lastMessageAt < :first)",
-                )
-                .expression_attribute_values(":u", s(user.as_str()))
+                     (attribute_not_exists(lastMessageAt) OR lastMessageAt < :first)"
+                } else {
+                    "attribute_exists(id) AND isActive = :active AND \
+                     (attribute_not_exists(lastMessageAt) OR lastMessageAt < :first)"
+                })
+                .set_expression_attribute_values(owner.map(|u| [(":u".to_string(), s(u.as_str()))].into()))
                 .expression_attribute_values(":active", AttributeValue::Bool(true))
                 .expression_attribute_values(":first", s(first))
                 .expression_attribute_values(":last", s(last))
@@ -487,23 +375,11 @@ impl ConversationStore for DynamoStore {
             match update.send().await {
                 Ok(out) => {
                     let before = session_from_item(out.attributes.unwrap_or_default())?;
-                    if is_expired(before.expires_at) {
-                        return Err(not_found());
-                    }
-                    return Ok((before, stamps));
+                    return Ok((writable_session(Some(before), session, owner)?, stamps));
                 }
                 Err(e) if is_conditional_failure(&e) => {
-                    let stored = self
-                        .get_session_item(tenant.as_str(), session.as_str())
-                        .await?
-                        .filter(|s| &s.user_id == user)
-                        .ok_or_else(not_found)?;
-                    if !stored.is_active {
-                        return Err(StoreError::Conflict(format!(
-                            "session {session} is closed; send the message without sessionId to start a new one"
-                        )));
-                    }
-                    after = stored.last_message_at;
+                    let stored = self.get_session_item(tenant.as_str(), session.as_str()).await?;
+                    after = writable_session(stored, session, owner)?.last_message_at;
                 }
                 Err(e) => return Err(map_err(&self.sessions, "UpdateItem", e)),
             }
@@ -517,17 +393,11 @@ impl ConversationStore for DynamoStore {
         session: &SessionId,
         messages: Vec<Message>,
     ) -> StoreResult<Vec<Appended>> {
-        let mut checked = Vec::with_capacity(messages.len());
-        for mut m in messages {
-            if &m.tenant_id != tenant || &m.session_id != session {
-                return Err(StoreError::Invalid("a message of another session".into()));
-            }
-            m.expires_at = timestamp::parse_micros(&m.timestamp).and_then(|micros| self.retention.expires_at(micros));
-            check_size(&m)?;
-            message_item(&m)?;
-            checked.push(m);
+        let messages = prepare_messages(tenant, session, self.retention, messages)?;
+        for m in &messages {
+            message_item(m)?;
         }
-        self.put_all(checked).await
+        self.put_all(messages).await
     }
 
     async fn release_turn(
@@ -546,7 +416,9 @@ impl ConversationStore for DynamoStore {
             .condition_expression("lastMessageAt = :reserved")
             .expression_attribute_values(":reserved", s(reserved_last));
         update = match previous {
-            Some(p) => update.update_expression("SET lastMessageAt = :prev").expression_attribute_values(":prev", s(p)),
+            Some(p) => update
+                .update_expression("SET lastMessageAt = :prev, updatedAt = :prev")
+                .expression_attribute_values(":prev", s(p)),
             None => update.update_expression("REMOVE lastMessageAt"),
         };
         written(update.send().await, &self.sessions, "UpdateItem").map(|_| ())
@@ -777,249 +649,5 @@ impl ConversationStore for DynamoStore {
             .await;
         written(update, &self.sessions, "UpdateItem")?;
         Ok(created)
-    }
-}
-
-fn s(value: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(value.into())
-}
-
-/// A conditional write's outcome: true when it happened, false when its condition did not hold.
-fn written<T, E, R>(result: Result<T, SdkError<E, R>>, table: &str, action: &str) -> StoreResult<bool>
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: Debug,
-{
-    match result {
-        Ok(_) => Ok(true),
-        Err(e) if is_conditional_failure(&e) => Ok(false),
-        Err(e) => Err(map_err(table, action, e)),
-    }
-}
-
-fn is_conditional_failure<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
-    matches!(e, SdkError::ServiceError(se) if se.err().code() == Some("ConditionalCheckFailedException"))
-}
-
-/// Turns an SDK error into a store error that names the table, the action or the endpoint.
-/// Throttling and 5xx have already been retried by the SDK's standard retry policy by now.
-fn map_err<E, R>(table: &str, action: &str, e: SdkError<E, R>) -> StoreError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: Debug,
-{
-    match &e {
-        SdkError::ServiceError(se) => {
-            let code = se.err().code().unwrap_or_default();
-            let message = se.err().message().unwrap_or_default();
-            match code {
-                "ResourceNotFoundException" => StoreError::Unavailable(format!(
-                    "DynamoDB table {table} does not exist (create it with `agent-server tables create`)"
-                )),
-                "AccessDeniedException"
-                | "UnrecognizedClientException"
-                | "InvalidSignatureException"
-                | "ExpiredTokenException"
-                | "MissingAuthenticationTokenException" => StoreError::Unavailable(format!(
-                    "DynamoDB denied dynamodb:{action} on table {table} ({code}): grant it (see `agent-server tables iam-policy`) or fix the AWS credentials"
-                )),
-                "ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded" => {
-                    StoreError::Unavailable(format!(
-                        "DynamoDB is throttling dynamodb:{action} on table {table}; retry later"
-                    ))
-                }
-                "ValidationException" if message.contains("size") => {
-                    StoreError::TooLarge(format!("item too large for DynamoDB table {table}: {message}"))
-                }
-                _ => {
-                    tracing::error!(table, action, code, message, "DynamoDB error");
-                    StoreError::Internal(format!("DynamoDB {action} on {table} failed: {code}"))
-                }
-            }
-        }
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            tracing::error!(table, action, error = %aws_sdk_dynamodb::error::DisplayErrorContext(&e), "DynamoDB unreachable");
-            StoreError::Unavailable(format!("DynamoDB endpoint is unreachable (dynamodb:{action} on table {table})"))
-        }
-        _ => {
-            tracing::error!(table, action, error = %aws_sdk_dynamodb::error::DisplayErrorContext(&e), "DynamoDB request failed");
-            StoreError::Unavailable(format!(
-                "DynamoDB request dynamodb:{action} on table {table} could not be made (check AWS region and credentials)"
-            ))
-        }
-    }
-}
-
-// ---- items -------------------------------------------------------------------------------------
-
-/// JSON to a DynamoDB attribute value, applying DynamoDB's rules for numbers.
-pub(crate) fn to_attribute(value: &Value) -> StoreResult<AttributeValue> {
-    Ok(match value {
-        Value::Null => AttributeValue::Null(true),
-        Value::Bool(b) => AttributeValue::Bool(*b),
-        Value::Number(n) => {
-            super::check_storable(value).map_err(|e| StoreError::Invalid(format!("metadata: {e}")))?;
-            AttributeValue::N(n.to_string())
-        }
-        Value::String(s) => AttributeValue::S(s.clone()),
-        Value::Array(items) => AttributeValue::L(items.iter().map(to_attribute).collect::<StoreResult<_>>()?),
-        Value::Object(map) => AttributeValue::M(to_attribute_map(map)?),
-    })
-}
-
-fn to_attribute_map(map: &Metadata) -> StoreResult<HashMap<String, AttributeValue>> {
-    map.iter().map(|(k, v)| Ok((k.clone(), to_attribute(v)?))).collect()
-}
-
-/// A DynamoDB attribute value to JSON (sets become arrays, binary becomes base64 text).
-pub(crate) fn from_attribute(value: &AttributeValue) -> Value {
-    use base64::Engine;
-    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    match value {
-        AttributeValue::S(s) => Value::String(s.clone()),
-        AttributeValue::N(n) => number(n),
-        AttributeValue::Bool(b) => Value::Bool(*b),
-        AttributeValue::Null(_) => Value::Null,
-        AttributeValue::L(items) => Value::Array(items.iter().map(from_attribute).collect()),
-        AttributeValue::M(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), from_attribute(v))).collect()),
-        AttributeValue::Ss(items) => Value::Array(items.iter().cloned().map(Value::String).collect()),
-        AttributeValue::Ns(items) => Value::Array(items.iter().map(|n| number(n)).collect()),
-        AttributeValue::B(b) => Value::String(b64(b.as_ref())),
-        AttributeValue::Bs(items) => Value::Array(items.iter().map(|b| Value::String(b64(b.as_ref()))).collect()),
-        _ => Value::Null,
-    }
-}
-
-fn number(n: &str) -> Value {
-    if let Ok(i) = n.parse::<i64>() {
-        return Value::Number(i.into());
-    }
-    if let Ok(u) = n.parse::<u64>() {
-        return Value::Number(u.into());
-    }
-    n.parse::<f64>().ok().and_then(Number::from_f64).map_or_else(|| Value::String(n.to_string()), Value::Number)
-}
-
-fn get_s(item: &Item, name: &str) -> StoreResult<String> {
-    match item.get(name) {
-        Some(AttributeValue::S(v)) => Ok(v.clone()),
-        _ => Err(StoreError::Internal(format!("stored item has no string attribute {name}"))),
-    }
-}
-
-fn get_opt_s(item: &Item, name: &str) -> Option<String> {
-    match item.get(name) {
-        Some(AttributeValue::S(v)) => Some(v.clone()),
-        _ => None,
-    }
-}
-
-fn get_metadata(item: &Item) -> Option<Metadata> {
-    match item.get("metadata") {
-        Some(AttributeValue::M(m)) => Some(m.iter().map(|(k, v)| (k.clone(), from_attribute(v))).collect()),
-        _ => None,
-    }
-}
-
-/// `expiresAt`: epoch seconds (DynamoDB's TTL format).
-fn get_epoch(item: &Item) -> Option<i64> {
-    match item.get("expiresAt") {
-        Some(AttributeValue::N(n)) => n.parse::<f64>().ok().map(|f| f as i64),
-        _ => None,
-    }
-}
-
-fn bad(what: &str) -> StoreError {
-    StoreError::Internal(format!("stored {what} is not valid"))
-}
-
-pub(crate) fn session_item(s: &Session) -> StoreResult<Item> {
-    let mut item = HashMap::from([
-        ("id".to_string(), AttributeValue::S(s.id.to_string())),
-        ("tenantId".to_string(), AttributeValue::S(s.tenant_id.to_string())),
-        ("userId".to_string(), AttributeValue::S(s.user_id.to_string())),
-        ("isActive".to_string(), AttributeValue::Bool(s.is_active)),
-        ("createdAt".to_string(), AttributeValue::S(s.created_at.clone())),
-        ("updatedAt".to_string(), AttributeValue::S(s.updated_at.clone())),
-    ]);
-    if let Some(l) = &s.location_id {
-        item.insert("locationId".into(), AttributeValue::S(l.to_string()));
-    }
-    if let Some(m) = &s.metadata {
-        item.insert("metadata".into(), AttributeValue::M(to_attribute_map(m)?));
-    }
-    if let Some(t) = &s.last_message_at {
-        item.insert("lastMessageAt".into(), AttributeValue::S(t.clone()));
-    }
-    if let Some(at) = s.expires_at {
-        item.insert("expiresAt".into(), AttributeValue::N(at.to_string()));
-    }
-    Ok(item)
-}
-
-pub(crate) fn session_from_item(item: Item) -> StoreResult<Session> {
-    Ok(Session {
-        id: SessionId::parse(get_s(&item, "id")?).map_err(|_| bad("session id"))?,
-        tenant_id: TenantId::parse(get_s(&item, "tenantId")?).map_err(|_| bad("tenant id"))?,
-        user_id: UserId::parse(get_s(&item, "userId")?).map_err(|_| bad("user id"))?,
-        location_id: get_opt_s(&item, "locationId").and_then(|l| LocationId::parse(l).ok()),
-        is_active: matches!(item.get("isActive"), Some(AttributeValue::Bool(true))),
-        created_at: get_s(&item, "createdAt")?,
-        updated_at: get_s(&item, "updatedAt")?,
-        last_message_at: get_opt_s(&item, "lastMessageAt"),
-        metadata: get_metadata(&item),
-        expires_at: get_epoch(&item),
-    })
-}
-
-pub(crate) fn message_item(m: &Message) -> StoreResult<Item> {
-    let mut item = HashMap::from([
-        ("id".to_string(), AttributeValue::S(m.id.to_string())),
-        ("tenantId".to_string(), AttributeValue::S(m.tenant_id.to_string())),
-        ("sessionId".to_string(), AttributeValue::S(m.session_id.to_string())),
-        ("userId".to_string(), AttributeValue::S(m.user_id.to_string())),
-        ("content".to_string(), AttributeValue::S(m.content.clone())),
-        ("role".to_string(), AttributeValue::S(m.role.as_str().to_string())),
-        ("timestamp".to_string(), AttributeValue::S(m.timestamp.clone())),
-    ]);
-    if let Some(md) = &m.metadata {
-        item.insert("metadata".into(), AttributeValue::M(to_attribute_map(md)?));
-    }
-    if let Some(at) = m.expires_at {
-        item.insert("expiresAt".into(), AttributeValue::N(at.to_string()));
-    }
-    Ok(item)
-}
-
-pub(crate) fn message_from_item(item: Item) -> StoreResult<Message> {
-    Ok(Message {
-        id: MessageId::parse(get_s(&item, "id")?).map_err(|_| bad("message id"))?,
-        tenant_id: TenantId::parse(get_s(&item, "tenantId")?).map_err(|_| bad("tenant id"))?,
-        session_id: SessionId::parse(get_s(&item, "sessionId")?).map_err(|_| bad("session id"))?,
-        user_id: UserId::parse(get_s(&item, "userId")?).map_err(|_| bad("user id"))?,
-        content: get_s(&item, "content")?,
-        role: Role::parse(&get_s(&item, "role")?).ok_or_else(|| bad("role"))?,
-        timestamp: get_s(&item, "timestamp")?,
-        metadata: get_metadata(&item),
-        expires_at: get_epoch(&item),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn metadata_round_trips_through_attribute_values() {
-        let v = json!({"a": 1, "b": [true, null, "x", 2.5], "c": {"d": -7}});
-        assert_eq!(from_attribute(&to_attribute(&v).unwrap()), v);
-    }
-
-    #[test]
-    fn numbers_outside_dynamodb_range_are_refused() {
-        assert!(to_attribute(&json!(1e300)).is_err());
-        assert!(to_attribute(&json!(1e-200)).is_err());
-        assert!(to_attribute(&json!(1e100)).is_ok());
     }
 }

@@ -8,61 +8,21 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+mod rows;
+mod schema;
+
+use rows::*;
+use schema::{migrate, open, spawn_checkpointer};
 
 use super::{
-    Appended, ConversationStore, Cursor, Deleted, Message, MessageQuery, Metadata, NewMessage, NewSession, Order, Page,
-    PageRequest, Retention, Role, Session, StoreError, StoreResult, check_size,
+    Appended, ConversationStore, Cursor, Deleted, Message, MessageQuery, NewMessage, NewSession, Order, Page,
+    PageRequest, Retention, Session, StoreError, StoreResult, check_message, prepare_messages, writable_session,
 };
-use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
+use crate::ids::{MessageId, SessionId, TenantId, UserId};
 use crate::timestamp;
 
-/// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
-
-/// Version 1: sessions and messages with their indexes.
-const SCHEMA_V1: &str = "
-CREATE TABLE IF NOT EXISTS sessions (
-    tenant_id TEXT NOT NULL,
-    id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    location_id TEXT,
-    is_active INTEGER NOT NULL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    last_message_at TEXT,
-    metadata TEXT,
-    PRIMARY KEY (tenant_id, id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (tenant_id, user_id, updated_at, id);
-CREATE TABLE IF NOT EXISTS messages (
-    id TEXT PRIMARY KEY NOT NULL,
-    tenant_id TEXT NOT NULL,
-    session_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    content TEXT NOT NULL,
-    role TEXT NOT NULL,
-    timestamp TEXT NOT NULL,
-    metadata TEXT
-);
-CREATE INDEX IF NOT EXISTS messages_by_session ON messages (tenant_id, session_id, timestamp);
-CREATE INDEX IF NOT EXISTS messages_by_tenant ON messages (tenant_id, timestamp, id);
-CREATE INDEX IF NOT EXISTS messages_by_user ON messages (tenant_id, user_id);
-";
-
-/// Version 2: `expires_at` (epoch seconds) for retention.
-const SCHEMA_V2: &str = "
-ALTER TABLE sessions ADD COLUMN expires_at INTEGER;
-ALTER TABLE messages ADD COLUMN expires_at INTEGER;
-CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at) WHERE expires_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires_at) WHERE expires_at IS NOT NULL;
-";
-
-const SESSION_COLUMNS: &str =
-    "id, tenant_id, user_id, location_id, is_active, created_at, updated_at, last_message_at, metadata, expires_at";
-const MESSAGE_COLUMNS: &str = "id, tenant_id, session_id, user_id, content, role, timestamp, metadata, expires_at";
-/// Rows past their `expires_at` are hidden from every read until the purge deletes them.
-const LIVE: &str = "(expires_at IS NULL OR expires_at > unixepoch())";
 const MAX_READERS: usize = 8;
 /// Rows deleted per purge transaction, so the write lock is held only briefly.
 const PURGE_BATCH: usize = 500;
@@ -80,34 +40,6 @@ struct Inner {
 
 fn internal(e: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(format!("sqlite: {e}"))
-}
-
-fn open(path: &Path) -> StoreResult<Connection> {
-    let conn = Connection::open(path)
-        .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database {}: {e}", path.display())))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(internal)?;
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
-        .map_err(|e| StoreError::Unavailable(format!("cannot use SQLite database {}: {e}", path.display())))?;
-    Ok(conn)
-}
-
-fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(internal)?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::Unavailable(format!(
-            "SQLite database {} has schema version {version}, newer than this build ({SCHEMA_VERSION})",
-            path.display()
-        )));
-    }
-    let tx = conn.transaction().map_err(internal)?;
-    if version < 1 {
-        tx.execute_batch(SCHEMA_V1).map_err(internal)?;
-    }
-    if version < 2 {
-        tx.execute_batch(SCHEMA_V2).map_err(internal)?;
-    }
-    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(internal)?;
-    tx.commit().map_err(internal)
 }
 
 impl SqliteStore {
@@ -196,145 +128,6 @@ impl SqliteStore {
     }
 }
 
-/// Checkpoints the WAL into the database every second (PASSIVE: it never blocks readers or the
-/// writer), until the store is dropped.
-fn spawn_checkpointer(inner: std::sync::Weak<Inner>) -> StoreResult<()> {
-    let path = inner.upgrade().map(|i| i.path.clone()).unwrap_or_default();
-    let conn = open(&path)?;
-    std::thread::Builder::new()
-        .name("sqlite-checkpoint".into())
-        .spawn(move || {
-            while inner.upgrade().is_some() {
-                std::thread::sleep(std::time::Duration::from_secs(1));
-                if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
-                    tracing::warn!(error = %e, "SQLite checkpoint failed");
-                }
-            }
-        })
-        .map_err(internal)?;
-    Ok(())
-}
-
-fn json_text(metadata: &Option<Metadata>) -> Option<String> {
-    metadata.as_ref().map(|m| serde_json::Value::Object(m.clone()).to_string())
-}
-
-fn parse_json(text: Option<String>) -> Option<Metadata> {
-    text.and_then(|t| serde_json::from_str(&t).ok())
-}
-
-fn bad_row(what: &str) -> rusqlite::Error {
-    rusqlite::Error::InvalidColumnName(format!("stored {what} is not valid"))
-}
-
-fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
-    Ok(Session {
-        id: SessionId::parse(r.get::<_, String>(0)?).map_err(|_| bad_row("session id"))?,
-        tenant_id: TenantId::parse(r.get::<_, String>(1)?).map_err(|_| bad_row("tenant id"))?,
-        user_id: UserId::parse(r.get::<_, String>(2)?).map_err(|_| bad_row("user id"))?,
-        location_id: r.get::<_, Option<String>>(3)?.and_then(|l| LocationId::parse(l).ok()),
-        is_active: r.get(4)?,
-        created_at: r.get(5)?,
-        updated_at: r.get(6)?,
-        last_message_at: r.get(7)?,
-        metadata: parse_json(r.get(8)?),
-        expires_at: r.get(9)?,
-    })
-}
-
-fn message_from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
-    Ok(Message {
-        id: MessageId::parse(r.get::<_, String>(0)?).map_err(|_| bad_row("message id"))?,
-        tenant_id: TenantId::parse(r.get::<_, String>(1)?).map_err(|_| bad_row("tenant id"))?,
-        session_id: SessionId::parse(r.get::<_, String>(2)?).map_err(|_| bad_row("session id"))?,
-        user_id: UserId::parse(r.get::<_, String>(3)?).map_err(|_| bad_row("user id"))?,
-        content: r.get(4)?,
-        role: Role::parse(&r.get::<_, String>(5)?).ok_or_else(|| bad_row("role"))?,
-        timestamp: r.get(6)?,
-        metadata: parse_json(r.get(7)?),
-        expires_at: r.get(8)?,
-    })
-}
-
-fn get_session(conn: &Connection, tenant: &str, id: &str) -> StoreResult<Option<Session>> {
-    conn.prepare_cached(&format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE tenant_id = ?1 AND id = ?2 AND {LIVE}"))
-        .and_then(|mut s| s.query_row(params![tenant, id], session_from_row).optional())
-        .map_err(internal)
-}
-
-/// A message by id, expired or not (ids stay taken until the row is purged).
-fn get_message(conn: &Connection, id: &str) -> StoreResult<Option<Message>> {
-    conn.prepare_cached(&format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1"))
-        .and_then(|mut s| s.query_row(params![id], message_from_row).optional())
-        .map_err(internal)
-}
-
-fn insert_session(conn: &Connection, s: &Session) -> StoreResult<bool> {
-    let n = conn
-        .prepare_cached(&format!(
-            "INSERT OR IGNORE INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-        ))
-        .and_then(|mut st| {
-            st.execute(params![
-                s.id.as_str(),
-                s.tenant_id.as_str(),
-                s.user_id.as_str(),
-                s.location_id.as_ref().map(|l| l.as_str()),
-                s.is_active,
-                s.created_at,
-                s.updated_at,
-                s.last_message_at,
-                json_text(&s.metadata),
-                s.expires_at,
-            ])
-        })
-        .map_err(internal)?;
-    Ok(n > 0)
-}
-
-fn insert_message(conn: &Connection, m: &Message) -> StoreResult<bool> {
-    let n = conn
-        .prepare_cached(&format!(
-            "INSERT OR IGNORE INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-        ))
-        .and_then(|mut st| {
-            st.execute(params![
-                m.id.as_str(),
-                m.tenant_id.as_str(),
-                m.session_id.as_str(),
-                m.user_id.as_str(),
-                m.content,
-                m.role.as_str(),
-                m.timestamp,
-                json_text(&m.metadata),
-                m.expires_at,
-            ])
-        })
-        .map_err(internal)?;
-    Ok(n > 0)
-}
-
-/// Runs a message query with positional parameters and splits off the next-page cursor.
-fn message_page(
-    conn: &Connection,
-    sql: &str,
-    params: &[&dyn rusqlite::ToSql],
-    limit: usize,
-) -> StoreResult<Page<Message>> {
-    let mut stmt = conn.prepare_cached(sql).map_err(internal)?;
-    let mut items = stmt
-        .query_map(params, message_from_row)
-        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-        .map_err(internal)?;
-    let next = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|m| Cursor::new(&m.timestamp, m.id.as_str()))
-    } else {
-        None
-    };
-    Ok(Page { items, next })
-}
-
 #[async_trait]
 impl ConversationStore for SqliteStore {
     fn describe(&self) -> String {
@@ -349,13 +142,6 @@ impl ConversationStore for SqliteStore {
         .await
     }
 
-    async fn create_session(&self, new: NewSession) -> StoreResult<Session> {
-        let session = Session::new(new, self.retention);
-        let s = session.clone();
-        self.write("create_session", move |c| insert_session(c, &s)).await?;
-        Ok(session)
-    }
-
     async fn create_session_with(
         &self,
         new: NewSession,
@@ -364,15 +150,17 @@ impl ConversationStore for SqliteStore {
         let mut session = Session::new(new, self.retention);
         let messages = super::first_messages(&mut session, messages, self.retention);
         for m in &messages {
-            check_size(m)?;
+            check_message(m)?;
         }
         let (s, ms) = (session.clone(), messages.clone());
         self.write("create_session_with", move |c| {
             let tx = c.transaction().map_err(internal)?;
-            insert_session(&tx, &s)?;
+            if !insert_session(&tx, &s)? {
+                return Err(StoreError::id_taken("session", &s.id));
+            }
             for m in &ms {
                 if !insert_message(&tx, m)? {
-                    return Err(StoreError::Conflict(format!("message id {} is already used", m.id)));
+                    return Err(StoreError::id_taken("message", &m.id));
                 }
             }
             tx.commit().map_err(internal)
@@ -431,96 +219,18 @@ impl ConversationStore for SqliteStore {
         .await
     }
 
-    async fn append_messages(
-        &self,
-        tenant: &TenantId,
-        session: &SessionId,
-        messages: Vec<NewMessage>,
-    ) -> StoreResult<Vec<Appended>> {
-        let (tenant, session) = (tenant.clone(), session.clone());
-        let retention = self.retention;
-        self.write("append_messages", move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(internal)?;
-            let stored = get_session(&tx, tenant.as_str(), session.as_str())?
-                .ok_or_else(|| StoreError::NotFound(format!("session {session} not found")))?;
-            if !stored.is_active {
-                return Err(StoreError::Conflict(format!("session {session} is closed")));
-            }
-            // Validate everything before writing anything.
-            let mut results: Vec<Option<Appended>> = Vec::with_capacity(messages.len());
-            let mut fresh = 0;
-            for m in &messages {
-                match get_message(&tx, m.id.as_str())? {
-                    Some(existing) if existing.tenant_id == tenant && existing.session_id == session => {
-                        results.push(Some(Appended { message: existing, created: false }))
-                    }
-                    Some(_) => return Err(StoreError::Conflict(format!("message id {} is already used", m.id))),
-                    None => {
-                        fresh += 1;
-                        results.push(None)
-                    }
-                }
-            }
-            let mut stamps = timestamp::allocate(stored.last_message_at.as_deref(), fresh).into_iter();
-            let mut last = None;
-            let mut out = Vec::with_capacity(messages.len());
-            for (m, done) in messages.into_iter().zip(results) {
-                if let Some(done) = done {
-                    out.push(done);
-                    continue;
-                }
-                let ts = stamps.next().unwrap_or_default();
-                let expires_at = timestamp::parse_micros(&ts).and_then(|micros| retention.expires_at(micros));
-                last = Some((ts.clone(), expires_at));
-                let message = Message {
-                    id: m.id,
-                    tenant_id: tenant.clone(),
-                    session_id: session.clone(),
-                    user_id: m.user_id,
-                    content: m.content,
-                    role: m.role,
-                    timestamp: ts,
-                    metadata: m.metadata,
-                    expires_at,
-                };
-                check_size(&message)?;
-                out.push(Appended { message, created: true });
-            }
-            for a in out.iter().filter(|a| a.created) {
-                insert_message(&tx, &a.message)?;
-            }
-            if let Some((last, expires_at)) = last {
-                tx.execute(
-                    "UPDATE sessions SET last_message_at = ?1, updated_at = ?1, \
-                     expires_at = coalesce(?4, expires_at) WHERE tenant_id = ?2 AND id = ?3",
-                    params![last, tenant.as_str(), session.as_str(), expires_at],
-                )
-                .map_err(internal)?;
-            }
-            tx.commit().map_err(internal)?;
-            Ok(out)
-        })
-        .await
-    }
-
     async fn begin_turn(
         &self,
         tenant: &TenantId,
         session: &SessionId,
-        user: &UserId,
+        owner: Option<&UserId>,
         count: usize,
     ) -> StoreResult<(Session, Vec<String>)> {
-        let (tenant, session, user) = (tenant.clone(), session.clone(), user.clone());
+        let (tenant, session, owner) = (tenant.clone(), session.clone(), owner.cloned());
         self.write("begin_turn", move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(internal)?;
-            let stored = get_session(&tx, tenant.as_str(), session.as_str())?
-                .filter(|s| s.user_id == user)
-                .ok_or_else(|| StoreError::NotFound(format!("session {session} not found for this tenant and user")))?;
-            if !stored.is_active {
-                return Err(StoreError::Conflict(format!(
-                    "session {session} is closed; send the message without sessionId to start a new one"
-                )));
-            }
+            let stored = get_session(&tx, tenant.as_str(), session.as_str())?;
+            let stored = writable_session(stored, &session, owner.as_ref())?;
             let stamps = timestamp::allocate(stored.last_message_at.as_deref(), count);
             let last = stamps.last().cloned().unwrap_or_default();
             tx.execute(
@@ -545,9 +255,7 @@ impl ConversationStore for SqliteStore {
         self.write("put_messages", move |c| {
             let tx = c.transaction().map_err(internal)?;
             let mut out = Vec::with_capacity(messages.len());
-            for mut m in messages {
-                check_size(&m)?;
-                m.expires_at = timestamp::parse_micros(&m.timestamp).and_then(|micros| retention.expires_at(micros));
+            for m in prepare_messages(&tenant, &session, retention, messages)? {
                 if insert_message(&tx, &m)? {
                     out.push(Appended { message: m, created: true });
                 } else {
@@ -555,7 +263,7 @@ impl ConversationStore for SqliteStore {
                         Some(existing) if existing.tenant_id == tenant && existing.session_id == session => {
                             out.push(Appended { message: existing, created: false })
                         }
-                        _ => return Err(StoreError::Conflict(format!("message id {} is already used", m.id))),
+                        _ => return Err(StoreError::id_taken("message", &m.id)),
                     }
                 }
             }
@@ -583,7 +291,8 @@ impl ConversationStore for SqliteStore {
         let (reserved, previous) = (reserved_last.to_string(), previous.map(str::to_string));
         self.write("release_turn", move |c| {
             c.execute(
-                "UPDATE sessions SET last_message_at = ?4 WHERE tenant_id = ?1 AND id = ?2 AND last_message_at = ?3",
+                "UPDATE sessions SET last_message_at = ?4, updated_at = coalesce(?4, updated_at) \
+                 WHERE tenant_id = ?1 AND id = ?2 AND last_message_at = ?3",
                 params![tenant.as_str(), session.as_str(), reserved, previous],
             )
             .map_err(internal)?;

@@ -1,0 +1,229 @@
+//! The stored data: sessions, messages and what callers give to write them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::Cursor;
+use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
+
+/// Free-form JSON stored with a session or message.
+pub type Metadata = Map<String, Value>;
+
+/// A conversation session, with the seed's attribute names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+    #[schema(value_type = String)]
+    pub id: SessionId,
+    #[schema(value_type = String)]
+    pub tenant_id: TenantId,
+    #[schema(value_type = String)]
+    pub user_id: UserId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub location_id: Option<LocationId>,
+    pub is_active: bool,
+    /// ISO-8601 UTC, microseconds.
+    pub created_at: String,
+    /// ISO-8601 UTC, microseconds: the last activity on the session.
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Metadata>,
+    /// Timestamp of the newest message (our own attribute `lastMessageAt`), used for read-your-writes.
+    #[serde(skip)]
+    pub last_message_at: Option<String>,
+    /// When `MESSAGE_TTL_DAYS` is set: epoch seconds after which the session is deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Agent,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Agent => "agent",
+        }
+    }
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "user" => Some(Role::User),
+            "agent" => Some(Role::Agent),
+            _ => None,
+        }
+    }
+}
+
+/// A stored message, with the seed's attribute names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    #[schema(value_type = String)]
+    pub id: MessageId,
+    #[schema(value_type = String)]
+    pub tenant_id: TenantId,
+    #[schema(value_type = String)]
+    pub session_id: SessionId,
+    #[schema(value_type = String)]
+    pub user_id: UserId,
+    pub content: String,
+    pub role: Role,
+    /// ISO-8601 UTC, microseconds; strictly increasing within a session.
+    pub timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Metadata>,
+    /// When `MESSAGE_TTL_DAYS` is set: epoch seconds after which the message is deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+/// The messages a new session starts with, timestamped in order, and the session pointing at them.
+pub(crate) fn first_messages(session: &mut Session, messages: Vec<NewMessage>, retention: Retention) -> Vec<Message> {
+    let stamps = crate::timestamp::allocate(Some(&session.created_at), messages.len());
+    let out: Vec<Message> = messages
+        .into_iter()
+        .zip(stamps)
+        .map(|(m, ts)| {
+            let mut message = m.into_message(&session.tenant_id, &session.id, ts);
+            message.expires_at =
+                crate::timestamp::parse_micros(&message.timestamp).and_then(|micros| retention.expires_at(micros));
+            message
+        })
+        .collect();
+    if let Some(last) = out.last() {
+        session.last_message_at = Some(last.timestamp.clone());
+        session.updated_at = last.timestamp.clone();
+        session.expires_at = last.expires_at.or(session.expires_at);
+    }
+    out
+}
+
+impl Session {
+    /// A new active session, created now, with its expiry under `retention`.
+    pub fn new(new: NewSession, retention: Retention) -> Self {
+        let micros = crate::timestamp::now_micros();
+        let now = crate::timestamp::format_micros(micros);
+        Session {
+            id: SessionId::generate(),
+            tenant_id: new.tenant_id,
+            user_id: new.user_id,
+            location_id: new.location_id,
+            is_active: true,
+            created_at: now.clone(),
+            updated_at: now,
+            metadata: new.metadata,
+            last_message_at: None,
+            expires_at: retention.expires_at(micros),
+        }
+    }
+}
+
+/// How long new items are kept (`MESSAGE_TTL_DAYS`), counted from their last write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention(pub Option<std::time::Duration>);
+
+impl Retention {
+    /// The `expiresAt` of an item written at `micros` (microseconds since the epoch).
+    pub fn expires_at(self, micros: i64) -> Option<i64> {
+        self.0.map(|ttl| micros.div_euclid(1_000_000) + ttl.as_secs() as i64)
+    }
+}
+
+/// Whether an item is past its `expiresAt` (DynamoDB deletes such items lazily, so reads hide them).
+pub fn is_expired(expires_at: Option<i64>) -> bool {
+    expires_at.is_some_and(|t| t <= crate::timestamp::epoch_seconds())
+}
+
+/// What a caller gives to start a session.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub tenant_id: TenantId,
+    pub user_id: UserId,
+    pub location_id: Option<LocationId>,
+    pub metadata: Option<Metadata>,
+}
+
+/// What a caller gives to append a message; the store assigns the timestamp.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: MessageId,
+    pub user_id: UserId,
+    pub role: Role,
+    pub content: String,
+    pub metadata: Option<Metadata>,
+}
+
+impl NewMessage {
+    /// The message as stored in `session` at `timestamp` (its expiry is the store's to set).
+    pub fn into_message(self, tenant: &TenantId, session: &SessionId, timestamp: String) -> Message {
+        Message {
+            id: self.id,
+            tenant_id: tenant.clone(),
+            session_id: session.clone(),
+            user_id: self.user_id,
+            content: self.content,
+            role: self.role,
+            timestamp,
+            metadata: self.metadata,
+            expires_at: None,
+        }
+    }
+}
+
+/// The result of appending one message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appended {
+    pub message: Message,
+    /// False when a message with this id was already stored: the stored one is returned.
+    pub created: bool,
+}
+
+/// Oldest first or newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    Asc,
+    #[default]
+    Desc,
+}
+
+/// Which page of a list to read.
+#[derive(Debug, Clone, Default)]
+pub struct PageRequest {
+    pub limit: usize,
+    pub cursor: Option<Cursor>,
+}
+
+/// Which page of a message list to read.
+#[derive(Debug, Clone, Default)]
+pub struct MessageQuery {
+    pub limit: usize,
+    pub order: Order,
+    pub cursor: Option<Cursor>,
+    /// Only messages strictly older than this timestamp (fixed-width form).
+    pub before: Option<String>,
+}
+
+/// One page of a list, and where the next page starts when there is one.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<Cursor>,
+}
+
+/// What an erasure removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Deleted {
+    pub sessions: usize,
+    pub messages: usize,
+}

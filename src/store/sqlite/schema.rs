@@ -1,0 +1,96 @@
+//! The SQLite schema and its migrations, the connection settings, and the WAL checkpointer.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use super::{Inner, internal};
+use crate::store::{StoreError, StoreResult};
+
+/// The schema version this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 2;
+
+/// Version 1: sessions and messages with their indexes.
+const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    tenant_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    location_id TEXT,
+    is_active INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    last_message_at TEXT,
+    metadata TEXT,
+    PRIMARY KEY (tenant_id, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (tenant_id, user_id, updated_at, id);
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY NOT NULL,
+    tenant_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    content TEXT NOT NULL,
+    role TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    metadata TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_by_session ON messages (tenant_id, session_id, timestamp);
+CREATE INDEX IF NOT EXISTS messages_by_tenant ON messages (tenant_id, timestamp, id);
+CREATE INDEX IF NOT EXISTS messages_by_user ON messages (tenant_id, user_id);
+";
+
+/// Version 2: `expires_at` (epoch seconds) for retention.
+const SCHEMA_V2: &str = "
+ALTER TABLE sessions ADD COLUMN expires_at INTEGER;
+ALTER TABLE messages ADD COLUMN expires_at INTEGER;
+CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires_at) WHERE expires_at IS NOT NULL;
+";
+
+pub(super) fn open(path: &Path) -> StoreResult<Connection> {
+    let conn = Connection::open(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database {}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(internal)?;
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
+        .map_err(|e| StoreError::Unavailable(format!("cannot use SQLite database {}: {e}", path.display())))?;
+    Ok(conn)
+}
+
+pub(super) fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(internal)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Unavailable(format!(
+            "SQLite database {} has schema version {version}, newer than this build ({SCHEMA_VERSION})",
+            path.display()
+        )));
+    }
+    let tx = conn.transaction().map_err(internal)?;
+    if version < 1 {
+        tx.execute_batch(SCHEMA_V1).map_err(internal)?;
+    }
+    if version < 2 {
+        tx.execute_batch(SCHEMA_V2).map_err(internal)?;
+    }
+    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(internal)?;
+    tx.commit().map_err(internal)
+}
+
+/// Checkpoints the WAL into the database every second (PASSIVE: it never blocks readers or the
+/// writer), until the store is dropped.
+pub(super) fn spawn_checkpointer(inner: std::sync::Weak<Inner>) -> StoreResult<()> {
+    let path = inner.upgrade().map(|i| i.path.clone()).unwrap_or_default();
+    let conn = open(&path)?;
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || {
+            while inner.upgrade().is_some() {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                    tracing::warn!(error = %e, "SQLite checkpoint failed");
+                }
+            }
+        })
+        .map_err(internal)?;
+    Ok(())
+}
