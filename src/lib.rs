@@ -8,6 +8,7 @@ pub mod http;
 pub mod ids;
 pub mod llm;
 pub mod portability;
+pub mod startup;
 pub mod store;
 pub mod tables;
 pub mod telemetry;
