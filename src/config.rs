@@ -137,35 +137,21 @@ pub struct ToolsConfig {
     pub tools_file: Option<PathBuf>,
     pub timeout: Duration,
     pub max_steps: usize,
-    pub approval: crate::tools::ApprovalPolicy,
+    pub approval: ApprovalPolicy,
     pub result_max_chars: usize,
     /// `MCP_SERVERS`: streamable HTTP URLs of MCP servers whose tools the agent may use.
     pub mcp_servers: Vec<String>,
 }
 
-impl ToolsConfig {
-    /// The toolbox; reads `AGENT_TOOLS_FILE`.
-    pub fn build(&self) -> Result<crate::tools::Toolbox, ConfigError> {
-        let api = match &self.api_server_url {
-            None => None,
-            Some(url) => {
-                let file_tools = match &self.tools_file {
-                    Some(path) => crate::tools::read_tools_file(path).map_err(|e| err("AGENT_TOOLS_FILE", e))?,
-                    None => Vec::new(),
-                };
-                Some(crate::tools::BusinessApi::new(
-                    url.clone(),
-                    self.api_server_key.clone(),
-                    self.resource_types.clone(),
-                    file_tools,
-                ))
-            }
-        };
-        if api.is_none() && self.tools_file.is_some() {
-            return Err(err("AGENT_TOOLS_FILE", "needs API_SERVER_URL: its tools call paths under it"));
-        }
-        Ok(crate::tools::Toolbox::new(api, self.timeout, self.approval, self.max_steps, self.result_max_chars))
-    }
+/// Which tool calls wait for a human (`TOOL_APPROVAL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovalPolicy {
+    /// Nothing waits.
+    None,
+    /// Calls that create, change or delete wait; reads run at once.
+    Writes,
+    /// Every call waits.
+    All,
 }
 
 /// Reads a variable; unset and empty are the same.
@@ -338,9 +324,9 @@ impl Config {
                 timeout: Duration::from_secs(parse_num("TOOL_TIMEOUT_SECONDS", 15u64, 1)?),
                 max_steps: parse_num("AGENT_MAX_TOOL_STEPS", 5usize, 1)?,
                 approval: match var("TOOL_APPROVAL").as_deref() {
-                    None | Some("writes") => crate::tools::ApprovalPolicy::Writes,
-                    Some("none") => crate::tools::ApprovalPolicy::None,
-                    Some("all") => crate::tools::ApprovalPolicy::All,
+                    None | Some("writes") => ApprovalPolicy::Writes,
+                    Some("none") => ApprovalPolicy::None,
+                    Some("all") => ApprovalPolicy::All,
                     Some(other) => {
                         return Err(err("TOOL_APPROVAL", format!("{other:?} is not one of writes, none, all")));
                     }

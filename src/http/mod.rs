@@ -5,8 +5,8 @@ mod actions;
 mod conversations;
 mod error;
 mod process;
+pub(crate) mod server;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,12 +22,11 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+pub(crate) use access::TenantRateLimit;
 pub use error::ApiError;
 
-use crate::agent::{Agent, AgentSettings};
+use crate::agent::Agent;
 use crate::auth::Authenticator;
-use crate::config::{AuthConfig, Config};
-use crate::llm::Provider;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -213,136 +212,4 @@ async fn request_context(request: Request, next: Next) -> Response {
         "request"
     );
     response
-}
-
-/// Starts the server and runs it until SIGINT or SIGTERM, then lets running requests and streams
-/// finish within `SHUTDOWN_GRACE_SECONDS`.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let metrics = crate::telemetry::install()?;
-    let store = crate::store::open(&config.storage, config.retention).await?;
-    if config.retention.0.is_some() {
-        let store = store.clone();
-        tokio::spawn(async move {
-            loop {
-                match store.purge_expired().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(deleted = n, "deleted expired sessions and messages"),
-                    Err(e) => tracing::warn!(error = %e, "purging expired items failed"),
-                }
-                tokio::time::sleep(Duration::from_secs(60)).await;
-            }
-        });
-    }
-    let provider = Provider::from_config(&config.provider, config.llm_timeout).await;
-    let settings = AgentSettings {
-        system_prompt: config.system_prompt.clone(),
-        history_max_messages: config.history_max_messages,
-        session_idle: config.session_idle,
-        llm_timeout: config.llm_timeout,
-    };
-    let storage = store.describe();
-    let rate_limit = config.rate_limit_per_minute.and_then(access::TenantRateLimit::per_minute);
-    if let Some(limit) = rate_limit.clone() {
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                limit.forget_idle();
-            }
-        });
-    }
-    if let AuthConfig::None { exposed: true } = config.auth {
-        tracing::warn!(
-            "AUTH_MODE=none on {}: every request is trusted with the tenant it names; only run this behind a trusted gateway",
-            config.host
-        );
-    }
-    let mut tools = config.tools.build()?;
-    if !config.tools.mcp_servers.is_empty() {
-        tools = tools.with_mcp(crate::tools::McpServers::connect(&config.tools.mcp_servers).await);
-    }
-    let agent = Arc::new(Agent::with_tools(store, provider, settings, tools));
-    let state = AppState {
-        agent: agent.clone(),
-        auth: Arc::new(Authenticator::from_config(&config.auth)),
-        rate_limit,
-        metrics_open: config.host.is_loopback(),
-        metrics: Some(metrics),
-        max_message_chars: config.max_message_chars,
-    };
-    let limits = Limits {
-        max_body_bytes: config.max_body_bytes,
-        request_timeout: config.request_timeout,
-        max_concurrent_requests: config.max_concurrent_requests,
-    };
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.host, config.port))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", config.host, config.port))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(
-        "agent-server listening on http://{addr} (storage: {storage}; model provider: {}; auth: {})",
-        config.provider.name(),
-        config.auth.name(),
-    );
-    let app = app(state, limits);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                // hyper directly, for the header read timeout that stops slowloris clients.
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(config.header_read_timeout)
-                    .serve_connection(
-                        hyper_util::rt::TokioIo::new(stream),
-                        hyper_util::service::TowerToHyperService::new(app.clone()),
-                    );
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-            }
-            _ = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    tracing::info!("shutting down: waiting up to {:?} for running requests", config.shutdown_grace);
-    let drained = graceful.shutdown();
-    tokio::pin!(drained);
-    tokio::select! {
-        _ = &mut drained => {}
-        _ = tokio::time::sleep(config.shutdown_grace) => {
-            // Streams still running store what they have (marked interrupted) and end.
-            tracing::warn!("shutdown deadline passed: interrupting running streams");
-            agent.stop_streams();
-            let _ = tokio::time::timeout(Duration::from_secs(5), &mut drained).await;
-        }
-    }
-    tracing::info!("agent-server stopped");
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install the SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

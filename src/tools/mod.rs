@@ -13,6 +13,10 @@ use serde_json::{Value, json};
 pub use business_api::{BusinessApi, FileTool, read_tools_file};
 pub use mcp::McpServers;
 
+// Which tool calls wait for a human: a setting, so it is defined with the configuration.
+pub use crate::config::ApprovalPolicy;
+
+use crate::config::ToolsConfig;
 use crate::ids::{LocationId, TenantId, UserId};
 
 /// A tool as the model sees it.
@@ -56,17 +60,6 @@ pub struct ToolContext {
     pub location: Option<LocationId>,
 }
 
-/// Which tool calls wait for a human (`TOOL_APPROVAL`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApprovalPolicy {
-    /// Nothing waits.
-    None,
-    /// Calls that create, change or delete wait; reads run at once.
-    Writes,
-    /// Every call waits.
-    All,
-}
-
 /// The tools available to the agent.
 pub struct Toolbox {
     api: Option<BusinessApi>,
@@ -82,6 +75,17 @@ pub struct Toolbox {
 #[error("{0}")]
 pub struct ToolError(pub String);
 
+/// Why the configured tools cannot be set up; the process stops at start with this line.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ToolboxError {
+    /// `AGENT_TOOLS_FILE` cannot be read, or is not a valid tools file.
+    #[error("invalid configuration: AGENT_TOOLS_FILE: {0}")]
+    ToolsFile(String),
+    /// `AGENT_TOOLS_FILE` is set but `API_SERVER_URL` is not.
+    #[error("invalid configuration: AGENT_TOOLS_FILE: needs API_SERVER_URL: its tools call paths under it")]
+    ToolsFileWithoutApi,
+}
+
 impl Toolbox {
     pub fn new(
         api: Option<BusinessApi>,
@@ -91,6 +95,29 @@ impl Toolbox {
         result_max_chars: usize,
     ) -> Self {
         Self { api, mcp: None, timeout, policy, max_steps, result_max_chars }
+    }
+
+    /// The configured toolbox, without MCP servers (see [`Toolbox::with_mcp`]); reads `AGENT_TOOLS_FILE`.
+    pub fn from_config(config: &ToolsConfig) -> Result<Self, ToolboxError> {
+        let api = match &config.api_server_url {
+            None => None,
+            Some(url) => {
+                let file_tools = match &config.tools_file {
+                    Some(path) => read_tools_file(path).map_err(ToolboxError::ToolsFile)?,
+                    None => Vec::new(),
+                };
+                Some(BusinessApi::new(
+                    url.clone(),
+                    config.api_server_key.clone(),
+                    config.resource_types.clone(),
+                    file_tools,
+                ))
+            }
+        };
+        if api.is_none() && config.tools_file.is_some() {
+            return Err(ToolboxError::ToolsFileWithoutApi);
+        }
+        Ok(Self::new(api, config.timeout, config.approval, config.max_steps, config.result_max_chars))
     }
 
     /// Adds the tools of MCP servers (the business API's tools win a name clash).

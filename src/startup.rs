@@ -1,0 +1,87 @@
+//! Wiring the application: the store and its upkeep, the model provider, the tools, the agent,
+//! and the HTTP state and limits; `http::server` then runs the accept loop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::agent::{Agent, AgentSettings};
+use crate::auth::Authenticator;
+use crate::config::{AuthConfig, Config};
+use crate::http::server::{self, Timeouts};
+use crate::http::{self, AppState, Limits, TenantRateLimit};
+use crate::llm::Provider;
+use crate::tools::{McpServers, Toolbox};
+
+/// Starts the server and runs it until SIGINT or SIGTERM, then lets running requests and streams
+/// finish within `SHUTDOWN_GRACE_SECONDS`.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let metrics = crate::telemetry::install()?;
+    let store = crate::store::open(&config.storage, config.retention).await?;
+    if config.retention.0.is_some() {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                match store.purge_expired().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "deleted expired sessions and messages"),
+                    Err(e) => tracing::warn!(error = %e, "purging expired items failed"),
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        });
+    }
+    let provider = Provider::from_config(&config.provider, config.llm_timeout).await;
+    let settings = AgentSettings {
+        system_prompt: config.system_prompt.clone(),
+        history_max_messages: config.history_max_messages,
+        session_idle: config.session_idle,
+        llm_timeout: config.llm_timeout,
+    };
+    let storage = store.describe();
+    let rate_limit = config.rate_limit_per_minute.and_then(TenantRateLimit::per_minute);
+    if let Some(limit) = rate_limit.clone() {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                limit.forget_idle();
+            }
+        });
+    }
+    if let AuthConfig::None { exposed: true } = config.auth {
+        tracing::warn!(
+            "AUTH_MODE=none on {}: every request is trusted with the tenant it names; only run this behind a trusted gateway",
+            config.host
+        );
+    }
+    let mut tools = Toolbox::from_config(&config.tools)?;
+    if !config.tools.mcp_servers.is_empty() {
+        tools = tools.with_mcp(McpServers::connect(&config.tools.mcp_servers).await);
+    }
+    let agent = Arc::new(Agent::with_tools(store, provider, settings, tools));
+    let state = AppState {
+        agent: agent.clone(),
+        auth: Arc::new(Authenticator::from_config(&config.auth)),
+        rate_limit,
+        metrics_open: config.host.is_loopback(),
+        metrics: Some(metrics),
+        max_message_chars: config.max_message_chars,
+    };
+    let limits = Limits {
+        max_body_bytes: config.max_body_bytes,
+        request_timeout: config.request_timeout,
+        max_concurrent_requests: config.max_concurrent_requests,
+    };
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.host, config.port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", config.host, config.port))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        "agent-server listening on http://{addr} (storage: {storage}; model provider: {}; auth: {})",
+        config.provider.name(),
+        config.auth.name(),
+    );
+    let timeouts = Timeouts { header_read: config.header_read_timeout, shutdown_grace: config.shutdown_grace };
+    server::run(listener, http::app(state, limits), &agent, timeouts).await;
+    Ok(())
+}
