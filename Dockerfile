@@ -3,6 +3,10 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The workspace's other member (the benchmark harness): cargo needs it to load the workspace, and
+# builds only the server.
+COPY bench/Cargo.toml ./bench/
+COPY bench/src ./bench/src
 RUN cargo build --release --locked --bin agent-server \
  && strip target/release/agent-server
 

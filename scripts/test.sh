@@ -23,6 +23,8 @@ done
 export AGENT_SERVER_TEST_DYNAMODB="http://127.0.0.1:$port"
 echo "moto (DynamoDB emulator) on $AGENT_SERVER_TEST_DYNAMODB"
 
-cargo fmt --check
-cargo clippy --all-targets --quiet -- -D warnings
-cargo test --all-targets "$@"
+# --workspace: the server and the benchmark harness (bench/); the harness's smoke test runs the
+# server binary, which `cargo test --workspace` builds before running any test.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo test --workspace --all-targets "$@"

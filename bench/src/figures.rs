@@ -1,0 +1,404 @@
+//! The figures of BENCHMARKS.md: `agent-bench run` (all of them), `growth` (figure 6) and `streams`
+//! (figures 3 and 4), printed as a markdown table and collected as JSON.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::load::{Traffic, closed_loop, histogram, mock_own_latency, one_turn, open_loop};
+use crate::mock_model::{MockModel, model_env, start_mock};
+use crate::processes::{Proc, create_tables, dynamo_env, free_port, rss_kib, start_dynalite, start_server};
+use crate::proxy::{phases, start_proxy};
+
+/// The rows printed so far (figure, measured, target, verdict), and the figures as JSON for `--out`.
+pub struct Report {
+    pub rows: Vec<(String, String, String, String)>,
+    pub json: BTreeMap<String, Value>,
+}
+
+impl Report {
+    pub fn row(&mut self, figure: &str, value: String, target: &str, met: Option<bool>) {
+        let verdict = match met {
+            Some(true) => "met",
+            Some(false) => "not met",
+            None => "-",
+        };
+        println!("| {figure} | {value} | {target} | {verdict} |");
+        self.rows.push((figure.into(), value, target.into(), verdict.into()));
+    }
+}
+
+pub async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<PathBuf>) {
+    let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
+    println!("| figure | measured | target | |\n|---|---|---|---|");
+    let mock = start_mock(MockModel { ttft: Duration::ZERO, per_token: Duration::ZERO, tokens: 20 }, 0).await;
+
+    // 1 and 4: added latency at concurrency 1, idle RSS (SQLite, non-streaming).
+    let s = start_server(&bin, &model_env(mock));
+    let pid = s.child.id();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (idle_rss, _) = rss_kib(pid);
+    let own = mock_own_latency(mock, false, 2000).await;
+    let c1 = closed_loop(&s.url, Some(pid), 1, seconds, false).await;
+    let added = |q: f64| (c1.p(q) - own.p(0.5)).max(0.0);
+    report.row(
+        "1. added latency, c=1, SQLite (p50/p90/p99/p99.9)",
+        format!("{:.0}/{:.0}/{:.0}/{:.0} µs", added(0.5), added(0.9), added(0.99), added(0.999)),
+        "p99 ≤ 150 µs",
+        Some(added(0.99) <= 150.0),
+    );
+    report.json.insert(
+        "added_latency_us".into(),
+        json!({"p50": added(0.5), "p90": added(0.9), "p99": added(0.99), "p999": added(0.999), "mock_p50": own.p(0.5)}),
+    );
+    report.row("4. RSS idle", format!("{:.1} MiB", idle_rss as f64 / 1024.0), "≤ 15 MiB", Some(idle_rss <= 15 * 1024));
+
+    // 2: throughput on SQLite.
+    for c in [16, 64] {
+        let st = closed_loop(&s.url, Some(pid), c, seconds, false).await;
+        let per_cpu = st.ok as f64 / st.cpu.max(0.001);
+        let (target, met) = match c {
+            16 => ("p99 < 10 ms", Some(st.p(0.99) < 10_000.0)),
+            _ => ("≥ 5,000 turns/s", Some(st.rate() >= 5000.0)),
+        };
+        report.row(
+            &format!("2. SQLite c={c}"),
+            format!(
+                "{:.0} turns/s, p99 {:.2} ms, {:.0} turns/CPU-s, {} errors",
+                st.rate(),
+                st.p(0.99) / 1000.0,
+                per_cpu,
+                st.errors
+            ),
+            target,
+            met,
+        );
+        report.json.insert(
+            format!("sqlite_c{c}"),
+            json!({"turns_per_s": st.rate(), "p99_ms": st.p(0.99) / 1000.0, "turns_per_cpu_s": per_cpu}),
+        );
+    }
+    let open = open_loop(&s.url, 1000.0, seconds).await;
+    report.row(
+        "2. SQLite open loop 1,000 turns/s (p50/p99)",
+        format!("{:.2}/{:.2} ms, {} errors", open.p(0.5) / 1000.0, open.p(0.99) / 1000.0, open.errors),
+        "-",
+        None,
+    );
+
+    // 3: streaming time to first token.
+    let own_stream = mock_own_latency(mock, true, 2000).await;
+    let st = closed_loop(&s.url, Some(pid), 1, seconds, true).await;
+    let ttft = |q: f64| (st.p(q) - own_stream.p(0.5)).max(0.0);
+    report.row(
+        "3. added time to first token, c=1 (p50/p99)",
+        format!("{:.0}/{:.0} µs", ttft(0.5), ttft(0.99)),
+        "≤ 250 µs",
+        Some(ttft(0.99) <= 250.0),
+    );
+    drop(s);
+
+    streams(&bin, &mut report).await;
+
+    // 2, 5 and 7: DynamoDB on dynalite.
+    if !bench_dir.join("node_modules/dynalite/cli.js").exists() {
+        println!("(skipping DynamoDB figures: run `npm install` in {})", bench_dir.display());
+    } else {
+        let dynalite = start_dynalite(&bench_dir);
+        let (proxy_url, calls, delay_us) = start_proxy(&dynalite.url).await;
+        let mut env = dynamo_env(&proxy_url, "bench-sessions", "bench-messages");
+        create_tables(&bin, &env);
+        env.extend(model_env(mock));
+        let s = start_server(&bin, &env);
+        let pid = s.child.id();
+        // Requests and phases per turn, at concurrency 1, from the proxy's log.
+        // With 5 ms added to every call, as a network would: calls made together overlap, sequential
+        // ones do not, so the proxy's log shows the round-trip phases.
+        delay_us.store(5000, Ordering::Relaxed);
+        let client = reqwest::Client::new();
+        let mut continuing = Vec::new();
+        let mut starting = Vec::new();
+        for k in 0..20u64 {
+            let mut session: Option<String> = None;
+            for t in 0..3 {
+                calls.lock().unwrap().clear();
+                let (_, sid) = one_turn(&client, &s.url, 900_000 + k, session.as_deref(), false).await.unwrap();
+                let log = calls.lock().unwrap().clone();
+                if t == 0 {
+                    starting.push(log)
+                } else {
+                    continuing.push(log)
+                }
+                session = Some(sid);
+            }
+        }
+        delay_us.store(0, Ordering::Relaxed);
+        for (name, logs) in [("continuing a session (sessionId given)", &continuing), ("starting a session", &starting)]
+        {
+            let mut ops: BTreeMap<String, usize> = BTreeMap::new();
+            for log in logs.iter() {
+                for (_, _, op) in log {
+                    *ops.entry(op.clone()).or_default() += 1;
+                }
+            }
+            let per_turn: Vec<String> =
+                ops.iter().map(|(op, n)| format!("{} {op}", *n as f64 / logs.len() as f64)).collect();
+            let total: f64 = ops.values().sum::<usize>() as f64 / logs.len() as f64;
+            let phase = logs.iter().map(|l| phases(l)).max().unwrap_or(0);
+            report.row(
+                &format!("5. DynamoDB requests per turn, {name}"),
+                format!("{total} ({}); {phase} sequential phases", per_turn.join(", ")),
+                "≤ 5 requests; 1 phase before and 1 after the model",
+                Some(total <= 5.0 && phase <= 2),
+            );
+            if name.starts_with("continuing") {
+                let reads = ops
+                    .iter()
+                    .filter(|(op, _)| matches!(op.as_str(), "GetItem" | "Query"))
+                    .map(|(_, n)| *n)
+                    .sum::<usize>() as f64
+                    / logs.len() as f64;
+                let writes = total - reads;
+                // On-demand list prices (us-east-1): $0.125 per million reads, $0.625 per million writes (items ≤ 1 KB / 4 KB).
+                let cost = reads * 0.125 + writes * 0.625;
+                report.row(
+                    "5. on-demand cost per million turns (continuing)",
+                    format!("${cost:.2} ({reads} reads, {writes} writes per turn)"),
+                    "-",
+                    None,
+                );
+            }
+        }
+        for c in [16, 64] {
+            let st = closed_loop(&s.url, Some(pid), c, seconds, false).await;
+            let per_cpu = st.ok as f64 / st.cpu.max(0.001);
+            report.row(
+                &format!("2. DynamoDB (dynalite) c={c}"),
+                format!(
+                    "{:.0} turns/s, p99 {:.2} ms, {:.0} turns per server CPU-s, {} errors",
+                    st.rate(),
+                    st.p(0.99) / 1000.0,
+                    per_cpu,
+                    st.errors
+                ),
+                "≥ 1,500 turns per server CPU-s",
+                Some(per_cpu >= 1500.0),
+            );
+            report.json.insert(
+                format!("dynamodb_c{c}"),
+                json!({"turns_per_s": st.rate(), "p99_ms": st.p(0.99) / 1000.0, "turns_per_cpu_s": per_cpu}),
+            );
+        }
+        let ours = report.json.get("dynamodb_c16").and_then(|v| v["turns_per_cpu_s"].as_f64()).unwrap_or(0.0);
+        drop(s);
+        // 7: the Node.js baseline on the same dynalite.
+        let port = free_port();
+        let baseline = Command::new("node")
+            .arg(bench_dir.join("baseline/server.js"))
+            .env("PORT", port.to_string())
+            .env("DYNAMODB_ENDPOINT", &dynalite.url)
+            .env("DYNAMODB_SESSIONS_TABLE", "bench-sessions")
+            .env("DYNAMODB_MESSAGES_TABLE", "bench-messages")
+            .env("MODEL_URL", format!("http://{mock}/v1/chat/completions"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        if let Ok(child) = baseline {
+            let b = Proc { child, url: format!("http://127.0.0.1:{port}"), _dir: None };
+            for _ in 0..100 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let st = closed_loop(&b.url, Some(b.child.id()), 16, seconds, false).await;
+            let theirs = st.ok as f64 / st.cpu.max(0.001);
+            report.row(
+                "7. Node.js/Express + AWS SDK v3 baseline, c=16",
+                format!(
+                    "{:.0} turns/s, {:.0} turns per server CPU-s, {} errors; ratio {:.1}x",
+                    st.rate(),
+                    theirs,
+                    st.errors,
+                    ours / theirs.max(0.001)
+                ),
+                "≥ 5x",
+                Some(ours / theirs.max(0.001) >= 5.0),
+            );
+        }
+    }
+
+    // 6: growth with data the request does not touch (SQLite).
+    growth(&bin, mock, &mut report).await;
+    growth_tenants(&bin, mock, &mut report).await;
+
+    if let Some(out) = out {
+        let json = json!({"rows": report.rows, "figures": report.json});
+        std::fs::write(out, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    }
+}
+
+/// Turn and read latency with 10, 1,000 and 10,000 messages in the session, and with other tenants'
+/// data in the store.
+pub async fn growth(bin: &std::path::Path, mock: SocketAddr, report: &mut Report) {
+    let s = start_server(bin, &model_env(mock));
+    let client = reqwest::Client::new();
+    let mut session: Option<String> = None;
+    let mut sent = 0u64;
+    for target in [10u64, 1000, 10_000] {
+        while sent * 2 < target {
+            let (_, sid) = one_turn(&client, &s.url, 42, session.as_deref(), false).await.unwrap();
+            session = Some(sid);
+            sent += 1;
+        }
+        let sid = session.clone().unwrap();
+        let mut turn = histogram();
+        let mut read = histogram();
+        for _ in 0..200 {
+            let (us, _) = one_turn(&client, &s.url, 42, Some(&sid), false).await.unwrap();
+            turn.record(us).unwrap();
+            let t = Instant::now();
+            let (tenant, user) = Traffic::who(42);
+            let r = client.get(format!("{}/agent/conversations/{tenant}/users/{user}", s.url)).send().await.unwrap();
+            let _ = r.bytes().await;
+            read.record(t.elapsed().as_micros() as u64).unwrap();
+        }
+        sent += 200;
+        report.row(
+            &format!("6. session with {target} messages: turn / conversation read p50"),
+            format!(
+                "{:.2} / {:.2} ms",
+                turn.value_at_quantile(0.5) as f64 / 1000.0,
+                read.value_at_quantile(0.5) as f64 / 1000.0
+            ),
+            "flat as data grows",
+            None,
+        );
+    }
+}
+
+/// Turn and conversation-read latency when the store holds 1 and 100 tenants with 10,000 sessions
+/// each (written straight into the SQLite file, then served).
+pub async fn growth_tenants(bin: &std::path::Path, mock: SocketAddr, report: &mut Report) {
+    use agent_server::ids::{SessionId, TenantId, UserId};
+    use agent_server::store::{ConversationStore, Session, sqlite::SqliteStore};
+    for tenants in [1usize, 100] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("growth.db");
+        {
+            let store = Arc::new(SqliteStore::open(db.clone()).unwrap());
+            let now = agent_server::timestamp::now();
+            let writes = futures::stream::iter(0..tenants * 10_000).map(|i| {
+                let store = store.clone();
+                let now = now.clone();
+                async move {
+                    let session = Session {
+                        id: SessionId::generate(),
+                        tenant_id: TenantId::parse(format!("tenant-{}", i % tenants)).unwrap(),
+                        user_id: UserId::parse(format!("filler-{}", (i / tenants) % 1000)).unwrap(),
+                        location_id: None,
+                        is_active: false,
+                        created_at: now.clone(),
+                        updated_at: now,
+                        metadata: None,
+                        last_message_at: None,
+                        expires_at: None,
+                    };
+                    store.import_session(session).await.unwrap();
+                }
+            });
+            writes.buffer_unordered(16).collect::<Vec<_>>().await;
+        }
+        let mut env = model_env(mock);
+        env.push(("SQLITE_PATH", db.to_string_lossy().into_owned()));
+        let s = start_server(bin, &env);
+        let client = reqwest::Client::new();
+        let mut turn = histogram();
+        let mut read = histogram();
+        let mut session: Option<String> = None;
+        for i in 0..300u64 {
+            let body = json!({"message": Traffic::message(i), "sessionId": session});
+            let t = Instant::now();
+            let v: Value = client
+                .post(format!("{}/agent/process", s.url))
+                .header("x-tenant-id", "tenant-0")
+                .header("x-user-id", "filler-7")
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            turn.record(t.elapsed().as_micros() as u64).unwrap();
+            session = v["sessionId"].as_str().map(str::to_string);
+            let t = Instant::now();
+            let _ = client
+                .get(format!("{}/agent/conversations/tenant-0/users/filler-7", s.url))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await;
+            read.record(t.elapsed().as_micros() as u64).unwrap();
+        }
+        report.row(
+            &format!("6. {tenants} tenant(s) x 10,000 sessions: turn / conversation read p50"),
+            format!(
+                "{:.2} / {:.2} ms",
+                turn.value_at_quantile(0.5) as f64 / 1000.0,
+                read.value_at_quantile(0.5) as f64 / 1000.0
+            ),
+            "flat as other tenants' data grows",
+            None,
+        );
+    }
+}
+
+/// Idle memory, and 1,000 concurrent streams held open by a slow model.
+pub async fn streams(bin: &std::path::Path, report: &mut Report) {
+    let slow = start_mock(
+        MockModel { ttft: Duration::from_millis(200), per_token: Duration::from_millis(100), tokens: 20 },
+        0,
+    )
+    .await;
+    let s = start_server(bin, &model_env(slow));
+    let pid = s.child.id();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (idle, _) = rss_kib(pid);
+    println!("| idle RSS before the streams | {:.1} MiB | | |", idle as f64 / 1024.0);
+    let client = reqwest::Client::builder().pool_max_idle_per_host(1000).build().unwrap();
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampling = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(pid).0, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let streams = futures::future::join_all((0..1000u64).map(|i| {
+        let (client, url) = (client.clone(), s.url.clone());
+        async move { one_turn(&client, &url, i * 13, None, true).await }
+    }))
+    .await;
+    sampling.abort();
+    let completed = streams.iter().filter(|r| r.is_ok()).count();
+    report.row(
+        "3. 1,000 concurrent SSE streams (slow model, 2.1 s each)",
+        format!("{completed} of 1000 complete"),
+        "all complete",
+        Some(completed == 1000),
+    );
+    let peak_mib = peak.load(Ordering::Relaxed) as f64 / 1024.0;
+    report.row("4. RSS at 1,000 concurrent streams", format!("{peak_mib:.1} MiB"), "≤ 64 MiB", Some(peak_mib <= 64.0));
+    drop(s);
+}

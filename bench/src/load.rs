@@ -1,0 +1,205 @@
+//! The load driver: realistic traffic, one turn, closed loop (fixed concurrency) and open loop (fixed
+//! arrival rate), and the latency statistics (HDR histograms).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+use crate::processes::cpu_seconds;
+
+#[derive(Default)]
+pub struct Stats {
+    pub hist: Option<Histogram<u64>>,
+    pub ok: u64,
+    pub errors: u64,
+    pub elapsed: f64,
+    pub cpu: f64,
+}
+
+impl Stats {
+    /// A percentile, in microseconds.
+    pub fn p(&self, q: f64) -> f64 {
+        self.hist.as_ref().map_or(0.0, |h| h.value_at_quantile(q) as f64)
+    }
+    pub fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed
+    }
+}
+
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).unwrap()
+}
+
+/// Realistic traffic: tenants, users, sessions of several turns, messages of a few bytes to a few KB.
+pub struct Traffic;
+
+impl Traffic {
+    pub fn message(n: u64) -> String {
+        let len = match n % 10 {
+            0..=5 => 8 + (n % 120) as usize,
+            6..=8 => 200 + (n % 800) as usize,
+            _ => 1000 + (n % 3000) as usize,
+        };
+        "hello agent ".repeat(len / 12 + 1)[..len].to_string()
+    }
+    pub fn who(n: u64) -> (String, String) {
+        (format!("tenant-{}", n % 50), format!("user-{}", n % 5000))
+    }
+}
+
+/// One turn; the latency in microseconds (or to the first delta when streaming), and the session.
+pub async fn one_turn(
+    client: &reqwest::Client,
+    url: &str,
+    n: u64,
+    session: Option<&str>,
+    stream: bool,
+) -> Result<(u64, String), String> {
+    let (tenant, user) = Traffic::who(n);
+    let mut body = json!({"message": Traffic::message(n)});
+    if let Some(s) = session {
+        body["sessionId"] = json!(s);
+    }
+    if stream {
+        body["stream"] = json!(true);
+    }
+    let started = Instant::now();
+    let r = client
+        .post(format!("{url}/agent/process"))
+        .header("x-tenant-id", tenant)
+        .header("x-user-id", user)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!("status {}", r.status()));
+    }
+    if !stream {
+        let v: Value = r.json().await.map_err(|e| e.to_string())?;
+        let us = started.elapsed().as_micros() as u64;
+        return Ok((us, v["sessionId"].as_str().unwrap_or_default().to_string()));
+    }
+    let mut first = None;
+    let mut text = String::new();
+    let mut chunks = r.bytes_stream();
+    while let Some(c) = chunks.next().await {
+        text.push_str(&String::from_utf8_lossy(&c.map_err(|e| e.to_string())?));
+        if first.is_none() && text.contains("event: delta") {
+            first = Some(started.elapsed().as_micros() as u64);
+        }
+    }
+    if !text.contains("event: done") {
+        return Err("stream ended without done".into());
+    }
+    let sid = text.split("\"sessionId\":\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or_default().to_string();
+    Ok((first.unwrap_or(0), sid))
+}
+
+/// Fixed concurrency for a duration; each worker runs sessions of 5 turns.
+pub async fn closed_loop(url: &str, pid: Option<u32>, concurrency: usize, seconds: u64, stream: bool) -> Stats {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
+    let counter = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(histogram()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let cpu0 = pid.map(cpu_seconds).unwrap_or(0.0);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, counter, hist, errors) =
+            (client.clone(), url.to_string(), counter.clone(), hist.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut local = histogram();
+            let mut session: Option<String> = None;
+            let mut turn_in_session = 0;
+            // Each session belongs to one (tenant, user) and lasts five turns.
+            let mut n = counter.fetch_add(1, Ordering::Relaxed);
+            while Instant::now() < deadline {
+                match one_turn(&client, &url, n, session.as_deref(), stream).await {
+                    Ok((us, sid)) => {
+                        let _ = local.record(us.max(1));
+                        turn_in_session += 1;
+                        session = Some(sid);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        turn_in_session = 5;
+                    }
+                }
+                if turn_in_session >= 5 {
+                    turn_in_session = 0;
+                    session = None;
+                    n = counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            hist.lock().unwrap().add(&local).unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let hist = Arc::try_unwrap(hist).ok().unwrap().into_inner().unwrap();
+    Stats {
+        ok: hist.len(),
+        hist: Some(hist),
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+        cpu: pid.map(cpu_seconds).unwrap_or(0.0) - cpu0,
+    }
+}
+
+/// Fixed arrival rate: latency counts from when each request was due, so a slow server cannot hide
+/// its queueing (no coordinated omission).
+pub async fn open_loop(url: &str, rate: f64, seconds: u64) -> Stats {
+    let client = reqwest::Client::new();
+    let total = (rate * seconds as f64) as u64;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..total {
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let (client, url) = (client.clone(), url.to_string());
+        tasks.push(tokio::spawn(async move {
+            let r = one_turn(&client, &url, i * 7919, None, false).await;
+            r.map(|_| due.elapsed().as_micros() as u64)
+        }));
+    }
+    let mut hist = histogram();
+    let mut errors = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(us) => hist.record(us.max(1)).unwrap(),
+            Err(_) => errors += 1,
+        }
+    }
+    Stats { ok: hist.len(), hist: Some(hist), errors, elapsed: started.elapsed().as_secs_f64(), cpu: 0.0 }
+}
+
+/// The mock model's own latency, measured directly (to subtract from the server's).
+pub async fn mock_own_latency(mock: SocketAddr, stream: bool, n: usize) -> Stats {
+    let client = reqwest::Client::new();
+    let mut hist = histogram();
+    let started = Instant::now();
+    for i in 0..n {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": Traffic::message(i as u64)}], "stream": stream});
+        let t = Instant::now();
+        let r = client.post(format!("http://{mock}/v1/chat/completions")).json(&body).send().await.unwrap();
+        if stream {
+            let mut s = r.bytes_stream();
+            let _ = s.next().await;
+            hist.record(t.elapsed().as_micros() as u64).unwrap();
+            while s.next().await.is_some() {}
+        } else {
+            let _ = r.bytes().await;
+            hist.record(t.elapsed().as_micros() as u64).unwrap();
+        }
+    }
+    Stats { ok: n as u64, hist: Some(hist), errors: 0, elapsed: started.elapsed().as_secs_f64(), cpu: 0.0 }
+}

@@ -1,0 +1,102 @@
+//! The benchmark harness: a mock OpenAI-compatible model, a load driver (closed and open loop, HDR
+//! percentiles), dynalite and a counting proxy for DynamoDB, RSS and CPU sampling from /proc, and the
+//! Node.js baseline. `agent-bench run` prints the figures of BENCHMARKS.md; `agent-bench smoke` is the
+//! few-second version the tests run.
+//!
+//! Modules: `mock_model` (the model), `load` (closed and open loop, histograms), `processes` (the
+//! server, dynalite, /proc sampling), `proxy` (the counting DynamoDB proxy), `figures` (the reports of
+//! `run`, `growth` and `streams`), `smoke`.
+
+mod figures;
+mod load;
+mod mock_model;
+mod processes;
+mod proxy;
+mod smoke;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use figures::Report;
+use mock_model::{MockModel, start_mock};
+
+#[derive(Parser)]
+#[command(name = "agent-bench", about = "Benchmarks agent-server against its targets")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Every figure of BENCHMARKS.md (a few minutes), as a markdown table and JSON.
+    Run {
+        #[arg(long, default_value = "target/release/agent-server")]
+        server: PathBuf,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Where dynalite and the baseline are installed (npm install in bench/).
+        #[arg(long, default_value = "bench")]
+        bench_dir: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// A few seconds on SQLite, to keep the harness working (run by the tests).
+    Smoke {
+        #[arg(long, default_value = "target/release/agent-server")]
+        server: PathBuf,
+    },
+    /// Only figure 6 (growth with the session's size and with other tenants' data).
+    Growth {
+        #[arg(long, default_value = "target/release/agent-server")]
+        server: PathBuf,
+    },
+    /// Only figures 3 and 4: idle memory and 1,000 concurrent streams.
+    Streams {
+        #[arg(long, default_value = "target/release/agent-server")]
+        server: PathBuf,
+    },
+    /// Only the mock model, on a port.
+    MockModel {
+        #[arg(long, default_value_t = 8090)]
+        port: u16,
+        #[arg(long, default_value_t = 0)]
+        ttft_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        token_ms: u64,
+        #[arg(long, default_value_t = 20)]
+        tokens: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    match Cli::parse().command {
+        Cmd::Run { server, seconds, bench_dir, out } => figures::run(server, seconds, bench_dir, out).await,
+        Cmd::Smoke { server } => smoke::smoke(server).await,
+        Cmd::Streams { server } => {
+            let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
+            figures::streams(&server, &mut report).await;
+        }
+        Cmd::Growth { server } => {
+            let mock = start_mock(MockModel { ttft: Duration::ZERO, per_token: Duration::ZERO, tokens: 20 }, 0).await;
+            let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
+            println!("| figure | measured | target | |\n|---|---|---|---|");
+            figures::growth(&server, mock, &mut report).await;
+            figures::growth_tenants(&server, mock, &mut report).await;
+        }
+        Cmd::MockModel { port, ttft_ms, token_ms, tokens } => {
+            let addr = start_mock(
+                MockModel { ttft: Duration::from_millis(ttft_ms), per_token: Duration::from_millis(token_ms), tokens },
+                port,
+            )
+            .await;
+            println!("mock model on http://{addr}/v1");
+            std::future::pending::<()>().await;
+        }
+    }
+}
