@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
-use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
+use crate::ids::{IdempotencyKey, LocationId, MessageId, SessionId, TenantId, UserId};
 use crate::llm::{Deltas, ModelError, ModelReply, ModelRequest, Provider, StreamItem, Usage};
 use crate::store::{
     ConversationStore, Message, MessageQuery, Metadata, NewMessage, NewSession, Order, Role, Session, StoreError,
@@ -35,7 +35,7 @@ pub struct TurnRequest {
     pub session_id: Option<SessionId>,
     pub context: Option<Map<String, Value>>,
     pub metadata: Option<Metadata>,
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<IdempotencyKey>,
 }
 
 /// A finished turn: the stored messages (no user message when the turn continues after an
@@ -89,7 +89,7 @@ pub struct Agent {
     tools: Toolbox,
     settings: AgentSettings,
     /// Idempotency keys (per tenant) of turns running in this process.
-    in_flight: Mutex<HashSet<(TenantId, String)>>,
+    in_flight: Mutex<HashSet<(TenantId, IdempotencyKey)>>,
     /// Set when streams must stop (shutdown deadline).
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -97,7 +97,7 @@ pub struct Agent {
 /// Removes an idempotency key from the in-flight set when the turn ends, however it ends.
 struct InFlight<'a> {
     agent: &'a Agent,
-    key: Option<(TenantId, String)>,
+    key: Option<(TenantId, IdempotencyKey)>,
 }
 
 impl Drop for InFlight<'_> {
@@ -379,7 +379,7 @@ impl Agent {
 
     async fn run_turn(&self, req: TurnRequest) -> Result<TurnOutcome, TurnError> {
         let _claim = self.claim(&req)?;
-        let ids = turn_ids(&req.tenant, req.idempotency_key.as_deref());
+        let ids = turn_ids(&req.tenant, req.idempotency_key.as_ref().map(IdempotencyKey::as_str));
         if let Some(done) = self.replay(&req, &ids).await? {
             return Ok(done);
         }
@@ -505,7 +505,7 @@ impl Agent {
 
     async fn stream_turn(&self, req: &TurnRequest, events: &mpsc::Sender<TurnEvent>) -> Result<(), TurnError> {
         let _claim = self.claim(req)?;
-        let ids = turn_ids(&req.tenant, req.idempotency_key.as_deref());
+        let ids = turn_ids(&req.tenant, req.idempotency_key.as_ref().map(IdempotencyKey::as_str));
         if let Some(done) = self.replay(req, &ids).await? {
             if let Some(user_message) = done.user_message.clone() {
                 let _ = events.send(TurnEvent::Session { session_id: done.session_id.clone(), user_message }).await;

@@ -114,6 +114,21 @@ impl MessageId {
     }
 }
 
+/// The `Idempotency-Key` header: 1 to 255 printable ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(value: &str) -> Option<Self> {
+        (!value.is_empty() && value.len() <= 255 && value.bytes().all(|b| b.is_ascii_graphic()))
+            .then(|| IdempotencyKey(value.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

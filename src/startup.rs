@@ -60,6 +60,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let agent = Arc::new(Agent::with_tools(store, provider, settings, tools));
     let state = AppState {
+        store: agent.store().clone(),
         agent: agent.clone(),
         auth: Arc::new(Authenticator::from_config(&config.auth)),
         rate_limit,

@@ -75,7 +75,8 @@ fn router(dir: &std::path::Path) -> axum::Router {
         llm_timeout: Duration::from_secs(5),
     };
     let state = AppState {
-        agent: Arc::new(Agent::new(store, Provider::Echo(EchoProvider::new(Duration::ZERO)), settings)),
+        agent: Arc::new(Agent::new(store.clone(), Provider::Echo(EchoProvider::new(Duration::ZERO)), settings)),
+        store,
         auth: Arc::new(Authenticator::None),
         rate_limit: None,
         metrics_open: true,

@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
@@ -58,41 +58,28 @@ fn forbidden(what: &str) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("this credential may not act for {what}"))
 }
 
-/// Checks a caller against the tenant and user a request names, and fills in the `x-tenant-id` and
-/// `x-user-id` headers from the credential when the request leaves them out.
-fn bind(caller: &Caller, request: &mut Request) -> Result<(), ApiError> {
-    let path = request.uri().path().to_string();
-    let headers = request.headers_mut();
+/// Checks a caller against the tenant and user a request names in its headers and path. Headers
+/// left out are not filled in here: `extract::TurnIdentity` takes the credential's own instead.
+fn bind(caller: &Caller, request: &Request) -> Result<(), ApiError> {
+    let path = request.uri().path();
+    let headers = request.headers();
     if let Some(tenant) = &caller.tenant {
-        let named = headers.get("x-tenant-id").map(|v| v.as_bytes().to_vec());
-        match named {
-            Some(named) if named != tenant.as_str().as_bytes() => return Err(forbidden("the tenant in x-tenant-id")),
-            Some(_) => {}
-            None => {
-                let value = HeaderValue::from_str(tenant.as_str()).map_err(|_| forbidden("this tenant"))?;
-                headers.insert(HeaderName::from_static("x-tenant-id"), value);
-            }
+        if headers.get("x-tenant-id").is_some_and(|named| named.as_bytes() != tenant.as_str().as_bytes()) {
+            return Err(forbidden("the tenant in x-tenant-id"));
         }
-        if path_tenant(&path).is_some_and(|t| t != tenant.as_str()) {
+        if path_tenant(path).is_some_and(|t| t != tenant.as_str()) {
             return Err(forbidden("the tenant in the path"));
         }
     }
     if let Some(user) = &caller.user {
-        match headers.get("x-user-id") {
-            Some(named) if named.as_bytes() != user.as_str().as_bytes() => {
-                return Err(forbidden("the user in x-user-id"));
-            }
-            Some(_) => {}
-            None => {
-                let value = HeaderValue::from_str(user.as_str()).map_err(|_| forbidden("this user"))?;
-                headers.insert(HeaderName::from_static("x-user-id"), value);
-            }
+        if headers.get("x-user-id").is_some_and(|named| named.as_bytes() != user.as_str().as_bytes()) {
+            return Err(forbidden("the user in x-user-id"));
         }
-        if path_user(&path).is_some_and(|u| u != user.as_str()) {
+        if path_user(path).is_some_and(|u| u != user.as_str()) {
             return Err(forbidden("the user in the path"));
         }
         // The tenant-wide message list is for tenant credentials, not one user's.
-        if path_tenant(&path).is_some()
+        if path_tenant(path).is_some()
             && path.trim_end_matches('/').ends_with("/messages")
             && !path.contains("/sessions/")
         {
@@ -119,7 +106,7 @@ pub async fn authorize(State(state): State<AppState>, mut request: Request, next
     if path == "/metrics" && !caller.admin {
         return forbidden("metrics (an admin credential is needed)").into_response();
     }
-    if let Err(error) = bind(&caller, &mut request) {
+    if let Err(error) = bind(&caller, &request) {
         return error.into_response();
     }
     request.extensions_mut().insert(caller);
@@ -150,11 +137,10 @@ pub async fn rate_limit(State(state): State<AppState>, request: Request, next: N
     if is_open(request.uri().path()) {
         return next.run(request).await;
     }
-    let tenant = request
-        .headers()
-        .get("x-tenant-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+    // The credential's tenant when it has one (headers and path were checked against it).
+    let bound = request.extensions().get::<Caller>().and_then(|c| c.tenant.as_ref()).map(|t| t.to_string());
+    let tenant = bound
+        .or_else(|| request.headers().get("x-tenant-id").and_then(|v| v.to_str().ok()).map(str::to_string))
         .or_else(|| path_tenant(request.uri().path()))
         .unwrap_or_default();
     if let Err(not_until) = limit.limiter.check_key(&tenant) {

@@ -3,16 +3,14 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Extension, Path, State};
+use axum::extract::State;
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 
+use super::extract::{ActionPath, Scope};
 use super::process::ProcessResponse;
 use super::{ApiError, AppState};
-use crate::auth::Caller;
-use crate::ids::{SessionId, TenantId};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(utoipa_axum::routes!(approve)).routes(utoipa_axum::routes!(reject))
@@ -22,12 +20,6 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct Decision {
     /// Why the action was rejected (given to the agent).
     reason: Option<String>,
-}
-
-fn ids(tenant: &str, session: &str) -> Result<(TenantId, SessionId), ApiError> {
-    let t = TenantId::parse(tenant).map_err(|e| ApiError::bad_request("invalid_path", format!("tenantId: {e}")))?;
-    let s = SessionId::parse(session).map_err(|e| ApiError::bad_request("invalid_path", format!("sessionId: {e}")))?;
-    Ok((t, s))
 }
 
 fn reason(body: &Bytes) -> Result<Option<String>, ApiError> {
@@ -43,16 +35,15 @@ fn reason(body: &Bytes) -> Result<Option<String>, ApiError> {
 
 async fn decide(
     state: AppState,
-    caller: Option<Extension<Caller>>,
-    path: (String, String, String),
+    scope: Scope,
+    path: ActionPath,
     approve: bool,
     body: Bytes,
 ) -> Result<Json<ProcessResponse>, ApiError> {
-    let (tenant, session) = ids(&path.0, &path.1)?;
     let reason = reason(&body)?;
     // A credential bound to one user (a JWT) decides only that user's actions.
-    let user = caller.and_then(|Extension(c)| c.user);
-    let outcome = state.agent.decide(&tenant, &session, user.as_ref(), &path.2, approve, reason).await?;
+    let outcome =
+        state.agent.decide(&path.tenant, &path.session, scope.bound_user(), &path.action, approve, reason).await?;
     Ok(Json(outcome.into()))
 }
 
@@ -71,12 +62,11 @@ async fn decide(
 )]
 async fn approve(
     State(state): State<AppState>,
-    caller: Option<Extension<Caller>>,
-    path: Result<Path<(String, String, String)>, PathRejection>,
+    scope: Scope,
+    path: ActionPath,
     body: Bytes,
 ) -> Result<Json<ProcessResponse>, ApiError> {
-    let Path(path) = path?;
-    decide(state, caller, path, true, body).await
+    decide(state, scope, path, true, body).await
 }
 
 /// Drop a pending action (never run), optionally with `{"reason": "..."}`, and let the agent answer.
@@ -94,10 +84,9 @@ async fn approve(
 )]
 async fn reject(
     State(state): State<AppState>,
-    caller: Option<Extension<Caller>>,
-    path: Result<Path<(String, String, String)>, PathRejection>,
+    scope: Scope,
+    path: ActionPath,
     body: Bytes,
 ) -> Result<Json<ProcessResponse>, ApiError> {
-    let Path(path) = path?;
-    decide(state, caller, path, false, body).await
+    decide(state, scope, path, false, body).await
 }

@@ -1,17 +1,17 @@
 //! Reading and managing conversations: `/agent/conversations/{tenantId}/...`.
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Extension, OriginalUri, Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{OriginalUri, Query, State};
 use axum::http::{HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 
+use super::extract::{Scope, SessionPath, TenantPath, UserPath};
 use super::{ApiError, AppState};
-use crate::auth::Caller;
-use crate::ids::{SessionId, TenantId, UserId};
+use crate::ids::{SessionId, TenantId};
 use crate::store::{Cursor, Deleted, Message, MessageQuery, Order, PageRequest, Session};
 use crate::timestamp;
 
@@ -26,38 +26,20 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 const MAX_LIMIT: usize = 100;
 
-fn tenant_id(raw: &str) -> Result<TenantId, ApiError> {
-    TenantId::parse(raw).map_err(|e| ApiError::bad_request("invalid_path", format!("tenantId: {e}")))
-}
-fn user_id(raw: &str) -> Result<UserId, ApiError> {
-    UserId::parse(raw).map_err(|e| ApiError::bad_request("invalid_path", format!("userId: {e}")))
-}
-fn session_id(raw: &str) -> Result<SessionId, ApiError> {
-    SessionId::parse(raw).map_err(|e| ApiError::bad_request("invalid_path", format!("sessionId: {e}")))
-}
-
 /// The session, when it exists for this tenant and, for a credential bound to one user (a JWT), is
 /// that user's: anyone else gets the same 404 as for a session that does not exist.
 async fn visible_session(
     state: &AppState,
-    caller: Option<Extension<Caller>>,
+    scope: &Scope,
     tenant: &TenantId,
     id: &SessionId,
 ) -> Result<Session, ApiError> {
-    let user = caller.and_then(|Extension(c)| c.user);
     state
-        .agent
-        .store()
+        .store
         .get_session(tenant, id)
         .await?
-        .filter(|s| user.as_ref().is_none_or(|u| &s.user_id == u))
+        .filter(|s| scope.sees(s))
         .ok_or_else(|| ApiError::not_found(format!("session {id} not found")))
-}
-
-/// `{tenantId}` and `{sessionId}` of a session path.
-fn session_path(path: Result<Path<(String, String)>, PathRejection>) -> Result<(TenantId, SessionId), ApiError> {
-    let Path((tenant, id)) = path?;
-    Ok((tenant_id(&tenant)?, session_id(&id)?))
 }
 
 fn limit(value: Option<usize>, default: usize, min: usize, name: &str) -> Result<usize, ApiError> {
@@ -134,15 +116,13 @@ pub struct Conversation {
 async fn list_user_conversations(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,
-    path: Result<Path<(String, String)>, PathRejection>,
+    UserPath { tenant, user }: UserPath,
     query: Result<Query<UserConversationsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Path((tenant, user)) = path?;
     let Query(q) = query?;
-    let (tenant, user) = (tenant_id(&tenant)?, user_id(&user)?);
     let limit = limit(q.limit, 10, 1, "limit")?;
     let message_limit = limit_messages(q.message_limit)?;
-    let store = state.agent.store();
+    let store = &state.store;
     let page =
         store.list_user_sessions(&tenant, &user, PageRequest { limit, cursor: cursor(q.cursor.as_deref())? }).await?;
     let reads = page.items.into_iter().map(|session| async move {
@@ -180,10 +160,9 @@ fn limit_messages(v: Option<usize>) -> Result<usize, ApiError> {
 )]
 async fn erase_user(
     State(state): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
+    UserPath { tenant, user }: UserPath,
 ) -> Result<Json<DeletedResponse>, ApiError> {
-    let Path((tenant, user)) = path?;
-    let deleted = state.agent.store().delete_user(&tenant_id(&tenant)?, &user_id(&user)?).await?;
+    let deleted = state.store.delete_user(&tenant, &user).await?;
     Ok(Json(DeletedResponse { deleted }))
 }
 
@@ -202,11 +181,10 @@ pub struct DeletedResponse {
 )]
 async fn get_session(
     State(state): State<AppState>,
-    caller: Option<Extension<Caller>>,
-    path: Result<Path<(String, String)>, PathRejection>,
+    scope: Scope,
+    SessionPath { tenant, session: id }: SessionPath,
 ) -> Result<Json<Session>, ApiError> {
-    let (tenant, id) = session_path(path)?;
-    visible_session(&state, caller, &tenant, &id).await.map(Json)
+    visible_session(&state, &scope, &tenant, &id).await.map(Json)
 }
 
 /// Delete a session and all its messages.
@@ -219,11 +197,10 @@ async fn get_session(
 )]
 async fn delete_session(
     State(state): State<AppState>,
-    caller: Option<Extension<Caller>>,
-    path: Result<Path<(String, String)>, PathRejection>,
+    scope: Scope,
+    SessionPath { tenant, session: id }: SessionPath,
 ) -> Result<Json<DeletedResponse>, ApiError> {
-    let (tenant, id) = session_path(path)?;
-    visible_session(&state, caller, &tenant, &id).await?;
+    visible_session(&state, &scope, &tenant, &id).await?;
     let messages = state
         .agent
         .store()
@@ -243,14 +220,12 @@ async fn delete_session(
 )]
 async fn close_session(
     State(state): State<AppState>,
-    caller: Option<Extension<Caller>>,
-    path: Result<Path<(String, String)>, PathRejection>,
+    scope: Scope,
+    SessionPath { tenant, session: id }: SessionPath,
 ) -> Result<Json<Session>, ApiError> {
-    let (tenant, id) = session_path(path)?;
-    visible_session(&state, caller, &tenant, &id).await?;
+    visible_session(&state, &scope, &tenant, &id).await?;
     state
-        .agent
-        .store()
+        .store
         .close_session(&tenant, &id)
         .await?
         .map(Json)
@@ -293,17 +268,15 @@ impl MessagesQuery {
 )]
 async fn list_session_messages(
     State(state): State<AppState>,
-    caller: Option<Extension<Caller>>,
+    scope: Scope,
     OriginalUri(uri): OriginalUri,
-    path: Result<Path<(String, String)>, PathRejection>,
+    SessionPath { tenant, session: id }: SessionPath,
     query: Result<Query<MessagesQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let (tenant, id) = session_path(path)?;
     let Query(q) = query?;
     let query = q.to_store()?;
-    let store = state.agent.store();
-    visible_session(&state, caller, &tenant, &id).await?;
-    let page = store.list_messages(&tenant, &id, query).await?;
+    visible_session(&state, &scope, &tenant, &id).await?;
+    let page = state.store.list_messages(&tenant, &id, query).await?;
     Ok(paged(&uri, page.items, page.next))
 }
 
@@ -318,11 +291,10 @@ async fn list_session_messages(
 async fn list_tenant_messages(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,
-    path: Result<Path<String>, PathRejection>,
+    TenantPath { tenant }: TenantPath,
     query: Result<Query<MessagesQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Path(tenant) = path?;
     let Query(q) = query?;
-    let page = state.agent.store().list_tenant_messages(&tenant_id(&tenant)?, q.to_store()?).await?;
+    let page = state.store.list_tenant_messages(&tenant, q.to_store()?).await?;
     Ok(paged(&uri, page.items, page.next))
 }

@@ -4,6 +4,7 @@ mod access;
 mod actions;
 mod conversations;
 mod error;
+mod extract;
 mod process;
 pub(crate) mod server;
 
@@ -27,11 +28,14 @@ pub use error::ApiError;
 
 use crate::agent::Agent;
 use crate::auth::Authenticator;
+use crate::store::ConversationStore;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub agent: Arc<Agent>,
+    /// The agent's store, for the handlers that read and manage conversations.
+    pub store: Arc<dyn ConversationStore>,
     pub auth: Arc<Authenticator>,
     pub rate_limit: Option<Arc<access::TenantRateLimit>>,
     /// `/metrics` needs no credential (the server listens on loopback).
@@ -141,7 +145,7 @@ async fn healthz() -> Json<serde_json::Value> {
     (status = 503, description = "Not ready, with the reason"),
 ))]
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    state.agent.store().check().await?;
+    state.store.check().await?;
     if let Some(why) = state.agent.provider().not_ready() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_provider_not_configured", why));
     }

@@ -16,9 +16,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 
+use super::extract::{Idempotency, TurnIdentity};
 use super::{ApiError, AppState};
 use crate::agent::{TurnEvent, TurnOutcome, TurnRequest};
-use crate::ids::{IdError, LocationId, SessionId, TenantId, UserId};
+use crate::ids::SessionId;
 use crate::store::Message;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -74,29 +75,6 @@ impl From<TurnOutcome> for ProcessResponse {
             agent_message: t.agent_message,
         }
     }
-}
-
-/// Reads an id header; `Ok(None)` when absent.
-pub(super) fn header_id<T>(
-    headers: &HeaderMap,
-    name: &str,
-    parse: fn(String) -> Result<T, IdError>,
-) -> Result<Option<T>, ApiError> {
-    let Some(value) = headers.get(name) else {
-        return Ok(None);
-    };
-    let text = value.to_str().map_err(|_| {
-        ApiError::bad_request(
-            "invalid_header",
-            format!("{name}: must contain only printable characters without spaces"),
-        )
-    })?;
-    parse(text.to_string()).map(Some).map_err(|e| ApiError::bad_request("invalid_header", format!("{name}: {e}")))
-}
-
-fn required_header<T>(headers: &HeaderMap, name: &str, parse: fn(String) -> Result<T, IdError>) -> Result<T, ApiError> {
-    header_id(headers, name, parse)?
-        .ok_or_else(|| ApiError::bad_request("missing_header", format!("the {name} header is required")))
 }
 
 fn depth(v: &Value) -> usize {
@@ -165,12 +143,11 @@ fn wants_stream(headers: &HeaderMap, body: &ProcessRequest) -> bool {
 )]
 async fn process(
     State(state): State<AppState>,
+    TurnIdentity { tenant, user, location }: TurnIdentity,
+    Idempotency(idempotency_key): Idempotency,
     headers: HeaderMap,
     body: Result<Json<ProcessRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let tenant = required_header(&headers, "x-tenant-id", TenantId::parse)?;
-    let user = required_header(&headers, "x-user-id", UserId::parse)?;
-    let location = header_id(&headers, "x-location-id", LocationId::parse)?;
     let Json(body) = body?;
     if body.message.trim().is_empty() {
         return Err(ApiError::bad_request("invalid_body", "message must not be empty"));
@@ -191,18 +168,6 @@ async fn process(
         .map(SessionId::parse)
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_body", format!("sessionId: {e}")))?;
-    let idempotency_key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
-                .ok_or_else(|| {
-                    ApiError::bad_request("invalid_header", "Idempotency-Key: 1 to 255 printable characters")
-                })?
-                .to_string(),
-        ),
-    };
     let stream = wants_stream(&headers, &body);
     let turn = TurnRequest {
         tenant,
