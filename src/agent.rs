@@ -10,8 +10,8 @@ use tokio::sync::mpsc;
 use crate::ids::{IdempotencyKey, LocationId, MessageId, SessionId, TenantId, UserId};
 use crate::llm::{Deltas, ModelError, ModelReply, ModelRequest, Provider, StreamItem, Usage};
 use crate::store::{
-    ConversationStore, Message, MessageQuery, Metadata, NewMessage, NewSession, Order, Role, Session, StoreError,
-    complete_history, history_query, recent_history, writable_session,
+    Action, ActionStatus, ConversationStore, Message, MessageQuery, Metadata, NewMessage, NewSession, Order, Role,
+    Session, StoreError, complete_history, history_query, recent_history, writable_session,
 };
 use crate::timestamp;
 use crate::tools::{ToolCall, ToolContext, ToolResult, ToolStep, Toolbox, action_record};
@@ -260,7 +260,7 @@ impl Agent {
         }
         metadata.insert("latencyMs".into(), json!(started.elapsed().as_millis() as u64));
         if !thought.actions.is_empty() {
-            metadata.insert("actions".into(), Value::Array(thought.actions.clone()));
+            metadata.insert("actions".into(), Value::Array(thought.actions.iter().map(Action::to_json).collect()));
         }
         if let Some((k, v)) = extra {
             metadata.insert(k.into(), v);
@@ -333,10 +333,10 @@ impl Agent {
             }
             let results = futures::future::join_all(runnable.iter().map(|c| self.run_tool(c, ctx))).await;
             for (c, r) in runnable.iter().zip(&results) {
-                let status = if r.is_error { "failed" } else { "done" };
+                let status = if r.is_error { ActionStatus::Failed } else { ActionStatus::Done };
                 let action = action_record(c, status, Some(r));
                 if let Some(p) = progress {
-                    p.event(StreamItem::ToolResult(action.clone()));
+                    p.event(StreamItem::ToolResult(action.to_json()));
                 }
                 actions.push(action);
             }
@@ -347,7 +347,7 @@ impl Agent {
                 if let Some(p) = progress {
                     p.send(format!("\n\n{}", wanted.join(", ")));
                 }
-                actions.extend(pending.iter().map(|c| action_record(c, "pending_approval", None)));
+                actions.extend(pending.iter().map(|c| action_record(c, ActionStatus::PendingApproval, None)));
                 return Ok(Thought { reply, actions });
             }
             request.steps.push(ToolStep { text: reply.text.clone(), calls: runnable, results });
@@ -622,15 +622,11 @@ impl Agent {
         reason: Option<String>,
     ) -> Result<TurnOutcome, TurnError> {
         let not_found = || StoreError::NotFound(format!("action {action_id} not found in session {session_id}"));
-        let session = self
-            .store
-            .get_session(tenant, session_id)
-            .await?
-            .filter(|s| user.is_none_or(|u| &s.user_id == u))
-            .ok_or_else(not_found)?;
-        if !session.is_active {
-            return Err(StoreError::Conflict(format!("session {session_id} is closed")).into());
-        }
+        let stored = self.store.get_session(tenant, session_id).await?;
+        let session = writable_session(stored, session_id, user).map_err(|e| match e {
+            StoreError::NotFound(_) => not_found(),
+            other => other,
+        })?;
         let recent = self
             .store
             .list_messages(tenant, session_id, MessageQuery { limit: 50, order: Order::Desc, ..Default::default() })
@@ -640,41 +636,30 @@ impl Agent {
             .iter()
             .filter(|m| m.role == Role::Agent)
             .find_map(|m| {
-                let actions = m.metadata.as_ref()?.get("actions")?.as_array()?;
-                let a = actions.iter().find(|a| a["id"] == json!(action_id))?;
-                Some((m.clone(), a.clone()))
+                let action = Action::all_in(m.metadata.as_ref()).into_iter().find(|a| a.id == action_id)?;
+                Some((m.clone(), action))
             })
             .ok_or_else(not_found)?;
-        let status = action["status"].as_str().unwrap_or_default().to_string();
-        let decided = |action: &Value| {
-            StoreError::Conflict(format!(
-                "action {action_id} was already decided (status {})",
-                action["status"].as_str().unwrap_or("unknown")
-            ))
+        let decided = |action: &Action| {
+            StoreError::Conflict(format!("action {action_id} was already decided (status {})", action.status.as_str()))
         };
-        if status != "pending_approval" {
+        if action.status != ActionStatus::PendingApproval {
             return Err(decided(&action).into());
         }
-        let call = ToolCall {
-            id: action_id.to_string(),
-            name: action["tool"].as_str().unwrap_or_default().to_string(),
-            arguments: action["arguments"].clone(),
-        };
+        let call = ToolCall { id: action.id.clone(), name: action.tool.clone(), arguments: action.arguments.clone() };
         let mut claimed = action.clone();
-        claimed["status"] = json!(if approve { "approved" } else { "rejected" });
-        if let Some(r) = &reason {
-            claimed["reason"] = json!(r);
-        }
-        if !self.store.transition_action(tenant, &message.id, action_id, "pending_approval", claimed.clone()).await? {
+        claimed.status = if approve { ActionStatus::Approved } else { ActionStatus::Rejected };
+        claimed.reason = reason.clone();
+        if !self.store.transition_action(tenant, &message.id, ActionStatus::PendingApproval, &claimed).await? {
             return Err(decided(&claimed).into());
         }
         let ctx = Self::tool_context(tenant, &session.user_id, session.location_id.as_ref());
         let (resolved, note) = if approve {
             let result = self.run_tool(&call, &ctx).await;
-            let status = if result.is_error { "failed" } else { "done" };
+            let status = if result.is_error { ActionStatus::Failed } else { ActionStatus::Done };
             let mut done = action_record(&call, status, Some(&result));
-            done["approved"] = json!(true);
-            self.store.transition_action(tenant, &message.id, action_id, "approved", done.clone()).await?;
+            done.approved = Some(true);
+            self.store.transition_action(tenant, &message.id, ActionStatus::Approved, &done).await?;
             let note = format!(
                 "[The user approved {}({}). It {}: {}]",
                 call.name,
@@ -706,5 +691,5 @@ impl Agent {
 /// The model's final reply for a turn and every tool call it made on the way.
 struct Thought {
     reply: ModelReply,
-    actions: Vec<Value>,
+    actions: Vec<Action>,
 }

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use agent_server::ids::{MessageId, SessionId, TenantId, UserId};
 use agent_server::store::{
-    Appended, ConversationStore, Cursor, Deleted, Message, MessageQuery, NewMessage, NewSession, Order, Page,
-    PageRequest, Role, Session, StoreError, StoreResult, recent_history,
+    Action, ActionStatus, Appended, ConversationStore, Cursor, Deleted, Message, MessageQuery, NewMessage, NewSession,
+    Order, Page, PageRequest, Role, Session, StoreError, StoreResult, recent_history,
 };
 use async_trait::async_trait;
 use serde_json::json;
@@ -382,20 +382,21 @@ async fn actions_transition_exactly_once(store: Arc<dyn ConversationStore>) {
             .clone(),
     );
     let stored = store.append_messages(&s.tenant_id, &s.id, vec![m]).await.unwrap().remove(0).message;
-    let approved = json!({"id": "a-2", "tool": "create_resource", "status": "approved"});
+    let approved: Action =
+        serde_json::from_value(json!({"id": "a-2", "tool": "create_resource", "status": "approved"})).unwrap();
+    let mut other = approved.clone();
+    other.id = "a-9".into();
     assert!(
         !store
-            .transition_action(&tenant("globex"), &stored.id, "a-2", "pending_approval", approved.clone())
+            .transition_action(&tenant("globex"), &stored.id, ActionStatus::PendingApproval, &approved)
             .await
             .unwrap()
     );
     let tries =
-        (0..5).map(|_| store.transition_action(&s.tenant_id, &stored.id, "a-2", "pending_approval", approved.clone()));
+        (0..5).map(|_| store.transition_action(&s.tenant_id, &stored.id, ActionStatus::PendingApproval, &approved));
     let wins = futures::future::join_all(tries).await.into_iter().filter(|r| *r.as_ref().unwrap()).count();
     assert_eq!(wins, 1);
-    assert!(
-        !store.transition_action(&s.tenant_id, &stored.id, "a-9", "pending_approval", approved.clone()).await.unwrap()
-    );
+    assert!(!store.transition_action(&s.tenant_id, &stored.id, ActionStatus::PendingApproval, &other).await.unwrap());
     let back = store.get_message(&s.tenant_id, &stored.id).await.unwrap().unwrap();
     let actions = back.metadata.unwrap()["actions"].clone();
     assert_eq!(actions[1]["status"], "approved");
@@ -534,11 +535,10 @@ impl ConversationStore for LaggingIndex {
         &self,
         t: &TenantId,
         m: &MessageId,
-        a: &str,
-        from: &str,
-        to: serde_json::Value,
+        from: ActionStatus,
+        to: &Action,
     ) -> StoreResult<bool> {
-        self.inner.transition_action(t, m, a, from, to).await
+        self.inner.transition_action(t, m, from, to).await
     }
     async fn begin_turn(
         &self,

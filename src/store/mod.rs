@@ -145,16 +145,15 @@ pub trait ConversationStore: Send + Sync + 'static {
         after: Option<String>,
         limit: usize,
     ) -> StoreResult<(Vec<Session>, Option<String>)>;
-    /// Replaces the action `action_id` in the message's `metadata.actions` with `to`, only while its
-    /// status is `from`; false when it is not (decided already, or absent). Used to approve a
+    /// Replaces the action with `to.id` in the message's `metadata.actions` with `to`, only while
+    /// its status is `from`; false when it is not (decided already, or absent). Used to approve a
     /// pending tool call exactly once.
     async fn transition_action(
         &self,
         tenant: &TenantId,
         message: &MessageId,
-        action_id: &str,
-        from: &str,
-        to: serde_json::Value,
+        from: ActionStatus,
+        to: &Action,
     ) -> StoreResult<bool>;
     /// Stores an exported session as it is, unless one with its key exists; true when stored.
     async fn import_session(&self, session: Session) -> StoreResult<bool>;

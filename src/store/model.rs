@@ -227,3 +227,69 @@ pub struct Deleted {
     pub sessions: usize,
     pub messages: usize,
 }
+
+/// Where a tool call stands. Stored as snake case text in the action's `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionStatus {
+    /// Waiting for a person to approve or reject it.
+    PendingApproval,
+    /// Approved; the tool is running (or ran and its result is not stored yet).
+    Approved,
+    /// Rejected: it never runs.
+    Rejected,
+    /// The tool ran and answered.
+    Done,
+    /// The tool ran and failed.
+    Failed,
+}
+
+impl ActionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionStatus::PendingApproval => "pending_approval",
+            ActionStatus::Approved => "approved",
+            ActionStatus::Rejected => "rejected",
+            ActionStatus::Done => "done",
+            ActionStatus::Failed => "failed",
+        }
+    }
+}
+
+/// A tool call of the agent, as stored in its message's `metadata.actions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    pub id: String,
+    pub tool: String,
+    #[serde(default)]
+    pub arguments: Value,
+    pub status: ActionStatus,
+    /// What the tool answered (JSON text), once it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// The first 200 characters of the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// Set when the call ran after a person approved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved: Option<bool>,
+    /// Why it was rejected, when the person said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Action {
+    /// The action as JSON, for `metadata.actions` and API answers.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// The actions stored in a message's metadata (entries that are not actions are skipped).
+    pub fn all_in(metadata: Option<&Metadata>) -> Vec<Action> {
+        metadata
+            .and_then(|m| m.get("actions"))
+            .and_then(Value::as_array)
+            .map(|list| list.iter().filter_map(|a| serde_json::from_value(a.clone()).ok()).collect())
+            .unwrap_or_default()
+    }
+}

@@ -8,7 +8,7 @@ mod mcp;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 pub use business_api::{BusinessApi, FileTool, read_tools_file};
 pub use mcp::McpServers;
@@ -18,6 +18,7 @@ pub use crate::config::ApprovalPolicy;
 
 use crate::config::ToolsConfig;
 use crate::ids::{LocationId, TenantId, UserId};
+use crate::store::{Action, ActionStatus};
 
 /// A tool as the model sees it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -193,12 +194,15 @@ impl Toolbox {
 
 /// The record of one tool call, as stored in the agent message's `metadata.actions` and returned in
 /// the response's `actions`.
-pub fn action_record(call: &ToolCall, status: &str, result: Option<&ToolResult>) -> Value {
-    let mut action = json!({"id": call.id, "tool": call.name, "arguments": call.arguments, "status": status});
-    if let Some(r) = result {
-        action["result"] = json!(r.content);
-        let summary: String = r.content.chars().take(200).collect();
-        action["summary"] = json!(summary);
+pub fn action_record(call: &ToolCall, status: ActionStatus, result: Option<&ToolResult>) -> Action {
+    Action {
+        id: call.id.clone(),
+        tool: call.name.clone(),
+        arguments: call.arguments.clone(),
+        status,
+        result: result.map(|r| r.content.clone()),
+        summary: result.map(|r| r.content.chars().take(200).collect()),
+        approved: None,
+        reason: None,
     }
-    action
 }

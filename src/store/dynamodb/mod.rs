@@ -29,8 +29,8 @@ use items::{message_from_item, message_item, s, session_from_item, session_item,
 use tables::{SESSION_TIMESTAMP_INDEX, TENANT_TIMESTAMP_INDEX, TENANT_USER_INDEX};
 
 use super::{
-    Appended, ConversationStore, Cursor, Deleted, Message, MessageQuery, NewMessage, NewSession, Order, Page,
-    PageRequest, Retention, Session, StoreError, StoreResult, check_message, is_expired, prepare_messages,
+    Action, ActionStatus, Appended, ConversationStore, Cursor, Deleted, Message, MessageQuery, NewMessage, NewSession,
+    Order, Page, PageRequest, Retention, Session, StoreError, StoreResult, check_message, is_expired, prepare_messages,
     writable_session,
 };
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
@@ -595,10 +595,10 @@ impl ConversationStore for DynamoStore {
         &self,
         tenant: &TenantId,
         message: &MessageId,
-        action_id: &str,
-        from: &str,
-        to: serde_json::Value,
+        from: ActionStatus,
+        to: &Action,
     ) -> StoreResult<bool> {
+        let action_id = to.id.as_str();
         let Some(stored) = self.get_message_item(message.as_str()).await?.filter(|m| &m.tenant_id == tenant) else {
             return Ok(false);
         };
@@ -619,10 +619,10 @@ impl ConversationStore for DynamoStore {
             .expression_attribute_names("#actions", "actions")
             .expression_attribute_names("#id", "id")
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":to", to_attribute(&to)?)
+            .expression_attribute_values(":to", to_attribute(&to.to_json())?)
             .expression_attribute_values(":t", s(tenant.as_str()))
             .expression_attribute_values(":aid", s(action_id))
-            .expression_attribute_values(":from", s(from))
+            .expression_attribute_values(":from", s(from.as_str()))
             .send()
             .await;
         written(result, &self.messages, "UpdateItem")

@@ -17,8 +17,9 @@ use rows::*;
 use schema::{migrate, open, spawn_checkpointer};
 
 use super::{
-    Appended, ConversationStore, Cursor, Deleted, Message, MessageQuery, NewMessage, NewSession, Order, Page,
-    PageRequest, Retention, Session, StoreError, StoreResult, check_message, prepare_messages, writable_session,
+    Action, ActionStatus, Appended, ConversationStore, Cursor, Deleted, Message, MessageQuery, NewMessage, NewSession,
+    Order, Page, PageRequest, Retention, Session, StoreError, StoreResult, check_message, prepare_messages,
+    writable_session,
 };
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
 use crate::timestamp;
@@ -476,12 +477,10 @@ impl ConversationStore for SqliteStore {
         &self,
         tenant: &TenantId,
         message: &MessageId,
-        action_id: &str,
-        from: &str,
-        to: serde_json::Value,
+        from: ActionStatus,
+        to: &Action,
     ) -> StoreResult<bool> {
-        let (tenant, message, action_id, from) =
-            (tenant.clone(), message.clone(), action_id.to_string(), from.to_string());
+        let (tenant, message, to) = (tenant.clone(), message.clone(), to.clone());
         self.write("transition_action", move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(internal)?;
             let Some(mut stored) = get_message(&tx, message.as_str())?.filter(|m| m.tenant_id == tenant) else {
@@ -492,13 +491,13 @@ impl ConversationStore for SqliteStore {
             else {
                 return Ok(false);
             };
-            let Some(slot) = actions.iter_mut().find(|a| a["id"] == serde_json::json!(action_id)) else {
+            let Some(slot) = actions.iter_mut().find(|a| a["id"] == serde_json::json!(to.id)) else {
                 return Ok(false);
             };
             if slot["status"] != serde_json::json!(from) {
                 return Ok(false);
             }
-            *slot = to;
+            *slot = to.to_json();
             tx.execute(
                 "UPDATE messages SET metadata = ?2 WHERE id = ?1",
                 params![message.as_str(), json_text(&stored.metadata)],
