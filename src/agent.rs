@@ -13,7 +13,7 @@ use crate::store::{
     Action, ActionStatus, ConversationStore, Message, MessageQuery, Metadata, NewMessage, NewSession, Order, Role,
     Session, StoreError, complete_history, history_query, recent_history, writable_session,
 };
-use crate::timestamp;
+use crate::timestamp::{self, Timestamp};
 use crate::tools::{ToolCall, ToolContext, ToolResult, ToolStep, Toolbox, action_record};
 
 /// How the agent behaves, from the configuration.
@@ -430,12 +430,12 @@ impl Agent {
         let thought = match self.think(request, &ctx, None).await {
             Ok(t) => t,
             Err(e) => {
-                let _ = self.store.release_turn(&req.tenant, id, &stamps[1], before.last_message_at.as_deref()).await;
+                let _ = self.store.release_turn(&req.tenant, id, &stamps[1], before.last_message_at.as_ref()).await;
                 return Err(e);
             }
         };
         let mut stamps = stamps.into_iter();
-        let mut stamp = || stamps.next().unwrap_or_default();
+        let mut stamp = || stamps.next().unwrap_or_else(Timestamp::now);
         let messages = vec![
             Self::user_message(req, ids.0).into_message(&req.tenant, id, stamp()),
             Self::agent_message(&req.user, ids.1, &thought, started, None).into_message(&req.tenant, id, stamp()),

@@ -10,6 +10,7 @@ use agent_server::store::{
     Action, ActionStatus, Appended, ConversationStore, Cursor, Deleted, Message, MessageQuery, NewMessage, NewSession,
     Order, Page, PageRequest, Role, Session, StoreError, StoreResult, recent_history,
 };
+use agent_server::timestamp::Timestamp;
 use async_trait::async_trait;
 use serde_json::json;
 
@@ -350,7 +351,7 @@ async fn expired_items_are_hidden_and_purged(store: Arc<dyn ConversationStore>) 
     let mut expired_in_live = expired.clone();
     expired_in_live.id = MessageId::generate();
     expired_in_live.session_id = live.id.clone();
-    expired_in_live.timestamp = "2000-01-01T00:00:00.000000Z".into();
+    expired_in_live.timestamp = Timestamp::parse("2000-01-01T00:00:00Z").unwrap();
     assert!(store.import_message(expired_in_live.clone()).await.unwrap());
 
     assert!(store.get_session(&tenant("acme"), &old.id).await.unwrap().is_none());
@@ -420,14 +421,14 @@ async fn turns_reserve_timestamps_and_release_them(store: Arc<dyn ConversationSt
     let (_, later) = store.begin_turn(&s.tenant_id, &s.id, Some(&user("u1")), 2).await.unwrap();
     assert!(later[0] > stamps[1]);
     store.release_turn(&s.tenant_id, &s.id, &later[1], Some(&stamps[1])).await.unwrap();
-    let make = |content: &str, ts: &str, role| Message {
+    let make = |content: &str, ts: &Timestamp, role| Message {
         id: MessageId::generate(),
         tenant_id: s.tenant_id.clone(),
         session_id: s.id.clone(),
         user_id: user("u1"),
         content: content.into(),
         role,
-        timestamp: ts.into(),
+        timestamp: ts.clone(),
         metadata: None,
         expires_at: None,
     };
@@ -546,13 +547,13 @@ impl ConversationStore for LaggingIndex {
         s: &SessionId,
         u: Option<&UserId>,
         n: usize,
-    ) -> StoreResult<(Session, Vec<String>)> {
+    ) -> StoreResult<(Session, Vec<Timestamp>)> {
         self.inner.begin_turn(t, s, u, n).await
     }
     async fn put_messages(&self, t: &TenantId, s: &SessionId, m: Vec<Message>) -> StoreResult<Vec<Appended>> {
         self.inner.put_messages(t, s, m).await
     }
-    async fn release_turn(&self, t: &TenantId, s: &SessionId, r: &str, p: Option<&str>) -> StoreResult<()> {
+    async fn release_turn(&self, t: &TenantId, s: &SessionId, r: &Timestamp, p: Option<&Timestamp>) -> StoreResult<()> {
         self.inner.release_turn(t, s, r, p).await
     }
     async fn create_session_with(&self, n: NewSession, m: Vec<NewMessage>) -> StoreResult<(Session, Vec<Message>)> {

@@ -90,7 +90,7 @@ pub fn create(
         tenant: tenant.map(|t| t.to_string()),
         admin,
         hash: hash(&secret),
-        created_at: crate::timestamp::now(),
+        created_at: crate::timestamp::now().into(),
     };
     file.keys.push(record.clone());
     write_file(path, &file)?;

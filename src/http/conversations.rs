@@ -13,7 +13,7 @@ use super::extract::{Scope, SessionPath, TenantPath, UserPath};
 use super::{ApiError, AppState};
 use crate::ids::{SessionId, TenantId};
 use crate::store::{Cursor, Deleted, Message, MessageQuery, Order, PageRequest, Session};
-use crate::timestamp;
+use crate::timestamp::Timestamp;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -54,10 +54,10 @@ fn cursor(value: Option<&str>) -> Result<Option<Cursor>, ApiError> {
     value.map(Cursor::decode).transpose().map_err(ApiError::from)
 }
 
-fn before(value: Option<&str>) -> Result<Option<String>, ApiError> {
+fn before(value: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
     value
         .map(|b| {
-            timestamp::normalize(b).ok_or_else(|| {
+            Timestamp::parse(b).ok_or_else(|| {
                 ApiError::bad_request("invalid_query", format!("before: {b:?} is not an ISO-8601 timestamp"))
             })
         })

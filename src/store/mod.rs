@@ -30,6 +30,7 @@ pub use model::*;
 
 use crate::config::StorageConfig;
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
+use crate::timestamp::Timestamp;
 
 /// Opens the configured store.
 pub async fn open(storage: &StorageConfig, retention: Retention) -> StoreResult<Arc<dyn ConversationStore>> {
@@ -56,7 +57,7 @@ pub(crate) fn prepare_messages(
             if &m.tenant_id != tenant || &m.session_id != session {
                 return Err(StoreError::Invalid(format!("message {} belongs to another session", m.id)));
             }
-            m.expires_at = crate::timestamp::parse_micros(&m.timestamp).and_then(|t| retention.expires_at(t));
+            m.expires_at = m.timestamp.micros().and_then(|t| retention.expires_at(t));
             check_message(&m)?;
             Ok(m)
         })
@@ -97,7 +98,7 @@ pub trait ConversationStore: Send + Sync + 'static {
         session: &SessionId,
         owner: Option<&UserId>,
         count: usize,
-    ) -> StoreResult<(Session, Vec<String>)>;
+    ) -> StoreResult<(Session, Vec<Timestamp>)>;
     /// Stores messages whose timestamps `begin_turn` reserved, all at once; a message whose id is
     /// already stored in this session is returned as stored.
     async fn put_messages(
@@ -113,8 +114,8 @@ pub trait ConversationStore: Send + Sync + 'static {
         &self,
         tenant: &TenantId,
         session: &SessionId,
-        reserved_last: &str,
-        previous: Option<&str>,
+        reserved_last: &Timestamp,
+        previous: Option<&Timestamp>,
     ) -> StoreResult<()>;
     /// One message by id, only when it belongs to the tenant.
     async fn get_message(&self, tenant: &TenantId, id: &MessageId) -> StoreResult<Option<Message>>;
@@ -177,8 +178,8 @@ pub trait ConversationStore: Send + Sync + 'static {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let placeholder = crate::timestamp::now();
-        let build = |stamps: Vec<String>| -> Vec<Message> {
+        let placeholder = Timestamp::now();
+        let build = |stamps: Vec<Timestamp>| -> Vec<Message> {
             messages.iter().cloned().zip(stamps).map(|(m, ts)| m.into_message(tenant, session, ts)).collect()
         };
         // Checked before the reservation, so a refused message costs no write.
@@ -191,14 +192,14 @@ pub trait ConversationStore: Send + Sync + 'static {
         let appended = match self.put_messages(tenant, session, build(stamps)).await {
             Ok(appended) => appended,
             Err(e) => {
-                let _ = self.release_turn(tenant, session, &reserved_last, previous.as_deref()).await;
+                let _ = self.release_turn(tenant, session, &reserved_last, previous.as_ref()).await;
                 return Err(e);
             }
         };
         let newest_created = appended.iter().filter(|a| a.created).map(|a| &a.message.timestamp).max();
         if newest_created != Some(&reserved_last) {
             let back_to = newest_created.cloned().or(previous);
-            self.release_turn(tenant, session, &reserved_last, back_to.as_deref()).await?;
+            self.release_turn(tenant, session, &reserved_last, back_to.as_ref()).await?;
         }
         Ok(appended)
     }

@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 
 use super::Cursor;
 use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
+use crate::timestamp::Timestamp;
 
 /// Free-form JSON stored with a session or message.
 pub type Metadata = Map<String, Value>;
@@ -24,15 +25,17 @@ pub struct Session {
     pub location_id: Option<LocationId>,
     pub is_active: bool,
     /// ISO-8601 UTC, microseconds.
-    pub created_at: String,
+    #[schema(value_type = String)]
+    pub created_at: Timestamp,
     /// ISO-8601 UTC, microseconds: the last activity on the session.
-    pub updated_at: String,
+    #[schema(value_type = String)]
+    pub updated_at: Timestamp,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Metadata>,
     /// Timestamp of the newest message (our own attribute `lastMessageAt`), used for read-your-writes.
     #[serde(skip)]
-    pub last_message_at: Option<String>,
+    pub last_message_at: Option<Timestamp>,
     /// When `MESSAGE_TTL_DAYS` is set: epoch seconds after which the session is deleted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
@@ -77,7 +80,8 @@ pub struct Message {
     pub content: String,
     pub role: Role,
     /// ISO-8601 UTC, microseconds; strictly increasing within a session.
-    pub timestamp: String,
+    #[schema(value_type = String)]
+    pub timestamp: Timestamp,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Metadata>,
@@ -94,8 +98,7 @@ pub(crate) fn first_messages(session: &mut Session, messages: Vec<NewMessage>, r
         .zip(stamps)
         .map(|(m, ts)| {
             let mut message = m.into_message(&session.tenant_id, &session.id, ts);
-            message.expires_at =
-                crate::timestamp::parse_micros(&message.timestamp).and_then(|micros| retention.expires_at(micros));
+            message.expires_at = message.timestamp.micros().and_then(|micros| retention.expires_at(micros));
             message
         })
         .collect();
@@ -111,7 +114,7 @@ impl Session {
     /// A new active session, created now, with its expiry under `retention`.
     pub fn new(new: NewSession, retention: Retention) -> Self {
         let micros = crate::timestamp::now_micros();
-        let now = crate::timestamp::format_micros(micros);
+        let now = Timestamp::from_micros(micros);
         Session {
             id: SessionId::generate(),
             tenant_id: new.tenant_id,
@@ -164,7 +167,7 @@ pub struct NewMessage {
 
 impl NewMessage {
     /// The message as stored in `session` at `timestamp` (its expiry is the store's to set).
-    pub fn into_message(self, tenant: &TenantId, session: &SessionId, timestamp: String) -> Message {
+    pub fn into_message(self, tenant: &TenantId, session: &SessionId, timestamp: Timestamp) -> Message {
         Message {
             id: self.id,
             tenant_id: tenant.clone(),
@@ -210,7 +213,7 @@ pub struct MessageQuery {
     pub order: Order,
     pub cursor: Option<Cursor>,
     /// Only messages strictly older than this timestamp (fixed-width form).
-    pub before: Option<String>,
+    pub before: Option<Timestamp>,
 }
 
 /// One page of a list, and where the next page starts when there is one.

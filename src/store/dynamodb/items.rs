@@ -8,6 +8,7 @@ use serde_json::{Number, Value};
 use super::Item;
 use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
 use crate::store::{Message, Metadata, Role, Session, StoreError, StoreResult};
+use crate::timestamp::Timestamp;
 
 pub(super) fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
@@ -100,8 +101,8 @@ pub(crate) fn session_item(s: &Session) -> StoreResult<Item> {
         ("tenantId".to_string(), AttributeValue::S(s.tenant_id.to_string())),
         ("userId".to_string(), AttributeValue::S(s.user_id.to_string())),
         ("isActive".to_string(), AttributeValue::Bool(s.is_active)),
-        ("createdAt".to_string(), AttributeValue::S(s.created_at.clone())),
-        ("updatedAt".to_string(), AttributeValue::S(s.updated_at.clone())),
+        ("createdAt".to_string(), AttributeValue::S(s.created_at.clone().into())),
+        ("updatedAt".to_string(), AttributeValue::S(s.updated_at.clone().into())),
     ]);
     if let Some(l) = &s.location_id {
         item.insert("locationId".into(), AttributeValue::S(l.to_string()));
@@ -110,7 +111,7 @@ pub(crate) fn session_item(s: &Session) -> StoreResult<Item> {
         item.insert("metadata".into(), AttributeValue::M(to_attribute_map(m)?));
     }
     if let Some(t) = &s.last_message_at {
-        item.insert("lastMessageAt".into(), AttributeValue::S(t.clone()));
+        item.insert("lastMessageAt".into(), AttributeValue::S(t.into()));
     }
     if let Some(at) = s.expires_at {
         item.insert("expiresAt".into(), AttributeValue::N(at.to_string()));
@@ -125,9 +126,9 @@ pub(crate) fn session_from_item(item: Item) -> StoreResult<Session> {
         user_id: UserId::parse(get_s(&item, "userId")?).map_err(|_| bad("user id"))?,
         location_id: get_opt_s(&item, "locationId").and_then(|l| LocationId::parse(l).ok()),
         is_active: matches!(item.get("isActive"), Some(AttributeValue::Bool(true))),
-        created_at: get_s(&item, "createdAt")?,
-        updated_at: get_s(&item, "updatedAt")?,
-        last_message_at: get_opt_s(&item, "lastMessageAt"),
+        created_at: Timestamp::stored(get_s(&item, "createdAt")?),
+        updated_at: Timestamp::stored(get_s(&item, "updatedAt")?),
+        last_message_at: get_opt_s(&item, "lastMessageAt").map(Timestamp::stored),
         metadata: get_metadata(&item),
         expires_at: get_epoch(&item),
     })
@@ -141,7 +142,7 @@ pub(crate) fn message_item(m: &Message) -> StoreResult<Item> {
         ("userId".to_string(), AttributeValue::S(m.user_id.to_string())),
         ("content".to_string(), AttributeValue::S(m.content.clone())),
         ("role".to_string(), AttributeValue::S(m.role.as_str().to_string())),
-        ("timestamp".to_string(), AttributeValue::S(m.timestamp.clone())),
+        ("timestamp".to_string(), AttributeValue::S(m.timestamp.clone().into())),
     ]);
     if let Some(md) = &m.metadata {
         item.insert("metadata".into(), AttributeValue::M(to_attribute_map(md)?));
@@ -160,7 +161,7 @@ pub(crate) fn message_from_item(item: Item) -> StoreResult<Message> {
         user_id: UserId::parse(get_s(&item, "userId")?).map_err(|_| bad("user id"))?,
         content: get_s(&item, "content")?,
         role: Role::parse(&get_s(&item, "role")?).ok_or_else(|| bad("role"))?,
-        timestamp: get_s(&item, "timestamp")?,
+        timestamp: Timestamp::stored(get_s(&item, "timestamp")?),
         metadata: get_metadata(&item),
         expires_at: get_epoch(&item),
     })

@@ -34,7 +34,7 @@ use super::{
     writable_session,
 };
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
-use crate::timestamp;
+use crate::timestamp::{self, Timestamp};
 
 pub(super) type Item = HashMap<String, AttributeValue>;
 
@@ -340,10 +340,10 @@ impl ConversationStore for DynamoStore {
         session: &SessionId,
         owner: Option<&UserId>,
         count: usize,
-    ) -> StoreResult<(Session, Vec<String>)> {
-        let mut after: Option<String> = None;
+    ) -> StoreResult<(Session, Vec<Timestamp>)> {
+        let mut after: Option<Timestamp> = None;
         for _ in 0..20 {
-            let stamps = timestamp::allocate(after.as_deref(), count);
+            let stamps = timestamp::allocate(after.as_ref(), count);
             let (first, last) = (stamps[0].clone(), stamps[count - 1].clone());
             let expires_at = timestamp::parse_micros(&last).and_then(|m| self.retention.expires_at(m));
             // One conditional write checks the session (active, the owner's) and reserves the
@@ -404,8 +404,8 @@ impl ConversationStore for DynamoStore {
         &self,
         tenant: &TenantId,
         session: &SessionId,
-        reserved_last: &str,
-        previous: Option<&str>,
+        reserved_last: &Timestamp,
+        previous: Option<&Timestamp>,
     ) -> StoreResult<()> {
         let mut update = self
             .client
@@ -449,7 +449,7 @@ impl ConversationStore for DynamoStore {
         if bounded {
             base = base.expression_attribute_names("#ts", "timestamp");
         }
-        base = match (query.order, after, query.before) {
+        base = match (query.order, after, query.before.map(String::from)) {
             (Order::Desc, Some(a), Some(b)) => base
                 .key_condition_expression("sessionId = :s AND #ts < :hi")
                 .expression_attribute_values(":hi", s(a.min(b))),

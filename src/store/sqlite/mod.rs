@@ -22,7 +22,7 @@ use super::{
     writable_session,
 };
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
-use crate::timestamp;
+use crate::timestamp::{self, Timestamp};
 
 const MAX_READERS: usize = 8;
 /// Rows deleted per purge transaction, so the write lock is held only briefly.
@@ -226,14 +226,14 @@ impl ConversationStore for SqliteStore {
         session: &SessionId,
         owner: Option<&UserId>,
         count: usize,
-    ) -> StoreResult<(Session, Vec<String>)> {
+    ) -> StoreResult<(Session, Vec<Timestamp>)> {
         let (tenant, session, owner) = (tenant.clone(), session.clone(), owner.cloned());
         self.write("begin_turn", move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(internal)?;
             let stored = get_session(&tx, tenant.as_str(), session.as_str())?;
             let stored = writable_session(stored, &session, owner.as_ref())?;
-            let stamps = timestamp::allocate(stored.last_message_at.as_deref(), count);
-            let last = stamps.last().cloned().unwrap_or_default();
+            let stamps = timestamp::allocate(stored.last_message_at.as_ref(), count);
+            let last = stamps.last().cloned().unwrap_or_else(Timestamp::now);
             tx.execute(
                 "UPDATE sessions SET last_message_at = ?1, updated_at = ?1 WHERE tenant_id = ?2 AND id = ?3",
                 params![last, tenant.as_str(), session.as_str()],
@@ -285,11 +285,11 @@ impl ConversationStore for SqliteStore {
         &self,
         tenant: &TenantId,
         session: &SessionId,
-        reserved_last: &str,
-        previous: Option<&str>,
+        reserved_last: &Timestamp,
+        previous: Option<&Timestamp>,
     ) -> StoreResult<()> {
         let (tenant, session) = (tenant.clone(), session.clone());
-        let (reserved, previous) = (reserved_last.to_string(), previous.map(str::to_string));
+        let (reserved, previous) = (reserved_last.clone(), previous.cloned());
         self.write("release_turn", move |c| {
             c.execute(
                 "UPDATE sessions SET last_message_at = ?4, updated_at = coalesce(?4, updated_at) \

@@ -5,6 +5,19 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::internal;
 use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
 use crate::store::{Cursor, Message, Metadata, Page, Role, Session, StoreResult};
+use crate::timestamp::Timestamp;
+
+impl rusqlite::ToSql for Timestamp {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        self.as_str().to_sql()
+    }
+}
+
+impl rusqlite::types::FromSql for Timestamp {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        String::column_result(value).map(Timestamp::stored)
+    }
+}
 
 pub(super) const SESSION_COLUMNS: &str =
     "id, tenant_id, user_id, location_id, is_active, created_at, updated_at, last_message_at, metadata, expires_at";
