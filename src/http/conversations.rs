@@ -202,8 +202,7 @@ async fn delete_session(
 ) -> Result<Json<DeletedResponse>, ApiError> {
     visible_session(&state, &scope, &tenant, &id).await?;
     let messages = state
-        .agent
-        .store()
+        .store
         .delete_session(&tenant, &id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("session {id} not found")))?;

@@ -90,8 +90,22 @@ pub struct Message {
     pub expires_at: Option<i64>,
 }
 
+/// A new session and the messages it starts with, timestamped in order and checked for storage.
+pub(crate) fn new_session_with(
+    new: NewSession,
+    messages: Vec<NewMessage>,
+    retention: Retention,
+) -> super::StoreResult<(Session, Vec<Message>)> {
+    let mut session = Session::new(new, retention);
+    let messages = first_messages(&mut session, messages, retention);
+    for m in &messages {
+        super::check_message(m)?;
+    }
+    Ok((session, messages))
+}
+
 /// The messages a new session starts with, timestamped in order, and the session pointing at them.
-pub(crate) fn first_messages(session: &mut Session, messages: Vec<NewMessage>, retention: Retention) -> Vec<Message> {
+fn first_messages(session: &mut Session, messages: Vec<NewMessage>, retention: Retention) -> Vec<Message> {
     let stamps = crate::timestamp::allocate(Some(&session.created_at), messages.len());
     let out: Vec<Message> = messages
         .into_iter()
@@ -221,6 +235,32 @@ pub struct MessageQuery {
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next: Option<Cursor>,
+}
+
+impl Page<Message> {
+    /// A page from up to `limit + 1` messages read in order: the extra one only says that more exist.
+    pub fn of_messages(items: Vec<Message>, limit: usize) -> Self {
+        Page::split(items, limit, |m| Cursor::new(&m.timestamp, m.id.as_str()))
+    }
+}
+
+impl Page<Session> {
+    /// A page from up to `limit + 1` sessions read by last activity.
+    pub fn of_sessions(items: Vec<Session>, limit: usize) -> Self {
+        Page::split(items, limit, |s| Cursor::new(&s.updated_at, s.id.as_str()))
+    }
+}
+
+impl<T> Page<T> {
+    fn split(mut items: Vec<T>, limit: usize, position: impl Fn(&T) -> Cursor) -> Self {
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(position)
+        } else {
+            None
+        };
+        Page { items, next }
+    }
 }
 
 /// What an erasure removed.

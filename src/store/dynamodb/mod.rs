@@ -29,8 +29,8 @@ use items::{message_from_item, message_item, s, session_from_item, session_item,
 use tables::{SESSION_TIMESTAMP_INDEX, TENANT_TIMESTAMP_INDEX, TENANT_USER_INDEX};
 
 use super::{
-    Action, ActionStatus, Appended, ConversationStore, Cursor, Deleted, Message, MessageQuery, NewMessage, NewSession,
-    Order, Page, PageRequest, Retention, Session, StoreError, StoreResult, check_message, is_expired, prepare_messages,
+    Action, ActionStatus, Appended, ConversationStore, Deleted, Message, MessageQuery, NewMessage, NewSession, Order,
+    Page, PageRequest, Retention, Session, StoreError, StoreResult, is_expired, new_session_with, prepare_messages,
     writable_session,
 };
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
@@ -162,13 +162,7 @@ impl DynamoStore {
                 _ => break,
             }
         }
-        let next = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|m| Cursor::new(&m.timestamp, m.id.as_str()))
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        Ok(Page::of_messages(items, limit))
     }
 
     /// Ids of every message of a session (tenant-checked).
@@ -287,10 +281,8 @@ impl ConversationStore for DynamoStore {
         new: NewSession,
         messages: Vec<NewMessage>,
     ) -> StoreResult<(Session, Vec<Message>)> {
-        let mut session = Session::new(new, self.retention);
-        let messages = super::first_messages(&mut session, messages, self.retention);
+        let (session, messages) = new_session_with(new, messages, self.retention)?;
         for m in &messages {
-            check_message(m)?;
             message_item(m)?;
         }
         // The session and its messages in one round trip: nothing else can write a new session yet.
@@ -317,7 +309,7 @@ impl ConversationStore for DynamoStore {
         page: PageRequest,
     ) -> StoreResult<Page<Session>> {
         let all = self.all_user_sessions(tenant.as_str(), user.as_str(), false).await?;
-        let mut items: Vec<Session> = all
+        let items: Vec<Session> = all
             .into_iter()
             .filter(|s| match &page.cursor {
                 None => true,
@@ -325,13 +317,7 @@ impl ConversationStore for DynamoStore {
             })
             .take(page.limit + 1)
             .collect();
-        let next = if items.len() > page.limit {
-            items.truncate(page.limit);
-            items.last().map(|s| Cursor::new(&s.updated_at, s.id.as_str()))
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        Ok(Page::of_sessions(items, page.limit))
     }
 
     async fn begin_turn(

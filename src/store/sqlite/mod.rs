@@ -17,8 +17,8 @@ use rows::*;
 use schema::{migrate, open, spawn_checkpointer};
 
 use super::{
-    Action, ActionStatus, Appended, ConversationStore, Cursor, Deleted, Message, MessageQuery, NewMessage, NewSession,
-    Order, Page, PageRequest, Retention, Session, StoreError, StoreResult, check_message, prepare_messages,
+    Action, ActionStatus, Appended, ConversationStore, Deleted, Message, MessageQuery, NewMessage, NewSession, Order,
+    Page, PageRequest, Retention, Session, StoreError, StoreResult, new_session_with, prepare_messages,
     writable_session,
 };
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
@@ -148,11 +148,7 @@ impl ConversationStore for SqliteStore {
         new: NewSession,
         messages: Vec<NewMessage>,
     ) -> StoreResult<(Session, Vec<Message>)> {
-        let mut session = Session::new(new, self.retention);
-        let messages = super::first_messages(&mut session, messages, self.retention);
-        for m in &messages {
-            check_message(m)?;
-        }
+        let (session, messages) = new_session_with(new, messages, self.retention)?;
         let (s, ms) = (session.clone(), messages.clone());
         self.write("create_session_with", move |c| {
             let tx = c.transaction().map_err(internal)?;
@@ -205,17 +201,11 @@ impl ConversationStore for SqliteStore {
                      ORDER BY updated_at DESC, id DESC LIMIT ?5"
                 ))
                 .map_err(internal)?;
-            let mut items = stmt
+            let items = stmt
                 .query_map(params![tenant.as_str(), user.as_str(), t, i, page.limit as i64 + 1], session_from_row)
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
                 .map_err(internal)?;
-            let next = if items.len() > page.limit {
-                items.truncate(page.limit);
-                items.last().map(|s| Cursor::new(&s.updated_at, s.id.as_str()))
-            } else {
-                None
-            };
-            Ok(Page { items, next })
+            Ok(Page::of_sessions(items, page.limit))
         })
         .await
     }

@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::internal;
 use crate::ids::{LocationId, MessageId, SessionId, TenantId, UserId};
-use crate::store::{Cursor, Message, Metadata, Page, Role, Session, StoreResult};
+use crate::store::{Message, Metadata, Page, Role, Session, StoreResult};
 use crate::timestamp::Timestamp;
 
 impl rusqlite::ToSql for Timestamp {
@@ -132,15 +132,9 @@ pub(super) fn message_page(
     limit: usize,
 ) -> StoreResult<Page<Message>> {
     let mut stmt = conn.prepare_cached(sql).map_err(internal)?;
-    let mut items = stmt
+    let items = stmt
         .query_map(params, message_from_row)
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(internal)?;
-    let next = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|m| Cursor::new(&m.timestamp, m.id.as_str()))
-    } else {
-        None
-    };
-    Ok(Page { items, next })
+    Ok(Page::of_messages(items, limit))
 }
