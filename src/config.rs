@@ -1,5 +1,6 @@
-//! Configuration from the environment (and a `.env` file in the working directory), with the seed's
-//! variable names. Invalid values stop the process at start with one line naming the variable.
+//! Configuration from the environment (and a `.env` file in the working directory), with the
+//! variable names of the original server's DynamoDB guide (docs/origin.md). Invalid values stop the
+//! process at start with one line naming the variable.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -222,7 +223,7 @@ impl Config {
             Some(other) => {
                 return Err(err("STORAGE", format!("{other:?} is not one of sqlite, dynamodb")));
             }
-            // Someone who followed the seed's .env must not silently write to a local file.
+            // Someone who followed the guide's .env must not silently write to a local file.
             None if sessions_var.is_some() || messages_var.is_some() => dynamo(),
             None => sqlite(),
         };

@@ -11,9 +11,9 @@ use super::fail;
 
 #[derive(Subcommand)]
 pub enum TablesCommand {
-    /// Create both tables with the seed's schema and wait until ACTIVE (needs dynamodb:CreateTable, dynamodb:DescribeTable).
+    /// Create both tables with the schema of the original server's DynamoDB guide and wait until ACTIVE (needs dynamodb:CreateTable, dynamodb:DescribeTable).
     Create,
-    /// Compare the live tables with the seed's schema; exit 1 on any difference (needs dynamodb:DescribeTable).
+    /// Compare the live tables with the schema of the original server's DynamoDB guide; exit 1 on any difference (needs dynamodb:DescribeTable).
     Verify,
     /// Print a CloudFormation template for the tables.
     Cloudformation,

@@ -10,7 +10,7 @@ use crate::timestamp::Timestamp;
 /// Free-form JSON stored with a session or message.
 pub type Metadata = Map<String, Value>;
 
-/// A conversation session, with the seed's attribute names.
+/// A conversation session, with the attribute names of the original server's DynamoDB guide.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Session {
@@ -65,7 +65,7 @@ impl Role {
     }
 }
 
-/// A stored message, with the seed's attribute names.
+/// A stored message, with the guide's attribute names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {

@@ -1,5 +1,6 @@
-//! Table provisioning: the seed's two tables, defined once and used to create, verify, and print
-//! them as CloudFormation and as a least-privilege IAM policy.
+//! Table provisioning: the two tables of the original server's DynamoDB guide (docs/origin.md),
+//! defined once and used to create, verify, and print them as CloudFormation and as a
+//! least-privilege IAM policy.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ pub const TENANT_USER_INDEX: &str = "TenantUserIndex";
 pub const SESSION_TIMESTAMP_INDEX: &str = "SessionTimestampIndex";
 pub const TENANT_TIMESTAMP_INDEX: &str = "TenantTimestampIndex";
 
-/// The actions `serve` uses: exactly the seed's IAM policy (Scan is listed there; we never call it
+/// The actions `serve` uses: exactly the guide's IAM policy (Scan is listed there; we never call it
 /// on a request path).
 pub const SERVE_ACTIONS: [&str; 6] = [
     "dynamodb:GetItem",
@@ -33,7 +34,7 @@ pub const PROVISIONING_ACTIONS: [&str; 4] =
 /// The attribute DynamoDB's TTL reads (epoch seconds), when `MESSAGE_TTL_DAYS` is set.
 pub const TTL_ATTRIBUTE: &str = "expiresAt";
 
-/// One global secondary index (projection ALL, as in the seed).
+/// One global secondary index (projection ALL, as in the guide).
 #[derive(Debug, Clone, PartialEq)]
 pub struct IndexSpec {
     pub name: &'static str,
@@ -41,7 +42,7 @@ pub struct IndexSpec {
     pub range: &'static str,
 }
 
-/// One table of the seed's schema. Every key attribute is a string.
+/// One table of the guide's schema. Every key attribute is a string.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableSpec {
     /// The CloudFormation logical id.
@@ -49,12 +50,12 @@ pub struct TableSpec {
     pub name: String,
     pub hash: &'static str,
     pub range: Option<&'static str>,
-    /// Attribute definitions, in the seed's order.
+    /// Attribute definitions, in the guide's order.
     pub attributes: Vec<&'static str>,
     pub indexes: Vec<IndexSpec>,
 }
 
-/// The seed's sessions and messages tables under the configured names.
+/// The guide's sessions and messages tables under the configured names.
 pub fn specs(sessions_table: &str, messages_table: &str) -> [TableSpec; 2] {
     [
         TableSpec {
@@ -286,7 +287,7 @@ pub fn compare(spec: &TableSpec, table: &TableDescription) -> Vec<String> {
     diffs
 }
 
-/// A CloudFormation template equivalent to the seed's, for the configured table names.
+/// A CloudFormation template equivalent to the guide's, for the configured table names.
 pub fn cloudformation(specs: &[TableSpec]) -> String {
     let mut out = String::from(
         "AWSTemplateFormatVersion: '2010-09-09'\nDescription: 'AI Agent Server DynamoDB Tables'\n\nResources:\n",
@@ -326,7 +327,7 @@ pub fn cloudformation(specs: &[TableSpec]) -> String {
     out
 }
 
-/// The least-privilege IAM policy for serving (the seed's actions) on the configured tables.
+/// The least-privilege IAM policy for serving (the guide's actions) on the configured tables.
 pub fn iam_policy(specs: &[TableSpec]) -> serde_json::Value {
     let resources: Vec<String> = specs
         .iter()
