@@ -1,8 +1,6 @@
 //! Table provisioning against the emulator: tables made with the seed's own AWS CLI commands and its
 //! CloudFormation template work with the store, and `tables create` / `tables verify` agree with them.
 
-mod common;
-
 use std::process::{Command, Output};
 
 use agent_server::ids::{MessageId, TenantId, UserId};
@@ -13,21 +11,13 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType,
 };
 
-/// Runs the real binary with the emulator's AWS settings and the given table names.
+use crate::support::{aws_env, cli, dynamodb_client, dynamodb_endpoint, table_names, text, unique};
+
+/// Runs the real binary (in a folder of its own) with the emulator's AWS settings and the given
+/// table names.
 fn agent_server(args: &[&str], sessions: &str, messages: &str) -> Output {
     let dir = tempfile::tempdir().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_agent-server"))
-        .args(args)
-        .envs(common::aws_env())
-        .env("DYNAMODB_SESSIONS_TABLE", sessions)
-        .env("DYNAMODB_MESSAGES_TABLE", messages)
-        .current_dir(dir.path())
-        .output()
-        .expect("run agent-server")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    cli(dir.path(), args, &[("DYNAMODB_SESSIONS_TABLE", sessions), ("DYNAMODB_MESSAGES_TABLE", messages)])
 }
 
 /// Runs the AWS CLI (v1 from PyPI) against the emulator.
@@ -35,8 +25,8 @@ fn aws(args: &[&str]) {
     let out = Command::new("python3")
         .args(["-m", "awscli"])
         .args(args)
-        .args(["--endpoint-url", &common::dynamodb_endpoint(), "--output", "json"])
-        .envs(common::aws_env())
+        .args(["--endpoint-url", &dynamodb_endpoint(), "--output", "json"])
+        .envs(aws_env())
         .output()
         .expect("run the AWS CLI (python3 -m awscli)");
     assert!(out.status.success(), "aws {args:?} failed: {}", text(&out));
@@ -82,7 +72,7 @@ fn create_tables_like_the_seed(sessions: &str, messages: &str) {
 }
 
 async fn store_works_on(sessions: &str, messages: &str) {
-    let store = DynamoStore::new(common::dynamodb_client(), sessions, messages);
+    let store = DynamoStore::new(dynamodb_client(), sessions, messages);
     store.check().await.unwrap();
     let tenant = TenantId::parse("test-tenant").unwrap();
     let user = UserId::parse("test-user").unwrap();
@@ -113,7 +103,7 @@ async fn store_works_on(sessions: &str, messages: &str) {
 
 #[tokio::test]
 async fn tables_from_the_seeds_cli_commands_work_and_verify() {
-    let (sessions, messages) = common::table_names();
+    let (sessions, messages) = table_names();
     create_tables_like_the_seed(&sessions, &messages);
     let verify = agent_server(&["tables", "verify"], &sessions, &messages);
     assert!(verify.status.success(), "{}", text(&verify));
@@ -126,7 +116,7 @@ async fn tables_from_the_seeds_cli_commands_work_and_verify() {
 
 #[tokio::test]
 async fn tables_create_makes_tables_that_verify() {
-    let (sessions, messages) = common::table_names();
+    let (sessions, messages) = table_names();
     let create = agent_server(&["tables", "create"], &sessions, &messages);
     assert!(create.status.success(), "{}", text(&create));
     assert!(text(&create).contains(&format!("created table {messages}")));
@@ -137,8 +127,8 @@ async fn tables_create_makes_tables_that_verify() {
 
 #[tokio::test]
 async fn verify_names_each_difference_and_exits_1() {
-    let (sessions, messages) = common::table_names();
-    let client = common::dynamodb_client();
+    let (sessions, messages) = table_names();
+    let client = dynamodb_client();
     // A messages table without TenantTimestampIndex and with provisioned billing; no sessions table.
     let key = |n: &str, k: KeyType| KeySchemaElement::builder().attribute_name(n).key_type(k).build().unwrap();
     let attr = |n: &str| {
@@ -180,7 +170,7 @@ async fn verify_names_each_difference_and_exits_1() {
 async fn the_seeds_cloudformation_template_and_ours_both_verify() {
     // The seed's template, verbatim (it fixes the default table names, so clear them first when
     // the emulator is reused).
-    let client = common::dynamodb_client();
+    let client = dynamodb_client();
     for t in ["ai-agent-sessions", "ai-agent-messages"] {
         let _ = client.delete_table().table_name(t).send().await;
     }
@@ -188,7 +178,7 @@ async fn the_seeds_cloudformation_template_and_ours_both_verify() {
         "cloudformation",
         "create-stack",
         "--stack-name",
-        &common::unique("seed"),
+        &unique("seed"),
         "--template-body",
         &format!("file://{}/tests/fixtures/seed-cloudformation.yaml", env!("CARGO_MANIFEST_DIR")),
     ]);
@@ -197,7 +187,7 @@ async fn the_seeds_cloudformation_template_and_ours_both_verify() {
     store_works_on("ai-agent-sessions", "ai-agent-messages").await;
 
     // Ours, for other names.
-    let (sessions, messages) = common::table_names();
+    let (sessions, messages) = table_names();
     let template = agent_server(&["tables", "cloudformation"], &sessions, &messages);
     assert!(template.status.success());
     let dir = tempfile::tempdir().unwrap();
@@ -207,7 +197,7 @@ async fn the_seeds_cloudformation_template_and_ours_both_verify() {
         "cloudformation",
         "create-stack",
         "--stack-name",
-        &common::unique("ours"),
+        &unique("ours"),
         "--template-body",
         &format!("file://{}", path.display()),
     ]);

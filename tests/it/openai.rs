@@ -1,11 +1,10 @@
 //! The `openai` provider against a local OpenAI-compatible mock, through the real server.
 
-mod common;
-
-use common::TestServer;
-use common::openai_mock::OpenAiMock;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+use crate::support::openai_mock::OpenAiMock;
+use crate::support::{TestServer, parse_sse, turn_request};
 
 async fn server(mock: &OpenAiMock) -> TestServer {
     TestServer::start(
@@ -21,26 +20,25 @@ async fn server(mock: &OpenAiMock) -> TestServer {
     .await
 }
 
-fn turn(s: &TestServer, body: Value) -> reqwest::RequestBuilder {
-    common::http()
-        .post(format!("{}/agent/process", s.url))
-        .header("x-tenant-id", "t1")
-        .header("x-user-id", "u1")
-        .json(&body)
-}
-
 #[tokio::test]
 async fn non_streaming_turns_send_history_context_and_key() {
     let mock = OpenAiMock::start().await;
     let s = server(&mock).await;
-    let first: Value = turn(&s, json!({"message": "hello"})).send().await.unwrap().json().await.unwrap();
+    let first: Value =
+        turn_request(&s, "t1", "u1").json(&json!({"message": "hello"})).send().await.unwrap().json().await.unwrap();
     assert_eq!(first["response"], "mock reply to: hello (2 messages) ✓");
     let meta = &first["agentMessage"]["metadata"];
     assert_eq!(meta["model"], "mock-model");
     assert_eq!(meta["usage"], json!({"inputTokens": 11, "outputTokens": 7}));
     assert!(meta["latencyMs"].is_u64());
-    let second: Value =
-        turn(&s, json!({"message": "again", "context": {"plan": "gold"}})).send().await.unwrap().json().await.unwrap();
+    let second: Value = turn_request(&s, "t1", "u1")
+        .json(&json!({"message": "again", "context": {"plan": "gold"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(second["response"], "mock reply to: again (5 messages) ✓");
     let body = mock.last_body();
     assert_eq!(body["model"], "gpt-test");
@@ -59,7 +57,8 @@ async fn non_streaming_turns_send_history_context_and_key() {
 async fn streaming_survives_odd_chunk_boundaries() {
     let mock = OpenAiMock::start().await;
     let s = server(&mock).await;
-    let text = turn(&s, json!({"message": "stream ünïcödé please", "stream": true}))
+    let text = turn_request(&s, "t1", "u1")
+        .json(&json!({"message": "stream ünïcödé please", "stream": true}))
         .send()
         .await
         .unwrap()
@@ -68,14 +67,8 @@ async fn streaming_survives_odd_chunk_boundaries() {
         .unwrap();
     let mut deltas = String::new();
     let mut done = Value::Null;
-    for block in text.split("\n\n") {
-        let event = block.lines().find_map(|l| l.strip_prefix("event: ")).unwrap_or_default();
-        let data: Value = block
-            .lines()
-            .find_map(|l| l.strip_prefix("data: "))
-            .map(|d| serde_json::from_str(d).unwrap())
-            .unwrap_or(Value::Null);
-        match event {
+    for (event, data) in parse_sse(&text) {
+        match event.as_str() {
             "delta" => deltas.push_str(data["text"].as_str().unwrap()),
             "done" => done = data,
             _ => {}
@@ -92,7 +85,7 @@ async fn streaming_survives_odd_chunk_boundaries() {
 async fn a_429_is_retried_and_then_succeeds() {
     let mock = OpenAiMock::start().await;
     let s = server(&mock).await;
-    let r = turn(&s, json!({"message": "busy [429-once]"})).send().await.unwrap();
+    let r = turn_request(&s, "t1", "u1").json(&json!({"message": "busy [429-once]"})).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     assert!(body["response"].as_str().unwrap().starts_with("mock reply to: busy"));
@@ -103,7 +96,12 @@ async fn a_429_is_retried_and_then_succeeds() {
 async fn concurrent_requests_with_one_idempotency_key_call_the_model_once() {
     let mock = OpenAiMock::start().await;
     let s = server(&mock).await;
-    let send = || turn(&s, json!({"message": "slow one [slow:800]"})).header("idempotency-key", "abc").send();
+    let send = || {
+        turn_request(&s, "t1", "u1")
+            .json(&json!({"message": "slow one [slow:800]"}))
+            .header("idempotency-key", "abc")
+            .send()
+    };
     let (a, b) = tokio::join!(send(), send());
     let (a, b) = (a.unwrap(), b.unwrap());
     let mut statuses = [a.status().as_u16(), b.status().as_u16()];

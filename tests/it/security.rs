@@ -1,69 +1,29 @@
 //! Authentication modes, tenant binding, rate limits, header limits, slow clients and secrets,
 //! against the real binary.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::TestServer;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-fn agent_server(args: &[&str], dir: &std::path::Path) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_agent-server"))
-        .args(args)
-        .env_clear()
-        .env("API_KEYS_FILE", dir.join("keys.json"))
-        .current_dir(dir)
-        .output()
-        .unwrap()
-}
-
-/// Creates a key with the CLI and returns it (the last line of output).
-fn create_key(dir: &std::path::Path, args: &[&str]) -> String {
-    let mut all = vec!["keys", "create"];
-    all.extend_from_slice(args);
-    let out = agent_server(&all, dir);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string()
-}
+use crate::support::openai_mock::OpenAiMock;
+use crate::support::{TestServer, binary, create_key, http, keys, send};
 
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
-async fn send(
-    s: &TestServer,
-    method: &str,
-    path: &str,
-    auth: Option<&str>,
-    headers: &[(&str, &str)],
-    body: Option<Value>,
-) -> reqwest::Response {
-    let mut req = common::http().request(method.parse().unwrap(), format!("{}{path}", s.url));
-    if let Some(a) = auth {
-        req = req.header("authorization", format!("Bearer {a}"));
-    }
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    req.send().await.unwrap()
 }
 
 #[test]
 fn without_auth_the_server_refuses_to_listen_beyond_loopback() {
     let dir = tempfile::tempdir().unwrap();
     for auth in [None, Some("none")] {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_agent-server"));
-        cmd.arg("serve").env_clear().env("HOST", "0.0.0.0").env("PORT", "0").current_dir(dir.path());
+        let mut cmd = binary(dir.path());
+        cmd.arg("serve").env("HOST", "0.0.0.0").env("PORT", "0");
         if let Some(a) = auth {
             cmd.env("AUTH_MODE", a);
         }
@@ -81,7 +41,7 @@ async fn an_explicitly_unauthenticated_server_on_all_interfaces_warns() {
             .await;
     assert!(s.output().contains("only run this behind a trusted gateway"), "{}", s.output());
     // Off loopback the default rate limit applies; the server still answers.
-    let r = common::http().get(s.url.replace("0.0.0.0", "127.0.0.1") + "/healthz").send().await.unwrap();
+    let r = http().get(s.url.replace("0.0.0.0", "127.0.0.1") + "/healthz").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -99,7 +59,7 @@ async fn api_keys_bind_requests_to_their_tenant() {
     }
     let stored = std::fs::read_to_string(dir.path().join("keys.json")).unwrap();
     assert!(!stored.contains(&acme) && !stored.contains(&admin), "only hashes are stored");
-    let list = String::from_utf8(agent_server(&["keys", "list"], dir.path()).stdout).unwrap();
+    let list = String::from_utf8(keys(dir.path(), &["list"]).stdout).unwrap();
     assert!(list.contains("acme-backend") && list.contains("ops") && !list.contains("ask_"), "{list}");
 
     let keys_file = dir.path().join("keys.json");
@@ -136,12 +96,7 @@ async fn api_keys_bind_requests_to_their_tenant() {
     let r = send(&s, "GET", "/agent/conversations/glob%65x/messages", Some(&acme), &[], None).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN, "percent-encoding does not get around the check");
     // x-api-key works too.
-    let r = common::http()
-        .get(format!("{}/agent/conversations/acme/users/u1", s.url))
-        .header("x-api-key", &acme)
-        .send()
-        .await
-        .unwrap();
+    let r = send(&s, "GET", "/agent/conversations/acme/users/u1", None, &[("x-api-key", acme.as_str())], None).await;
     assert_eq!(r.status(), StatusCode::OK);
     let sessions: Value = r.json().await.unwrap();
     assert_eq!(sessions.as_array().unwrap().len(), 1);
@@ -153,7 +108,7 @@ async fn api_keys_bind_requests_to_their_tenant() {
     assert_eq!(send(&s, "GET", "/readyz", None, &[], None).await.status(), StatusCode::OK);
     // Revoking and creating keys takes effect without a restart.
     let id = list.lines().find(|l| l.contains("acme-backend")).unwrap().split_whitespace().next().unwrap().to_string();
-    assert!(agent_server(&["keys", "revoke", &id], dir.path()).status.success());
+    assert!(keys(dir.path(), &["revoke", &id]).status.success());
     let r = send(&s, "GET", "/agent/conversations/acme/users/u1", Some(&acme), &[], None).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let fresh = create_key(dir.path(), &["--tenant", "acme"]);
@@ -367,7 +322,7 @@ async fn a_client_that_sends_headers_slowly_is_cut_off() {
 async fn secrets_never_reach_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let key = create_key(dir.path(), &["--tenant", "acme"]);
-    let mock = common::openai_mock::OpenAiMock::start().await;
+    let mock = OpenAiMock::start().await;
     let secrets = [
         ("OPENAI_API_KEY", "sk-live-openai-secret-777"),
         ("API_SERVER_KEY", "business-api-secret-888"),

@@ -1,9 +1,8 @@
 //! `GET /openapi.json` describes every route, and every route it describes exists.
 
-mod common;
-
-use common::TestServer;
 use serde_json::Value;
+
+use crate::support::{TestServer, get, request};
 
 const ROUTES: &[(&str, &str)] = &[
     ("post", "/agent/process"),
@@ -23,7 +22,7 @@ const ROUTES: &[(&str, &str)] = &[
 #[tokio::test]
 async fn every_route_is_in_the_openapi_document_and_exists() {
     let s = TestServer::start("sqlite", &[]).await;
-    let spec: Value = common::http().get(format!("{}/openapi.json", s.url)).send().await.unwrap().json().await.unwrap();
+    let spec: Value = get(&s, "/openapi.json").await.json().await.unwrap();
     assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"), "{}", spec["openapi"]);
     let paths = spec["paths"].as_object().unwrap();
     for (method, path) in ROUTES {
@@ -37,15 +36,12 @@ async fn every_route_is_in_the_openapi_document_and_exists() {
     for (path, ops) in paths {
         for method in ops.as_object().unwrap().keys() {
             documented += 1;
-            let url = format!(
-                "{}{}",
-                s.url,
-                path.replace("{tenantId}", "t1")
-                    .replace("{userId}", "u1")
-                    .replace("{sessionId}", "s1")
-                    .replace("{actionId}", "a1")
-            );
-            let r = common::http().request(method.to_uppercase().parse().unwrap(), &url).send().await.unwrap();
+            let concrete = path
+                .replace("{tenantId}", "t1")
+                .replace("{userId}", "u1")
+                .replace("{sessionId}", "s1")
+                .replace("{actionId}", "a1");
+            let r = request(&s, &method.to_uppercase(), &concrete).send().await.unwrap();
             let status = r.status().as_u16();
             let body: Value = r.json().await.unwrap_or(Value::Null);
             let no_route =

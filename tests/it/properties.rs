@@ -1,21 +1,15 @@
 //! Property tests of the request parsers and cursors: arbitrary input never panics, never yields a
 //! 5xx, and what is accepted is what the contract says.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use agent_server::agent::{Agent, AgentSettings};
-use agent_server::auth::Authenticator;
-use agent_server::http::{AppState, Limits, app};
 use agent_server::ids::TenantId;
-use agent_server::llm::{EchoProvider, Provider};
 use agent_server::store::Cursor;
-use agent_server::store::sqlite::SqliteStore;
 use agent_server::timestamp;
 use axum::body::Body;
 use axum::http::Request;
 use proptest::prelude::*;
 use tower::ServiceExt;
+
+use crate::support::in_process_app;
 
 fn json_value() -> impl Strategy<Value = serde_json::Value> {
     let leaf = prop_oneof![
@@ -66,29 +60,6 @@ proptest! {
     }
 }
 
-fn router(dir: &std::path::Path) -> axum::Router {
-    let store = Arc::new(SqliteStore::open(dir.join("p.db")).unwrap());
-    let settings = AgentSettings {
-        system_prompt: "test".into(),
-        history_max_messages: 10,
-        session_idle: Duration::from_secs(60),
-        llm_timeout: Duration::from_secs(5),
-    };
-    let state = AppState {
-        agent: Arc::new(Agent::new(store.clone(), Provider::Echo(EchoProvider::new(Duration::ZERO)), settings)),
-        store,
-        auth: Arc::new(Authenticator::None),
-        rate_limit: None,
-        metrics_open: true,
-        metrics: None,
-        max_message_chars: 1000,
-    };
-    app(
-        state,
-        Limits { max_body_bytes: 64 * 1024, request_timeout: Duration::from_secs(10), max_concurrent_requests: 64 },
-    )
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
@@ -102,7 +73,7 @@ proptest! {
         path in prop::sample::select(vec!["messages", "users/u1", "sessions/s1", "sessions/s1/messages"]),
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let app = router(dir.path());
+        let app = in_process_app(dir.path());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
             let requests = [

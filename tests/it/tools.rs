@@ -1,18 +1,17 @@
 //! Agent tools against a mock business API (which records every call and its headers) and the
 //! OpenAI mock that asks for tool calls; the echo provider's `@tool` lines for model-free turns.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::response::IntoResponse;
-use common::TestServer;
-use common::openai_mock::OpenAiMock;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+use crate::support::openai_mock::OpenAiMock;
+use crate::support::{TestServer, get, ok, parse_sse, request, turn_request};
 
 const KEY: &str = "biz-secret-key-123";
 
@@ -79,20 +78,10 @@ async fn server(mock: &OpenAiMock, api: &str, extra: &[(&str, &str)]) -> TestSer
     TestServer::start("sqlite", &env).await
 }
 
-async fn turn(s: &TestServer, message: &str) -> Value {
-    let r = common::http()
-        .post(format!("{}/agent/process", s.url))
-        .header("x-tenant-id", "acme")
-        .header("x-user-id", "u1")
-        .header("x-location-id", "downtown")
-        .json(&json!({"message": message}))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body
+/// A turn as acme/u1 at location downtown (the business API must receive all three), which must
+/// succeed.
+async fn ask(s: &TestServer, message: &str) -> Value {
+    ok(turn_request(s, "acme", "u1").header("x-location-id", "downtown").json(&json!({"message": message}))).await
 }
 
 fn tools(calls: Value) -> String {
@@ -104,7 +93,7 @@ async fn a_read_tool_answers_within_the_turn_with_the_turns_headers() {
     let model = OpenAiMock::start().await;
     let (api, calls) = business_api().await;
     let s = server(&model, &api, &[]).await;
-    let r = turn(&s, &tools(json!([{"name": "list_resources", "arguments": {"resourceType": "appointments", "filters": {"date": "2026-11-25"}}}]))).await;
+    let r = ask(&s, &tools(json!([{"name": "list_resources", "arguments": {"resourceType": "appointments", "filters": {"date": "2026-11-25"}}}]))).await;
     assert!(r["response"].as_str().unwrap().starts_with("tool results:"), "{r}");
     assert!(r["response"].as_str().unwrap().contains("10:00"), "{r}");
     let actions = r["actions"].as_array().unwrap();
@@ -122,7 +111,7 @@ async fn a_read_tool_answers_within_the_turn_with_the_turns_headers() {
     );
     // The results are stored with the agent message, and reach the model in the next turn's history.
     assert_eq!(r["agentMessage"]["metadata"]["actions"][0]["status"], "done");
-    turn(&s, "what did you find?").await;
+    ask(&s, "what did you find?").await;
     let history = model.last_body()["messages"].to_string();
     assert!(history.contains("Tools used in this turn") && history.contains("10:00"), "{history}");
 }
@@ -134,7 +123,7 @@ async fn writes_wait_for_approval_and_run_exactly_once() {
     let s = server(&model, &api, &[]).await;
     let create =
         json!([{"name": "create_resource", "arguments": {"resourceType": "appointments", "data": {"time": "12:00"}}}]);
-    let r = turn(&s, &tools(create.clone())).await;
+    let r = ask(&s, &tools(create.clone())).await;
     let action = &r["actions"][0];
     assert_eq!(action["status"], "pending_approval", "{r}");
     assert!(r["response"].as_str().unwrap().contains("approve"), "{r}");
@@ -142,9 +131,7 @@ async fn writes_wait_for_approval_and_run_exactly_once() {
     let session = r["sessionId"].as_str().unwrap();
     let id = action["id"].as_str().unwrap();
     let approve = |id: String| {
-        common::http()
-            .post(format!("{}/agent/conversations/acme/sessions/{session}/actions/{id}/approve", s.url))
-            .send()
+        request(&s, "POST", &format!("/agent/conversations/acme/sessions/{session}/actions/{id}/approve")).send()
     };
     let (a, b) = tokio::join!(approve(id.to_string()), approve(id.to_string()));
     let (a, b) = (a.unwrap(), b.unwrap());
@@ -164,42 +151,35 @@ async fn writes_wait_for_approval_and_run_exactly_once() {
     let again = approve(id.to_string()).await.unwrap();
     assert_eq!(again.status(), StatusCode::CONFLICT);
     // The follow-up answer is stored in the session like any turn.
-    let msgs: Value = common::http()
-        .get(format!("{}/agent/conversations/acme/sessions/{session}/messages?order=asc", s.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let path = format!("/agent/conversations/acme/sessions/{session}/messages?order=asc");
+    let msgs: Value = get(&s, &path).await.json().await.unwrap();
     let msgs = msgs.as_array().unwrap();
     assert_eq!(msgs.len(), 3);
     assert_eq!(msgs[1]["metadata"]["actions"][0]["status"], "done", "the pending action is marked done");
     assert_eq!(msgs[2]["role"], "agent");
 
     // Rejected: never runs.
-    let r = turn(
+    let r = ask(
         &s,
         &tools(json!([{"name": "delete_resource", "arguments": {"resourceType": "appointments", "resourceId": "a1"}}])),
     )
     .await;
     let id = r["actions"][0]["id"].as_str().unwrap().to_string();
-    let rejected: Value = common::http()
-        .post(format!("{}/agent/conversations/acme/sessions/{session}/actions/{id}/reject", s.url))
-        .json(&json!({"reason": "not today"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rejected: Value =
+        request(&s, "POST", &format!("/agent/conversations/acme/sessions/{session}/actions/{id}/reject"))
+            .json(&json!({"reason": "not today"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     assert_eq!(rejected["actions"][0]["status"], "rejected", "{rejected}");
     assert_eq!(rejected["actions"][0]["reason"], "not today");
     assert!(model.last_body()["messages"].to_string().contains("rejected"));
     assert_eq!(calls.log.lock().unwrap().len(), 1, "the rejected delete never ran");
     // Another tenant cannot decide it.
-    let r = common::http()
-        .post(format!("{}/agent/conversations/globex/sessions/{session}/actions/{id}/approve", s.url))
+    let r = request(&s, "POST", &format!("/agent/conversations/globex/sessions/{session}/actions/{id}/approve"))
         .send()
         .await
         .unwrap();
@@ -211,7 +191,7 @@ async fn parallel_calls_timeouts_and_failures_become_tool_results() {
     let model = OpenAiMock::start().await;
     let (api, calls) = business_api().await;
     let s = server(&model, &api, &[("TOOL_TIMEOUT_SECONDS", "1")]).await;
-    let r = turn(
+    let r = ask(
         &s,
         &tools(json!([
             {"name": "list_resources", "arguments": {"resourceType": "appointments"}},
@@ -229,7 +209,7 @@ async fn parallel_calls_timeouts_and_failures_become_tool_results() {
     // An unreachable business API is a tool error the model can explain, not a 5xx.
     let down = server(&model, "http://127.0.0.1:9", &[]).await;
     let r =
-        turn(&down, &tools(json!([{"name": "list_resources", "arguments": {"resourceType": "appointments"}}]))).await;
+        ask(&down, &tools(json!([{"name": "list_resources", "arguments": {"resourceType": "appointments"}}]))).await;
     assert_eq!(r["actions"][0]["status"], "failed");
     assert!(r["actions"][0]["result"].as_str().unwrap().contains("could not be reached"), "{r}");
 }
@@ -239,7 +219,7 @@ async fn a_model_that_keeps_calling_tools_stops_at_the_step_limit() {
     let model = OpenAiMock::start().await;
     let (api, calls) = business_api().await;
     let s = server(&model, &api, &[("AGENT_MAX_TOOL_STEPS", "3")]).await;
-    let r = turn(&s, "go round [loop]").await;
+    let r = ask(&s, "go round [loop]").await;
     assert_eq!(r["actions"].as_array().unwrap().len(), 3);
     assert!(r["response"].as_str().unwrap().contains("AGENT_MAX_TOOL_STEPS"), "{r}");
     assert_eq!(calls.log.lock().unwrap().len(), 3);
@@ -259,7 +239,7 @@ async fn arguments_cannot_choose_the_tenant_the_host_or_the_path() {
         {"name": "read_resource", "arguments": {"resourceType": "appointments", "resourceId": ".."}},
         {"name": "read_resource", "arguments": {"resourceType": "invoices", "resourceId": "1"}}
     ]);
-    let r = turn(&s, &tools(attempts)).await;
+    let r = ask(&s, &tools(attempts)).await;
     let actions = r["actions"].as_array().unwrap();
     assert_eq!(actions.len(), 6);
     for a in actions {
@@ -267,12 +247,12 @@ async fn arguments_cannot_choose_the_tenant_the_host_or_the_path() {
     }
     assert!(calls.log.lock().unwrap().is_empty(), "no attempt reached the business API");
     // An id is escaped into one path segment.
-    let r = turn(&s, &tools(json!([{"name": "read_resource", "arguments": {"resourceType": "appointments", "resourceId": "a/../../b?x=1"}}]))).await;
+    let r = ask(&s, &tools(json!([{"name": "read_resource", "arguments": {"resourceType": "appointments", "resourceId": "a/../../b?x=1"}}]))).await;
     assert_eq!(r["actions"][0]["status"], "done");
     assert_eq!(calls.log.lock().unwrap()[0]["path"], "/resources/appointments/a%2F..%2F..%2Fb%3Fx%3D1");
     // The key never shows up, even when the business API echoes it.
     let r =
-        turn(&s, &tools(json!([{"name": "read_resource", "arguments": {"resourceType": "leaky", "resourceId": "1"}}])))
+        ask(&s, &tools(json!([{"name": "read_resource", "arguments": {"resourceType": "leaky", "resourceId": "1"}}])))
             .await;
     assert!(!r.to_string().contains(KEY), "{r}");
     assert!(!s.output().contains(KEY));
@@ -287,7 +267,7 @@ async fn without_resource_types_only_reads_are_offered() {
         &[("LLM_PROVIDER", "openai"), ("OPENAI_BASE_URL", &model.url), ("API_SERVER_URL", &api)],
     )
     .await;
-    turn(&s, "hello").await;
+    ask(&s, "hello").await;
     let names: Vec<String> = model.last_body()["tools"]
         .as_array()
         .unwrap()
@@ -318,10 +298,7 @@ async fn tools_from_a_file_and_the_echo_provider_with_streamed_tool_events() {
     )
     .await;
     let message = "book it\n@tool confirm_booking {\"bookingId\": \"b#7\", \"note\": \"vip\"}\n@tool list_resources {\"resourceType\": \"appointments\"}";
-    let text = common::http()
-        .post(format!("{}/agent/process", s.url))
-        .header("x-tenant-id", "acme")
-        .header("x-user-id", "u1")
+    let text = turn_request(&s, "acme", "u1")
         .json(&json!({"message": message, "stream": true}))
         .send()
         .await
@@ -329,15 +306,8 @@ async fn tools_from_a_file_and_the_echo_provider_with_streamed_tool_events() {
         .text()
         .await
         .unwrap();
-    let events: Vec<(&str, Value)> = text
-        .split("\n\n")
-        .filter_map(|b| {
-            let e = b.lines().find_map(|l| l.strip_prefix("event: "))?;
-            let d = b.lines().find_map(|l| l.strip_prefix("data: "))?;
-            Some((e, serde_json::from_str(d).ok()?))
-        })
-        .collect();
-    let names: Vec<&str> = events.iter().map(|(e, _)| *e).collect();
+    let events = parse_sse(&text);
+    let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
     let first_result = names.iter().position(|n| *n == "tool_result").unwrap();
     assert_eq!(names[0], "session");
     assert_eq!(&names[1..3], ["tool_call", "tool_call"]);
@@ -358,10 +328,7 @@ async fn openai_streamed_tool_calls_are_assembled_from_fragments() {
     let s = server(&model, &api, &[]).await;
     let message =
         tools(json!([{"name": "read_resource", "arguments": {"resourceType": "customers", "resourceId": "c1"}}]));
-    let text = common::http()
-        .post(format!("{}/agent/process", s.url))
-        .header("x-tenant-id", "acme")
-        .header("x-user-id", "u1")
+    let text = turn_request(&s, "acme", "u1")
         .json(&json!({"message": message, "stream": true}))
         .send()
         .await

@@ -1,8 +1,6 @@
 //! The `bedrock` provider (Converse and ConverseStream) against a local endpoint
 //! (`AWS_ENDPOINT_URL_BEDROCK_RUNTIME`), through the real server.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
 use aws_smithy_eventstream::frame::write_message_to;
@@ -12,8 +10,9 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use common::TestServer;
 use serde_json::{Value, json};
+
+use crate::support::{TestServer, parse_sse, turn_request};
 
 type Seen = Arc<Mutex<Vec<(String, Value)>>>;
 
@@ -88,24 +87,23 @@ async fn server(url: &str) -> TestServer {
     .await
 }
 
-fn turn(s: &TestServer, body: Value) -> reqwest::RequestBuilder {
-    common::http()
-        .post(format!("{}/agent/process", s.url))
-        .header("x-tenant-id", "t1")
-        .header("x-user-id", "u1")
-        .json(&body)
-}
-
 #[tokio::test]
 async fn converse_answers_a_turn_with_history_and_context() {
     let (url, seen) = mock().await;
     let s = server(&url).await;
-    let first: Value = turn(&s, json!({"message": "hello"})).send().await.unwrap().json().await.unwrap();
+    let first: Value =
+        turn_request(&s, "t1", "u1").json(&json!({"message": "hello"})).send().await.unwrap().json().await.unwrap();
     assert_eq!(first["response"], "bedrock says: hello (1 messages)", "{first}");
     assert_eq!(first["agentMessage"]["metadata"]["usage"], json!({"inputTokens": 21, "outputTokens": 5}));
     assert_eq!(first["agentMessage"]["metadata"]["model"], "anthropic.claude-test-v1");
-    let second: Value =
-        turn(&s, json!({"message": "again", "context": {"plan": "gold"}})).send().await.unwrap().json().await.unwrap();
+    let second: Value = turn_request(&s, "t1", "u1")
+        .json(&json!({"message": "again", "context": {"plan": "gold"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(second["response"], "bedrock says: again (3 messages)");
     let (model, body) = seen.lock().unwrap().last().cloned().unwrap();
     assert_eq!(model, "anthropic.claude-test-v1");
@@ -121,18 +119,18 @@ async fn converse_answers_a_turn_with_history_and_context() {
 async fn converse_stream_streams_deltas() {
     let (url, _seen) = mock().await;
     let s = server(&url).await;
-    let text =
-        turn(&s, json!({"message": "stream please", "stream": true})).send().await.unwrap().text().await.unwrap();
+    let text = turn_request(&s, "t1", "u1")
+        .json(&json!({"message": "stream please", "stream": true}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let mut deltas = String::new();
     let mut done = Value::Null;
-    for block in text.split("\n\n") {
-        let event = block.lines().find_map(|l| l.strip_prefix("event: ")).unwrap_or_default();
-        let data: Value = block
-            .lines()
-            .find_map(|l| l.strip_prefix("data: "))
-            .map(|d| serde_json::from_str(d).unwrap())
-            .unwrap_or(Value::Null);
-        match event {
+    for (event, data) in parse_sse(&text) {
+        match event.as_str() {
             "delta" => deltas.push_str(data["text"].as_str().unwrap()),
             "done" => done = data,
             "error" => panic!("{data}"),

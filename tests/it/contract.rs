@@ -1,9 +1,7 @@
 //! Schemathesis (from PyPI, installed by scripts/test.sh) fuzzes the live server from its own
 //! `/openapi.json`: no 5xx and no response that breaks the documented schema.
 
-mod common;
-
-use common::TestServer;
+use crate::support::TestServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error_and_no_schema_violation() {

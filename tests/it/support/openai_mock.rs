@@ -8,7 +8,6 @@
 //!
 //! Streaming answers are cut into 7-byte pieces, so events and even UTF-8 characters are split
 //! across chunk boundaries.
-#![allow(dead_code)]
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

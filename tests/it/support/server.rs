@@ -1,90 +1,24 @@
-//! Shared test helpers: real stores on a temporary SQLite file and on the DynamoDB emulator that
-//! `scripts/test.sh` starts (moto), each DynamoDB test on tables of its own.
-#![allow(dead_code)]
+//! The server under test: the real `agent-server` binary (as a server on port 0, or one CLI run),
+//! and the app in-process, for tests that call it without a socket.
 
-pub mod openai_mock;
-
+use std::path::Path;
+use std::process::{Command, Output};
 use std::sync::Arc;
+use std::time::Duration;
 
-use agent_server::store::ConversationStore;
-use agent_server::store::dynamodb::DynamoStore;
-use agent_server::store::dynamodb::tables;
+use agent_server::agent::{Agent, AgentSettings};
+use agent_server::auth::Authenticator;
+use agent_server::http::{AppState, Limits, app};
+use agent_server::llm::{EchoProvider, Provider};
 use agent_server::store::sqlite::SqliteStore;
-use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 
-/// The emulator's URL, set by `scripts/test.sh`.
-pub fn dynamodb_endpoint() -> String {
-    std::env::var("AGENT_SERVER_TEST_DYNAMODB").expect(
-        "AGENT_SERVER_TEST_DYNAMODB is not set: run the tests with ./scripts/test.sh, which starts the DynamoDB emulator",
-    )
-}
+use super::stores::{aws_env, create_tables, table_names};
 
-/// Environment variables that point the AWS SDK (and the AWS CLI) at the emulator.
-pub fn aws_env() -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ENDPOINT_URL", dynamodb_endpoint()),
-        ("AWS_ENDPOINT_URL_DYNAMODB", dynamodb_endpoint()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_DEFAULT_REGION", "us-east-1".into()),
-        ("AWS_ACCESS_KEY_ID", "testing".into()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
-        ("AWS_EC2_METADATA_DISABLED", "true".into()),
-    ]
-}
-
-pub fn dynamodb_client() -> aws_sdk_dynamodb::Client {
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(dynamodb_endpoint())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
-        .build();
-    aws_sdk_dynamodb::Client::from_conf(config)
-}
-
-/// A unique prefix for table names, so tests never share tables.
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
-
-/// Table names for one test.
-pub fn table_names() -> (String, String) {
-    let p = unique("t");
-    (format!("{p}-sessions"), format!("{p}-messages"))
-}
-
-/// A DynamoDB store on freshly created tables.
-pub async fn dynamodb_store() -> DynamoStore {
-    let client = dynamodb_client();
-    let (sessions, messages) = table_names();
-    for spec in tables::specs(&sessions, &messages) {
-        tables::create(&client, &spec).await.expect("create tables on the emulator");
-    }
-    DynamoStore::new(client, sessions, messages)
-}
-
-/// A SQLite store in a temporary folder (kept alive by the returned guard).
-pub fn sqlite_store() -> (SqliteStore, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(dir.path().join("nested/agent.db")).expect("open sqlite");
-    (store, dir)
-}
-
-/// Either backend, boxed, with whatever must stay alive beside it.
-pub struct AnyStore {
-    pub store: Arc<dyn ConversationStore>,
-    _guard: Option<tempfile::TempDir>,
-}
-
-pub async fn store(backend: &str) -> AnyStore {
-    match backend {
-        "sqlite" => {
-            let (s, dir) = sqlite_store();
-            AnyStore { store: Arc::new(s), _guard: Some(dir) }
-        }
-        "dynamodb" => AnyStore { store: Arc::new(dynamodb_store().await), _guard: None },
-        other => panic!("unknown backend {other}"),
-    }
+/// The real binary, run in `dir` with an empty environment: callers add what they need.
+pub fn binary(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent-server"));
+    cmd.env_clear().current_dir(dir);
+    cmd
 }
 
 /// The real `agent-server serve` binary on port 0, with its output captured.
@@ -101,13 +35,11 @@ impl TestServer {
     /// Starts the server with the given environment (over a clean one) on SQLite or DynamoDB.
     pub async fn start(backend: &str, env: &[(&str, &str)]) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_agent-server"));
+        let mut cmd = binary(dir.path());
         cmd.arg("serve")
-            .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("PORT", "0")
             .env("RUST_LOG", "info")
-            .current_dir(dir.path())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         let mut tables_used = None;
@@ -118,10 +50,7 @@ impl TestServer {
             "dynamodb" => {
                 let (sessions, messages) = table_names();
                 tables_used = Some((sessions.clone(), messages.clone()));
-                let client = dynamodb_client();
-                for spec in tables::specs(&sessions, &messages) {
-                    tables::create(&client, &spec).await.unwrap();
-                }
+                create_tables(&sessions, &messages).await;
                 cmd.envs(aws_env())
                     .env("STORAGE", "dynamodb")
                     .env("DYNAMODB_SESSIONS_TABLE", sessions)
@@ -156,7 +85,7 @@ impl TestServer {
                 }
             });
         }
-        let url = match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        let url = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(url) => url,
             Err(_) => {
                 let _ = child.kill();
@@ -176,13 +105,13 @@ impl TestServer {
     }
 
     /// Waits for the process to exit (after a signal) and returns its exit code.
-    pub fn wait(&mut self, timeout: std::time::Duration) -> Option<i32> {
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status.code();
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20));
         }
         None
     }
@@ -195,25 +124,58 @@ impl Drop for TestServer {
     }
 }
 
-/// An HTTP client for the tests.
-pub fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap()
-}
-
 /// Runs the real binary once (not `serve`) in `dir`, with the emulator's AWS settings and `env`.
-pub fn cli(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_agent-server"))
+pub fn cli(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    binary(dir)
         .args(args)
-        .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(if std::env::var("AGENT_SERVER_TEST_DYNAMODB").is_ok() { aws_env() } else { Vec::new() })
         .envs(env.iter().copied())
-        .current_dir(dir)
         .output()
         .expect("run agent-server")
 }
 
 /// Standard output and error of a finished command, for assertions.
-pub fn text(o: &std::process::Output) -> String {
+pub fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// `agent-server keys <args>` on the keys file `dir/keys.json`.
+pub fn keys(dir: &Path, args: &[&str]) -> Output {
+    let file = dir.join("keys.json");
+    let all: Vec<&str> = ["keys"].into_iter().chain(args.iter().copied()).collect();
+    cli(dir, &all, &[("API_KEYS_FILE", file.to_str().unwrap())])
+}
+
+/// Creates an API key in `dir/keys.json` with `keys create <args>` and returns it (the last line
+/// of the output).
+pub fn create_key(dir: &Path, args: &[&str]) -> String {
+    let all: Vec<&str> = ["create"].into_iter().chain(args.iter().copied()).collect();
+    let out = keys(dir, &all);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string()
+}
+
+/// The app in-process (echo provider, SQLite in `dir`, no auth), to call without a socket.
+pub fn in_process_app(dir: &Path) -> axum::Router {
+    let store = Arc::new(SqliteStore::open(dir.join("p.db")).unwrap());
+    let settings = AgentSettings {
+        system_prompt: "test".into(),
+        history_max_messages: 10,
+        session_idle: Duration::from_secs(60),
+        llm_timeout: Duration::from_secs(5),
+    };
+    let state = AppState {
+        agent: Arc::new(Agent::new(store.clone(), Provider::Echo(EchoProvider::new(Duration::ZERO)), settings)),
+        store,
+        auth: Arc::new(Authenticator::None),
+        rate_limit: None,
+        metrics_open: true,
+        metrics: None,
+        max_message_chars: 1000,
+    };
+    app(
+        state,
+        Limits { max_body_bytes: 64 * 1024, request_timeout: Duration::from_secs(10), max_concurrent_requests: 64 },
+    )
 }

@@ -1,7 +1,5 @@
 //! One conformance suite run unchanged over both backends: SQLite and DynamoDB (on the emulator).
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -569,29 +567,6 @@ async fn history_reads_its_own_writes_through_a_lagging_index(store: Arc<dyn Con
     let history = recent_history(&lagging, &session, 2).await.unwrap();
     assert!(lagging.lagged.load(Ordering::SeqCst), "the first read was short");
     assert_eq!(history.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["two", "three"]);
-}
-
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    let s = crate::common::store("sqlite").await;
-                    super::$name(s.store.clone()).await;
-                }
-            )*
-        }
-        mod dynamodb {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $name() {
-                    let s = crate::common::store("dynamodb").await;
-                    super::$name(s.store.clone()).await;
-                }
-            )*
-        }
-    };
 }
 
 conformance!(

@@ -1,30 +1,16 @@
 //! Operations against the real binary: metrics, graceful shutdown on a real SIGTERM, retention,
 //! backups on the emulator and SQLite, and export/import between the backends.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{TestServer, cli, text};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-async fn turn(s: &TestServer, tenant: &str, user: &str, message: &str) -> Value {
-    let r = common::http()
-        .post(format!("{}/agent/process", s.url))
-        .header("x-tenant-id", tenant)
-        .header("x-user-id", user)
-        .json(&json!({"message": message}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    r.json().await.unwrap()
-}
+use crate::support::{TestServer, aws_env, cli, create_key, get, http, request, table_names, text, turn, turn_request};
 
 async fn metrics(s: &TestServer) -> String {
-    common::http().get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap()
+    get(s, "/metrics").await.text().await.unwrap()
 }
 
 fn metric_value(text: &str, name: &str, labels: &[&str]) -> f64 {
@@ -64,38 +50,31 @@ async fn metrics_need_an_admin_key_off_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys.json");
     let keys_env = [("API_KEYS_FILE", keys.to_str().unwrap())];
-    let tenant_key = text(&cli(dir.path(), &["keys", "create", "--tenant", "acme"], &keys_env))
-        .trim()
-        .lines()
-        .last()
-        .unwrap()
-        .to_string();
-    let admin_key =
-        text(&cli(dir.path(), &["keys", "create", "--admin"], &keys_env)).trim().lines().last().unwrap().to_string();
+    let tenant_key = create_key(dir.path(), &["--tenant", "acme"]);
+    let admin_key = create_key(dir.path(), &["--admin"]);
     let s = TestServer::start("sqlite", &[("HOST", "0.0.0.0"), ("AUTH_MODE", "api-key"), keys_env[0]]).await;
     let url = s.url.replace("0.0.0.0", "127.0.0.1") + "/metrics";
-    let get = |key: Option<String>| {
-        let mut r = common::http().get(&url);
+    let scrape = |key: Option<String>| {
+        let mut r = http().get(&url);
         if let Some(k) = key {
             r = r.bearer_auth(k);
         }
         r.send()
     };
-    assert_eq!(get(None).await.unwrap().status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(get(Some(tenant_key)).await.unwrap().status(), StatusCode::FORBIDDEN);
-    let r = get(Some(admin_key)).await.unwrap();
+    assert_eq!(scrape(None).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(scrape(Some(tenant_key)).await.unwrap().status(), StatusCode::FORBIDDEN);
+    let r = scrape(Some(admin_key)).await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.text().await.unwrap().contains("http_requests_total"));
     // On loopback /metrics is open, whatever the auth mode.
     let local = TestServer::start("sqlite", &[("AUTH_MODE", "api-key"), keys_env[0]]).await;
-    assert_eq!(common::http().get(format!("{}/metrics", local.url)).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(get(&local, "/metrics").await.status(), StatusCode::OK);
 }
 
 #[tokio::test]
 async fn logs_one_json_line_per_request_with_the_request_id() {
     let s = TestServer::start("sqlite", &[("LOG_FORMAT", "json")]).await;
-    let r =
-        common::http().get(format!("{}/healthz", s.url)).header("x-request-id", "trace-me-42").send().await.unwrap();
+    let r = request(&s, "GET", "/healthz").header("x-request-id", "trace-me-42").send().await.unwrap();
     assert_eq!(r.headers()["x-request-id"], "trace-me-42");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let line = s.output().lines().find(|l| l.contains("trace-me-42")).map(str::to_string).expect("a log line");
@@ -113,14 +92,7 @@ fn sigterm(pid: u32) {
 
 /// Starts a slow streamed turn and returns its response once the stream has begun.
 async fn start_stream(s: &TestServer, message: &str) -> reqwest::Response {
-    let r = common::http()
-        .post(format!("{}/agent/process", s.url))
-        .header("x-tenant-id", "t1")
-        .header("x-user-id", "u1")
-        .json(&json!({"message": message, "stream": true}))
-        .send()
-        .await
-        .unwrap();
+    let r = turn_request(s, "t1", "u1").json(&json!({"message": message, "stream": true})).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     r
 }
@@ -140,7 +112,7 @@ async fn sigterm_lets_running_streams_finish_then_exits_0() {
     assert!(rest.contains("event: done"), "the running stream finished: {rest}");
     assert!(!rest.contains("interrupted"), "{rest}");
     assert_eq!(s.wait(Duration::from_secs(10)), Some(0), "{}", s.output());
-    assert!(common::http().get(format!("{}/healthz", s.url)).send().await.is_err(), "no longer accepting");
+    assert!(request(&s, "GET", "/healthz").send().await.is_err(), "no longer accepting");
 }
 
 #[tokio::test]
@@ -200,19 +172,13 @@ async fn retention_stamps_expiry_and_dynamodb_ttl_is_managed() {
         let now = chrono::Utc::now().timestamp();
         let expires = r["agentMessage"]["expiresAt"].as_i64().unwrap();
         assert!((now + 7 * 86_400 - 5..=now + 7 * 86_400 + 5).contains(&expires), "{expires}");
-        let session: Value = common::http()
-            .get(format!("{}/agent/conversations/t1/sessions/{}", s.url, r["sessionId"].as_str().unwrap()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let path = format!("/agent/conversations/t1/sessions/{}", r["sessionId"].as_str().unwrap());
+        let session: Value = get(&s, &path).await.json().await.unwrap();
         assert!(session["expiresAt"].as_i64().unwrap() >= expires);
     }
     // DynamoDB: tables made without TTL fail verify while MESSAGE_TTL_DAYS is set, until `tables ttl enable`.
     let dir = tempfile::tempdir().unwrap();
-    let (sessions, messages) = common::table_names();
+    let (sessions, messages) = table_names();
     let env = [("DYNAMODB_SESSIONS_TABLE", sessions.as_str()), ("DYNAMODB_MESSAGES_TABLE", messages.as_str())];
     assert!(cli(dir.path(), &["tables", "create"], &env).status.success());
     let ttl_env = [env[0], env[1], ("MESSAGE_TTL_DAYS", "30")];
@@ -226,7 +192,7 @@ async fn retention_stamps_expiry_and_dynamodb_ttl_is_managed() {
     assert!(verify.status.success(), "{}", text(&verify));
     assert!(text(&verify).contains("TTL ENABLED on \"expiresAt\""), "{}", text(&verify));
     // `tables create` with MESSAGE_TTL_DAYS turns TTL on by itself.
-    let (s2, m2) = common::table_names();
+    let (s2, m2) = table_names();
     let env2 = [
         ("DYNAMODB_SESSIONS_TABLE", s2.as_str()),
         ("DYNAMODB_MESSAGES_TABLE", m2.as_str()),
@@ -269,7 +235,7 @@ async fn dynamodb_backups_point_in_time_restores_and_replicas() {
     assert!(restored.contains(&format!("DYNAMODB_MESSAGES_TABLE={messages}-restored")), "{restored}");
     let from_backup = TestServer::start(
         "sqlite",
-        &common::aws_env()
+        &aws_env()
             .iter()
             .map(|(k, v)| (*k, v.as_str()))
             .chain([
@@ -280,14 +246,7 @@ async fn dynamodb_backups_point_in_time_restores_and_replicas() {
             .collect::<Vec<_>>(),
     )
     .await;
-    let convs: Value = common::http()
-        .get(format!("{}/agent/conversations/t1/users/u1", from_backup.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let convs: Value = get(&from_backup, "/agent/conversations/t1/users/u1").await.json().await.unwrap();
     assert_eq!(convs[0]["messages"][0]["content"], "remember me", "{convs}");
     // Point in time.
     let pitr = run(&["backup", "restore", "--to-time", "latest", "--suffix", "-pitr"]);
@@ -328,14 +287,7 @@ async fn sqlite_backup_is_a_consistent_copy_taken_while_serving() {
     assert!(out.status.success(), "{}", text(&out));
     // The copy is a working database: serve from it.
     let restored = TestServer::start("sqlite", &[("SQLITE_PATH", copy.to_str().unwrap())]).await;
-    let convs: Value = common::http()
-        .get(format!("{}/agent/conversations/t1/users/u1?messageLimit=100", restored.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let convs: Value = get(&restored, "/agent/conversations/t1/users/u1?messageLimit=100").await.json().await.unwrap();
     assert_eq!(convs[0]["messages"].as_array().unwrap().len(), 10);
     let other = cli(dir.path(), &["backup", "enable-pitr"], &[("SQLITE_PATH", db.to_str().unwrap())]);
     assert!(!other.status.success() && text(&other).contains("DynamoDB"));
@@ -372,7 +324,7 @@ async fn export_from_sqlite_import_into_dynamodb_and_back_keeps_every_conversati
     // Into DynamoDB (twice: the second import stores nothing), then out again.
     let file = dir.path().join("all.jsonl");
     std::fs::write(&file, &export.stdout).unwrap();
-    let (sessions, messages) = common::table_names();
+    let (sessions, messages) = table_names();
     let dynamo_env = [
         ("STORAGE", "dynamodb"),
         ("DYNAMODB_SESSIONS_TABLE", sessions.as_str()),

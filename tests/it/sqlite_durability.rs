@@ -9,6 +9,8 @@ use agent_server::store::sqlite::SqliteStore;
 use agent_server::store::{ConversationStore, MessageQuery, NewMessage, NewSession, Order, Role};
 
 const CHILD_DB: &str = "AGENT_SERVER_DURABILITY_CHILD_DB";
+/// The child's test name in this binary, for `--exact`.
+const WRITER_CHILD: &str = "sqlite_durability::writer_child";
 
 /// The child: appends messages forever, printing each id once the append has returned.
 #[tokio::test]
@@ -50,7 +52,7 @@ async fn sqlite_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("agent.db");
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "writer_child", "--nocapture", "--test-threads=1"])
+        .args(["--ignored", "--exact", WRITER_CHILD, "--nocapture", "--test-threads=1"])
         .env(CHILD_DB, &db)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -1,54 +1,14 @@
 //! Black-box tests of the real `agent-server serve` binary over HTTP, on both storage backends.
 
-mod common;
-
 use std::time::Duration;
 
-use common::TestServer;
 use futures::StreamExt;
-use reqwest::{Response, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-async fn process(s: &TestServer, tenant: &str, user: &str, body: Value) -> Response {
-    common::http()
-        .post(format!("{}/agent/process", s.url))
-        .header("x-tenant-id", tenant)
-        .header("x-user-id", user)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn ok_json(r: Response) -> Value {
-    let status = r.status();
-    let text = r.text().await.unwrap();
-    assert_eq!(status, StatusCode::OK, "{text}");
-    serde_json::from_str(&text).unwrap()
-}
-
-async fn get(s: &TestServer, path: &str) -> Response {
-    common::http().get(format!("{}{path}", s.url)).send().await.unwrap()
-}
-
-/// Asserts the JSON error shape and returns the code.
-async fn error_code(r: Response, status: StatusCode) -> String {
-    assert_eq!(r.status(), status);
-    let request_id = r.headers().get("x-request-id").unwrap().to_str().unwrap().to_string();
-    let body: Value = r.json().await.unwrap();
-    let error = &body["error"];
-    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
-    assert_eq!(error["requestId"], json!(request_id), "{body}");
-    error["code"].as_str().unwrap().to_string()
-}
-
-fn next_link(r: &Response) -> Option<String> {
-    let link = r.headers().get("link")?.to_str().unwrap();
-    let start = link.find('<')? + 1;
-    let end = link.find('>')?;
-    assert!(link.ends_with("rel=\"next\""), "{link}");
-    Some(link[start..end].to_string())
-}
+use crate::support::{
+    TestServer, expect_error, get, next_link, ok, ok_json, parse_sse, send, sse_events, turn_request,
+};
 
 /// The seed's two curl commands, verbatim.
 async fn the_seeds_curl_commands_work(backend: &str) {
@@ -91,10 +51,10 @@ async fn history_and_context_reach_the_model(backend: &str) {
     let s = TestServer::start(backend, &[]).await;
     let mut session = None;
     for (i, text) in ["first", "second", "third"].iter().enumerate() {
-        let r = ok_json(
-            process(&s, "t1", "u1", json!({"message": text, "context": {"plan": "gold", "role": "owner"}})).await,
-        )
-        .await;
+        let r =
+            ok(turn_request(&s, "t1", "u1")
+                .json(&json!({"message": text, "context": {"plan": "gold", "role": "owner"}})))
+            .await;
         assert_eq!(r["response"], json!(format!("Echo: {text} [history: {} messages; context: plan, role]", i * 2)));
         let id = r["sessionId"].as_str().unwrap().to_string();
         assert_eq!(session.get_or_insert(id.clone()), &id, "one session across the three turns");
@@ -113,53 +73,52 @@ async fn history_and_context_reach_the_model(backend: &str) {
     // HISTORY_MAX_MESSAGES bounds what the model sees.
     let s2 = TestServer::start(backend, &[("HISTORY_MAX_MESSAGES", "3")]).await;
     for _ in 0..3 {
-        ok_json(process(&s2, "t1", "u1", json!({"message": "x"})).await).await;
+        ok(turn_request(&s2, "t1", "u1").json(&json!({"message": "x"}))).await;
     }
-    let r = ok_json(process(&s2, "t1", "u1", json!({"message": "y"})).await).await;
+    let r = ok(turn_request(&s2, "t1", "u1").json(&json!({"message": "y"}))).await;
     assert!(r["response"].as_str().unwrap().contains("history: 3 messages"), "{r}");
 }
 
 async fn sessions_are_reused_until_idle_and_explicit_ids_are_checked(backend: &str) {
     let s = TestServer::start(backend, &[]).await;
-    let a = ok_json(process(&s, "t1", "u1", json!({"message": "one"})).await).await;
-    let b = ok_json(process(&s, "t1", "u1", json!({"message": "two"})).await).await;
+    let a = ok(turn_request(&s, "t1", "u1").json(&json!({"message": "one"}))).await;
+    let b = ok(turn_request(&s, "t1", "u1").json(&json!({"message": "two"}))).await;
     assert_eq!(a["sessionId"], b["sessionId"]);
     let sid = a["sessionId"].as_str().unwrap();
     // Another user of the same tenant gets a session of their own, and cannot use this one.
-    let c = ok_json(process(&s, "t1", "u2", json!({"message": "hi"})).await).await;
+    let c = ok(turn_request(&s, "t1", "u2").json(&json!({"message": "hi"}))).await;
     assert_ne!(c["sessionId"], a["sessionId"]);
-    let r = process(&s, "t1", "u2", json!({"message": "hi", "sessionId": sid})).await;
-    assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "not_found");
-    let r = process(&s, "t2", "u1", json!({"message": "hi", "sessionId": sid})).await;
-    assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "not_found");
+    let r = turn_request(&s, "t1", "u2").json(&json!({"message": "hi", "sessionId": sid}));
+    assert_eq!(expect_error(r, StatusCode::NOT_FOUND).await.0, "not_found");
+    let r = turn_request(&s, "t2", "u1").json(&json!({"message": "hi", "sessionId": sid}));
+    assert_eq!(expect_error(r, StatusCode::NOT_FOUND).await.0, "not_found");
     // Closing it: continuing it explicitly is 409, and the next message starts a new session.
-    let closed =
-        common::http().post(format!("{}/agent/conversations/t1/sessions/{sid}/close", s.url)).send().await.unwrap();
+    let closed = send(&s, "POST", &format!("/agent/conversations/t1/sessions/{sid}/close"), None, &[], None).await;
     assert_eq!(ok_json(closed).await["isActive"], false);
-    let r = process(&s, "t1", "u1", json!({"message": "three", "sessionId": sid})).await;
-    assert_eq!(error_code(r, StatusCode::CONFLICT).await, "conflict");
-    let d = ok_json(process(&s, "t1", "u1", json!({"message": "four"})).await).await;
+    let r = turn_request(&s, "t1", "u1").json(&json!({"message": "three", "sessionId": sid}));
+    assert_eq!(expect_error(r, StatusCode::CONFLICT).await.0, "conflict");
+    let d = ok(turn_request(&s, "t1", "u1").json(&json!({"message": "four"}))).await;
     assert_ne!(d["sessionId"], a["sessionId"]);
     // With SESSION_IDLE_MINUTES=0 every message after a pause starts a new session, and the old one is closed.
     let idle = TestServer::start(backend, &[("SESSION_IDLE_MINUTES", "0")]).await;
-    let x = ok_json(process(&idle, "t1", "u1", json!({"message": "one"})).await).await;
+    let x = ok(turn_request(&idle, "t1", "u1").json(&json!({"message": "one"}))).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let y = ok_json(process(&idle, "t1", "u1", json!({"message": "two"})).await).await;
+    let y = ok(turn_request(&idle, "t1", "u1").json(&json!({"message": "two"}))).await;
     assert_ne!(x["sessionId"], y["sessionId"]);
     let old =
         ok_json(get(&idle, &format!("/agent/conversations/t1/sessions/{}", x["sessionId"].as_str().unwrap())).await)
             .await;
     assert_eq!(old["isActive"], false);
     // An explicit sessionId still continues the idle session... unless it was closed, as here.
-    let r = process(&idle, "t1", "u1", json!({"message": "three", "sessionId": y["sessionId"]})).await;
-    assert_eq!(ok_json(r).await["sessionId"], y["sessionId"]);
+    let r = turn_request(&idle, "t1", "u1").json(&json!({"message": "three", "sessionId": y["sessionId"]}));
+    assert_eq!(ok(r).await["sessionId"], y["sessionId"]);
 }
 
 async fn pages_through_250_messages_by_link_and_by_before(backend: &str) {
     let s = TestServer::start(backend, &[]).await;
     let mut sid = String::new();
     for i in 0..125 {
-        let r = ok_json(process(&s, "t1", "u1", json!({"message": format!("m{i}")})).await).await;
+        let r = ok(turn_request(&s, "t1", "u1").json(&json!({"message": format!("m{i}")}))).await;
         sid = r["sessionId"].as_str().unwrap().to_string();
     }
     // By Link headers.
@@ -214,33 +173,13 @@ fn urlencode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-/// Reads an SSE response into (event, data) pairs.
-async fn sse_events(r: Response) -> Vec<(String, Value)> {
-    assert_eq!(r.headers().get("content-type").unwrap(), "text/event-stream");
-    let text = r.text().await.unwrap();
-    parse_sse(&text)
-}
-
-fn parse_sse(text: &str) -> Vec<(String, Value)> {
-    text.split("\n\n")
-        .filter_map(|block| {
-            let mut event = None;
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(e) = line.strip_prefix("event: ") {
-                    event = Some(e.to_string());
-                } else if let Some(d) = line.strip_prefix("data: ") {
-                    data.push_str(d);
-                }
-            }
-            Some((event?, serde_json::from_str(&data).ok()?))
-        })
-        .collect()
-}
-
 async fn streams_session_deltas_and_done(backend: &str) {
     let s = TestServer::start(backend, &[]).await;
-    let r = process(&s, "t1", "u1", json!({"message": "stream this reply please", "stream": true})).await;
+    let r = turn_request(&s, "t1", "u1")
+        .json(&json!({"message": "stream this reply please", "stream": true}))
+        .send()
+        .await
+        .unwrap();
     let events = sse_events(r).await;
     let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
     assert_eq!(names[0], "session");
@@ -253,10 +192,7 @@ async fn streams_session_deltas_and_done(backend: &str) {
     assert_eq!(events[0].1["userMessage"]["content"], "stream this reply please");
     assert_eq!(events[0].1["sessionId"], done["sessionId"]);
     // Accept: text/event-stream chooses streaming too; both turns are stored.
-    let r = common::http()
-        .post(format!("{}/agent/process", s.url))
-        .header("x-tenant-id", "t1")
-        .header("x-user-id", "u1")
+    let r = turn_request(&s, "t1", "u1")
         .header("accept", "text/event-stream")
         .json(&json!({"message": "again"}))
         .send()
@@ -268,7 +204,11 @@ async fn streams_session_deltas_and_done(backend: &str) {
     let msgs = ok_json(get(&s, &format!("/agent/conversations/t1/sessions/{sid}/messages?order=asc")).await).await;
     assert_eq!(msgs.as_array().unwrap().len(), 4);
     // Errors arrive as an `error` event with the JSON error body.
-    let r = process(&s, "t1", "u1", json!({"message": "x", "stream": true, "sessionId": "no-such-session"})).await;
+    let r = turn_request(&s, "t1", "u1")
+        .json(&json!({"message": "x", "stream": true, "sessionId": "no-such-session"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let events = sse_events(r).await;
     assert_eq!(events.len(), 1);
@@ -278,9 +218,11 @@ async fn streams_session_deltas_and_done(backend: &str) {
 
 async fn a_client_that_disconnects_mid_stream_leaves_a_whole_turn(backend: &str) {
     let s = TestServer::start(backend, &[("ECHO_CHUNK_DELAY_MS", "150")]).await;
-    let r =
-        process(&s, "t1", "u1", json!({"message": "a long answer that streams slowly in many chunks", "stream": true}))
-            .await;
+    let r = turn_request(&s, "t1", "u1")
+        .json(&json!({"message": "a long answer that streams slowly in many chunks", "stream": true}))
+        .send()
+        .await
+        .unwrap();
     let mut body = r.bytes_stream();
     let mut seen = String::new();
     while !seen.contains("event: delta") {
@@ -307,52 +249,21 @@ async fn a_client_that_disconnects_mid_stream_leaves_a_whole_turn(backend: &str)
 
 async fn idempotent_retries_return_the_first_result(backend: &str) {
     let s = TestServer::start(backend, &[]).await;
-    let send = |key: &'static str, msg: &'static str| {
-        common::http()
-            .post(format!("{}/agent/process", s.url))
-            .header("x-tenant-id", "t1")
-            .header("x-user-id", "u1")
-            .header("idempotency-key", key)
-            .json(&json!({"message": msg}))
-            .send()
+    let post = |key: &'static str, msg: &'static str| {
+        turn_request(&s, "t1", "u1").header("idempotency-key", key).json(&json!({"message": msg}))
     };
-    let first = ok_json(send("key-1", "hello").await.unwrap()).await;
-    let retry = ok_json(send("key-1", "hello").await.unwrap()).await;
+    let first = ok(post("key-1", "hello")).await;
+    let retry = ok(post("key-1", "hello")).await;
     assert_eq!(first, retry);
-    let other = ok_json(send("key-2", "hello").await.unwrap()).await;
+    let other = ok(post("key-2", "hello")).await;
     assert_ne!(other["agentMessage"]["id"], first["agentMessage"]["id"]);
     let sid = first["sessionId"].as_str().unwrap();
     let msgs = ok_json(get(&s, &format!("/agent/conversations/t1/sessions/{sid}/messages")).await).await;
     assert_eq!(msgs.as_array().unwrap().len(), 4, "the retry stored nothing");
     // The same key from another tenant is another request.
-    let r = common::http()
-        .post(format!("{}/agent/process", s.url))
-        .header("x-tenant-id", "t2")
-        .header("x-user-id", "u1")
-        .header("idempotency-key", "key-1")
-        .json(&json!({"message": "hello"}))
-        .send()
-        .await
-        .unwrap();
-    let t2 = ok_json(r).await;
+    let r = turn_request(&s, "t2", "u1").header("idempotency-key", "key-1").json(&json!({"message": "hello"}));
+    let t2 = ok(r).await;
     assert_ne!(t2["sessionId"], first["sessionId"]);
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name("sqlite").await }
-            )*
-        }
-        mod dynamodb {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name("dynamodb").await }
-            )*
-        }
-    };
 }
 
 on_both_backends!(

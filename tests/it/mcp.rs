@@ -1,13 +1,9 @@
 //! Tools of an MCP server (rmcp, streamable HTTP) started by the test: listed at start, read-only
 //! ones run at once, others wait for approval.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::TestServer;
-use reqwest::StatusCode;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ServerCapabilities, ServerConfig};
@@ -15,7 +11,9 @@ use rmcp::transport::streamable_http_server::{
     StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
 };
 use rmcp::{ServerHandler, schemars, tool, tool_handler, tool_router};
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use crate::support::{TestServer, request, turn};
 
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 struct HoursRequest {
@@ -68,19 +66,6 @@ async fn mcp_server(sms_sent: Arc<AtomicUsize>) -> String {
     url
 }
 
-async fn turn(s: &TestServer, message: &str) -> Value {
-    let r = common::http()
-        .post(format!("{}/agent/process", s.url))
-        .header("x-tenant-id", "acme")
-        .header("x-user-id", "u1")
-        .json(&json!({"message": message}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    r.json().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mcp_tools_are_listed_run_and_approved() {
     let sms_sent = Arc::new(AtomicUsize::new(0));
@@ -89,23 +74,23 @@ async fn mcp_tools_are_listed_run_and_approved() {
     assert!(s.output().contains("MCP server connected"), "{}", s.output());
 
     // A read-only MCP tool runs within the turn (the echo provider asks for it).
-    let r = turn(&s, "hours?\n@tool opening_hours {\"location\": \"Downtown\"}").await;
+    let r = turn(&s, "acme", "u1", "hours?\n@tool opening_hours {\"location\": \"Downtown\"}").await;
     assert_eq!(r["actions"][0]["status"], "done", "{r}");
     assert!(r["response"].as_str().unwrap().contains("Downtown is open 9:00-17:00"), "{r}");
 
     // One without the read-only hint waits for approval, then runs once.
-    let r = turn(&s, "text her\n@tool send_sms {\"to\": \"+100\", \"text\": \"ready\"}").await;
+    let r = turn(&s, "acme", "u1", "text her\n@tool send_sms {\"to\": \"+100\", \"text\": \"ready\"}").await;
     assert_eq!(r["actions"][0]["status"], "pending_approval", "{r}");
     assert_eq!(sms_sent.load(Ordering::SeqCst), 0);
     let (session, id) = (r["sessionId"].as_str().unwrap(), r["actions"][0]["id"].as_str().unwrap());
-    let approved: Value = common::http()
-        .post(format!("{}/agent/conversations/acme/sessions/{session}/actions/{id}/approve", s.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let approved: Value =
+        request(&s, "POST", &format!("/agent/conversations/acme/sessions/{session}/actions/{id}/approve"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     assert_eq!(approved["actions"][0]["status"], "done", "{approved}");
     assert!(approved["actions"][0]["result"].as_str().unwrap().contains("sent"), "{approved}");
     assert_eq!(sms_sent.load(Ordering::SeqCst), 1);
@@ -115,6 +100,6 @@ async fn mcp_tools_are_listed_run_and_approved() {
 async fn an_unreachable_mcp_server_does_not_stop_the_agent() {
     let s = TestServer::start("sqlite", &[("MCP_SERVERS", "http://127.0.0.1:9/mcp")]).await;
     assert!(s.output().contains("MCP server unreachable"), "{}", s.output());
-    let r = turn(&s, "hello").await;
+    let r = turn(&s, "acme", "u1", "hello").await;
     assert!(r["response"].as_str().unwrap().starts_with("Echo: hello"));
 }

@@ -2,14 +2,14 @@
 //! with the other tenant's (and the other user's) session ids and cursors, forged and tampered ones
 //! too. Nothing of the other tenant is ever returned, changed or deleted; the answer is never a 5xx.
 
-mod common;
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::TestServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::support::{TestServer, create_key, next_link, send};
+
+/// One tenant's client: its API key, and every answer checked to be no 5xx.
 struct Client<'a> {
     s: &'a TestServer,
     key: String,
@@ -23,36 +23,14 @@ impl Client<'_> {
         user: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value, Option<String>) {
-        let mut req = common::http()
-            .request(method.parse().unwrap(), format!("{}{path}", self.s.url))
-            .header("authorization", format!("Bearer {}", self.key));
-        if let Some(u) = user {
-            req = req.header("x-user-id", u);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r = req.send().await.unwrap();
+        let headers: Vec<(&str, &str)> = user.map(|u| ("x-user-id", u)).into_iter().collect();
+        let r = send(self.s, method, path, Some(&self.key), &headers, body).await;
         let status = r.status();
-        let link = r.headers().get("link").map(|l| {
-            let l = l.to_str().unwrap();
-            l[l.find('<').unwrap() + 1..l.find('>').unwrap()].to_string()
-        });
+        let link = next_link(&r);
         let body = r.json().await.unwrap_or(Value::Null);
         assert!(status.as_u16() < 500, "{method} {path} answered {status}: {body}");
         (status, body, link)
     }
-}
-
-fn create_key(dir: &std::path::Path, tenant: &str) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agent-server"))
-        .args(["keys", "create", "--tenant", tenant])
-        .env_clear()
-        .env("API_KEYS_FILE", dir.join("keys.json"))
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string()
 }
 
 /// Everything a tenant can see of itself: sessions (with messages) of both users, and its messages.
@@ -76,8 +54,8 @@ fn mentions_tenant(v: &Value, tenant: &str) -> bool {
 
 async fn isolation(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let acme_key = create_key(dir.path(), "acme");
-    let globex_key = create_key(dir.path(), "globex");
+    let acme_key = create_key(dir.path(), &["--tenant", "acme"]);
+    let globex_key = create_key(dir.path(), &["--tenant", "globex"]);
     let keys = dir.path().join("keys.json");
     let s = TestServer::start(backend, &[("AUTH_MODE", "api-key"), ("API_KEYS_FILE", keys.to_str().unwrap())]).await;
     let acme = Client { s: &s, key: acme_key };
@@ -123,15 +101,8 @@ async fn isolation(backend: &str) {
     }
     let (status, _, _) = acme.call("POST", "/agent/process", Some("u1"), Some(json!({"message": "x"}))).await;
     assert_eq!(status, StatusCode::OK);
-    let r = common::http()
-        .post(format!("{}/agent/process", s.url))
-        .header("authorization", format!("Bearer {}", acme.key))
-        .header("x-tenant-id", "globex")
-        .header("x-user-id", "u1")
-        .json(&json!({"message": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let headers = [("x-tenant-id", "globex"), ("x-user-id", "u1")];
+    let r = send(&s, "POST", "/agent/process", Some(&acme.key), &headers, Some(json!({"message": "x"}))).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 
     // 2. The other tenant's session ids under one's own tenant: 404.

@@ -1,0 +1,24 @@
+//! The integration tests, in one binary: one module per area, and `support` for what they share
+//! (the real server and CLI, the HTTP client helpers, the stores on both backends, the OpenAI mock).
+//!
+//! Tests needing DynamoDB use the emulator at `AGENT_SERVER_TEST_DYNAMODB`, which
+//! `scripts/test.sh` starts.
+
+#[macro_use]
+mod support;
+
+mod api;
+mod bedrock;
+mod contract;
+mod errors;
+mod isolation;
+mod mcp;
+mod openai;
+mod openapi;
+mod operations;
+mod properties;
+mod security;
+mod sqlite_durability;
+mod store;
+mod tables;
+mod tools;

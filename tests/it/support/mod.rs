@@ -1,0 +1,19 @@
+//! What the integration tests share.
+//!
+//! - [`server`]: the real `agent-server` binary, as a server on port 0 ([`TestServer`]) or a CLI
+//!   run ([`cli`]), and the app in-process ([`in_process_app`]);
+//! - [`client`]: one client API: a turn, a generic request, Link headers, the JSON error shape,
+//!   server-sent events;
+//! - [`stores`]: real stores on SQLite and on the DynamoDB emulator, and the macros that run a test
+//!   on both backends;
+//! - [`openai_mock`]: a local OpenAI-compatible Chat Completions server.
+
+#[macro_use]
+pub mod stores;
+pub mod client;
+pub mod openai_mock;
+pub mod server;
+
+pub use client::*;
+pub use server::*;
+pub use stores::*;
