@@ -1,3 +1,6 @@
+//! (Over 400 lines: it is the one implementation of the store trait for DynamoDB, a request or two per
+//! method; items, errors, tables and backups live beside it.)
+//!
 //! The DynamoDB backend, on the two tables of the original server's DynamoDB guide (see
 //! docs/origin.md), with the official AWS SDK.
 //!

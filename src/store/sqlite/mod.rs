@@ -1,3 +1,6 @@
+//! (Over 400 lines: it is the one implementation of the store trait for SQLite, a short SQL call per
+//! method; rows and schema live beside it.)
+//!
 //! The embedded backend: SQLite (bundled) in WAL mode, one writer connection and a few readers.
 //!
 //! Every call runs on Tokio's blocking pool so the async executor never waits on the disk. A write
