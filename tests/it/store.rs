@@ -444,6 +444,41 @@ async fn turns_reserve_timestamps_and_release_them(store: Arc<dyn ConversationSt
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
 }
 
+/// The edges where the backends used to disagree: a message of another tenant or session given to
+/// `put_messages`, an id already used in another session, an append to a closed session.
+async fn both_backends_refuse_the_same_writes_the_same_way(store: Arc<dyn ConversationStore>) {
+    let mine = new_session(&*store, "acme", "u1").await;
+    let other = new_session(&*store, "acme", "u2").await;
+    let (_, stamps) = store.begin_turn(&mine.tenant_id, &mine.id, None, 1).await.unwrap();
+    let foreign = msg("u2", Role::User, "not yours").into_message(&other.tenant_id, &other.id, stamps[0].clone());
+    let err = store.put_messages(&mine.tenant_id, &mine.id, vec![foreign.clone()]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    let err = store.put_messages(&tenant("globex"), &other.id, vec![foreign.clone()]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    // An id stored in one session is a conflict in another, never a silent success.
+    let stored = store.put_messages(&other.tenant_id, &other.id, vec![foreign.clone()]).await.unwrap();
+    assert!(stored[0].created);
+    let mut reused = foreign.clone();
+    reused.session_id = mine.id.clone();
+    reused.user_id = user("u1");
+    let err = store.put_messages(&mine.tenant_id, &mine.id, vec![reused]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(
+        store
+            .list_messages(&mine.tenant_id, &mine.id, MessageQuery { limit: 10, ..Default::default() })
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // The same answers for a closed session and another user's, whichever backend.
+    store.close_session(&mine.tenant_id, &mine.id).await.unwrap();
+    let closed = store.append_messages(&mine.tenant_id, &mine.id, vec![msg("u1", Role::User, "x")]).await.unwrap_err();
+    assert_eq!(closed, StoreError::session_closed(&mine.id));
+    let theirs = store.begin_turn(&other.tenant_id, &other.id, Some(&user("u1")), 1).await.unwrap_err();
+    assert_eq!(theirs, StoreError::session_not_found(&other.id));
+}
+
 /// A session can start with its first messages, written at once, in order.
 async fn sessions_start_with_their_first_messages(store: Arc<dyn ConversationStore>) {
     let (session, messages) = store
@@ -585,4 +620,5 @@ conformance!(
     actions_transition_exactly_once,
     turns_reserve_timestamps_and_release_them,
     sessions_start_with_their_first_messages,
+    both_backends_refuse_the_same_writes_the_same_way,
 );
