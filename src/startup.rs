@@ -37,6 +37,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         history_max_messages: config.history_max_messages,
         session_idle: config.session_idle,
         llm_timeout: config.llm_timeout,
+        turn_events_ttl: config.turn_events_ttl,
     };
     let storage = store.describe();
     let rate_limit = config.rate_limit_per_minute.and_then(TenantRateLimit::per_minute);

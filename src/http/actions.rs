@@ -9,8 +9,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 
 use super::extract::{ActionPath, Scope};
-use super::process::ProcessResponse;
 use super::{ApiError, AppState};
+use crate::agent::TurnAnswer;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(utoipa_axum::routes!(approve)).routes(utoipa_axum::routes!(reject))
@@ -39,7 +39,7 @@ async fn decide(
     path: ActionPath,
     approve: bool,
     body: Bytes,
-) -> Result<Json<ProcessResponse>, ApiError> {
+) -> Result<Json<TurnAnswer>, ApiError> {
     let reason = reason(&body)?;
     // A credential bound to one user (a JWT) decides only that user's actions.
     let outcome =
@@ -55,7 +55,7 @@ async fn decide(
     params(("tenantId" = String, Path), ("sessionId" = String, Path), ("actionId" = String, Path)),
     request_body(content = Option<Decision>, description = "No body is needed"),
     responses(
-        (status = 200, body = ProcessResponse, description = "The action ran; the agent's follow-up answer"),
+        (status = 200, body = TurnAnswer, description = "The action ran; the agent's follow-up answer"),
         (status = 404, description = "No such pending action in this tenant's session"),
         (status = 409, description = "The action was already approved or rejected"),
     )
@@ -65,7 +65,7 @@ async fn approve(
     scope: Scope,
     path: ActionPath,
     body: Bytes,
-) -> Result<Json<ProcessResponse>, ApiError> {
+) -> Result<Json<TurnAnswer>, ApiError> {
     decide(state, scope, path, true, body).await
 }
 
@@ -77,7 +77,7 @@ async fn approve(
     params(("tenantId" = String, Path), ("sessionId" = String, Path), ("actionId" = String, Path)),
     request_body(content = Option<Decision>, description = "Optional reason"),
     responses(
-        (status = 200, body = ProcessResponse, description = "The agent's answer after the rejection"),
+        (status = 200, body = TurnAnswer, description = "The agent's answer after the rejection"),
         (status = 404, description = "No such pending action in this tenant's session"),
         (status = 409, description = "The action was already approved or rejected"),
     )
@@ -87,6 +87,6 @@ async fn reject(
     scope: Scope,
     path: ActionPath,
     body: Bytes,
-) -> Result<Json<ProcessResponse>, ApiError> {
+) -> Result<Json<TurnAnswer>, ApiError> {
     decide(state, scope, path, false, body).await
 }

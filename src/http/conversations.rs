@@ -162,7 +162,7 @@ async fn erase_user(
     State(state): State<AppState>,
     UserPath { tenant, user }: UserPath,
 ) -> Result<Json<DeletedResponse>, ApiError> {
-    let deleted = state.store.delete_user(&tenant, &user).await?;
+    let deleted = state.agent.erase_user(&tenant, &user).await?;
     Ok(Json(DeletedResponse { deleted }))
 }
 
@@ -202,8 +202,8 @@ async fn delete_session(
 ) -> Result<Json<DeletedResponse>, ApiError> {
     visible_session(&state, &scope, &tenant, &id).await?;
     let messages = state
-        .store
-        .delete_session(&tenant, &id)
+        .agent
+        .erase_session(&tenant, &id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("session {id} not found")))?;
     Ok(Json(DeletedResponse { deleted: Deleted { sessions: 1, messages } }))

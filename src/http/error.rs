@@ -17,11 +17,13 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Fields added to the error object (a turn's id or status).
+    pub details: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), details: None }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -33,6 +35,9 @@ impl ApiError {
     /// The JSON body, with the request id when known.
     pub fn body(&self, request_id: Option<&str>) -> serde_json::Value {
         let mut error = json!({"code": self.code, "message": self.message});
+        for (k, v) in self.details.iter().flatten() {
+            error[k.as_str()] = v.clone();
+        }
         if let Some(id) = request_id {
             error["requestId"] = json!(id);
         }
@@ -72,18 +77,32 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// Adds a field to the error object.
+    pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.details.get_or_insert_with(Default::default).insert(key.to_string(), value);
+        self
+    }
+}
+
 impl From<TurnError> for ApiError {
     fn from(e: TurnError) -> Self {
-        match e {
-            TurnError::Store(e) => e.into(),
+        let status = match &e {
+            TurnError::Store(e) => return e.clone().into(),
             TurnError::Model(ModelError::Failed(m)) => {
                 tracing::warn!(error = %m, "model provider failed");
-                ApiError::new(StatusCode::BAD_GATEWAY, "model_provider_error", m)
+                StatusCode::BAD_GATEWAY
             }
-            TurnError::Model(e @ ModelError::Timeout(_)) => {
-                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "model_timeout", format!("{e} (LLM_TIMEOUT_SECONDS)"))
-            }
-            TurnError::InProgress => ApiError::new(StatusCode::CONFLICT, "idempotency_in_progress", e.to_string()),
+            TurnError::Model(ModelError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            TurnError::InProgress(_) | TurnError::Erased | TurnError::Ended(_) => StatusCode::CONFLICT,
+            TurnError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            TurnError::Gone => StatusCode::GONE,
+        };
+        let error = ApiError::new(status, e.code(), e.public_message());
+        match e {
+            TurnError::InProgress(turn) => error.with("turnId", json!(turn)),
+            TurnError::Ended(s) => error.with("status", json!(s)),
+            _ => error,
         }
     }
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::ApiError;
 use crate::auth::Caller;
-use crate::ids::{IdError, IdempotencyKey, LocationId, SessionId, TenantId, UserId};
+use crate::ids::{IdError, IdempotencyKey, LocationId, MessageId, SessionId, TenantId, UserId};
 use crate::store::Session;
 
 /// Who is calling, as `access::authorize` established it: with a credential, the user it is bound
@@ -172,6 +172,36 @@ impl<S: Send + Sync> FromRequestParts<S> for ActionPath {
             tenant: path_id("tenantId", raw.tenant, TenantId::parse)?,
             session: path_id("sessionId", raw.session, SessionId::parse)?,
             action: raw.action,
+        })
+    }
+}
+
+/// `/agent/conversations/{tenantId}/sessions/{sessionId}/turns/{turnId}/...`
+#[derive(Debug, Clone)]
+pub struct TurnPath {
+    pub tenant: TenantId,
+    pub session: SessionId,
+    pub turn: MessageId,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for TurnPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(rename = "tenantId")]
+            tenant: String,
+            #[serde(rename = "sessionId")]
+            session: String,
+            #[serde(rename = "turnId")]
+            turn: String,
+        }
+        let Path(raw) = Path::<Raw>::from_request_parts(parts, state).await?;
+        Ok(TurnPath {
+            tenant: path_id("tenantId", raw.tenant, TenantId::parse)?,
+            session: path_id("sessionId", raw.session, SessionId::parse)?,
+            turn: path_id("turnId", raw.turn, MessageId::parse)?,
         })
     }
 }

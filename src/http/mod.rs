@@ -7,6 +7,8 @@ mod error;
 mod extract;
 mod process;
 pub(crate) mod server;
+mod sse;
+mod turns;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,6 +75,7 @@ pub fn app(state: AppState, limits: Limits) -> axum::Router {
         .merge(process::router())
         .merge(conversations::router())
         .merge(actions::router())
+        .merge(turns::router())
         .routes(utoipa_axum::routes!(healthz))
         .routes(utoipa_axum::routes!(readyz))
         .split_for_parts();
@@ -158,7 +161,11 @@ fn is_printable_id(v: &str) -> bool {
 
 /// Request id (accepted from `x-request-id` or generated, and returned), JSON bodies for every
 /// error (axum's own 404/405/413 included), and one log line per request.
-async fn request_context(request: Request, next: Next) -> Response {
+/// The id of the request being answered (for error bodies built in handlers, such as SSE errors).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+async fn request_context(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = request
         .headers()
@@ -176,6 +183,7 @@ async fn request_context(request: Request, next: Next) -> Response {
         .filter(|v| is_printable_id(v))
         .map(str::to_string)
         .unwrap_or_default();
+    request.extensions_mut().insert(RequestId(request_id.clone()));
     let span = tracing::info_span!("request", request_id = %request_id);
     let mut response = tracing::Instrument::instrument(next.run(request), span).await;
     let status = response.status();

@@ -1,26 +1,20 @@
 //! `POST /agent/process`: one agent turn, as JSON or as Server-Sent Events.
 
-use std::convert::Infallible;
-
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
+use serde::Deserialize;
+use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 
 use super::extract::{Idempotency, TurnIdentity};
-use super::{ApiError, AppState};
-use crate::agent::{TurnEvent, TurnOutcome, TurnRequest};
+use super::sse::{self, DisconnectGuard};
+use super::{ApiError, AppState, RequestId};
+use crate::agent::{OnDisconnect, Started, TurnAnswer, TurnEvents, TurnRequest};
 use crate::ids::SessionId;
-use crate::store::Message;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(utoipa_axum::routes!(process))
@@ -47,34 +41,9 @@ pub struct ProcessRequest {
     metadata: Option<Map<String, Value>>,
     /// Answer with Server-Sent Events (also chosen by `Accept: text/event-stream`).
     stream: Option<bool>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ProcessResponse {
-    session_id: String,
-    /// The agent's reply text.
-    response: String,
-    /// The stored user message (absent in the answer to an approval decision).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user_message: Option<Message>,
-    agent_message: Message,
-    /// Every tool call of the turn: `{id, tool, arguments, status, summary}`, status one of `done`,
-    /// `failed`, `pending_approval`, `rejected`.
-    #[schema(value_type = Vec<Object>)]
-    actions: Vec<Value>,
-}
-
-impl From<TurnOutcome> for ProcessResponse {
-    fn from(t: TurnOutcome) -> Self {
-        Self {
-            session_id: t.session_id.to_string(),
-            response: t.agent_message.content.clone(),
-            actions: t.actions(),
-            user_message: t.user_message,
-            agent_message: t.agent_message,
-        }
-    }
+    /// What happens when the client goes away: `continue` (the default: the turn completes and is
+    /// stored; reconnect to its events or read it) or `cancel` (it stops; the partial reply is stored).
+    on_disconnect: Option<OnDisconnect>,
 }
 
 fn depth(v: &Value) -> usize {
@@ -130,10 +99,11 @@ fn wants_stream(headers: &HeaderMap, body: &ProcessRequest) -> bool {
         ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, per tenant"),
     ),
     responses(
-        (status = 200, description = "The agent's reply (or an SSE stream of events: session, delta, done, error)", body = ProcessResponse),
+        (status = 200, description = "The agent's reply (or an SSE stream of events: session, delta, tool_call, tool_result, done, error; each with an id for Last-Event-ID)", body = TurnAnswer),
         (status = 400, description = "Bad JSON, header or field"),
         (status = 404, description = "sessionId is not this tenant's and user's"),
-        (status = 409, description = "The session is closed, or the same Idempotency-Key is in progress"),
+        (status = 409, description = "The session is closed, or the same Idempotency-Key is in progress (the error names its turnId)"),
+        (status = 422, description = "The Idempotency-Key was first used for a different request"),
         (status = 413, description = "Body or message too large"),
         (status = 415, description = "Not JSON"),
         (status = 502, description = "The model provider failed"),
@@ -145,6 +115,7 @@ async fn process(
     State(state): State<AppState>,
     TurnIdentity { tenant, user, location }: TurnIdentity,
     Idempotency(idempotency_key): Idempotency,
+    axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
     headers: HeaderMap,
     body: Result<Json<ProcessRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -169,6 +140,7 @@ async fn process(
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_body", format!("sessionId: {e}")))?;
     let stream = wants_stream(&headers, &body);
+    let on_disconnect = body.on_disconnect.unwrap_or_default();
     let turn = TurnRequest {
         tenant,
         user,
@@ -178,32 +150,35 @@ async fn process(
         context: body.context,
         metadata: body.metadata,
         idempotency_key,
+        on_disconnect,
+        stream,
     };
+    let live = match state.agent.start(turn).await? {
+        Started::Live(live) => live,
+        Started::Replayed(outcome) if stream => {
+            return Ok(sse::respond(replay_events(*outcome), request_id, DisconnectGuard::none()));
+        }
+        Started::Replayed(outcome) => return Ok(Json(TurnAnswer::from(*outcome)).into_response()),
+        Started::Elsewhere(events) => return Ok(sse::respond(events, request_id, DisconnectGuard::none())),
+    };
+    let guard = DisconnectGuard::new(&live, on_disconnect);
     if !stream {
-        let outcome = state.agent.run(turn).await?;
-        return Ok(Json(ProcessResponse::from(outcome)).into_response());
+        let outcome = live.finished().await;
+        guard.disarm();
+        return Ok(Json(TurnAnswer::from(outcome?)).into_response());
     }
-    let (tx, rx) = mpsc::channel(64);
-    let agent = state.agent.clone();
-    tokio::spawn(async move { agent.run_streaming(turn, tx).await });
-    let open = crate::telemetry::ActiveStream::open();
-    let events = ReceiverStream::new(rx).map(move |event| {
-        let _counted = &open;
-        Ok::<_, Infallible>(sse_event(event))
-    });
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+    // A problem known before the stream starts (no such session, a closed one) is an HTTP error.
+    live.wait_after(0).await;
+    let (first, _) = live.events_after(0);
+    if first.first().is_none_or(|e| e.event == "error") {
+        if let Some(Err(e)) = live.result() {
+            return Err(e.into());
+        }
+    }
+    Ok(sse::respond(live.follow(0), request_id, guard))
 }
 
-fn sse_event(event: TurnEvent) -> Event {
-    let (name, data) = match event {
-        TurnEvent::Session { session_id, user_message } => {
-            ("session", json!({"sessionId": session_id, "userMessage": user_message}))
-        }
-        TurnEvent::Delta(text) => ("delta", json!({"text": text})),
-        TurnEvent::ToolCall(call) => ("tool_call", call),
-        TurnEvent::ToolResult(result) => ("tool_result", result),
-        TurnEvent::Done(outcome) => ("done", json!(ProcessResponse::from(outcome))),
-        TurnEvent::Error(e) => ("error", ApiError::from(e).body(None)),
-    };
-    Event::default().event(name).data(data.to_string())
+/// A finished turn replayed to a streamed retry: `session`, one `delta` with the whole reply, `done`.
+fn replay_events(outcome: crate::agent::TurnOutcome) -> TurnEvents {
+    crate::agent::replayed_events(outcome, 0)
 }

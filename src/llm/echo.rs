@@ -64,18 +64,22 @@ impl EchoProvider {
             }
         }
         let text = Self::reply_text(request);
-        if let Some(deltas) = deltas {
-            // Several chunks, split on word boundaries, so clients see a real stream.
-            let mut start = 0;
-            for (i, _) in text.match_indices(' ').filter(|(i, _)| *i > 0) {
-                if i - start >= 12 {
-                    deltas.send(text[start..i].to_string());
-                    start = i;
-                    self.pause().await;
-                }
+        // Several chunks, split on word boundaries, so clients see a real stream; the chunk delay
+        // (ECHO_CHUNK_DELAY_MS) makes a slow model for demos and tests, streamed or not.
+        let send = |chunk: &str| {
+            if let Some(deltas) = deltas {
+                deltas.send(chunk.to_string());
             }
-            deltas.send(text[start..].to_string());
+        };
+        let mut start = 0;
+        for (i, _) in text.match_indices(' ').filter(|(i, _)| *i > 0) {
+            if i - start >= 12 {
+                send(&text[start..i]);
+                start = i;
+                self.pause().await;
+            }
         }
+        send(&text[start..]);
         let words = |s: &str| s.split_whitespace().count() as u64;
         let input = words(&request.message) + request.history.iter().map(|m| words(&m.content)).sum::<u64>();
         Ok(ModelReply {

@@ -29,6 +29,26 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 impl StoreError {
+    /// The error's code in API answers and turn events.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::NotFound(_) => "not_found",
+            StoreError::Conflict(_) => "conflict",
+            StoreError::TooLarge(_) => "too_large",
+            StoreError::Invalid(_) => "invalid_request",
+            StoreError::Unavailable(_) => "storage_unavailable",
+            StoreError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// What a client may be told: everything but internal details, which stay in the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            StoreError::Internal(_) => "internal error; the request id identifies it in the server log".into(),
+            other => other.to_string(),
+        }
+    }
+
     /// The session does not exist for this tenant (or is not this user's: the answer is the same,
     /// so that a caller learns nothing about other users' sessions).
     pub fn session_not_found(id: &SessionId) -> Self {

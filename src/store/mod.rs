@@ -17,6 +17,7 @@ mod history;
 mod item;
 mod model;
 pub mod sqlite;
+mod turn;
 
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ pub use error::{StoreError, StoreResult, writable_session};
 pub use history::{complete_history, history_query, recent_history};
 pub use item::{MAX_ITEM_BYTES, check_message, check_size, check_storable, message_item_bytes};
 pub use model::*;
+pub use turn::{TurnEvent, TurnFailure, TurnRecord, TurnStatus};
 
 use crate::config::StorageConfig;
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
@@ -156,6 +158,17 @@ pub trait ConversationStore: Send + Sync + 'static {
         from: ActionStatus,
         to: &Action,
     ) -> StoreResult<bool>;
+    /// Stores a new turn record with its events; false when a record with its id exists.
+    async fn create_turn(&self, turn: &TurnRecord) -> StoreResult<bool>;
+    /// A turn record with its events, read consistently, even past its `expiresAt` (the caller
+    /// answers 410 then); `None` when there is none for this tenant.
+    async fn get_turn(&self, tenant: &TenantId, id: &MessageId) -> StoreResult<Option<TurnRecord>>;
+    /// Saves the record's status, ids, error, lease and last event id and appends `events`, only
+    /// while the stored status is one of `from`; false when it is not, or the record is gone (the
+    /// turn was cancelled or erased elsewhere).
+    async fn save_turn(&self, turn: &TurnRecord, events: &[TurnEvent], from: &[TurnStatus]) -> StoreResult<bool>;
+    /// Deletes a turn's record and the given messages of it (a turn that lost to an erasure).
+    async fn delete_turn(&self, tenant: &TenantId, id: &MessageId, messages: &[MessageId]) -> StoreResult<()>;
     /// Stores an exported session as it is, unless one with its key exists; true when stored.
     async fn import_session(&self, session: Session) -> StoreResult<bool>;
     /// Stores an exported message as it is, unless its id exists; true when stored. Its session's

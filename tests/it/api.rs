@@ -203,23 +203,17 @@ async fn streams_session_deltas_and_done(backend: &str) {
     let sid = done["sessionId"].as_str().unwrap();
     let msgs = ok_json(get(&s, &format!("/agent/conversations/t1/sessions/{sid}/messages?order=asc")).await).await;
     assert_eq!(msgs.as_array().unwrap().len(), 4);
-    // Errors arrive as an `error` event with the JSON error body.
-    let r = turn_request(&s, "t1", "u1")
-        .json(&json!({"message": "x", "stream": true, "sessionId": "no-such-session"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let events = sse_events(r).await;
-    assert_eq!(events.len(), 1);
-    assert_eq!(events[0].0, "error");
-    assert_eq!(events[0].1["error"]["code"], "not_found");
+    // A problem known before the stream starts is an HTTP error with the JSON error body.
+    let req =
+        turn_request(&s, "t1", "u1").json(&json!({"message": "x", "stream": true, "sessionId": "no-such-session"}));
+    let (code, _) = expect_error(req, StatusCode::NOT_FOUND).await;
+    assert_eq!(code, "not_found");
 }
 
 async fn a_client_that_disconnects_mid_stream_leaves_a_whole_turn(backend: &str) {
     let s = TestServer::start(backend, &[("ECHO_CHUNK_DELAY_MS", "150")]).await;
     let r = turn_request(&s, "t1", "u1")
-        .json(&json!({"message": "a long answer that streams slowly in many chunks", "stream": true}))
+        .json(&json!({"message": "a long answer that streams slowly in many chunks", "stream": true, "onDisconnect": "cancel"}))
         .send()
         .await
         .unwrap();

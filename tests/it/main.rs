@@ -22,3 +22,4 @@ mod sqlite_durability;
 mod store;
 mod tables;
 mod tools;
+mod turns;

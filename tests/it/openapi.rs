@@ -15,6 +15,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/agent/conversations/{tenantId}/messages"),
     ("post", "/agent/conversations/{tenantId}/sessions/{sessionId}/actions/{actionId}/approve"),
     ("post", "/agent/conversations/{tenantId}/sessions/{sessionId}/actions/{actionId}/reject"),
+    ("get", "/agent/conversations/{tenantId}/sessions/{sessionId}/turns/{turnId}"),
+    ("get", "/agent/conversations/{tenantId}/sessions/{sessionId}/turns/{turnId}/events"),
+    ("post", "/agent/conversations/{tenantId}/sessions/{sessionId}/turns/{turnId}/cancel"),
     ("get", "/healthz"),
     ("get", "/readyz"),
 ];

@@ -7,7 +7,10 @@ use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, aws_env, cli, create_key, get, http, request, table_names, text, turn, turn_request};
+use crate::support::{
+    TestServer, aws_env, cli, create_key, get, http, parse_sse, request, table_names, text, turn, turn_request,
+    until_event,
+};
 
 async fn metrics(s: &TestServer) -> String {
     get(s, "/metrics").await.text().await.unwrap()
@@ -102,8 +105,7 @@ async fn sigterm_lets_running_streams_finish_then_exits_0() {
     let mut s = TestServer::start("sqlite", &[("ECHO_CHUNK_DELAY_MS", "150")]).await;
     let r = start_stream(&s, "one two three four five six seven eight").await;
     let mut body = r.bytes_stream();
-    let first = body.next().await.unwrap().unwrap();
-    assert!(String::from_utf8_lossy(&first).contains("event: session"));
+    until_event(&mut body, "session").await;
     sigterm(s.pid());
     let mut rest = String::new();
     while let Some(chunk) = body.next().await {
@@ -128,12 +130,8 @@ async fn a_stream_cut_off_by_the_shutdown_deadline_is_stored_whole() {
     let r = start_stream(&s, &long).await;
     let started = Instant::now();
     let mut body = r.bytes_stream();
-    let first = String::from_utf8_lossy(&body.next().await.unwrap().unwrap()).to_string();
-    let session_id = first
-        .lines()
-        .find_map(|l| l.strip_prefix("data: "))
-        .map(|d| serde_json::from_str::<Value>(d).unwrap()["sessionId"].as_str().unwrap().to_string())
-        .unwrap();
+    let first = until_event(&mut body, "session").await;
+    let session_id = parse_sse(&first)[0].1["sessionId"].as_str().unwrap().to_string();
     sigterm(s.pid());
     let mut rest = String::new();
     while let Some(Ok(chunk)) = body.next().await {

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use agent_server::ids::{MessageId, SessionId, TenantId, UserId};
 use agent_server::store::{
     Action, ActionStatus, Appended, ConversationStore, Cursor, Deleted, Message, MessageQuery, NewMessage, NewSession,
-    Order, Page, PageRequest, Role, Session, StoreError, StoreResult, recent_history,
+    Order, Page, PageRequest, Role, Session, StoreError, StoreResult, TurnEvent, TurnRecord, TurnStatus,
+    recent_history,
 };
 use agent_server::timestamp::Timestamp;
 use async_trait::async_trait;
@@ -510,6 +511,18 @@ struct LaggingIndex {
 impl ConversationStore for LaggingIndex {
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+    async fn create_turn(&self, turn: &TurnRecord) -> StoreResult<bool> {
+        self.inner.create_turn(turn).await
+    }
+    async fn get_turn(&self, t: &TenantId, id: &MessageId) -> StoreResult<Option<TurnRecord>> {
+        self.inner.get_turn(t, id).await
+    }
+    async fn save_turn(&self, turn: &TurnRecord, events: &[TurnEvent], from: &[TurnStatus]) -> StoreResult<bool> {
+        self.inner.save_turn(turn, events, from).await
+    }
+    async fn delete_turn(&self, t: &TenantId, id: &MessageId, messages: &[MessageId]) -> StoreResult<()> {
+        self.inner.delete_turn(t, id, messages).await
     }
     async fn check(&self) -> StoreResult<()> {
         self.inner.check().await

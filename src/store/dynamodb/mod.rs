@@ -17,6 +17,7 @@ mod client;
 mod errors;
 mod items;
 pub mod tables;
+mod turns;
 
 use std::collections::HashMap;
 
@@ -33,8 +34,8 @@ use tables::{SESSION_TIMESTAMP_INDEX, TENANT_TIMESTAMP_INDEX, TENANT_USER_INDEX}
 
 use super::{
     Action, ActionStatus, Appended, ConversationStore, Deleted, Message, MessageQuery, NewMessage, NewSession, Order,
-    Page, PageRequest, Retention, Session, StoreError, StoreResult, is_expired, new_session_with, prepare_messages,
-    writable_session,
+    Page, PageRequest, Retention, Session, StoreError, StoreResult, TurnEvent, TurnRecord, TurnStatus, is_expired,
+    new_session_with, prepare_messages, writable_session,
 };
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
 use crate::timestamp::{self, Timestamp};
@@ -168,8 +169,10 @@ impl DynamoStore {
         Ok(Page::of_messages(items, limit))
     }
 
-    /// Ids of every message of a session (tenant-checked).
-    async fn session_message_ids(&self, tenant: &str, session: &str) -> StoreResult<Vec<String>> {
+    /// Ids of every message of a session (tenant-checked), and of the turn records of its user
+    /// messages.
+    async fn session_message_ids(&self, tenant: &str, session: &str) -> StoreResult<(Vec<String>, Vec<String>)> {
+        let mut users = Vec::new();
         let mut ids = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -182,14 +185,18 @@ impl DynamoStore {
                 .filter_expression("tenantId = :t")
                 .expression_attribute_values(":s", s(session))
                 .expression_attribute_values(":t", s(tenant))
-                .projection_expression("#id")
+                .projection_expression("#id, #role")
                 .expression_attribute_names("#id", "id")
+                .expression_attribute_names("#role", "role")
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
                 .map_err(|e| map_err(&self.messages, "Query", e))?;
             for item in out.items.unwrap_or_default() {
                 if let Some(AttributeValue::S(id)) = item.get("id") {
+                    if matches!(item.get("role"), Some(AttributeValue::S(r)) if r == "user") {
+                        users.push(id.clone());
+                    }
                     ids.push(id.clone());
                 }
             }
@@ -198,13 +205,13 @@ impl DynamoStore {
                 _ => break,
             }
         }
-        Ok(ids)
+        Ok((ids, Self::turn_keys(&users)))
     }
 
     async fn delete_session_items(&self, tenant: &str, session: &str) -> StoreResult<usize> {
-        let ids = self.session_message_ids(tenant, session).await?;
+        let (ids, turns) = self.session_message_ids(tenant, session).await?;
         let count = ids.len();
-        futures::stream::iter(ids)
+        futures::stream::iter(ids.into_iter().chain(turns))
             .map(|id| async move {
                 self.client
                     .delete_item()
@@ -615,6 +622,22 @@ impl ConversationStore for DynamoStore {
             .send()
             .await;
         written(result, &self.messages, "UpdateItem")
+    }
+
+    async fn create_turn(&self, turn: &TurnRecord) -> StoreResult<bool> {
+        self.put_turn(turn).await
+    }
+
+    async fn get_turn(&self, tenant: &TenantId, id: &MessageId) -> StoreResult<Option<TurnRecord>> {
+        self.read_turn(tenant, id).await
+    }
+
+    async fn save_turn(&self, turn: &TurnRecord, events: &[TurnEvent], from: &[TurnStatus]) -> StoreResult<bool> {
+        self.update_turn(turn, events, from).await
+    }
+
+    async fn delete_turn(&self, tenant: &TenantId, id: &MessageId, messages: &[MessageId]) -> StoreResult<()> {
+        self.remove_turn(tenant, id, messages).await
     }
 
     async fn import_session(&self, session: Session) -> StoreResult<bool> {

@@ -15,14 +15,15 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 mod rows;
 mod schema;
+mod turns;
 
 use rows::*;
 use schema::{migrate, open, spawn_checkpointer};
 
 use super::{
     Action, ActionStatus, Appended, ConversationStore, Deleted, Message, MessageQuery, NewMessage, NewSession, Order,
-    Page, PageRequest, Retention, Session, StoreError, StoreResult, new_session_with, prepare_messages,
-    writable_session,
+    Page, PageRequest, Retention, Session, StoreError, StoreResult, TurnEvent, TurnRecord, TurnStatus,
+    new_session_with, prepare_messages, writable_session,
 };
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
 use crate::timestamp::{self, Timestamp};
@@ -354,6 +355,11 @@ impl ConversationStore for SqliteStore {
                     params![tenant.as_str(), id.as_str()],
                 )
                 .map_err(internal)?;
+            tx.execute(
+                "DELETE FROM turns WHERE tenant_id = ?1 AND session_id = ?2",
+                params![tenant.as_str(), id.as_str()],
+            )
+            .map_err(internal)?;
             let sessions = tx
                 .execute("DELETE FROM sessions WHERE tenant_id = ?1 AND id = ?2", params![tenant.as_str(), id.as_str()])
                 .map_err(internal)?;
@@ -374,6 +380,12 @@ impl ConversationStore for SqliteStore {
                     params![tenant.as_str(), user.as_str()],
                 )
                 .map_err(internal)?;
+            tx.execute(
+                "DELETE FROM turns WHERE tenant_id = ?1 AND (user_id = ?2 OR session_id IN \
+                 (SELECT id FROM sessions WHERE tenant_id = ?1 AND user_id = ?2))",
+                params![tenant.as_str(), user.as_str()],
+            )
+            .map_err(internal)?;
             let sessions = tx
                 .execute(
                     "DELETE FROM sessions WHERE tenant_id = ?1 AND user_id = ?2",
@@ -410,7 +422,7 @@ impl ConversationStore for SqliteStore {
 
     async fn purge_expired(&self) -> StoreResult<usize> {
         let mut total = 0;
-        for table in ["messages", "sessions"] {
+        for table in ["messages", "sessions", "turns"] {
             loop {
                 let sql = format!(
                     "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} \
@@ -500,6 +512,26 @@ impl ConversationStore for SqliteStore {
             Ok(true)
         })
         .await
+    }
+
+    async fn create_turn(&self, turn: &TurnRecord) -> StoreResult<bool> {
+        let turn = turn.clone();
+        self.write("create_turn", move |c| turns::create(c, &turn)).await
+    }
+
+    async fn get_turn(&self, tenant: &TenantId, id: &MessageId) -> StoreResult<Option<TurnRecord>> {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.read("get_turn", move |c| turns::get(c, &tenant, &id)).await
+    }
+
+    async fn save_turn(&self, turn: &TurnRecord, events: &[TurnEvent], from: &[TurnStatus]) -> StoreResult<bool> {
+        let (turn, events, from) = (turn.clone(), events.to_vec(), from.to_vec());
+        self.write("save_turn", move |c| turns::save(c, &turn, &events, &from)).await
+    }
+
+    async fn delete_turn(&self, tenant: &TenantId, id: &MessageId, messages: &[MessageId]) -> StoreResult<()> {
+        let (tenant, id, messages) = (tenant.clone(), id.clone(), messages.to_vec());
+        self.write("delete_turn", move |c| turns::delete(c, &tenant, &id, &messages)).await
     }
 
     async fn import_session(&self, session: Session) -> StoreResult<bool> {

@@ -8,7 +8,7 @@ use super::{Inner, internal};
 use crate::store::{StoreError, StoreResult};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Version 1: sessions and messages with their indexes.
 const SCHEMA_V1: &str = "
@@ -48,6 +48,23 @@ CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at) WHERE exp
 CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires_at) WHERE expires_at IS NOT NULL;
 ";
 
+/// Version 3: records of streamed turns, with the events they sent (never part of a message read).
+const SCHEMA_V3: &str = "
+CREATE TABLE IF NOT EXISTS turns (
+    id TEXT PRIMARY KEY NOT NULL,
+    tenant_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    record TEXT NOT NULL,
+    events TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS turns_by_session ON turns (tenant_id, session_id);
+CREATE INDEX IF NOT EXISTS turns_by_user ON turns (tenant_id, user_id);
+CREATE INDEX IF NOT EXISTS turns_by_expiry ON turns (expires_at);
+";
+
 pub(super) fn open(path: &Path) -> StoreResult<Connection> {
     let conn = Connection::open(path)
         .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database {}: {e}", path.display())))?;
@@ -71,6 +88,9 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
     }
     if version < 2 {
         tx.execute_batch(SCHEMA_V2).map_err(internal)?;
+    }
+    if version < 3 {
+        tx.execute_batch(SCHEMA_V3).map_err(internal)?;
     }
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(internal)?;
     tx.commit().map_err(internal)

@@ -115,3 +115,38 @@ pub async fn sse_events(r: Response) -> Vec<(String, Value)> {
     let text = r.text().await.unwrap();
     parse_sse(&text)
 }
+
+/// Reads a streamed body until an event named `name` has arrived whole; all the text read so far.
+pub async fn until_event<S, B, E>(body: &mut S, name: &str) -> String
+where
+    S: futures::Stream<Item = Result<B, E>> + Unpin,
+    B: AsRef<[u8]>,
+    E: std::fmt::Debug,
+{
+    use futures::StreamExt;
+    let mut seen = String::new();
+    while !parse_sse(&seen).iter().any(|(e, _)| e == name) {
+        let chunk = body.next().await.unwrap_or_else(|| panic!("the stream ended before `{name}`: {seen}"));
+        seen.push_str(&String::from_utf8_lossy(chunk.unwrap().as_ref()));
+    }
+    seen
+}
+
+/// The (id, event, data) of every event of an SSE text that has an id.
+pub fn parse_sse_ids(text: &str) -> Vec<(u64, String, Value)> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let (mut id, mut event, mut data) = (None, None, String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.parse().ok();
+                } else if let Some(e) = line.strip_prefix("event: ") {
+                    event = Some(e.to_string());
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data.push_str(d);
+                }
+            }
+            Some((id?, event?, serde_json::from_str(&data).ok()?))
+        })
+        .collect()
+}

@@ -3,6 +3,7 @@
 //! What it does depends on the last user message:
 //! - `[status:NNN]`: answers with that HTTP status and an OpenAI-style error body;
 //! - `[429-once]`: the first call with this message gets 429, later ones succeed;
+//! - `[fail-once]`: the first call with this message gets 400 (not retried), later ones succeed;
 //! - `[slow:MS]`: waits that long before answering;
 //! - otherwise: `mock reply to: <message> (<n> messages)`.
 //!
@@ -27,6 +28,7 @@ pub struct Recorded {
     pub bodies: Vec<Value>,
     pub authorizations: Vec<String>,
     seen_429: HashSet<String>,
+    seen_fail: HashSet<String>,
 }
 
 #[derive(Clone)]
@@ -72,8 +74,13 @@ async fn completions(
         r.calls += 1;
         r.bodies.push(body.clone());
         r.authorizations.push(headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string());
-        last.contains("[429-once]") && r.seen_429.insert(last.clone())
+        let fail = last.contains("[fail-once]") && r.seen_fail.insert(last.clone());
+        (last.contains("[429-once]") && r.seen_429.insert(last.clone()), fail)
     };
+    let (first_429, first_fail) = first_429;
+    if first_fail {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": "mock failure, once"}}))).into_response();
+    }
     if first_429 {
         return (StatusCode::TOO_MANY_REQUESTS, Json(json!({"error": {"message": "slow down"}}))).into_response();
     }

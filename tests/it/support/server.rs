@@ -34,6 +34,15 @@ pub struct TestServer {
 impl TestServer {
     /// Starts the server with the given environment (over a clean one) on SQLite or DynamoDB.
     pub async fn start(backend: &str, env: &[(&str, &str)]) -> TestServer {
+        Self::start_with(backend, None, env).await
+    }
+
+    /// A second server process on the same DynamoDB tables as `other`.
+    pub async fn start_beside(other: &TestServer, env: &[(&str, &str)]) -> TestServer {
+        Self::start_with("dynamodb", other.tables.clone(), env).await
+    }
+
+    async fn start_with(backend: &str, tables: Option<(String, String)>, env: &[(&str, &str)]) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = binary(dir.path());
         cmd.arg("serve")
@@ -48,9 +57,15 @@ impl TestServer {
                 cmd.env("STORAGE", "sqlite");
             }
             "dynamodb" => {
-                let (sessions, messages) = table_names();
+                let (sessions, messages) = match tables {
+                    Some(shared) => shared,
+                    None => {
+                        let (sessions, messages) = table_names();
+                        create_tables(&sessions, &messages).await;
+                        (sessions, messages)
+                    }
+                };
                 tables_used = Some((sessions.clone(), messages.clone()));
-                create_tables(&sessions, &messages).await;
                 cmd.envs(aws_env())
                     .env("STORAGE", "dynamodb")
                     .env("DYNAMODB_SESSIONS_TABLE", sessions)
@@ -160,10 +175,10 @@ pub fn create_key(dir: &Path, args: &[&str]) -> String {
 pub fn in_process_app(dir: &Path) -> axum::Router {
     let store = Arc::new(SqliteStore::open(dir.join("p.db")).unwrap());
     let settings = AgentSettings {
-        system_prompt: "test".into(),
         history_max_messages: 10,
         session_idle: Duration::from_secs(60),
         llm_timeout: Duration::from_secs(5),
+        ..AgentSettings::new("test")
     };
     let state = AppState {
         agent: Arc::new(Agent::new(store.clone(), Provider::Echo(EchoProvider::new(Duration::ZERO)), settings)),

@@ -1,0 +1,142 @@
+//! Deciding a pending action, exactly once, and the turn that follows the decision.
+//!
+//! The decision is a conditional update of the stored action (one decision wins). An approved
+//! action's tool runs once, and its result is stored on the action before the model is asked to go
+//! on; the model's follow-up is stored under an id derived from the action's. So a retried decision
+//! whose follow-up failed runs only the follow-up (never the tool again), and a decision whose
+//! follow-up is stored answers 409.
+
+use std::time::Instant;
+
+use super::Agent;
+use super::messages;
+use super::thinking::Thought;
+use super::turn::{TurnError, TurnOutcome};
+use crate::ids::{SessionId, TenantId, UserId};
+use crate::store::{
+    Action, ActionStatus, Message, MessageQuery, Order, Role, StoreError, TurnStatus, recent_history, writable_session,
+};
+use crate::tools::{ToolCall, action_record};
+
+/// How many messages one page of the search for an action reads.
+const SEARCH_PAGE: usize = 100;
+
+impl Agent {
+    /// The agent message holding the action, however old the session is.
+    async fn find_action(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        action_id: &str,
+    ) -> Result<Option<(Message, Action)>, TurnError> {
+        let mut query = MessageQuery { limit: SEARCH_PAGE, order: Order::Desc, ..Default::default() };
+        loop {
+            let page = self.store.list_messages(tenant, session, query.clone()).await?;
+            let found = page.items.iter().filter(|m| m.role == Role::Agent).find_map(|m| {
+                let action = Action::all_in(m.metadata.as_ref()).into_iter().find(|a| a.id == action_id)?;
+                Some((m.clone(), action))
+            });
+            if found.is_some() {
+                return Ok(found);
+            }
+            match page.next {
+                Some(next) => query.cursor = Some(next),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Approves (runs) or rejects a pending action, then lets the agent finish its answer, stored as a
+    /// new agent message.
+    pub async fn decide(
+        &self,
+        tenant: &TenantId,
+        session_id: &SessionId,
+        user: Option<&UserId>,
+        action_id: &str,
+        approve: bool,
+        reason: Option<String>,
+    ) -> Result<TurnOutcome, TurnError> {
+        let not_found = || StoreError::NotFound(format!("action {action_id} not found in session {session_id}"));
+        let stored = self.store.get_session(tenant, session_id).await?;
+        let session = writable_session(stored, session_id, user).map_err(|e| match e {
+            StoreError::NotFound(_) => not_found(),
+            other => other,
+        })?;
+        let (message, action) = self.find_action(tenant, session_id, action_id).await?.ok_or_else(not_found)?;
+        let follow_up = messages::follow_up_id(action_id);
+        let decided = |status: ActionStatus| {
+            TurnError::Store(StoreError::Conflict(format!(
+                "action {action_id} was already decided (status {})",
+                status.as_str()
+            )))
+        };
+        let call = ToolCall { id: action.id.clone(), name: action.tool.clone(), arguments: action.arguments.clone() };
+        let ctx = Self::tool_context(tenant, &session.user_id, session.location_id.as_ref());
+        let resolved = match action.status {
+            ActionStatus::PendingApproval => {
+                let mut claimed = action.clone();
+                claimed.status = if approve { ActionStatus::Approved } else { ActionStatus::Rejected };
+                claimed.reason = reason.clone();
+                if !self.store.transition_action(tenant, &message.id, ActionStatus::PendingApproval, &claimed).await? {
+                    return Err(decided(claimed.status));
+                }
+                if approve {
+                    let result = self.run_tool(&call, &ctx).await;
+                    let status = if result.is_error { ActionStatus::Failed } else { ActionStatus::Done };
+                    let mut done = action_record(&call, status, Some(&result));
+                    done.approved = Some(true);
+                    self.store.transition_action(tenant, &message.id, ActionStatus::Approved, &done).await?;
+                    done
+                } else {
+                    claimed
+                }
+            }
+            // The same decision again, whose follow-up was never stored: only the follow-up runs.
+            status => {
+                let same = if approve { action.approved == Some(true) } else { status == ActionStatus::Rejected };
+                if !same || self.store.get_message(tenant, &follow_up).await?.is_some() {
+                    return Err(decided(status));
+                }
+                action.clone()
+            }
+        };
+        let note = match resolved.status {
+            ActionStatus::Rejected => format!(
+                "[The user rejected {}({}){}. Do not run it.]",
+                call.name,
+                call.arguments,
+                resolved.reason.as_deref().map(|r| format!(" because: {r}")).unwrap_or_default()
+            ),
+            ActionStatus::Approved => format!(
+                "[The user approved {}({}), but its result was not recorded; do not assume it ran.]",
+                call.name, call.arguments
+            ),
+            status => format!(
+                "[The user approved {}({}). It {}: {}]",
+                call.name,
+                call.arguments,
+                if status == ActionStatus::Failed { "failed" } else { "ran" },
+                resolved.result.as_deref().unwrap_or_default()
+            ),
+        };
+        let history = recent_history(&*self.store, &session, self.settings.history_max_messages).await?;
+        let request = crate::llm::ModelRequest {
+            system_prompt: self.settings.system_prompt.clone(),
+            history,
+            message: note,
+            context: None,
+            tools: self.tools.specs(),
+            steps: Vec::new(),
+        };
+        let started = Instant::now();
+        let mut thought: Thought = self.think(request, &ctx, None).await?;
+        thought.actions.insert(0, resolved);
+        let pending = thought.actions.iter().any(|a| a.status == ActionStatus::PendingApproval);
+        let status = if pending { TurnStatus::AwaitingApproval } else { TurnStatus::Completed };
+        let agent =
+            messages::agent_message(&session.user_id, follow_up.clone(), &follow_up, status, &thought, started, None);
+        let agent_message = self.store.append_messages(tenant, session_id, vec![agent]).await?.remove(0).message;
+        Ok(TurnOutcome { turn_id: follow_up, status, session_id: session.id, user_message: None, agent_message })
+    }
+}

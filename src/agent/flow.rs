@@ -1,0 +1,529 @@
+//! The one flow of a turn, JSON or streamed: find where it goes, give the model its history, follow
+//! the model (recording events, persisting them for a streamed turn, obeying a stop), and store the
+//! result with the store's one write protocol.
+//!
+//! What each ending leaves stored:
+//! - completed / awaiting approval: the user message and the reply;
+//! - failed: nothing for a JSON turn (its timestamps are given back); for a streamed turn the user
+//!   message (sent in the `session` event) and the turn record with the error;
+//! - interrupted / cancelled: the user message and the partial reply, marked `interrupted`;
+//! - erased: nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::{OwnedMutexGuard, mpsc};
+
+use super::live::LiveTurn;
+use super::messages;
+use super::thinking::Thought;
+use super::turn::{StopReason, TurnAnswer, TurnError, TurnOutcome, TurnRequest};
+use super::{Agent, Started};
+use crate::ids::{MessageId, SessionId};
+use crate::llm::{Deltas, ModelReply, ModelRequest, StreamItem};
+use crate::store::{
+    Message, NewMessage, NewSession, Session, StoreError, TurnEvent, TurnRecord, TurnStatus, complete_history,
+    history_query,
+};
+use crate::timestamp::{self, Timestamp};
+use crate::tools::ToolContext;
+
+/// How often a streamed turn persists its new events (and renews its lease).
+pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// How long a turn's lease lasts past its last write: past it, the turn counts as abandoned.
+pub(super) const LEASE: Duration = Duration::from_secs(10);
+
+/// Where a turn goes.
+enum Place {
+    /// An existing session (given, the user's active one, or the one of a retried user message).
+    Continue(SessionId),
+    /// A new session, closing the user's idle one; the lock keeps other first turns of the user out.
+    New { idle: Option<Box<Session>>, _lock: OwnedMutexGuard<()> },
+}
+
+/// How the model's part ended.
+enum Thinking {
+    Done(Thought),
+    Failed(TurnError),
+    Stopped(StopReason, String),
+}
+
+pub(super) fn now_millis() -> i64 {
+    timestamp::now_micros() / 1000
+}
+
+impl Agent {
+    /// Starts a turn in a task of its own, so that it ends the same way whatever its client does.
+    /// A retried `Idempotency-Key` gets what its first request left instead.
+    pub async fn start(self: &Arc<Self>, req: TurnRequest) -> Result<Started, TurnError> {
+        let hash = req.idempotency_key.as_ref().map(|_| messages::request_hash(&req));
+        let turn_id = messages::turn_id(&req.tenant, &req.user, req.idempotency_key.as_ref());
+        let mut resume = None;
+        if req.idempotency_key.is_some() {
+            match self.prior(&req, &turn_id, hash.as_deref()).await? {
+                super::idempotency::Prior::None => {}
+                super::idempotency::Prior::Started(started) => return Ok(started),
+                super::idempotency::Prior::Rerun(user_message) => resume = Some(user_message),
+            }
+        }
+        let live = match self.live.register(&turn_id, &req.tenant, &req.user, hash.clone()) {
+            Ok(live) => live,
+            Err(running) => return self.follow_running(&req, running, hash.as_deref()),
+        };
+        let agent = self.clone();
+        let task = live.clone();
+        tokio::spawn(async move { agent.run(task, req, hash, resume).await });
+        Ok(Started::Live(live))
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        live: Arc<LiveTurn>,
+        req: TurnRequest,
+        hash: Option<String>,
+        resume: Option<Message>,
+    ) {
+        let started = Instant::now();
+        let result = self.execute(&live, &req, hash.as_deref(), resume).await;
+        crate::telemetry::turn(req.stream, result.is_ok(), started.elapsed());
+        match result {
+            Ok(outcome) => live.finish(outcome.status, Ok(outcome)),
+            Err(e) => {
+                live.push("error", e.event_data());
+                live.finish(TurnStatus::Failed, Err(e));
+            }
+        }
+        self.live.retire(&live);
+    }
+
+    pub(super) fn is_idle(&self, session: &Session) -> bool {
+        let idle = session.updated_at.micros().map(|t| timestamp::now_micros().saturating_sub(t)).unwrap_or(i64::MAX);
+        idle > self.settings.session_idle.as_micros() as i64
+    }
+
+    /// The one session-resolution path: the given session, the retried message's, the user's
+    /// active one, or a new one (decided under the user's lock).
+    async fn place(&self, req: &TurnRequest, resume: Option<&Message>) -> Result<Place, TurnError> {
+        if let Some(m) = resume {
+            return Ok(Place::Continue(m.session_id.clone()));
+        }
+        if let Some(id) = &req.session_id {
+            return Ok(Place::Continue(id.clone()));
+        }
+        let lock = self.session_start_lock(&req.tenant, &req.user).lock_owned().await;
+        match self.store.find_active_session(&req.tenant, &req.user).await? {
+            Some(active) if !self.is_idle(&active) => Ok(Place::Continue(active.id)),
+            idle => Ok(Place::New { idle: idle.map(Box::new), _lock: lock }),
+        }
+    }
+
+    fn model_request(&self, message: String, history: Vec<Message>, req_context: Option<&TurnRequest>) -> ModelRequest {
+        ModelRequest {
+            system_prompt: self.settings.system_prompt.clone(),
+            history,
+            message,
+            context: req_context.and_then(|r| r.context.clone()),
+            tools: self.tools.specs(),
+            steps: Vec::new(),
+        }
+    }
+
+    fn new_session(req: &TurnRequest) -> NewSession {
+        NewSession {
+            tenant_id: req.tenant.clone(),
+            user_id: req.user.clone(),
+            location_id: req.location.clone(),
+            metadata: None,
+        }
+    }
+
+    async fn execute(
+        &self,
+        live: &Arc<LiveTurn>,
+        req: &TurnRequest,
+        hash: Option<&str>,
+        resume: Option<Message>,
+    ) -> Result<TurnOutcome, TurnError> {
+        let turn_id = live.turn_id.clone();
+        let started = Instant::now();
+        let mut place = self.place(req, resume.as_ref()).await?;
+        let user_new = messages::user_message(req, &turn_id, hash);
+        // Before the model: reserve the turn's timestamps beside the history read (one round trip).
+        let mut stamps = Vec::new();
+        let mut before: Option<Session> = None;
+        let mut history = Vec::new();
+        if let Place::Continue(id) = &place {
+            let limit = self.settings.history_max_messages;
+            let count = if resume.is_some() { 1 } else { 2 };
+            let page = async {
+                if limit == 0 {
+                    Ok(None)
+                } else {
+                    self.store.list_messages(&req.tenant, id, history_query(limit)).await.map(Some)
+                }
+            };
+            let (begun, page) = tokio::join!(self.store.begin_turn(&req.tenant, id, Some(&req.user), count), page);
+            let (session, reserved) = begun?;
+            history = complete_history(&*self.store, &session, limit, page?).await?;
+            history.retain(|m| m.id != turn_id);
+            live.set_session(&session.id);
+            stamps = reserved;
+            before = Some(session);
+        }
+        // A streamed turn stores its user message and its record first, and says so.
+        let mut user_message = resume.clone();
+        let mut record = None;
+        if req.stream {
+            let written = self.open_stream(live, req, &mut place, &user_new, &stamps, resume.is_some(), hash).await;
+            match written {
+                Ok((message, rec)) => {
+                    user_message = Some(message);
+                    record = Some(rec);
+                }
+                Err(e) => {
+                    self.give_back(req, &place, &stamps, before.as_ref(), None).await;
+                    return Err(e);
+                }
+            }
+        }
+        let location = before.as_ref().and_then(|s| s.location_id.clone()).or(req.location.clone());
+        let ctx = Self::tool_context(&req.tenant, &req.user, location.as_ref());
+        let request = self.model_request(req.message.clone(), history, Some(req));
+        let thinking = self.follow_model(live, req.stream, request, &ctx, record.as_mut()).await;
+        let (thought, status, interrupted) = match thinking {
+            Thinking::Done(thought) => {
+                let pending = thought.actions.iter().any(|a| a.status == crate::store::ActionStatus::PendingApproval);
+                let status = if pending { TurnStatus::AwaitingApproval } else { TurnStatus::Completed };
+                (thought, status, None)
+            }
+            Thinking::Stopped(StopReason::Erased, _) => {
+                self.forget(req, &turn_id, user_message.as_ref(), None).await;
+                return Err(TurnError::Erased);
+            }
+            Thinking::Stopped(reason, partial) => {
+                let (why, status) = reason.marks();
+                tracing::info!(turn = %turn_id, reason = why, "turn stopped; storing the partial reply");
+                let reply = ModelReply { text: partial, model: String::new(), usage: None, tool_calls: Vec::new() };
+                (Thought { reply, actions: Vec::new() }, status, Some(why))
+            }
+            Thinking::Failed(e) => {
+                let user_stamp = user_message.as_ref().map(|m| &m.timestamp);
+                self.give_back(req, &place, &stamps, before.as_ref(), user_stamp).await;
+                if let Some(mut rec) = record {
+                    rec.status = TurnStatus::Failed;
+                    rec.error = Some(crate::store::TurnFailure { code: e.code().into(), message: e.public_message() });
+                    let event = live.push("error", e.event_data());
+                    self.save_record(&mut rec, vec![event]).await;
+                }
+                return Err(e);
+            }
+        };
+        if self.live.erased(live) {
+            self.forget(req, &turn_id, user_message.as_ref(), None).await;
+            return Err(TurnError::Erased);
+        }
+        let agent_new = messages::agent_message(
+            &req.user,
+            messages::agent_message_id(&turn_id),
+            &turn_id,
+            status,
+            &thought,
+            started,
+            interrupted,
+        );
+        let (session_id, user_message, agent_message) =
+            self.write(req, place, &stamps, user_new, user_message, agent_new).await?;
+        if self.live.erased(live) {
+            self.forget(req, &turn_id, user_message.as_ref(), Some(&agent_message.id)).await;
+            return Err(TurnError::Erased);
+        }
+        let outcome = TurnOutcome { turn_id: turn_id.clone(), status, session_id, user_message, agent_message };
+        let mut events = Vec::new();
+        if !req.stream {
+            live.set_session(&outcome.session_id);
+            events.push(
+                live.push("session", session_event(&outcome.session_id, &turn_id, outcome.user_message.as_ref())),
+            );
+            events.push(live.push("delta", json!({"text": outcome.agent_message.content})));
+        }
+        events.push(live.push("done", json!(TurnAnswer::from(outcome.clone()))));
+        if let Some(mut rec) = record {
+            rec.status = status;
+            rec.agent_message_id = Some(outcome.agent_message.id.clone());
+            self.save_record(&mut rec, events).await;
+        }
+        Ok(outcome)
+    }
+
+    /// A streamed turn's start: its user message (in a new session when it starts one) and its record
+    /// are stored, then the `session` event is sent.
+    #[allow(clippy::too_many_arguments)]
+    async fn open_stream(
+        &self,
+        live: &Arc<LiveTurn>,
+        req: &TurnRequest,
+        place: &mut Place,
+        user_new: &NewMessage,
+        stamps: &[Timestamp],
+        resumed: bool,
+        hash: Option<&str>,
+    ) -> Result<(Message, TurnRecord), TurnError> {
+        let turn_id = &live.turn_id;
+        let message = match place {
+            Place::Continue(id) if resumed => {
+                self.store.get_message(&req.tenant, turn_id).await?.ok_or_else(|| StoreError::session_not_found(id))?
+            }
+            Place::Continue(id) => {
+                let m = user_new.clone().into_message(&req.tenant, id, stamps[0].clone());
+                self.store.put_messages(&req.tenant, id, vec![m]).await?.remove(0).message
+            }
+            Place::New { idle, .. } => {
+                if let Some(idle) = idle.take() {
+                    self.store.close_session(&req.tenant, &idle.id).await?;
+                }
+                let (session, mut stored) =
+                    self.store.create_session_with(Self::new_session(req), vec![user_new.clone()]).await?;
+                live.set_session(&session.id);
+                let message = stored.remove(0);
+                // The session exists now: later first turns of the user continue it.
+                *place = Place::Continue(session.id);
+                message
+            }
+        };
+        let now = Timestamp::now();
+        let record = TurnRecord {
+            turn_id: turn_id.clone(),
+            tenant_id: req.tenant.clone(),
+            session_id: message.session_id.clone(),
+            user_id: req.user.clone(),
+            status: TurnStatus::Running,
+            agent_message_id: None,
+            error: None,
+            last_event_id: 0,
+            created_at: now.clone(),
+            updated_at: now,
+            request_hash: hash.map(str::to_string),
+            lease_until: now_millis() + LEASE.as_millis() as i64,
+            expires_at: timestamp::epoch_seconds() + self.settings.turn_events_ttl.as_secs() as i64,
+            events: Vec::new(),
+        };
+        if resumed {
+            // The failed attempt's record and events give way to this attempt's.
+            self.store.delete_turn(&req.tenant, turn_id, &[]).await?;
+        }
+        let session = live.push("session", session_event(&message.session_id, turn_id, Some(&message)));
+        let mut record = record;
+        record.last_event_id = session.id;
+        record.events = vec![session];
+        self.store.create_turn(&record).await?;
+        record.events.clear();
+        Ok((message, record))
+    }
+
+    /// Follows the model: its progress becomes events (persisted every 250 ms for a streamed turn,
+    /// which also learns there that it was cancelled or erased elsewhere), and a stop ends it.
+    async fn follow_model(
+        &self,
+        live: &Arc<LiveTurn>,
+        stream: bool,
+        request: ModelRequest,
+        ctx: &ToolContext,
+        mut record: Option<&mut TurnRecord>,
+    ) -> Thinking {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let progress = Deltas::new(tx);
+        let thinking = self.think(request, ctx, stream.then_some(&progress));
+        tokio::pin!(thinking);
+        let stopped = live.stopped();
+        tokio::pin!(stopped);
+        let mut partial = String::new();
+        let mut unsaved: Vec<TurnEvent> = Vec::new();
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_write = Instant::now();
+        let record_event = |item: StreamItem, partial: &mut String, unsaved: &mut Vec<TurnEvent>| {
+            let event = match item {
+                StreamItem::Delta(text) => {
+                    partial.push_str(&text);
+                    live.push("delta", json!({"text": text}))
+                }
+                StreamItem::ToolCall(v) => live.push("tool_call", v),
+                StreamItem::ToolResult(v) => live.push("tool_result", v),
+            };
+            unsaved.push(event);
+        };
+        let result = loop {
+            tokio::select! {
+                biased;
+                reason = &mut stopped => {
+                    while let Ok(item) = rx.try_recv() {
+                        record_event(item, &mut partial, &mut unsaved);
+                    }
+                    break Thinking::Stopped(reason, partial);
+                }
+                Some(item) = rx.recv() => record_event(item, &mut partial, &mut unsaved),
+                result = &mut thinking => {
+                    while let Ok(item) = rx.try_recv() {
+                        record_event(item, &mut partial, &mut unsaved);
+                    }
+                    break match result {
+                        Ok(thought) => Thinking::Done(thought),
+                        Err(e) => Thinking::Failed(e),
+                    };
+                }
+                _ = tick.tick(), if record.is_some() => {
+                    let due = !unsaved.is_empty() || last_write.elapsed() >= LEASE / 4;
+                    if let (true, Some(rec)) = (due, record.as_deref_mut()) {
+                        last_write = Instant::now();
+                        if let Some(reason) = self.flush(rec, &mut unsaved).await {
+                            live.stop(reason);
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(rec) = record {
+            rec.events = unsaved;
+        }
+        result
+    }
+
+    /// Persists a running turn's new events and renews its lease. When the stored record no longer
+    /// says `running`, why the turn must stop: cancelled through another server, or erased.
+    async fn flush(&self, record: &mut TurnRecord, events: &mut Vec<TurnEvent>) -> Option<StopReason> {
+        if let Some(last) = events.last() {
+            record.last_event_id = last.id;
+        }
+        record.updated_at = Timestamp::now();
+        record.lease_until = now_millis() + LEASE.as_millis() as i64;
+        match self.store.save_turn(record, events, &[TurnStatus::Running]).await {
+            Ok(true) => {
+                events.clear();
+                None
+            }
+            Ok(false) => match self.store.get_turn(&record.tenant_id, &record.turn_id).await {
+                Ok(Some(stored)) if stored.status == TurnStatus::Cancelled => Some(StopReason::Cancelled),
+                Ok(Some(_)) => None,
+                Ok(None) => Some(StopReason::Erased),
+                Err(_) => None,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, turn = %record.turn_id, "could not persist the turn's events");
+                None
+            }
+        }
+    }
+
+    /// Saves a turn record's final state with its last events (a record cancelled elsewhere keeps
+    /// that status).
+    async fn save_record(&self, record: &mut TurnRecord, new: Vec<TurnEvent>) {
+        let mut events = std::mem::take(&mut record.events);
+        events.extend(new);
+        if let Some(last) = events.last() {
+            record.last_event_id = last.id;
+        }
+        record.updated_at = Timestamp::now();
+        let from = [TurnStatus::Running, TurnStatus::Cancelled];
+        if let Err(e) = self.store.save_turn(record, &events, &from).await {
+            tracing::warn!(error = %e, turn = %record.turn_id, "could not save the turn's record");
+        }
+    }
+
+    /// The one write of a turn's result.
+    async fn write(
+        &self,
+        req: &TurnRequest,
+        place: Place,
+        stamps: &[Timestamp],
+        user_new: NewMessage,
+        user_message: Option<Message>,
+        agent_new: NewMessage,
+    ) -> Result<(SessionId, Option<Message>, Message), TurnError> {
+        let tenant = &req.tenant;
+        match place {
+            // A JSON turn on an existing session: both messages at once, with the reserved times.
+            Place::Continue(id) if user_message.is_none() => {
+                let messages = vec![
+                    user_new.into_message(tenant, &id, stamps[0].clone()),
+                    agent_new.into_message(tenant, &id, stamps[1].clone()),
+                ];
+                let mut stored = self.store.put_messages(tenant, &id, messages).await?.into_iter().map(|a| a.message);
+                match (stored.next(), stored.next()) {
+                    (Some(u), Some(a)) => Ok((id, Some(u), a)),
+                    _ => Err(StoreError::Internal("put returned fewer messages than given".into()).into()),
+                }
+            }
+            // The user message is stored already: the reply goes after it.
+            Place::Continue(id) => {
+                let stored = match stamps.last() {
+                    Some(stamp) if stamps.len() == 2 || user_message.as_ref().is_some_and(|u| &u.timestamp < stamp) => {
+                        let m = agent_new.into_message(tenant, &id, stamp.clone());
+                        self.store.put_messages(tenant, &id, vec![m]).await?
+                    }
+                    _ => self.store.append_messages(tenant, &id, vec![agent_new]).await?,
+                };
+                Ok((id, user_message, stored.into_iter().next().map(|a| a.message).ok_or_else(missing)?))
+            }
+            // A JSON turn that starts a session: the idle one is closed, the new one written with both
+            // messages, in one round trip.
+            Place::New { idle, _lock } => {
+                let close_idle = async {
+                    match &idle {
+                        Some(idle) => self.store.close_session(tenant, &idle.id).await.map(|_| ()),
+                        None => Ok(()),
+                    }
+                };
+                let (closed, created) = tokio::join!(
+                    close_idle,
+                    self.store.create_session_with(Self::new_session(req), vec![user_new, agent_new])
+                );
+                closed?;
+                let (session, stored) = created?;
+                let mut stored = stored.into_iter();
+                match (stored.next(), stored.next()) {
+                    (Some(u), Some(a)) => Ok((session.id, Some(u), a)),
+                    _ => Err(missing().into()),
+                }
+            }
+        }
+    }
+
+    /// Gives back the timestamps a turn reserved and will not use.
+    async fn give_back(
+        &self,
+        req: &TurnRequest,
+        place: &Place,
+        stamps: &[Timestamp],
+        before: Option<&Session>,
+        user_stamp: Option<&Timestamp>,
+    ) {
+        let (Place::Continue(id), Some(last)) = (place, stamps.last()) else { return };
+        // Back to the turn's own user message when it used the first reserved time, else to where
+        // the session was before the turn.
+        let own = user_stamp.filter(|u| stamps.len() == 2 && **u == stamps[0]);
+        let back_to = own.or(before.and_then(|b| b.last_message_at.as_ref()));
+        let _ = self.store.release_turn(&req.tenant, id, last, back_to).await;
+    }
+
+    /// Removes what a turn that lost to an erasure may have written.
+    async fn forget(&self, req: &TurnRequest, turn: &MessageId, user: Option<&Message>, agent: Option<&MessageId>) {
+        let ids: Vec<MessageId> = user.map(|m| m.id.clone()).into_iter().chain(agent.cloned()).collect();
+        if let Err(e) = self.store.delete_turn(&req.tenant, turn, &ids).await {
+            tracing::warn!(error = %e, %turn, "could not remove the writes of an erased turn");
+        }
+    }
+}
+
+fn missing() -> StoreError {
+    StoreError::Internal("the store returned fewer messages than given".into())
+}
+
+/// The `session` event: the turn's session and its stored user message.
+pub(super) fn session_event(
+    session: &SessionId,
+    turn: &MessageId,
+    user_message: Option<&Message>,
+) -> serde_json::Value {
+    json!({"sessionId": session, "turnId": turn, "status": TurnStatus::Running, "userMessage": user_message})
+}

@@ -1,0 +1,314 @@
+//! Reading a turn and its events, and cancelling it, wherever it runs: in this process (from
+//! memory), on another server sharing the store (from its record, polled with consistent reads), or
+//! ended (from its record, or from its messages for a JSON turn, which keeps no record).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use serde_json::{Value, json};
+
+use super::Agent;
+use super::flow::{FLUSH_EVERY, now_millis, session_event};
+use super::messages;
+use super::thinking::Thought;
+use super::turn::{StopReason, TurnAnswer, TurnError, TurnOutcome};
+use crate::ids::{MessageId, SessionId, TenantId, UserId};
+use crate::llm::ModelReply;
+use crate::store::{StoreError, TurnEvent, TurnFailure, TurnRecord, TurnStatus};
+use crate::timestamp::Timestamp;
+
+/// A turn's events, in order, ending with the turn.
+pub type TurnEvents = BoxStream<'static, TurnEvent>;
+
+/// A turn as `GET .../turns/{turnId}` shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnView {
+    #[schema(value_type = String)]
+    pub turn_id: MessageId,
+    #[schema(value_type = String)]
+    pub session_id: SessionId,
+    pub status: TurnStatus,
+    #[schema(value_type = String)]
+    pub user_message_id: MessageId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub agent_message_id: Option<MessageId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<TurnFailure>,
+    /// The id of its newest event (give it as `Last-Event-ID` to follow from there).
+    pub last_event_id: u64,
+    #[schema(value_type = String)]
+    pub created_at: Timestamp,
+    #[schema(value_type = String)]
+    pub updated_at: Timestamp,
+}
+
+/// A turn found for a caller, wherever it is.
+enum Found {
+    Live(Arc<super::LiveTurn>),
+    Recorded(TurnRecord),
+    /// A JSON turn, known from its messages.
+    Stored(TurnOutcome),
+}
+
+fn not_found(turn: &MessageId) -> TurnError {
+    TurnError::Store(StoreError::NotFound(format!("turn {turn} not found in this session")))
+}
+
+fn view_of_outcome(o: &TurnOutcome, created_at: Timestamp) -> TurnView {
+    TurnView {
+        turn_id: o.turn_id.clone(),
+        session_id: o.session_id.clone(),
+        status: o.status,
+        user_message_id: o.turn_id.clone(),
+        agent_message_id: Some(o.agent_message.id.clone()),
+        error: None,
+        last_event_id: 3,
+        created_at,
+        updated_at: o.agent_message.timestamp.clone(),
+    }
+}
+
+/// A finished turn told as events from its messages: `session`, one `delta` with the whole reply,
+/// and `done`, the same `done` its own stream sent.
+pub fn replayed_events(outcome: TurnOutcome, after: u64) -> TurnEvents {
+    let events = vec![
+        TurnEvent {
+            id: 1,
+            event: "session".into(),
+            data: session_event(&outcome.session_id, &outcome.turn_id, outcome.user_message.as_ref()),
+        },
+        TurnEvent { id: 2, event: "delta".into(), data: json!({"text": outcome.agent_message.content}) },
+        TurnEvent { id: 3, event: "done".into(), data: json!(TurnAnswer::from(outcome)) },
+    ];
+    futures::stream::iter(events.into_iter().filter(move |e| e.id > after)).boxed()
+}
+
+impl Agent {
+    /// Whether a running record's process stopped renewing its lease (it died).
+    pub(super) fn abandoned(&self, record: &TurnRecord) -> bool {
+        record.status == TurnStatus::Running && record.lease_until < now_millis()
+    }
+
+    async fn find(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        turn: &MessageId,
+        viewer: Option<&UserId>,
+    ) -> Result<Found, TurnError> {
+        let visible = |s: &SessionId, u: &UserId| s == session && viewer.is_none_or(|v| v == u);
+        if let Some(live) = self.live.get(turn).filter(|l| &l.tenant == tenant) {
+            if live.session().is_some_and(|s| visible(&s, &live.user)) {
+                // A finished turn here is read from the store, like on any other server.
+                if live.result().is_none() {
+                    return Ok(Found::Live(live));
+                }
+            } else {
+                return Err(not_found(turn));
+            }
+        }
+        if let Some(record) = self.store.get_turn(tenant, turn).await? {
+            if !visible(&record.session_id, &record.user_id) {
+                return Err(not_found(turn));
+            }
+            let record = if self.abandoned(&record) { self.settle_abandoned(record).await? } else { record };
+            return Ok(Found::Recorded(record));
+        }
+        let user = self.store.get_message(tenant, turn).await?;
+        let user = user.filter(|m| m.role == crate::store::Role::User && visible(&m.session_id, &m.user_id));
+        let Some(user) = user else { return Err(not_found(turn)) };
+        match self.store.get_message(tenant, &messages::agent_message_id(turn)).await? {
+            Some(agent) => Ok(Found::Stored(messages::outcome(turn.clone(), Some(user), agent))),
+            None => Err(not_found(turn)),
+        }
+    }
+
+    fn past_retention(&self, created_at: &Timestamp) -> bool {
+        let ttl = self.settings.turn_events_ttl.as_micros() as i64;
+        created_at.micros().is_some_and(|t| t + ttl < crate::timestamp::now_micros())
+    }
+
+    /// The turn, for a caller of its tenant (and, when bound to a user, that user's).
+    pub async fn turn(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        turn: &MessageId,
+        viewer: Option<&UserId>,
+    ) -> Result<TurnView, TurnError> {
+        Ok(match self.find(tenant, session, turn, viewer).await? {
+            Found::Live(live) => {
+                let now = Timestamp::now();
+                TurnView {
+                    turn_id: live.turn_id.clone(),
+                    session_id: live.session().unwrap_or_else(|| session.clone()),
+                    status: live.status(),
+                    user_message_id: live.turn_id.clone(),
+                    agent_message_id: None,
+                    error: None,
+                    last_event_id: live.last_event_id(),
+                    created_at: Timestamp::from_micros(
+                        now.micros().unwrap_or(0) - live.started.elapsed().as_micros() as i64,
+                    ),
+                    updated_at: now,
+                }
+            }
+            Found::Recorded(r) => TurnView {
+                user_message_id: r.turn_id.clone(),
+                turn_id: r.turn_id,
+                session_id: r.session_id,
+                status: r.status,
+                agent_message_id: r.agent_message_id,
+                error: r.error,
+                last_event_id: r.last_event_id,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+            },
+            Found::Stored(o) => {
+                let created = o.user_message.as_ref().map(|m| m.timestamp.clone()).unwrap_or_else(Timestamp::now);
+                view_of_outcome(&o, created)
+            }
+        })
+    }
+
+    /// The turn's events after `after`, then the live ones until it ends. A JSON turn (which keeps
+    /// no events) gives `session`, one `delta` with the whole reply and `done`, from its messages.
+    pub async fn turn_events(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        session: &SessionId,
+        turn: &MessageId,
+        viewer: Option<&UserId>,
+        after: u64,
+    ) -> Result<TurnEvents, TurnError> {
+        match self.find(tenant, session, turn, viewer).await? {
+            Found::Live(live) => Ok(live.follow(after).boxed()),
+            Found::Recorded(record) => {
+                if self.past_retention(&record.created_at) {
+                    return Err(TurnError::Gone);
+                }
+                Ok(self.stored_events(record, after))
+            }
+            Found::Stored(outcome) => {
+                let created = outcome.user_message.as_ref().map(|m| m.timestamp.clone());
+                if created.is_some_and(|c| self.past_retention(&c)) {
+                    return Err(TurnError::Gone);
+                }
+                Ok(replayed_events(outcome, after))
+            }
+        }
+    }
+
+    /// A recorded turn's events after `after`; while it runs on another server, its record is read
+    /// again every 250 ms until it ends (or its lease lapses, and it is settled as interrupted).
+    pub(super) fn stored_events(self: &Arc<Self>, record: TurnRecord, after: u64) -> TurnEvents {
+        let agent = self.clone();
+        let state = (agent, Some(record), after, Vec::<TurnEvent>::new());
+        futures::stream::unfold(state, |(agent, mut record, mut after, mut pending)| async move {
+            loop {
+                if !pending.is_empty() {
+                    let event = pending.remove(0);
+                    after = event.id;
+                    return Some((event, (agent, record, after, pending)));
+                }
+                let current = record.take()?;
+                pending = current.events.iter().filter(|e| e.id > after).cloned().collect();
+                if !pending.is_empty() {
+                    record = Some(TurnRecord { events: Vec::new(), ..current });
+                    continue;
+                }
+                if current.status != TurnStatus::Running {
+                    return None;
+                }
+                tokio::time::sleep(FLUSH_EVERY).await;
+                let fresh = agent.store.get_turn(&current.tenant_id, &current.turn_id).await.ok().flatten()?;
+                record = Some(if agent.abandoned(&fresh) { agent.settle_abandoned(fresh).await.ok()? } else { fresh });
+            }
+        })
+        .boxed()
+    }
+
+    /// Cancels a running turn: here it stops at once; on another server at its next write (within
+    /// 250 ms). Cancelling again answers the same; a turn that ended otherwise is a conflict.
+    pub async fn cancel(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        turn: &MessageId,
+        viewer: Option<&UserId>,
+    ) -> Result<TurnView, TurnError> {
+        match self.find(tenant, session, turn, viewer).await? {
+            Found::Live(live) => {
+                live.stop(StopReason::Cancelled);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while live.result().is_none() && Instant::now() < deadline {
+                    let _ = tokio::time::timeout(Duration::from_millis(100), live.finished()).await;
+                }
+            }
+            Found::Recorded(mut record) if record.status == TurnStatus::Running => {
+                record.status = TurnStatus::Cancelled;
+                record.updated_at = Timestamp::now();
+                if !self.store.save_turn(&record, &[], &[TurnStatus::Running]).await? {
+                    let now = self.store.get_turn(tenant, turn).await?.ok_or_else(|| not_found(turn))?;
+                    if now.status != TurnStatus::Cancelled {
+                        return Err(TurnError::Ended(now.status));
+                    }
+                }
+            }
+            Found::Recorded(record) if record.status == TurnStatus::Cancelled => {}
+            Found::Recorded(record) => return Err(TurnError::Ended(record.status)),
+            Found::Stored(o) if o.status == TurnStatus::Cancelled => {}
+            Found::Stored(o) => return Err(TurnError::Ended(o.status)),
+        }
+        let view = self.turn(tenant, session, turn, viewer).await?;
+        match view.status {
+            TurnStatus::Cancelled | TurnStatus::Running => Ok(view),
+            other => Err(TurnError::Ended(other)),
+        }
+    }
+
+    /// A turn whose server died (its lease lapsed): it becomes `interrupted`, its partial reply (the
+    /// deltas it had persisted) is stored, marked, and its `done` event is added. Exactly one reader
+    /// settles it (a conditional write); the others read the result.
+    pub(super) async fn settle_abandoned(&self, mut record: TurnRecord) -> Result<TurnRecord, TurnError> {
+        let (tenant, turn) = (record.tenant_id.clone(), record.turn_id.clone());
+        record.status = TurnStatus::Interrupted;
+        record.updated_at = Timestamp::now();
+        if !self.store.save_turn(&record, &[], &[TurnStatus::Running]).await? {
+            return self.store.get_turn(&tenant, &turn).await?.ok_or_else(|| not_found(&turn));
+        }
+        let partial: String = record
+            .events
+            .iter()
+            .filter(|e| e.event == "delta")
+            .filter_map(|e| e.data.get("text").and_then(Value::as_str))
+            .collect();
+        let reply = ModelReply { text: partial, model: String::new(), usage: None, tool_calls: Vec::new() };
+        let thought = Thought { reply, actions: Vec::new() };
+        let agent_id = messages::agent_message_id(&turn);
+        let new = messages::agent_message(
+            &record.user_id,
+            agent_id,
+            &turn,
+            TurnStatus::Interrupted,
+            &thought,
+            Instant::now(),
+            Some("server_stopped"),
+        );
+        let agent = self.store.append_messages(&tenant, &record.session_id, vec![new]).await?.remove(0).message;
+        let user = self.store.get_message(&tenant, &turn).await?;
+        let mut outcome = messages::outcome(turn.clone(), user, agent);
+        outcome.status = TurnStatus::Interrupted;
+        record.agent_message_id = Some(outcome.agent_message.id.clone());
+        let done =
+            TurnEvent { id: record.last_event_id + 1, event: "done".into(), data: json!(TurnAnswer::from(outcome)) };
+        record.last_event_id = done.id;
+        record.events.push(done.clone());
+        self.store.save_turn(&record, &[done], &[TurnStatus::Interrupted]).await?;
+        Ok(record)
+    }
+}

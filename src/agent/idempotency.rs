@@ -1,0 +1,97 @@
+//! What a retried `Idempotency-Key` finds. Keys are scoped to the tenant and the user (the turn's id
+//! derives from all three) and bound to the request that first used them: the same key with another
+//! message, session or context is refused, and reveals nothing of the first request.
+//!
+//! Same key, same request: a completed turn gives its first answer; a running one answers 409 with
+//! its id (a streamed retry follows its events instead); a failed one runs again on the same stored
+//! user message; an interrupted or cancelled one gives its stored result with that status.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::live::LiveTurn;
+use super::messages;
+use super::turn::{TurnError, TurnRequest};
+use super::{Agent, Started};
+use crate::ids::MessageId;
+use crate::store::{Message, TurnStatus};
+
+pub(super) enum Prior {
+    /// The key is new (or its earlier JSON attempt failed and stored nothing).
+    None,
+    /// What the retry answers with.
+    Started(Started),
+    /// The earlier attempt failed after storing its user message: run again on it.
+    Rerun(Message),
+}
+
+fn same_request(stored: Option<&str>, hash: Option<&str>) -> Result<(), TurnError> {
+    if stored == hash { Ok(()) } else { Err(TurnError::KeyReused) }
+}
+
+impl Agent {
+    pub(super) async fn prior(
+        self: &Arc<Self>,
+        req: &TurnRequest,
+        turn_id: &MessageId,
+        hash: Option<&str>,
+    ) -> Result<Prior, TurnError> {
+        if let Some(live) = self.live.get(turn_id) {
+            if live.result().is_none() {
+                return self.follow_running(req, live, hash).map(Prior::Started);
+            }
+        }
+        if let Some(record) = self.store.get_turn(&req.tenant, turn_id).await? {
+            same_request(record.request_hash.as_deref(), hash)?;
+            let record = match record.status {
+                TurnStatus::Running if !self.abandoned(&record) => {
+                    if !req.stream {
+                        return Err(TurnError::InProgress(turn_id.clone()));
+                    }
+                    return Ok(Prior::Started(Started::Elsewhere(self.stored_events(record, 0))));
+                }
+                TurnStatus::Running => self.settle_abandoned(record).await?,
+                _ => record,
+            };
+            let user = self.store.get_message(&req.tenant, turn_id).await?;
+            let agent = match &record.agent_message_id {
+                Some(id) => self.store.get_message(&req.tenant, id).await?,
+                None => None,
+            };
+            return Ok(match (user, agent) {
+                (Some(user), Some(agent)) if record.status != TurnStatus::Failed => {
+                    let mut outcome = messages::outcome(turn_id.clone(), Some(user), agent);
+                    if matches!(record.status, TurnStatus::Interrupted | TurnStatus::Cancelled) {
+                        outcome.status = record.status;
+                    }
+                    Prior::Started(Started::Replayed(Box::new(outcome)))
+                }
+                (Some(user), _) => Prior::Rerun(user),
+                (None, _) => Prior::None,
+            });
+        }
+        let Some(user) = self.store.get_message(&req.tenant, turn_id).await? else {
+            return Ok(Prior::None);
+        };
+        let stored_hash = user.metadata.as_ref().and_then(|m| m.get("requestHash")).and_then(Value::as_str);
+        same_request(stored_hash, hash)?;
+        Ok(match self.store.get_message(&req.tenant, &messages::agent_message_id(turn_id)).await? {
+            Some(agent) => {
+                Prior::Started(Started::Replayed(Box::new(messages::outcome(turn_id.clone(), Some(user), agent))))
+            }
+            None => Prior::Rerun(user),
+        })
+    }
+
+    /// A retry of a turn running in this process: a stream follows it, a JSON request is told to wait.
+    pub(super) fn follow_running(
+        &self,
+        req: &TurnRequest,
+        live: Arc<LiveTurn>,
+        hash: Option<&str>,
+    ) -> Result<Started, TurnError> {
+        same_request(live.request_hash.as_deref(), hash)?;
+        if req.stream { Ok(Started::Live(live)) } else { Err(TurnError::InProgress(live.turn_id.clone())) }
+    }
+}

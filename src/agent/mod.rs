@@ -1,0 +1,139 @@
+//! The agent turn, a resource with one lifecycle: it starts (`start`), runs in a task of its own
+//! whatever its client does, sends numbered events that a client can follow and reconnect to, and
+//! ends `completed`, `awaiting_approval`, `failed`, `interrupted` or `cancelled`. The JSON turn, the
+//! streamed turn and the turn that continues after an approval are the same flow with different
+//! outputs.
+//!
+//! - `flow`: one session-resolution path and one write protocol for every turn;
+//! - `thinking`: the model call and the tool loop;
+//! - `approvals`: deciding pending actions, exactly once, and the turn that follows;
+//! - `idempotency`: what a retried `Idempotency-Key` finds;
+//! - `follow`: reading a turn (its record, its events) and cancelling it, here or on another server;
+//! - `live`: the turns running in this process; `messages`: how a turn is recorded in its messages.
+
+mod approvals;
+mod flow;
+mod follow;
+mod idempotency;
+mod live;
+mod messages;
+mod thinking;
+mod turn;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use follow::{TurnEvents, TurnView, replayed_events};
+pub use live::LiveTurn;
+pub use turn::{OnDisconnect, StopReason, TurnAnswer, TurnError, TurnOutcome, TurnRequest};
+
+use crate::ids::{SessionId, TenantId, UserId};
+use crate::llm::Provider;
+use crate::store::{ConversationStore, Deleted};
+use crate::tools::Toolbox;
+
+/// How the agent behaves, from the configuration.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub system_prompt: String,
+    pub history_max_messages: usize,
+    pub session_idle: Duration,
+    pub llm_timeout: Duration,
+    /// How long a turn's events can be replayed (`TURN_EVENTS_TTL_HOURS`).
+    pub turn_events_ttl: Duration,
+}
+
+impl AgentSettings {
+    /// Settings for tests and tools: the given prompt, 50 messages of history, 30 idle minutes.
+    pub fn new(system_prompt: impl Into<String>) -> Self {
+        AgentSettings {
+            system_prompt: system_prompt.into(),
+            history_max_messages: 50,
+            session_idle: Duration::from_secs(1800),
+            llm_timeout: Duration::from_secs(60),
+            turn_events_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// What starting a turn gave.
+pub enum Started {
+    /// The turn runs (or, for a retried `Idempotency-Key`, was already running here).
+    Live(Arc<LiveTurn>),
+    /// A retried `Idempotency-Key` whose turn had ended: its stored result.
+    Replayed(Box<TurnOutcome>),
+    /// A retried `Idempotency-Key` whose turn runs on another server: follow its stored events.
+    Elsewhere(TurnEvents),
+}
+
+type SessionStartLock = Arc<tokio::sync::Mutex<()>>;
+
+pub struct Agent {
+    store: Arc<dyn ConversationStore>,
+    provider: Provider,
+    tools: Toolbox,
+    settings: AgentSettings,
+    live: Arc<live::LiveTurns>,
+    /// Held while a user's turn finds or starts their active session, so that concurrent first
+    /// turns of one user end in one session.
+    session_starts: Mutex<HashMap<(TenantId, UserId), SessionStartLock>>,
+}
+
+impl Agent {
+    pub fn new(store: Arc<dyn ConversationStore>, provider: Provider, settings: AgentSettings) -> Self {
+        Self::with_tools(store, provider, settings, Toolbox::empty())
+    }
+
+    pub fn with_tools(
+        store: Arc<dyn ConversationStore>,
+        provider: Provider,
+        settings: AgentSettings,
+        tools: Toolbox,
+    ) -> Self {
+        Self { store, provider, tools, settings, live: Arc::default(), session_starts: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn store(&self) -> &Arc<dyn ConversationStore> {
+        &self.store
+    }
+
+    pub fn provider(&self) -> &Provider {
+        &self.provider
+    }
+
+    /// Asks every running turn to stop now and store what it has (the shutdown deadline passed).
+    pub fn stop_streams(&self) {
+        self.live.stop_all(StopReason::Shutdown);
+    }
+
+    /// The lock that makes one user's session start one at a time.
+    fn session_start_lock(&self, tenant: &TenantId, user: &UserId) -> SessionStartLock {
+        let mut locks = self.session_starts.lock().unwrap_or_else(|p| p.into_inner());
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        locks.entry((tenant.clone(), user.clone())).or_default().clone()
+    }
+
+    /// Deletes a session and its messages. Erasure wins: the turns running on it are stopped and
+    /// store nothing, now or later.
+    pub async fn erase_session(&self, tenant: &TenantId, session: &SessionId) -> Result<Option<usize>, TurnError> {
+        let running = self.live.begin_erasure(tenant, None, Some(session));
+        for turn in running {
+            let _ = turn.finished().await;
+        }
+        let result = self.store.delete_session(tenant, session).await;
+        self.live.end_erasure(tenant, None, Some(session));
+        Ok(result?)
+    }
+
+    /// Deletes every session and message of a user, with the same guarantee as `erase_session`.
+    pub async fn erase_user(&self, tenant: &TenantId, user: &UserId) -> Result<Deleted, TurnError> {
+        let running = self.live.begin_erasure(tenant, Some(user), None);
+        for turn in running {
+            let _ = turn.finished().await;
+        }
+        let result = self.store.delete_user(tenant, user).await;
+        self.live.end_erasure(tenant, Some(user), None);
+        Ok(result?)
+    }
+}

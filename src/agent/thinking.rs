@@ -1,0 +1,118 @@
+//! The model's side of a turn: the model call with its timeout and metrics, and the tool loop.
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::Agent;
+use super::turn::TurnError;
+use crate::ids::{LocationId, TenantId, UserId};
+use crate::llm::{Deltas, ModelError, ModelReply, ModelRequest, StreamItem, Usage};
+use crate::store::{Action, ActionStatus};
+use crate::tools::{ToolCall, ToolContext, ToolResult, ToolStep, action_record};
+
+/// The model's final reply for a turn and every tool call it made on the way.
+pub(super) struct Thought {
+    pub reply: ModelReply,
+    pub actions: Vec<Action>,
+}
+
+impl Agent {
+    pub(super) async fn call_model(
+        &self,
+        request: &ModelRequest,
+        deltas: Option<&Deltas>,
+    ) -> Result<ModelReply, ModelError> {
+        let timeout = self.settings.llm_timeout;
+        let started = Instant::now();
+        let result = match tokio::time::timeout(timeout, self.provider.complete(request, deltas)).await {
+            Ok(result) => result,
+            Err(_) => Err(ModelError::Timeout(timeout)),
+        };
+        let tokens = result.as_ref().ok().and_then(|r| r.usage).map(|u| (u.input_tokens, u.output_tokens));
+        crate::telemetry::model_call(self.provider.label(), result.is_ok(), started.elapsed(), tokens);
+        result
+    }
+
+    /// The model's answer, with the tool loop: tool calls are run (in parallel) and their results
+    /// given back, up to `AGENT_MAX_TOOL_STEPS` rounds; calls that need approval stop the turn.
+    pub(super) async fn think(
+        &self,
+        mut request: ModelRequest,
+        ctx: &ToolContext,
+        progress: Option<&Deltas>,
+    ) -> Result<Thought, TurnError> {
+        let mut actions = Vec::new();
+        let mut usage: Option<Usage> = None;
+        for step in 0.. {
+            let mut reply = self.call_model(&request, progress).await?;
+            if let Some(u) = reply.usage {
+                let total = usage.get_or_insert_with(Usage::default);
+                total.input_tokens += u.input_tokens;
+                total.output_tokens += u.output_tokens;
+            }
+            reply.usage = usage;
+            if reply.tool_calls.is_empty() {
+                return Ok(Thought { reply, actions });
+            }
+            if step >= self.tools.max_steps {
+                let note = format!(
+                    "I stopped after {} rounds of tool calls (AGENT_MAX_TOOL_STEPS) without a final answer.",
+                    self.tools.max_steps
+                );
+                reply.text = if reply.text.is_empty() { note } else { format!("{}\n\n{note}", reply.text) };
+                reply.tool_calls.clear();
+                return Ok(Thought { reply, actions });
+            }
+            for (i, call) in reply.tool_calls.iter_mut().enumerate() {
+                if call.id.is_empty() {
+                    call.id = format!("call_{}_{}", step + 1, i + 1);
+                }
+                // Action ids are unique across turns, so approvals can find them.
+                call.id = format!("{}-{}", uuid::Uuid::now_v7().simple(), call.id);
+            }
+            let calls = std::mem::take(&mut reply.tool_calls);
+            let (pending, runnable): (Vec<_>, Vec<_>) =
+                calls.iter().cloned().partition(|c| self.tools.needs_approval(c));
+            for c in &calls {
+                if let Some(p) = progress {
+                    p.event(StreamItem::ToolCall(json!({"id": c.id, "tool": c.name, "arguments": c.arguments})));
+                }
+            }
+            let results = futures::future::join_all(runnable.iter().map(|c| self.run_tool(c, ctx))).await;
+            for (c, r) in runnable.iter().zip(&results) {
+                let status = if r.is_error { ActionStatus::Failed } else { ActionStatus::Done };
+                let action = action_record(c, status, Some(r));
+                if let Some(p) = progress {
+                    p.event(StreamItem::ToolResult(action.to_json()));
+                }
+                actions.push(action);
+            }
+            if !pending.is_empty() {
+                let wanted: Vec<String> = pending.iter().map(|c| format!("{}({})", c.name, c.arguments)).collect();
+                let note = format!("I would like to run {}. Please approve or reject.", wanted.join(", "));
+                reply.text = if reply.text.is_empty() { note } else { format!("{}\n\n{note}", reply.text) };
+                if let Some(p) = progress {
+                    p.send(format!("\n\n{}", wanted.join(", ")));
+                }
+                actions.extend(pending.iter().map(|c| action_record(c, ActionStatus::PendingApproval, None)));
+                return Ok(Thought { reply, actions });
+            }
+            request.steps.push(ToolStep { text: reply.text.clone(), calls: runnable, results });
+        }
+        unreachable!("the loop returns")
+    }
+
+    pub(super) async fn run_tool(&self, call: &ToolCall, ctx: &ToolContext) -> ToolResult {
+        match self.tools.run(call, ctx).await {
+            Ok(content) => ToolResult { call_id: call.id.clone(), content, is_error: false },
+            Err(e) => {
+                ToolResult { call_id: call.id.clone(), content: json!({"error": e.0}).to_string(), is_error: true }
+            }
+        }
+    }
+
+    pub(super) fn tool_context(tenant: &TenantId, user: &UserId, location: Option<&LocationId>) -> ToolContext {
+        ToolContext { tenant: tenant.clone(), user: user.clone(), location: location.cloned() }
+    }
+}

@@ -1,0 +1,182 @@
+//! What a turn is asked to do, what it gives back, and why it can fail.
+
+use serde_json::{Map, Value};
+
+use crate::ids::{IdempotencyKey, LocationId, MessageId, SessionId, TenantId, UserId};
+use crate::llm::ModelError;
+use crate::store::{Action, ActionStatus, Message, Metadata, StoreError, TurnStatus};
+
+/// What happens to a turn when its client goes away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDisconnect {
+    /// The turn completes and is stored; the client reconnects to its events or reads it.
+    #[default]
+    Continue,
+    /// The turn stops; the partial reply is stored, marked `interrupted`.
+    Cancel,
+}
+
+/// One user message for the agent.
+#[derive(Debug, Clone)]
+pub struct TurnRequest {
+    pub tenant: TenantId,
+    pub user: UserId,
+    pub location: Option<LocationId>,
+    pub message: String,
+    pub session_id: Option<SessionId>,
+    pub context: Option<Map<String, Value>>,
+    pub metadata: Option<Metadata>,
+    pub idempotency_key: Option<IdempotencyKey>,
+    pub on_disconnect: OnDisconnect,
+    /// Whether the client follows the turn's events (the model streams), or waits for the answer.
+    pub stream: bool,
+}
+
+/// A finished turn: its stored messages (no user message for the turn that continues after an
+/// approval decision).
+#[derive(Debug, Clone)]
+pub struct TurnOutcome {
+    pub turn_id: MessageId,
+    pub status: TurnStatus,
+    pub session_id: SessionId,
+    pub user_message: Option<Message>,
+    pub agent_message: Message,
+}
+
+impl TurnOutcome {
+    /// Every tool call of the turn, as stored in the agent message's `metadata.actions`.
+    pub fn actions(&self) -> Vec<Value> {
+        self.agent_message
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("actions"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Whether an action of the turn waits for a person.
+    pub fn awaits_approval(&self) -> bool {
+        Action::all_in(self.agent_message.metadata.as_ref()).iter().any(|a| a.status == ActionStatus::PendingApproval)
+    }
+}
+
+/// A turn's answer: the JSON body of `POST /agent/process` and the data of the `done` event.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnAnswer {
+    #[schema(value_type = String)]
+    pub session_id: SessionId,
+    /// The turn's id (also its user message's id).
+    #[schema(value_type = String)]
+    pub turn_id: MessageId,
+    pub status: TurnStatus,
+    /// `approval_required` when an action waits for a person's decision, `automatic` otherwise (the
+    /// original server's field).
+    pub decision_level: &'static str,
+    /// The agent's reply text.
+    pub response: String,
+    /// The stored user message (absent in the answer to an approval decision).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_message: Option<Message>,
+    pub agent_message: Message,
+    /// Every tool call of the turn: `{id, tool, arguments, status, summary}`, status one of `done`,
+    /// `failed`, `pending_approval`, `rejected`.
+    #[schema(value_type = Vec<Object>)]
+    pub actions: Vec<Value>,
+}
+
+impl From<TurnOutcome> for TurnAnswer {
+    fn from(t: TurnOutcome) -> Self {
+        TurnAnswer {
+            decision_level: if t.awaits_approval() { "approval_required" } else { "automatic" },
+            actions: t.actions(),
+            session_id: t.session_id,
+            turn_id: t.turn_id,
+            status: t.status,
+            response: t.agent_message.content.clone(),
+            user_message: t.user_message,
+            agent_message: t.agent_message,
+        }
+    }
+}
+
+/// Why a turn did not finish.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TurnError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A request with the same `Idempotency-Key` is still running.
+    #[error("a request with this Idempotency-Key is still in progress (turn {0}); retry later or follow its events")]
+    InProgress(MessageId),
+    /// The `Idempotency-Key` was first used for another request.
+    #[error("this Idempotency-Key was used for a different request; use a new key for a new request")]
+    KeyReused,
+    /// The turn's user or session was erased while it ran; nothing of it is stored.
+    #[error("the conversation was deleted while the turn ran")]
+    Erased,
+    /// The turn's events are past `TURN_EVENTS_TTL_HOURS`.
+    #[error("this turn's events are past their retention (TURN_EVENTS_TTL_HOURS)")]
+    Gone,
+    /// The turn has ended (with this status), so it cannot be cancelled.
+    #[error("the turn has already ended with status {}", .0.as_str())]
+    Ended(TurnStatus),
+}
+
+impl TurnError {
+    /// The error's code in API answers and turn events.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TurnError::Store(e) => e.code(),
+            TurnError::Model(ModelError::Failed(_)) => "model_provider_error",
+            TurnError::Model(ModelError::Timeout(_)) => "model_timeout",
+            TurnError::InProgress(_) => "idempotency_in_progress",
+            TurnError::KeyReused => "idempotency_key_reused",
+            TurnError::Erased => "erased",
+            TurnError::Gone => "gone",
+            TurnError::Ended(_) => "turn_ended",
+        }
+    }
+
+    /// What a client may be told (internal details stay in the log).
+    pub fn public_message(&self) -> String {
+        match self {
+            TurnError::Store(e) => e.public_message(),
+            TurnError::Model(e @ ModelError::Timeout(_)) => format!("{e} (LLM_TIMEOUT_SECONDS)"),
+            other => other.to_string(),
+        }
+    }
+
+    /// The `error` event of a turn that failed.
+    pub fn event_data(&self) -> Value {
+        serde_json::json!({"error": {"code": self.code(), "message": self.public_message()}})
+    }
+}
+
+/// Why a running turn was asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// `POST .../turns/{turnId}/cancel`.
+    Cancelled,
+    /// Its client went away and asked for `onDisconnect: cancel`.
+    ClientGone,
+    /// The server's shutdown deadline passed.
+    Shutdown,
+    /// Its user or session is being erased: nothing more is stored.
+    Erased,
+}
+
+impl StopReason {
+    /// The `metadata.interrupted` of the partial reply, and the turn's status.
+    pub fn marks(self) -> (&'static str, TurnStatus) {
+        match self {
+            StopReason::Cancelled => ("cancelled", TurnStatus::Cancelled),
+            StopReason::ClientGone => ("client_disconnected", TurnStatus::Interrupted),
+            StopReason::Shutdown => ("shutdown", TurnStatus::Interrupted),
+            StopReason::Erased => ("erased", TurnStatus::Cancelled),
+        }
+    }
+}
