@@ -362,7 +362,7 @@ impl Config {
             system_prompt: var("AGENT_SYSTEM_PROMPT").unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.into()),
             history_max_messages: parse_num("HISTORY_MAX_MESSAGES", 50usize, 0)?,
             session_idle: Duration::from_secs(60 * parse_num("SESSION_IDLE_MINUTES", 30u64, 0)?),
-            turn_events_ttl: Duration::from_secs(3600 * parse_num("TURN_EVENTS_TTL_HOURS", 24u64, 1)?),
+            turn_events_ttl: Duration::from_secs(3600 * parse_num("TURN_EVENTS_TTL_HOURS", 24u64, 0)?),
             max_body_bytes: parse_num("MAX_BODY_BYTES", 1024 * 1024usize, 1024)?,
             max_message_chars: parse_num("MAX_MESSAGE_CHARS", 32_000usize, 1)?,
             llm_timeout,

@@ -340,3 +340,35 @@ async fn openai_streamed_tool_calls_are_assembled_from_fragments() {
     assert!(text.contains("tool results:"), "{text}");
     assert_eq!(calls.log.lock().unwrap()[0]["path"], "/resources/customers/c1");
 }
+
+/// An approved tool ran, then the model's follow-up failed: the approval can be retried, and the
+/// retry runs only the follow-up, never the tool again. Approvals also find actions however many
+/// messages came after them.
+#[tokio::test]
+async fn a_retried_approval_runs_only_the_follow_up_and_old_actions_can_be_decided() {
+    let model = OpenAiMock::start().await;
+    let (api, calls) = business_api().await;
+    let s = server(&model, &api, &[]).await;
+    // The model fails once on each new text holding the marker: the turn asking for the tool, then
+    // the follow-up (whose note quotes the tool's arguments).
+    let create = json!([{"name": "create_resource", "arguments": {"resourceType": "appointments", "data": {"note": "[fail-once]"}}}]);
+    let failed = turn_request(&s, "acme", "u1").json(&json!({"message": tools(create.clone())})).send().await.unwrap();
+    assert_eq!(failed.status(), StatusCode::BAD_GATEWAY);
+    let r = ask(&s, &tools(create)).await;
+    let (session, id) =
+        (r["sessionId"].as_str().unwrap().to_string(), r["actions"][0]["id"].as_str().unwrap().to_string());
+    // Many turns later, the action is still found.
+    for i in 0..30 {
+        ask(&s, &format!("filler {i}")).await;
+    }
+    let approve = || request(&s, "POST", &format!("/agent/conversations/acme/sessions/{session}/actions/{id}/approve"));
+    let first = approve().send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::BAD_GATEWAY, "the follow-up failed");
+    assert_eq!(calls.log.lock().unwrap().len(), 1, "the tool ran");
+    let retried = ok(approve()).await;
+    assert_eq!(retried["actions"][0]["status"], "done", "{retried}");
+    assert_eq!(retried["status"], "completed");
+    assert_eq!(calls.log.lock().unwrap().len(), 1, "the tool never runs twice");
+    // Now the follow-up is stored: a third approval is a conflict.
+    assert_eq!(approve().send().await.unwrap().status(), StatusCode::CONFLICT);
+}

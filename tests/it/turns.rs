@@ -26,7 +26,26 @@ on_both_backends!(
     an_interrupted_turn_is_never_replayed_as_completed,
     erasure_wins_over_a_running_turn,
     concurrent_first_turns_of_a_user_end_in_one_session,
+    events_past_their_retention_are_gone,
 );
+
+/// With `TURN_EVENTS_TTL_HOURS=0`, a finished turn's events are gone at once (410); the turn and its
+/// messages stay readable.
+async fn events_past_their_retention_are_gone(backend: &str) {
+    let s = TestServer::start(backend, &[("TURN_EVENTS_TTL_HOURS", "0")]).await;
+    let answer = ok(turn_request(&s, "t1", "u1").json(&json!({"message": "hello"}))).await;
+    let (turn, sid) = (answer["turnId"].as_str().unwrap(), answer["sessionId"].as_str().unwrap());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (code, _) = expect_error(request(&s, "GET", &(turn_path("t1", sid, turn) + "/events")), StatusCode::GONE).await;
+    assert_eq!(code, "gone");
+    assert_eq!(ok_json(get(&s, &turn_path("t1", sid, turn)).await).await["status"], "completed");
+    // A streamed turn's record too.
+    let r = turn_request(&s, "t1", "u1").json(&json!({"message": "again", "stream": true})).send().await.unwrap();
+    let events = parse_sse_ids(&events_text(r).await);
+    let turn = events[0].2["turnId"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    expect_error(request(&s, "GET", &(turn_path("t1", sid, &turn) + "/events")), StatusCode::GONE).await;
+}
 
 const SLOW: (&str, &str) = ("ECHO_CHUNK_DELAY_MS", "150");
 
