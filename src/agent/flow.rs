@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::sync::{OwnedMutexGuard, mpsc};
+use tokio::sync::OwnedMutexGuard;
 
 use super::live::LiveTurn;
 use super::messages;
@@ -21,13 +21,9 @@ use super::thinking::Thought;
 use super::turn::{StopReason, TurnAnswer, TurnError, TurnOutcome, TurnRequest};
 use super::{Agent, Started};
 use crate::ids::{MessageId, SessionId};
-use crate::llm::{Deltas, ModelReply, ModelRequest, StreamItem};
-use crate::store::{
-    Message, NewMessage, NewSession, Session, StoreError, TurnEvent, TurnRecord, TurnStatus, complete_history,
-    history_query,
-};
+use crate::llm::{ModelReply, ModelRequest};
+use crate::store::{Message, NewMessage, NewSession, Session, StoreError, TurnStatus, complete_history, history_query};
 use crate::timestamp::{self, Timestamp};
-use crate::tools::ToolContext;
 
 /// How often a streamed turn persists its new events (and renews its lease).
 pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -35,7 +31,7 @@ pub(super) const FLUSH_EVERY: Duration = Duration::from_millis(250);
 pub(super) const LEASE: Duration = Duration::from_secs(10);
 
 /// Where a turn goes.
-enum Place {
+pub(super) enum Place {
     /// An existing session (given, the user's active one, or the one of a retried user message).
     Continue(SessionId),
     /// A new session, closing the user's idle one; the lock keeps other first turns of the user out.
@@ -43,7 +39,7 @@ enum Place {
 }
 
 /// How the model's part ended.
-enum Thinking {
+pub(super) enum Thinking {
     Done(Thought),
     Failed(TurnError),
     Stopped(StopReason, String),
@@ -129,7 +125,7 @@ impl Agent {
         }
     }
 
-    fn new_session(req: &TurnRequest) -> NewSession {
+    pub(super) fn new_session(req: &TurnRequest) -> NewSession {
         NewSession {
             tenant_id: req.tenant.clone(),
             user_id: req.user.clone(),
@@ -254,180 +250,6 @@ impl Agent {
             self.save_record(&mut rec, events).await;
         }
         Ok(outcome)
-    }
-
-    /// A streamed turn's start: its user message (in a new session when it starts one) and its record
-    /// are stored, then the `session` event is sent.
-    #[allow(clippy::too_many_arguments)]
-    async fn open_stream(
-        &self,
-        live: &Arc<LiveTurn>,
-        req: &TurnRequest,
-        place: &mut Place,
-        user_new: &NewMessage,
-        stamps: &[Timestamp],
-        resumed: bool,
-        hash: Option<&str>,
-    ) -> Result<(Message, TurnRecord), TurnError> {
-        let turn_id = &live.turn_id;
-        let message = match place {
-            Place::Continue(id) if resumed => {
-                self.store.get_message(&req.tenant, turn_id).await?.ok_or_else(|| StoreError::session_not_found(id))?
-            }
-            Place::Continue(id) => {
-                let m = user_new.clone().into_message(&req.tenant, id, stamps[0].clone());
-                self.store.put_messages(&req.tenant, id, vec![m]).await?.remove(0).message
-            }
-            Place::New { idle, .. } => {
-                if let Some(idle) = idle.take() {
-                    self.store.close_session(&req.tenant, &idle.id).await?;
-                }
-                let (session, mut stored) =
-                    self.store.create_session_with(Self::new_session(req), vec![user_new.clone()]).await?;
-                live.set_session(&session.id);
-                let message = stored.remove(0);
-                // The session exists now: later first turns of the user continue it.
-                *place = Place::Continue(session.id);
-                message
-            }
-        };
-        let now = Timestamp::now();
-        let record = TurnRecord {
-            turn_id: turn_id.clone(),
-            tenant_id: req.tenant.clone(),
-            session_id: message.session_id.clone(),
-            user_id: req.user.clone(),
-            status: TurnStatus::Running,
-            agent_message_id: None,
-            error: None,
-            last_event_id: 0,
-            created_at: now.clone(),
-            updated_at: now,
-            request_hash: hash.map(str::to_string),
-            lease_until: now_millis() + LEASE.as_millis() as i64,
-            expires_at: timestamp::epoch_seconds() + self.settings.turn_events_ttl.as_secs() as i64,
-            events: Vec::new(),
-        };
-        if resumed {
-            // The failed attempt's record and events give way to this attempt's.
-            self.store.delete_turn(&req.tenant, turn_id, &[]).await?;
-        }
-        let session = live.push("session", session_event(&message.session_id, turn_id, Some(&message)));
-        let mut record = record;
-        record.last_event_id = session.id;
-        record.events = vec![session];
-        self.store.create_turn(&record).await?;
-        record.events.clear();
-        Ok((message, record))
-    }
-
-    /// Follows the model: its progress becomes events (persisted every 250 ms for a streamed turn,
-    /// which also learns there that it was cancelled or erased elsewhere), and a stop ends it.
-    async fn follow_model(
-        &self,
-        live: &Arc<LiveTurn>,
-        stream: bool,
-        request: ModelRequest,
-        ctx: &ToolContext,
-        mut record: Option<&mut TurnRecord>,
-    ) -> Thinking {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let progress = Deltas::new(tx);
-        let thinking = self.think(request, ctx, stream.then_some(&progress));
-        tokio::pin!(thinking);
-        let stopped = live.stopped();
-        tokio::pin!(stopped);
-        let mut partial = String::new();
-        let mut unsaved: Vec<TurnEvent> = Vec::new();
-        let mut tick = tokio::time::interval(FLUSH_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_write = Instant::now();
-        let record_event = |item: StreamItem, partial: &mut String, unsaved: &mut Vec<TurnEvent>| {
-            let event = match item {
-                StreamItem::Delta(text) => {
-                    partial.push_str(&text);
-                    live.push("delta", json!({"text": text}))
-                }
-                StreamItem::ToolCall(v) => live.push("tool_call", v),
-                StreamItem::ToolResult(v) => live.push("tool_result", v),
-            };
-            unsaved.push(event);
-        };
-        let result = loop {
-            tokio::select! {
-                biased;
-                reason = &mut stopped => {
-                    while let Ok(item) = rx.try_recv() {
-                        record_event(item, &mut partial, &mut unsaved);
-                    }
-                    break Thinking::Stopped(reason, partial);
-                }
-                Some(item) = rx.recv() => record_event(item, &mut partial, &mut unsaved),
-                result = &mut thinking => {
-                    while let Ok(item) = rx.try_recv() {
-                        record_event(item, &mut partial, &mut unsaved);
-                    }
-                    break match result {
-                        Ok(thought) => Thinking::Done(thought),
-                        Err(e) => Thinking::Failed(e),
-                    };
-                }
-                _ = tick.tick(), if record.is_some() => {
-                    let due = !unsaved.is_empty() || last_write.elapsed() >= LEASE / 4;
-                    if let (true, Some(rec)) = (due, record.as_deref_mut()) {
-                        last_write = Instant::now();
-                        if let Some(reason) = self.flush(rec, &mut unsaved).await {
-                            live.stop(reason);
-                        }
-                    }
-                }
-            }
-        };
-        if let Some(rec) = record {
-            rec.events = unsaved;
-        }
-        result
-    }
-
-    /// Persists a running turn's new events and renews its lease. When the stored record no longer
-    /// says `running`, why the turn must stop: cancelled through another server, or erased.
-    async fn flush(&self, record: &mut TurnRecord, events: &mut Vec<TurnEvent>) -> Option<StopReason> {
-        if let Some(last) = events.last() {
-            record.last_event_id = last.id;
-        }
-        record.updated_at = Timestamp::now();
-        record.lease_until = now_millis() + LEASE.as_millis() as i64;
-        match self.store.save_turn(record, events, &[TurnStatus::Running]).await {
-            Ok(true) => {
-                events.clear();
-                None
-            }
-            Ok(false) => match self.store.get_turn(&record.tenant_id, &record.turn_id).await {
-                Ok(Some(stored)) if stored.status == TurnStatus::Cancelled => Some(StopReason::Cancelled),
-                Ok(Some(_)) => None,
-                Ok(None) => Some(StopReason::Erased),
-                Err(_) => None,
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, turn = %record.turn_id, "could not persist the turn's events");
-                None
-            }
-        }
-    }
-
-    /// Saves a turn record's final state with its last events (a record cancelled elsewhere keeps
-    /// that status).
-    async fn save_record(&self, record: &mut TurnRecord, new: Vec<TurnEvent>) {
-        let mut events = std::mem::take(&mut record.events);
-        events.extend(new);
-        if let Some(last) = events.last() {
-            record.last_event_id = last.id;
-        }
-        record.updated_at = Timestamp::now();
-        let from = [TurnStatus::Running, TurnStatus::Cancelled];
-        if let Err(e) = self.store.save_turn(record, &events, &from).await {
-            tracing::warn!(error = %e, turn = %record.turn_id, "could not save the turn's record");
-        }
     }
 
     /// The one write of a turn's result.

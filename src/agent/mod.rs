@@ -5,6 +5,7 @@
 //! outputs.
 //!
 //! - `flow`: one session-resolution path and one write protocol for every turn;
+//! - `progress`: a turn while the model works: its events, its record and lease, its stop signals;
 //! - `thinking`: the model call and the tool loop;
 //! - `approvals`: deciding pending actions, exactly once, and the turn that follows;
 //! - `idempotency`: what a retried `Idempotency-Key` finds;
@@ -17,6 +18,7 @@ mod follow;
 mod idempotency;
 mod live;
 mod messages;
+mod progress;
 mod thinking;
 mod turn;
 
