@@ -18,7 +18,8 @@ use crate::tools::{McpServers, Toolbox};
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = crate::telemetry::install()?;
     let store = crate::store::open(&config.storage, config.retention).await?;
-    if config.retention.0.is_some() {
+    // Expired messages (with MESSAGE_TTL_DAYS) and turn records past TURN_EVENTS_TTL_HOURS.
+    {
         let store = store.clone();
         tokio::spawn(async move {
             loop {

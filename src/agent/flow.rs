@@ -183,7 +183,8 @@ impl Agent {
                 }
             }
         }
-        let location = before.as_ref().and_then(|s| s.location_id.clone()).or(req.location.clone());
+        // Tools act for the location this turn names; the session's own when the turn names none.
+        let location = req.location.clone().or_else(|| before.as_ref().and_then(|s| s.location_id.clone()));
         let ctx = Self::tool_context(&req.tenant, &req.user, location.as_ref());
         let request = self.model_request(req.message.clone(), history, Some(req));
         let thinking = self.follow_model(live, req.stream, request, &ctx, record.as_mut()).await;

@@ -34,7 +34,11 @@ impl JwtVerifier {
         let mut v = Validation::new(alg);
         v.validate_nbf = true;
         v.leeway = 30;
-        v.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience must be present in the token, not only match when present.
+        let mut required = vec!["exp"];
+        required.extend(self.config.issuer.as_ref().map(|_| "iss"));
+        required.extend(self.config.audience.as_ref().map(|_| "aud"));
+        v.set_required_spec_claims(&required);
         match &self.config.issuer {
             Some(iss) => v.set_issuer(&[iss]),
             None => v.iss = None,

@@ -96,7 +96,7 @@ fn wants_stream(headers: &HeaderMap, body: &ProcessRequest) -> bool {
         ("x-tenant-id" = String, Header, description = "Tenant id"),
         ("x-user-id" = String, Header, description = "User id"),
         ("x-location-id" = Option<String>, Header, description = "Location id, stored on a new session"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, per tenant"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, per tenant and user, bound to this request (message, sessionId, context)"),
     ),
     responses(
         (status = 200, description = "The agent's reply (or an SSE stream of events: session, delta, tool_call, tool_result, done, error; each with an id for Last-Event-ID)", body = TurnAnswer),

@@ -155,6 +155,13 @@ async fn jwt_with_a_shared_secret_enforces_claims() {
     bad.push(("not yet valid", hs256(with("nbf", json!(now() + 3600)))));
     bad.push(("wrong issuer", hs256(with("iss", json!("https://evil.test")))));
     bad.push(("wrong audience", hs256(with("aud", json!("other")))));
+    let without = |k: &str| {
+        let mut c = good.clone();
+        c.as_object_mut().unwrap().remove(k);
+        c
+    };
+    bad.push(("no issuer, when one is configured", hs256(without("iss"))));
+    bad.push(("no audience, when one is configured", hs256(without("aud"))));
     bad.push((
         "no tenant",
         hs256(json!({"sub": "u1", "exp": now() + 600, "iss": "https://issuer.test", "aud": "agent-server"})),
@@ -197,6 +204,12 @@ async fn jwt_with_a_shared_secret_enforces_claims() {
         ("POST", format!("/agent/conversations/acme/sessions/{sid}/close")),
         ("DELETE", format!("/agent/conversations/acme/sessions/{sid}")),
         ("POST", format!("/agent/conversations/acme/sessions/{sid}/actions/a1/approve")),
+        ("GET", format!("/agent/conversations/acme/sessions/{sid}/turns/{}", reply["turnId"].as_str().unwrap())),
+        ("GET", format!("/agent/conversations/acme/sessions/{sid}/turns/{}/events", reply["turnId"].as_str().unwrap())),
+        (
+            "POST",
+            format!("/agent/conversations/acme/sessions/{sid}/turns/{}/cancel", reply["turnId"].as_str().unwrap()),
+        ),
     ] {
         let r = send(&s, method, &path, Some(&other), &[], None).await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{method} {path}");

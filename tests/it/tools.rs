@@ -372,3 +372,21 @@ async fn a_retried_approval_runs_only_the_follow_up_and_old_actions_can_be_decid
     // Now the follow-up is stored: a third approval is a conflict.
     assert_eq!(approve().send().await.unwrap().status(), StatusCode::CONFLICT);
 }
+
+/// A tool call acts for the location the turn names, even on a session started at another one.
+#[tokio::test]
+async fn tools_use_the_turns_location_on_a_continued_session() {
+    let model = OpenAiMock::start().await;
+    let (api, calls) = business_api().await;
+    let s = server(&model, &api, &[]).await;
+    let first = ask(&s, "hello from downtown").await;
+    let list = json!([{"name": "list_resources", "arguments": {"resourceType": "customers"}}]);
+    let r = ok(turn_request(&s, "acme", "u1")
+        .header("x-location-id", "uptown")
+        .json(&json!({"message": tools(list), "sessionId": first["sessionId"]})))
+    .await;
+    assert_eq!(r["sessionId"], first["sessionId"]);
+    let log = calls.log.lock().unwrap().clone();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0]["headers"]["x-location-id"], "uptown");
+}
