@@ -179,9 +179,10 @@ where
 }
 
 impl Config {
-    /// Loads `.env` (when present) into the environment, then reads the configuration.
+    /// Loads `.env` of the working directory (when present; never a parent's) into the environment,
+    /// then reads the configuration.
     pub fn load() -> Result<Self, ConfigError> {
-        match dotenvy::dotenv() {
+        match dotenvy::from_path(".env") {
             Ok(_) => {}
             Err(e) if e.not_found() => {}
             Err(e) => return Err(err(".env", e.to_string())),

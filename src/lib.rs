@@ -7,6 +7,7 @@ pub mod http;
 pub mod ids;
 pub mod llm;
 pub mod portability;
+pub mod private_file;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -64,11 +64,7 @@ fn write_file(path: &Path, file: &KeyFile) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("json.tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(&tmp)?;
+    let mut f = crate::private_file::create(&tmp)?;
     std::io::Write::write_all(&mut f, &serde_json::to_vec_pretty(file)?)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)

@@ -20,7 +20,7 @@ pub async fn export(config: &Config, tenant: Option<String>, out: Option<PathBuf
     };
     let mut writer: Box<dyn Write> = match &out {
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-        Some(path) => match std::fs::File::create(path) {
+        Some(path) => match agent_server::private_file::create(path) {
             Ok(f) if path.extension().is_some_and(|e| e == "gz") => {
                 Box::new(flate2::write::GzEncoder::new(std::io::BufWriter::new(f), flate2::Compression::default()))
             }

@@ -55,6 +55,8 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Unavailable(format!("cannot create folder {}: {e}", dir.display())))?;
         }
+        crate::private_file::create_if_absent(&path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create SQLite database {}: {e}", path.display())))?;
         let mut writer = open(&path)?;
         migrate(&mut writer, &path)?;
         // Checkpoints (which fsync) run on a thread of their own, so they rarely add milliseconds to a
@@ -82,6 +84,7 @@ impl SqliteStore {
     /// A consistent copy of the database, taken while the server runs (`VACUUM INTO`).
     pub async fn backup_to(&self, out: PathBuf) -> StoreResult<()> {
         self.read("backup", move |c| {
+            crate::private_file::create_if_absent(&out).map_err(internal)?;
             c.execute("VACUUM INTO ?1", params![out.to_string_lossy()])
                 .map_err(|e| StoreError::Unavailable(format!("cannot write the backup to {}: {e}", out.display())))?;
             Ok(())
