@@ -18,6 +18,13 @@ use crate::store::{
 };
 use crate::tools::{ToolCall, action_record};
 
+fn decided(action_id: &str, status: ActionStatus) -> TurnError {
+    TurnError::Store(StoreError::Conflict(format!(
+        "action {action_id} was already decided (status {})",
+        status.as_str()
+    )))
+}
+
 /// How many messages one page of the search for an action reads.
 const SEARCH_PAGE: usize = 100;
 
@@ -65,18 +72,40 @@ impl Agent {
         })?;
         let (message, action) = self.find_action(tenant, session_id, action_id).await?.ok_or_else(not_found)?;
         let follow_up = messages::follow_up_id(action_id);
-        let decided = |status: ActionStatus| {
-            TurnError::Store(StoreError::Conflict(format!(
-                "action {action_id} was already decided (status {})",
-                status.as_str()
-            )))
+        // The decision and its follow-up run as a turn of this process: a concurrent decision on the
+        // same action is a conflict, and the turn can be read, and is stopped by an erasure.
+        let Ok(live) = self.live.register(&follow_up, tenant, &session.user_id, None) else {
+            return Err(decided(action_id, action.status));
         };
+        live.set_session(session_id);
+        let result = self.decide_once(tenant, &session, (message, action), &follow_up, approve, reason).await;
+        match &result {
+            Ok(outcome) => live.finish(outcome.status, Ok(outcome.clone())),
+            Err(e) => live.finish(TurnStatus::Failed, Err(e.clone())),
+        }
+        self.live.retire(&live);
+        result
+    }
+
+    async fn decide_once(
+        &self,
+        tenant: &TenantId,
+        session: &crate::store::Session,
+        (message, action): (Message, Action),
+        follow_up: &crate::ids::MessageId,
+        approve: bool,
+        reason: Option<String>,
+    ) -> Result<TurnOutcome, TurnError> {
+        let session_id = &session.id;
+        let action_id = action.id.as_str();
+        let decided = |status: ActionStatus| decided(action_id, status);
         let call = ToolCall { id: action.id.clone(), name: action.tool.clone(), arguments: action.arguments.clone() };
         let ctx = Self::tool_context(tenant, &session.user_id, session.location_id.as_ref());
         let resolved = match action.status {
             ActionStatus::PendingApproval => {
                 let mut claimed = action.clone();
                 claimed.status = if approve { ActionStatus::Approved } else { ActionStatus::Rejected };
+                claimed.approved = approve.then_some(true);
                 claimed.reason = reason.clone();
                 if !self.store.transition_action(tenant, &message.id, ActionStatus::PendingApproval, &claimed).await? {
                     return Err(decided(claimed.status));
@@ -95,7 +124,7 @@ impl Agent {
             // The same decision again, whose follow-up was never stored: only the follow-up runs.
             status => {
                 let same = if approve { action.approved == Some(true) } else { status == ActionStatus::Rejected };
-                if !same || self.store.get_message(tenant, &follow_up).await?.is_some() {
+                if !same || self.store.get_message(tenant, follow_up).await?.is_some() {
                     return Err(decided(status));
                 }
                 action.clone()
@@ -120,7 +149,7 @@ impl Agent {
                 resolved.result.as_deref().unwrap_or_default()
             ),
         };
-        let history = recent_history(&*self.store, &session, self.settings.history_max_messages).await?;
+        let history = recent_history(&*self.store, session, self.settings.history_max_messages).await?;
         let request = crate::llm::ModelRequest {
             system_prompt: self.settings.system_prompt.clone(),
             history,
@@ -135,8 +164,14 @@ impl Agent {
         let pending = thought.actions.iter().any(|a| a.status == ActionStatus::PendingApproval);
         let status = if pending { TurnStatus::AwaitingApproval } else { TurnStatus::Completed };
         let agent =
-            messages::agent_message(&session.user_id, follow_up.clone(), &follow_up, status, &thought, started, None);
+            messages::agent_message(&session.user_id, follow_up.clone(), follow_up, status, &thought, started, None);
         let agent_message = self.store.append_messages(tenant, session_id, vec![agent]).await?.remove(0).message;
-        Ok(TurnOutcome { turn_id: follow_up, status, session_id: session.id, user_message: None, agent_message })
+        Ok(TurnOutcome {
+            turn_id: follow_up.clone(),
+            status,
+            session_id: session.id.clone(),
+            user_message: None,
+            agent_message,
+        })
     }
 }

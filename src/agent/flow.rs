@@ -86,7 +86,9 @@ impl Agent {
         match result {
             Ok(outcome) => live.finish(outcome.status, Ok(outcome)),
             Err(e) => {
-                live.push("error", e.event_data());
+                if !live.ended_with_error() {
+                    live.push("error", e.event_data());
+                }
                 live.finish(TurnStatus::Failed, Err(e));
             }
         }
@@ -161,11 +163,25 @@ impl Agent {
             };
             let (begun, page) = tokio::join!(self.store.begin_turn(&req.tenant, id, Some(&req.user), count), page);
             let (session, reserved) = begun?;
-            history = complete_history(&*self.store, &session, limit, page?).await?;
-            history.retain(|m| m.id != turn_id);
             live.set_session(&session.id);
             stamps = reserved;
+            let read = match page {
+                Ok(page) => complete_history(&*self.store, &session, limit, page).await,
+                Err(e) => Err(e),
+            };
             before = Some(session);
+            history = match read {
+                Ok(history) => history,
+                Err(e) => {
+                    self.give_back(req, &place, &stamps, before.as_ref(), None).await;
+                    return Err(e.into());
+                }
+            };
+            history.retain(|m| m.id != turn_id);
+        }
+        if resume.is_some() && !req.stream {
+            // The failed attempt's record gives way to this attempt (whose messages record it).
+            self.store.delete_turn(&req.tenant, &turn_id, &[]).await?;
         }
         // A streamed turn stores its user message and its record first, and says so.
         let mut user_message = resume.clone();
@@ -229,8 +245,24 @@ impl Agent {
             started,
             interrupted,
         );
-        let (session_id, user_message, agent_message) =
-            self.write(req, place, &stamps, user_new, user_message, agent_new).await?;
+        let own_stamp = user_message.as_ref().map(|m| m.timestamp.clone());
+        let back_to = match (&place, before.as_ref()) {
+            (Place::Continue(id), Some(b)) => {
+                stamps.last().cloned().map(|last| (id.clone(), last, b.last_message_at.clone()))
+            }
+            _ => None,
+        };
+        let written = self.write(req, place, &stamps, user_new, user_message, agent_new).await;
+        let (session_id, user_message, agent_message) = match written {
+            Ok(written) => written,
+            Err(e) => {
+                if let Some((id, last, previous)) = back_to {
+                    let back = if stamps.len() == 2 { own_stamp.or(previous) } else { previous };
+                    let _ = self.store.release_turn(&req.tenant, &id, &last, back.as_ref()).await;
+                }
+                return Err(e);
+            }
+        };
         if self.live.erased(live) {
             self.forget(req, &turn_id, user_message.as_ref(), Some(&agent_message.id)).await;
             return Err(TurnError::Erased);

@@ -118,9 +118,18 @@ impl Agent {
             let record = if self.abandoned(&record) { self.settle_abandoned(record).await? } else { record };
             return Ok(Found::Recorded(record));
         }
-        let user = self.store.get_message(tenant, turn).await?;
-        let user = user.filter(|m| m.role == crate::store::Role::User && visible(&m.session_id, &m.user_id));
-        let Some(user) = user else { return Err(not_found(turn)) };
+        let first = self.store.get_message(tenant, turn).await?;
+        let first = first.filter(|m| visible(&m.session_id, &m.user_id));
+        let Some(user) = first else { return Err(not_found(turn)) };
+        let own_turn =
+            user.metadata.as_ref().and_then(|m| m.get("turnId")).and_then(Value::as_str) == Some(turn.as_str());
+        if user.role == crate::store::Role::Agent && own_turn {
+            // The turn that followed an approval decision has no user message: its reply is its id.
+            return Ok(Found::Stored(messages::outcome(turn.clone(), None, user)));
+        }
+        if user.role != crate::store::Role::User {
+            return Err(not_found(turn));
+        }
         match self.store.get_message(tenant, &messages::agent_message_id(turn)).await? {
             Some(agent) => Ok(Found::Stored(messages::outcome(turn.clone(), Some(user), agent))),
             None => Err(not_found(turn)),
@@ -188,7 +197,7 @@ impl Agent {
         match self.find(tenant, session, turn, viewer).await? {
             Found::Live(live) => Ok(live.follow(after).boxed()),
             Found::Recorded(record) => {
-                if self.past_retention(&record.created_at) {
+                if record.status != TurnStatus::Running && self.past_retention(&record.created_at) {
                     return Err(TurnError::Gone);
                 }
                 Ok(self.stored_events(record, after))
@@ -216,12 +225,21 @@ impl Agent {
                     return Some((event, (agent, record, after, pending)));
                 }
                 let current = record.take()?;
+                // The stream ends with the turn's `done` or `error` event.
+                if after > 0
+                    && current.events.iter().any(|e| e.id == after && (e.event == "done" || e.event == "error"))
+                {
+                    return None;
+                }
                 pending = current.events.iter().filter(|e| e.id > after).cloned().collect();
                 if !pending.is_empty() {
-                    record = Some(TurnRecord { events: Vec::new(), ..current });
+                    record = Some(TurnRecord { events: current.events.clone(), ..current });
                     continue;
                 }
-                if current.status != TurnStatus::Running {
+                // An ended turn whose last events are not stored yet (its server is writing them).
+                if current.status != TurnStatus::Running
+                    && current.updated_at.micros().is_some_and(|t| crate::timestamp::now_micros() - t > 10_000_000)
+                {
                     return None;
                 }
                 tokio::time::sleep(FLUSH_EVERY).await;
@@ -252,11 +270,16 @@ impl Agent {
             Found::Recorded(mut record) if record.status == TurnStatus::Running => {
                 record.status = TurnStatus::Cancelled;
                 record.updated_at = Timestamp::now();
-                if !self.store.save_turn(&record, &[], &[TurnStatus::Running]).await? {
+                self.store.save_turn(&record, &[], &[TurnStatus::Running]).await?;
+                // The server running it stops at its next write (within 250 ms) and stores what it
+                // has; wait for that, so the answer says how the turn really ended.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline {
                     let now = self.store.get_turn(tenant, turn).await?.ok_or_else(|| not_found(turn))?;
-                    if now.status != TurnStatus::Cancelled {
-                        return Err(TurnError::Ended(now.status));
+                    if now.agent_message_id.is_some() || self.abandoned(&now) {
+                        break;
                     }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
             Found::Recorded(record) if record.status == TurnStatus::Cancelled => {}

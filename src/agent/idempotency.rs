@@ -42,7 +42,14 @@ impl Agent {
                 return self.follow_running(req, live, hash).map(Prior::Started);
             }
         }
-        if let Some(record) = self.store.get_turn(&req.tenant, turn_id).await? {
+        let agent_id = messages::agent_message_id(turn_id);
+        let (record, user, agent) = tokio::join!(
+            self.store.get_turn(&req.tenant, turn_id),
+            self.store.get_message(&req.tenant, turn_id),
+            self.store.get_message(&req.tenant, &agent_id)
+        );
+        let (record, user, agent) = (record?, user?, agent?);
+        if let Some(record) = record {
             same_request(record.request_hash.as_deref(), hash)?;
             let record = match record.status {
                 TurnStatus::Running if !self.abandoned(&record) => {
@@ -54,13 +61,13 @@ impl Agent {
                 TurnStatus::Running => self.settle_abandoned(record).await?,
                 _ => record,
             };
-            let user = self.store.get_message(&req.tenant, turn_id).await?;
-            let agent = match &record.agent_message_id {
-                Some(id) => self.store.get_message(&req.tenant, id).await?,
-                None => None,
+            // The stored reply decides (a record can say failed while a later retry completed it).
+            let agent = match agent {
+                Some(agent) => Some(agent),
+                None => self.store.get_message(&req.tenant, &agent_id).await?,
             };
             return Ok(match (user, agent) {
-                (Some(user), Some(agent)) if record.status != TurnStatus::Failed => {
+                (Some(user), Some(agent)) => {
                     let mut outcome = messages::outcome(turn_id.clone(), Some(user), agent);
                     if matches!(record.status, TurnStatus::Interrupted | TurnStatus::Cancelled) {
                         outcome.status = record.status;
@@ -71,12 +78,12 @@ impl Agent {
                 (None, _) => Prior::None,
             });
         }
-        let Some(user) = self.store.get_message(&req.tenant, turn_id).await? else {
+        let Some(user) = user else {
             return Ok(Prior::None);
         };
         let stored_hash = user.metadata.as_ref().and_then(|m| m.get("requestHash")).and_then(Value::as_str);
         same_request(stored_hash, hash)?;
-        Ok(match self.store.get_message(&req.tenant, &messages::agent_message_id(turn_id)).await? {
+        Ok(match agent {
             Some(agent) => {
                 Prior::Started(Started::Replayed(Box::new(messages::outcome(turn_id.clone(), Some(user), agent))))
             }
@@ -92,6 +99,6 @@ impl Agent {
         hash: Option<&str>,
     ) -> Result<Started, TurnError> {
         same_request(live.request_hash.as_deref(), hash)?;
-        if req.stream { Ok(Started::Live(live)) } else { Err(TurnError::InProgress(live.turn_id.clone())) }
+        if req.stream { Ok(Started::Following(live)) } else { Err(TurnError::InProgress(live.turn_id.clone())) }
     }
 }

@@ -70,6 +70,11 @@ impl LiveTurn {
         (events, state.result.is_some())
     }
 
+    /// Whether the newest event is an `error` (a failed turn sends one).
+    pub fn ended_with_error(&self) -> bool {
+        self.state().events.last().is_some_and(|e| e.event == "error")
+    }
+
     pub fn last_event_id(&self) -> u64 {
         self.state().events.len() as u64
     }
@@ -211,10 +216,14 @@ impl LiveTurns {
 
     /// Forgets a finished turn after a while.
     pub fn retire(self: &Arc<Self>, turn: &Arc<LiveTurn>) {
-        let (turns, id) = (self.clone(), turn.turn_id.clone());
+        let (turns, turn) = (self.clone(), turn.clone());
         tokio::spawn(async move {
             tokio::time::sleep(KEEP_FINISHED).await;
-            turns.turns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            let mut map = turns.turns.lock().unwrap_or_else(|p| p.into_inner());
+            // A retry with the same id may have registered since: only this turn goes.
+            if map.get(&turn.turn_id).is_some_and(|t| Arc::ptr_eq(t, &turn)) {
+                map.remove(&turn.turn_id);
+            }
         });
     }
 
@@ -225,6 +234,11 @@ impl LiveTurns {
     fn matching(&self, keep: impl Fn(&LiveTurn) -> bool) -> Vec<Arc<LiveTurn>> {
         let turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
         turns.values().filter(|t| t.result().is_none() && keep(t)).cloned().collect()
+    }
+
+    /// The turns still running.
+    pub fn running(&self) -> Vec<Arc<LiveTurn>> {
+        self.matching(|_| true)
     }
 
     /// Stops every running turn (the shutdown deadline passed).

@@ -63,6 +63,9 @@ impl AgentSettings {
 pub enum Started {
     /// The turn runs (or, for a retried `Idempotency-Key`, was already running here).
     Live(Arc<LiveTurn>),
+    /// A streamed retry of an `Idempotency-Key` whose turn runs here: it follows that turn (and its
+    /// going away does not stop it).
+    Following(Arc<LiveTurn>),
     /// A retried `Idempotency-Key` whose turn had ended: its stored result.
     Replayed(Box<TurnOutcome>),
     /// A retried `Idempotency-Key` whose turn runs on another server: follow its stored events.
@@ -109,6 +112,19 @@ impl Agent {
         self.live.stop_all(StopReason::Shutdown);
     }
 
+    /// Resolves when every turn running in this process has ended and stored its result.
+    pub async fn turns_finished(&self) {
+        loop {
+            let running = self.live.running();
+            if running.is_empty() {
+                return;
+            }
+            for turn in running {
+                let _ = turn.finished().await;
+            }
+        }
+    }
+
     /// The lock that makes one user's session start one at a time.
     fn session_start_lock(&self, tenant: &TenantId, user: &UserId) -> SessionStartLock {
         let mut locks = self.session_starts.lock().unwrap_or_else(|p| p.into_inner());
@@ -118,24 +134,73 @@ impl Agent {
 
     /// Deletes a session and its messages. Erasure wins: the turns running on it are stopped and
     /// store nothing, now or later.
-    pub async fn erase_session(&self, tenant: &TenantId, session: &SessionId) -> Result<Option<usize>, TurnError> {
+    pub async fn erase_session(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        session: &SessionId,
+    ) -> Result<Option<usize>, TurnError> {
         let running = self.live.begin_erasure(tenant, None, Some(session));
         for turn in running {
             let _ = turn.finished().await;
         }
         let result = self.store.delete_session(tenant, session).await;
         self.live.end_erasure(tenant, None, Some(session));
+        self.sweep_later(tenant.clone(), None, vec![session.clone()]);
         Ok(result?)
     }
 
+    /// A JSON turn running on another server keeps no record that an erasure could reach: once the
+    /// longest such turn has surely ended, the erasure runs again and removes what it wrote.
+    fn sweep_later(self: &Arc<Self>, tenant: TenantId, user: Option<UserId>, sessions: Vec<SessionId>) {
+        let agent = self.clone();
+        let longest = self.settings.llm_timeout * (self.tools.max_steps as u32 + 2) + Duration::from_secs(30);
+        let erased_at = crate::timestamp::Timestamp::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(longest).await;
+            let mut sessions = sessions;
+            // Sessions a turn started before the erasure answered (never those started after it).
+            if let Some(user) = &user {
+                let mut page = crate::store::PageRequest { limit: 100, cursor: None };
+                while let Ok(found) = agent.store.list_user_sessions(&tenant, user, page.clone()).await {
+                    sessions.extend(found.items.into_iter().filter(|s| s.created_at <= erased_at).map(|s| s.id));
+                    match found.next {
+                        Some(next) => page.cursor = Some(next),
+                        None => break,
+                    }
+                }
+            }
+            for session in &sessions {
+                if let Err(e) = agent.store.delete_session(&tenant, session).await {
+                    tracing::warn!(error = %e, %session, "the second sweep of an erasure failed");
+                }
+            }
+        });
+    }
+
     /// Deletes every session and message of a user, with the same guarantee as `erase_session`.
-    pub async fn erase_user(&self, tenant: &TenantId, user: &UserId) -> Result<Deleted, TurnError> {
+    pub async fn erase_user(self: &Arc<Self>, tenant: &TenantId, user: &UserId) -> Result<Deleted, TurnError> {
         let running = self.live.begin_erasure(tenant, Some(user), None);
         for turn in running {
             let _ = turn.finished().await;
         }
+        let sessions = self.user_session_ids(tenant, user).await;
         let result = self.store.delete_user(tenant, user).await;
         self.live.end_erasure(tenant, Some(user), None);
+        self.sweep_later(tenant.clone(), Some(user.clone()), sessions);
         Ok(result?)
+    }
+
+    /// Every session id of a user (for the second sweep of an erasure).
+    async fn user_session_ids(&self, tenant: &TenantId, user: &UserId) -> Vec<SessionId> {
+        let mut ids = Vec::new();
+        let mut page = crate::store::PageRequest { limit: 100, cursor: None };
+        while let Ok(found) = self.store.list_user_sessions(tenant, user, page.clone()).await {
+            ids.extend(found.items.into_iter().map(|s| s.id));
+            match found.next {
+                Some(next) => page.cursor = Some(next),
+                None => break,
+            }
+        }
+        ids
     }
 }

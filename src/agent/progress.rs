@@ -159,19 +159,36 @@ impl Agent {
         }
         record.updated_at = Timestamp::now();
         record.lease_until = now_millis() + LEASE.as_millis() as i64;
+        // A running turn's record outlives TURN_EVENTS_TTL_HOURS until the turn ends.
+        record.expires_at = timestamp::epoch_seconds() + self.settings.turn_events_ttl.as_secs().max(3600) as i64;
         match self.store.save_turn(record, events, &[TurnStatus::Running]).await {
             Ok(true) => {
                 events.clear();
                 None
             }
             Ok(false) => match self.store.get_turn(&record.tenant_id, &record.turn_id).await {
-                Ok(Some(stored)) if stored.status == TurnStatus::Cancelled => Some(StopReason::Cancelled),
-                Ok(Some(_)) => None,
-                Ok(None) => Some(StopReason::Erased),
+                Ok(Some(stored)) if stored.status == TurnStatus::Running => None,
+                // Cancelled through another server, or settled there as interrupted (our lease lapsed).
+                Ok(Some(_)) => Some(StopReason::Cancelled),
+                Ok(None) => match self.store.get_session(&record.tenant_id, &record.session_id).await {
+                    // The record is gone but its session is not: it expired; write it again.
+                    Ok(Some(_)) => {
+                        let mut again = record.clone();
+                        again.events = std::mem::take(events);
+                        let _ = self.store.create_turn(&again).await;
+                        None
+                    }
+                    Ok(None) => Some(StopReason::Erased),
+                    Err(_) => None,
+                },
                 Err(_) => None,
             },
             Err(e) => {
+                // Too large, or the store failing: the events stay in memory for followers here, and
+                // the lease is renewed alone so other servers do not take the turn for dead.
                 tracing::warn!(error = %e, turn = %record.turn_id, "could not persist the turn's events");
+                events.clear();
+                let _ = self.store.save_turn(record, &[], &[TurnStatus::Running]).await;
                 None
             }
         }
@@ -186,6 +203,7 @@ impl Agent {
             record.last_event_id = last.id;
         }
         record.updated_at = Timestamp::now();
+        record.expires_at = timestamp::epoch_seconds() + self.settings.turn_events_ttl.as_secs() as i64;
         let from = [TurnStatus::Running, TurnStatus::Cancelled];
         if let Err(e) = self.store.save_turn(record, &events, &from).await {
             tracing::warn!(error = %e, turn = %record.turn_id, "could not save the turn's record");

@@ -160,6 +160,7 @@ async fn process(
         }
         Started::Replayed(outcome) => return Ok(Json(TurnAnswer::from(*outcome)).into_response()),
         Started::Elsewhere(events) => return Ok(sse::respond(events, request_id, DisconnectGuard::none())),
+        Started::Following(live) => return Ok(sse::respond(live.follow(0), request_id, DisconnectGuard::none())),
     };
     let guard = DisconnectGuard::new(&live, on_disconnect);
     if !stream {

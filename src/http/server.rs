@@ -52,13 +52,17 @@ pub async fn run(listener: TcpListener, app: axum::Router, agent: &Agent, timeou
     }
     drop(listener);
     tracing::info!("shutting down: waiting up to {:?} for running requests", timeouts.shutdown_grace);
-    let drained = graceful.shutdown();
+    // Connections, and the turns whose clients went away (they run on), finish within the grace.
+    let drained = async {
+        graceful.shutdown().await;
+        agent.turns_finished().await;
+    };
     tokio::pin!(drained);
     tokio::select! {
         _ = &mut drained => {}
         _ = tokio::time::sleep(timeouts.shutdown_grace) => {
-            // Streams still running store what they have (marked interrupted) and end.
-            tracing::warn!("shutdown deadline passed: interrupting running streams");
+            // Turns still running store what they have (marked interrupted) and end.
+            tracing::warn!("shutdown deadline passed: interrupting running turns");
             agent.stop_streams();
             let _ = tokio::time::timeout(Duration::from_secs(5), &mut drained).await;
         }

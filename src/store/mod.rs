@@ -129,7 +129,8 @@ pub trait ConversationStore: Send + Sync + 'static {
     ) -> StoreResult<Page<Message>>;
     /// Marks the session inactive; `None` when it does not exist.
     async fn close_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<Session>>;
-    /// Deletes the session and all its messages; the number of messages, `None` when absent.
+    /// Deletes the session and all its messages (also messages left behind in a session already
+    /// gone); the number of messages, `None` when the session was absent.
     async fn delete_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<usize>>;
     /// Deletes every session and message of one user (erasure request).
     async fn delete_user(&self, tenant: &TenantId, user: &UserId) -> StoreResult<Deleted>;

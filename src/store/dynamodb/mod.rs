@@ -490,10 +490,11 @@ impl ConversationStore for DynamoStore {
     }
 
     async fn delete_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<usize>> {
-        if self.get_session_item(tenant.as_str(), id.as_str()).await?.is_none() {
-            return Ok(None);
-        }
-        self.delete_session_items(tenant.as_str(), id.as_str()).await.map(Some)
+        // Messages left in a session that is gone (a turn that lost to an erasure) go too; the answer
+        // still says the session was absent.
+        let existed = self.get_session_item(tenant.as_str(), id.as_str()).await?.is_some();
+        let count = self.delete_session_items(tenant.as_str(), id.as_str()).await?;
+        Ok(existed.then_some(count))
     }
 
     async fn delete_user(&self, tenant: &TenantId, user: &UserId) -> StoreResult<Deleted> {
