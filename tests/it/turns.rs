@@ -27,7 +27,31 @@ on_both_backends!(
     erasure_wins_over_a_running_turn,
     concurrent_first_turns_of_a_user_end_in_one_session,
     events_past_their_retention_are_gone,
+    retries_of_a_running_turn_wait_or_follow_it,
 );
+
+/// While a keyed turn runs, a JSON retry answers 409 with its turnId, a streamed retry follows it
+/// to the same `done`, and a JSON client that hangs up does not stop it.
+async fn retries_of_a_running_turn_wait_or_follow_it(backend: &str) {
+    let s = TestServer::start(backend, &[SLOW]).await;
+    let post = |body: Value| turn_request(&s, "t1", "u1").header("idempotency-key", "k-run").json(&body);
+    let hung_up = post(json!({"message": LONG})).timeout(Duration::from_millis(300)).send().await;
+    assert!(hung_up.is_err(), "the client gave up before the answer");
+    let r = post(json!({"message": LONG})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let error: Value = r.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "idempotency_in_progress");
+    let turn = error["error"]["turnId"].as_str().unwrap().to_string();
+    let followed =
+        parse_sse_ids(&events_text(post(json!({"message": LONG, "stream": true})).send().await.unwrap()).await);
+    let done = &followed.last().unwrap().2;
+    assert_eq!(followed.last().unwrap().1, "done");
+    assert_eq!(done["turnId"], turn.as_str());
+    assert_eq!(done["status"], "completed");
+    // The turn whose client hung up completed and is stored; the retry now gets its answer.
+    let answer = ok(post(json!({"message": LONG}))).await;
+    assert_eq!(&answer, done);
+}
 
 /// With `TURN_EVENTS_TTL_HOURS=0`, a finished turn's events are gone at once (410); the turn and its
 /// messages stay readable.
