@@ -164,3 +164,55 @@ async fn the_wal_stays_bounded_under_sustained_writes() {
     // 10,000 messages of 4 KB is 40 MB of pages; the WAL is checkpointed and restarted along the way.
     assert!(max_wal < 32 * 1024 * 1024, "WAL grew to {max_wal} bytes");
 }
+
+/// The database, its WAL and shared-memory files, and a backup of it are readable by their owner
+/// only, whatever the umask (conversations are personal data).
+#[cfg(unix)]
+#[tokio::test]
+async fn the_database_its_wal_and_its_backups_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data/agent.db");
+    let store = SqliteStore::open(&db).unwrap();
+    let (tenant, user) = (TenantId::parse("t1").unwrap(), UserId::parse("u1").unwrap());
+    let s = store
+        .create_session(NewSession {
+            tenant_id: tenant.clone(),
+            user_id: user.clone(),
+            location_id: None,
+            metadata: None,
+        })
+        .await
+        .unwrap();
+    let m = NewMessage {
+        id: MessageId::generate(),
+        user_id: user,
+        role: Role::User,
+        content: "private".into(),
+        metadata: None,
+    };
+    store.append_messages(&tenant, &s.id, vec![m]).await.unwrap();
+    let backup = dir.path().join("backup.db");
+    store.backup_to(backup.clone()).await.unwrap();
+    let wal = dir.path().join("data/agent.db-wal");
+    let shm = dir.path().join("data/agent.db-shm");
+    for file in [&db, &wal, &shm, &backup] {
+        let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is {mode:o}", file.display());
+    }
+}
+
+/// `.env` is read from the working directory only, never from a parent folder.
+#[test]
+fn only_the_working_directorys_env_file_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = dir.path().join("nested");
+    std::fs::create_dir(&nested).unwrap();
+    std::fs::write(dir.path().join(".env"), "STORAGE=not-a-backend\n").unwrap();
+    let out = crate::support::cli(&nested, &["tables", "iam-policy"], &[]);
+    assert!(out.status.success(), "the parent's .env was read: {}", crate::support::text(&out));
+    std::fs::write(nested.join(".env"), "STORAGE=not-a-backend\n").unwrap();
+    let out = crate::support::cli(&nested, &["tables", "iam-policy"], &[]);
+    assert!(!out.status.success(), "the working directory's .env is read");
+    assert!(crate::support::text(&out).contains("STORAGE"), "{}", crate::support::text(&out));
+}
