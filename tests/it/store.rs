@@ -635,3 +635,21 @@ conformance!(
     sessions_start_with_their_first_messages,
     both_backends_refuse_the_same_writes_the_same_way,
 );
+
+/// DynamoDB writes a new session and its first messages at once: when the session's write fails,
+/// the messages written beside it are removed, so none is left that no erasure could find.
+#[tokio::test]
+async fn a_failed_session_write_leaves_no_orphan_messages() {
+    use agent_server::store::dynamodb::{DynamoStore, tables};
+    let client = crate::support::dynamodb_client();
+    let (sessions, messages) = crate::support::table_names();
+    let [_, messages_spec] = tables::specs(&sessions, &messages);
+    tables::create(&client, &messages_spec).await.unwrap();
+    let store = DynamoStore::new(client, sessions, messages);
+    let new = NewSession { tenant_id: tenant("acme"), user_id: user("u1"), location_id: None, metadata: None };
+    let err = store.create_session_with(new, vec![msg("u1", Role::User, "hi"), msg("u1", Role::Agent, "hello")]).await;
+    assert!(matches!(err, Err(StoreError::Unavailable(_))), "{err:?}");
+    let left =
+        store.list_tenant_messages(&tenant("acme"), MessageQuery { limit: 10, ..Default::default() }).await.unwrap();
+    assert!(left.items.is_empty(), "orphans: {:?}", left.items);
+}

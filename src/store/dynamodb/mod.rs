@@ -296,10 +296,35 @@ impl ConversationStore for DynamoStore {
             message_item(m)?;
         }
         // The session and its messages in one round trip: nothing else can write a new session yet.
+        let ids: Vec<MessageId> = messages.iter().map(|m| m.id.clone()).collect();
         let (created, stored) =
             tokio::join!(self.put_if_absent(&self.sessions, session_item(&session)?), self.put_all(messages));
-        if !created? {
-            return Err(StoreError::id_taken("session", &session.id));
+        let session_written = matches!(created, Ok(true));
+        let failure = match (created, &stored) {
+            (Ok(true), Ok(_)) => None,
+            (Ok(false), _) => Some(StoreError::id_taken("session", &session.id)),
+            (Err(e), _) => Some(e),
+            (Ok(true), Err(e)) => Some(e.clone()),
+        };
+        if let Some(e) = failure {
+            // Whatever half was written goes: no orphan messages without their session (which no
+            // erasure could find), and no empty session.
+            for id in &ids {
+                let _ = self
+                    .client
+                    .delete_item()
+                    .table_name(&self.messages)
+                    .key("id", s(id.as_str()))
+                    .condition_expression("tenantId = :t AND sessionId = :s")
+                    .expression_attribute_values(":t", s(session.tenant_id.as_str()))
+                    .expression_attribute_values(":s", s(session.id.as_str()))
+                    .send()
+                    .await;
+            }
+            if session_written {
+                let _ = self.delete_session_items(session.tenant_id.as_str(), session.id.as_str()).await;
+            }
+            return Err(e);
         }
         Ok((session, stored?.into_iter().map(|a| a.message).collect()))
     }
