@@ -634,7 +634,31 @@ conformance!(
     turns_reserve_timestamps_and_release_them,
     sessions_start_with_their_first_messages,
     both_backends_refuse_the_same_writes_the_same_way,
+    tenant_messages_page_with_a_cursor_and_before_together,
 );
+
+/// A cursor and `before` together on the tenant's messages, including a cursor outside the range.
+async fn tenant_messages_page_with_a_cursor_and_before_together(store: Arc<dyn ConversationStore>) {
+    let s = new_session(&*store, "acme", "u1").await;
+    let all = append(&*store, &s, &["m0", "m1", "m2", "m3", "m4"]).await;
+    let page = |order, cursor: &Message, before: &Message| {
+        let query = MessageQuery {
+            limit: 10,
+            order,
+            cursor: Some(Cursor::new(&cursor.timestamp, cursor.id.as_str())),
+            before: Some(before.timestamp.clone()),
+        };
+        let store = store.clone();
+        async move { store.list_tenant_messages(&tenant("acme"), query).await.unwrap().items }
+    };
+    let contents = |items: Vec<Message>| items.into_iter().map(|m| m.content).collect::<Vec<_>>();
+    // Inside the range.
+    assert_eq!(contents(page(Order::Desc, &all[3], &all[4]).await), ["m2", "m1", "m0"]);
+    assert_eq!(contents(page(Order::Asc, &all[1], &all[4]).await), ["m2", "m3"]);
+    // A cursor past `before`: newest first, everything before; oldest first, nothing.
+    assert_eq!(contents(page(Order::Desc, &all[4], &all[2]).await), ["m1", "m0"]);
+    assert!(page(Order::Asc, &all[4], &all[2]).await.is_empty());
+}
 
 /// DynamoDB writes a new session and its first messages at once: when the session's write fails,
 /// the messages written beside it are removed, so none is left that no erasure could find.

@@ -540,15 +540,23 @@ impl ConversationStore for DynamoStore {
             .index_name(TENANT_TIMESTAMP_INDEX)
             .expression_attribute_values(":t", s(tenant.as_str()))
             .scan_index_forward(query.order == Order::Asc);
-        base = match query.before {
+        base = match query.before.clone() {
             Some(before) => base
                 .key_condition_expression("tenantId = :t AND #ts < :hi")
                 .expression_attribute_names("#ts", "timestamp")
                 .expression_attribute_values(":hi", s(before)),
             None => base.key_condition_expression("tenantId = :t"),
         };
+        // A cursor outside the `before` range (DynamoDB refuses such a start key): newest first, the
+        // range alone is the answer; oldest first, nothing is left.
+        let outside =
+            matches!((&query.cursor, &query.before), (Some(c), Some(b)) if c.timestamp.as_str() >= b.as_str());
+        if outside && query.order == Order::Asc {
+            return Ok(Page { items: Vec::new(), next: None });
+        }
+        let cursor = if outside { None } else { query.cursor };
         // The cursor becomes the start key, always under the caller's own tenant.
-        let start = query.cursor.map(|c| {
+        let start = cursor.map(|c| {
             HashMap::from([
                 ("tenantId".to_string(), s(tenant.as_str())),
                 ("timestamp".to_string(), s(c.timestamp)),
