@@ -11,6 +11,9 @@ use crate::config::Secret;
 use super::{Deltas, ModelError, ModelReply, ModelRequest, Usage, chat_messages};
 use crate::tools::ToolCall;
 
+/// The most tool calls one model answer may ask for.
+const MAX_TOOL_CALLS: usize = 128;
+
 pub struct OpenAiProvider {
     http: reqwest::Client,
     api_key: Option<Secret>,
@@ -176,7 +179,14 @@ impl OpenAiProvider {
                     reply.usage = Some(u);
                 }
                 for piece in event["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                    // The index sizes our list: a provider's number is bounded before it is trusted.
                     let index = piece["index"].as_u64().unwrap_or(0) as usize;
+                    if index >= MAX_TOOL_CALLS {
+                        return Err(failed(
+                            &self.base_url,
+                            format!("a tool call index of {index} (at most {MAX_TOOL_CALLS})"),
+                        ));
+                    }
                     if calls.len() <= index {
                         calls.resize(index + 1, Default::default());
                     }

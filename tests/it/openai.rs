@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::support::openai_mock::OpenAiMock;
-use crate::support::{TestServer, parse_sse, turn_request};
+use crate::support::{TestServer, get, parse_sse, turn_request};
 
 async fn server(mock: &OpenAiMock) -> TestServer {
     TestServer::start(
@@ -114,4 +114,17 @@ async fn concurrent_requests_with_one_idempotency_key_call_the_model_once() {
     let retry: Value = send().await.unwrap().json().await.unwrap();
     assert_eq!(first, retry);
     assert_eq!(mock.calls(), 1, "the model was called once");
+}
+
+/// A provider's tool-call index is bounded before it sizes anything: a huge one is a provider
+/// error (502), and the server goes on serving.
+#[tokio::test]
+async fn a_huge_tool_call_index_is_refused_not_allocated() {
+    let mock = OpenAiMock::start().await;
+    let s = server(&mock).await;
+    let r =
+        turn_request(&s, "t1", "u1").json(&json!({"message": "go [huge-index]", "stream": true})).send().await.unwrap();
+    let text = r.text().await.unwrap();
+    assert!(text.contains("model_provider_error") && text.contains("tool call index"), "{text}");
+    assert_eq!(get(&s, "/healthz").await.status(), StatusCode::OK);
 }

@@ -4,6 +4,7 @@
 //! - `[status:NNN]`: answers with that HTTP status and an OpenAI-style error body;
 //! - `[429-once]`: the first call with this message gets 429, later ones succeed;
 //! - `[fail-once]`: the first call with this message gets 400 (not retried), later ones succeed;
+//! - `[huge-index]`: a streamed answer with a tool call at index 4,000,000,000;
 //! - `[slow:MS]`: waits that long before answering;
 //! - otherwise: `mock reply to: <message> (<n> messages)`.
 //!
@@ -86,6 +87,11 @@ async fn completions(
     }
     if let Some(ms) = tag_value(&last, "slow").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if last.contains("[huge-index]") {
+        let event = json!({"choices": [{"delta": {"tool_calls": [{"index": 4_000_000_000u64, "id": "x", "function": {"name": "list_resources", "arguments": "{}"}}]}}]});
+        let sse = format!("data: {event}\n\ndata: [DONE]\n\n");
+        return Response::builder().header("content-type", "text/event-stream").body(Body::from(sse)).unwrap();
     }
     if let Some(status) = tag_value(&last, "status").and_then(|v| v.parse::<u16>().ok()) {
         let status = StatusCode::from_u16(status).unwrap();
