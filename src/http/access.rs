@@ -25,14 +25,19 @@ fn is_open(path: &str) -> bool {
 
 /// The `{tenantId}` of `/agent/conversations/{tenantId}/...`, percent-decoded as the router does.
 fn path_tenant(path: &str) -> Option<String> {
-    let rest = path.strip_prefix("/agent/conversations/")?;
+    let rest = conversations_path(path)?;
     let segment = rest.split('/').next()?;
     Some(percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned())
 }
 
+/// What follows `/agent/conversations/` (or `/conversations/`, the original server's aliases).
+fn conversations_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/agent/conversations/").or_else(|| path.strip_prefix("/conversations/"))
+}
+
 /// The `{userId}` of `/agent/conversations/{tenantId}/users/{userId}`.
 fn path_user(path: &str) -> Option<String> {
-    let mut parts = path.strip_prefix("/agent/conversations/")?.split('/');
+    let mut parts = conversations_path(path)?.split('/');
     parts.next()?;
     (parts.next()? == "users").then_some(())?;
     let segment = parts.next()?;

@@ -15,6 +15,7 @@ use crate::ids::{SessionId, TenantId};
 use crate::store::{Cursor, Deleted, Message, MessageQuery, Order, PageRequest, Session};
 use crate::timestamp::Timestamp;
 
+#[allow(deprecated)] // registers the original server's paths, marked deprecated in OpenAPI
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(utoipa_axum::routes!(list_user_conversations, erase_user))
@@ -22,6 +23,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(utoipa_axum::routes!(close_session))
         .routes(utoipa_axum::routes!(list_session_messages))
         .routes(utoipa_axum::routes!(list_tenant_messages))
+        .routes(utoipa_axum::routes!(original_user_conversations))
+        .routes(utoipa_axum::routes!(original_session))
+        .routes(utoipa_axum::routes!(original_session_messages))
 }
 
 const MAX_LIMIT: usize = 100;
@@ -296,4 +300,57 @@ async fn list_tenant_messages(
     let Query(q) = query?;
     let page = state.store.list_tenant_messages(&tenant, q.to_store()?).await?;
     Ok(paged(&uri, page.items, page.next))
+}
+
+// The original server served its conversation reads without the `/agent` prefix; clients written
+// for it keep working. Same handlers, same checks (`access` reads the tenant and user from both).
+
+/// A user's conversations (the original server's path; use `/agent/conversations/...`).
+#[utoipa::path(
+    get,
+    path = "/conversations/{tenantId}/users/{userId}",
+    tag = "conversations",
+    params(("tenantId" = String, Path), ("userId" = String, Path), UserConversationsQuery),
+    responses((status = 200, body = Vec<Conversation>, description = "As GET /agent/conversations/{tenantId}/users/{userId}")),
+)]
+#[deprecated(note = "the original server's path; use /agent/conversations/{tenantId}/users/{userId}")]
+async fn original_user_conversations(
+    state: State<AppState>,
+    uri: OriginalUri,
+    path: UserPath,
+    query: Result<Query<UserConversationsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    list_user_conversations(state, uri, path, query).await
+}
+
+/// One session (the original server's path; use `/agent/conversations/...`).
+#[utoipa::path(
+    get,
+    path = "/conversations/{tenantId}/sessions/{sessionId}",
+    tag = "conversations",
+    params(("tenantId" = String, Path), ("sessionId" = String, Path)),
+    responses((status = 200, body = Session), (status = 404, description = "No such session for this tenant")),
+)]
+#[deprecated(note = "the original server's path; use /agent/conversations/{tenantId}/sessions/{sessionId}")]
+async fn original_session(state: State<AppState>, scope: Scope, path: SessionPath) -> Result<Json<Session>, ApiError> {
+    get_session(state, scope, path).await
+}
+
+/// A session's messages (the original server's path; use `/agent/conversations/...`).
+#[utoipa::path(
+    get,
+    path = "/conversations/{tenantId}/sessions/{sessionId}/messages",
+    tag = "conversations",
+    params(("tenantId" = String, Path), ("sessionId" = String, Path), MessagesQuery),
+    responses((status = 200, body = Vec<Message>, description = "As GET /agent/conversations/{tenantId}/sessions/{sessionId}/messages"), (status = 404, description = "No such session for this tenant")),
+)]
+#[deprecated(note = "the original server's path; use /agent/conversations/{tenantId}/sessions/{sessionId}/messages")]
+async fn original_session_messages(
+    state: State<AppState>,
+    scope: Scope,
+    uri: OriginalUri,
+    path: SessionPath,
+    query: Result<Query<MessagesQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    list_session_messages(state, scope, uri, path, query).await
 }

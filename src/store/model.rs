@@ -322,9 +322,17 @@ pub struct Action {
 }
 
 impl Action {
-    /// The action as JSON, for `metadata.actions` and API answers.
+    /// The action as JSON, for `metadata.actions` and API answers, with the original server's
+    /// `actionType` (the tool) and `success` (only once the tool ran: true when it answered).
     pub fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
+        let mut json = serde_json::to_value(self).unwrap_or(Value::Null);
+        json["actionType"] = Value::String(self.tool.clone());
+        match self.status {
+            ActionStatus::Done => json["success"] = Value::Bool(true),
+            ActionStatus::Failed => json["success"] = Value::Bool(false),
+            _ => {}
+        }
+        json
     }
 
     /// The actions stored in a message's metadata (entries that are not actions are skipped).

@@ -18,6 +18,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/agent/conversations/{tenantId}/sessions/{sessionId}/turns/{turnId}"),
     ("get", "/agent/conversations/{tenantId}/sessions/{sessionId}/turns/{turnId}/events"),
     ("post", "/agent/conversations/{tenantId}/sessions/{sessionId}/turns/{turnId}/cancel"),
+    ("get", "/conversations/{tenantId}/users/{userId}"),
+    ("get", "/conversations/{tenantId}/sessions/{sessionId}"),
+    ("get", "/conversations/{tenantId}/sessions/{sessionId}/messages"),
     ("get", "/healthz"),
     ("get", "/readyz"),
 ];
@@ -53,4 +56,33 @@ async fn every_route_is_in_the_openapi_document_and_exists() {
         }
     }
     assert_eq!(documented, ROUTES.len(), "undocumented or unexpected operations in the spec");
+}
+
+/// The original server's paths (without `/agent`) answer like ours, are marked deprecated, and are
+/// checked like ours: a credential of one tenant cannot read another's through them.
+#[tokio::test]
+async fn the_original_servers_paths_answer_and_are_deprecated() {
+    let s = TestServer::start("sqlite", &[]).await;
+    let spec: Value = get(&s, "/openapi.json").await.json().await.unwrap();
+    for path in [
+        "/conversations/{tenantId}/users/{userId}",
+        "/conversations/{tenantId}/sessions/{sessionId}",
+        "/conversations/{tenantId}/sessions/{sessionId}/messages",
+    ] {
+        assert_eq!(spec["paths"][path]["get"]["deprecated"], true, "{path}");
+    }
+    let answer = crate::support::turn(&s, "t1", "u1", "hello").await;
+    let sid = answer["sessionId"].as_str().unwrap();
+    for (ours, original) in [
+        ("/agent/conversations/t1/users/u1".to_string(), "/conversations/t1/users/u1".to_string()),
+        (format!("/agent/conversations/t1/sessions/{sid}"), format!("/conversations/t1/sessions/{sid}")),
+        (
+            format!("/agent/conversations/t1/sessions/{sid}/messages"),
+            format!("/conversations/t1/sessions/{sid}/messages"),
+        ),
+    ] {
+        let a: Value = get(&s, &ours).await.json().await.unwrap();
+        let b: Value = get(&s, &original).await.json().await.unwrap();
+        assert_eq!(a, b, "{original}");
+    }
 }

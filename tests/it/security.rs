@@ -95,6 +95,11 @@ async fn api_keys_bind_requests_to_their_tenant() {
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = send(&s, "GET", "/agent/conversations/glob%65x/messages", Some(&acme), &[], None).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN, "percent-encoding does not get around the check");
+    // Nor do the original server's paths without `/agent`.
+    let r = send(&s, "GET", "/conversations/globex/users/u1", Some(&acme), &[], None).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = send(&s, "GET", "/conversations/glob%65x/sessions/s1/messages", Some(&acme), &[], None).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
     // x-api-key works too.
     let r = send(&s, "GET", "/agent/conversations/acme/users/u1", None, &[("x-api-key", acme.as_str())], None).await;
     assert_eq!(r.status(), StatusCode::OK);

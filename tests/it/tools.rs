@@ -100,6 +100,10 @@ async fn a_read_tool_answers_within_the_turn_with_the_turns_headers() {
     assert_eq!(actions.len(), 1);
     assert_eq!(actions[0]["tool"], "list_resources");
     assert_eq!(actions[0]["status"], "done");
+    // The original server's fields beside ours.
+    assert_eq!(actions[0]["actionType"], "list_resources");
+    assert_eq!(actions[0]["success"], true);
+    assert_eq!(r["decisionLevel"], "automatic");
     let log = calls.log.lock().unwrap().clone();
     assert_eq!(log.len(), 1);
     assert_eq!(log[0]["method"], "GET");
@@ -126,6 +130,9 @@ async fn writes_wait_for_approval_and_run_exactly_once() {
     let r = ask(&s, &tools(create.clone())).await;
     let action = &r["actions"][0];
     assert_eq!(action["status"], "pending_approval", "{r}");
+    assert!(action.get("success").is_none(), "nothing ran, so no success is claimed: {action}");
+    assert_eq!(r["decisionLevel"], "approval_required");
+    assert_eq!(r["status"], "awaiting_approval");
     assert!(r["response"].as_str().unwrap().contains("approve"), "{r}");
     assert!(calls.log.lock().unwrap().is_empty(), "nothing ran before approval");
     let session = r["sessionId"].as_str().unwrap();
