@@ -127,6 +127,23 @@ impl Agent {
         }
     }
 
+    /// Creates the session a client named when no session of the tenant has that id (one of another
+    /// user stays theirs: the turn then answers 404). The user's other active session is closed.
+    async fn create_chosen_session(&self, req: &TurnRequest, id: &SessionId) -> Result<bool, TurnError> {
+        let _lock = self.session_start_lock(&req.tenant, &req.user).lock_owned().await;
+        if self.store.get_session(&req.tenant, id).await?.is_some() {
+            return Ok(false);
+        }
+        if let Some(active) = self.store.find_active_session(&req.tenant, &req.user).await? {
+            self.store.close_session(&req.tenant, &active.id).await?;
+        }
+        let mut session = Session::new(Self::new_session(req), crate::store::Retention::default());
+        session.id = id.clone();
+        // Conditional: two first turns naming the same new id create it once.
+        self.store.import_session(session).await?;
+        Ok(true)
+    }
+
     pub(super) fn new_session(req: &TurnRequest) -> NewSession {
         NewSession {
             tenant_id: req.tenant.clone(),
@@ -162,6 +179,15 @@ impl Agent {
                 }
             };
             let (begun, page) = tokio::join!(self.store.begin_turn(&req.tenant, id, Some(&req.user), count), page);
+            let (begun, page) = match begun {
+                // A client-chosen id for a session that does not exist yet (the original server's
+                // clients choose session ids): it is created for this user, then the turn goes on.
+                Err(StoreError::NotFound(_)) if resume.is_none() && self.create_chosen_session(req, id).await? => {
+                    let page = page.map(|_| None);
+                    (self.store.begin_turn(&req.tenant, id, Some(&req.user), count).await, page)
+                }
+                other => (other, page),
+            };
             let (session, reserved) = begun?;
             live.set_session(&session.id);
             stamps = reserved;

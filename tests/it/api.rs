@@ -90,8 +90,20 @@ async fn sessions_are_reused_until_idle_and_explicit_ids_are_checked(backend: &s
     assert_ne!(c["sessionId"], a["sessionId"]);
     let r = turn_request(&s, "t1", "u2").json(&json!({"message": "hi", "sessionId": sid}));
     assert_eq!(expect_error(r, StatusCode::NOT_FOUND).await.0, "not_found");
-    let r = turn_request(&s, "t2", "u1").json(&json!({"message": "hi", "sessionId": sid}));
-    assert_eq!(expect_error(r, StatusCode::NOT_FOUND).await.0, "not_found");
+    // A well-formed id that no session of the tenant has: the session is created with it (the
+    // original server's clients choose their session ids), and the user's active one is closed.
+    let chosen =
+        ok(turn_request(&s, "t1", "u1").json(&json!({"message": "mine", "sessionId": "client-chosen-1"}))).await;
+    assert_eq!(chosen["sessionId"], "client-chosen-1");
+    let again =
+        ok(turn_request(&s, "t1", "u1").json(&json!({"message": "again", "sessionId": "client-chosen-1"}))).await;
+    assert_eq!(again["sessionId"], "client-chosen-1");
+    let old = ok_json(get(&s, &format!("/agent/conversations/t1/sessions/{sid}")).await).await;
+    assert_eq!(old["isActive"], false, "one active session per user");
+    let r = turn_request(&s, "t1", "u2").json(&json!({"message": "hi", "sessionId": "client-chosen-1"}));
+    assert_eq!(expect_error(r, StatusCode::NOT_FOUND).await.0, "not_found", "another user's id stays theirs");
+    let next = ok(turn_request(&s, "t1", "u1").json(&json!({"message": "no id"}))).await;
+    assert_eq!(next["sessionId"], "client-chosen-1", "the chosen session is the user's active one");
     // Closing it: continuing it explicitly is 409, and the next message starts a new session.
     let closed = send(&s, "POST", &format!("/agent/conversations/t1/sessions/{sid}/close"), None, &[], None).await;
     assert_eq!(ok_json(closed).await["isActive"], false);
@@ -204,8 +216,7 @@ async fn streams_session_deltas_and_done(backend: &str) {
     let msgs = ok_json(get(&s, &format!("/agent/conversations/t1/sessions/{sid}/messages?order=asc")).await).await;
     assert_eq!(msgs.as_array().unwrap().len(), 4);
     // A problem known before the stream starts is an HTTP error with the JSON error body.
-    let req =
-        turn_request(&s, "t1", "u1").json(&json!({"message": "x", "stream": true, "sessionId": "no-such-session"}));
+    let req = turn_request(&s, "t1", "u2").json(&json!({"message": "x", "stream": true, "sessionId": sid}));
     let (code, _) = expect_error(req, StatusCode::NOT_FOUND).await;
     assert_eq!(code, "not_found");
 }

@@ -116,13 +116,18 @@ async fn isolation(backend: &str) {
         assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
         assert!(!mentions_tenant(&body, "globex"));
     }
-    let (status, _, _) =
+    // Session ids are unique per tenant: naming the other tenant's id starts a session of one's own
+    // with it (as the original server's clients do with ids they choose), which holds nothing of theirs.
+    let (status, body, _) =
         acme.call("POST", "/agent/process", Some("u1"), Some(json!({"message": "x", "sessionId": victim}))).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _, _) = acme
-        .call("POST", "/agent/process", Some("u1"), Some(json!({"message": "x", "sessionId": victim, "stream": false})))
-        .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["sessionId"], victim.as_str());
+    assert_eq!(body["userMessage"]["tenantId"], "acme");
+    assert!(!mentions_tenant(&body, "globex"));
+    let (status, msgs, _) =
+        acme.call("GET", &format!("/agent/conversations/acme/sessions/{victim}/messages"), None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(msgs.as_array().unwrap().len(), 2, "only acme's own turn: {msgs}");
     // The other user's session in one's own tenant cannot be continued either.
     let (status, _, _) = acme
         .call(
