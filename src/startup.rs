@@ -69,6 +69,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         metrics_open: config.host.is_loopback(),
         metrics: Some(metrics),
         max_message_chars: config.max_message_chars,
+        streams: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_streams)),
     };
     let limits = Limits {
         max_body_bytes: config.max_body_bytes,

@@ -45,6 +45,9 @@ pub struct AppState {
     /// Renders `/metrics`; `None` when no recorder is installed (in-process tests).
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub max_message_chars: usize,
+    /// Slots for open event streams (`MAX_CONCURRENT_STREAMS`): the request limit lets go of a
+    /// request when its response head is sent, so a stream holds a slot of its own until it ends.
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// Limits that protect the server from slow or greedy clients.

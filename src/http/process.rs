@@ -13,6 +13,8 @@ use utoipa_axum::router::OpenApiRouter;
 use super::extract::{Idempotency, TurnIdentity};
 use super::sse::{self, DisconnectGuard};
 use super::{ApiError, AppState, RequestId};
+use futures::StreamExt;
+
 use crate::agent::{OnDisconnect, Started, TurnAnswer, TurnEvents, TurnRequest};
 use crate::ids::SessionId;
 
@@ -153,14 +155,17 @@ async fn process(
         on_disconnect,
         stream,
     };
+    // A stream's slot is taken before its turn starts: a refused stream starts nothing.
+    let slot = if stream { Some(sse::slot(&state.streams)?) } else { None };
+    let respond = move |events: TurnEvents, guard| sse::respond(events, request_id, guard, slot);
     let live = match state.agent.start(turn).await? {
         Started::Live(live) => live,
         Started::Replayed(outcome) if stream => {
-            return Ok(sse::respond(replay_events(*outcome), request_id, DisconnectGuard::none()));
+            return Ok(respond(replay_events(*outcome), DisconnectGuard::none()));
         }
         Started::Replayed(outcome) => return Ok(Json(TurnAnswer::from(*outcome)).into_response()),
-        Started::Elsewhere(events) => return Ok(sse::respond(events, request_id, DisconnectGuard::none())),
-        Started::Following(live) => return Ok(sse::respond(live.follow(0), request_id, DisconnectGuard::none())),
+        Started::Elsewhere(events) => return Ok(respond(events, DisconnectGuard::none())),
+        Started::Following(live) => return Ok(respond(live.follow(0).boxed(), DisconnectGuard::none())),
     };
     let guard = DisconnectGuard::new(&live, on_disconnect);
     if !stream {
@@ -176,7 +181,7 @@ async fn process(
             return Err(e.into());
         }
     }
-    Ok(sse::respond(live.follow(0), request_id, guard))
+    Ok(respond(live.follow(0).boxed(), guard))
 }
 
 /// A finished turn replayed to a streamed retry: `session`, one `delta` with the whole reply, `done`.

@@ -10,6 +10,10 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 
+use axum::http::StatusCode;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::ApiError;
 use crate::agent::{LiveTurn, OnDisconnect, StopReason};
 use crate::store::TurnEvent;
 
@@ -56,13 +60,26 @@ fn sse_event(event: TurnEvent, request_id: &str) -> Event {
     Event::default().id(event.id.to_string()).event(event.event).data(data.to_string())
 }
 
-/// The SSE response for a stream of turn events.
+/// A slot for one more open stream, or 503 when `MAX_CONCURRENT_STREAMS` are open.
+pub fn slot(streams: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit, ApiError> {
+    streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            "MAX_CONCURRENT_STREAMS event streams are open; retry shortly or ask without streaming",
+        )
+        .with("retryAfterSeconds", serde_json::json!(1))
+    })
+}
+
+/// The SSE response for a stream of turn events; it holds its stream slot until it ends.
 pub fn respond(
     events: impl Stream<Item = TurnEvent> + Send + 'static,
     request_id: String,
     guard: DisconnectGuard,
+    slot: Option<OwnedSemaphorePermit>,
 ) -> Response {
-    let open = crate::telemetry::ActiveStream::open();
+    let open = (crate::telemetry::ActiveStream::open(), slot);
     let hint =
         futures::stream::once(async { Ok::<_, Infallible>(Event::default().retry(RETRY).comment("turn events")) });
     let events = events.map(move |event| {

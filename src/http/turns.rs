@@ -81,8 +81,9 @@ async fn turn_events(
             .ok_or_else(|| ApiError::bad_request("invalid_header", "Last-Event-ID: an event id (a number)"))?,
         None => q.after.unwrap_or(0),
     };
+    let slot = sse::slot(&state.streams)?;
     let events = state.agent.turn_events(&tenant, &session, &turn, scope.bound_user(), after).await?;
-    Ok(sse::respond(events, request_id, DisconnectGuard::none()))
+    Ok(sse::respond(events, request_id, DisconnectGuard::none(), Some(slot)))
 }
 
 /// Cancel a running turn: the model call stops wherever it runs, the partial reply is stored with

@@ -380,3 +380,36 @@ async fn a_turn_on_one_server_is_followed_and_cancelled_through_another() {
     assert_eq!(last["metadata"]["interrupted"], "server_stopped");
     assert!(!last["content"].as_str().unwrap().is_empty(), "the persisted deltas were kept: {last}");
 }
+
+/// An open stream holds a slot of its own until it ends (`MAX_CONCURRENT_STREAMS`): one more is
+/// refused with 503 and starts no turn; once the first ends, streams are served again.
+#[tokio::test]
+async fn open_streams_hold_their_slot_until_they_end() {
+    let s = TestServer::start("sqlite", &[SLOW, ("MAX_CONCURRENT_STREAMS", "1")]).await;
+    let (sid, _, _, mut first) = slow_stream(&s, json!({"message": LONG})).await;
+    let (code, _) = expect_error(
+        turn_request(&s, "t1", "u2").json(&json!({"message": "me too", "stream": true})),
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    assert_eq!(code, "too_many_streams");
+    assert_eq!(ok_json(get(&s, "/agent/conversations/t1/users/u2").await).await.as_array().unwrap().len(), 0);
+    // JSON turns are not streams.
+    ok(turn_request(&s, "t1", "u2").json(&json!({"message": "plain"}))).await;
+    while let Some(Ok(_)) = first.next().await {}
+    drop(first);
+    let mut served = false;
+    for _ in 0..20 {
+        let r = turn_request(&s, "t1", "u1")
+            .json(&json!({"message": "next", "stream": true, "sessionId": sid}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::OK {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "the slot came back");
+}

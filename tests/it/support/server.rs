@@ -188,6 +188,7 @@ pub fn in_process_app(dir: &Path) -> axum::Router {
         metrics_open: true,
         metrics: None,
         max_message_chars: 1000,
+        streams: Arc::new(tokio::sync::Semaphore::new(64)),
     };
     app(
         state,
