@@ -26,7 +26,7 @@ impl BedrockProvider {
     }
 
     fn failed(&self, why: impl std::fmt::Display) -> ModelError {
-        ModelError::Failed(format!("bedrock model {}: {why}", self.model))
+        ModelError::Failed(super::mask_secrets(&format!("bedrock model {}: {why}", self.model), &[]))
     }
 
     fn sdk_error<E, R>(&self, e: SdkError<E, R>) -> ModelError

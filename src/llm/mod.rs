@@ -173,3 +173,41 @@ fn with_tool_record(m: &Message) -> String {
 pub(crate) fn call_id(step: usize, index: usize) -> String {
     format!("call_{}_{}", step + 1, index + 1)
 }
+
+/// Masks credentials in text from or about a model provider before it is logged or answered:
+/// the given secrets, and whatever follows `Bearer ` or looks like an `sk-` key.
+pub fn mask_secrets(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_string();
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        out = out.replace(secret, "***");
+    }
+    for marker in ["Bearer ", "bearer ", "sk-"] {
+        let mut masked = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(i) = rest.find(marker) {
+            masked.push_str(&rest[..i + marker.len()]);
+            rest = &rest[i + marker.len()..];
+            let end = rest.find(|c: char| c.is_whitespace() || "\"',;)}]".contains(c)).unwrap_or(rest.len());
+            if end > 0 {
+                masked.push_str("***");
+            }
+            rest = &rest[end..];
+        }
+        masked.push_str(rest);
+        out = masked;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask_secrets;
+
+    #[test]
+    fn masks_keys_and_bearer_tokens() {
+        let text = r#"bad request: {"headers": {"authorization": "Bearer sk-live-123abc"}, "key": "my-secret-key"}"#;
+        let masked = mask_secrets(text, &["my-secret-key"]);
+        assert!(!masked.contains("sk-live-123abc") && !masked.contains("my-secret-key"), "{masked}");
+        assert!(masked.contains("Bearer ***") && masked.starts_with("bad request"), "{masked}");
+    }
+}

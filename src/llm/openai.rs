@@ -23,7 +23,7 @@ pub struct OpenAiProvider {
 }
 
 fn failed(base_url: &str, why: impl std::fmt::Display) -> ModelError {
-    ModelError::Failed(format!("openai provider at {base_url}: {why}"))
+    ModelError::Failed(super::mask_secrets(&format!("openai provider at {base_url}: {why}"), &[]))
 }
 
 impl OpenAiProvider {
@@ -107,7 +107,12 @@ impl OpenAiProvider {
                         .ok()
                         .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
                         .unwrap_or_else(|| text.chars().take(200).collect());
-                    return Err(failed(&self.base_url, format!("HTTP {status}: {detail}")));
+                    // The provider's own words go to the log, masked (a provider may echo the
+                    // request, key included); the client learns the status only.
+                    let secrets: Vec<&str> = self.api_key.iter().map(|k| k.expose()).collect();
+                    let detail = super::mask_secrets(&detail, &secrets);
+                    tracing::warn!(%status, provider = %self.base_url, detail, "model provider refused the request");
+                    return Err(failed(&self.base_url, format!("HTTP {status}")));
                 }
                 Err(e) if e.is_connect() || e.is_timeout() => (format!("cannot connect ({e})"), None),
                 Err(e) => return Err(failed(&self.base_url, e)),

@@ -128,3 +128,20 @@ async fn a_huge_tool_call_index_is_refused_not_allocated() {
     assert!(text.contains("model_provider_error") && text.contains("tool call index"), "{text}");
     assert_eq!(get(&s, "/healthz").await.status(), StatusCode::OK);
 }
+
+/// A provider error that echoes the request reaches neither the client nor the log with the key in
+/// it: the client gets a short summary, the log the masked detail.
+#[tokio::test]
+async fn provider_errors_never_show_the_api_key() {
+    let mock = OpenAiMock::start().await;
+    let s = server(&mock).await;
+    let r = turn_request(&s, "t1", "u1").json(&json!({"message": "[echo-request]"})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("model_provider_error") && body.contains("400"), "{body}");
+    assert!(!body.contains("sk-test-key-42") && !body.contains("authorization"), "{body}");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let log = s.output();
+    assert!(log.contains("model provider refused the request"), "{log}");
+    assert!(!log.contains("sk-test-key-42"), "the key reached the log");
+}

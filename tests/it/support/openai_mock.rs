@@ -5,6 +5,7 @@
 //! - `[429-once]`: the first call with this message gets 429, later ones succeed;
 //! - `[fail-once]`: the first call with this message gets 400 (not retried), later ones succeed;
 //! - `[huge-index]`: a streamed answer with a tool call at index 4,000,000,000;
+//! - `[echo-request]`: 400 with an error message quoting the request's Authorization header;
 //! - `[slow:MS]`: waits that long before answering;
 //! - otherwise: `mock reply to: <message> (<n> messages)`.
 //!
@@ -87,6 +88,12 @@ async fn completions(
     }
     if let Some(ms) = tag_value(&last, "slow").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if last.contains("[echo-request]") {
+        // A provider that echoes the request in its error, credentials included.
+        let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let message = format!("invalid request; you sent authorization: {auth}");
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": message}}))).into_response();
     }
     if last.contains("[huge-index]") {
         let event = json!({"choices": [{"delta": {"tool_calls": [{"index": 4_000_000_000u64, "id": "x", "function": {"name": "list_resources", "arguments": "{}"}}]}}]});
