@@ -105,6 +105,60 @@ fn refuse_forbidden(value: &Value) -> Result<(), ToolError> {
     }
 }
 
+/// Words that, in a query parameter's name, would let the model choose whose data a call reaches or
+/// with which credentials (the server fixes those in headers).
+const IDENTITY_WORDS: [&str; 12] = [
+    "tenant",
+    "user",
+    "organization",
+    "location",
+    "account",
+    "auth",
+    "key",
+    "token",
+    "secret",
+    "password",
+    "host",
+    "url",
+];
+
+/// A query parameter name the model may use: a plain field name (letters, digits, `_`; no `-`, so no
+/// header-like names), naming no tenant, user, location, credential or host.
+fn query_name(name: &str) -> Result<(), ToolError> {
+    let plain = name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let lower = name.to_ascii_lowercase();
+    if !plain || IDENTITY_WORDS.iter().any(|w| lower.contains(w)) {
+        return Err(arg_error(format!(
+            "filter {name:?} is not allowed: filters are plain field names, and the tenant, user, location and credentials of a call are fixed by the server"
+        )));
+    }
+    Ok(())
+}
+
+/// Query parameters from the model's filters: names checked, values strings, numbers or booleans.
+fn query(filters: &Map<String, Value>) -> Result<Vec<(String, String)>, ToolError> {
+    filters
+        .iter()
+        .map(|(k, v)| {
+            Ok((k.clone(), {
+                query_name(k)?;
+                query_value(v)?
+            }))
+        })
+        .collect()
+}
+
+/// Refuses arguments the tool's schema does not offer (its `properties`; none declared: any).
+fn offered(args: &Value, schema: &Value) -> Result<(), ToolError> {
+    let Some(properties) = schema.get("properties").and_then(Value::as_object) else { return Ok(()) };
+    match args.as_object().and_then(|a| a.keys().find(|k| !properties.contains_key(*k))) {
+        Some(extra) => Err(arg_error(format!("argument {extra:?} is not one this tool takes"))),
+        None => Ok(()),
+    }
+}
+
 fn string_arg<'a>(args: &'a Value, name: &str) -> Result<&'a str, ToolError> {
     args.get(name).and_then(Value::as_str).ok_or_else(|| arg_error(format!("argument {name} (a string) is required")))
 }
@@ -245,15 +299,13 @@ impl BusinessApi {
             return Err(arg_error("arguments must be a JSON object"));
         }
         refuse_forbidden(args)?;
+        if let Some(spec) = self.specs().into_iter().find(|s| s.name == name) {
+            offered(args, &spec.parameters)?;
+        }
         let (method, path, query, body) = match name {
             "list_resources" => {
                 let t = self.resource_type(args, false)?;
-                let filters = object_arg(args, "filters")?;
-                let query = filters
-                    .iter()
-                    .map(|(k, v)| Ok((k.clone(), query_value(v)?)))
-                    .collect::<Result<Vec<_>, ToolError>>()?;
-                (reqwest::Method::GET, format!("/resources/{t}"), query, None)
+                (reqwest::Method::GET, format!("/resources/{t}"), query(&object_arg(args, "filters")?)?, None)
             }
             "read_resource" => {
                 let t = self.resource_type(args, false)?;
@@ -309,9 +361,7 @@ impl BusinessApi {
         path.push_str(template);
         let method: reqwest::Method = tool.method.to_ascii_uppercase().parse().map_err(|_| arg_error("bad method"))?;
         if method == reqwest::Method::GET || method == reqwest::Method::DELETE {
-            let query =
-                rest.iter().map(|(k, v)| Ok((k.clone(), query_value(v)?))).collect::<Result<Vec<_>, ToolError>>()?;
-            Ok((method, path, query, None))
+            Ok((method, path, query(&rest)?, None))
         } else {
             Ok((method, path, Vec::new(), Some(Value::Object(rest))))
         }
@@ -368,6 +418,25 @@ mod tests {
         assert!(refuse_forbidden(&json!({"resourceType": "a", "filters": {"X-Tenant-Id": "b"}})).is_err());
         assert!(refuse_forbidden(&json!({"data": [{"tenant_id": "b"}]})).is_err());
         assert!(refuse_forbidden(&json!({"data": {"customerId": "c", "locationId": "l"}})).is_ok());
+    }
+
+    #[test]
+    fn filters_are_plain_field_names_that_choose_no_identity() {
+        for name in
+            ["tenant", "tenants", "organization", "x-tenant", "userId", "X-Api-Key", "api_key", "locationId", "a.b"]
+        {
+            assert!(query_name(name).is_err(), "{name}");
+        }
+        for name in ["date", "status", "customerId", "from_date"] {
+            assert!(query_name(name).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn arguments_outside_the_schema_are_refused() {
+        let schema = json!({"properties": {"resourceType": {}, "filters": {}}});
+        assert!(offered(&json!({"resourceType": "a", "filters": {}}), &schema).is_ok());
+        assert!(offered(&json!({"resourceType": "a", "tenant": "b"}), &schema).is_err());
     }
 
     #[test]

@@ -244,11 +244,20 @@ async fn arguments_cannot_choose_the_tenant_the_host_or_the_path() {
         {"name": "list_resources", "arguments": {"resourceType": "appointments", "url": "http://evil.example"}},
         {"name": "read_resource", "arguments": {"resourceType": "../admin", "resourceId": "1"}},
         {"name": "read_resource", "arguments": {"resourceType": "appointments", "resourceId": ".."}},
-        {"name": "read_resource", "arguments": {"resourceType": "invoices", "resourceId": "1"}}
+        {"name": "read_resource", "arguments": {"resourceType": "invoices", "resourceId": "1"}},
+        // Names a deny-list missed: filters are plain field names naming no identity or credential,
+        // and arguments are only those the tool's schema offers.
+        {"name": "list_resources", "arguments": {"resourceType": "appointments", "filters": {"tenant": "globex"}}},
+        {"name": "list_resources", "arguments": {"resourceType": "appointments", "filters": {"tenants": "globex"}}},
+        {"name": "list_resources", "arguments": {"resourceType": "appointments", "filters": {"organization": "globex"}}},
+        {"name": "list_resources", "arguments": {"resourceType": "appointments", "filters": {"x-tenant": "globex"}}},
+        {"name": "list_resources", "arguments": {"resourceType": "appointments", "filters": {"userId": "u2"}}},
+        {"name": "list_resources", "arguments": {"resourceType": "appointments", "filters": {"X-Api-Key": "k"}}},
+        {"name": "read_resource", "arguments": {"resourceType": "appointments", "resourceId": "1", "tenant": "globex"}}
     ]);
     let r = ask(&s, &tools(attempts)).await;
     let actions = r["actions"].as_array().unwrap();
-    assert_eq!(actions.len(), 6);
+    assert_eq!(actions.len(), 13);
     for a in actions {
         assert_eq!(a["status"], "failed", "{a}");
     }
