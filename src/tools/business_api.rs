@@ -137,15 +137,15 @@ fn query_name(name: &str) -> Result<(), ToolError> {
     Ok(())
 }
 
-/// Query parameters from the model's filters: names checked, values strings, numbers or booleans.
-fn query(filters: &Map<String, Value>) -> Result<Vec<(String, String)>, ToolError> {
-    filters
-        .iter()
+/// Query parameters from the model's arguments: names checked (unless the operator declared them
+/// in a tools-file schema), values strings, numbers or booleans.
+fn query(args: &Map<String, Value>, declared: Option<&Map<String, Value>>) -> Result<Vec<(String, String)>, ToolError> {
+    args.iter()
         .map(|(k, v)| {
-            Ok((k.clone(), {
+            if !declared.is_some_and(|d| d.contains_key(k)) {
                 query_name(k)?;
-                query_value(v)?
-            }))
+            }
+            Ok((k.clone(), query_value(v)?))
         })
         .collect()
 }
@@ -305,7 +305,7 @@ impl BusinessApi {
         let (method, path, query, body) = match name {
             "list_resources" => {
                 let t = self.resource_type(args, false)?;
-                (reqwest::Method::GET, format!("/resources/{t}"), query(&object_arg(args, "filters")?)?, None)
+                (reqwest::Method::GET, format!("/resources/{t}"), query(&object_arg(args, "filters")?, None)?, None)
             }
             "read_resource" => {
                 let t = self.resource_type(args, false)?;
@@ -361,7 +361,8 @@ impl BusinessApi {
         path.push_str(template);
         let method: reqwest::Method = tool.method.to_ascii_uppercase().parse().map_err(|_| arg_error("bad method"))?;
         if method == reqwest::Method::GET || method == reqwest::Method::DELETE {
-            Ok((method, path, query(&rest)?, None))
+            let declared = tool.parameters.get("properties").and_then(Value::as_object);
+            Ok((method, path, query(&rest, declared)?, None))
         } else {
             Ok((method, path, Vec::new(), Some(Value::Object(rest))))
         }
