@@ -21,13 +21,20 @@ pub struct JwtVerifier {
     config: JwtConfig,
     http: reqwest::Client,
     jwks: RwLock<(Option<Instant>, JwkSet)>,
+    /// One refresh at a time: concurrent tokens with a new `kid` wait for it instead of each fetching.
+    refresh: tokio::sync::Mutex<()>,
 }
 
 impl JwtVerifier {
     pub fn new(config: JwtConfig) -> Self {
         let http =
             reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("HTTP client with default TLS");
-        Self { config, http, jwks: RwLock::new((None, JwkSet { keys: Vec::new() })) }
+        Self {
+            config,
+            http,
+            jwks: RwLock::new((None, JwkSet { keys: Vec::new() })),
+            refresh: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn validation(&self, alg: Algorithm) -> Validation {
@@ -78,6 +85,14 @@ impl JwtVerifier {
         } else if let Some(url) = &self.config.jwks_url {
             let kid = header.kid.as_deref();
             let mut jwk = self.find_key(kid);
+            let _one_at_a_time = match jwk {
+                Some(_) => None,
+                // Another request may have refreshed while this one waited.
+                None => Some(self.refresh.lock().await),
+            };
+            if jwk.is_none() {
+                jwk = self.find_key(kid);
+            }
             if jwk.is_none() {
                 let stale = self
                     .jwks

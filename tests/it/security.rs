@@ -253,12 +253,17 @@ impl EcKey {
 #[tokio::test]
 async fn jwt_with_a_jwks_refreshes_on_unknown_kid_and_refuses_algorithm_confusion() {
     let jwks = std::sync::Arc::new(std::sync::Mutex::new(json!({"keys": []})));
-    let served = jwks.clone();
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (served, counted) = (jwks.clone(), fetches.clone());
     let app = axum::Router::new().route(
         "/jwks.json",
         axum::routing::get(move || {
-            let served = served.clone();
-            async move { axum::Json(served.lock().unwrap().clone()) }
+            let (served, counted) = (served.clone(), counted.clone());
+            async move {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                axum::Json(served.lock().unwrap().clone())
+            }
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -287,8 +292,19 @@ async fn jwt_with_a_jwks_refreshes_on_unknown_kid_and_refuses_algorithm_confusio
     let r = send(&s, "POST", "/agent/process", Some(&forged), &[], turn.clone()).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // A key nobody published.
-    let r = send(&s, "POST", "/agent/process", Some(&EcKey::new("k9").sign(&claims)), &[], turn).await;
+    let r = send(&s, "POST", "/agent/process", Some(&EcKey::new("k9").sign(&claims)), &[], turn.clone()).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Many concurrent tokens with a newly published kid: one fetch serves them all.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let k3 = EcKey::new("k3");
+    jwks.lock().unwrap()["keys"] = json!([k1.jwk(), k2.jwk(), k3.jwk()]);
+    let before = fetches.load(std::sync::atomic::Ordering::SeqCst);
+    let token = k3.sign(&claims);
+    let sends = (0..10).map(|_| send(&s, "GET", "/agent/conversations/acme/users/u1", Some(&token), &[], None));
+    for r in futures::future::join_all(sends).await {
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst) - before, 1, "one JWKS fetch for them all");
 }
 
 #[tokio::test]
