@@ -17,6 +17,12 @@ use crate::auth::{AuthFailure, Caller};
 /// The longest header value we read, and all headers together.
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 pub const MAX_HEADERS_TOTAL_BYTES: usize = 32 * 1024;
+/// The most headers a request may have, and the longest URI.
+pub const MAX_HEADER_COUNT: usize = 100;
+pub const MAX_URI_BYTES: usize = 16 * 1024;
+/// What the HTTP parser itself accepts (past it, hyper answers without a body).
+pub const PARSER_MAX_HEADERS: usize = 1024;
+pub const PARSER_MAX_HEAD_BYTES: usize = 1024 * 1024;
 
 /// Paths anyone may call.
 fn is_open(path: &str) -> bool {
@@ -166,6 +172,23 @@ pub async fn rate_limit(State(state): State<AppState>, request: Request, next: N
 
 /// 431 for a header value over 8 KB or headers over 32 KB in all.
 pub async fn header_limits(request: Request, next: Next) -> Response {
+    let uri = request.uri().to_string().len();
+    if uri > MAX_URI_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the URI is {uri} bytes; at most {MAX_URI_BYTES}"),
+        )
+        .into_response();
+    }
+    if request.headers().len() > MAX_HEADER_COUNT {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too_many_headers",
+            format!("{} headers; at most {MAX_HEADER_COUNT}", request.headers().len()),
+        )
+        .into_response();
+    }
     let mut total = 0;
     for (name, value) in request.headers() {
         total += name.as_str().len() + value.len();

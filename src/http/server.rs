@@ -38,6 +38,10 @@ pub async fn run(listener: TcpListener, app: axum::Router, agent: &Agent, timeou
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(timeouts.header_read)
+                    // Generous parser limits, so that the stricter ones of `access::header_limits`
+                    // answer with a JSON error (hyper's own answers have no body).
+                    .max_headers(super::access::PARSER_MAX_HEADERS)
+                    .max_buf_size(super::access::PARSER_MAX_HEAD_BYTES)
                     .serve_connection(
                         hyper_util::rt::TokioIo::new(stream),
                         hyper_util::service::TowerToHyperService::new(app.clone()),
