@@ -5,14 +5,14 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rmcp::model::{CallToolRequestParams, ClientConfig, Tool};
+use rmcp::model::{CallToolRequestParams, ClientConfig, MetaObject, RequestMetaObject, Tool};
 use rmcp::service::{NotificationContext, RoleClient, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientHandler, ServiceExt};
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use super::{ToolError, ToolSpec};
+use super::{ToolContext, ToolError, ToolSpec};
 
 /// Marks the tool list as changed when the server says so.
 #[derive(Clone)]
@@ -111,7 +111,11 @@ impl McpServers {
         !tool.and_then(|t| t.annotations).and_then(|a| a.read_only_hint).unwrap_or(false)
     }
 
-    pub async fn call(&self, name: &str, arguments: &Value) -> Result<Value, ToolError> {
+    /// Calls a tool with the model's arguments (only those its input schema declares) and the
+    /// turn's identity in the request's `_meta` (`agent-server/tenantId`, `.../userId`,
+    /// `.../locationId`): one connection serves every tenant, so the MCP server must scope what it
+    /// does by these, never by arguments (docs/tools.md).
+    pub async fn call(&self, name: &str, arguments: &Value, ctx: &ToolContext) -> Result<Value, ToolError> {
         let mut server = self.servers.iter().find(|s| s.find(name).is_some());
         if server.is_none() {
             // The model may know a tool added since the last listing.
@@ -122,11 +126,22 @@ impl McpServers {
         }
         let server = server.ok_or_else(|| ToolError(format!("no tool named {name}")))?;
         let args = arguments.as_object().cloned().unwrap_or_default();
-        let result = server
-            .client
-            .call_tool(CallToolRequestParams::new(name.to_string()).with_arguments(args))
-            .await
-            .map_err(|e| ToolError(format!("MCP tool {name} failed: {e}")))?;
+        if let Some(tool) = server.find(name) {
+            let declared = tool.input_schema.get("properties").and_then(Value::as_object);
+            if let Some(extra) = declared.and_then(|d| args.keys().find(|k| !d.contains_key(*k))) {
+                return Err(ToolError(format!("argument {extra:?} is not one this tool takes")));
+            }
+        }
+        let mut identity = serde_json::Map::new();
+        identity.insert("agent-server/tenantId".into(), Value::String(ctx.tenant.to_string()));
+        identity.insert("agent-server/userId".into(), Value::String(ctx.user.to_string()));
+        if let Some(location) = &ctx.location {
+            identity.insert("agent-server/locationId".into(), Value::String(location.to_string()));
+        }
+        let mut params = CallToolRequestParams::new(name.to_string()).with_arguments(args);
+        params.meta = Some(RequestMetaObject(MetaObject(identity)));
+        let result =
+            server.client.call_tool(params).await.map_err(|e| ToolError(format!("MCP tool {name} failed: {e}")))?;
         let value = serde_json::to_value(&result).unwrap_or(Value::Null);
         if result.is_error == Some(true) {
             return Err(ToolError(format!("MCP tool {name} reported an error: {}", value["content"])));

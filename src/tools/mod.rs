@@ -170,7 +170,7 @@ impl Toolbox {
         let work = async {
             match (&self.api, &self.mcp) {
                 (Some(api), _) if self.is_business_tool(&call.name) => api.call(&call.name, &call.arguments, ctx).await,
-                (_, Some(mcp)) => mcp.call(&call.name, &call.arguments).await,
+                (_, Some(mcp)) => mcp.call(&call.name, &call.arguments, ctx).await,
                 _ => Err(ToolError(format!("no tool named {}", call.name))),
             }
         };

@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{ServerCapabilities, ServerConfig};
+use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::{
     StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
 };
-use rmcp::{ServerHandler, schemars, tool, tool_handler, tool_router};
+use rmcp::{RoleServer, ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde_json::Value;
 
-use crate::support::{TestServer, request, turn};
+use crate::support::{TestServer, ok, request, turn, turn_request};
 
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 struct HoursRequest {
@@ -37,6 +38,11 @@ impl Shop {
     #[tool(description = "Opening hours of a location", annotations(read_only_hint = true))]
     fn opening_hours(&self, Parameters(HoursRequest { location }): Parameters<HoursRequest>) -> String {
         format!("{location} is open 9:00-17:00")
+    }
+
+    #[tool(description = "Who the call is for, as the client says in _meta", annotations(read_only_hint = true))]
+    fn whoami(&self, context: RequestContext<RoleServer>) -> String {
+        serde_json::to_string(&context.meta.0.0).unwrap()
     }
 
     #[tool(description = "Send a text message to a customer")]
@@ -77,6 +83,22 @@ async fn mcp_tools_are_listed_run_and_approved() {
     let r = turn(&s, "acme", "u1", "hours?\n@tool opening_hours {\"location\": \"Downtown\"}").await;
     assert_eq!(r["actions"][0]["status"], "done", "{r}");
     assert!(r["response"].as_str().unwrap().contains("Downtown is open 9:00-17:00"), "{r}");
+
+    // The turn's identity travels with every call, in the request's `_meta`.
+    let r = ok(turn_request(&s, "acme", "u7")
+        .header("x-location-id", "uptown")
+        .json(&serde_json::json!({"message": "who?\n@tool whoami {}"})))
+    .await;
+    // The action's result is the tool's content (a list of text parts) as JSON text.
+    let content: Value = serde_json::from_str(r["actions"][0]["result"].as_str().unwrap()).unwrap();
+    let meta: Value = serde_json::from_str(content[0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(meta["agent-server/tenantId"], "acme", "{meta}");
+    assert_eq!(meta["agent-server/userId"], "u7", "{meta}");
+    assert_eq!(meta["agent-server/locationId"], "uptown", "{meta}");
+    // Arguments the tool's schema does not declare are refused before the call.
+    let r = turn(&s, "acme", "u1", "hours?\n@tool opening_hours {\"location\": \"Downtown\", \"tenant\": \"globex\"}")
+        .await;
+    assert_eq!(r["actions"][0]["status"], "failed", "{r}");
 
     // One without the read-only hint waits for approval, then runs once.
     let r = turn(&s, "acme", "u1", "text her\n@tool send_sms {\"to\": \"+100\", \"text\": \"ready\"}").await;
