@@ -14,9 +14,59 @@ use super::thinking::Thought;
 use super::turn::{TurnError, TurnOutcome};
 use crate::ids::{SessionId, TenantId, UserId};
 use crate::store::{
-    Action, ActionStatus, Message, MessageQuery, Order, Role, StoreError, TurnStatus, recent_history, writable_session,
+    Action, ActionStatus, MAX_ITEM_BYTES, Message, MessageQuery, Order, Role, StoreError, TurnStatus,
+    message_item_bytes, recent_history, writable_session,
 };
 use crate::tools::{ToolCall, action_record};
+
+/// Shortens an action's stored result until the message holding it fits the storage limit.
+fn fit_in(message: &Message, action: &mut Action) {
+    loop {
+        let mut m = message.clone();
+        if let Some(actions) = m.metadata.as_mut().and_then(|md| md.get_mut("actions")).and_then(|a| a.as_array_mut()) {
+            for slot in actions.iter_mut().filter(|a| a["id"] == serde_json::json!(action.id)) {
+                *slot = action.to_json();
+            }
+        }
+        if message_item_bytes(&m) <= MAX_ITEM_BYTES {
+            return;
+        }
+        let Some(result) = action.result.take() else { return };
+        let keep: String = result.chars().take(result.chars().count() / 2).collect();
+        action.result = Some(format!("{keep}... [cut to fit the storage limit]"));
+        if keep.is_empty() {
+            return;
+        }
+    }
+}
+
+/// Shortens a follow-up reply (its actions' results first, then its text) until it fits the storage
+/// limit: the tool ran, so the decision must not fail for want of room.
+fn fit_reply(tenant: &TenantId, session: &SessionId, reply: &mut crate::store::NewMessage) {
+    let size = |r: &crate::store::NewMessage| {
+        message_item_bytes(&r.clone().into_message(tenant, session, crate::timestamp::Timestamp::now()))
+    };
+    let cut = |text: &str| {
+        let keep: String = text.chars().take(text.chars().count() / 2).collect();
+        format!("{keep}... [cut to fit the storage limit]")
+    };
+    for _ in 0..64 {
+        if size(reply) <= MAX_ITEM_BYTES {
+            return;
+        }
+        let actions = reply.metadata.as_mut().and_then(|m| m.get_mut("actions")).and_then(|a| a.as_array_mut());
+        let longest = actions.and_then(|list| {
+            list.iter_mut()
+                .filter_map(|a| a.get_mut("result"))
+                .filter(|r| r.as_str().is_some_and(|t| t.len() > 64))
+                .max_by_key(|r| r.as_str().map_or(0, str::len))
+        });
+        match longest {
+            Some(result) => *result = serde_json::json!(cut(result.as_str().unwrap_or_default())),
+            None => reply.content = cut(&reply.content),
+        }
+    }
+}
 
 fn decided(action_id: &str, status: ActionStatus) -> TurnError {
     TurnError::Store(StoreError::Conflict(format!(
@@ -115,6 +165,8 @@ impl Agent {
                     let status = if result.is_error { ActionStatus::Failed } else { ActionStatus::Done };
                     let mut done = action_record(&call, status, Some(&result));
                     done.approved = Some(true);
+                    // The tool ran: its result must be storable, so it is cut to fit the message.
+                    fit_in(&message, &mut done);
                     self.store.transition_action(tenant, &message.id, ActionStatus::Approved, &done).await?;
                     done
                 } else {
@@ -163,8 +215,9 @@ impl Agent {
         thought.actions.insert(0, resolved);
         let pending = thought.actions.iter().any(|a| a.status == ActionStatus::PendingApproval);
         let status = if pending { TurnStatus::AwaitingApproval } else { TurnStatus::Completed };
-        let agent =
+        let mut agent =
             messages::agent_message(&session.user_id, follow_up.clone(), follow_up, status, &thought, started, None);
+        fit_reply(tenant, session_id, &mut agent);
         let agent_message = self.store.append_messages(tenant, session_id, vec![agent]).await?.remove(0).message;
         Ok(TurnOutcome {
             turn_id: follow_up.clone(),

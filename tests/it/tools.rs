@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::support::openai_mock::OpenAiMock;
-use crate::support::{TestServer, get, ok, parse_sse, request, turn_request};
+use crate::support::{TestServer, get, ok, ok_json, parse_sse, request, turn_request};
 
 const KEY: &str = "biz-secret-key-123";
 
@@ -48,6 +48,7 @@ async fn business(State(calls): State<Arc<Calls>>, request: Request) -> axum::re
     calls.in_flight.fetch_sub(1, Ordering::SeqCst);
     let answer = match (method.as_str(), path.as_str()) {
         (_, p) if p.starts_with("/resources/leaky") => json!({"echo": headers["authorization"]}),
+        (_, p) if p.starts_with("/resources/big") => json!({"blob": "x".repeat(450_000)}),
         ("GET", "/resources/appointments") => json!([{"id": "a1", "time": "10:00"}, {"id": "a2", "time": "11:00"}]),
         ("GET", "/resources/customers") => json!([{"id": "c1", "name": "Ada"}]),
         ("GET", p) => json!({"id": p.rsplit('/').next().unwrap(), "found": true}),
@@ -405,4 +406,24 @@ async fn tools_use_the_turns_location_on_a_continued_session() {
     let log = calls.log.lock().unwrap().clone();
     assert_eq!(log.len(), 1);
     assert_eq!(log[0]["headers"]["x-location-id"], "uptown");
+}
+
+/// An approved tool whose result would push its message past the storage limit: the side effect
+/// happened, so the result is cut to fit rather than the approval failing after it.
+#[tokio::test]
+async fn an_approved_tools_huge_result_is_cut_to_fit() {
+    let model = OpenAiMock::start().await;
+    let (api, calls) = business_api().await;
+    let s = server(&model, &api, &[("API_RESOURCE_TYPES", "big"), ("TOOL_RESULT_MAX_CHARS", "1000000")]).await;
+    let create = json!([{"name": "create_resource", "arguments": {"resourceType": "big", "data": {"n": 1}}}]);
+    let r = ask(&s, &tools(create)).await;
+    let (session, id) = (r["sessionId"].as_str().unwrap(), r["actions"][0]["id"].as_str().unwrap());
+    let approved =
+        ok(request(&s, "POST", &format!("/agent/conversations/acme/sessions/{session}/actions/{id}/approve"))).await;
+    assert_eq!(approved["actions"][0]["status"], "done");
+    assert_eq!(calls.log.lock().unwrap().len(), 1);
+    let msgs =
+        ok_json(get(&s, &format!("/agent/conversations/acme/sessions/{session}/messages?order=asc")).await).await;
+    let stored = msgs[1]["metadata"]["actions"][0]["result"].as_str().unwrap();
+    assert!(stored.ends_with("[cut to fit the storage limit]") && stored.len() < 400_000, "{}", stored.len());
 }
