@@ -319,6 +319,12 @@ async fn export_from_sqlite_import_into_dynamodb_and_back_keeps_every_conversati
     let out = cli(dir.path(), &["export", "--tenant", "t1", "--out", gz.to_str().unwrap()], &sqlite_env);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(&std::fs::read(&gz).unwrap()[..2], &[0x1f, 0x8b], "gzip");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&gz).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "an export is readable by its owner only");
+    }
     // Into DynamoDB (twice: the second import stores nothing), then out again.
     let file = dir.path().join("all.jsonl");
     std::fs::write(&file, &export.stdout).unwrap();
