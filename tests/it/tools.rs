@@ -68,6 +68,10 @@ async fn business_api() -> (String, Arc<Calls>) {
 }
 
 async fn server(mock: &OpenAiMock, api: &str, extra: &[(&str, &str)]) -> TestServer {
+    server_on("sqlite", mock, api, extra).await
+}
+
+async fn server_on(backend: &str, mock: &OpenAiMock, api: &str, extra: &[(&str, &str)]) -> TestServer {
     let mut env = vec![
         ("LLM_PROVIDER", "openai"),
         ("OPENAI_BASE_URL", mock.url.as_str()),
@@ -76,7 +80,7 @@ async fn server(mock: &OpenAiMock, api: &str, extra: &[(&str, &str)]) -> TestSer
         ("API_RESOURCE_TYPES", "appointments,customers,slow,leaky"),
     ];
     env.extend_from_slice(extra);
-    TestServer::start("sqlite", &env).await
+    TestServer::start(backend, &env).await
 }
 
 /// A turn as acme/u1 at location downtown (the business API must receive all three), which must
@@ -360,12 +364,21 @@ async fn openai_streamed_tool_calls_are_assembled_from_fragments() {
 
 /// An approved tool ran, then the model's follow-up failed: the approval can be retried, and the
 /// retry runs only the follow-up, never the tool again. Approvals also find actions however many
-/// messages came after them.
+/// messages came after them. On both backends.
 #[tokio::test]
-async fn a_retried_approval_runs_only_the_follow_up_and_old_actions_can_be_decided() {
+async fn a_retried_approval_runs_only_the_follow_up_on_sqlite() {
+    a_retried_approval_runs_only_the_follow_up_and_old_actions_can_be_decided("sqlite").await
+}
+
+#[tokio::test]
+async fn a_retried_approval_runs_only_the_follow_up_on_dynamodb() {
+    a_retried_approval_runs_only_the_follow_up_and_old_actions_can_be_decided("dynamodb").await
+}
+
+async fn a_retried_approval_runs_only_the_follow_up_and_old_actions_can_be_decided(backend: &str) {
     let model = OpenAiMock::start().await;
     let (api, calls) = business_api().await;
-    let s = server(&model, &api, &[]).await;
+    let s = server_on(backend, &model, &api, &[]).await;
     // The model fails once on each new text holding the marker: the turn asking for the tool, then
     // the follow-up (whose note quotes the tool's arguments).
     let create = json!([{"name": "create_resource", "arguments": {"resourceType": "appointments", "data": {"note": "[fail-once]"}}}]);
