@@ -108,9 +108,32 @@ impl<S: Send + Sync> FromRequestParts<S> for Idempotency {
     }
 }
 
-/// Parses one path segment into an id, naming it in the error.
-fn path_id<T>(name: &str, raw: String, parse: fn(String) -> Result<T, IdError>) -> Result<T, ApiError> {
-    parse(raw).map_err(|e| ApiError::bad_request("invalid_path", format!("{name}: {e}")))
+/// What a path segment can be parsed into.
+trait Segment: Sized {
+    fn parse_segment(raw: String) -> Result<Self, IdError>;
+}
+
+macro_rules! id_segments {
+    ($($ty:ty),+) => {
+        $(impl Segment for $ty {
+            fn parse_segment(raw: String) -> Result<Self, IdError> {
+                <$ty>::parse(raw)
+            }
+        })+
+    };
+}
+id_segments!(TenantId, UserId, SessionId, MessageId);
+
+/// An action id is the server's own (checked when it is looked up).
+impl Segment for String {
+    fn parse_segment(raw: String) -> Result<Self, IdError> {
+        Ok(raw)
+    }
+}
+
+/// Parses one path segment, naming it in the error.
+fn path_id<T: Segment>(name: &str, raw: String) -> Result<T, ApiError> {
+    T::parse_segment(raw).map_err(|e| ApiError::bad_request("invalid_path", format!("{name}: {e}")))
 }
 
 /// Declares a path extractor whose segments are parsed into ids by name.
@@ -127,7 +150,7 @@ macro_rules! path_extractor {
                 #[derive(Deserialize)]
                 struct Raw { $(#[serde(rename = $param)] $field: String),+ }
                 let Path(raw) = Path::<Raw>::from_request_parts(parts, state).await?;
-                Ok($name { $($field: path_id($param, raw.$field, <$ty>::parse)?),+ })
+                Ok($name { $($field: path_id::<$ty>($param, raw.$field)?),+ })
             }
         }
     };
@@ -146,62 +169,11 @@ path_extractor!(
     SessionPath { tenant: TenantId = "tenantId", session: SessionId = "sessionId" }
 );
 
-/// `/agent/conversations/{tenantId}/sessions/{sessionId}/actions/{actionId}/...`
-#[derive(Debug, Clone)]
-pub struct ActionPath {
-    pub tenant: TenantId,
-    pub session: SessionId,
-    pub action: String,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for ActionPath {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        #[derive(Deserialize)]
-        struct Raw {
-            #[serde(rename = "tenantId")]
-            tenant: String,
-            #[serde(rename = "sessionId")]
-            session: String,
-            #[serde(rename = "actionId")]
-            action: String,
-        }
-        let Path(raw) = Path::<Raw>::from_request_parts(parts, state).await?;
-        Ok(ActionPath {
-            tenant: path_id("tenantId", raw.tenant, TenantId::parse)?,
-            session: path_id("sessionId", raw.session, SessionId::parse)?,
-            action: raw.action,
-        })
-    }
-}
-
-/// `/agent/conversations/{tenantId}/sessions/{sessionId}/turns/{turnId}/...`
-#[derive(Debug, Clone)]
-pub struct TurnPath {
-    pub tenant: TenantId,
-    pub session: SessionId,
-    pub turn: MessageId,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for TurnPath {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        #[derive(Deserialize)]
-        struct Raw {
-            #[serde(rename = "tenantId")]
-            tenant: String,
-            #[serde(rename = "sessionId")]
-            session: String,
-            #[serde(rename = "turnId")]
-            turn: String,
-        }
-        let Path(raw) = Path::<Raw>::from_request_parts(parts, state).await?;
-        Ok(TurnPath {
-            tenant: path_id("tenantId", raw.tenant, TenantId::parse)?,
-            session: path_id("sessionId", raw.session, SessionId::parse)?,
-            turn: path_id("turnId", raw.turn, MessageId::parse)?,
-        })
-    }
-}
+path_extractor!(
+    /// `/agent/conversations/{tenantId}/sessions/{sessionId}/actions/{actionId}/...`
+    ActionPath { tenant: TenantId = "tenantId", session: SessionId = "sessionId", action: String = "actionId" }
+);
+path_extractor!(
+    /// `/agent/conversations/{tenantId}/sessions/{sessionId}/turns/{turnId}/...`
+    TurnPath { tenant: TenantId = "tenantId", session: SessionId = "sessionId", turn: MessageId = "turnId" }
+);
