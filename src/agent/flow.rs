@@ -224,6 +224,23 @@ impl Agent {
                     return Err(e);
                 }
             }
+        } else if hash.is_some() {
+            // A keyed JSON turn keeps a record while it runs, so that a retry on another server
+            // answers 409 instead of running the model and its tools again (its messages are still
+            // its record once it ends). The conditional create settles a race between two servers.
+            let session = live
+                .session()
+                .unwrap_or_else(|| SessionId::parse(turn_id.as_str()).unwrap_or_else(|_| SessionId::generate()));
+            let rec = self.new_record(live, req, session, hash);
+            let created = self.store.create_turn(&rec).await;
+            if !matches!(created, Ok(true)) {
+                self.give_back(req, &place, &stamps, before.as_ref(), None).await;
+                return Err(match created {
+                    Err(e) => e.into(),
+                    _ => TurnError::InProgress(turn_id.clone()),
+                });
+            }
+            record = Some(rec);
         }
         // Tools act for the location this turn names; the session's own when the turn names none.
         let location = req.location.clone().or_else(|| before.as_ref().and_then(|s| s.location_id.clone()));
@@ -305,6 +322,7 @@ impl Agent {
         events.push(live.push("done", json!(TurnAnswer::from(outcome.clone()))));
         if let Some(mut rec) = record {
             rec.status = status;
+            rec.session_id = outcome.session_id.clone();
             rec.agent_message_id = Some(outcome.agent_message.id.clone());
             self.save_record(&mut rec, events).await;
         }

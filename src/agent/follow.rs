@@ -322,7 +322,14 @@ impl Agent {
             Instant::now(),
             Some("server_stopped"),
         );
-        let agent = self.store.append_messages(&tenant, &record.session_id, vec![new]).await?.remove(0).message;
+        let agent = match self.store.append_messages(&tenant, &record.session_id, vec![new]).await {
+            Ok(mut stored) => stored.remove(0).message,
+            Err(e) => {
+                // A JSON turn that died before its session existed has no place for a reply.
+                tracing::warn!(error = %e, %turn, "an abandoned turn's partial reply could not be stored");
+                return Ok(record);
+            }
+        };
         let user = self.store.get_message(&tenant, &turn).await?;
         let mut outcome = messages::outcome(turn.clone(), user, agent);
         outcome.status = TurnStatus::Interrupted;

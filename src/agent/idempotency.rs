@@ -75,7 +75,11 @@ impl Agent {
                     Prior::Started(Started::Replayed(Box::new(outcome)))
                 }
                 (Some(user), _) => Prior::Rerun(user),
-                (None, _) => Prior::None,
+                (None, _) => {
+                    // A JSON attempt that failed stored only its record: it gives way to this one.
+                    self.store.delete_turn(&req.tenant, turn_id, &[]).await?;
+                    Prior::None
+                }
             });
         }
         let Some(user) = user else {

@@ -12,6 +12,7 @@ use super::Agent;
 use super::flow::{FLUSH_EVERY, LEASE, Place, Thinking, now_millis, session_event};
 use super::live::LiveTurn;
 use super::turn::{StopReason, TurnError, TurnRequest};
+use crate::ids::SessionId;
 use crate::llm::{Deltas, ModelRequest, StreamItem};
 use crate::store::{Message, NewMessage, StoreError, TurnEvent, TurnRecord, TurnStatus};
 use crate::timestamp::{self, Timestamp};
@@ -53,23 +54,7 @@ impl Agent {
                 message
             }
         };
-        let now = Timestamp::now();
-        let record = TurnRecord {
-            turn_id: turn_id.clone(),
-            tenant_id: req.tenant.clone(),
-            session_id: message.session_id.clone(),
-            user_id: req.user.clone(),
-            status: TurnStatus::Running,
-            agent_message_id: None,
-            error: None,
-            last_event_id: 0,
-            created_at: now.clone(),
-            updated_at: now,
-            request_hash: hash.map(str::to_string),
-            lease_until: now_millis() + LEASE.as_millis() as i64,
-            expires_at: timestamp::epoch_seconds() + self.settings.turn_events_ttl.as_secs() as i64,
-            events: Vec::new(),
-        };
+        let record = self.new_record(live, req, message.session_id.clone(), hash);
         if resumed {
             // The failed attempt's record and events give way to this attempt's.
             self.store.delete_turn(&req.tenant, turn_id, &[]).await?;
@@ -81,6 +66,33 @@ impl Agent {
         self.store.create_turn(&record).await?;
         record.events.clear();
         Ok((message, record))
+    }
+
+    /// A running turn's record, as it is first written.
+    pub(super) fn new_record(
+        &self,
+        live: &LiveTurn,
+        req: &TurnRequest,
+        session: SessionId,
+        hash: Option<&str>,
+    ) -> TurnRecord {
+        let now = Timestamp::now();
+        TurnRecord {
+            turn_id: live.turn_id.clone(),
+            tenant_id: req.tenant.clone(),
+            session_id: session,
+            user_id: req.user.clone(),
+            status: TurnStatus::Running,
+            agent_message_id: None,
+            error: None,
+            last_event_id: 0,
+            created_at: now.clone(),
+            updated_at: now,
+            request_hash: hash.map(str::to_string),
+            lease_until: now_millis() + LEASE.as_millis() as i64,
+            expires_at: timestamp::epoch_seconds() + self.settings.turn_events_ttl.as_secs().max(3600) as i64,
+            events: Vec::new(),
+        }
     }
 
     /// Follows the model: its progress becomes events (persisted every 250 ms for a streamed turn,

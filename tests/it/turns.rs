@@ -413,3 +413,28 @@ async fn open_streams_hold_their_slot_until_they_end() {
     }
     assert!(served, "the slot came back");
 }
+
+/// A keyed JSON turn running on one server: a retry through another answers 409 with its turnId
+/// (the model and its tools never run twice), and once it ends the retry gets its answer.
+#[tokio::test]
+async fn a_keyed_json_turn_is_not_run_twice_across_servers() {
+    let a = TestServer::start("dynamodb", &[SLOW]).await;
+    let b = TestServer::start_beside(&a, &[SLOW]).await;
+    let body = json!({"message": LONG});
+    let first = tokio::spawn({
+        let req = turn_request(&a, "t1", "u1").header("idempotency-key", "k-x").json(&body);
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = turn_request(&b, "t1", "u1").header("idempotency-key", "k-x").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let error: Value = r.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "idempotency_in_progress");
+    let answer = first.await.unwrap();
+    assert_eq!(error["error"]["turnId"], answer["turnId"]);
+    let again = ok(turn_request(&b, "t1", "u1").header("idempotency-key", "k-x").json(&body)).await;
+    assert_eq!(again, answer);
+    let sid = answer["sessionId"].as_str().unwrap();
+    let msgs = ok_json(get(&b, &format!("/agent/conversations/t1/sessions/{sid}/messages")).await).await;
+    assert_eq!(msgs.as_array().unwrap().len(), 2, "stored once");
+}

@@ -82,7 +82,10 @@ impl DynamoStore {
             .update_item()
             .table_name(&self.messages)
             .key("id", s(key(&turn.turn_id)))
-            .update_expression("SET #status = :status, #record = :record, #events = list_append(#events, :new)")
+            .update_expression(
+                "SET #status = :status, #record = :record, #events = list_append(#events, :new), turnSessionId = :sid",
+            )
+            .expression_attribute_values(":sid", s(turn.session_id.as_str()))
             .condition_expression(format!("tenantId = :t AND #status IN ({})", allowed.join(", ")))
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#record", "record")

@@ -52,12 +52,13 @@ pub(super) fn save(
     let mut events = stored.events;
     events.extend(new.iter().cloned());
     tx.execute(
-        "UPDATE turns SET status = ?2, record = ?3, events = ?4 WHERE id = ?1",
+        "UPDATE turns SET status = ?2, record = ?3, events = ?4, session_id = ?5 WHERE id = ?1",
         params![
             turn.turn_id.as_str(),
             turn.status.as_str(),
             turn.to_json(),
-            serde_json::to_string(&events).map_err(internal)?
+            serde_json::to_string(&events).map_err(internal)?,
+            turn.session_id.as_str()
         ],
     )
     .map_err(internal)?;
