@@ -32,12 +32,17 @@ fn fit_in(message: &Message, action: &mut Action) {
             return;
         }
         let Some(result) = action.result.take() else { return };
-        let keep: String = result.chars().take(result.chars().count() / 2).collect();
-        action.result = Some(format!("{keep}... [cut to fit the storage limit]"));
-        if keep.is_empty() {
+        action.result = Some(halve(&result));
+        if result.chars().count() < 2 {
             return;
         }
     }
+}
+
+/// The first half of a text, marked as cut.
+fn halve(text: &str) -> String {
+    let keep: String = text.chars().take(text.chars().count() / 2).collect();
+    format!("{keep}... [cut to fit the storage limit]")
 }
 
 /// Shortens a follow-up reply (its actions' results first, then its text) until it fits the storage
@@ -45,10 +50,6 @@ fn fit_in(message: &Message, action: &mut Action) {
 fn fit_reply(tenant: &TenantId, session: &SessionId, reply: &mut crate::store::NewMessage) {
     let size = |r: &crate::store::NewMessage| {
         message_item_bytes(&r.clone().into_message(tenant, session, crate::timestamp::Timestamp::now()))
-    };
-    let cut = |text: &str| {
-        let keep: String = text.chars().take(text.chars().count() / 2).collect();
-        format!("{keep}... [cut to fit the storage limit]")
     };
     for _ in 0..64 {
         if size(reply) <= MAX_ITEM_BYTES {
@@ -62,8 +63,8 @@ fn fit_reply(tenant: &TenantId, session: &SessionId, reply: &mut crate::store::N
                 .max_by_key(|r| r.as_str().map_or(0, str::len))
         });
         match longest {
-            Some(result) => *result = serde_json::json!(cut(result.as_str().unwrap_or_default())),
-            None => reply.content = cut(&reply.content),
+            Some(result) => *result = serde_json::json!(halve(result.as_str().unwrap_or_default())),
+            None => reply.content = halve(&reply.content),
         }
     }
 }

@@ -289,20 +289,11 @@ impl Agent {
             interrupted,
         );
         let own_stamp = user_message.as_ref().map(|m| m.timestamp.clone());
-        let back_to = match (&place, before.as_ref()) {
-            (Place::Continue(id), Some(b)) => {
-                stamps.last().cloned().map(|last| (id.clone(), last, b.last_message_at.clone()))
-            }
-            _ => None,
-        };
-        let written = self.write(req, place, &stamps, user_new, user_message, agent_new).await;
+        let written = self.write(req, &place, &stamps, user_new, user_message, agent_new).await;
         let (session_id, user_message, agent_message) = match written {
             Ok(written) => written,
             Err(e) => {
-                if let Some((id, last, previous)) = back_to {
-                    let back = if stamps.len() == 2 { own_stamp.or(previous) } else { previous };
-                    let _ = self.store.release_turn(&req.tenant, &id, &last, back.as_ref()).await;
-                }
+                self.give_back(req, &place, &stamps, before.as_ref(), own_stamp.as_ref()).await;
                 return Err(e);
             }
         };
@@ -333,7 +324,7 @@ impl Agent {
     async fn write(
         &self,
         req: &TurnRequest,
-        place: Place,
+        place: &Place,
         stamps: &[Timestamp],
         user_new: NewMessage,
         user_message: Option<Message>,
@@ -344,31 +335,31 @@ impl Agent {
             // A JSON turn on an existing session: both messages at once, with the reserved times.
             Place::Continue(id) if user_message.is_none() => {
                 let messages = vec![
-                    user_new.into_message(tenant, &id, stamps[0].clone()),
-                    agent_new.into_message(tenant, &id, stamps[1].clone()),
+                    user_new.into_message(tenant, id, stamps[0].clone()),
+                    agent_new.into_message(tenant, id, stamps[1].clone()),
                 ];
-                let mut stored = self.store.put_messages(tenant, &id, messages).await?.into_iter().map(|a| a.message);
+                let mut stored = self.store.put_messages(tenant, id, messages).await?.into_iter().map(|a| a.message);
                 match (stored.next(), stored.next()) {
-                    (Some(u), Some(a)) => Ok((id, Some(u), a)),
-                    _ => Err(StoreError::Internal("put returned fewer messages than given".into()).into()),
+                    (Some(u), Some(a)) => Ok((id.clone(), Some(u), a)),
+                    _ => Err(missing().into()),
                 }
             }
             // The user message is stored already: the reply goes after it.
             Place::Continue(id) => {
                 let stored = match stamps.last() {
                     Some(stamp) if stamps.len() == 2 || user_message.as_ref().is_some_and(|u| &u.timestamp < stamp) => {
-                        let m = agent_new.into_message(tenant, &id, stamp.clone());
-                        self.store.put_messages(tenant, &id, vec![m]).await?
+                        let m = agent_new.into_message(tenant, id, stamp.clone());
+                        self.store.put_messages(tenant, id, vec![m]).await?
                     }
-                    _ => self.store.append_messages(tenant, &id, vec![agent_new]).await?,
+                    _ => self.store.append_messages(tenant, id, vec![agent_new]).await?,
                 };
-                Ok((id, user_message, stored.into_iter().next().map(|a| a.message).ok_or_else(missing)?))
+                Ok((id.clone(), user_message, stored.into_iter().next().map(|a| a.message).ok_or_else(missing)?))
             }
             // A JSON turn that starts a session: the idle one is closed, the new one written with both
             // messages, in one round trip.
-            Place::New { idle, _lock } => {
+            Place::New { idle, .. } => {
                 let close_idle = async {
-                    match &idle {
+                    match idle {
                         Some(idle) => self.store.close_session(tenant, &idle.id).await.map(|_| ()),
                         None => Ok(()),
                     }

@@ -141,10 +141,6 @@ impl LiveTurn {
         }
     }
 
-    pub fn stop_reason(&self) -> Option<StopReason> {
-        *self.stop.borrow()
-    }
-
     /// The events after `after`, then the live ones until the turn ends.
     pub fn follow(self: &Arc<Self>, after: u64) -> impl Stream<Item = TurnEvent> + Send + 'static {
         let live = self.clone();

@@ -160,14 +160,7 @@ impl Agent {
             let mut sessions = sessions;
             // Sessions a turn started before the erasure answered (never those started after it).
             if let Some(user) = &user {
-                let mut page = crate::store::PageRequest { limit: 100, cursor: None };
-                while let Ok(found) = agent.store.list_user_sessions(&tenant, user, page.clone()).await {
-                    sessions.extend(found.items.into_iter().filter(|s| s.created_at <= erased_at).map(|s| s.id));
-                    match found.next {
-                        Some(next) => page.cursor = Some(next),
-                        None => break,
-                    }
-                }
+                sessions.extend(agent.user_session_ids(&tenant, user, Some(&erased_at)).await);
             }
             for session in &sessions {
                 if let Err(e) = agent.store.delete_session(&tenant, session).await {
@@ -183,19 +176,26 @@ impl Agent {
         for turn in running {
             let _ = turn.finished().await;
         }
-        let sessions = self.user_session_ids(tenant, user).await;
+        let sessions = self.user_session_ids(tenant, user, None).await;
         let result = self.store.delete_user(tenant, user).await;
         self.live.end_erasure(tenant, Some(user), None);
         self.sweep_later(tenant.clone(), Some(user.clone()), sessions);
         Ok(result?)
     }
 
-    /// Every session id of a user (for the second sweep of an erasure).
-    async fn user_session_ids(&self, tenant: &TenantId, user: &UserId) -> Vec<SessionId> {
+    /// The ids of a user's sessions (created no later than `created_by`, when given), for the second
+    /// sweep of an erasure.
+    async fn user_session_ids(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        created_by: Option<&crate::timestamp::Timestamp>,
+    ) -> Vec<SessionId> {
         let mut ids = Vec::new();
         let mut page = crate::store::PageRequest { limit: 100, cursor: None };
         while let Ok(found) = self.store.list_user_sessions(tenant, user, page.clone()).await {
-            ids.extend(found.items.into_iter().map(|s| s.id));
+            let kept = found.items.into_iter().filter(|s| created_by.is_none_or(|t| &s.created_at <= t));
+            ids.extend(kept.map(|s| s.id));
             match found.next {
                 Some(next) => page.cursor = Some(next),
                 None => break,

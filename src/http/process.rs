@@ -15,7 +15,7 @@ use super::sse::{self, DisconnectGuard};
 use super::{ApiError, AppState, RequestId};
 use futures::StreamExt;
 
-use crate::agent::{OnDisconnect, Started, TurnAnswer, TurnEvents, TurnRequest};
+use crate::agent::{OnDisconnect, Started, TurnAnswer, TurnEvents, TurnRequest, replayed_events};
 use crate::ids::SessionId;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -161,7 +161,7 @@ async fn process(
     let live = match state.agent.start(turn).await? {
         Started::Live(live) => live,
         Started::Replayed(outcome) if stream => {
-            return Ok(respond(replay_events(*outcome), DisconnectGuard::none()));
+            return Ok(respond(replayed_events(*outcome, 0), DisconnectGuard::none()));
         }
         Started::Replayed(outcome) => return Ok(Json(TurnAnswer::from(*outcome)).into_response()),
         Started::Elsewhere(events) => return Ok(respond(events, DisconnectGuard::none())),
@@ -182,9 +182,4 @@ async fn process(
         }
     }
     Ok(respond(live.follow(0).boxed(), guard))
-}
-
-/// A finished turn replayed to a streamed retry: `session`, one `delta` with the whole reply, `done`.
-fn replay_events(outcome: crate::agent::TurnOutcome) -> TurnEvents {
-    crate::agent::replayed_events(outcome, 0)
 }
