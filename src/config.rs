@@ -131,6 +131,83 @@ pub struct Config {
     /// `MESSAGE_TTL_DAYS`: how long sessions and messages are kept after their last write.
     pub retention: crate::store::Retention,
     pub tools: ToolsConfig,
+    pub events: EventsConfig,
+}
+
+/// Change events and their webhooks.
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// `EVENTS`: whether changes are recorded as events (on by default when a webhook is configured).
+    pub enabled: bool,
+    /// `EVENTS_RETENTION_DAYS`: how long the feed keeps an event.
+    pub retention: Duration,
+    /// `WEBHOOK_PAYLOAD=full`: events carry the stored message objects too.
+    pub full_payload: bool,
+    /// `WEBHOOK_URL` and `WEBHOOK_SECRET`: one endpoint.
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<Secret>,
+    /// `WEBHOOKS_FILE`: several endpoints (YAML or JSON).
+    pub webhooks_file: Option<PathBuf>,
+    /// `WEBHOOK_ALLOW_PRIVATE`: loopback, private and link-local targets are allowed.
+    pub allow_private: bool,
+    /// `WEBHOOK_RETRY_SCHEDULE`: the waits between attempts; the last one repeats, for up to 24 h.
+    pub retry_schedule: Vec<Duration>,
+}
+
+/// A duration like `500ms`, `5s`, `2m` or `1h`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    Some(match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number * 60),
+        "h" => Duration::from_secs(number * 3600),
+        _ => return None,
+    })
+}
+
+fn events_config() -> Result<EventsConfig, ConfigError> {
+    let webhook_url = var("WEBHOOK_URL");
+    let webhook_secret = var("WEBHOOK_SECRET").map(Secret::new);
+    if webhook_url.is_some() && webhook_secret.is_none() {
+        return Err(err("WEBHOOK_SECRET", "WEBHOOK_URL needs a secret (whsec_ followed by base64)"));
+    }
+    let webhooks_file = var("WEBHOOKS_FILE").map(PathBuf::from);
+    let enabled = match var("EVENTS").as_deref() {
+        None => webhook_url.is_some() || webhooks_file.is_some(),
+        Some("on") => true,
+        Some("off") => false,
+        Some(other) => return Err(err("EVENTS", format!("{other:?} is not one of on, off"))),
+    };
+    let full_payload = match var("WEBHOOK_PAYLOAD").as_deref() {
+        None | Some("standard") => false,
+        Some("full") => true,
+        Some(other) => return Err(err("WEBHOOK_PAYLOAD", format!("{other:?} is not one of standard, full"))),
+    };
+    let retry_schedule = match var("WEBHOOK_RETRY_SCHEDULE") {
+        None => ["5s", "30s", "2m", "10m", "30m", "1h"].iter().filter_map(|d| parse_duration(d)).collect(),
+        Some(v) => v
+            .split(',')
+            .map(|d| {
+                parse_duration(d).filter(|d| !d.is_zero()).ok_or_else(|| {
+                    err("WEBHOOK_RETRY_SCHEDULE", format!("{d:?} is not a duration like 500ms, 5s, 2m or 1h"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    Ok(EventsConfig {
+        enabled,
+        retention: Duration::from_secs(86_400 * parse_num("EVENTS_RETENTION_DAYS", 7u64, 1)?),
+        full_payload,
+        webhook_url,
+        webhook_secret,
+        webhooks_file,
+        allow_private: var("WEBHOOK_ALLOW_PRIVATE").is_some_and(|v| v == "true"),
+        retry_schedule,
+    })
 }
 
 /// The agent's tools: the business API and its settings.
@@ -310,6 +387,7 @@ impl Config {
         };
         let llm_timeout = Duration::from_secs(parse_num("LLM_TIMEOUT_SECONDS", 60u64, 1)?);
         Ok(Config {
+            events: events_config()?,
             auth,
             api_keys_file,
             rate_limit_per_minute,

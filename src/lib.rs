@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod auth;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod ids;
 pub mod llm;

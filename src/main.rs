@@ -33,6 +33,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::backup::BackupCommand,
     },
+    /// Webhooks of change events: send a signed test event, list pending deliveries, make a secret.
+    Webhooks {
+        #[command(subcommand)]
+        command: cli::webhooks::WebhooksCommand,
+    },
     /// Write sessions and messages as JSON Lines (gzip when FILE ends in .gz).
     Export {
         /// Only this tenant's conversations.
@@ -68,6 +73,7 @@ async fn run() -> ExitCode {
         Command::Tables { command } => cli::tables::run(&config, command).await,
         Command::Keys { command } => cli::keys::run(&config, command),
         Command::Backup { command } => cli::backup::run(&config, command).await,
+        Command::Webhooks { command } => cli::webhooks::run(&config, command).await,
         Command::Export { tenant, out } => cli::transfer::export(&config, tenant, out).await,
         Command::Import { file } => cli::transfer::import(&config, file).await,
     }

@@ -60,7 +60,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if !config.tools.mcp_servers.is_empty() {
         tools = tools.with_mcp(McpServers::connect(&config.tools.mcp_servers).await);
     }
-    let agent = Arc::new(Agent::with_tools(store, provider, settings, tools));
+    let endpoints = crate::events::endpoints::load(&config.events).map_err(anyhow::Error::msg)?;
+    let events = crate::events::Events::new(store.clone(), endpoints, &config.events);
+    if let Some(deliverer) = events.deliverer(&config.events) {
+        tracing::info!(endpoints = events.endpoints().len(), "delivering change events to webhooks");
+        tokio::spawn(deliverer.run());
+    }
+    let agent = Arc::new(Agent::with_tools(store, provider, settings, tools).with_events(events));
     let state = AppState {
         store: agent.store().clone(),
         agent: agent.clone(),

@@ -37,6 +37,17 @@ fn describe() {
     describe_counter!("storage_calls_total", "Storage operations by backend, operation and outcome");
     describe_gauge!("sse_streams_active", "Server-Sent Event streams open now");
     describe_counter!("rate_limited_requests_total", "Requests refused with 429");
+    describe_counter!("events_recorded_total", "Change events recorded, by type");
+    describe_counter!("events_record_failures_total", "Change events that could not be recorded");
+    describe_counter!(
+        "webhook_deliveries_total",
+        "Webhook attempts by endpoint and outcome (delivered, retried, failed, expired)"
+    );
+    describe_histogram!(
+        "webhook_delivery_lag_seconds",
+        Unit::Seconds,
+        "From an event being recorded to its endpoint acknowledging it"
+    );
     // Shown from the start, not only once something happened.
     metrics::gauge!("sse_streams_active").set(0.0);
     metrics::counter!("rate_limited_requests_total").absolute(0);

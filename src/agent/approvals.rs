@@ -12,6 +12,7 @@ use super::Agent;
 use super::messages;
 use super::thinking::Thought;
 use super::turn::{TurnError, TurnOutcome};
+use crate::events::EventType;
 use crate::ids::{SessionId, TenantId, UserId};
 use crate::store::{
     Action, ActionStatus, MAX_ITEM_BYTES, Message, MessageQuery, Order, Role, StoreError, TurnStatus,
@@ -130,12 +131,41 @@ impl Agent {
         };
         live.set_session(session_id);
         let result = self.decide_once(tenant, &session, (message, action), &follow_up, approve, reason).await;
+        let place = super::announce::TurnPlace {
+            tenant,
+            user: &session.user_id,
+            location: session.location_id.as_ref(),
+            turn: &follow_up,
+            session: Some(session.id.clone()),
+        };
+        self.announce_turn(place, &result, Some(action_id)).await;
         match &result {
             Ok(outcome) => live.finish(outcome.status, Ok(outcome.clone())),
             Err(e) => live.finish(TurnStatus::Failed, Err(e.clone())),
         }
         self.live.retire(&live);
         result
+    }
+
+    /// One event about a decided action, with the ids of the turn that proposed it.
+    async fn announce_action(
+        &self,
+        session: &crate::store::Session,
+        message: &Message,
+        action: &Action,
+        kind: EventType,
+    ) {
+        let turn = message.metadata.as_ref().and_then(|m| m.get("turnId")).and_then(|t| t.as_str()).map(str::to_string);
+        let mut base = serde_json::Map::new();
+        base.insert("turnId".into(), serde_json::json!(turn));
+        base.insert("sessionId".into(), serde_json::json!(session.id));
+        base.insert("userId".into(), serde_json::json!(session.user_id));
+        if let Some(location) = &session.location_id {
+            base.insert("locationId".into(), serde_json::json!(location));
+        }
+        let data = super::announce::action_data(&base, &message.id, action);
+        let change = crate::events::Change::new(kind, Some(&session.user_id), data);
+        self.events.record(&session.tenant_id, vec![change]).await;
     }
 
     async fn decide_once(
@@ -161,6 +191,8 @@ impl Agent {
                 if !self.store.transition_action(tenant, &message.id, ActionStatus::PendingApproval, &claimed).await? {
                     return Err(decided(claimed.status));
                 }
+                let kind = if approve { EventType::ActionApproved } else { EventType::ActionRejected };
+                self.announce_action(session, &message, &claimed, kind).await;
                 if approve {
                     let result = self.run_tool(&call, &ctx).await;
                     let status = if result.is_error { ActionStatus::Failed } else { ActionStatus::Done };
@@ -169,6 +201,7 @@ impl Agent {
                     // The tool ran: its result must be storable, so it is cut to fit the message.
                     fit_in(&message, &mut done);
                     self.store.transition_action(tenant, &message.id, ActionStatus::Approved, &done).await?;
+                    self.announce_action(session, &message, &done, EventType::ActionExecuted).await;
                     done
                 } else {
                     claimed

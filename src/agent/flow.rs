@@ -83,6 +83,15 @@ impl Agent {
         let started = Instant::now();
         let result = self.execute(&live, &req, hash.as_deref(), resume).await;
         crate::telemetry::turn(req.stream, result.is_ok(), started.elapsed());
+        // Recorded before the turn's answer is given.
+        let place = super::announce::TurnPlace {
+            tenant: &req.tenant,
+            user: &req.user,
+            location: req.location.as_ref(),
+            turn: &live.turn_id,
+            session: live.session(),
+        };
+        self.announce_turn(place, &result, None).await;
         match result {
             Ok(outcome) => live.finish(outcome.status, Ok(outcome)),
             Err(e) => {
@@ -134,13 +143,16 @@ impl Agent {
         if self.store.get_session(&req.tenant, id).await?.is_some() {
             return Ok(false);
         }
+        let mut closed = None;
         if let Some(active) = self.store.find_active_session(&req.tenant, &req.user).await? {
-            self.store.close_session(&req.tenant, &active.id).await?;
+            closed = self.store.close_session(&req.tenant, &active.id).await?;
         }
         let mut session = Session::new(Self::new_session(req), crate::store::Retention::default());
         session.id = id.clone();
         // Conditional: two first turns naming the same new id create it once.
-        self.store.import_session(session).await?;
+        if self.store.import_session(session.clone()).await? {
+            self.announce_session_start(&session, closed.as_ref()).await;
+        }
         Ok(true)
     }
 
@@ -370,6 +382,7 @@ impl Agent {
                 );
                 closed?;
                 let (session, stored) = created?;
+                self.announce_session_start(&session, idle.as_deref()).await;
                 let mut stored = stored.into_iter();
                 match (stored.next(), stored.next()) {
                     (Some(u), Some(a)) => Ok((session.id, Some(u), a)),

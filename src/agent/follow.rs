@@ -333,6 +333,15 @@ impl Agent {
         let user = self.store.get_message(&tenant, &turn).await?;
         let mut outcome = messages::outcome(turn.clone(), user, agent);
         outcome.status = TurnStatus::Interrupted;
+        // Only the reader that settled the turn announces it.
+        let place = super::announce::TurnPlace {
+            tenant: &tenant,
+            user: &record.user_id,
+            location: None,
+            turn: &turn,
+            session: Some(record.session_id.clone()),
+        };
+        self.announce_turn(place, &Ok(outcome.clone()), None).await;
         record.agent_message_id = Some(outcome.agent_message.id.clone());
         let done =
             TurnEvent { id: record.last_event_id + 1, event: "done".into(), data: json!(TurnAnswer::from(outcome)) };

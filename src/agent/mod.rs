@@ -12,6 +12,7 @@
 //! - `follow`: reading a turn (its record, its events) and cancelling it, here or on another server;
 //! - `live`: the turns running in this process; `messages`: how a turn is recorded in its messages.
 
+mod announce;
 mod approvals;
 mod flow;
 mod follow;
@@ -30,6 +31,7 @@ pub use follow::{TurnEvents, TurnView, replayed_events};
 pub use live::LiveTurn;
 pub use turn::{OnDisconnect, StopReason, TurnAnswer, TurnError, TurnOutcome, TurnRequest};
 
+use crate::events::{Change, EventType, Events};
 use crate::ids::{SessionId, TenantId, UserId};
 use crate::llm::Provider;
 use crate::store::{ConversationStore, Deleted};
@@ -80,6 +82,8 @@ pub struct Agent {
     tools: Toolbox,
     settings: AgentSettings,
     live: Arc<live::LiveTurns>,
+    /// Change events (off unless configured).
+    events: Events,
     /// Held while a user's turn finds or starts their active session, so that concurrent first
     /// turns of one user end in one session.
     session_starts: Mutex<HashMap<(TenantId, UserId), SessionStartLock>>,
@@ -96,7 +100,25 @@ impl Agent {
         settings: AgentSettings,
         tools: Toolbox,
     ) -> Self {
-        Self { store, provider, tools, settings, live: Arc::default(), session_starts: Mutex::new(HashMap::new()) }
+        Self {
+            store,
+            provider,
+            tools,
+            settings,
+            live: Arc::default(),
+            events: Events::off(),
+            session_starts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The agent with change events recorded (and delivered) as configured.
+    pub fn with_events(mut self, events: Events) -> Self {
+        self.events = events;
+        self
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     pub fn store(&self) -> &Arc<dyn ConversationStore> {
@@ -143,9 +165,14 @@ impl Agent {
         for turn in running {
             let _ = turn.finished().await;
         }
+        let before = self.store.get_session(tenant, session).await;
         let result = self.store.delete_session(tenant, session).await;
         self.live.end_erasure(tenant, None, Some(session));
         self.sweep_later(tenant.clone(), None, vec![session.clone()]);
+        if let (Ok(Some(_)), Ok(Some(gone))) = (&result, &before) {
+            let change = announce::session_change(EventType::SessionDeleted, gone);
+            self.events.record(tenant, vec![change]).await;
+        }
         Ok(result?)
     }
 
@@ -180,7 +207,12 @@ impl Agent {
         let result = self.store.delete_user(tenant, user).await;
         self.live.end_erasure(tenant, Some(user), None);
         self.sweep_later(tenant.clone(), Some(user.clone()), sessions);
-        Ok(result?)
+        let deleted = result?;
+        // The user's earlier events go with their data; the erasure itself is announced (ids only).
+        self.events.forget_user(tenant, user).await;
+        let data = serde_json::json!({"userId": user, "sessions": deleted.sessions, "messages": deleted.messages});
+        self.events.record(tenant, vec![Change::new(EventType::UserErased, None, data)]).await;
+        Ok(deleted)
     }
 
     /// The ids of a user's sessions (created no later than `created_by`, when given), for the second

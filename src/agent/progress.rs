@@ -42,11 +42,13 @@ impl Agent {
                 self.store.put_messages(&req.tenant, id, vec![m]).await?.remove(0).message
             }
             Place::New { idle, .. } => {
-                if let Some(idle) = idle.take() {
+                let idle = idle.take();
+                if let Some(idle) = &idle {
                     self.store.close_session(&req.tenant, &idle.id).await?;
                 }
                 let (session, mut stored) =
                     self.store.create_session_with(Self::new_session(req), vec![user_new.clone()]).await?;
+                self.announce_session_start(&session, idle.as_deref()).await;
                 live.set_session(&session.id);
                 let message = stored.remove(0);
                 // The session exists now: later first turns of the user continue it.

@@ -4,6 +4,7 @@ pub mod backup;
 pub mod keys;
 pub mod tables;
 pub mod transfer;
+pub mod webhooks;
 
 use std::process::ExitCode;
 

@@ -31,7 +31,7 @@ fn is_open(path: &str) -> bool {
 
 /// The `{tenantId}` of `/agent/conversations/{tenantId}/...`, percent-decoded as the router does.
 fn path_tenant(path: &str) -> Option<String> {
-    let rest = conversations_path(path)?;
+    let rest = conversations_path(path).or_else(|| path.strip_prefix("/agent/events/"))?;
     let segment = rest.split('/').next()?;
     Some(percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned())
 }
@@ -88,6 +88,10 @@ fn bind(caller: &Caller, request: &Request) -> Result<(), ApiError> {
         }
         if path_user(path).is_some_and(|u| u != user.as_str()) {
             return Err(forbidden("the user in the path"));
+        }
+        // The tenant's change events are for tenant credentials, not one user's.
+        if path.starts_with("/agent/events/") {
+            return Err(forbidden("the tenant's change events"));
         }
         // The tenant-wide message list is for tenant credentials, not one user's.
         if path_tenant(path).is_some()

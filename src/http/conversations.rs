@@ -226,13 +226,16 @@ async fn close_session(
     scope: Scope,
     SessionPath { tenant, session: id }: SessionPath,
 ) -> Result<Json<Session>, ApiError> {
-    visible_session(&state, &scope, &tenant, &id).await?;
-    state
+    let before = visible_session(&state, &scope, &tenant, &id).await?;
+    let closed = state
         .store
         .close_session(&tenant, &id)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("session {id} not found")))
+        .ok_or_else(|| ApiError::not_found(format!("session {id} not found")))?;
+    if before.is_active {
+        state.agent.announce_session_closed(&closed).await;
+    }
+    Ok(Json(closed))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

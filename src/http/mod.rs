@@ -4,6 +4,7 @@ mod access;
 mod actions;
 mod conversations;
 mod error;
+mod events;
 mod extract;
 mod process;
 pub(crate) mod server;
@@ -67,6 +68,7 @@ pub struct Limits {
     tags(
         (name = "agent", description = "Agent turns"),
         (name = "conversations", description = "Reading and managing conversations"),
+        (name = "events", description = "Change events (the feed; webhooks carry the same events)"),
         (name = "operations", description = "Health and the API description"),
     )
 )]
@@ -79,6 +81,7 @@ pub fn app(state: AppState, limits: Limits) -> axum::Router {
         .merge(conversations::router())
         .merge(actions::router())
         .merge(turns::router())
+        .merge(events::router())
         .routes(utoipa_axum::routes!(healthz))
         .routes(utoipa_axum::routes!(readyz))
         .split_for_parts();

@@ -13,6 +13,7 @@
 mod cursor;
 pub mod dynamodb;
 mod error;
+mod event;
 mod history;
 mod item;
 mod model;
@@ -25,6 +26,7 @@ use async_trait::async_trait;
 
 pub use cursor::Cursor;
 pub use error::{StoreError, StoreResult, writable_session};
+pub use event::{Delivery, DeliveryStep, StoredEvent, outbox_shard};
 pub use history::{complete_history, history_query, recent_history};
 pub use item::{MAX_ITEM_BYTES, check_message, check_size, check_storable, message_item_bytes};
 pub use model::*;
@@ -175,6 +177,30 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// Stores an exported message as it is, unless its id exists; true when stored. Its session's
     /// `lastMessageAt` moves forward to the message's timestamp.
     async fn import_message(&self, message: Message) -> StoreResult<bool>;
+
+    /// Records change events in the tenant's feed, and the deliveries owed for them, before the
+    /// change is answered.
+    async fn record_events(&self, events: &[StoredEvent], deliveries: &[Delivery]) -> StoreResult<()>;
+    /// The tenant's events with ids after `after` and before `before` (oldest first), of the given
+    /// types (all when empty), at most `limit`; expired ones are left out.
+    async fn list_events(
+        &self,
+        tenant: &TenantId,
+        after: Option<&str>,
+        before: &str,
+        types: &[String],
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>>;
+    /// Deliveries waiting in the outbox, soonest first: only those due and unclaimed at `due_at`
+    /// (epoch milliseconds) when given, else all.
+    async fn pending_deliveries(&self, due_at: Option<i64>, limit: usize) -> StoreResult<Vec<Delivery>>;
+    /// Claims a due delivery for `owner` until `until` (epoch milliseconds), unless another
+    /// deliverer holds it or it changed since it was read; true when claimed.
+    async fn claim_delivery(&self, delivery: &Delivery, owner: &str, now: i64, until: i64) -> StoreResult<bool>;
+    /// Ends `owner`'s claim: the delivery leaves the outbox or waits for its next attempt.
+    async fn settle_delivery(&self, delivery: &Delivery, owner: &str, step: DeliveryStep) -> StoreResult<bool>;
+    /// Removes a user's events from the feed and the outbox (erasure): those whose body names the user.
+    async fn forget_events(&self, tenant: &TenantId, user: &UserId) -> StoreResult<usize>;
 
     /// A new session without messages.
     async fn create_session(&self, new: NewSession) -> StoreResult<Session> {

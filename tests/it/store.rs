@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use agent_server::ids::{MessageId, SessionId, TenantId, UserId};
 use agent_server::store::{
-    Action, ActionStatus, Appended, ConversationStore, Cursor, Deleted, Message, MessageQuery, NewMessage, NewSession,
-    Order, Page, PageRequest, Role, Session, StoreError, StoreResult, TurnEvent, TurnRecord, TurnStatus,
-    recent_history,
+    Action, ActionStatus, Appended, ConversationStore, Cursor, Deleted, Delivery, DeliveryStep, Message, MessageQuery,
+    NewMessage, NewSession, Order, Page, PageRequest, Role, Session, StoreError, StoreResult, StoredEvent, TurnEvent,
+    TurnRecord, TurnStatus, recent_history,
 };
 use agent_server::timestamp::Timestamp;
 use async_trait::async_trait;
@@ -578,6 +578,31 @@ impl ConversationStore for LaggingIndex {
     async fn import_message(&self, m: Message) -> StoreResult<bool> {
         self.inner.import_message(m).await
     }
+    async fn record_events(&self, e: &[StoredEvent], d: &[Delivery]) -> StoreResult<()> {
+        self.inner.record_events(e, d).await
+    }
+    async fn list_events(
+        &self,
+        t: &TenantId,
+        after: Option<&str>,
+        before: &str,
+        types: &[String],
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        self.inner.list_events(t, after, before, types, limit).await
+    }
+    async fn pending_deliveries(&self, due: Option<i64>, limit: usize) -> StoreResult<Vec<Delivery>> {
+        self.inner.pending_deliveries(due, limit).await
+    }
+    async fn claim_delivery(&self, d: &Delivery, owner: &str, now: i64, until: i64) -> StoreResult<bool> {
+        self.inner.claim_delivery(d, owner, now, until).await
+    }
+    async fn settle_delivery(&self, d: &Delivery, owner: &str, step: DeliveryStep) -> StoreResult<bool> {
+        self.inner.settle_delivery(d, owner, step).await
+    }
+    async fn forget_events(&self, t: &TenantId, u: &UserId) -> StoreResult<usize> {
+        self.inner.forget_events(t, u).await
+    }
     async fn transition_action(
         &self,
         t: &TenantId,
@@ -635,7 +660,94 @@ conformance!(
     sessions_start_with_their_first_messages,
     both_backends_refuse_the_same_writes_the_same_way,
     tenant_messages_page_with_a_cursor_and_before_together,
+    events_page_in_order_per_tenant_and_deliveries_are_claimed_once,
 );
+
+fn stored_event(t: &str, kind: &str, u: &str) -> StoredEvent {
+    let id = agent_server::events::new_event_id();
+    StoredEvent {
+        body: serde_json::json!({"id": id, "type": kind, "tenantId": t, "data": {"userId": u}}).to_string(),
+        id,
+        tenant_id: tenant(t),
+        kind: kind.into(),
+        user_id: Some(user(u)),
+        expires_at: agent_server::timestamp::epoch_seconds() + 3600,
+    }
+}
+
+fn delivery_of(e: &StoredEvent, endpoint: &str, now: i64) -> Delivery {
+    Delivery {
+        event_id: e.id.clone(),
+        tenant_id: e.tenant_id.clone(),
+        kind: e.kind.clone(),
+        user_id: e.user_id.clone(),
+        endpoint: endpoint.into(),
+        body: e.body.clone(),
+        attempts: 0,
+        next_at: now,
+        first_at: now,
+        lease_until: 0,
+        last_error: None,
+    }
+}
+
+/// The feed: a tenant's events in id order, after a position, by type, never another tenant's;
+/// the outbox: a delivery is claimed by one deliverer at a time, retried later, finished once;
+/// an erasure removes the user's events from both.
+async fn events_page_in_order_per_tenant_and_deliveries_are_claimed_once(store: Arc<dyn ConversationStore>) {
+    let now = agent_server::timestamp::now_micros() / 1000;
+    let a1 = stored_event("acme", "session.created", "u1");
+    let a2 = stored_event("acme", "turn.completed", "u1");
+    let a3 = stored_event("acme", "turn.completed", "u2");
+    let g1 = stored_event("globex", "turn.completed", "u1");
+    let deliveries = [delivery_of(&a2, "crm", now), delivery_of(&a3, "crm", now), delivery_of(&g1, "crm", now)];
+    store.record_events(&[a1.clone(), a2.clone()], &deliveries[..1]).await.unwrap();
+    store.record_events(&[a3.clone(), g1.clone()], &deliveries[1..]).await.unwrap();
+    let end = "evt_z";
+    let ids = |events: Vec<StoredEvent>| events.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    let list = |t: &'static str, after: Option<String>, types: Vec<String>, limit: usize| {
+        let store = store.clone();
+        async move { ids(store.list_events(&tenant(t), after.as_deref(), end, &types, limit).await.unwrap()) }
+    };
+    assert_eq!(list("acme", None, vec![], 10).await, [a1.id.clone(), a2.id.clone(), a3.id.clone()]);
+    assert_eq!(list("acme", Some(a1.id.clone()), vec![], 10).await, [a2.id.clone(), a3.id.clone()]);
+    assert_eq!(list("acme", None, vec![], 2).await, [a1.id.clone(), a2.id.clone()]);
+    assert_eq!(list("acme", None, vec!["turn.completed".into()], 10).await, [a2.id.clone(), a3.id.clone()]);
+    assert_eq!(list("globex", None, vec![], 10).await, vec![g1.id.clone()]);
+    assert!(list("initech", None, vec![], 10).await.is_empty());
+    // `before` bounds the page (the feed's settle window).
+    let before = store.list_events(&tenant("acme"), None, &a2.id, &[], 10).await.unwrap();
+    assert_eq!(ids(before), vec![a1.id.clone()]);
+    let stored = store.list_events(&tenant("acme"), None, end, &[], 1).await.unwrap();
+    assert_eq!(stored[0], a1, "an event reads back as it was recorded");
+
+    // The outbox.
+    let pending = store.pending_deliveries(Some(now), 10).await.unwrap();
+    assert_eq!(pending.len(), 3);
+    let d = pending.iter().find(|d| d.event_id == a2.id).unwrap().clone();
+    assert_eq!(d, deliveries[0]);
+    assert!(store.claim_delivery(&d, "one", now, now + 30_000).await.unwrap());
+    assert!(!store.claim_delivery(&d, "two", now, now + 30_000).await.unwrap(), "a claimed delivery is held");
+    assert_eq!(store.pending_deliveries(Some(now), 10).await.unwrap().len(), 2, "a claimed delivery is not due");
+    let retry = DeliveryStep::Retry { attempts: 1, next_at: now + 60_000, error: "HTTP 500".into() };
+    assert!(!store.settle_delivery(&d, "two", retry.clone()).await.unwrap(), "only the claimer settles");
+    assert!(store.settle_delivery(&d, "one", retry).await.unwrap());
+    assert!(!store.claim_delivery(&d, "two", now, now + 30_000).await.unwrap(), "a stale read cannot claim");
+    let all = store.pending_deliveries(None, 10).await.unwrap();
+    let again = all.iter().find(|x| x.event_id == a2.id).unwrap();
+    assert_eq!((again.attempts, again.next_at, again.last_error.as_deref()), (1, now + 60_000, Some("HTTP 500")));
+    assert!(!store.pending_deliveries(Some(now), 10).await.unwrap().iter().any(|x| x.event_id == a2.id));
+    let later = now + 60_000;
+    assert!(store.claim_delivery(again, "two", later, later + 30_000).await.unwrap(), "due again later");
+    assert!(store.settle_delivery(again, "two", DeliveryStep::Finished).await.unwrap());
+    assert_eq!(store.pending_deliveries(None, 10).await.unwrap().len(), 2);
+
+    // An erasure takes the user's events out of the feed and the outbox, in that tenant only.
+    store.forget_events(&tenant("acme"), &user("u2")).await.unwrap();
+    assert_eq!(list("acme", None, vec![], 10).await, [a1.id.clone(), a2.id.clone()]);
+    let left = store.pending_deliveries(None, 10).await.unwrap();
+    assert_eq!(left.iter().map(|d| d.event_id.clone()).collect::<Vec<_>>(), vec![g1.id.clone()]);
+}
 
 /// A cursor and `before` together on the tenant's messages, including a cursor outside the range.
 async fn tenant_messages_page_with_a_cursor_and_before_together(store: Arc<dyn ConversationStore>) {

@@ -15,6 +15,7 @@
 pub mod backup;
 mod client;
 mod errors;
+mod events;
 mod items;
 pub mod tables;
 mod turns;
@@ -33,9 +34,9 @@ use items::{message_from_item, message_item, s, session_from_item, session_item,
 use tables::{SESSION_TIMESTAMP_INDEX, TENANT_TIMESTAMP_INDEX, TENANT_USER_INDEX};
 
 use super::{
-    Action, ActionStatus, Appended, ConversationStore, Deleted, Message, MessageQuery, NewMessage, NewSession, Order,
-    Page, PageRequest, Retention, Session, StoreError, StoreResult, TurnEvent, TurnRecord, TurnStatus, is_expired,
-    new_session_with, prepare_messages, writable_session,
+    Action, ActionStatus, Appended, ConversationStore, Deleted, Delivery, DeliveryStep, Message, MessageQuery,
+    NewMessage, NewSession, Order, Page, PageRequest, Retention, Session, StoreError, StoreResult, StoredEvent,
+    TurnEvent, TurnRecord, TurnStatus, is_expired, new_session_with, prepare_messages, writable_session,
 };
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
 use crate::timestamp::{self, Timestamp};
@@ -608,6 +609,10 @@ impl ConversationStore for DynamoStore {
         };
         let mut sessions = Vec::new();
         for item in items.unwrap_or_default() {
+            // Event feeds and the webhook outbox share the table, keyed `events ...` / `outbox ...`.
+            if item.get("id").and_then(|v| v.as_s().ok()).is_some_and(|id| id.contains(' ')) {
+                continue;
+            }
             let session = session_from_item(item)?;
             if !is_expired(session.expires_at) {
                 sessions.push(session);
@@ -695,5 +700,36 @@ impl ConversationStore for DynamoStore {
             .await;
         written(update, &self.sessions, "UpdateItem")?;
         Ok(created)
+    }
+
+    async fn record_events(&self, events: &[StoredEvent], deliveries: &[Delivery]) -> StoreResult<()> {
+        self.put_events(events, deliveries).await
+    }
+
+    async fn list_events(
+        &self,
+        tenant: &TenantId,
+        after: Option<&str>,
+        before: &str,
+        types: &[String],
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        self.query_events(tenant, after, before, types, limit).await
+    }
+
+    async fn pending_deliveries(&self, due_at: Option<i64>, limit: usize) -> StoreResult<Vec<Delivery>> {
+        self.outbox(due_at, limit).await
+    }
+
+    async fn claim_delivery(&self, delivery: &Delivery, owner: &str, now: i64, until: i64) -> StoreResult<bool> {
+        self.claim(delivery, owner, now, until).await
+    }
+
+    async fn settle_delivery(&self, delivery: &Delivery, owner: &str, step: DeliveryStep) -> StoreResult<bool> {
+        self.settle(delivery, owner, step).await
+    }
+
+    async fn forget_events(&self, tenant: &TenantId, user: &UserId) -> StoreResult<usize> {
+        self.forget_user_events(tenant, user).await
     }
 }

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+mod events;
 mod rows;
 mod schema;
 mod turns;
@@ -21,9 +22,9 @@ use rows::*;
 use schema::{migrate, open, spawn_checkpointer};
 
 use super::{
-    Action, ActionStatus, Appended, ConversationStore, Deleted, Message, MessageQuery, NewMessage, NewSession, Order,
-    Page, PageRequest, Retention, Session, StoreError, StoreResult, TurnEvent, TurnRecord, TurnStatus,
-    new_session_with, prepare_messages, writable_session,
+    Action, ActionStatus, Appended, ConversationStore, Deleted, Delivery, DeliveryStep, Message, MessageQuery,
+    NewMessage, NewSession, Order, Page, PageRequest, Retention, Session, StoreError, StoreResult, StoredEvent,
+    TurnEvent, TurnRecord, TurnStatus, new_session_with, prepare_messages, writable_session,
 };
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
 use crate::timestamp::{self, Timestamp};
@@ -425,7 +426,7 @@ impl ConversationStore for SqliteStore {
 
     async fn purge_expired(&self) -> StoreResult<usize> {
         let mut total = 0;
-        for table in ["messages", "sessions", "turns"] {
+        for table in ["messages", "sessions", "turns", "events"] {
             loop {
                 let sql = format!(
                     "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} \
@@ -555,5 +556,42 @@ impl ConversationStore for SqliteStore {
             Ok(created)
         })
         .await
+    }
+
+    async fn record_events(&self, events: &[StoredEvent], deliveries: &[Delivery]) -> StoreResult<()> {
+        let (events, deliveries) = (events.to_vec(), deliveries.to_vec());
+        self.write("record_events", move |c| events::record(c, &events, &deliveries)).await
+    }
+
+    async fn list_events(
+        &self,
+        tenant: &TenantId,
+        after: Option<&str>,
+        before: &str,
+        types: &[String],
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let (tenant, after, before, types) =
+            (tenant.clone(), after.map(str::to_string), before.to_string(), types.to_vec());
+        self.read("list_events", move |c| events::list(c, &tenant, after.as_deref(), &before, &types, limit)).await
+    }
+
+    async fn pending_deliveries(&self, due_at: Option<i64>, limit: usize) -> StoreResult<Vec<Delivery>> {
+        self.read("pending_deliveries", move |c| events::pending(c, due_at, limit)).await
+    }
+
+    async fn claim_delivery(&self, delivery: &Delivery, owner: &str, now: i64, until: i64) -> StoreResult<bool> {
+        let (d, owner) = (delivery.clone(), owner.to_string());
+        self.write("claim_delivery", move |c| events::claim(c, &d, &owner, now, until)).await
+    }
+
+    async fn settle_delivery(&self, delivery: &Delivery, owner: &str, step: DeliveryStep) -> StoreResult<bool> {
+        let (d, owner) = (delivery.clone(), owner.to_string());
+        self.write("settle_delivery", move |c| events::settle(c, &d, &owner, &step)).await
+    }
+
+    async fn forget_events(&self, tenant: &TenantId, user: &UserId) -> StoreResult<usize> {
+        let (tenant, user) = (tenant.clone(), user.clone());
+        self.write("forget_events", move |c| events::forget(c, &tenant, &user)).await
     }
 }

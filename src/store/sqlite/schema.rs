@@ -8,7 +8,7 @@ use super::{Inner, internal};
 use crate::store::{StoreError, StoreResult};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Version 1: sessions and messages with their indexes.
 const SCHEMA_V1: &str = "
@@ -65,6 +65,37 @@ CREATE INDEX IF NOT EXISTS turns_by_user ON turns (tenant_id, user_id);
 CREATE INDEX IF NOT EXISTS turns_by_expiry ON turns (expires_at);
 ";
 
+/// Version 4: change events (the tenants' feeds) and the webhook deliveries still owed for them.
+const SCHEMA_V4: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY NOT NULL,
+    tenant_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    user_id TEXT,
+    body TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_tenant ON events (tenant_id, id);
+CREATE INDEX IF NOT EXISTS events_by_user ON events (tenant_id, user_id) WHERE user_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_by_expiry ON events (expires_at);
+CREATE TABLE IF NOT EXISTS deliveries (
+    event_id TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    user_id TEXT,
+    body TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_at INTEGER NOT NULL,
+    first_at INTEGER NOT NULL,
+    lease_until INTEGER NOT NULL,
+    lease_owner TEXT,
+    last_error TEXT,
+    PRIMARY KEY (event_id, endpoint)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_by_due ON deliveries (next_at);
+";
+
 pub(super) fn open(path: &Path) -> StoreResult<Connection> {
     let conn = Connection::open(path)
         .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database {}: {e}", path.display())))?;
@@ -91,6 +122,9 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
     }
     if version < 3 {
         tx.execute_batch(SCHEMA_V3).map_err(internal)?;
+    }
+    if version < 4 {
+        tx.execute_batch(SCHEMA_V4).map_err(internal)?;
     }
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(internal)?;
     tx.commit().map_err(internal)
