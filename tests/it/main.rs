@@ -11,6 +11,7 @@ mod api;
 mod bedrock;
 mod contract;
 mod errors;
+mod events;
 mod isolation;
 mod mcp;
 mod openai;

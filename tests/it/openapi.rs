@@ -18,6 +18,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/agent/conversations/{tenantId}/sessions/{sessionId}/turns/{turnId}"),
     ("get", "/agent/conversations/{tenantId}/sessions/{sessionId}/turns/{turnId}/events"),
     ("post", "/agent/conversations/{tenantId}/sessions/{sessionId}/turns/{turnId}/cancel"),
+    ("get", "/agent/events/{tenantId}"),
     ("get", "/conversations/{tenantId}/users/{userId}"),
     ("get", "/conversations/{tenantId}/sessions/{sessionId}"),
     ("get", "/conversations/{tenantId}/sessions/{sessionId}/messages"),

@@ -6,13 +6,15 @@
 //!   server-sent events;
 //! - [`stores`]: real stores on SQLite and on the DynamoDB emulator, and the macros that run a test
 //!   on both backends;
-//! - [`openai_mock`]: a local OpenAI-compatible Chat Completions server.
+//! - [`openai_mock`]: a local OpenAI-compatible Chat Completions server;
+//! - [`webhooks`]: a webhook receiver, and signature checks with the `standardwebhooks` package.
 
 #[macro_use]
 pub mod stores;
 pub mod client;
 pub mod openai_mock;
 pub mod server;
+pub mod webhooks;
 
 pub use client::*;
 pub use server::*;

@@ -1,0 +1,405 @@
+//! Change events through the real binary: signed webhooks verified with the `standardwebhooks`
+//! package, a refused attempt retried with the same id, a receiver that was down getting every
+//! event after the server was killed (kill -9) and restarted, endpoint filters by tenant and type,
+//! the pull feed (the same events as the webhooks, paged, scoped like conversations), the events
+//! of actions, sessions and erasure, refused private targets, and the `webhooks` commands.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::webhooks::{Attempt, Receiver, secret, verify};
+use crate::support::{TestServer, cli, create_key, expect_error, ok, ok_json, request, send, text, turn, turn_request};
+
+on_both_backends!(
+    deliveries_are_signed_and_a_refused_attempt_comes_again_with_the_same_id,
+    a_receiver_that_was_down_gets_every_event_after_a_kill_and_a_restart,
+);
+
+/// Private targets are allowed (the receivers are on loopback), and retries come fast.
+fn webhook_env<'a>(url: &'a str, secret: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("WEBHOOK_URL", url),
+        ("WEBHOOK_SECRET", secret),
+        ("WEBHOOK_ALLOW_PRIVATE", "true"),
+        ("WEBHOOK_RETRY_SCHEDULE", "200ms"),
+    ]
+}
+
+/// Every event of the tenant's feed, following `Link` pages, as `auth` (none: no credential).
+async fn feed(s: &TestServer, tenant: &str, auth: Option<&str>) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut path = Some(format!("/agent/events/{tenant}?limit=100"));
+    while let Some(p) = path {
+        let r = send(s, "GET", &p, auth, &[], None).await;
+        path = crate::support::next_link(&r);
+        events.extend(ok_json(r).await.as_array().unwrap().clone());
+    }
+    events
+}
+
+/// The feed once it holds at least `count` events (events show about a second after they happen).
+async fn feed_of(s: &TestServer, tenant: &str, count: usize) -> Vec<Value> {
+    for _ in 0..100 {
+        let events = feed(s, tenant, None).await;
+        if events.len() >= count {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the feed of {tenant} never held {count} events: {:#?}", feed(s, tenant, None).await);
+}
+
+fn types(events: &[Value]) -> Vec<String> {
+    events.iter().map(|e| e["type"].as_str().unwrap().to_string()).collect()
+}
+
+fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == kind).collect()
+}
+
+/// A receiver answers 500 to the first attempt of each event: the retry comes with the same
+/// `webhook-id`, every attempt verifies with `standardwebhooks`, the bodies say what happened, and
+/// the pull feed serves the same events.
+async fn deliveries_are_signed_and_a_refused_attempt_comes_again_with_the_same_id(backend: &str) {
+    let receiver = Receiver::start(true).await;
+    let key = secret();
+    let s = TestServer::start(backend, &webhook_env(&receiver.url, &key)).await;
+    let answer =
+        ok(turn_request(&s, "acme", "u1").header("x-location-id", "downtown").json(&json!({"message": "hello"}))).await;
+    let delivered = receiver.wait_for("two events", |d| d.len() >= 2).await;
+    let events: Vec<Value> = delivered.iter().map(Attempt::event).collect();
+    assert_eq!(types(&events), ["session.created", "turn.completed"], "one event per change, in order");
+    let attempts = receiver.attempts();
+    for d in &delivered {
+        let tries: Vec<u16> = attempts.iter().filter(|a| a.id == d.id).map(|a| a.status).collect();
+        assert_eq!(tries, [500, 200], "the refused attempt came again with the same webhook-id");
+        assert_eq!(d.headers["content-type"], "application/json");
+        assert!(d.id.starts_with("evt_"));
+    }
+    verify(&key, &attempts);
+    let completed = &events[1];
+    assert_eq!(completed["tenantId"], "acme");
+    assert_eq!(completed["id"], delivered[1].id.as_str());
+    let data = &completed["data"];
+    assert_eq!(data["turnId"], answer["turnId"]);
+    assert_eq!(data["sessionId"], answer["sessionId"]);
+    assert_eq!(data["userId"], "u1");
+    assert_eq!(data["locationId"], "downtown");
+    assert_eq!(data["messageId"], answer["agentMessage"]["id"]);
+    assert_eq!(data["userMessageId"], answer["userMessage"]["id"]);
+    assert_eq!(data["text"], answer["response"]);
+    assert_eq!(data["status"], "completed");
+    assert!(data.get("agentMessage").is_none(), "full messages only with WEBHOOK_PAYLOAD=full");
+    assert_eq!(events[0]["data"]["sessionId"], answer["sessionId"]);
+    // The feed: the same ids and bodies.
+    assert_eq!(feed_of(&s, "acme", 2).await, events);
+    assert!(feed(&s, "globex", None).await.is_empty());
+    let metrics = request(&s, "GET", "/metrics").send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("webhook_deliveries_total{endpoint=\"ep_"), "{metrics}");
+    assert!(metrics.contains("outcome=\"retried\"") && metrics.contains("outcome=\"delivered\""));
+    assert!(metrics.contains("webhook_delivery_lag_seconds"));
+}
+
+/// A server on `backend` whose SQLite file is `db`.
+async fn start_at(backend: &str, db: &Path, env: &[(&str, &str)]) -> TestServer {
+    let mut env = env.to_vec();
+    env.push(("SQLITE_PATH", db.to_str().unwrap()));
+    TestServer::start(backend, &env).await
+}
+
+/// A server restarted on the same store: SQLite's file, or DynamoDB's tables.
+async fn restart(backend: &str, killed: &TestServer, db: &Path, env: &[(&str, &str)]) -> TestServer {
+    match backend {
+        "dynamodb" => TestServer::start_beside(killed, env).await,
+        _ => start_at(backend, db, env).await,
+    }
+}
+
+/// The receiver is down while turns run; the server answers them and is killed (kill -9). Once the
+/// receiver is up and the server restarted, every event of the feed arrives, and `webhooks pending`
+/// listed them while they waited.
+async fn a_receiver_that_was_down_gets_every_event_after_a_kill_and_a_restart(backend: &str) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}/hooks");
+    let key = secret();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("agent.db");
+    let mut env = webhook_env(&url, &key);
+    env.push(("WEBHOOK_RETRY_SCHEDULE", "300ms"));
+    let mut first = start_at(backend, &db, &env).await;
+    let one = turn(&first, "acme", "u1", "first").await;
+    turn(&first, "acme", "u1", "second").await;
+    turn(&first, "acme", "u2", "third").await;
+    ok(request(
+        &first,
+        "POST",
+        &format!("/agent/conversations/acme/sessions/{}/close", one["sessionId"].as_str().unwrap()),
+    ))
+    .await;
+    std::process::Command::new("kill").args(["-9", &first.pid().to_string()]).status().unwrap();
+    first.wait(Duration::from_secs(5));
+
+    let mut cli_env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    match &first.tables {
+        Some((sessions, messages)) => {
+            cli_env.extend(crate::support::aws_env().into_iter().map(|(k, v)| (k.to_string(), v)));
+            cli_env.push(("DYNAMODB_SESSIONS_TABLE".into(), sessions.clone()));
+            cli_env.push(("DYNAMODB_MESSAGES_TABLE".into(), messages.clone()));
+        }
+        None => cli_env.push(("SQLITE_PATH".into(), db.to_str().unwrap().into())),
+    }
+    cli_env.push(("STORAGE".into(), backend.into()));
+    let cli_env: Vec<(&str, &str)> = cli_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let pending = text(&cli(dir.path(), &["webhooks", "pending"], &cli_env));
+    assert_eq!(pending.lines().filter(|l| l.starts_with("evt_")).count(), 6, "{pending}");
+    assert!(pending.contains("turn.completed") && pending.contains("session.closed"), "{pending}");
+
+    let receiver = Receiver::start_on(tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap(), false);
+    let second = restart(backend, &first, &db, &env).await;
+    let events = feed_of(&second, "acme", 6).await;
+    let expected: BTreeSet<String> = events.iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    let delivered = receiver.wait_for("every event of the feed", |d| d.len() >= expected.len()).await;
+    let got: BTreeSet<String> = delivered.iter().map(|a| a.id.clone()).collect();
+    assert_eq!(got, expected, "every event arrived");
+    let mut kinds = types(&events);
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        ["session.closed", "session.created", "session.created", "turn.completed", "turn.completed", "turn.completed"]
+    );
+    verify(&key, &delivered);
+    let pending = text(&cli(dir.path(), &["webhooks", "pending"], &cli_env));
+    assert!(pending.contains("nothing waits for delivery"), "{pending}");
+}
+
+/// Endpoints from `WEBHOOKS_FILE`: one for tenant acme only, one for `session.*` events only; each
+/// gets exactly what it asked for, signed with its own secret.
+#[tokio::test]
+async fn endpoints_receive_only_their_tenants_and_types() {
+    let (acme_only, sessions_only) = (Receiver::start(false).await, Receiver::start(false).await);
+    let (key_a, key_b) = (secret(), secret());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("webhooks.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "endpoints:\n  - id: acme-crm\n    url: {}\n    secret: {key_a}\n    tenants: [acme]\n  - id: hub\n    url: {}\n    secrets: [{key_b}]\n    events: [\"session.*\"]\n",
+            acme_only.url, sessions_only.url
+        ),
+    )
+    .unwrap();
+    let s =
+        TestServer::start("sqlite", &[("WEBHOOKS_FILE", file.to_str().unwrap()), ("WEBHOOK_ALLOW_PRIVATE", "true")])
+            .await;
+    turn(&s, "acme", "u1", "hello").await;
+    turn(&s, "globex", "u9", "hello").await;
+    acme_only.wait_for("acme's two events", |d| d.len() >= 2).await;
+    sessions_only.wait_for("both session.created", |d| d.len() >= 2).await;
+    // Enough time for anything that should not come to arrive.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let a: Vec<Value> = acme_only.delivered().iter().map(Attempt::event).collect();
+    let b_events: Vec<Value> = sessions_only.delivered().iter().map(Attempt::event).collect();
+    assert_eq!(a.len(), 2, "{a:#?}");
+    assert!(a.iter().all(|e| e["tenantId"] == "acme"), "{a:#?}");
+    assert_eq!(types(&b_events), ["session.created", "session.created"]);
+    let tenants: BTreeSet<&str> = b_events.iter().map(|e| e["tenantId"].as_str().unwrap()).collect();
+    assert_eq!(tenants, BTreeSet::from(["acme", "globex"]));
+    verify(&key_a, &acme_only.delivered());
+    verify(&key_b, &sessions_only.delivered());
+}
+
+/// A tiny business API: every call succeeds.
+async fn business_api() -> String {
+    let app = axum::Router::new().fallback(|| async { axum::Json(json!({"id": "r1", "ok": true})) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// With `EVENTS=on` and no webhook, the feed records actions (waiting, approved, run), sessions
+/// (created, closed, deleted) and an erasure, whose user's earlier events leave the feed.
+#[tokio::test]
+async fn actions_sessions_and_erasure_are_events_in_the_feed() {
+    let api = business_api().await;
+    let s = TestServer::start(
+        "sqlite",
+        &[
+            ("EVENTS", "on"),
+            ("API_SERVER_URL", &api),
+            ("API_RESOURCE_TYPES", "appointments"),
+            ("WEBHOOK_PAYLOAD", "full"),
+        ],
+    )
+    .await;
+    let message =
+        "book it\n@tool create_resource {\"resourceType\": \"appointments\", \"data\": {\"time\": \"10:00\"}}";
+    let first = turn(&s, "acme", "u1", message).await;
+    assert_eq!(first["status"], "awaiting_approval", "{first}");
+    let session = first["sessionId"].as_str().unwrap().to_string();
+    let action = first["actions"][0]["id"].as_str().unwrap().to_string();
+    let approved =
+        ok(request(&s, "POST", &format!("/agent/conversations/acme/sessions/{session}/actions/{action}/approve")))
+            .await;
+    ok(request(&s, "POST", &format!("/agent/conversations/acme/sessions/{session}/close"))).await;
+    // Closing again changes nothing, so it is no event.
+    ok(request(&s, "POST", &format!("/agent/conversations/acme/sessions/{session}/close"))).await;
+    let other = turn(&s, "acme", "u2", "hi").await;
+    ok(request(&s, "DELETE", &format!("/agent/conversations/acme/sessions/{}", other["sessionId"].as_str().unwrap())))
+        .await;
+    let events = feed_of(&s, "acme", 10).await;
+    assert_eq!(
+        types(&events),
+        [
+            "session.created",
+            "turn.completed",
+            "action.approval_required",
+            "action.approved",
+            "action.executed",
+            "turn.completed",
+            "session.closed",
+            "session.created",
+            "turn.completed",
+            "session.deleted",
+        ]
+    );
+    let ids: BTreeSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), events.len(), "every event has its own id");
+    let waiting = of_type(&events, "action.approval_required")[0];
+    assert_eq!(waiting["data"]["actionId"], action.as_str());
+    assert_eq!(waiting["data"]["tool"], "create_resource");
+    assert_eq!(waiting["data"]["turnId"], first["turnId"]);
+    assert_eq!(waiting["data"]["messageId"], first["agentMessage"]["id"]);
+    assert_eq!(waiting["data"]["sessionId"], session.as_str());
+    let executed = of_type(&events, "action.executed")[0];
+    assert_eq!(executed["data"]["actionId"], action.as_str());
+    assert_eq!(executed["data"]["success"], true);
+    let follow_up = of_type(&events, "turn.completed")[1];
+    assert_eq!(follow_up["data"]["turnId"], approved["turnId"]);
+    assert_eq!(follow_up["data"]["text"], approved["response"]);
+    // WEBHOOK_PAYLOAD=full: the stored messages themselves.
+    let full = of_type(&events, "turn.completed")[0];
+    assert_eq!(full["data"]["agentMessage"], first["agentMessage"]);
+    assert_eq!(full["data"]["userMessage"], first["userMessage"]);
+
+    // Erasing u1: its events leave the feed; the erasure itself is an event with ids only.
+    ok(request(&s, "DELETE", "/agent/conversations/acme/users/u1")).await;
+    let after = feed_of(&s, "acme", 4).await;
+    assert_eq!(types(&after), ["session.created", "turn.completed", "session.deleted", "user.erased"]);
+    let erased = &after[3]["data"];
+    assert_eq!(erased["userId"], "u1");
+    assert_eq!(erased["sessions"], 1);
+    assert!(after.iter().all(|e| e["data"]["userId"] != "u1" || e["type"] == "user.erased"));
+}
+
+/// The feed pages with `Link`, filters by type, refuses bad queries with 400, belongs to the
+/// tenant's credentials only, and answers 404 when events are off.
+#[tokio::test]
+async fn the_feed_pages_filters_and_is_scoped_like_conversations() {
+    let dir = tempfile::tempdir().unwrap();
+    let acme = create_key(dir.path(), &["--tenant", "acme"]);
+    let globex = create_key(dir.path(), &["--tenant", "globex"]);
+    let admin = create_key(dir.path(), &["--admin"]);
+    let keys = dir.path().join("keys.json");
+    let s = TestServer::start(
+        "sqlite",
+        &[("EVENTS", "on"), ("AUTH_MODE", "api-key"), ("API_KEYS_FILE", keys.to_str().unwrap())],
+    )
+    .await;
+    for user in ["u1", "u2", "u3"] {
+        let r = send(&s, "POST", "/agent/process", Some(&acme), &[("x-user-id", user)], Some(json!({"message": "hi"})))
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let all = feed(&s, "acme", Some(&acme)).await;
+    assert_eq!(all.len(), 6);
+    assert_eq!(feed(&s, "acme", Some(&admin)).await, all);
+    // Pages of two, by Link, give the same events once each.
+    let mut paged = Vec::new();
+    let mut path = Some("/agent/events/acme?limit=2".to_string());
+    while let Some(p) = path {
+        let r = send(&s, "GET", &p, Some(&acme), &[], None).await;
+        path = crate::support::next_link(&r);
+        paged.extend(ok_json(r).await.as_array().unwrap().clone());
+    }
+    assert_eq!(paged, all);
+    let after = all[3]["id"].as_str().unwrap();
+    let rest =
+        ok_json(send(&s, "GET", &format!("/agent/events/acme?after={after}"), Some(&acme), &[], None).await).await;
+    assert_eq!(rest.as_array().unwrap(), &all[4..]);
+    let turns = ok_json(send(&s, "GET", "/agent/events/acme?types=turn.completed", Some(&acme), &[], None).await).await;
+    assert_eq!(types(turns.as_array().unwrap()), ["turn.completed"; 3]);
+    // Another tenant's credential, or none: refused.
+    let r = send(&s, "GET", "/agent/events/acme", Some(&globex), &[], None).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(feed(&s, "globex", Some(&globex)).await.is_empty());
+    assert_eq!(send(&s, "GET", "/agent/events/acme", None, &[], None).await.status(), StatusCode::UNAUTHORIZED);
+    for bad in ["after=evt_nope", "types=turn.done", "limit=0", "limit=101"] {
+        let req = request(&s, "GET", &format!("/agent/events/acme?{bad}")).bearer_auth(&acme);
+        let (code, _) = expect_error(req, StatusCode::BAD_REQUEST).await;
+        assert_eq!(code, "invalid_query", "{bad}");
+    }
+    let off = TestServer::start("sqlite", &[]).await;
+    let (code, message) = expect_error(request(&off, "GET", "/agent/events/acme"), StatusCode::NOT_FOUND).await;
+    assert_eq!(code, "events_off");
+    assert!(message.contains("EVENTS=on"), "{message}");
+}
+
+/// Without `WEBHOOK_ALLOW_PRIVATE`, a loopback IP literal stops the server at start, and a name
+/// that resolves to loopback is refused at delivery (counted as failed, never retried).
+#[tokio::test]
+async fn private_targets_are_refused() {
+    let key = secret();
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli(dir.path(), &["serve"], &[("WEBHOOK_URL", "http://127.0.0.1:9/hooks"), ("WEBHOOK_SECRET", &key)]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("WEBHOOK_ALLOW_PRIVATE"), "{}", text(&out));
+    let out =
+        cli(dir.path(), &["serve"], &[("WEBHOOK_URL", "https://hooks.example.com/x"), ("WEBHOOK_SECRET", "plain")]);
+    assert!(text(&out).contains("whsec_"), "{}", text(&out));
+
+    let receiver = Receiver::start(false).await;
+    let by_name = receiver.url.replace("127.0.0.1", "localhost");
+    let s = TestServer::start("sqlite", &[("WEBHOOK_URL", &by_name), ("WEBHOOK_SECRET", &key)]).await;
+    turn(&s, "acme", "u1", "hello").await;
+    for _ in 0..50 {
+        let metrics = request(&s, "GET", "/metrics").send().await.unwrap().text().await.unwrap();
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("webhook_deliveries_total") && l.contains("outcome=\"failed\"") && l.ends_with(" 2"))
+        {
+            assert!(!metrics.contains("outcome=\"retried\""), "a refused target is not retried");
+            assert!(receiver.attempts().is_empty(), "nothing reached the private address");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the deliveries were not refused:\n{}", s.output());
+}
+
+/// `webhooks test --url` sends a signed test event that `standardwebhooks` verifies; a receiver
+/// that is down makes it exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_test_sends_a_signed_test_event() {
+    let receiver = Receiver::start(false).await;
+    let key = secret();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("WEBHOOK_SECRET", key.as_str()), ("WEBHOOK_ALLOW_PRIVATE", "true")];
+    // The command blocks; the receiver answers from this test's runtime meanwhile.
+    let out = tokio::task::block_in_place(|| cli(dir.path(), &["webhooks", "test", "--url", &receiver.url], &env));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("delivered"), "{}", text(&out));
+    let got = receiver.delivered();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].event()["type"], "webhook.test");
+    verify(&key, &got);
+    let out = cli(dir.path(), &["webhooks", "test", "--url", "http://127.0.0.1:9/down"], &env);
+    assert!(!out.status.success(), "{}", text(&out));
+    let fresh = text(&cli(dir.path(), &["webhooks", "new-secret"], &[]));
+    assert!(fresh.trim().starts_with("whsec_"), "{fresh}");
+}
