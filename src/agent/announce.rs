@@ -51,7 +51,7 @@ impl Agent {
     pub(super) async fn announce_turn(
         &self,
         place: TurnPlace<'_>,
-        result: &Result<TurnOutcome, TurnError>,
+        result: Result<&TurnOutcome, &TurnError>,
         decided: Option<&str>,
     ) {
         if !self.events.is_on() {
@@ -91,10 +91,17 @@ impl Agent {
                 }
                 changes.insert(0, Change::new(kind, user, Value::Object(data)));
             }
-            // An erased turn leaves nothing to announce (`user.erased` or `session.deleted` says it).
-            Err(TurnError::Erased) => return,
-            // A decision that lost to another, or on an action that does not exist, changed nothing.
-            Err(TurnError::Store(StoreError::Conflict(_) | StoreError::NotFound(_))) if decided.is_some() => return,
+            // Only a turn that ran and failed is `turn.failed`: a refused request (no such session, a
+            // closed one, a key in use or reused) changed nothing, and an erased turn is announced by
+            // `user.erased` or `session.deleted`.
+            Err(
+                TurnError::Erased
+                | TurnError::InProgress(_)
+                | TurnError::KeyReused
+                | TurnError::Gone
+                | TurnError::Ended(_)
+                | TurnError::Store(StoreError::Conflict(_) | StoreError::NotFound(_) | StoreError::Invalid(_)),
+            ) => return,
             Err(e) => {
                 let mut data = ids(&place);
                 data.insert("error".into(), json!({"code": e.code(), "message": e.public_message()}));

@@ -138,7 +138,7 @@ impl Agent {
             turn: &follow_up,
             session: Some(session.id.clone()),
         };
-        self.announce_turn(place, &result, Some(action_id)).await;
+        self.announce_turn(place, result.as_ref(), Some(action_id)).await;
         match &result {
             Ok(outcome) => live.finish(outcome.status, Ok(outcome.clone())),
             Err(e) => live.finish(TurnStatus::Failed, Err(e.clone())),
@@ -200,8 +200,8 @@ impl Agent {
                     done.approved = Some(true);
                     // The tool ran: its result must be storable, so it is cut to fit the message.
                     fit_in(&message, &mut done);
-                    self.store.transition_action(tenant, &message.id, ActionStatus::Approved, &done).await?;
                     self.announce_action(session, &message, &done, EventType::ActionExecuted).await;
+                    self.store.transition_action(tenant, &message.id, ActionStatus::Approved, &done).await?;
                     done
                 } else {
                     claimed

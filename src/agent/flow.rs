@@ -83,15 +83,10 @@ impl Agent {
         let started = Instant::now();
         let result = self.execute(&live, &req, hash.as_deref(), resume).await;
         crate::telemetry::turn(req.stream, result.is_ok(), started.elapsed());
-        // Recorded before the turn's answer is given.
-        let place = super::announce::TurnPlace {
-            tenant: &req.tenant,
-            user: &req.user,
-            location: req.location.as_ref(),
-            turn: &live.turn_id,
-            session: live.session(),
-        };
-        self.announce_turn(place, &result, None).await;
+        if result.is_err() {
+            // Recorded before the turn's error is given (a turn that ended announced itself).
+            self.announce_turn(self.turn_place(&req, &live), result.as_ref(), None).await;
+        }
         match result {
             Ok(outcome) => live.finish(outcome.status, Ok(outcome)),
             Err(e) => {
@@ -102,6 +97,17 @@ impl Agent {
             }
         }
         self.live.retire(&live);
+    }
+
+    /// Who and where a turn is, for its change events.
+    fn turn_place<'a>(&self, req: &'a TurnRequest, live: &'a LiveTurn) -> super::announce::TurnPlace<'a> {
+        super::announce::TurnPlace {
+            tenant: &req.tenant,
+            user: &req.user,
+            location: req.location.as_ref(),
+            turn: &live.turn_id,
+            session: live.session(),
+        }
     }
 
     pub(super) fn is_idle(&self, session: &Session) -> bool {
@@ -322,6 +328,8 @@ impl Agent {
             );
             events.push(live.push("delta", json!({"text": outcome.agent_message.content})));
         }
+        // The change events are recorded before the answer (`done`) goes out.
+        self.announce_turn(self.turn_place(req, live), Ok(&outcome), None).await;
         events.push(live.push("done", json!(TurnAnswer::from(outcome.clone()))));
         if let Some(mut rec) = record {
             rec.status = status;

@@ -341,7 +341,7 @@ impl Agent {
             turn: &turn,
             session: Some(record.session_id.clone()),
         };
-        self.announce_turn(place, &Ok(outcome.clone()), None).await;
+        self.announce_turn(place, Ok(&outcome), None).await;
         record.agent_message_id = Some(outcome.agent_message.id.clone());
         let done =
             TurnEvent { id: record.last_event_id + 1, event: "done".into(), data: json!(TurnAnswer::from(outcome)) };

@@ -165,7 +165,11 @@ impl Agent {
         for turn in running {
             let _ = turn.finished().await;
         }
-        let before = self.store.get_session(tenant, session).await;
+        // Read only for its event (the ids it names).
+        let before = match self.events.is_on() {
+            true => self.store.get_session(tenant, session).await,
+            false => Ok(None),
+        };
         let result = self.store.delete_session(tenant, session).await;
         self.live.end_erasure(tenant, None, Some(session));
         self.sweep_later(tenant.clone(), None, vec![session.clone()]);

@@ -47,10 +47,20 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || (a == 100 && (64..128).contains(&b)))
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| IpAddr::V4(std::net::Ipv4Addr::from(((hi as u32) << 16) | lo as u32));
+            // IPv4-mapped and -compatible (::ffff:a.b.c.d, ::a.b.c.d), NAT64 (64:ff9b::/96) and
+            // 6to4 (2002::/16) addresses reach the IPv4 address they carry.
+            if let Some(v4) = v6.to_ipv4() {
+                return !v6.is_loopback() && !v6.is_unspecified() && is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_public(embedded(s[6], s[7]));
+            }
+            if s[0] == 0x2002 {
+                return is_public(embedded(s[1], s[2]));
+            }
+            let first = s[0];
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
@@ -138,6 +148,8 @@ pub async fn send(client: &reqwest::Client, endpoint: &Endpoint, id: &str, body:
             }
         }
         Err(e) => {
+            // Without the URL: it may hold a token, and the error is logged and stored.
+            let e = e.without_url();
             let text = error_chain(&e);
             if text.contains(REFUSED) {
                 Attempt::Stop(REFUSED.into())
@@ -242,11 +254,16 @@ impl Deliverer {
             }
         }
         let Some(endpoint) = self.endpoints.iter().find(|e| e.id == d.endpoint) else {
-            // Owed to an endpoint only another instance has (or one removed since): left for an hour.
-            let step = DeliveryStep::Retry {
-                attempts: d.attempts,
-                next_at: now + 3_600_000,
-                error: format!("endpoint {} is not configured on this instance", d.endpoint),
+            // Owed to an endpoint only another instance has (a rolling deploy), or one removed since:
+            // left for a minute, for an instance that has it, and given up after a day.
+            let step = if now + 60_000 > d.first_at + GIVE_UP_AFTER_MS {
+                DeliveryStep::Finished
+            } else {
+                DeliveryStep::Retry {
+                    attempts: d.attempts,
+                    next_at: now + 60_000,
+                    error: format!("endpoint {} is not configured on this instance", d.endpoint),
+                }
             };
             let _ = self.store.settle_delivery(&d, &self.owner, step).await;
             return;

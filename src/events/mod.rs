@@ -114,6 +114,36 @@ pub fn event_id_floor(millis: i64) -> String {
     format!("evt_{:012x}", millis.max(0))
 }
 
+/// The most an event's body may hold: with its item's other attributes, well within DynamoDB's
+/// 400 KB item limit.
+pub const MAX_BODY_BYTES: usize = 300 * 1024;
+
+/// An event as JSON text. A body past `MAX_BODY_BYTES` (a long reply, or full messages) loses the
+/// message objects, then has its `text` cut, and says so with `"truncated": true`.
+fn body(id: &str, kind: EventType, tenant: &TenantId, mut data: Value) -> String {
+    let render = |data: &Value| {
+        json!({"id": id, "type": kind.as_str(), "timestamp": Timestamp::now(), "tenantId": tenant, "data": data})
+            .to_string()
+    };
+    let mut text = render(&data);
+    if text.len() <= MAX_BODY_BYTES {
+        return text;
+    }
+    if let Some(map) = data.as_object_mut() {
+        map.remove("userMessage");
+        map.remove("agentMessage");
+        map.insert("truncated".into(), json!(true));
+        text = render(&data);
+        while text.len() > MAX_BODY_BYTES {
+            let Some(reply) = data.get("text").and_then(Value::as_str).filter(|t| !t.is_empty()) else { break };
+            let keep: String = reply.chars().take(reply.chars().count() / 2).collect();
+            data["text"] = json!(keep);
+            text = render(&data);
+        }
+    }
+    text
+}
+
 /// Records changes as events (a no-op when events are off) and wakes this process's deliverer.
 #[derive(Clone, Default)]
 pub struct Events(Option<Arc<Inner>>);
@@ -154,6 +184,11 @@ impl Events {
         self.0.as_ref().is_some_and(|i| i.full_payload)
     }
 
+    /// How long the feed keeps an event (`EVENTS_RETENTION_DAYS`).
+    pub fn retention(&self) -> Duration {
+        self.0.as_ref().map_or(Duration::ZERO, |i| i.retention)
+    }
+
     pub fn endpoints(&self) -> &[Endpoint] {
         self.0.as_ref().map(|i| i.endpoints.as_slice()).unwrap_or_default()
     }
@@ -183,14 +218,7 @@ impl Events {
         let mut deliveries = Vec::new();
         for change in changes {
             let id = new_event_id();
-            let body = json!({
-                "id": id,
-                "type": change.kind.as_str(),
-                "timestamp": Timestamp::now(),
-                "tenantId": tenant,
-                "data": change.data,
-            })
-            .to_string();
+            let body = body(&id, change.kind, tenant, change.data);
             for endpoint in inner.endpoints.iter().filter(|e| e.wants(tenant, change.kind)) {
                 deliveries.push(Delivery {
                     event_id: id.clone(),

@@ -20,7 +20,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// How old an event must be before the feed shows it: events minted at the same moment by several
 /// writers (or instances) are all stored by then, so paging with `after` never skips one.
-pub const FEED_SETTLE_MS: i64 = 1000;
+pub const FEED_SETTLE_MS: i64 = 2000;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -35,7 +35,7 @@ pub struct EventsQuery {
 }
 
 /// The tenant's change events, oldest first (kept `EVENTS_RETENTION_DAYS`). Events appear about a
-/// second after they happen. A full page has a `Link` header to the next one.
+/// two seconds after they happen. A full page has a `Link` header to the next one.
 #[utoipa::path(
     get,
     path = "/agent/events/{tenantId}",
@@ -81,9 +81,21 @@ async fn list_events(
     if let Some(bad) = types.iter().find(|t| !EventType::ALL.iter().any(|k| k.matches(t))) {
         return Err(ApiError::bad_request("invalid_query", format!("types: {bad:?} is not an event type")));
     }
+    // Patterns (`turn.*`) become the types they name: the store matches exact names.
+    let types: Vec<String> =
+        EventType::ALL.iter().filter(|k| types.iter().any(|t| k.matches(t))).map(|k| k.as_str().to_string()).collect();
+    if q.types.is_some() && types.is_empty() {
+        return Ok(Json(Vec::<serde_json::Value>::new()).into_response());
+    }
     let now = crate::timestamp::now_micros() / 1000;
     let before = event_id_floor(now - FEED_SETTLE_MS);
-    let stored = state.store.list_events(&tenant, q.after.as_deref(), &before, &types, limit).await?;
+    // Nothing older than the retention is served, so a read never walks expired events.
+    let oldest = event_id_floor(now - state.agent.events().retention().as_millis() as i64);
+    let after = match q.after.as_deref() {
+        Some(after) if after > oldest.as_str() => after.to_string(),
+        _ => oldest,
+    };
+    let stored = state.store.list_events(&tenant, Some(&after), &before, &types, limit).await?;
     let next = (stored.len() == limit).then(|| stored.last().map(|e| e.id.clone())).flatten();
     let events: Vec<serde_json::Value> = stored.iter().filter_map(|e| serde_json::from_str(&e.body).ok()).collect();
     let mut response = Json(events).into_response();

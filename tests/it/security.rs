@@ -376,6 +376,7 @@ async fn secrets_never_reach_the_log() {
         ("API_SERVER_KEY", "business-api-secret-888"),
         ("AWS_SECRET_ACCESS_KEY", "aws-secret-access-key-999"),
         ("AWS_ACCESS_KEY_ID", "AKIASECRETID000"),
+        ("WEBHOOK_SECRET", "whsec_c2VjcmV0LXdlYmhvb2stc2VjcmV0LTEyMzQ1Njc4"),
     ];
     let keys_file = dir.path().join("keys.json");
     let mut env = vec![
@@ -384,6 +385,9 @@ async fn secrets_never_reach_the_log() {
         ("LLM_PROVIDER", "openai"),
         ("OPENAI_BASE_URL", mock.url.as_str()),
         ("API_SERVER_URL", "http://127.0.0.1:9"),
+        // Deliveries to a port where nothing listens: they fail and are logged.
+        ("WEBHOOK_URL", "http://127.0.0.1:9/hooks"),
+        ("WEBHOOK_ALLOW_PRIVATE", "true"),
         ("RUST_LOG", "debug"),
         ("AWS_REGION", "us-east-1"),
     ];
