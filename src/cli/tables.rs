@@ -53,7 +53,8 @@ pub async fn run(config: &Config, command: TablesCommand) -> ExitCode {
                     }
                     Err(e) => return fail(e),
                 }
-                if config.retention.0.is_some()
+                // TTL removes expired messages (MESSAGE_TTL_DAYS) and expired change events.
+                if (config.retention.0.is_some() || config.events.enabled)
                     && let Err(e) = enable_ttl(&client, spec).await
                 {
                     return fail(e);
@@ -86,10 +87,10 @@ pub async fn run(config: &Config, command: TablesCommand) -> ExitCode {
                             Some((status, attr)) => println!("table {}: TTL {status} on {attr:?}", spec.name),
                             None => println!("table {}: TTL DISABLED", spec.name),
                         }
-                        if config.retention.0.is_some() && !on {
+                        if (config.retention.0.is_some() || config.events.enabled) && !on {
                             differences += 1;
                             println!(
-                                "difference: {}: MESSAGE_TTL_DAYS is set but TTL is not enabled on {} (run `agent-server tables ttl enable`)",
+                                "difference: {}: MESSAGE_TTL_DAYS is set or events are on, but TTL is not enabled on {} (run `agent-server tables ttl enable`)",
                                 spec.name,
                                 tables::TTL_ATTRIBUTE
                             );

@@ -459,3 +459,30 @@ async fn failed_and_cancelled_turns_are_events() {
     let partial = data["text"].as_str().unwrap();
     assert!(!partial.is_empty() && format!("Echo: {message}").starts_with(partial), "{partial:?}");
 }
+
+/// Two servers on the same DynamoDB tables, both delivering to one receiver: every event arrives,
+/// and once (each claims a delivery with a conditional write before sending it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_outbox_and_deliver_each_event_once() {
+    let receiver = Receiver::start(false).await;
+    let key = secret();
+    let env = webhook_env(&receiver.url, &key);
+    let a = TestServer::start("dynamodb", &env).await;
+    let b = TestServer::start_beside(&a, &env).await;
+    for (i, user) in ["u1", "u2", "u3", "u4"].iter().enumerate() {
+        let server = if i % 2 == 0 { &a } else { &b };
+        turn(server, "acme", user, "hello").await;
+    }
+    let events = feed_of(&a, "acme", 8).await;
+    assert_eq!(events.len(), 8);
+    receiver.wait_for("every event", |d| d.len() >= 8).await;
+    // Time for a second delivery of anything, were there one.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let delivered = receiver.delivered();
+    let ids: Vec<String> = delivered.iter().map(|d| d.id.clone()).collect();
+    let unique: BTreeSet<String> = ids.iter().cloned().collect();
+    let expected: BTreeSet<String> = events.iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(unique, expected);
+    assert_eq!(ids.len(), unique.len(), "an event was delivered twice: {ids:#?}");
+    verify(&key, &delivered);
+}
