@@ -132,6 +132,31 @@ pub struct Config {
     pub retention: crate::store::Retention,
     pub tools: ToolsConfig,
     pub events: EventsConfig,
+    pub summary: SummaryConfig,
+}
+
+/// Context summaries of long sessions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryConfig {
+    /// `CONTEXT_SUMMARY_TRIGGER_TOKENS`: summaries are written once a session's history passes it.
+    pub trigger_tokens: Option<u64>,
+    /// `CONTEXT_SUMMARY_KEEP_MESSAGES`: the newest messages left verbatim.
+    pub keep_messages: usize,
+    /// `CONTEXT_SUMMARY_MODEL`: the model that writes them (the provider's own model when unset).
+    pub model: Option<String>,
+}
+
+impl ProviderConfig {
+    /// The same provider with another model (the echo provider has none).
+    pub fn with_model(&self, model: &str) -> ProviderConfig {
+        match self {
+            ProviderConfig::Echo { chunk_delay } => ProviderConfig::Echo { chunk_delay: *chunk_delay },
+            ProviderConfig::OpenAi { api_key, base_url, .. } => {
+                ProviderConfig::OpenAi { api_key: api_key.clone(), base_url: base_url.clone(), model: model.into() }
+            }
+            ProviderConfig::Bedrock { .. } => ProviderConfig::Bedrock { model: model.into() },
+        }
+    }
 }
 
 /// Change events and their webhooks.
@@ -388,6 +413,14 @@ impl Config {
         let llm_timeout = Duration::from_secs(parse_num("LLM_TIMEOUT_SECONDS", 60u64, 1)?);
         Ok(Config {
             events: events_config()?,
+            summary: SummaryConfig {
+                trigger_tokens: match var("CONTEXT_SUMMARY_TRIGGER_TOKENS") {
+                    None => None,
+                    Some(_) => Some(parse_num("CONTEXT_SUMMARY_TRIGGER_TOKENS", 0u64, 100)?),
+                },
+                keep_messages: parse_num("CONTEXT_SUMMARY_KEEP_MESSAGES", 20usize, 2)?,
+                model: var("CONTEXT_SUMMARY_MODEL"),
+            },
             auth,
             api_keys_file,
             rate_limit_per_minute,

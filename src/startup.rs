@@ -39,6 +39,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         session_idle: config.session_idle,
         llm_timeout: config.llm_timeout,
         turn_events_ttl: config.turn_events_ttl,
+        summary_trigger_tokens: config.summary.trigger_tokens,
+        summary_keep_messages: config.summary.keep_messages,
     };
     let storage = store.describe();
     let rate_limit = config.rate_limit_per_minute.and_then(TenantRateLimit::per_minute);
@@ -66,7 +68,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(endpoints = events.endpoints().len(), "delivering change events to webhooks");
         tokio::spawn(deliverer.run());
     }
-    let agent = Arc::new(Agent::with_tools(store, provider, settings, tools).with_events(events));
+    let mut agent = Agent::with_tools(store, provider, settings, tools).with_events(events);
+    if let Some(model) = &config.summary.model {
+        agent =
+            agent.with_summarizer(Provider::from_config(&config.provider.with_model(model), config.llm_timeout).await);
+    }
+    let agent = Arc::new(agent);
     let state = AppState {
         store: agent.store().clone(),
         agent: agent.clone(),

@@ -38,6 +38,8 @@ fn describe() {
     describe_gauge!("sse_streams_active", "Server-Sent Event streams open now");
     describe_counter!("rate_limited_requests_total", "Requests refused with 429");
     describe_counter!("events_recorded_total", "Change events recorded, by type");
+    describe_counter!("context_summaries_total", "Context summaries stored");
+    describe_counter!("context_summary_failures_total", "Context summaries that failed (the previous one stays)");
     describe_counter!("events_record_failures_total", "Change events that could not be recorded");
     describe_counter!(
         "webhook_deliveries_total",

@@ -236,8 +236,10 @@ impl Agent {
             ),
         };
         let history = recent_history(&*self.store, session, self.settings.history_max_messages).await?;
+        let history = super::summary::after_summary(session, history);
         let request = crate::llm::ModelRequest {
             system_prompt: self.settings.system_prompt.clone(),
+            summary: session.context_summary.as_ref().map(|s| s.text.clone()),
             history,
             message: note,
             context: None,

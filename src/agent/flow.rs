@@ -88,7 +88,14 @@ impl Agent {
             self.announce_turn(self.turn_place(&req, &live), result.as_ref(), None).await;
         }
         match result {
-            Ok(outcome) => live.finish(outcome.status, Ok(outcome)),
+            Ok(outcome) => {
+                let (session, agent) = (outcome.session_id.clone(), &outcome.agent_message);
+                let usage = agent.metadata.as_ref().and_then(|m| m.get("usage"));
+                let input_tokens = usage.and_then(|u| u.get("inputTokens")).and_then(|t| t.as_u64());
+                live.finish(outcome.status, Ok(outcome));
+                // After the answer, off its path: the next turn uses the summary.
+                self.summarize_when_due(&req.tenant, &session, input_tokens);
+            }
             Err(e) => {
                 if !live.ended_with_error() {
                     live.push("error", e.event_data());
@@ -134,6 +141,7 @@ impl Agent {
     fn model_request(&self, message: String, history: Vec<Message>, req_context: Option<&TurnRequest>) -> ModelRequest {
         ModelRequest {
             system_prompt: self.settings.system_prompt.clone(),
+            summary: None,
             history,
             message,
             context: req_context.and_then(|r| r.context.clone()),
@@ -213,14 +221,14 @@ impl Agent {
                 Ok(page) => complete_history(&*self.store, &session, limit, page).await,
                 Err(e) => Err(e),
             };
-            before = Some(session);
             history = match read {
-                Ok(history) => history,
+                Ok(history) => super::summary::after_summary(&session, history),
                 Err(e) => {
-                    self.give_back(req, &place, &stamps, before.as_ref(), None).await;
+                    self.give_back(req, &place, &stamps, Some(&session), None).await;
                     return Err(e.into());
                 }
             };
+            before = Some(session);
             history.retain(|m| m.id != turn_id);
         }
         if resume.is_some() && !req.stream {
@@ -263,7 +271,13 @@ impl Agent {
         // Tools act for the location this turn names; the session's own when the turn names none.
         let location = req.location.clone().or_else(|| before.as_ref().and_then(|s| s.location_id.clone()));
         let ctx = Self::tool_context(&req.tenant, &req.user, location.as_ref());
-        let request = self.model_request(req.message.clone(), history, Some(req));
+        let summary = before.as_ref().and_then(|s| s.context_summary.clone());
+        if let Some(summary) = summary.as_ref().filter(|_| req.stream) {
+            // The model is given the session's summary in place of the messages it covers.
+            live.push("summary", summary_note(summary));
+        }
+        let mut request = self.model_request(req.message.clone(), history, Some(req));
+        request.summary = summary.as_ref().map(|s| s.text.clone());
         let thinking = self.follow_model(live, req.stream, request, &ctx, record.as_mut()).await;
         let (thought, status, interrupted) = match thinking {
             Thinking::Done(thought) => {
@@ -297,7 +311,7 @@ impl Agent {
             self.forget(req, &turn_id, user_message.as_ref(), None).await;
             return Err(TurnError::Erased);
         }
-        let agent_new = messages::agent_message(
+        let mut agent_new = messages::agent_message(
             &req.user,
             messages::agent_message_id(&turn_id),
             &turn_id,
@@ -306,6 +320,9 @@ impl Agent {
             started,
             interrupted,
         );
+        if let (Some(summary), Some(metadata)) = (&summary, agent_new.metadata.as_mut()) {
+            metadata.insert("contextSummary".into(), summary_note(summary));
+        }
         let own_stamp = user_message.as_ref().map(|m| m.timestamp.clone());
         let written = self.write(req, &place, &stamps, user_new, user_message, agent_new).await;
         let (session_id, user_message, agent_message) = match written {
@@ -428,6 +445,15 @@ impl Agent {
 
 fn missing() -> StoreError {
     StoreError::Internal("the store returned fewer messages than given".into())
+}
+
+/// Which summary a turn was given: the `summary` event and the agent message's `contextSummary`.
+fn summary_note(summary: &crate::store::ContextSummary) -> serde_json::Value {
+    json!({
+        "createdAt": summary.created_at,
+        "coversThroughMessageId": summary.covers_through_message_id,
+        "tokensAfter": summary.tokens_after,
+    })
 }
 
 /// The `session` event: the turn's session and its stored user message.

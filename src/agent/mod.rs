@@ -20,6 +20,7 @@ mod idempotency;
 mod live;
 mod messages;
 mod progress;
+mod summary;
 mod thinking;
 mod turn;
 
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 pub use follow::{TurnEvents, TurnView, replayed_events};
 pub use live::LiveTurn;
+pub use summary::Summarized;
 pub use turn::{OnDisconnect, StopReason, TurnAnswer, TurnError, TurnOutcome, TurnRequest};
 
 use crate::events::{Change, EventType, Events};
@@ -46,6 +48,10 @@ pub struct AgentSettings {
     pub llm_timeout: Duration,
     /// How long a turn's events can be replayed (`TURN_EVENTS_TTL_HOURS`).
     pub turn_events_ttl: Duration,
+    /// `CONTEXT_SUMMARY_TRIGGER_TOKENS`: summaries are written once the history passes it (off when `None`).
+    pub summary_trigger_tokens: Option<u64>,
+    /// `CONTEXT_SUMMARY_KEEP_MESSAGES`: the newest messages a summary leaves verbatim.
+    pub summary_keep_messages: usize,
 }
 
 impl AgentSettings {
@@ -57,6 +63,8 @@ impl AgentSettings {
             session_idle: Duration::from_secs(1800),
             llm_timeout: Duration::from_secs(60),
             turn_events_ttl: Duration::from_secs(24 * 3600),
+            summary_trigger_tokens: None,
+            summary_keep_messages: 20,
         }
     }
 }
@@ -84,6 +92,10 @@ pub struct Agent {
     live: Arc<live::LiveTurns>,
     /// Change events (off unless configured).
     events: Events,
+    /// The model that writes context summaries (`CONTEXT_SUMMARY_MODEL`); the turn's when `None`.
+    summarizer: Option<Provider>,
+    /// The sessions this process is summarising now.
+    summarizing: Mutex<std::collections::HashSet<(TenantId, SessionId)>>,
     /// Held while a user's turn finds or starts their active session, so that concurrent first
     /// turns of one user end in one session.
     session_starts: Mutex<HashMap<(TenantId, UserId), SessionStartLock>>,
@@ -107,6 +119,8 @@ impl Agent {
             settings,
             live: Arc::default(),
             events: Events::off(),
+            summarizer: None,
+            summarizing: Mutex::default(),
             session_starts: Mutex::new(HashMap::new()),
         }
     }
@@ -114,6 +128,12 @@ impl Agent {
     /// The agent with change events recorded (and delivered) as configured.
     pub fn with_events(mut self, events: Events) -> Self {
         self.events = events;
+        self
+    }
+
+    /// The agent with context summaries written by this provider (`CONTEXT_SUMMARY_MODEL`).
+    pub fn with_summarizer(mut self, provider: Provider) -> Self {
+        self.summarizer = Some(provider);
         self
     }
 

@@ -39,11 +39,12 @@ pub enum EventType {
     SessionCreated,
     SessionClosed,
     SessionDeleted,
+    SessionCompacted,
     UserErased,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 12] = [
+    pub const ALL: [EventType; 13] = [
         EventType::TurnCompleted,
         EventType::TurnFailed,
         EventType::TurnInterrupted,
@@ -55,6 +56,7 @@ impl EventType {
         EventType::SessionCreated,
         EventType::SessionClosed,
         EventType::SessionDeleted,
+        EventType::SessionCompacted,
         EventType::UserErased,
     ];
 
@@ -71,6 +73,7 @@ impl EventType {
             EventType::SessionCreated => "session.created",
             EventType::SessionClosed => "session.closed",
             EventType::SessionDeleted => "session.deleted",
+            EventType::SessionCompacted => "session.compacted",
             EventType::UserErased => "user.erased",
         }
     }

@@ -11,8 +11,9 @@ use utoipa_axum::router::OpenApiRouter;
 
 use super::extract::{Scope, SessionPath, TenantPath, UserPath};
 use super::{ApiError, AppState};
+use crate::agent::Summarized;
 use crate::ids::{SessionId, TenantId};
-use crate::store::{Cursor, Deleted, Message, MessageQuery, Order, PageRequest, Session};
+use crate::store::{ContextSummary, Cursor, Deleted, Message, MessageQuery, Order, PageRequest, Session};
 use crate::timestamp::Timestamp;
 
 #[allow(deprecated)] // registers the original server's paths, marked deprecated in OpenAPI
@@ -21,6 +22,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(utoipa_axum::routes!(list_user_conversations, erase_user))
         .routes(utoipa_axum::routes!(get_session, delete_session))
         .routes(utoipa_axum::routes!(close_session))
+        .routes(utoipa_axum::routes!(summarize_session))
         .routes(utoipa_axum::routes!(list_session_messages))
         .routes(utoipa_axum::routes!(list_tenant_messages))
         .routes(utoipa_axum::routes!(original_user_conversations))
@@ -236,6 +238,44 @@ async fn close_session(
         state.agent.announce_session_closed(&closed).await;
     }
     Ok(Json(closed))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SummarizeResponse {
+    /// Whether this request stored a new summary (false: nothing to fold, or another summariser
+    /// stored one first).
+    summarized: bool,
+    /// The session's summary now.
+    context_summary: Option<ContextSummary>,
+}
+
+/// Summarise the session's older messages now (all but the newest `CONTEXT_SUMMARY_KEEP_MESSAGES`),
+/// folding in its previous summary. The messages stay; the model is given the summary in their place.
+#[utoipa::path(
+    post,
+    path = "/agent/conversations/{tenantId}/sessions/{sessionId}/summarize",
+    tag = "conversations",
+    params(("tenantId" = String, Path), ("sessionId" = String, Path)),
+    responses(
+        (status = 200, body = SummarizeResponse),
+        (status = 404, description = "No such session for this tenant"),
+        (status = 502, description = "The summariser failed; the previous summary stays"),
+    )
+)]
+async fn summarize_session(
+    State(state): State<AppState>,
+    scope: Scope,
+    SessionPath { tenant, session: id }: SessionPath,
+) -> Result<Json<SummarizeResponse>, ApiError> {
+    visible_session(&state, &scope, &tenant, &id).await?;
+    let response = match state.agent.summarize(&tenant, &id, None).await? {
+        Summarized::Stored(summary) => SummarizeResponse { summarized: true, context_summary: Some(summary) },
+        Summarized::Unchanged(summary) | Summarized::Lost(summary) => {
+            SummarizeResponse { summarized: false, context_summary: summary }
+        }
+    };
+    Ok(Json(response))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

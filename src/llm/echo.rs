@@ -53,6 +53,9 @@ impl EchoProvider {
         if !results.is_empty() {
             text.push_str(&format!(" [tool results: {}]", results.join("; ")));
         }
+        if let Some(summary) = &request.summary {
+            text.push_str(&format!(" [summary: {} chars]", summary.chars().count()));
+        }
         text
     }
 

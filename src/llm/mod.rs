@@ -22,6 +22,8 @@ pub use openai::OpenAiProvider;
 #[derive(Debug, Clone)]
 pub struct ModelRequest {
     pub system_prompt: String,
+    /// The session's context summary: what the messages before `history` said.
+    pub summary: Option<String>,
     /// Earlier messages of the session, oldest first.
     pub history: Vec<Message>,
     pub message: String,
@@ -136,6 +138,15 @@ impl Provider {
 /// The chat messages for an OpenAI-style API: system prompt, context, history, then the message.
 pub(crate) fn chat_messages(request: &ModelRequest) -> Vec<(&'static str, String)> {
     let mut out = vec![("system", request.system_prompt.clone())];
+    if let Some(summary) = &request.summary {
+        out.push((
+            "system",
+            format!(
+                "Summary of the earlier part of this conversation (its messages are not repeated below):\n\
+                 <conversation_summary>\n{summary}\n</conversation_summary>"
+            ),
+        ));
+    }
     if let Some(context) = request.context.as_ref().filter(|c| !c.is_empty()) {
         out.push(("system", format!("Context from the application (JSON):\n{}", Value::Object(context.clone()))));
     }

@@ -178,6 +178,16 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// `lastMessageAt` moves forward to the message's timestamp.
     async fn import_message(&self, message: Message) -> StoreResult<bool>;
 
+    /// Stores a session's context summary, only while its current one is `previous` (by
+    /// `createdAt`; none when `None`): of two summarisers racing, one wins. False when the session is
+    /// gone or its summary changed.
+    async fn save_context_summary(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        summary: &ContextSummary,
+        previous: Option<&Timestamp>,
+    ) -> StoreResult<bool>;
     /// Records change events in the tenant's feed, and the deliveries owed for them, before the
     /// change is answered.
     async fn record_events(&self, events: &[StoredEvent], deliveries: &[Delivery]) -> StoreResult<()>;

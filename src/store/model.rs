@@ -39,6 +39,33 @@ pub struct Session {
     /// When `MESSAGE_TTL_DAYS` is set: epoch seconds after which the session is deleted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
+    /// What the model is given instead of the messages it covers (`CONTEXT_SUMMARY_TRIGGER_TOKENS`);
+    /// the messages themselves stay, unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_summary: Option<ContextSummary>,
+}
+
+/// The longest context summary kept (characters): well within an item's 400 KB.
+pub const MAX_SUMMARY_CHARS: usize = 16_000;
+
+/// A summary of a session's older messages, given to the model in their place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContextSummary {
+    pub text: String,
+    /// The newest message it covers: the model sees the messages after it.
+    #[schema(value_type = String)]
+    pub covers_through_message_id: MessageId,
+    #[schema(value_type = String)]
+    pub covers_through_timestamp: Timestamp,
+    /// Estimated tokens of what it replaced (the previous summary and the messages it folded).
+    pub tokens_before: u64,
+    /// Tokens of the summary itself.
+    pub tokens_after: u64,
+    /// The model that wrote it.
+    pub model: String,
+    #[schema(value_type = String)]
+    pub created_at: Timestamp,
 }
 
 /// Who wrote a message.
@@ -140,6 +167,7 @@ impl Session {
             metadata: new.metadata,
             last_message_at: None,
             expires_at: retention.expires_at(micros),
+            context_summary: None,
         }
     }
 }

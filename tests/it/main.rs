@@ -21,6 +21,7 @@ mod properties;
 mod security;
 mod sqlite_durability;
 mod store;
+mod summaries;
 mod tables;
 mod tools;
 mod turns;

@@ -11,6 +11,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/agent/conversations/{tenantId}/sessions/{sessionId}"),
     ("delete", "/agent/conversations/{tenantId}/sessions/{sessionId}"),
     ("post", "/agent/conversations/{tenantId}/sessions/{sessionId}/close"),
+    ("post", "/agent/conversations/{tenantId}/sessions/{sessionId}/summarize"),
     ("get", "/agent/conversations/{tenantId}/sessions/{sessionId}/messages"),
     ("get", "/agent/conversations/{tenantId}/messages"),
     ("post", "/agent/conversations/{tenantId}/sessions/{sessionId}/actions/{actionId}/approve"),

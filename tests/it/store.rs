@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use agent_server::ids::{MessageId, SessionId, TenantId, UserId};
 use agent_server::store::{
-    Action, ActionStatus, Appended, ConversationStore, Cursor, Deleted, Delivery, DeliveryStep, Message, MessageQuery,
-    NewMessage, NewSession, Order, Page, PageRequest, Role, Session, StoreError, StoreResult, StoredEvent, TurnEvent,
-    TurnRecord, TurnStatus, recent_history,
+    Action, ActionStatus, Appended, ContextSummary, ConversationStore, Cursor, Deleted, Delivery, DeliveryStep,
+    Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Role, Session, StoreError, StoreResult,
+    StoredEvent, TurnEvent, TurnRecord, TurnStatus, recent_history,
 };
 use agent_server::timestamp::Timestamp;
 use async_trait::async_trait;
@@ -602,6 +602,15 @@ impl ConversationStore for LaggingIndex {
     }
     async fn forget_events(&self, t: &TenantId, u: &UserId) -> StoreResult<usize> {
         self.inner.forget_events(t, u).await
+    }
+    async fn save_context_summary(
+        &self,
+        t: &TenantId,
+        s: &SessionId,
+        summary: &ContextSummary,
+        previous: Option<&agent_server::timestamp::Timestamp>,
+    ) -> StoreResult<bool> {
+        self.inner.save_context_summary(t, s, summary, previous).await
     }
     async fn transition_action(
         &self,

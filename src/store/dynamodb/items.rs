@@ -116,7 +116,16 @@ pub(crate) fn session_item(s: &Session) -> StoreResult<Item> {
     if let Some(at) = s.expires_at {
         item.insert("expiresAt".into(), AttributeValue::N(at.to_string()));
     }
+    if let Some(summary) = &s.context_summary {
+        item.insert("contextSummary".into(), summary_attribute(summary)?);
+    }
     Ok(item)
+}
+
+/// A context summary as a map attribute (`contextSummary`).
+pub(crate) fn summary_attribute(summary: &crate::store::ContextSummary) -> StoreResult<AttributeValue> {
+    let value = serde_json::to_value(summary).map_err(|e| StoreError::Internal(format!("context summary: {e}")))?;
+    to_attribute(&value)
 }
 
 pub(crate) fn session_from_item(item: Item) -> StoreResult<Session> {
@@ -131,6 +140,7 @@ pub(crate) fn session_from_item(item: Item) -> StoreResult<Session> {
         last_message_at: get_opt_s(&item, "lastMessageAt").map(Timestamp::stored),
         metadata: get_metadata(&item),
         expires_at: get_epoch(&item),
+        context_summary: item.get("contextSummary").and_then(|v| serde_json::from_value(from_attribute(v)).ok()),
     })
 }
 

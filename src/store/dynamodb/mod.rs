@@ -34,9 +34,9 @@ use items::{message_from_item, message_item, s, session_from_item, session_item,
 use tables::{SESSION_TIMESTAMP_INDEX, TENANT_TIMESTAMP_INDEX, TENANT_USER_INDEX};
 
 use super::{
-    Action, ActionStatus, Appended, ConversationStore, Deleted, Delivery, DeliveryStep, Message, MessageQuery,
-    NewMessage, NewSession, Order, Page, PageRequest, Retention, Session, StoreError, StoreResult, StoredEvent,
-    TurnEvent, TurnRecord, TurnStatus, is_expired, new_session_with, prepare_messages, writable_session,
+    Action, ActionStatus, Appended, ContextSummary, ConversationStore, Deleted, Delivery, DeliveryStep, Message,
+    MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Retention, Session, StoreError, StoreResult,
+    StoredEvent, TurnEvent, TurnRecord, TurnStatus, is_expired, new_session_with, prepare_messages, writable_session,
 };
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
 use crate::timestamp::{self, Timestamp};
@@ -731,5 +731,29 @@ impl ConversationStore for DynamoStore {
 
     async fn forget_events(&self, tenant: &TenantId, user: &UserId) -> StoreResult<usize> {
         self.forget_user_events(tenant, user).await
+    }
+
+    async fn save_context_summary(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        summary: &ContextSummary,
+        previous: Option<&Timestamp>,
+    ) -> StoreResult<bool> {
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.sessions)
+            .key("id", s(session.as_str()))
+            .key("tenantId", s(tenant.as_str()))
+            .update_expression("SET contextSummary = :summary")
+            .expression_attribute_values(":summary", items::summary_attribute(summary)?);
+        update = match previous {
+            None => update.condition_expression("attribute_exists(id) AND attribute_not_exists(contextSummary)"),
+            Some(at) => update
+                .condition_expression("attribute_exists(id) AND contextSummary.createdAt = :previous")
+                .expression_attribute_values(":previous", s(at.as_str())),
+        };
+        written(update.send().await, &self.sessions, "UpdateItem")
     }
 }

@@ -22,9 +22,9 @@ use rows::*;
 use schema::{migrate, open, spawn_checkpointer};
 
 use super::{
-    Action, ActionStatus, Appended, ConversationStore, Deleted, Delivery, DeliveryStep, Message, MessageQuery,
-    NewMessage, NewSession, Order, Page, PageRequest, Retention, Session, StoreError, StoreResult, StoredEvent,
-    TurnEvent, TurnRecord, TurnStatus, new_session_with, prepare_messages, writable_session,
+    Action, ActionStatus, Appended, ContextSummary, ConversationStore, Deleted, Delivery, DeliveryStep, Message,
+    MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Retention, Session, StoreError, StoreResult,
+    StoredEvent, TurnEvent, TurnRecord, TurnStatus, new_session_with, prepare_messages, writable_session,
 };
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
 use crate::timestamp::{self, Timestamp};
@@ -593,5 +593,27 @@ impl ConversationStore for SqliteStore {
     async fn forget_events(&self, tenant: &TenantId, user: &UserId) -> StoreResult<usize> {
         let (tenant, user) = (tenant.clone(), user.clone());
         self.write("forget_events", move |c| events::forget(c, &tenant, &user)).await
+    }
+
+    async fn save_context_summary(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        summary: &ContextSummary,
+        previous: Option<&Timestamp>,
+    ) -> StoreResult<bool> {
+        let (tenant, session, previous) = (tenant.clone(), session.clone(), previous.cloned());
+        let text = serde_json::to_string(summary).map_err(internal)?;
+        self.write("save_context_summary", move |c| {
+            let n = c
+                .execute(
+                    "UPDATE sessions SET context_summary = ?3 WHERE tenant_id = ?1 AND id = ?2 \
+                     AND ((context_summary IS NULL AND ?4 IS NULL) OR json_extract(context_summary, '$.createdAt') = ?4)",
+                    params![tenant.as_str(), session.as_str(), text, previous],
+                )
+                .map_err(internal)?;
+            Ok(n == 1)
+        })
+        .await
     }
 }

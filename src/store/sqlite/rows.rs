@@ -19,8 +19,8 @@ impl rusqlite::types::FromSql for Timestamp {
     }
 }
 
-pub(super) const SESSION_COLUMNS: &str =
-    "id, tenant_id, user_id, location_id, is_active, created_at, updated_at, last_message_at, metadata, expires_at";
+pub(super) const SESSION_COLUMNS: &str = "id, tenant_id, user_id, location_id, is_active, created_at, updated_at, last_message_at, metadata, expires_at, \
+     context_summary";
 pub(super) const MESSAGE_COLUMNS: &str =
     "id, tenant_id, session_id, user_id, content, role, timestamp, metadata, expires_at";
 /// Rows past their `expires_at` are hidden from every read until the purge deletes them.
@@ -49,6 +49,7 @@ pub(super) fn session_from_row(r: &Row<'_>) -> rusqlite::Result<Session> {
         last_message_at: r.get(7)?,
         metadata: parse_json(r.get(8)?),
         expires_at: r.get(9)?,
+        context_summary: r.get::<_, Option<String>>(10)?.and_then(|t| serde_json::from_str(&t).ok()),
     })
 }
 
@@ -82,7 +83,7 @@ pub(super) fn get_message(conn: &Connection, id: &str) -> StoreResult<Option<Mes
 pub(super) fn insert_session(conn: &Connection, s: &Session) -> StoreResult<bool> {
     let n = conn
         .prepare_cached(&format!(
-            "INSERT OR IGNORE INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            "INSERT OR IGNORE INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
         ))
         .and_then(|mut st| {
             st.execute(params![
@@ -96,6 +97,7 @@ pub(super) fn insert_session(conn: &Connection, s: &Session) -> StoreResult<bool
                 s.last_message_at,
                 json_text(&s.metadata),
                 s.expires_at,
+                s.context_summary.as_ref().and_then(|c| serde_json::to_string(c).ok()),
             ])
         })
         .map_err(internal)?;

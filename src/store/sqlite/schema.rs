@@ -8,7 +8,7 @@ use super::{Inner, internal};
 use crate::store::{StoreError, StoreResult};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Version 1: sessions and messages with their indexes.
 const SCHEMA_V1: &str = "
@@ -96,6 +96,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_by_due ON deliveries (next_at);
 ";
 
+/// Version 5: a session's context summary (JSON).
+const SCHEMA_V5: &str = "ALTER TABLE sessions ADD COLUMN context_summary TEXT;";
+
 pub(super) fn open(path: &Path) -> StoreResult<Connection> {
     let conn = Connection::open(path)
         .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database {}: {e}", path.display())))?;
@@ -125,6 +128,9 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
     }
     if version < 4 {
         tx.execute_batch(SCHEMA_V4).map_err(internal)?;
+    }
+    if version < 5 {
+        tx.execute_batch(SCHEMA_V5).map_err(internal)?;
     }
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(internal)?;
     tx.commit().map_err(internal)

@@ -7,6 +7,7 @@
 //! - `[huge-index]`: a streamed answer with a tool call at index 4,000,000,000;
 //! - `[echo-request]`: 400 with an error message quoting the request's Authorization header;
 //! - `[slow:MS]`: waits that long before answering;
+//! - a model whose name contains `failing`: 400 to every call;
 //! - otherwise: `mock reply to: <message> (<n> messages)`.
 //!
 //! Streaming answers are cut into 7-byte pieces, so events and even UTF-8 characters are split
@@ -80,6 +81,10 @@ async fn completions(
         (last.contains("[429-once]") && r.seen_429.insert(last.clone()), fail)
     };
     let (first_429, first_fail) = first_429;
+    if body["model"].as_str().is_some_and(|m| m.contains("failing")) {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": "this model always fails"}})))
+            .into_response();
+    }
     if first_fail {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": "mock failure, once"}}))).into_response();
     }

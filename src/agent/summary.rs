@@ -1,0 +1,245 @@
+//! Context summaries for long sessions: the older messages of a session folded into a summary that
+//! the model is given in their place. The messages themselves are never deleted, hidden or changed.
+//!
+//! A summary is written after a turn is stored, off the turn's path, once the history the model would
+//! see passes `CONTEXT_SUMMARY_TRIGGER_TOKENS` (the provider's reported input tokens, or an estimate)
+//! or holds more messages than `HISTORY_MAX_MESSAGES` (which would otherwise drop the oldest). The
+//! newest `CONTEXT_SUMMARY_KEEP_MESSAGES` stay verbatim, the cut falls before a user message (so a
+//! turn, its tool calls and their results stay together), and the previous summary is folded into the
+//! next. A failed summariser leaves the previous summary; of two instances racing, one summary is
+//! stored (a conditional write).
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::Agent;
+use super::turn::TurnError;
+use crate::events::{Change, EventType};
+use crate::ids::{SessionId, TenantId};
+use crate::llm::{ModelError, ModelRequest, Provider};
+use crate::store::{ContextSummary, MAX_SUMMARY_CHARS, Message, MessageQuery, Order, Role, Session, StoreError};
+use crate::timestamp::Timestamp;
+
+/// The most messages one summary folds (later runs go on from there).
+const FOLD_MAX: usize = 200;
+/// The longest a message is in the summariser's transcript (characters).
+const MESSAGE_MAX_CHARS: usize = 2_000;
+
+/// The summariser's instructions.
+pub const SUMMARY_PROMPT: &str = "You summarise the earlier part of a conversation between a user and an \
+assistant, so that the assistant can continue it without the messages. Keep every name, number, date, time, \
+address, id, amount, decision, preference and open request, and what tools did. Fold the previous summary in \
+when there is one. Write plain, dense notes in the conversation's language, at most 1,500 words. Do not add \
+anything that was not said.";
+
+/// Roughly four characters a token: the estimate used when the provider reports no counts.
+pub fn estimate_tokens(text_chars: usize) -> u64 {
+    text_chars.div_ceil(4) as u64
+}
+
+/// The messages the model sees of a session: those after its summary.
+pub fn after_summary(session: &Session, mut history: Vec<Message>) -> Vec<Message> {
+    if let Some(summary) = &session.context_summary {
+        history.retain(|m| m.timestamp > summary.covers_through_timestamp);
+    }
+    history
+}
+
+/// What a summarising run did.
+#[derive(Debug, Clone)]
+pub enum Summarized {
+    /// A new summary is stored.
+    Stored(ContextSummary),
+    /// Nothing to fold (too few messages past the summary); the current summary, if any.
+    Unchanged(Option<ContextSummary>),
+    /// Another summariser stored one first; the session's summary now.
+    Lost(Option<ContextSummary>),
+}
+
+fn transcript_line(m: &Message) -> String {
+    let who = match m.role {
+        Role::User => "User",
+        Role::Agent => "Assistant",
+    };
+    let mut text: String = m.content.chars().take(MESSAGE_MAX_CHARS).collect();
+    let actions = m.metadata.as_ref().and_then(|md| md.get("actions")).and_then(|a| a.as_array());
+    for a in actions.into_iter().flatten() {
+        text.push_str(&format!(
+            "\n  (tool {} {} {}: {})",
+            a["tool"].as_str().unwrap_or("?"),
+            a["arguments"],
+            a["status"].as_str().unwrap_or("?"),
+            a["result"].as_str().unwrap_or("").chars().take(300).collect::<String>()
+        ));
+    }
+    format!("[{}] {who}: {text}", m.timestamp.as_str())
+}
+
+/// The echo provider's summary: the previous one and a line per message, cut to the limit from the
+/// end (the oldest facts stay). Deterministic, so tests and demos need no model.
+fn echo_summary(previous: Option<&str>, folded: &[Message]) -> String {
+    let mut text = previous.map(|p| format!("{p}\n")).unwrap_or_default();
+    for m in folded {
+        text.push_str(&transcript_line(m));
+        text.push('\n');
+    }
+    text.trim_end().chars().take(MAX_SUMMARY_CHARS).collect()
+}
+
+impl Agent {
+    fn summarizer(&self) -> &Provider {
+        self.summarizer.as_ref().unwrap_or(&self.provider)
+    }
+
+    /// After a turn is stored: summarises the session in the background when it is due.
+    /// `input_tokens` is what the provider reported for the turn's request.
+    pub(super) fn summarize_when_due(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        session: &SessionId,
+        input_tokens: Option<u64>,
+    ) {
+        let Some(trigger) = self.settings.summary_trigger_tokens else { return };
+        {
+            let mut running = self.summarizing.lock().unwrap_or_else(|p| p.into_inner());
+            if !running.insert((tenant.clone(), session.clone())) {
+                return;
+            }
+        }
+        let agent = self.clone();
+        let (tenant, session) = (tenant.clone(), session.clone());
+        tokio::spawn(async move {
+            let result = agent.summarize(&tenant, &session, Some((trigger, input_tokens))).await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, %session, "summarising a session failed; its previous summary stays");
+            }
+            agent.summarizing.lock().unwrap_or_else(|p| p.into_inner()).remove(&(tenant, session));
+        });
+    }
+
+    /// Folds the session's messages past its summary (all but the newest
+    /// `CONTEXT_SUMMARY_KEEP_MESSAGES`) into a new summary. With `due` (the trigger and the last
+    /// reported input tokens) only when the history passes the trigger or the message window;
+    /// without, whenever there is something to fold (`POST .../summarize`).
+    pub async fn summarize(
+        &self,
+        tenant: &TenantId,
+        session_id: &SessionId,
+        due: Option<(u64, Option<u64>)>,
+    ) -> Result<Summarized, TurnError> {
+        let session = self
+            .store
+            .get_session(tenant, session_id)
+            .await?
+            .ok_or_else(|| StoreError::session_not_found(session_id))?;
+        let previous = session.context_summary.clone();
+        let keep = self.settings.summary_keep_messages;
+        // The messages past the summary, oldest first, as many as one run folds and keeps.
+        let mut query = MessageQuery { limit: 100, order: Order::Asc, ..Default::default() };
+        if let Some(p) = &previous {
+            query.cursor =
+                Some(crate::store::Cursor::new(&p.covers_through_timestamp, p.covers_through_message_id.as_str()));
+        }
+        let mut pending: Vec<Message> = Vec::new();
+        loop {
+            let page = self.store.list_messages(tenant, session_id, query.clone()).await?;
+            pending.extend(page.items);
+            match page.next {
+                Some(next) if pending.len() < FOLD_MAX + keep => query.cursor = Some(next),
+                _ => break,
+            }
+        }
+        if let Some((trigger, reported)) = due {
+            let chars = self.settings.system_prompt.chars().count()
+                + previous.as_ref().map_or(0, |p| p.text.chars().count())
+                + pending
+                    .iter()
+                    .rev()
+                    .take(self.settings.history_max_messages)
+                    .map(|m| m.content.chars().count())
+                    .sum::<usize>();
+            let tokens = reported.unwrap_or(0).max(estimate_tokens(chars));
+            let overflowing = pending.len() > self.settings.history_max_messages;
+            if tokens <= trigger && !overflowing {
+                return Ok(Summarized::Unchanged(previous));
+            }
+        }
+        // Keep the newest `keep`; cut before a user message, so no turn is split.
+        let mut cut = pending.len().saturating_sub(keep).min(FOLD_MAX);
+        while cut > 0 && pending.get(cut).is_some_and(|m| m.role != Role::User) {
+            cut -= 1;
+        }
+        if cut == 0 {
+            return Ok(Summarized::Unchanged(previous));
+        }
+        let folded = &pending[..cut];
+        let folded_chars: usize = folded.iter().map(|m| m.content.chars().count()).sum();
+        let tokens_before = previous.as_ref().map_or(0, |p| p.tokens_after) + estimate_tokens(folded_chars);
+        let (text, model, reported_out) = match self.summarizer() {
+            Provider::Echo(_) => {
+                (echo_summary(previous.as_ref().map(|p| p.text.as_str()), folded), "echo".to_string(), None)
+            }
+            provider => {
+                let mut message = String::new();
+                if let Some(p) = &previous {
+                    message.push_str(&format!("Previous summary:\n{}\n\n", p.text));
+                }
+                message.push_str("Messages to fold in:\n");
+                for m in folded {
+                    message.push_str(&transcript_line(m));
+                    message.push('\n');
+                }
+                let request = ModelRequest {
+                    system_prompt: SUMMARY_PROMPT.into(),
+                    summary: None,
+                    history: Vec::new(),
+                    message,
+                    context: None,
+                    tools: Vec::new(),
+                    steps: Vec::new(),
+                };
+                let reply = tokio::time::timeout(self.settings.llm_timeout, provider.complete(&request, None))
+                    .await
+                    .map_err(|_| ModelError::Timeout(self.settings.llm_timeout))
+                    .and_then(|r| r)
+                    .inspect_err(|_| metrics::counter!("context_summary_failures_total").increment(1))?;
+                (reply.text, reply.model, reply.usage.map(|u| u.output_tokens))
+            }
+        };
+        let text: String = text.trim().chars().take(MAX_SUMMARY_CHARS).collect();
+        if text.is_empty() {
+            metrics::counter!("context_summary_failures_total").increment(1);
+            return Err(ModelError::Failed("the summariser answered with nothing".into()).into());
+        }
+        let last = &folded[folded.len() - 1];
+        let summary = ContextSummary {
+            tokens_after: reported_out.unwrap_or_else(|| estimate_tokens(text.chars().count())),
+            text,
+            covers_through_message_id: last.id.clone(),
+            covers_through_timestamp: last.timestamp.clone(),
+            tokens_before,
+            model,
+            created_at: Timestamp::now(),
+        };
+        let stored = self
+            .store
+            .save_context_summary(tenant, session_id, &summary, previous.as_ref().map(|p| &p.created_at))
+            .await?;
+        if !stored {
+            let now = self.store.get_session(tenant, session_id).await?.and_then(|s| s.context_summary);
+            return Ok(Summarized::Lost(now));
+        }
+        metrics::counter!("context_summaries_total").increment(1);
+        let data = json!({
+            "sessionId": session_id,
+            "userId": session.user_id,
+            "coversThroughMessageId": summary.covers_through_message_id,
+            "messagesFolded": folded.len(),
+            "tokensBefore": summary.tokens_before,
+            "tokensAfter": summary.tokens_after,
+        });
+        self.events.record(tenant, vec![Change::new(EventType::SessionCompacted, Some(&session.user_id), data)]).await;
+        Ok(Summarized::Stored(summary))
+    }
+}
