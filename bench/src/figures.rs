@@ -310,6 +310,7 @@ pub async fn growth_tenants(bin: &std::path::Path, mock: SocketAddr, report: &mu
                         metadata: None,
                         last_message_at: None,
                         expires_at: None,
+                        context_summary: None,
                     };
                     store.import_session(session).await.unwrap();
                 }

@@ -89,12 +89,12 @@ impl Agent {
         }
         match result {
             Ok(outcome) => {
-                let (session, agent) = (outcome.session_id.clone(), &outcome.agent_message);
-                let usage = agent.metadata.as_ref().and_then(|m| m.get("usage"));
-                let input_tokens = usage.and_then(|u| u.get("inputTokens")).and_then(|t| t.as_u64());
+                let session = outcome.session_id.clone();
                 live.finish(outcome.status, Ok(outcome));
                 // After the answer, off its path: the next turn uses the summary.
-                self.summarize_when_due(&req.tenant, &session, input_tokens);
+                if live.summary_due() {
+                    self.summarize_when_due(&req.tenant, &session);
+                }
             }
             Err(e) => {
                 if !live.ended_with_error() {
@@ -276,9 +276,22 @@ impl Agent {
             // The model is given the session's summary in place of the messages it covers.
             live.push("summary", summary_note(summary));
         }
+        let window_full = self.settings.history_max_messages > 0 && history.len() >= self.settings.history_max_messages;
         let mut request = self.model_request(req.message.clone(), history, Some(req));
         request.summary = summary.as_ref().map(|s| s.text.clone());
+        let chars = request_chars(&request);
         let thinking = self.follow_model(live, req.stream, request, &ctx, record.as_mut()).await;
+        if let Some(trigger) = self.settings.summary_trigger_tokens {
+            // Due when the history filled the window (older messages would drop out unsummarised)
+            // or the request passed the trigger (the provider's count, else an estimate).
+            let reported = match &thinking {
+                Thinking::Done(t) => t.reply.usage.map(|u| u.input_tokens),
+                _ => None,
+            };
+            if window_full || reported.unwrap_or(0).max(super::summary::estimate_tokens(chars)) > trigger {
+                live.set_summary_due();
+            }
+        }
         let (thought, status, interrupted) = match thinking {
             Thinking::Done(thought) => {
                 let pending = thought.actions.iter().any(|a| a.status == crate::store::ActionStatus::PendingApproval);
@@ -445,6 +458,14 @@ impl Agent {
 
 fn missing() -> StoreError {
     StoreError::Internal("the store returned fewer messages than given".into())
+}
+
+/// The characters a model request holds (for a token estimate).
+fn request_chars(request: &ModelRequest) -> usize {
+    request.system_prompt.chars().count()
+        + request.summary.as_ref().map_or(0, |s| s.chars().count())
+        + request.history.iter().map(|m| m.content.chars().count()).sum::<usize>()
+        + request.message.chars().count()
 }
 
 /// Which summary a turn was given: the `summary` event and the agent message's `contextSummary`.

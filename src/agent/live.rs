@@ -21,6 +21,8 @@ struct State {
     events: Vec<TurnEvent>,
     status: TurnStatus,
     result: Option<Result<TurnOutcome, TurnError>>,
+    /// The session's context is due for a summary after this turn.
+    summary_due: bool,
 }
 
 /// One running turn.
@@ -47,6 +49,15 @@ impl LiveTurn {
 
     pub fn set_session(&self, session: &SessionId) {
         self.state().session = Some(session.clone());
+    }
+
+    /// Marks the session's context due for a summary once this turn is stored.
+    pub fn set_summary_due(&self) {
+        self.state().summary_due = true;
+    }
+
+    pub fn summary_due(&self) -> bool {
+        self.state().summary_due
     }
 
     pub fn status(&self) -> TurnStatus {
@@ -202,7 +213,13 @@ impl LiveTurns {
             user: user.clone(),
             request_hash,
             started: Instant::now(),
-            state: Mutex::new(State { session: None, events: Vec::new(), status: TurnStatus::Running, result: None }),
+            state: Mutex::new(State {
+                session: None,
+                events: Vec::new(),
+                status: TurnStatus::Running,
+                result: None,
+                summary_due: false,
+            }),
             changed: watch::Sender::new(0),
             stop: watch::Sender::new(None),
         });

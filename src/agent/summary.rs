@@ -92,15 +92,12 @@ impl Agent {
         self.summarizer.as_ref().unwrap_or(&self.provider)
     }
 
-    /// After a turn is stored: summarises the session in the background when it is due.
-    /// `input_tokens` is what the provider reported for the turn's request.
-    pub(super) fn summarize_when_due(
-        self: &Arc<Self>,
-        tenant: &TenantId,
-        session: &SessionId,
-        input_tokens: Option<u64>,
-    ) {
-        let Some(trigger) = self.settings.summary_trigger_tokens else { return };
+    /// After a turn that found its context due (the history filled the window or passed the
+    /// trigger): summarises the session in the background, unless this process already is.
+    pub(super) fn summarize_when_due(self: &Arc<Self>, tenant: &TenantId, session: &SessionId) {
+        if self.settings.summary_trigger_tokens.is_none() {
+            return;
+        }
         {
             let mut running = self.summarizing.lock().unwrap_or_else(|p| p.into_inner());
             if !running.insert((tenant.clone(), session.clone())) {
@@ -110,7 +107,7 @@ impl Agent {
         let agent = self.clone();
         let (tenant, session) = (tenant.clone(), session.clone());
         tokio::spawn(async move {
-            let result = agent.summarize(&tenant, &session, Some((trigger, input_tokens))).await;
+            let result = agent.summarize(&tenant, &session).await;
             if let Err(e) = result {
                 tracing::warn!(error = %e, %session, "summarising a session failed; its previous summary stays");
             }
@@ -119,15 +116,8 @@ impl Agent {
     }
 
     /// Folds the session's messages past its summary (all but the newest
-    /// `CONTEXT_SUMMARY_KEEP_MESSAGES`) into a new summary. With `due` (the trigger and the last
-    /// reported input tokens) only when the history passes the trigger or the message window;
-    /// without, whenever there is something to fold (`POST .../summarize`).
-    pub async fn summarize(
-        &self,
-        tenant: &TenantId,
-        session_id: &SessionId,
-        due: Option<(u64, Option<u64>)>,
-    ) -> Result<Summarized, TurnError> {
+    /// `CONTEXT_SUMMARY_KEEP_MESSAGES`) into a new summary, when there is something to fold.
+    pub async fn summarize(&self, tenant: &TenantId, session_id: &SessionId) -> Result<Summarized, TurnError> {
         let session = self
             .store
             .get_session(tenant, session_id)
@@ -148,21 +138,6 @@ impl Agent {
             match page.next {
                 Some(next) if pending.len() < FOLD_MAX + keep => query.cursor = Some(next),
                 _ => break,
-            }
-        }
-        if let Some((trigger, reported)) = due {
-            let chars = self.settings.system_prompt.chars().count()
-                + previous.as_ref().map_or(0, |p| p.text.chars().count())
-                + pending
-                    .iter()
-                    .rev()
-                    .take(self.settings.history_max_messages)
-                    .map(|m| m.content.chars().count())
-                    .sum::<usize>();
-            let tokens = reported.unwrap_or(0).max(estimate_tokens(chars));
-            let overflowing = pending.len() > self.settings.history_max_messages;
-            if tokens <= trigger && !overflowing {
-                return Ok(Summarized::Unchanged(previous));
             }
         }
         // Keep the newest `keep`; cut before a user message, so no turn is split.

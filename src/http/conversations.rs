@@ -269,7 +269,7 @@ async fn summarize_session(
     SessionPath { tenant, session: id }: SessionPath,
 ) -> Result<Json<SummarizeResponse>, ApiError> {
     visible_session(&state, &scope, &tenant, &id).await?;
-    let response = match state.agent.summarize(&tenant, &id, None).await? {
+    let response = match state.agent.summarize(&tenant, &id).await? {
         Summarized::Stored(summary) => SummarizeResponse { summarized: true, context_summary: Some(summary) },
         Summarized::Unchanged(summary) | Summarized::Lost(summary) => {
             SummarizeResponse { summarized: false, context_summary: summary }
