@@ -279,16 +279,20 @@ impl Agent {
         let window_full = self.settings.history_max_messages > 0 && history.len() >= self.settings.history_max_messages;
         let mut request = self.model_request(req.message.clone(), history, Some(req));
         request.summary = summary.as_ref().map(|s| s.text.clone());
-        let chars = request_chars(&request);
+        let (fixed_chars, history_chars) = request_chars(&request);
         let thinking = self.follow_model(live, req.stream, request, &ctx, record.as_mut()).await;
         if let Some(trigger) = self.settings.summary_trigger_tokens {
             // Due when the history filled the window (older messages would drop out unsummarised)
-            // or the request passed the trigger (the provider's count, else an estimate).
-            let reported = match &thinking {
-                Thinking::Done(t) => t.reply.usage.map(|u| u.input_tokens),
+            // or passed the trigger: the provider's count of the request less the fixed part (system
+            // prompt and summary, estimated), else an estimate. The summary itself never counts, so
+            // a summary is not summarised again for its own size.
+            let estimate = super::summary::estimate_tokens;
+            let history_tokens = match &thinking {
+                Thinking::Done(t) => t.reply.usage.map(|u| u.input_tokens.saturating_sub(estimate(fixed_chars))),
                 _ => None,
-            };
-            if window_full || reported.unwrap_or(0).max(super::summary::estimate_tokens(chars)) > trigger {
+            }
+            .unwrap_or_else(|| estimate(history_chars));
+            if window_full || history_tokens > trigger {
                 live.set_summary_due();
             }
         }
@@ -460,12 +464,13 @@ fn missing() -> StoreError {
     StoreError::Internal("the store returned fewer messages than given".into())
 }
 
-/// The characters a model request holds (for a token estimate).
-fn request_chars(request: &ModelRequest) -> usize {
-    request.system_prompt.chars().count()
-        + request.summary.as_ref().map_or(0, |s| s.chars().count())
-        + request.history.iter().map(|m| m.content.chars().count()).sum::<usize>()
-        + request.message.chars().count()
+/// The characters of a model request (for token estimates): its fixed part (system prompt and
+/// summary) and its conversation (history and message).
+fn request_chars(request: &ModelRequest) -> (usize, usize) {
+    let fixed = request.system_prompt.chars().count() + request.summary.as_ref().map_or(0, |s| s.chars().count());
+    let conversation =
+        request.history.iter().map(|m| m.content.chars().count()).sum::<usize>() + request.message.chars().count();
+    (fixed, conversation)
 }
 
 /// Which summary a turn was given: the `summary` event and the agent message's `contextSummary`.

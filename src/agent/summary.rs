@@ -21,8 +21,10 @@ use crate::llm::{ModelError, ModelRequest, Provider};
 use crate::store::{ContextSummary, MAX_SUMMARY_CHARS, Message, MessageQuery, Order, Role, Session, StoreError};
 use crate::timestamp::Timestamp;
 
-/// The most messages one summary folds (later runs go on from there).
+/// The most messages one summary folds, and the most text (characters of transcript) it sends the
+/// summariser: later runs go on from there.
 const FOLD_MAX: usize = 200;
+const FOLD_MAX_CHARS: usize = 60_000;
 /// The longest a message is in the summariser's transcript (characters).
 const MESSAGE_MAX_CHARS: usize = 2_000;
 
@@ -30,7 +32,7 @@ const MESSAGE_MAX_CHARS: usize = 2_000;
 pub const SUMMARY_PROMPT: &str = "You summarise the earlier part of a conversation between a user and an \
 assistant, so that the assistant can continue it without the messages. Keep every name, number, date, time, \
 address, id, amount, decision, preference and open request, and what tools did. Fold the previous summary in \
-when there is one. Write plain, dense notes in the conversation's language, at most 1,500 words. Do not add \
+when there is one. Write plain, dense notes in the conversation's language, at most 800 words. Do not add \
 anything that was not said.";
 
 /// Roughly four characters a token: the estimate used when the provider reports no counts.
@@ -107,7 +109,13 @@ impl Agent {
         let agent = self.clone();
         let (tenant, session) = (tenant.clone(), session.clone());
         tokio::spawn(async move {
-            let result = agent.summarize(&tenant, &session).await;
+            // A run in the background folds at least half of what it keeps: a summary is never
+            // rewritten for a message or two.
+            let min_fold = (agent.keep() / 2).max(2);
+            let result = agent.fold(&tenant, &session, min_fold).await;
+            if result.is_err() {
+                metrics::counter!("context_summary_failures_total").increment(1);
+            }
             if let Err(e) = result {
                 tracing::warn!(error = %e, %session, "summarising a session failed; its previous summary stays");
             }
@@ -115,16 +123,31 @@ impl Agent {
         });
     }
 
-    /// Folds the session's messages past its summary (all but the newest
-    /// `CONTEXT_SUMMARY_KEEP_MESSAGES`) into a new summary, when there is something to fold.
+    /// The newest messages a summary leaves verbatim: `CONTEXT_SUMMARY_KEEP_MESSAGES`, but at most
+    /// half the history window, so that what is kept is always shown and the window does not fill
+    /// again at once.
+    fn keep(&self) -> usize {
+        let window = self.settings.history_max_messages;
+        let keep = self.settings.summary_keep_messages;
+        if window == 0 { keep } else { keep.min((window / 2).max(2)) }
+    }
+
+    /// Folds the session's messages past its summary (all but the newest kept ones) into a new
+    /// summary, when there are at least `min_fold` to fold; on demand, any.
     pub async fn summarize(&self, tenant: &TenantId, session_id: &SessionId) -> Result<Summarized, TurnError> {
+        self.fold(tenant, session_id, 1).await.inspect_err(|_| {
+            metrics::counter!("context_summary_failures_total").increment(1);
+        })
+    }
+
+    async fn fold(&self, tenant: &TenantId, session_id: &SessionId, min_fold: usize) -> Result<Summarized, TurnError> {
         let session = self
             .store
             .get_session(tenant, session_id)
             .await?
             .ok_or_else(|| StoreError::session_not_found(session_id))?;
         let previous = session.context_summary.clone();
-        let keep = self.settings.summary_keep_messages;
+        let keep = self.keep();
         // The messages past the summary, oldest first, as many as one run folds and keeps.
         let mut query = MessageQuery { limit: 100, order: Order::Asc, ..Default::default() };
         if let Some(p) = &previous {
@@ -140,12 +163,21 @@ impl Agent {
                 _ => break,
             }
         }
-        // Keep the newest `keep`; cut before a user message, so no turn is split.
+        // Keep the newest `keep`, and fold no more than the summariser is sent at once.
         let mut cut = pending.len().saturating_sub(keep).min(FOLD_MAX);
+        let mut chars = 0;
+        if let Some(over) = pending[..cut].iter().position(|m| {
+            chars += m.content.chars().count().min(MESSAGE_MAX_CHARS) + 40;
+            chars > FOLD_MAX_CHARS
+        }) {
+            cut = over.max(1);
+        }
+        // Cut before a user message, so no turn (its tool calls and results, an approval's
+        // follow-up) is split.
         while cut > 0 && pending.get(cut).is_some_and(|m| m.role != Role::User) {
             cut -= 1;
         }
-        if cut == 0 {
+        if cut == 0 || cut < min_fold {
             return Ok(Summarized::Unchanged(previous));
         }
         let folded = &pending[..cut];
@@ -177,14 +209,12 @@ impl Agent {
                 let reply = tokio::time::timeout(self.settings.llm_timeout, provider.complete(&request, None))
                     .await
                     .map_err(|_| ModelError::Timeout(self.settings.llm_timeout))
-                    .and_then(|r| r)
-                    .inspect_err(|_| metrics::counter!("context_summary_failures_total").increment(1))?;
+                    .and_then(|r| r)?;
                 (reply.text, reply.model, reply.usage.map(|u| u.output_tokens))
             }
         };
         let text: String = text.trim().chars().take(MAX_SUMMARY_CHARS).collect();
         if text.is_empty() {
-            metrics::counter!("context_summary_failures_total").increment(1);
             return Err(ModelError::Failed("the summariser answered with nothing".into()).into());
         }
         let last = &folded[folded.len() - 1];

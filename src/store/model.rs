@@ -45,8 +45,9 @@ pub struct Session {
     pub context_summary: Option<ContextSummary>,
 }
 
-/// The longest context summary kept (characters): well within an item's 400 KB.
-pub const MAX_SUMMARY_CHARS: usize = 16_000;
+/// The longest context summary kept (characters). It rides on the session item, which every turn
+/// updates (DynamoDB bills writes per KB of item), so it stays small.
+pub const MAX_SUMMARY_CHARS: usize = 6_000;
 
 /// A summary of a session's older messages, given to the model in their place.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -179,11 +179,17 @@ async fn two_summarisers_racing_store_one_summary(backend: &str) {
     for i in 1..4 {
         say(&s, &format!("message number {i}")).await;
     }
-    let (x, y) = tokio::join!(ok(summarize(&s, &id)), ok(summarize(&s, &id)));
-    let won: Vec<&Value> = [&x, &y].into_iter().filter(|r| r["summarized"] == true).collect();
-    assert_eq!(won.len(), 1, "one summary is stored: {x} {y}");
-    assert_eq!(x["contextSummary"], y["contextSummary"], "the other answers the stored one");
-    assert_eq!(session(&s, &id).await["contextSummary"], won[0]["contextSummary"]);
+    // Twice: racing to store the first summary, then to replace it.
+    for round in 0..2 {
+        let (x, y) = tokio::join!(ok(summarize(&s, &id)), ok(summarize(&s, &id)));
+        let won: Vec<&Value> = [&x, &y].into_iter().filter(|r| r["summarized"] == true).collect();
+        assert_eq!(won.len(), 1, "round {round}: one summary is stored: {x} {y}");
+        assert_eq!(x["contextSummary"], y["contextSummary"], "the other answers the stored one");
+        assert_eq!(session(&s, &id).await["contextSummary"], won[0]["contextSummary"]);
+        for i in 0..3 {
+            say(&s, &format!("more [slow:700] {round} {i}")).await;
+        }
+    }
 }
 
 /// The echo provider summarises without a model; export and import carry the summary.
@@ -217,4 +223,43 @@ async fn the_echo_provider_summarises_and_export_carries_the_summary() {
     assert!(imported.status.success(), "{}", text(&imported));
     let t = TestServer::start("sqlite", &[("SQLITE_PATH", copy.to_str().unwrap())]).await;
     assert_eq!(session(&t, &id).await["contextSummary"], *summary);
+}
+
+/// The token trigger with the echo provider's estimate: once the history passes it, the session is
+/// summarised after the turn, and a streamed turn then says so with a `summary` event (and its
+/// reply's metadata names the summary).
+#[tokio::test]
+async fn the_token_trigger_summarises_and_a_streamed_turn_says_so() {
+    let s = TestServer::start(
+        "sqlite",
+        &[("CONTEXT_SUMMARY_TRIGGER_TOKENS", "300"), ("CONTEXT_SUMMARY_KEEP_MESSAGES", "4")],
+    )
+    .await;
+    let id = say(&s, FACT).await["sessionId"].as_str().unwrap().to_string();
+    let long = "a message long enough that a few of them pass the trigger of three hundred tokens. ".repeat(3);
+    let mut summary = Value::Null;
+    for _ in 0..12 {
+        say(&s, &long).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        summary = session(&s, &id).await["contextSummary"].clone();
+        if summary.is_object() {
+            break;
+        }
+    }
+    assert!(summary["text"].as_str().is_some_and(|t| t.contains("B-7731")), "no summary: {summary}");
+    let r = turn_request(&s, "acme", "u1")
+        .header("accept", "text/event-stream")
+        .json(&json!({"message": "streamed"}))
+        .send()
+        .await
+        .unwrap();
+    let events = crate::support::parse_sse(&r.text().await.unwrap());
+    let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(&names[..2], ["session", "summary"], "{names:?}");
+    let note = &events[1].1;
+    let current = session(&s, &id).await["contextSummary"].clone();
+    assert_eq!(note["createdAt"], current["createdAt"]);
+    assert_eq!(note["coversThroughMessageId"], current["coversThroughMessageId"]);
+    let done = &events.last().unwrap().1;
+    assert_eq!(done["agentMessage"]["metadata"]["contextSummary"], *note);
 }
