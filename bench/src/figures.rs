@@ -239,6 +239,9 @@ pub async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<Pat
     growth(&bin, mock, &mut report).await;
     growth_tenants(&bin, mock, &mut report).await;
 
+    // 9: context summaries.
+    summaries(&bin, &mut report).await;
+
     if let Some(out) = out {
         let json = json!({"rows": report.rows, "figures": report.json});
         std::fs::write(out, serde_json::to_string_pretty(&json).unwrap()).unwrap();
@@ -402,4 +405,74 @@ pub async fn streams(bin: &std::path::Path, report: &mut Report) {
     let peak_mib = peak.load(Ordering::Relaxed) as f64 / 1024.0;
     report.row("4. RSS at 1,000 concurrent streams", format!("{peak_mib:.1} MiB"), "≤ 64 MiB", Some(peak_mib <= 64.0));
     drop(s);
+}
+
+/// The sum of a Prometheus counter's samples (all label sets) in the server's `/metrics`.
+async fn counter(url: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Figure 9, context summaries: one long session, 300 turns, with summaries off and on (window
+/// 20, keep 10, so a summary every 5 turns); the turns' latency, and what a summary costs in model
+/// calls and store calls. The summariser runs after the answer, so a turn's latency should not move.
+pub async fn summaries(bin: &std::path::Path, report: &mut Report) {
+    // A model that takes 20 ms, so a summary running in the background overlaps the next turn.
+    let mock =
+        start_mock(MockModel { ttft: Duration::from_millis(20), per_token: Duration::ZERO, tokens: 20 }, 0).await;
+    let client = reqwest::Client::new();
+    let mut figures = Vec::new();
+    for on in [false, true] {
+        let mut env = model_env(mock);
+        env.push(("HISTORY_MAX_MESSAGES", "20".into()));
+        if on {
+            env.push(("CONTEXT_SUMMARY_TRIGGER_TOKENS", "1000000".into()));
+            env.push(("CONTEXT_SUMMARY_KEEP_MESSAGES", "10".into()));
+        }
+        let s = start_server(bin, &env);
+        let calls_before = crate::mock_model::CALLS.load(std::sync::atomic::Ordering::SeqCst);
+        let mut latency = histogram();
+        let mut session: Option<String> = None;
+        let turns = 300u64;
+        for _ in 0..turns {
+            let (us, sid) = one_turn(&client, &s.url, 7, session.as_deref(), false).await.unwrap();
+            session = Some(sid);
+            latency.record(us).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let model_calls = crate::mock_model::CALLS.load(std::sync::atomic::Ordering::SeqCst) - calls_before;
+        let store_calls = counter(&s.url, "storage_calls_total").await;
+        let stored = counter(&s.url, "context_summaries_total").await;
+        figures.push((latency, model_calls, store_calls, stored, turns));
+    }
+    let (off, on) = (&figures[0], &figures[1]);
+    let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    report.row(
+        "9. turn latency, summaries off / on (p50, p99)",
+        format!("{:.1}, {:.1} / {:.1}, {:.1} ms", ms(&off.0, 0.5), ms(&off.0, 0.99), ms(&on.0, 0.5), ms(&on.0, 0.99)),
+        "no added latency",
+        Some(ms(&on.0, 0.5) <= ms(&off.0, 0.5) * 1.1 + 0.2),
+    );
+    let summaries = on.3.max(1.0);
+    report.row(
+        "9. a summary: model calls / store calls (SQLite)",
+        format!(
+            "{:.2} / {:.1} ({:.0} summaries in {} turns)",
+            (on.1 - on.4) as f64 / summaries,
+            (on.2 - off.2) / summaries,
+            on.3,
+            on.4
+        ),
+        "1 model call",
+        Some(((on.1 - on.4) as f64 / summaries - 1.0).abs() < 0.01),
+    );
+    report.json.insert(
+        "summaries".into(),
+        json!({"turn_p50_ms_off": ms(&off.0, 0.5), "turn_p50_ms_on": ms(&on.0, 0.5), "turn_p99_ms_off": ms(&off.0, 0.99),
+               "turn_p99_ms_on": ms(&on.0, 0.99), "summaries": on.3, "model_calls_per_summary": (on.1 - on.4) as f64 / summaries,
+               "store_calls_per_summary": (on.2 - off.2) / summaries}),
+    );
 }

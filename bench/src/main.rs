@@ -60,6 +60,11 @@ enum Cmd {
         #[arg(long, default_value = "target/release/agent-server")]
         server: PathBuf,
     },
+    /// Only figure 9: the cost of context summaries.
+    Summaries {
+        #[arg(long, default_value = "target/release/agent-server")]
+        server: PathBuf,
+    },
     /// Only the mock model, on a port.
     MockModel {
         #[arg(long, default_value_t = 8090)]
@@ -78,6 +83,11 @@ async fn main() {
     match Cli::parse().command {
         Cmd::Run { server, seconds, bench_dir, out } => figures::run(server, seconds, bench_dir, out).await,
         Cmd::Smoke { server } => smoke::smoke(server).await,
+        Cmd::Summaries { server } => {
+            let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
+            println!("| figure | measured | target | |\n|---|---|---|---|");
+            figures::summaries(&server, &mut report).await;
+        }
         Cmd::Streams { server } => {
             let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
             figures::streams(&server, &mut report).await;

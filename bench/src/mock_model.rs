@@ -18,7 +18,11 @@ pub struct MockModel {
     pub tokens: usize,
 }
 
+/// Calls answered by every mock of this process.
+pub static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 async fn completions(State(m): State<MockModel>, Json(body): Json<Value>) -> Response {
+    CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let words: Vec<String> = (0..m.tokens).map(|i| format!("word{i} ")).collect();
     if body["stream"] != json!(true) {
         tokio::time::sleep(m.ttft + m.per_token * m.tokens as u32).await;
