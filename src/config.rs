@@ -133,6 +133,22 @@ pub struct Config {
     pub tools: ToolsConfig,
     pub events: EventsConfig,
     pub summary: SummaryConfig,
+    pub search: SearchConfig,
+}
+
+/// How messages are searched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchConfig {
+    /// `SEARCH_BACKEND`: `sqlite-fts5` (SQLite's default) or `scan` (DynamoDB's, and the only choice there).
+    pub scan: bool,
+    /// `SEARCH_MAX_ITEMS`: the most messages a scan reads for one request.
+    pub max_items: usize,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig { scan: false, max_items: 2000 }
+    }
 }
 
 /// Context summaries of long sessions.
@@ -411,7 +427,23 @@ impl Config {
             ),
         };
         let llm_timeout = Duration::from_secs(parse_num("LLM_TIMEOUT_SECONDS", 60u64, 1)?);
+        let search = SearchConfig {
+            scan: match (var("SEARCH_BACKEND").as_deref(), &storage) {
+                (None | Some("auto"), StorageConfig::Sqlite { .. }) => false,
+                (None | Some("auto") | Some("scan"), StorageConfig::DynamoDb { .. }) => true,
+                (Some("sqlite-fts5"), StorageConfig::Sqlite { .. }) => false,
+                (Some("scan"), StorageConfig::Sqlite { .. }) => true,
+                (Some("sqlite-fts5"), StorageConfig::DynamoDb { .. }) => {
+                    return Err(err("SEARCH_BACKEND", "sqlite-fts5 needs STORAGE=sqlite; DynamoDB searches with scan"));
+                }
+                (Some(other), _) => {
+                    return Err(err("SEARCH_BACKEND", format!("{other:?} is not one of auto, sqlite-fts5, scan")));
+                }
+            },
+            max_items: parse_num("SEARCH_MAX_ITEMS", 2000usize, 10)?,
+        };
         Ok(Config {
+            search,
             events: events_config()?,
             summary: SummaryConfig {
                 trigger_tokens: match var("CONTEXT_SUMMARY_TRIGGER_TOKENS") {

@@ -33,6 +33,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::backup::BackupCommand,
     },
+    /// Search: rebuild SQLite's full-text index.
+    Search {
+        #[command(subcommand)]
+        command: cli::search::SearchCommand,
+    },
     /// Webhooks of change events: send a signed test event, list pending deliveries, make a secret.
     Webhooks {
         #[command(subcommand)]
@@ -73,6 +78,7 @@ async fn run() -> ExitCode {
         Command::Tables { command } => cli::tables::run(&config, command).await,
         Command::Keys { command } => cli::keys::run(&config, command),
         Command::Backup { command } => cli::backup::run(&config, command).await,
+        Command::Search { command } => cli::search::run(&config, command).await,
         Command::Webhooks { command } => cli::webhooks::run(&config, command).await,
         Command::Export { tenant, out } => cli::transfer::export(&config, tenant, out).await,
         Command::Import { file } => cli::transfer::import(&config, file).await,

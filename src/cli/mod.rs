@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod keys;
+pub mod search;
 pub mod tables;
 pub mod transfer;
 pub mod webhooks;

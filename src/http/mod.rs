@@ -7,6 +7,7 @@ mod error;
 mod events;
 mod extract;
 mod process;
+mod search;
 pub(crate) mod server;
 mod sse;
 mod turns;
@@ -49,6 +50,8 @@ pub struct AppState {
     /// Slots for open event streams (`MAX_CONCURRENT_STREAMS`): the request limit lets go of a
     /// request when its response head is sent, so a stream holds a slot of its own until it ends.
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// How messages are searched (`SEARCH_BACKEND`, `SEARCH_MAX_ITEMS`).
+    pub search: crate::config::SearchConfig,
 }
 
 /// Limits that protect the server from slow or greedy clients.
@@ -82,6 +85,7 @@ pub fn app(state: AppState, limits: Limits) -> axum::Router {
         .merge(actions::router())
         .merge(turns::router())
         .merge(events::router())
+        .merge(search::router())
         .routes(utoipa_axum::routes!(healthz))
         .routes(utoipa_axum::routes!(readyz))
         .split_for_parts();

@@ -17,6 +17,7 @@ mod event;
 mod history;
 mod item;
 mod model;
+pub mod search;
 pub mod sqlite;
 mod turn;
 
@@ -178,6 +179,11 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// `lastMessageAt` moves forward to the message's timestamp.
     async fn import_message(&self, message: Message) -> StoreResult<bool>;
 
+    /// The tenant's messages that match a search, scoped by its filters. This default scans the
+    /// messages newest first within `max_items` reads (DynamoDB); SQLite answers from its FTS5 index.
+    async fn search_messages(&self, tenant: &TenantId, query: &search::SearchQuery) -> StoreResult<search::SearchPage> {
+        search::scan(self, tenant, query).await
+    }
     /// Stores a session's context summary, only while its current one is `previous` (by
     /// `createdAt`; none when `None`): of two summarisers racing, one wins. False when the session is
     /// gone or its summary changed.

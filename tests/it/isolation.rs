@@ -94,6 +94,8 @@ async fn isolation(backend: &str) {
         ("POST", format!("/agent/conversations/globex/sessions/{victim}/close")),
         ("GET", format!("/agent/conversations/globex/sessions/{victim}/messages")),
         ("GET", "/agent/conversations/globex/messages".to_string()),
+        ("GET", "/agent/conversations/globex/search?q=globex".to_string()),
+        ("GET", "/agent/conversations/globex/users/u1/search?q=globex".to_string()),
     ] {
         let (status, body, _) = acme.call(method, &path, None, None).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}");
@@ -161,7 +163,42 @@ async fn isolation(backend: &str) {
         }
     }
 
-    // 4. Erasing one's own users does not touch the other tenant's users of the same name.
+    // 4. Search: the other tenant's words are never found, and the other user's only on the
+    // tenant-wide search; the other tenant's cursors, forged and tampered ones move nowhere else.
+    let (status, found, _) = acme.call("GET", "/agent/conversations/acme/search?q=globex", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(found["results"], json!([]), "{found}");
+    let (_, found, _) = acme.call("GET", "/agent/conversations/acme/users/u1/search?q=u2", None, None).await;
+    assert_eq!(found["results"], json!([]), "another user's words: {found}");
+    let (_, found, _) = acme.call("GET", "/agent/conversations/acme/search?q=u2", None, None).await;
+    assert!(!found["results"].as_array().unwrap().is_empty(), "the tenant-wide search finds u2: {found}");
+    let (_, found, _) = acme.call("GET", "/agent/conversations/acme/users/u1/search?q=acme", None, None).await;
+    assert!(found["results"].as_array().unwrap().iter().all(|r| r["userId"] == "u1"), "{found}");
+    let (_, _, globex_link) =
+        globex.call("GET", "/agent/conversations/globex/search?q=globex&limit=1", None, None).await;
+    let globex_cursor = globex_link.unwrap().split("cursor=").nth(1).unwrap().to_string();
+    let forged_search: Vec<String> = [
+        json!({"o": 1}),
+        json!({"s": 1, "p": {"t": "9999-12-31T23:59:59.999999Z", "i": victim}}),
+        json!({"s": 99999}),
+        json!({"o": 999999}),
+    ]
+    .iter()
+    .map(|c| URL_SAFE_NO_PAD.encode(c.to_string()))
+    .collect();
+    for cursor in forged_search.iter().map(String::as_str).chain([globex_cursor.as_str(), "e30", "!!", ""]) {
+        for path in [
+            format!("/agent/conversations/acme/search?q=globex&cursor={cursor}"),
+            format!("/agent/conversations/acme/users/u1/search?q=globex&cursor={cursor}"),
+            format!("/agent/conversations/acme/users/u1/search?q=u1&sessionId={victim}&cursor={cursor}"),
+        ] {
+            let (status, body, _) = acme.call("GET", &path, None, None).await;
+            assert!([StatusCode::OK, StatusCode::BAD_REQUEST].contains(&status), "{path}: {status}");
+            assert!(!body.to_string().contains("globex"), "{path} found globex data: {body}");
+        }
+    }
+
+    // 5. Erasing one's own users does not touch the other tenant's users of the same name.
     let (status, _, _) = acme.call("DELETE", "/agent/conversations/acme/users/u2", None, None).await;
     assert_eq!(status, StatusCode::OK);
     let (status, _, _) = acme

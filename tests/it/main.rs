@@ -18,6 +18,7 @@ mod openai;
 mod openapi;
 mod operations;
 mod properties;
+mod search;
 mod security;
 mod sqlite_durability;
 mod store;

@@ -14,6 +14,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/agent/conversations/{tenantId}/sessions/{sessionId}/summarize"),
     ("get", "/agent/conversations/{tenantId}/sessions/{sessionId}/messages"),
     ("get", "/agent/conversations/{tenantId}/messages"),
+    ("get", "/agent/conversations/{tenantId}/search"),
+    ("get", "/agent/conversations/{tenantId}/users/{userId}/search"),
     ("post", "/agent/conversations/{tenantId}/sessions/{sessionId}/actions/{actionId}/approve"),
     ("post", "/agent/conversations/{tenantId}/sessions/{sessionId}/actions/{actionId}/reject"),
     ("get", "/agent/conversations/{tenantId}/sessions/{sessionId}/turns/{turnId}"),

@@ -70,7 +70,7 @@ proptest! {
         message in json_value(),
         tenant in "\\PC{0,10}",
         query in "[a-zA-Z0-9=&%._-]{0,40}",
-        path in prop::sample::select(vec!["messages", "users/u1", "sessions/s1", "sessions/s1/messages"]),
+        path in prop::sample::select(vec!["messages", "users/u1", "sessions/s1", "sessions/s1/messages", "search", "users/u1/search"]),
     ) {
         let dir = tempfile::tempdir().unwrap();
         let app = in_process_app(dir.path());
@@ -98,5 +98,61 @@ proptest! {
                 assert!(serde_json::from_slice::<serde_json::Value>(&bytes).is_ok(), "not JSON: {}", String::from_utf8_lossy(&bytes));
             }
         });
+    }
+}
+
+/// Arbitrary search text at both backends (SQLite's FTS5 index and the scan): `q` either parses
+/// (then the search answers) or is refused as the API's 400; it never reaches a query language.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arbitrary_search_text_never_breaks_either_backend() {
+    use agent_server::ids::{TenantId, UserId};
+    use agent_server::store::search::{SearchOrder, SearchQuery, parse_query, scan};
+    use agent_server::store::{NewMessage, NewSession, Role};
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    let tenant = TenantId::parse("acme").unwrap();
+    let user = UserId::parse("u1").unwrap();
+    let mut stores = Vec::new();
+    for backend in ["sqlite", "dynamodb"] {
+        let s = crate::support::store(backend).await;
+        let new = NewSession { tenant_id: tenant.clone(), user_id: user.clone(), location_id: None, metadata: None };
+        let texts =
+            ["plain words here", "\"quoted\" AND OR NOT * ^ : ( )", "café Crème NEAR(x y)", "日本語のテキスト 123"];
+        let messages = texts
+            .iter()
+            .map(|t| NewMessage {
+                id: agent_server::ids::MessageId::generate(),
+                user_id: user.clone(),
+                role: Role::User,
+                content: t.to_string(),
+                metadata: None,
+            })
+            .collect();
+        s.store.create_session_with(new, messages).await.unwrap();
+        stores.push(s);
+    }
+    let mut runner = TestRunner::default();
+    let text = prop_oneof!["\\PC{0,60}", "[\"*()^:+\\-. a-zA-Z]{0,30}", ".{0,40}"];
+    for _ in 0..200 {
+        let q = text.new_tree(&mut runner).unwrap().current();
+        let Ok(terms) = parse_query(&q) else { continue };
+        let query = SearchQuery {
+            terms,
+            user: Some(user.clone()),
+            session: None,
+            role: None,
+            from: None,
+            to: None,
+            order: SearchOrder::Relevance,
+            limit: 20,
+            cursor: None,
+            max_items: 100,
+        };
+        for s in &stores {
+            let found = s.store.search_messages(&tenant, &query).await;
+            assert!(found.is_ok(), "{q:?}: {found:?}");
+            assert!(scan(&*s.store, &tenant, &query).await.is_ok(), "{q:?}");
+        }
     }
 }

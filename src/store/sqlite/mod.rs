@@ -16,6 +16,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 mod events;
 mod rows;
 mod schema;
+mod search;
 mod turns;
 
 use rows::*;
@@ -88,9 +89,15 @@ impl SqliteStore {
             crate::private_file::create_if_absent(&out).map_err(internal)?;
             c.execute("VACUUM INTO ?1", params![out.to_string_lossy()])
                 .map_err(|e| StoreError::Unavailable(format!("cannot write the backup to {}: {e}", out.display())))?;
-            Ok(())
+            // VACUUM may renumber the messages' row ids, which the search index refers to.
+            search::rebuild(&open(&out)?)
         })
         .await
+    }
+
+    /// Rebuilds the search index from the messages (`agent-server search reindex`).
+    pub async fn reindex(&self) -> StoreResult<()> {
+        self.write("reindex", |c| search::rebuild(c)).await
     }
 
     async fn write<T, F>(&self, op: &'static str, f: F) -> StoreResult<T>
@@ -615,5 +622,14 @@ impl ConversationStore for SqliteStore {
             Ok(n == 1)
         })
         .await
+    }
+
+    async fn search_messages(
+        &self,
+        tenant: &TenantId,
+        query: &crate::store::search::SearchQuery,
+    ) -> StoreResult<crate::store::search::SearchPage> {
+        let (tenant, query) = (tenant.clone(), query.clone());
+        self.read("search", move |c| search::search(c, &tenant, &query)).await
     }
 }

@@ -8,7 +8,7 @@ use super::{Inner, internal};
 use crate::store::{StoreError, StoreResult};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// Version 1: sessions and messages with their indexes.
 const SCHEMA_V1: &str = "
@@ -131,6 +131,10 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
     }
     if version < 5 {
         tx.execute_batch(SCHEMA_V5).map_err(internal)?;
+    }
+    // Version 6: the full-text search index of the messages, built from those already stored.
+    if version < 6 {
+        tx.execute_batch(super::search::SCHEMA).map_err(internal)?;
     }
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(internal)?;
     tx.commit().map_err(internal)
