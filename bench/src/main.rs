@@ -65,6 +65,11 @@ enum Cmd {
         #[arg(long, default_value = "target/release/agent-server")]
         server: PathBuf,
     },
+    /// Only figure 10: search over a million messages.
+    Search {
+        #[arg(long, default_value = "target/release/agent-server")]
+        server: PathBuf,
+    },
     /// Only the mock model, on a port.
     MockModel {
         #[arg(long, default_value_t = 8090)]
@@ -87,6 +92,12 @@ async fn main() {
             let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
             println!("| figure | measured | target | |\n|---|---|---|---|");
             figures::summaries(&server, &mut report).await;
+        }
+        Cmd::Search { server } => {
+            let mock = start_mock(MockModel { ttft: Duration::ZERO, per_token: Duration::ZERO, tokens: 20 }, 0).await;
+            let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
+            println!("| figure | measured | target | |\n|---|---|---|---|");
+            figures::search(&server, mock, &mut report).await;
         }
         Cmd::Streams { server } => {
             let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
