@@ -16,19 +16,36 @@ use crate::timestamp::Timestamp;
 /// The longest query, and the most terms in it.
 pub const MAX_QUERY_CHARS: usize = 500;
 pub const MAX_TERMS: usize = 16;
+/// The deepest an index search pages (results); past it, narrow the search.
+pub const MAX_OFFSET: usize = 10_000;
 /// How long a snippet is (characters), around its first match.
 pub const SNIPPET_CHARS: usize = 160;
 
-/// One term of a query, folded: a word, or a phrase of words that must follow each other.
+/// One term of a query, folded: a word, or a phrase of words that must follow each other. Words
+/// are what `words` makes of the text, so they hold only letters and digits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Term {
     Word(String),
     Phrase(Vec<String>),
 }
 
-/// Lowercase, without accents (`Café` and `cafe` are the same word).
+/// Lowercase, without the accents of Latin letters (`Café` and `cafe` are the same word): the
+/// folding of SQLite FTS5's `unicode61` tokenizer with `remove_diacritics 2`, so that both
+/// backends find the same messages (`й` stays `й`, as FTS5 keeps it).
 pub fn fold(text: &str) -> String {
-    text.nfd().filter(|c| !is_combining_mark(*c)).flat_map(char::to_lowercase).collect()
+    let mut out = String::with_capacity(text.len());
+    let mut base_is_latin = false;
+    for c in text.nfd() {
+        if is_combining_mark(c) {
+            if !base_is_latin {
+                out.push(c);
+            }
+            continue;
+        }
+        base_is_latin = c <= '\u{024F}' || ('\u{1E00}'..='\u{1EFF}').contains(&c);
+        out.extend(c.to_lowercase());
+    }
+    out.nfc().collect()
 }
 
 /// The words of a text: runs of letters and digits, each with its character range in the text and
@@ -60,9 +77,12 @@ pub fn parse_query(q: &str) -> Result<Vec<Term>, String> {
         return Err(format!("q is longer than {MAX_QUERY_CHARS} characters"));
     }
     let mut terms = Vec::new();
-    for (i, part) in q.split('"').enumerate() {
+    let parts: Vec<&str> = q.split('"').collect();
+    for (i, part) in parts.iter().enumerate() {
         let found: Vec<String> = words(part).into_iter().map(|(_, _, w)| w).collect();
-        if i % 2 == 1 && found.len() > 1 {
+        // A quoted part is a phrase; an unclosed quote only separates words.
+        let quoted = i % 2 == 1 && i + 1 < parts.len();
+        if quoted && found.len() > 1 {
             terms.push(Term::Phrase(found));
         } else {
             terms.extend(found.into_iter().map(Term::Word));
@@ -101,8 +121,16 @@ pub fn find(terms: &[Term], text: &str) -> Option<(f64, Vec<(usize, usize)>)> {
         score += (1.0 + hits.len() as f64).ln() / (1.0 + (words.len() as f64).ln());
         ranges.extend(hits);
     }
+    // Merged where they overlap (a word inside a phrase).
     ranges.sort_unstable();
-    Some((score, ranges))
+    let mut merged: Vec<(usize, usize)> = Vec::new();
+    for (s, e) in ranges {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    Some((score, merged))
 }
 
 /// A snippet of the text around its first match, with the matches inside it as character offsets
@@ -180,9 +208,9 @@ pub struct SearchCursor {
     /// Results already given (the index's pages).
     #[serde(rename = "o", default, skip_serializing_if = "is_zero")]
     pub offset: usize,
-    /// The session being scanned, by its place in the user's sessions (newest activity first).
-    #[serde(rename = "s", default, skip_serializing_if = "is_zero")]
-    pub session: usize,
+    /// The session being scanned (the user's sessions are read newest first by creation).
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
     /// The last message read (timestamp and id).
     #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
     pub position: Option<Cursor>,
@@ -208,7 +236,7 @@ impl SearchCursor {
             // The same checks as a list cursor.
             Cursor::decode(&p.encode())?;
         }
-        if cursor.offset > 10_000 || cursor.session > 100_000 {
+        if cursor.offset > MAX_OFFSET {
             return Err(invalid());
         }
         Ok(cursor)
@@ -237,23 +265,39 @@ pub async fn scan<S: ConversationStore + ?Sized>(
     let mut hits = Vec::new();
     let mut read = 0usize;
     let page_size = 100.min(q.max_items.max(1));
-    // The sessions to read: one (a `sessionId` filter), or the user's, newest activity first.
+    // The sessions to read: one (a `sessionId` filter, when it is the user's), or the user's, newest
+    // first by creation (an order that new activity does not change between pages).
     let sessions: Option<Vec<SessionId>> = match (&q.session, &q.user) {
-        (Some(s), _) => Some(vec![s.clone()]),
+        (Some(s), user) => {
+            let visible = store
+                .get_session(tenant, s)
+                .await?
+                .is_some_and(|found| user.as_ref().is_none_or(|u| &found.user_id == u));
+            Some(if visible { vec![s.clone()] } else { Vec::new() })
+        }
         (None, Some(u)) => {
-            let mut ids = Vec::new();
+            let mut all = Vec::new();
             let mut page = PageRequest { limit: 100, cursor: None };
             loop {
                 let found = store.list_user_sessions(tenant, u, page.clone()).await?;
-                ids.extend(found.items.into_iter().map(|s| s.id));
+                all.extend(found.items);
                 match found.next {
                     Some(next) => page.cursor = Some(next),
                     None => break,
                 }
             }
-            Some(ids)
+            all.sort_by(|a, b| (&b.created_at, &b.id).cmp(&(&a.created_at, &a.id)));
+            Some(all.into_iter().map(|s| s.id).collect())
         }
         (None, None) => None,
+    };
+    // Where the cursor left off: the index of its session (a session gone since: start over there).
+    let mut index = match (&sessions, &cursor.session) {
+        (Some(ids), Some(id)) => ids.iter().position(|s| s.as_str() == id).unwrap_or_else(|| {
+            cursor.position = None;
+            0
+        }),
+        _ => 0,
     };
     let finish = |mut hits: Vec<SearchHit>, next: Option<SearchCursor>, partial: bool| {
         rank(&mut hits, q.order);
@@ -261,7 +305,7 @@ pub async fn scan<S: ConversationStore + ?Sized>(
     };
     loop {
         let query = MessageQuery {
-            limit: page_size,
+            limit: page_size.min(q.max_items.saturating_sub(read)).max(1),
             order: Order::Desc,
             cursor: cursor.position.clone(),
             // Newer than `to` cannot match: not read (`~` sorts after every timestamp character,
@@ -270,7 +314,8 @@ pub async fn scan<S: ConversationStore + ?Sized>(
         };
         let page = match &sessions {
             Some(ids) => {
-                let Some(id) = ids.get(cursor.session) else { return finish(hits, None, false) };
+                let Some(id) = ids.get(index) else { return finish(hits, None, false) };
+                cursor.session = Some(id.as_str().to_string());
                 match store.list_messages(tenant, id, query).await {
                     Ok(page) => page,
                     // A session gone since the list was read: the next one.
@@ -282,6 +327,10 @@ pub async fn scan<S: ConversationStore + ?Sized>(
         };
         // Whether this source (the session, or the tenant's messages) has nothing left after this page.
         let mut source_done = page.next.is_none();
+        // Every read counts against the budget, an empty one too.
+        if page.items.is_empty() {
+            read += 1;
+        }
         let count = page.items.len();
         for (i, m) in page.items.into_iter().enumerate() {
             // Older than `from`: nothing further in this source can match.
@@ -306,8 +355,9 @@ pub async fn scan<S: ConversationStore + ?Sized>(
         }
         if source_done {
             cursor.position = None;
-            cursor.session += 1;
-            let more = sessions.as_ref().is_some_and(|ids| cursor.session < ids.len());
+            index += 1;
+            cursor.session = sessions.as_ref().and_then(|ids| ids.get(index)).map(|id| id.as_str().to_string());
+            let more = cursor.session.is_some();
             if !more {
                 return finish(hits, None, false);
             }
@@ -316,6 +366,9 @@ pub async fn scan<S: ConversationStore + ?Sized>(
             }
         } else {
             cursor.position = page.next;
+            if read >= q.max_items {
+                return finish(hits, Some(cursor), true);
+            }
         }
     }
 }

@@ -1,0 +1,408 @@
+// The agent-server console: plain JavaScript, no framework, no build step. It uses only the public
+// HTTP API with the credential it is given, so it can never see more than that credential allows.
+// Message text is always put in the page as text (textContent), never as HTML.
+
+// The server's root, behind any path prefix: the console lives at <root>console/.
+const root = new URL("..", location.href);
+const main = document.getElementById("main");
+const nav = document.getElementById("nav");
+const status = document.getElementById("status");
+
+const auth = {
+  get key() { return sessionStorage.getItem("agent-console-key") || ""; },
+  get tenant() { return sessionStorage.getItem("agent-console-tenant") || ""; },
+  get signedIn() { return sessionStorage.getItem("agent-console-tenant") !== null; },
+  save(key, tenant) {
+    sessionStorage.setItem("agent-console-key", key);
+    sessionStorage.setItem("agent-console-tenant", tenant);
+  },
+  clear() {
+    sessionStorage.removeItem("agent-console-key");
+    sessionStorage.removeItem("agent-console-tenant");
+  },
+};
+
+// ---- DOM ----------------------------------------------------------------------------------------
+
+/** An element with attributes (`on*` functions become listeners) and children (strings are text). */
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on") && typeof value === "function") node.addEventListener(name.slice(2), value);
+    else if (name === "class") node.className = value;
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function show(...nodes) {
+  main.replaceChildren(...nodes);
+}
+
+function say(text, isError = false) {
+  const note = el("span", { class: isError ? "error" : "" }, text);
+  status.replaceChildren(note);
+  setTimeout(() => { if (note.isConnected) note.remove(); }, isError ? 8000 : 3000);
+}
+
+function when(ts) {
+  if (!ts) return "";
+  const d = new Date(ts);
+  return isNaN(d) ? ts : d.toLocaleString();
+}
+
+function seg(value) {
+  return encodeURIComponent(value);
+}
+
+// ---- API ----------------------------------------------------------------------------------------
+
+function headers(extra = {}) {
+  const h = { ...extra };
+  if (auth.key) h.authorization = `Bearer ${auth.key}`;
+  return h;
+}
+
+/** Calls the API; resolves to { body, link } or throws an Error with the server's message. */
+async function api(path, { method = "GET", body, extraHeaders } = {}) {
+  const init = { method, headers: headers(extraHeaders) };
+  if (body !== undefined) {
+    init.headers["content-type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(new URL(path, root), init);
+  const text = await response.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = text; }
+  if (!response.ok) {
+    const message = data && data.error ? `${data.error.message} (${response.status})` : `HTTP ${response.status}`;
+    if (response.status === 401) auth.clear();
+    throw new Error(message);
+  }
+  return { body: data, link: nextLink(response.headers.get("link")) };
+}
+
+function nextLink(header) {
+  const m = header && header.match(/<([^>]+)>;\s*rel="next"/);
+  return m ? m[1].replace(/^\//, "") : null;
+}
+
+const tenantPath = () => `agent/conversations/${seg(auth.tenant)}`;
+
+// ---- Views --------------------------------------------------------------------------------------
+
+function renderNav() {
+  nav.replaceChildren();
+  if (!auth.signedIn) return;
+  const search = el("form", { class: "row", role: "search", onsubmit: (e) => {
+    e.preventDefault();
+    const q = e.target.q.value.trim();
+    if (q) location.hash = `#/search?q=${encodeURIComponent(q)}`;
+  } }, el("input", { name: "q", type: "search", placeholder: "Search messages", "aria-label": "Search messages" }));
+  nav.append(
+    el("span", { class: "muted" }, `tenant ${auth.tenant}`),
+    search,
+    el("button", { class: "secondary", type: "button", onclick: () => { auth.clear(); location.hash = "#/"; route(); } }, "Sign out"),
+  );
+}
+
+function signIn() {
+  const form = el("form", { class: "card", onsubmit: async (e) => {
+    e.preventDefault();
+    const tenant = form.tenant.value.trim();
+    if (!tenant) return say("Give the tenant id", true);
+    auth.save(form.key.value.trim(), tenant);
+    // Any credential of the tenant reads a session; one that does not exist answers 404.
+    const check = await fetch(new URL(`${tenantPath()}/sessions/console-sign-in-check`, root), { headers: headers() });
+    if (check.status !== 404 && !check.ok) {
+      const body = await check.json().catch(() => null);
+      auth.clear();
+      return say(`Sign-in failed: ${body && body.error ? body.error.message : `HTTP ${check.status}`}`, true);
+    }
+    location.hash = "#/";
+    route();
+  } },
+  el("h1", {}, "Sign in"),
+  el("p", { class: "muted" }, "The credential stays in this browser tab (sessionStorage). Leave it empty for a server on loopback with AUTH_MODE=none."),
+  el("div", { class: "row" },
+    el("label", {}, "API key or JWT", el("input", { name: "key", type: "password", autocomplete: "off" })),
+    el("label", {}, "Tenant", el("input", { name: "tenant", required: true, autocomplete: "off" })),
+  ),
+  el("button", { type: "submit" }, "Sign in"));
+  show(form);
+  form.key.focus();
+}
+
+/** The tenant's recent conversations (from its recent messages), and a form to open a user. */
+async function home() {
+  const userForm = el("form", { class: "row", onsubmit: (e) => {
+    e.preventDefault();
+    const user = e.target.user.value.trim();
+    if (user) location.hash = `#/users/${encodeURIComponent(user)}`;
+  } }, el("label", {}, "User id", el("input", { name: "user", required: true, autocomplete: "off" })), el("button", { type: "submit" }, "Open user"));
+  const list = el("ul", { class: "list", "aria-label": "Recent conversations" }, el("li", { class: "muted" }, "Loading..."));
+  show(el("h1", {}, "Conversations"), userForm, el("h2", {}, "Recent activity in this tenant"), list);
+  try {
+    const { body } = await api(`${tenantPath()}/messages?limit=100`);
+    const seen = new Map();
+    for (const m of body) if (!seen.has(m.sessionId)) seen.set(m.sessionId, m);
+    list.replaceChildren(...[...seen.values()].map((m) => el("li", {},
+      el("a", { href: `#/sessions/${encodeURIComponent(m.sessionId)}` }, m.sessionId),
+      el("span", {}, `user ${m.userId}`),
+      el("span", { class: "muted" }, when(m.timestamp)),
+    )));
+    if (!seen.size) list.replaceChildren(el("li", { class: "muted" }, "No messages yet."));
+  } catch (err) {
+    list.replaceChildren(el("li", { class: "muted" }, `Not available with this credential: ${err.message}`));
+  }
+}
+
+/** One user's sessions, most recent activity first. */
+async function userSessions(user) {
+  const list = el("ul", { class: "list", "aria-label": "Sessions" }, el("li", { class: "muted" }, "Loading..."));
+  show(el("h1", {}, `User ${user}`), list);
+  try {
+    const { body } = await api(`${tenantPath()}/users/${seg(user)}?limit=50&messageLimit=1`);
+    list.replaceChildren(...body.map((s) => el("li", {},
+      el("a", { href: `#/sessions/${encodeURIComponent(s.id)}` }, s.id),
+      el("span", { class: `badge ${s.isActive ? "active" : ""}` }, s.isActive ? "active" : "closed"),
+      el("span", { class: "muted" }, `last activity ${when(s.updatedAt)}`),
+      s.contextSummary ? el("span", { class: "badge" }, "summarised") : null,
+      s.messages && s.messages.length ? el("span", { class: "muted" }, s.messages[0].content.slice(0, 80)) : null,
+    )));
+    if (!body.length) list.replaceChildren(el("li", { class: "muted" }, "No sessions."));
+  } catch (err) {
+    list.replaceChildren(el("li", { class: "muted" }, err.message));
+  }
+}
+
+function metaLine(m) {
+  const md = m.metadata || {};
+  const parts = [`${m.role} · ${when(m.timestamp)}`];
+  if (md.model) parts.push(`model ${md.model}`);
+  if (md.usage) parts.push(`tokens ${md.usage.inputTokens} in / ${md.usage.outputTokens} out`);
+  if (md.latencyMs !== undefined) parts.push(`${md.latencyMs} ms`);
+  if (md.turnStatus) parts.push(`turn ${md.turnStatus}`);
+  if (md.interrupted) parts.push(`interrupted: ${md.interrupted}`);
+  return el("div", { class: "meta" }, ...parts.map((p) => el("span", {}, p)));
+}
+
+function actionView(session, message, action, refresh) {
+  const decide = (verdict) => async () => {
+    try {
+      say(verdict === "approve" ? "Running the action..." : "Rejecting...");
+      await api(`${tenantPath()}/sessions/${seg(session.id)}/actions/${seg(action.id)}/${verdict}`, { method: "POST" });
+      say(verdict === "approve" ? "Approved" : "Rejected");
+    } catch (err) {
+      say(err.message, true);
+    }
+    refresh();
+  };
+  return el("div", { class: "action", "data-action": action.id },
+    el("div", {}, el("strong", {}, action.tool), " ", el("span", { class: `badge ${action.status}` }, action.status)),
+    el("pre", {}, JSON.stringify(action.arguments, null, 2)),
+    action.result ? el("pre", {}, String(action.result)) : null,
+    action.status === "pending_approval"
+      ? el("div", { class: "row" },
+        el("button", { type: "button", onclick: decide("approve") }, "Approve"),
+        el("button", { type: "button", class: "danger", onclick: decide("reject") }, "Reject"))
+      : null,
+  );
+}
+
+function messageView(session, m, refresh) {
+  const actions = (m.metadata && Array.isArray(m.metadata.actions)) ? m.metadata.actions : [];
+  return el("article", { class: `message ${m.role}`, "data-id": m.id },
+    el("div", { class: "text" }, m.content),
+    metaLine(m),
+    ...actions.map((a) => actionView(session, m, a, refresh)));
+}
+
+/** Reads server-sent events from a fetch response body; calls `onEvent(name, data, id)`. */
+async function readEvents(response, onEvent) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      let name = "message", data = "", id = null;
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) name = line.slice(6).trim();
+        else if (line.startsWith("data:")) data += line.slice(5).trim();
+        else if (line.startsWith("id:")) id = Number(line.slice(3).trim());
+      }
+      if (data) onEvent(name, JSON.parse(data), id);
+    }
+  }
+}
+
+/** Sends a turn and shows its reply as it streams; picks the stream up again if it drops. */
+async function sendTurn(session, text, transcript, refresh) {
+  const live = el("article", { class: "message agent", "aria-live": "polite" }, el("div", { class: "text" }, ""));
+  const liveText = live.firstChild;
+  transcript.append(el("article", { class: "message user" }, el("div", { class: "text" }, text)), live);
+  let turnId = null, lastId = 0, finished = false;
+  const onEvent = (name, data, id) => {
+    if (id) lastId = id;
+    if (name === "session") turnId = data.turnId;
+    else if (name === "delta") liveText.textContent += data.text;
+    else if (name === "tool_call") live.append(el("div", { class: "action" }, `calling ${data.name || data.tool || "a tool"}...`));
+    else if (name === "done" || name === "error") {
+      finished = true;
+      if (name === "error") say(data.error ? data.error.message : "The turn failed", true);
+    }
+  };
+  const headersFor = { "x-tenant-id": session.tenantId, "x-user-id": session.userId, accept: "text/event-stream" };
+  try {
+    const response = await fetch(new URL("agent/process", root), {
+      method: "POST",
+      headers: headers({ ...headersFor, "content-type": "application/json" }),
+      body: JSON.stringify({ message: text, sessionId: session.id, stream: true }),
+    });
+    if (!response.ok) {
+      const body = await response.json().catch(() => null);
+      throw new Error(body && body.error ? body.error.message : `HTTP ${response.status}`);
+    }
+    await readEvents(response, onEvent);
+  } catch (err) {
+    if (!turnId) { say(err.message, true); live.remove(); return; }
+  }
+  // The connection dropped before `done`: the turn goes on on the server; follow its events.
+  for (let attempt = 0; !finished && turnId && attempt < 5; attempt++) {
+    try {
+      say("Reconnecting to the turn...");
+      const response = await fetch(new URL(`${tenantPath()}/sessions/${seg(session.id)}/turns/${seg(turnId)}/events`, root), {
+        headers: headers({ "last-event-id": String(lastId), accept: "text/event-stream" }),
+      });
+      if (response.ok) await readEvents(response, onEvent);
+    } catch { await new Promise((r) => setTimeout(r, 1000 * (attempt + 1))); }
+  }
+  refresh();
+}
+
+/** A session: its messages with their metadata and actions, a chat box, and its commands. */
+async function sessionView(id) {
+  let session;
+  try {
+    session = (await api(`${tenantPath()}/sessions/${seg(id)}`)).body;
+  } catch (err) {
+    return show(el("h1", {}, "Session"), el("p", {}, err.message));
+  }
+  const transcript = el("section", { class: "transcript", "aria-label": "Messages" });
+  const messages = [];
+  const refresh = () => sessionView(id);
+  const download = () => {
+    const blob = new Blob([JSON.stringify({ session, messages }, null, 2)], { type: "application/json" });
+    const a = el("a", { href: URL.createObjectURL(blob), download: `session-${session.id}.json` });
+    document.body.append(a);
+    a.click();
+    a.remove();
+  };
+  const close = async () => {
+    try { await api(`${tenantPath()}/sessions/${seg(id)}/close`, { method: "POST" }); say("Closed"); } catch (err) { say(err.message, true); }
+    refresh();
+  };
+  const remove = async () => {
+    if (!confirm("Delete this session and all its messages?")) return;
+    try { await api(`${tenantPath()}/sessions/${seg(id)}`, { method: "DELETE" }); say("Deleted"); location.hash = `#/users/${encodeURIComponent(session.userId)}`; } catch (err) { say(err.message, true); }
+  };
+  const chat = el("form", { class: "row", onsubmit: async (e) => {
+    e.preventDefault();
+    const text = chat.message.value;
+    if (!text.trim()) return;
+    chat.message.value = "";
+    chat.send.disabled = true;
+    await sendTurn(session, text, transcript, refresh);
+  } },
+  el("label", {}, "Message", el("textarea", { name: "message", required: true, onkeydown: (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) chat.requestSubmit();
+  } })),
+  el("button", { type: "submit", name: "send" }, "Send"));
+  show(
+    el("h1", {}, `Session ${session.id}`),
+    el("div", { class: "row" },
+      el("a", { href: `#/users/${encodeURIComponent(session.userId)}` }, `user ${session.userId}`),
+      el("span", { class: `badge ${session.isActive ? "active" : ""}` }, session.isActive ? "active" : "closed"),
+      session.locationId ? el("span", { class: "muted" }, `location ${session.locationId}`) : null,
+      el("span", { class: "muted" }, `updated ${when(session.updatedAt)}`),
+    ),
+    el("div", { class: "row" },
+      el("button", { type: "button", class: "secondary", onclick: download }, "Download JSON"),
+      session.isActive ? el("button", { type: "button", class: "secondary", onclick: close }, "Close session") : null,
+      el("button", { type: "button", class: "danger", onclick: remove }, "Delete session"),
+    ),
+    session.contextSummary ? el("details", {}, el("summary", {}, "Context summary"), el("div", { class: "text" }, session.contextSummary.text)) : null,
+    transcript,
+    session.isActive ? chat : el("p", { class: "muted" }, "This session is closed."),
+  );
+  try {
+    let path = `${tenantPath()}/sessions/${seg(id)}/messages?order=asc&limit=100`;
+    while (path) {
+      const page = await api(path);
+      messages.push(...page.body);
+      path = page.link;
+    }
+    transcript.replaceChildren(...messages.map((m) => messageView(session, m, refresh)));
+  } catch (err) {
+    transcript.replaceChildren(el("p", {}, err.message));
+  }
+}
+
+/** The snippet as text, with its highlights as <mark> elements (offsets are code points). */
+function snippetView(snippet, highlights) {
+  const chars = Array.from(snippet);
+  const parts = [];
+  let at = 0;
+  for (const [start, end] of highlights) {
+    if (start < at) continue;
+    parts.push(chars.slice(at, start).join(""), el("mark", {}, chars.slice(start, end).join("")));
+    at = end;
+  }
+  parts.push(chars.slice(at).join(""));
+  return el("span", {}, ...parts);
+}
+
+async function searchView(q) {
+  const list = el("ul", { class: "list", "aria-label": "Results" }, el("li", { class: "muted" }, "Searching..."));
+  show(el("h1", {}, `Search: ${q}`), list);
+  try {
+    const { body } = await api(`${tenantPath()}/search?q=${encodeURIComponent(q)}&limit=50`);
+    list.replaceChildren(...body.results.map((r) => el("li", {},
+      el("a", { href: `#/sessions/${encodeURIComponent(r.sessionId)}` }, snippetView(r.snippet, r.highlights)),
+      el("span", { class: "muted" }, `${r.role} · user ${r.userId} · ${when(r.timestamp)}`),
+    )));
+    if (!body.results.length) list.replaceChildren(el("li", { class: "muted" }, "Nothing found."));
+    if (body.partial) list.append(el("li", { class: "muted" }, "Only the most recent messages were searched."));
+  } catch (err) {
+    list.replaceChildren(el("li", { class: "muted" }, err.message));
+  }
+}
+
+// ---- Routing ------------------------------------------------------------------------------------
+
+async function route() {
+  renderNav();
+  if (!auth.signedIn) return signIn();
+  const hash = location.hash.replace(/^#\/?/, "");
+  const [path, query] = hash.split("?");
+  const parts = path.split("/").map(decodeURIComponent);
+  if (parts[0] === "users" && parts[1]) await userSessions(parts[1]);
+  else if (parts[0] === "sessions" && parts[1]) await sessionView(parts[1]);
+  else if (parts[0] === "search") await searchView(new URLSearchParams(query || "").get("q") || "");
+  else await home();
+  main.focus();
+}
+
+window.addEventListener("hashchange", route);
+route();
