@@ -4,12 +4,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! python3 -c 'import moto.server, flask, flask_cors, awscli, schemathesis, standardwebhooks' >/dev/null 2>&1; then
-  echo "installing moto[server], awscli, schemathesis and standardwebhooks from PyPI..."
-  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5' awscli 'schemathesis>=4' 'standardwebhooks>=1.1'
+if ! python3 -c 'import moto.server, flask, flask_cors, awscli, schemathesis, standardwebhooks, selenium' >/dev/null 2>&1; then
+  echo "installing moto[server], awscli, schemathesis, standardwebhooks and selenium from PyPI..."
+  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5' awscli 'schemathesis>=4' \
+    'standardwebhooks>=1.1' 'selenium>=4.20'
 fi
 
 mkdir -p target
+
+# The console's browser test drives headless Chromium through its WebDriver (Debian packages).
+# Without them that one test says it was skipped; everything else runs.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "installing chromium and chromium-driver (apt-get) for the console's browser test..."
+    if ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+      >target/apt.log 2>&1; then
+      echo "*** could not install chromium (target/apt.log): the console's browser test will be SKIPPED ***"
+    fi
+  else
+    echo "*** chromium and chromedriver are missing and cannot be installed here: the console's browser test will be SKIPPED ***"
+  fi
+fi
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 python3 scripts/moto_server.py 127.0.0.1 "$port" >target/moto.log 2>&1 &
 moto_pid=$!

@@ -134,6 +134,8 @@ pub struct Config {
     pub events: EventsConfig,
     pub summary: SummaryConfig,
     pub search: SearchConfig,
+    /// `CONSOLE`: whether the web console is served at `/console/` (on by default).
+    pub console: bool,
 }
 
 /// How messages are searched.
@@ -443,6 +445,11 @@ impl Config {
             max_items: parse_num("SEARCH_MAX_ITEMS", 2000usize, 10)?,
         };
         Ok(Config {
+            console: match var("CONSOLE").as_deref() {
+                None | Some("on") => true,
+                Some("off") => false,
+                Some(other) => return Err(err("CONSOLE", format!("{other:?} is not one of on, off"))),
+            },
             search,
             events: events_config()?,
             summary: SummaryConfig {

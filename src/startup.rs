@@ -84,6 +84,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         max_message_chars: config.max_message_chars,
         streams: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_streams)),
         search: config.search,
+        console: config.console,
     };
     let limits = Limits {
         max_body_bytes: config.max_body_bytes,

@@ -26,7 +26,7 @@ pub const PARSER_MAX_HEAD_BYTES: usize = 1024 * 1024;
 
 /// Paths anyone may call.
 fn is_open(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/openapi.json")
+    matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/console") || path.starts_with("/console/")
 }
 
 /// The `{tenantId}` of `/agent/conversations/{tenantId}/...`, percent-decoded as the router does.

@@ -2,6 +2,7 @@
 
 mod access;
 mod actions;
+pub mod console;
 mod conversations;
 mod error;
 mod events;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub streams: Arc<tokio::sync::Semaphore>,
     /// How messages are searched (`SEARCH_BACKEND`, `SEARCH_MAX_ITEMS`).
     pub search: crate::config::SearchConfig,
+    /// Whether `/console/` is served (`CONSOLE`).
+    pub console: bool,
 }
 
 /// Limits that protect the server from slow or greedy clients.
@@ -90,6 +93,7 @@ pub fn app(state: AppState, limits: Limits) -> axum::Router {
         .routes(utoipa_axum::routes!(readyz))
         .split_for_parts();
     let api = Arc::new(api);
+    let router = if state.console { router.merge(console::router()) } else { router };
     router
         .route(
             "/openapi.json",

@@ -9,6 +9,7 @@ mod support;
 
 mod api;
 mod bedrock;
+mod console;
 mod contract;
 mod errors;
 mod events;

@@ -190,6 +190,7 @@ pub fn in_process_app(dir: &Path) -> axum::Router {
         max_message_chars: 1000,
         streams: Arc::new(tokio::sync::Semaphore::new(64)),
         search: Default::default(),
+        console: true,
     };
     app(
         state,

@@ -1,0 +1,121 @@
+"""Drives the console in headless Chromium through WebDriver (Selenium): sign in, open a user's
+sessions, send a message and see the streamed reply, approve a pending action and see the agent
+finish, and check that a message holding HTML shows as text and runs nothing. A screenshot of each
+step goes to the output folder.
+
+Usage: python3 tests/console/browser_test.py BASE_URL API_KEY OUT_DIR"""
+import os
+import sys
+import time
+
+from selenium import webdriver
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+base, key, out = sys.argv[1], sys.argv[2], sys.argv[3]
+os.makedirs(out, exist_ok=True)
+
+options = webdriver.ChromeOptions()
+options.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+for argument in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"]:
+    options.add_argument(argument)
+options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+driver = webdriver.Chrome(service=Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")), options=options)
+wait = WebDriverWait(driver, 30)
+
+
+def shot(name):
+    driver.save_screenshot(os.path.join(out, f"console-{name}.png"))
+
+
+def main_text():
+    return driver.find_element(By.ID, "main").text
+
+
+def until_text(text):
+    try:
+        wait.until(lambda d: text in main_text())
+    except Exception:
+        shot("failure")
+        raise AssertionError(f"{text!r} never appeared; the page shows:\n{main_text()}")
+
+
+def no_alert():
+    try:
+        alert = driver.switch_to.alert
+    except NoAlertPresentException:
+        return
+    raise AssertionError(f"a script ran: alert {alert.text!r}")
+
+
+def send(message):
+    box = wait.until(EC.element_to_be_clickable((By.NAME, "message")))
+    box.clear()
+    box.send_keys(message)
+    # Ctrl+Enter sends, from the keyboard.
+    box.send_keys(Keys.CONTROL, Keys.ENTER)
+
+
+try:
+    # Sign in with the tenant's API key.
+    driver.get(base + "/console/")
+    wait.until(EC.presence_of_element_located((By.NAME, "key")))
+    driver.find_element(By.NAME, "key").send_keys(key)
+    driver.find_element(By.NAME, "tenant").send_keys("acme")
+    driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    until_text("Recent activity in this tenant")
+    until_text("user u1")
+    shot("signed-in")
+
+    # One user's sessions, then the session.
+    driver.find_element(By.NAME, "user").send_keys("u1" + Keys.ENTER)
+    until_text("User u1")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "ul.list a"))
+    assert "active" in main_text()
+    shot("sessions")
+    driver.find_elements(By.CSS_SELECTOR, "ul.list a")[0].click()
+    until_text("hello from the test")
+    until_text("turn completed")
+
+    # A message, and its reply as it streams.
+    send("stream please")
+    until_text("Echo: stream please")
+    shot("streamed")
+
+    # An action that waits for approval; approving it lets the agent finish.
+    send('book it\n@tool create_resource {"resourceType": "appointments", "data": {"time": "10:00"}}')
+    wait.until(lambda d: d.find_elements(By.XPATH, "//button[text()='Approve']"))
+    until_text("pending_approval")
+    shot("approval")
+    driver.find_element(By.XPATH, "//button[text()='Approve']").click()
+    until_text("The user approved create_resource")
+    assert not driver.find_elements(By.XPATH, "//button[text()='Approve']"), "the action is decided"
+    shot("approved")
+
+    # HTML in a message is text: shown as written, nothing runs, no element is made of it.
+    payload = "<img src=x onerror=alert(1)>"
+    send(payload)
+    until_text("Echo: " + payload)
+    time.sleep(0.5)
+    no_alert()
+    assert not driver.find_elements(By.CSS_SELECTOR, "#main img"), "the message became an element"
+    assert payload in main_text()
+    shot("html-as-text")
+
+    # A phone-width window: nothing overflows sideways.
+    driver.set_window_size(390, 844)
+    time.sleep(0.5)
+    assert not driver.execute_script("return document.documentElement.scrollWidth > window.innerWidth + 1"), "overflow"
+    shot("narrow")
+
+    # No script errors, and the Content-Security-Policy blocked nothing the console needs (an API
+    # answer of 4xx is logged as a network error; the sign-in check expects one).
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and e.get("source") != "network"]
+    assert not errors, errors
+    print("console: every step passed")
+finally:
+    driver.quit()
