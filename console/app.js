@@ -5,6 +5,8 @@
 // The server's root, behind any path prefix: the console lives at <root>console/.
 const root = new URL("..", location.href);
 const main = document.getElementById("main");
+// Bumped on every navigation: work that finishes after the page changed draws nothing.
+let view = 0;
 const nav = document.getElementById("nav");
 const status = document.getElementById("status");
 
@@ -44,6 +46,9 @@ function show(...nodes) {
   main.replaceChildren(...nodes.filter((n) => n !== null && n !== undefined && n !== false));
 }
 
+/** Whether the page is still the one that `token` was taken for. */
+const current = (token) => token === view;
+
 function say(text, isError = false) {
   const note = el("span", { class: isError ? "error" : "" }, text);
   status.replaceChildren(note);
@@ -81,7 +86,10 @@ async function api(path, { method = "GET", body, extraHeaders } = {}) {
   try { data = text ? JSON.parse(text) : null; } catch { data = text; }
   if (!response.ok) {
     const message = data && data.error ? `${data.error.message} (${response.status})` : `HTTP ${response.status}`;
-    if (response.status === 401) auth.clear();
+    if (response.status === 401) {
+      auth.clear();
+      setTimeout(route, 0);
+    }
     throw new Error(message);
   }
   return { body: data, link: nextLink(response.headers.get("link")) };
@@ -118,14 +126,20 @@ function signIn() {
     if (!tenant) return say("Give the tenant id", true);
     auth.save(form.key.value.trim(), tenant);
     // Any credential of the tenant reads a session; one that does not exist answers 404.
-    const check = await fetch(new URL(`${tenantPath()}/sessions/console-sign-in-check`, root), { headers: headers() });
+    let check;
+    try {
+      check = await fetch(new URL(`${tenantPath()}/sessions/console-sign-in-check`, root), { headers: headers() });
+    } catch (err) {
+      auth.clear();
+      return say(`Sign-in failed: ${err.message}`, true);
+    }
     if (check.status !== 404 && !check.ok) {
       const body = await check.json().catch(() => null);
       auth.clear();
       return say(`Sign-in failed: ${body && body.error ? body.error.message : `HTTP ${check.status}`}`, true);
     }
-    location.hash = "#/";
-    route();
+    if (location.hash === "#/") route();
+    else location.hash = "#/";
   } },
   el("h1", {}, "Sign in"),
   el("p", { class: "muted" }, "The credential stays in this browser tab (sessionStorage). Leave it empty for a server on loopback with AUTH_MODE=none."),
@@ -193,7 +207,8 @@ function metaLine(m) {
 }
 
 function actionView(session, message, action, refresh) {
-  const decide = (verdict) => async () => {
+  const decide = (verdict) => async (e) => {
+    for (const b of e.target.parentNode.querySelectorAll("button")) b.disabled = true;
     try {
       say(verdict === "approve" ? "Running the action..." : "Rejecting...");
       await api(`${tenantPath()}/sessions/${seg(session.id)}/actions/${seg(action.id)}/${verdict}`, { method: "POST" });
@@ -231,19 +246,27 @@ async function readEvents(response, onEvent) {
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return;
+    // Line endings may be \r\n or \r (a \r at the end of a chunk waits for the next one).
     buffer += decoder.decode(value, { stream: true });
+    const held = buffer.endsWith("\r") ? "\r" : "";
+    buffer = buffer.slice(0, buffer.length - held.length).replace(/\r\n?/g, "\n");
     let cut;
     while ((cut = buffer.indexOf("\n\n")) >= 0) {
       const block = buffer.slice(0, cut);
       buffer = buffer.slice(cut + 2);
-      let name = "message", data = "", id = null;
+      let name = "message", id = null;
+      const data = [];
       for (const line of block.split("\n")) {
         if (line.startsWith("event:")) name = line.slice(6).trim();
-        else if (line.startsWith("data:")) data += line.slice(5).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
         else if (line.startsWith("id:")) id = Number(line.slice(3).trim());
       }
-      if (data) onEvent(name, JSON.parse(data), id);
+      if (!data.length) continue;
+      let parsed;
+      try { parsed = JSON.parse(data.join("\n")); } catch { continue; }
+      onEvent(name, parsed, id);
     }
+    buffer += held;
   }
 }
 
@@ -276,38 +299,47 @@ async function sendTurn(session, text, transcript, refresh) {
     }
     await readEvents(response, onEvent);
   } catch (err) {
-    if (!turnId) { say(err.message, true); live.remove(); return; }
+    if (!turnId) { say(err.message, true); live.remove(); return false; }
   }
-  // The connection dropped before `done`: the turn goes on on the server; follow its events.
+  // The connection dropped before `done`: the turn goes on on the server; follow its events from
+  // the last one shown (`Last-Event-ID`), so nothing is shown twice.
   for (let attempt = 0; !finished && turnId && attempt < 5; attempt++) {
+    await new Promise((r) => setTimeout(r, 500 * attempt));
+    say("Reconnecting to the turn...");
     try {
-      say("Reconnecting to the turn...");
       const response = await fetch(new URL(`${tenantPath()}/sessions/${seg(session.id)}/turns/${seg(turnId)}/events`, root), {
         headers: headers({ "last-event-id": String(lastId), accept: "text/event-stream" }),
       });
       if (response.ok) await readEvents(response, onEvent);
-    } catch { await new Promise((r) => setTimeout(r, 1000 * (attempt + 1))); }
+      else if (response.status < 500 && ![408, 429].includes(response.status)) break;
+    } catch { /* the network again: try once more */ }
   }
+  if (!finished) say("Lost the turn's stream; the reply will show once it is stored.", true);
   refresh();
+  return true;
 }
 
 /** A session: its messages with their metadata and actions, a chat box, and its commands. */
 async function sessionView(id) {
   let session;
+  const token = view;
   try {
     session = (await api(`${tenantPath()}/sessions/${seg(id)}`)).body;
   } catch (err) {
-    return show(el("h1", {}, "Session"), el("p", {}, err.message));
+    return current(token) && show(el("h1", {}, "Session"), el("p", {}, err.message));
   }
+  if (!current(token)) return;
   const transcript = el("section", { class: "transcript", "aria-label": "Messages" });
   const messages = [];
-  const refresh = () => sessionView(id);
+  const refresh = () => { if (current(token)) sessionView(id); };
   const download = () => {
     const blob = new Blob([JSON.stringify({ session, messages }, null, 2)], { type: "application/json" });
-    const a = el("a", { href: URL.createObjectURL(blob), download: `session-${session.id}.json` });
+    const url = URL.createObjectURL(blob);
+    const a = el("a", { href: url, download: `session-${session.id}.json` });
     document.body.append(a);
     a.click();
     a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
   };
   const close = async () => {
     try { await api(`${tenantPath()}/sessions/${seg(id)}/close`, { method: "POST" }); say("Closed"); } catch (err) { say(err.message, true); }
@@ -320,10 +352,16 @@ async function sessionView(id) {
   const chat = el("form", { class: "row", onsubmit: async (e) => {
     e.preventDefault();
     const text = chat.message.value;
-    if (!text.trim()) return;
+    if (!text.trim() || chat.send.disabled) return;
     chat.message.value = "";
     chat.send.disabled = true;
-    await sendTurn(session, text, transcript, refresh);
+    const sent = await sendTurn(session, text, transcript, refresh);
+    if (sent === false) {
+      // Refused before it started (409, 413, 429, ...): the text comes back to be sent again.
+      transcript.lastChild && transcript.lastChild.remove();
+      chat.message.value = text;
+      chat.send.disabled = false;
+    }
   } },
   el("label", {}, "Message", el("textarea", { name: "message", required: true, onkeydown: (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) chat.requestSubmit();
@@ -392,11 +430,13 @@ async function searchView(q) {
 // ---- Routing ------------------------------------------------------------------------------------
 
 async function route() {
+  view += 1;
   renderNav();
   if (!auth.signedIn) return signIn();
   const hash = location.hash.replace(/^#\/?/, "");
   const [path, query] = hash.split("?");
-  const parts = path.split("/").map(decodeURIComponent);
+  let parts;
+  try { parts = path.split("/").map(decodeURIComponent); } catch { parts = []; }
   if (parts[0] === "users" && parts[1]) await userSessions(parts[1]);
   else if (parts[0] === "sessions" && parts[1]) await sessionView(parts[1]);
   else if (parts[0] === "search") await searchView(new URLSearchParams(query || "").get("q") || "");
@@ -404,5 +444,6 @@ async function route() {
   main.focus();
 }
 
-window.addEventListener("hashchange", route);
+// Only `#/...` is a page of the console (`#main` is the skip link).
+window.addEventListener("hashchange", () => { if (location.hash === "" || location.hash.startsWith("#/")) route(); });
 route();

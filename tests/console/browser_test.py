@@ -5,6 +5,7 @@ step goes to the output folder.
 
 Usage: python3 tests/console/browser_test.py BASE_URL API_KEY OUT_DIR"""
 import os
+import shutil
 import sys
 import time
 
@@ -20,12 +21,12 @@ base, key, out = sys.argv[1], sys.argv[2], sys.argv[3]
 os.makedirs(out, exist_ok=True)
 
 options = webdriver.ChromeOptions()
-options.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
 for argument in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"]:
     options.add_argument(argument)
 options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-driver = webdriver.Chrome(service=Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")), options=options)
-wait = WebDriverWait(driver, 30)
+driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
+wait = WebDriverWait(driver, 30, poll_frequency=0.05)
 
 
 def shot(name):
@@ -53,6 +54,8 @@ def no_alert():
 
 
 def send(message):
+    # The form of the page as it is now (a turn redraws it when it ends).
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "button[name=send]:not([disabled])"))
     box = wait.until(EC.element_to_be_clickable((By.NAME, "message")))
     box.clear()
     box.send_keys(message)
@@ -81,10 +84,42 @@ try:
     until_text("hello from the test")
     until_text("turn completed")
 
-    # A message, and its reply as it streams.
+    # A message, and its reply as it streams: the text grows in the live reply while the turn runs.
     send("stream please")
-    until_text("Echo: stream please")
+    wait.until(lambda d: "Echo: stream" in "".join(
+        e.text for e in d.find_elements(By.CSS_SELECTOR, "article[aria-live]")) and
+        d.find_elements(By.CSS_SELECTOR, "button[name=send][disabled]"))
+    until_text("Echo: stream please [history")
     shot("streamed")
+
+    # A connection cut after the first delta: the console picks the turn up again from its last
+    # event, and the reply shows once, whole.
+    driver.execute_script('''
+        const original = window.fetch;
+        window.__cut = true;
+        window.__resumed = 0;
+        window.fetch = async (input, init) => {
+            const url = String(input);
+            if (url.includes("/events")) window.__resumed += 1;
+            const response = await original(input, init);
+            if (!window.__cut || !url.endsWith("agent/process")) return response;
+            window.__cut = false;
+            const reader = response.body.getReader();
+            let cut = false;
+            const body = new ReadableStream({ async pull(c) {
+                if (cut) { reader.cancel(); c.close(); return; }
+                const { value, done } = await reader.read();
+                if (done) { c.close(); return; }
+                c.enqueue(value);
+                if (new TextDecoder().decode(value).includes("event: delta")) cut = true;
+            } });
+            return new Response(body, { status: response.status, headers: response.headers });
+        };''')
+    send("a reply long enough to be cut off in the middle of its stream")
+    until_text("Echo: a reply long enough to be cut off in the middle of its stream [history")
+    assert driver.execute_script("return window.__resumed") >= 1, "the turn's events were followed again"
+    assert main_text().count("Echo: a reply long enough") == 1, "the reply shows once"
+    shot("resumed")
 
     # An action that waits for approval; approving it lets the agent finish.
     send('book it\n@tool create_resource {"resourceType": "appointments", "data": {"time": "10:00"}}')
