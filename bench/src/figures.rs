@@ -526,7 +526,8 @@ pub async fn search(bin: &std::path::Path, mock: SocketAddr, report: &mut Report
         });
         writes.buffer_unordered(4).collect::<Vec<_>>().await;
     }
-    println!("| (search store: 1,000,000 messages written in {:.0} s) | | | |", started.elapsed().as_secs_f64());
+    let size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0;
+    println!("| (search store: 1,000,000 messages written in {:.0} s; {size:.0} MiB) | | | |", started.elapsed().as_secs_f64());
     let mut env = model_env(mock);
     env.push(("SQLITE_PATH", db.to_string_lossy().into_owned()));
     let s = start_server(bin, &env);
@@ -536,6 +537,7 @@ pub async fn search(bin: &std::path::Path, mock: SocketAddr, report: &mut Report
         ("a user, a rare word", "/agent/conversations/tenant-3/users/user-3/search?q=w3999"),
         ("a user, a phrase", "/agent/conversations/tenant-3/users/user-3/search?q=%22w0002%20w0003%22"),
         ("a tenant, a rare word", "/agent/conversations/tenant-3/search?q=w4321"),
+        ("a tenant, a common word, best first", "/agent/conversations/tenant-3/search?q=w0005"),
         ("a tenant, a common word, newest first", "/agent/conversations/tenant-3/search?q=w0005&order=recent"),
     ];
     let mut all = histogram();
