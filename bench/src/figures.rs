@@ -527,7 +527,10 @@ pub async fn search(bin: &std::path::Path, mock: SocketAddr, report: &mut Report
         writes.buffer_unordered(4).collect::<Vec<_>>().await;
     }
     let size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0;
-    println!("| (search store: 1,000,000 messages written in {:.0} s; {size:.0} MiB) | | | |", started.elapsed().as_secs_f64());
+    println!(
+        "| (search store: 1,000,000 messages written in {:.0} s; {size:.0} MiB) | | | |",
+        started.elapsed().as_secs_f64()
+    );
     let mut env = model_env(mock);
     env.push(("SQLITE_PATH", db.to_string_lossy().into_owned()));
     let s = start_server(bin, &env);

@@ -71,6 +71,9 @@ pub(super) fn rebuild(conn: &Connection) -> StoreResult<()> {
     .map_err(internal)
 }
 
+/// How many of the newest matches a best-first search ranks.
+const RANKED: usize = 5_000;
+
 fn hex(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
 }
@@ -79,7 +82,19 @@ fn hex(text: &str) -> String {
 /// digits, and a quote would be doubled), all required. User input never reaches FTS5's syntax.
 fn match_expression(tenant: &TenantId, q: &SearchQuery) -> String {
     let quote = |t: &str| format!("\"{}\"", t.replace('"', "\"\""));
-    let mut parts = vec![format!("scope : {}", quote(&format!("t{}", hex(tenant.as_str()))))];
+    let mut parts: Vec<String> = q
+        .terms
+        .iter()
+        .map(|t| match t {
+            Term::Word(w) => format!("content : {}", quote(w)),
+            Term::Phrase(ws) => format!("content : {}", quote(&ws.join(" "))),
+        })
+        .collect();
+    // The narrowest scope token last: FTS5 then seeks through the longer lists by its rows.
+    parts.push(format!("scope : {}", quote(&format!("t{}", hex(tenant.as_str())))));
+    if let Some(role) = q.role {
+        parts.push(format!("scope : {}", quote(&format!("r{}", role.as_str()))));
+    }
     if let Some(user) = &q.user {
         parts.push(format!(
             "scope : {}",
@@ -90,18 +105,6 @@ fn match_expression(tenant: &TenantId, q: &SearchQuery) -> String {
         parts.push(format!(
             "scope : {}",
             quote(&format!("s{}", hex(&format!("{}\n{}", tenant.as_str(), session.as_str()))))
-        ));
-    }
-    if let Some(role) = q.role {
-        parts.push(format!("scope : {}", quote(&format!("r{}", role.as_str()))));
-    }
-    for t in &q.terms {
-        parts.push(format!(
-            "content : {}",
-            match t {
-                Term::Word(w) => quote(w),
-                Term::Phrase(ws) => quote(&ws.join(" ")),
-            }
         ));
     }
     parts.join(" AND ")
@@ -133,9 +136,18 @@ pub(super) fn search(conn: &Connection, tenant: &TenantId, q: &SearchQuery) -> S
         stmt.query_map(params![expression, limit, skip, q.from, q.to], read)
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
     } else {
+        // Best first ranks the newest `RANKED` matches: bm25 is computed for every match it orders,
+        // and a common word has tens of thousands in a tenant. (Newest first needs no ranking.)
+        let window = match q.order {
+            SearchOrder::Relevance => format!(
+                "AND rowid >= coalesce((SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?1 \
+                 ORDER BY rowid DESC LIMIT 1 OFFSET {RANKED}), 0)"
+            ),
+            SearchOrder::Recent => String::new(),
+        };
         let sql = format!(
             "SELECT {columns}, f.rank FROM (SELECT rowid, bm25(messages_fts, 1.0, 0.0) AS rank FROM messages_fts \
-             WHERE messages_fts MATCH ?1 ORDER BY {inner} LIMIT ?2 OFFSET ?3) f \
+             WHERE messages_fts MATCH ?1 {window} ORDER BY {inner} LIMIT ?2 OFFSET ?3) f \
              JOIN messages m ON m.rowid = f.rowid WHERE {live} ORDER BY {outer}"
         );
         let mut stmt = conn.prepare_cached(&sql).map_err(internal)?;
