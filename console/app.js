@@ -330,6 +330,7 @@ async function sessionView(id) {
   }
   if (!current(token)) return;
   const transcript = el("section", { class: "transcript", "aria-label": "Messages" });
+  const count = el("span", { class: "muted" });
   const messages = [];
   const refresh = () => { if (current(token)) sessionView(id); };
   const download = () => {
@@ -374,6 +375,7 @@ async function sessionView(id) {
       el("span", { class: `badge ${session.isActive ? "active" : ""}` }, session.isActive ? "active" : "closed"),
       session.locationId ? el("span", { class: "muted" }, `location ${session.locationId}`) : null,
       el("span", { class: "muted" }, `updated ${when(session.updatedAt)}`),
+      count,
     ),
     el("div", { class: "row" },
       el("button", { type: "button", class: "secondary", onclick: download }, "Download JSON"),
@@ -392,6 +394,7 @@ async function sessionView(id) {
       path = page.link;
     }
     transcript.replaceChildren(...messages.map((m) => messageView(session, m, refresh)));
+    count.textContent = `${messages.length} message${messages.length === 1 ? "" : "s"}`;
   } catch (err) {
     transcript.replaceChildren(el("p", {}, err.message));
   }

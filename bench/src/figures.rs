@@ -242,6 +242,8 @@ pub async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<Pat
     // 9: context summaries; 10: search over a million messages.
     summaries(&bin, &mut report).await;
     search(&bin, mock, &mut report).await;
+    // 12, 13: streamed turns and webhooks.
+    features(&bin, mock, seconds, &mut report).await;
 
     if let Some(out) = out {
         let json = json!({"rows": report.rows, "figures": report.json});
@@ -566,4 +568,85 @@ pub async fn search(bin: &std::path::Path, mock: SocketAddr, report: &mut Report
         json_rows.push(json!({"query": name, "p50_ms": ms(0.5), "p99_ms": ms(0.99)}));
     }
     report.json.insert("search_1m".into(), json!(json_rows));
+}
+
+/// Figures 12 and 13, the costs of this wave's turn features on SQLite at concurrency 16: server CPU
+/// per turn of a streamed turn (with its resumable, persisted events) against a JSON turn, and of a
+/// JSON turn with change events delivered to a webhook against one without; and how fast events
+/// reach a local receiver.
+pub async fn features(bin: &std::path::Path, mock: SocketAddr, seconds: u64, report: &mut Report) {
+    let per_turn = |st: &crate::load::Stats| st.cpu / st.ok.max(1) as f64 * 1e6;
+    let s = start_server(bin, &model_env(mock));
+    let pid = s.child.id();
+    let json_turns = closed_loop(&s.url, Some(pid), 16, seconds, false).await;
+    let streamed = closed_loop(&s.url, Some(pid), 16, seconds, true).await;
+    drop(s);
+    let (j, st) = (per_turn(&json_turns), per_turn(&streamed));
+    report.row(
+        "12. server CPU per turn: streamed (resumable events) / JSON, SQLite, c=16",
+        format!("{st:.0} / {j:.0} µs = {:.2}x", st / j),
+        "≤ 1.3x",
+        Some(st / j <= 1.3),
+    );
+    // A receiver that acknowledges every delivery.
+    let delivered = Arc::new(AtomicU64::new(0));
+    let last = Arc::new(std::sync::Mutex::new(Instant::now()));
+    let app = {
+        let (delivered, last) = (delivered.clone(), last.clone());
+        axum::Router::new().route(
+            "/hooks",
+            axum::routing::post(move || {
+                let (delivered, last) = (delivered.clone(), last.clone());
+                async move {
+                    delivered.fetch_add(1, Ordering::Relaxed);
+                    *last.lock().unwrap() = Instant::now();
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut env = model_env(mock);
+    env.push(("WEBHOOK_URL", url));
+    env.push(("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()));
+    env.push(("WEBHOOK_ALLOW_PRIVATE", "true".into()));
+    let s = start_server(bin, &env);
+    let pid = s.child.id();
+    let started = Instant::now();
+    let hooked = closed_loop(&s.url, Some(pid), 16, seconds, false).await;
+    // Let the deliveries drain.
+    let mut seen = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = delivered.load(Ordering::Relaxed);
+        if now == seen && now > 0 {
+            break;
+        }
+        seen = now;
+    }
+    let events = delivered.load(Ordering::Relaxed);
+    let span = last.lock().unwrap().duration_since(started).as_secs_f64();
+    let w = per_turn(&hooked);
+    report.row(
+        "13. server CPU per JSON turn: webhooks on / off, SQLite, c=16",
+        format!("{w:.0} / {j:.0} µs = {:.2}x ({:.0} vs {:.0} turns/s)", w / j, hooked.rate(), json_turns.rate()),
+        "≤ 1.2x",
+        Some(w / j <= 1.2),
+    );
+    report.row(
+        "13. event delivery to a local receiver, during and after that load",
+        format!(
+            "{events} events in {span:.1} s: {:.0} events/s ({:.2} per turn)",
+            events as f64 / span,
+            events as f64 / hooked.ok.max(1) as f64
+        ),
+        "keeps up",
+        None,
+    );
+    report.json.insert(
+        "features".into(),
+        json!({"cpu_us_json": j, "cpu_us_streamed": st, "cpu_us_webhooks": w, "events": events, "events_per_s": events as f64 / span}),
+    );
 }

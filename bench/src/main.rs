@@ -65,6 +65,13 @@ enum Cmd {
         #[arg(long, default_value = "target/release/agent-server")]
         server: PathBuf,
     },
+    /// Only figures 12 and 13: what streamed turns and webhooks cost.
+    Features {
+        #[arg(long, default_value = "target/release/agent-server")]
+        server: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// Only figure 10: search over a million messages.
     Search {
         #[arg(long, default_value = "target/release/agent-server")]
@@ -92,6 +99,12 @@ async fn main() {
             let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
             println!("| figure | measured | target | |\n|---|---|---|---|");
             figures::summaries(&server, &mut report).await;
+        }
+        Cmd::Features { server, seconds } => {
+            let mock = start_mock(MockModel { ttft: Duration::ZERO, per_token: Duration::ZERO, tokens: 20 }, 0).await;
+            let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
+            println!("| figure | measured | target | |\n|---|---|---|---|");
+            figures::features(&server, mock, seconds, &mut report).await;
         }
         Cmd::Search { server } => {
             let mock = start_mock(MockModel { ttft: Duration::ZERO, per_token: Duration::ZERO, tokens: 20 }, 0).await;

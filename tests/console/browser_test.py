@@ -83,6 +83,7 @@ try:
     driver.find_elements(By.CSS_SELECTOR, "ul.list a")[0].click()
     until_text("hello from the test")
     until_text("turn completed")
+    until_text("2 messages")
 
     # A message, and its reply as it streams: the text grows in the live reply while the turn runs.
     send("stream please")
