@@ -242,8 +242,9 @@ pub async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<Pat
     // 9: context summaries; 10: search over a million messages.
     summaries(&bin, &mut report).await;
     search(&bin, mock, &mut report).await;
-    // 12, 13: streamed turns and webhooks.
+    // 12, 13: streamed turns and webhooks; 14: instructions per turn.
     features(&bin, mock, seconds, &mut report).await;
+    instructions(&bin, &mut report).await;
 
     if let Some(out) = out {
         let json = json!({"rows": report.rows, "figures": report.json});
@@ -649,4 +650,79 @@ pub async fn features(bin: &std::path::Path, mock: SocketAddr, seconds: u64, rep
         "features".into(),
         json!({"cpu_us_json": j, "cpu_us_streamed": st, "cpu_us_webhooks": w, "events": events, "events_per_s": events as f64 / span}),
     );
+}
+
+/// Runs the server under callgrind (valgrind) on SQLite with the echo provider, `turns` JSON turns
+/// of short messages, then stops it with SIGTERM; the instructions it executed.
+async fn instructions_for(bin: &std::path::Path, turns: u64) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("callgrind.out");
+    let bin = std::fs::canonicalize(bin).unwrap();
+    let mut child = Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(&bin)
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PORT", "0")
+        .env("RUST_LOG", "warn,agent_server=info")
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("valgrind runs (Debian: apt-get install valgrind)");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split_once("listening on ").map(|(_, r)| r) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
+            }
+        }
+    });
+    let url = rx.recv_timeout(Duration::from_secs(120)).expect("agent-server started under valgrind");
+    let client = reqwest::Client::new();
+    let mut session: Option<String> = None;
+    for i in 0..turns {
+        let mut body = json!({"message": format!("short message {i}")});
+        if let Some(s) = &session {
+            body["sessionId"] = json!(s);
+        }
+        let v: Value = client
+            .post(format!("{url}/agent/process"))
+            .header("x-tenant-id", "tenant-1")
+            .header("x-user-id", "user-1")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        session = v["sessionId"].as_str().map(str::to_string);
+    }
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary: ").or_else(|| l.strip_prefix("totals: ")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Figure 14: instructions per turn (callgrind; SQLite, echo provider, short messages, one session):
+/// a noise-free figure to track regressions, from two runs that differ only in their turns.
+pub async fn instructions(bin: &std::path::Path, report: &mut Report) {
+    let base = instructions_for(bin, 0).await;
+    let with = instructions_for(bin, 200).await;
+    let per_turn = with.saturating_sub(base) as f64 / 200.0;
+    report.row(
+        "14. instructions per JSON turn (callgrind; SQLite, echo, short messages)",
+        format!("{:.0} thousand", per_turn / 1000.0),
+        "tracked",
+        None,
+    );
+    report.json.insert("instructions_per_turn".into(), json!(per_turn));
 }

@@ -72,6 +72,11 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// Only figure 14: instructions per turn under callgrind (valgrind).
+    Instructions {
+        #[arg(long, default_value = "target/release/agent-server")]
+        server: PathBuf,
+    },
     /// Only figure 10: search over a million messages.
     Search {
         #[arg(long, default_value = "target/release/agent-server")]
@@ -105,6 +110,11 @@ async fn main() {
             let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
             println!("| figure | measured | target | |\n|---|---|---|---|");
             figures::features(&server, mock, seconds, &mut report).await;
+        }
+        Cmd::Instructions { server } => {
+            let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
+            println!("| figure | measured | target | |\n|---|---|---|---|");
+            figures::instructions(&server, &mut report).await;
         }
         Cmd::Search { server } => {
             let mock = start_mock(MockModel { ttft: Duration::ZERO, per_token: Duration::ZERO, tokens: 20 }, 0).await;
