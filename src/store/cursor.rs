@@ -6,6 +6,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
@@ -26,16 +27,11 @@ impl Cursor {
     }
 
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+        encode(self)
     }
 
     pub fn decode(value: &str) -> Result<Self, StoreError> {
-        let invalid = || StoreError::Invalid("cursor is not valid: use the Link header of the previous page".into());
-        if value.len() > 1024 {
-            return Err(invalid());
-        }
-        let bytes = URL_SAFE_NO_PAD.decode(value).map_err(|_| invalid())?;
-        let cursor: Cursor = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+        let cursor: Cursor = decode(value)?;
         if crate::timestamp::parse_micros(&cursor.timestamp).is_none()
             || crate::ids::MessageId::parse(cursor.id.clone()).is_err()
         {
@@ -43,6 +39,25 @@ impl Cursor {
         }
         Ok(cursor)
     }
+}
+
+/// The answer to a cursor that is not one of ours.
+pub(crate) fn invalid() -> StoreError {
+    StoreError::Invalid("cursor is not valid: use the Link header of the previous page".into())
+}
+
+/// A cursor as opaque text: its JSON, base64url.
+pub(crate) fn encode<T: Serialize>(value: &T) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// The cursor `encode` made, or `invalid` (at most 1 KB is read).
+pub(crate) fn decode<T: DeserializeOwned>(value: &str) -> Result<T, StoreError> {
+    if value.len() > 1024 {
+        return Err(invalid());
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(value).map_err(|_| invalid())?;
+    serde_json::from_slice(&bytes).map_err(|_| invalid())
 }
 
 #[cfg(test)]

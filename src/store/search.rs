@@ -3,8 +3,6 @@
 //! scan that serves search where there is no full-text index (DynamoDB). SQLite answers with its
 //! FTS5 index instead (`sqlite/search.rs`).
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
 use unicode_normalization::char::is_combining_mark;
@@ -222,16 +220,12 @@ fn is_zero(n: &usize) -> bool {
 
 impl SearchCursor {
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+        super::cursor::encode(self)
     }
 
     pub fn decode(value: &str) -> Result<Self, StoreError> {
-        let invalid = || StoreError::Invalid("cursor is not valid: use the Link header of the previous page".into());
-        if value.len() > 1024 {
-            return Err(invalid());
-        }
-        let bytes = URL_SAFE_NO_PAD.decode(value).map_err(|_| invalid())?;
-        let cursor: SearchCursor = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+        let invalid = super::cursor::invalid;
+        let cursor: SearchCursor = super::cursor::decode(value)?;
         if let Some(p) = &cursor.position {
             // The same checks as a list cursor.
             Cursor::decode(&p.encode())?;
