@@ -26,6 +26,10 @@ use mock_model::{MockModel, start_mock};
 #[derive(Parser)]
 #[command(name = "agent-bench", about = "Benchmarks agent-server against its targets")]
 struct Cli {
+    /// Pin the server to core 0 and this harness (with the mock model and the emulator it starts)
+    /// to core 1, with `taskset`, so that neither takes the other's CPU.
+    #[arg(long, global = true)]
+    pin: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -97,7 +101,17 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if cli.pin {
+        // This process (and what it starts: the mock, dynalite, the baseline) on core 1; the server
+        // on core 0 (`processes::start_server` reads `SERVER_CORE`).
+        let pid = std::process::id().to_string();
+        let pinned = std::process::Command::new("taskset").args(["-a", "-cp", "1", &pid]).output();
+        assert!(pinned.is_ok_and(|o| o.status.success()), "taskset could not pin the harness to core 1");
+        let _ = processes::SERVER_CORE.set(0);
+        println!("(pinned: the server on core 0, the harness, mock and emulator on core 1)");
+    }
+    match cli.command {
         Cmd::Run { server, seconds, bench_dir, out } => figures::run(server, seconds, bench_dir, out).await,
         Cmd::Smoke { server } => smoke::smoke(server).await,
         Cmd::Summaries { server } => {

@@ -21,12 +21,23 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// With `--pin`: the core the server runs on.
+pub static SERVER_CORE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
 /// Starts agent-server and waits for its "listening on" line.
 pub fn start_server(bin: &std::path::Path, env: &[(&str, String)]) -> Proc {
     let dir = tempfile::tempdir().unwrap();
     let bin = std::fs::canonicalize(bin)
         .unwrap_or_else(|e| panic!("{}: {e} (build it: cargo build --release)", bin.display()));
-    let mut cmd = Command::new(&bin);
+    // `--pin`: the server alone on core 0 (the harness, the mock and the emulator on core 1).
+    let mut cmd = match SERVER_CORE.get() {
+        Some(core) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(core.to_string()).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
     cmd.arg("serve")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
