@@ -14,6 +14,15 @@ const auth = {
   get key() { return sessionStorage.getItem("agent-console-key") || ""; },
   get tenant() { return sessionStorage.getItem("agent-console-tenant") || ""; },
   get signedIn() { return sessionStorage.getItem("agent-console-tenant") !== null; },
+  /** The user a JWT names (`sub`), read for display and navigation only: the server checks it. */
+  get jwtUser() {
+    const parts = this.key.split(".");
+    if (parts.length !== 3) return null;
+    try {
+      const payload = JSON.parse(atob(parts[1].replace(/-/g, "+").replace(/_/g, "/")));
+      return typeof payload.sub === "string" ? payload.sub : null;
+    } catch { return null; }
+  },
   save(key, tenant) {
     sessionStorage.setItem("agent-console-key", key);
     sessionStorage.setItem("agent-console-tenant", tenant);
@@ -172,7 +181,10 @@ async function home() {
     )));
     if (!seen.size) list.replaceChildren(el("li", { class: "muted" }, "No messages yet."));
   } catch (err) {
-    list.replaceChildren(el("li", { class: "muted" }, `Not available with this credential: ${err.message}`));
+    // A credential bound to one user (a JWT) sees that user's sessions only.
+    const user = auth.jwtUser;
+    list.replaceChildren(el("li", { class: "muted" }, `Not available with this credential: ${err.message}`,
+      user ? el("span", {}, " - ", el("a", { href: `#/users/${encodeURIComponent(user)}` }, `open your sessions (${user})`)) : null));
   }
 }
 

@@ -253,6 +253,9 @@ impl Agent {
         let status = if pending { TurnStatus::AwaitingApproval } else { TurnStatus::Completed };
         let mut agent =
             messages::agent_message(&session.user_id, follow_up.clone(), follow_up, status, &thought, started, None);
+        if let (Some(summary), Some(metadata)) = (&session.context_summary, agent.metadata.as_mut()) {
+            metadata.insert("contextSummary".into(), super::flow::summary_note(summary));
+        }
         fit_reply(tenant, session_id, &mut agent);
         let agent_message = self.store.append_messages(tenant, session_id, vec![agent]).await?.remove(0).message;
         Ok(TurnOutcome {

@@ -474,7 +474,7 @@ fn request_chars(request: &ModelRequest) -> (usize, usize) {
 }
 
 /// Which summary a turn was given: the `summary` event and the agent message's `contextSummary`.
-fn summary_note(summary: &crate::store::ContextSummary) -> serde_json::Value {
+pub(super) fn summary_note(summary: &crate::store::ContextSummary) -> serde_json::Value {
     json!({
         "createdAt": summary.created_at,
         "coversThroughMessageId": summary.covers_through_message_id,

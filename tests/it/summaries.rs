@@ -263,3 +263,28 @@ async fn the_token_trigger_summarises_and_a_streamed_turn_says_so() {
     let done = &events.last().unwrap().1;
     assert_eq!(done["agentMessage"]["metadata"]["contextSummary"], *note);
 }
+
+/// The turn that follows an approval is given the summary too, and says so in its metadata.
+#[tokio::test]
+async fn an_approvals_follow_up_is_given_the_summary() {
+    let app = axum::Router::new().fallback(|| async { axum::Json(json!({"id": "r1"})) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let s = TestServer::start(
+        "sqlite",
+        &[("API_SERVER_URL", &api), ("API_RESOURCE_TYPES", "appointments"), ("CONTEXT_SUMMARY_KEEP_MESSAGES", "2")],
+    )
+    .await;
+    let id = say(&s, FACT).await["sessionId"].as_str().unwrap().to_string();
+    say(&s, "second").await;
+    let summary = ok(summarize(&s, &id)).await["contextSummary"].clone();
+    assert!(summary.is_object());
+    let waiting = say(&s, "book it\n@tool create_resource {\"resourceType\": \"appointments\", \"data\": {}}").await;
+    let action = waiting["actions"][0]["id"].as_str().unwrap().to_string();
+    let approved =
+        ok(request(&s, "POST", &format!("/agent/conversations/acme/sessions/{id}/actions/{action}/approve"))).await;
+    let note = &approved["agentMessage"]["metadata"]["contextSummary"];
+    assert_eq!(note["createdAt"], summary["createdAt"], "{approved}");
+    assert!(approved["response"].as_str().unwrap().contains("[summary: "), "{approved}");
+}
