@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{OriginalUri, Query, State};
-use axum::http::{HeaderValue, Uri, header};
+use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -74,17 +74,7 @@ fn before(value: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
 fn paged<T: Serialize>(uri: &Uri, items: Vec<T>, next: Option<Cursor>) -> Response {
     let mut response = Json(items).into_response();
     if let Some(next) = next {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
-            if k != "cursor" {
-                query.append_pair(&k, &v);
-            }
-        }
-        query.append_pair("cursor", &next.encode());
-        let link = format!("<{}?{}>; rel=\"next\"", uri.path(), query.finish());
-        if let Ok(v) = HeaderValue::from_str(&link) {
-            response.headers_mut().insert(header::LINK, v);
-        }
+        super::link_next(&mut response, uri, "cursor", &next.encode());
     }
     response
 }

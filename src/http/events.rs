@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{OriginalUri, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -100,16 +100,7 @@ async fn list_events(
     let events: Vec<serde_json::Value> = stored.iter().filter_map(|e| serde_json::from_str(&e.body).ok()).collect();
     let mut response = Json(events).into_response();
     if let Some(next) = next {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        query.append_pair("after", &next);
-        if let Some(types) = &q.types {
-            query.append_pair("types", types);
-        }
-        query.append_pair("limit", &limit.to_string());
-        let link = format!("<{}?{}>; rel=\"next\"", uri.path(), query.finish());
-        if let Ok(v) = HeaderValue::from_str(&link) {
-            response.headers_mut().insert(header::LINK, v);
-        }
+        super::link_next(&mut response, &uri, "after", &next);
     }
     Ok(response)
 }

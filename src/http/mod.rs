@@ -239,3 +239,19 @@ async fn request_context(mut request: Request, next: Next) -> Response {
     );
     response
 }
+
+/// Adds `Link: <path?...>; rel="next"` (RFC 8288) to a response: the request's own query with
+/// `param` set to `value`, so the next page keeps every filter of this one.
+pub(crate) fn link_next(response: &mut Response, uri: &axum::http::Uri, param: &str, value: &str) {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        if k != param {
+            query.append_pair(&k, &v);
+        }
+    }
+    query.append_pair(param, value);
+    let link = format!("<{}?{}>; rel=\"next\"", uri.path(), query.finish());
+    if let Ok(v) = axum::http::HeaderValue::from_str(&link) {
+        response.headers_mut().insert(axum::http::header::LINK, v);
+    }
+}

@@ -6,7 +6,7 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{OriginalUri, Query, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -149,16 +149,7 @@ async fn run(state: &AppState, uri: &Uri, tenant: &TenantId, query: SearchQuery)
     let answer = SearchAnswer { results, partial: page.partial, backend: page.backend.to_string() };
     let mut response = (StatusCode::OK, Json(answer)).into_response();
     if let Some(next) = page.next {
-        let mut q = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
-            if k != "cursor" {
-                q.append_pair(&k, &v);
-            }
-        }
-        q.append_pair("cursor", &next.encode());
-        if let Ok(v) = HeaderValue::from_str(&format!("<{}?{}>; rel=\"next\"", uri.path(), q.finish())) {
-            response.headers_mut().insert(header::LINK, v);
-        }
+        super::link_next(&mut response, uri, "cursor", &next.encode());
     }
     Ok(response)
 }
