@@ -672,17 +672,7 @@ async fn instructions_for(bin: &std::path::Path, turns: u64) -> u64 {
         .stderr(Stdio::null())
         .spawn()
         .expect("valgrind runs (Debian: apt-get install valgrind)");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split_once("listening on ").map(|(_, r)| r) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
-            }
-        }
-    });
-    let url = rx.recv_timeout(Duration::from_secs(120)).expect("agent-server started under valgrind");
+    let url = crate::processes::listening_url(&mut child, Duration::from_secs(120));
     let client = reqwest::Client::new();
     let mut session: Option<String> = None;
     for i in 0..turns {

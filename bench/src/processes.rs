@@ -51,6 +51,12 @@ pub fn start_server(bin: &std::path::Path, env: &[(&str, String)]) -> Proc {
     }
     let mut child =
         cmd.spawn().unwrap_or_else(|e| panic!("start {}: {e} (build it: cargo build --release)", bin.display()));
+    let url = listening_url(&mut child, Duration::from_secs(30));
+    Proc { child, url, _dir: Some(dir) }
+}
+
+/// The URL of a started agent-server, from its "listening on" line (standard output, piped).
+pub fn listening_url(child: &mut Child, within: Duration) -> String {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -61,8 +67,7 @@ pub fn start_server(bin: &std::path::Path, env: &[(&str, String)]) -> Proc {
             }
         }
     });
-    let url = rx.recv_timeout(Duration::from_secs(30)).expect("agent-server started");
-    Proc { child, url, _dir: Some(dir) }
+    rx.recv_timeout(within).expect("agent-server started")
 }
 
 /// Resident set size and peak, in KiB, from /proc.
