@@ -5,7 +5,6 @@
 //! of actions, sessions and erasure, refused private targets, and the `webhooks` commands.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -106,21 +105,6 @@ async fn deliveries_are_signed_and_a_refused_attempt_comes_again_with_the_same_i
     assert!(metrics.contains("webhook_delivery_lag_seconds"));
 }
 
-/// A server on `backend` whose SQLite file is `db`.
-async fn start_at(backend: &str, db: &Path, env: &[(&str, &str)]) -> TestServer {
-    let mut env = env.to_vec();
-    env.push(("SQLITE_PATH", db.to_str().unwrap()));
-    TestServer::start(backend, &env).await
-}
-
-/// A server restarted on the same store: SQLite's file, or DynamoDB's tables.
-async fn restart(backend: &str, killed: &TestServer, db: &Path, env: &[(&str, &str)]) -> TestServer {
-    match backend {
-        "dynamodb" => TestServer::start_beside(killed, env).await,
-        _ => start_at(backend, db, env).await,
-    }
-}
-
 /// The receiver is down while turns run; the server answers them and is killed (kill -9). Once the
 /// receiver is up and the server restarted, every event of the feed arrives, and `webhooks pending`
 /// listed them while they waited.
@@ -132,7 +116,7 @@ async fn a_receiver_that_was_down_gets_every_event_after_a_kill_and_a_restart(ba
     let db = dir.path().join("agent.db");
     let mut env = webhook_env(&url, &key);
     env.push(("WEBHOOK_RETRY_SCHEDULE", "300ms"));
-    let mut first = start_at(backend, &db, &env).await;
+    let mut first = TestServer::start_on_store(backend, None, &db, &env).await;
     let one = turn(&first, "acme", "u1", "first").await;
     turn(&first, "acme", "u1", "second").await;
     turn(&first, "acme", "u2", "third").await;
@@ -161,7 +145,7 @@ async fn a_receiver_that_was_down_gets_every_event_after_a_kill_and_a_restart(ba
     assert!(pending.contains("turn.completed") && pending.contains("session.closed"), "{pending}");
 
     let receiver = Receiver::start_on(tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap(), false);
-    let second = restart(backend, &first, &db, &env).await;
+    let second = TestServer::start_on_store(backend, Some(&first), &db, &env).await;
     let events = feed_of(&second, "acme", 6).await;
     let expected: BTreeSet<String> = events.iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
     let delivered = receiver.wait_for("every event of the feed", |d| d.len() >= expected.len()).await;

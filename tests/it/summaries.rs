@@ -3,8 +3,6 @@
 //! model through the summary while every message stays readable; a failing summariser leaves the
 //! previous summary; two summarisers racing store one; export and import carry the summary.
 
-use std::path::Path;
-
 use serde_json::{Value, json};
 
 use crate::support::openai_mock::OpenAiMock;
@@ -120,25 +118,13 @@ async fn a_fact_from_the_first_message_reaches_the_model_through_the_summary(bac
     assert_eq!(compacted[0]["data"]["sessionId"], id.as_str());
 }
 
-/// A server on the same store as `other` (SQLite file `db`, or `other`'s DynamoDB tables).
-async fn beside(backend: &str, other: Option<&TestServer>, db: &Path, env: &[(&str, &str)]) -> TestServer {
-    match (backend, other) {
-        ("dynamodb", Some(other)) => TestServer::start_beside(other, env).await,
-        _ => {
-            let mut env = env.to_vec();
-            env.push(("SQLITE_PATH", db.to_str().unwrap()));
-            TestServer::start(backend, &env).await
-        }
-    }
-}
-
 async fn a_failing_summariser_leaves_the_previous_summary(backend: &str) {
     let mock = OpenAiMock::start().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("agent.db");
     let env =
         [("LLM_PROVIDER", "openai"), ("OPENAI_BASE_URL", mock.url.as_str()), ("CONTEXT_SUMMARY_KEEP_MESSAGES", "4")];
-    let a = beside(backend, None, &db, &env).await;
+    let a = TestServer::start_on_store(backend, None, &db, &env).await;
     let id = say(&a, FACT).await["sessionId"].as_str().unwrap().to_string();
     for i in 1..6 {
         say(&a, &format!("message number {i}")).await;
@@ -152,7 +138,7 @@ async fn a_failing_summariser_leaves_the_previous_summary(backend: &str) {
     }
     let mut failing_env = env.to_vec();
     failing_env.push(("CONTEXT_SUMMARY_MODEL", "failing-model"));
-    let b = beside(backend, Some(&a), &db, &failing_env).await;
+    let b = TestServer::start_on_store(backend, Some(&a), &db, &failing_env).await;
     let r = summarize(&b, &id).send().await.unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::BAD_GATEWAY);
     assert_eq!(session(&b, &id).await["contextSummary"], stored, "the previous summary stays");

@@ -42,6 +42,24 @@ impl TestServer {
         Self::start_with("dynamodb", other.tables.clone(), env).await
     }
 
+    /// A server on a store that outlives it: the SQLite file `db`, or on DynamoDB the tables of
+    /// `other` (new tables without it), for a restart or a second instance.
+    pub async fn start_on_store(
+        backend: &str,
+        other: Option<&TestServer>,
+        db: &Path,
+        env: &[(&str, &str)],
+    ) -> TestServer {
+        match (backend, other) {
+            ("dynamodb", Some(other)) => Self::start_beside(other, env).await,
+            _ => {
+                let mut env = env.to_vec();
+                env.push(("SQLITE_PATH", db.to_str().unwrap()));
+                Self::start(backend, &env).await
+            }
+        }
+    }
+
     async fn start_with(backend: &str, tables: Option<(String, String)>, env: &[(&str, &str)]) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = binary(dir.path());
