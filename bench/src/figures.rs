@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::load::{Traffic, closed_loop, histogram, mock_own_latency, one_turn, open_loop};
+use crate::load::{Mode, Traffic, closed_loop, histogram, mock_own_latency, one_turn, open_loop};
 use crate::mock_model::{MockModel, model_env, start_mock};
 use crate::processes::{Proc, create_tables, dynamo_env, free_port, rss_kib, start_dynalite, start_server};
 use crate::proxy::{phases, start_proxy};
@@ -46,7 +46,7 @@ pub async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<Pat
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (idle_rss, _) = rss_kib(pid);
     let own = mock_own_latency(mock, false, 2000).await;
-    let c1 = closed_loop(&s.url, Some(pid), 1, seconds, false).await;
+    let c1 = closed_loop(&s.url, Some(pid), 1, seconds, Mode::Json).await;
     let added = |q: f64| (c1.p(q) - own.p(0.5)).max(0.0);
     report.row(
         "1. added latency, c=1, SQLite (p50/p90/p99/p99.9)",
@@ -62,7 +62,7 @@ pub async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<Pat
 
     // 2: throughput on SQLite.
     for c in [16, 64] {
-        let st = closed_loop(&s.url, Some(pid), c, seconds, false).await;
+        let st = closed_loop(&s.url, Some(pid), c, seconds, Mode::Json).await;
         let per_cpu = st.ok as f64 / st.cpu.max(0.001);
         let (target, met) = match c {
             16 => ("p99 < 10 ms", Some(st.p(0.99) < 10_000.0)),
@@ -95,7 +95,7 @@ pub async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<Pat
 
     // 3: streaming time to first token.
     let own_stream = mock_own_latency(mock, true, 2000).await;
-    let st = closed_loop(&s.url, Some(pid), 1, seconds, true).await;
+    let st = closed_loop(&s.url, Some(pid), 1, seconds, Mode::Streamed).await;
     let ttft = |q: f64| (st.p(q) - own_stream.p(0.5)).max(0.0);
     report.row(
         "3. added time to first token, c=1 (p50/p99)",
@@ -129,7 +129,7 @@ pub async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<Pat
             let mut session: Option<String> = None;
             for t in 0..3 {
                 calls.lock().unwrap().clear();
-                let (_, sid) = one_turn(&client, &s.url, 900_000 + k, session.as_deref(), false).await.unwrap();
+                let (_, sid) = one_turn(&client, &s.url, 900_000 + k, session.as_deref(), Mode::Json).await.unwrap();
                 let log = calls.lock().unwrap().clone();
                 if t == 0 {
                     starting.push(log)
@@ -177,7 +177,7 @@ pub async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<Pat
             }
         }
         for c in [16, 64] {
-            let st = closed_loop(&s.url, Some(pid), c, seconds, false).await;
+            let st = closed_loop(&s.url, Some(pid), c, seconds, Mode::Json).await;
             let per_cpu = st.ok as f64 / st.cpu.max(0.001);
             report.row(
                 &format!("2. DynamoDB (dynalite) c={c}"),
@@ -196,6 +196,21 @@ pub async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<Pat
                 json!({"turns_per_s": st.rate(), "p99_ms": st.p(0.99) / 1000.0, "turns_per_cpu_s": per_cpu}),
             );
         }
+        // Short messages (8 to 64 bytes), where a turn's fixed costs show.
+        let st = closed_loop(&s.url, Some(pid), 16, seconds, Mode::Short).await;
+        let ours_short = st.ok as f64 / st.cpu.max(0.001);
+        report.row(
+            "2. DynamoDB (dynalite) c=16, short messages",
+            format!(
+                "{:.0} turns/s, p99 {:.2} ms, {:.0} turns per server CPU-s, {} errors",
+                st.rate(),
+                st.p(0.99) / 1000.0,
+                ours_short,
+                st.errors
+            ),
+            "≥ 1,500 turns per server CPU-s",
+            Some(ours_short >= 1500.0),
+        );
         let ours = report.json.get("dynamodb_c16").and_then(|v| v["turns_per_cpu_s"].as_f64()).unwrap_or(0.0);
         drop(s);
         // 7: the Node.js baseline on the same dynalite.
@@ -218,20 +233,22 @@ pub async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<Pat
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let st = closed_loop(&b.url, Some(b.child.id()), 16, seconds, false).await;
-            let theirs = st.ok as f64 / st.cpu.max(0.001);
-            report.row(
-                "7. Node.js/Express + AWS SDK v3 baseline, c=16",
-                format!(
-                    "{:.0} turns/s, {:.0} turns per server CPU-s, {} errors; ratio {:.1}x",
-                    st.rate(),
-                    theirs,
-                    st.errors,
-                    ours / theirs.max(0.001)
-                ),
-                "≥ 5x",
-                Some(ours / theirs.max(0.001) >= 5.0),
-            );
+            for (mode, ours, workload) in [(Mode::Json, ours, "mixed"), (Mode::Short, ours_short, "short messages")] {
+                let st = closed_loop(&b.url, Some(b.child.id()), 16, seconds, mode).await;
+                let theirs = st.ok as f64 / st.cpu.max(0.001);
+                report.row(
+                    &format!("7. Node.js/Express + AWS SDK v3 baseline, c=16, {workload}"),
+                    format!(
+                        "{:.0} turns/s, {:.0} turns per server CPU-s, {} errors; ratio {:.1}x",
+                        st.rate(),
+                        theirs,
+                        st.errors,
+                        ours / theirs.max(0.001)
+                    ),
+                    "≥ 5x",
+                    Some(ours / theirs.max(0.001) >= 5.0),
+                );
+            }
         }
     }
 
@@ -261,7 +278,7 @@ pub async fn growth(bin: &std::path::Path, mock: SocketAddr, report: &mut Report
     let mut sent = 0u64;
     for target in [10u64, 1000, 10_000] {
         while sent * 2 < target {
-            let (_, sid) = one_turn(&client, &s.url, 42, session.as_deref(), false).await.unwrap();
+            let (_, sid) = one_turn(&client, &s.url, 42, session.as_deref(), Mode::Json).await.unwrap();
             session = Some(sid);
             sent += 1;
         }
@@ -269,7 +286,7 @@ pub async fn growth(bin: &std::path::Path, mock: SocketAddr, report: &mut Report
         let mut turn = histogram();
         let mut read = histogram();
         for _ in 0..200 {
-            let (us, _) = one_turn(&client, &s.url, 42, Some(&sid), false).await.unwrap();
+            let (us, _) = one_turn(&client, &s.url, 42, Some(&sid), Mode::Json).await.unwrap();
             turn.record(us).unwrap();
             let t = Instant::now();
             let (tenant, user) = Traffic::who(42);
@@ -395,7 +412,7 @@ pub async fn streams(bin: &std::path::Path, report: &mut Report) {
     };
     let streams = futures::future::join_all((0..1000u64).map(|i| {
         let (client, url) = (client.clone(), s.url.clone());
-        async move { one_turn(&client, &url, i * 13, None, true).await }
+        async move { one_turn(&client, &url, i * 13, None, Mode::Streamed).await }
     }))
     .await;
     sampling.abort();
@@ -442,7 +459,7 @@ pub async fn summaries(bin: &std::path::Path, report: &mut Report) {
         let mut session: Option<String> = None;
         let turns = 300u64;
         for _ in 0..turns {
-            let (us, sid) = one_turn(&client, &s.url, 7, session.as_deref(), false).await.unwrap();
+            let (us, sid) = one_turn(&client, &s.url, 7, session.as_deref(), Mode::Json).await.unwrap();
             session = Some(sid);
             latency.record(us).unwrap();
         }
@@ -579,8 +596,8 @@ pub async fn features(bin: &std::path::Path, mock: SocketAddr, seconds: u64, rep
     let per_turn = |st: &crate::load::Stats| st.cpu / st.ok.max(1) as f64 * 1e6;
     let s = start_server(bin, &model_env(mock));
     let pid = s.child.id();
-    let json_turns = closed_loop(&s.url, Some(pid), 16, seconds, false).await;
-    let streamed = closed_loop(&s.url, Some(pid), 16, seconds, true).await;
+    let json_turns = closed_loop(&s.url, Some(pid), 16, seconds, Mode::Json).await;
+    let streamed = closed_loop(&s.url, Some(pid), 16, seconds, Mode::Streamed).await;
     drop(s);
     let (j, st) = (per_turn(&json_turns), per_turn(&streamed));
     report.row(
@@ -616,7 +633,7 @@ pub async fn features(bin: &std::path::Path, mock: SocketAddr, seconds: u64, rep
     let s = start_server(bin, &env);
     let pid = s.child.id();
     let started = Instant::now();
-    let hooked = closed_loop(&s.url, Some(pid), 16, seconds, false).await;
+    let hooked = closed_loop(&s.url, Some(pid), 16, seconds, Mode::Json).await;
     // Let the deliveries drain.
     let mut seen = 0;
     for _ in 0..100 {

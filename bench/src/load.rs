@@ -35,14 +35,27 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).unwrap()
 }
 
+/// What the load sends: JSON turns of the mixed workload, the same streamed, or JSON turns of short
+/// messages only (8 to 64 bytes, where a turn's fixed costs show).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Json,
+    Streamed,
+    Short,
+}
+
 /// Realistic traffic: tenants, users, sessions of several turns, messages of a few bytes to a few KB.
 pub struct Traffic;
 
 impl Traffic {
     pub fn message(n: u64) -> String {
-        let len = match n % 10 {
-            0..=5 => 8 + (n % 120) as usize,
-            6..=8 => 200 + (n % 800) as usize,
+        Self::message_for(Mode::Json, n)
+    }
+    pub fn message_for(mode: Mode, n: u64) -> String {
+        let len = match (mode, n % 10) {
+            (Mode::Short, _) => 8 + (n % 57) as usize,
+            (_, 0..=5) => 8 + (n % 120) as usize,
+            (_, 6..=8) => 200 + (n % 800) as usize,
             _ => 1000 + (n % 3000) as usize,
         };
         "hello agent ".repeat(len / 12 + 1)[..len].to_string()
@@ -58,10 +71,11 @@ pub async fn one_turn(
     url: &str,
     n: u64,
     session: Option<&str>,
-    stream: bool,
+    mode: Mode,
 ) -> Result<(u64, String), String> {
+    let stream = mode == Mode::Streamed;
     let (tenant, user) = Traffic::who(n);
-    let mut body = json!({"message": Traffic::message(n)});
+    let mut body = json!({"message": Traffic::message_for(mode, n)});
     if let Some(s) = session {
         body["sessionId"] = json!(s);
     }
@@ -102,7 +116,7 @@ pub async fn one_turn(
 }
 
 /// Fixed concurrency for a duration; each worker runs sessions of 5 turns.
-pub async fn closed_loop(url: &str, pid: Option<u32>, concurrency: usize, seconds: u64, stream: bool) -> Stats {
+pub async fn closed_loop(url: &str, pid: Option<u32>, concurrency: usize, seconds: u64, mode: Mode) -> Stats {
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
     let counter = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new(histogram()));
@@ -121,7 +135,7 @@ pub async fn closed_loop(url: &str, pid: Option<u32>, concurrency: usize, second
             // Each session belongs to one (tenant, user) and lasts five turns.
             let mut n = counter.fetch_add(1, Ordering::Relaxed);
             while Instant::now() < deadline {
-                match one_turn(&client, &url, n, session.as_deref(), stream).await {
+                match one_turn(&client, &url, n, session.as_deref(), mode).await {
                     Ok((us, sid)) => {
                         let _ = local.record(us.max(1));
                         turn_in_session += 1;
@@ -167,7 +181,7 @@ pub async fn open_loop(url: &str, rate: f64, seconds: u64) -> Stats {
         tokio::time::sleep_until(due.into()).await;
         let (client, url) = (client.clone(), url.to_string());
         tasks.push(tokio::spawn(async move {
-            let r = one_turn(&client, &url, i * 7919, None, false).await;
+            let r = one_turn(&client, &url, i * 7919, None, Mode::Json).await;
             r.map(|_| due.elapsed().as_micros() as u64)
         }));
     }

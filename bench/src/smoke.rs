@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::load::{closed_loop, open_loop};
+use crate::load::{Mode, closed_loop, open_loop};
 use crate::mock_model::{MockModel, model_env, start_mock};
 use crate::processes::{rss_kib, start_server};
 
@@ -12,8 +12,8 @@ pub async fn smoke(bin: PathBuf) {
     let mock = start_mock(MockModel { ttft: Duration::ZERO, per_token: Duration::ZERO, tokens: 10 }, 0).await;
     let s = start_server(&bin, &model_env(mock));
     let pid = s.child.id();
-    let st = closed_loop(&s.url, Some(pid), 4, 2, false).await;
-    let streamed = closed_loop(&s.url, Some(pid), 2, 1, true).await;
+    let st = closed_loop(&s.url, Some(pid), 4, 2, Mode::Json).await;
+    let streamed = closed_loop(&s.url, Some(pid), 2, 1, Mode::Streamed).await;
     let open = open_loop(&s.url, 100.0, 1).await;
     let (rss, _) = rss_kib(pid);
     println!(

@@ -8,6 +8,7 @@
 //! survives the process being killed (only a power loss can roll back the newest commits).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -20,7 +21,7 @@ mod search;
 mod turns;
 
 use rows::*;
-use schema::{migrate, open, spawn_checkpointer};
+use schema::{migrate, open, spawn_maintenance};
 
 use super::{
     Action, ActionStatus, Appended, ContextSummary, ConversationStore, Deleted, Delivery, DeliveryStep, Message,
@@ -43,6 +44,8 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Set after a commit that left the WAL past its bound, for the background thread.
+    wal_full: AtomicBool,
 }
 
 fn internal(e: impl std::fmt::Display) -> StoreError {
@@ -61,15 +64,17 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot create SQLite database {}: {e}", path.display())))?;
         let mut writer = open(&path)?;
         migrate(&mut writer, &path)?;
-        // Checkpoints (which fsync) run on a thread of their own, so they rarely add milliseconds to a
-        // request. Under sustained writes a background checkpoint never sees the whole WAL (new frames
-        // keep arriving), so the writer still checkpoints past 4,000 pages (16 MB), by then a small
-        // remainder, which lets the WAL start over; the file is cut back to 64 MB afterwards.
-        writer
-            .execute_batch("PRAGMA wal_autocheckpoint=4000; PRAGMA journal_size_limit=67108864;")
-            .map_err(internal)?;
-        let inner = Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) });
-        spawn_checkpointer(Arc::downgrade(&inner))?;
+        // No checkpoint runs inside a writer's commit: checkpoints (which fsync) run on the store's
+        // background thread, which also keeps the WAL bounded (see `schema::spawn_maintenance`); the
+        // file is cut back to 64 MB after it starts over.
+        writer.execute_batch("PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit=67108864;").map_err(internal)?;
+        let inner = Arc::new(Inner {
+            path,
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            wal_full: AtomicBool::new(false),
+        });
+        spawn_maintenance(&inner)?;
         Ok(Self { inner, retention: Retention::default() })
     }
 
@@ -630,6 +635,15 @@ impl ConversationStore for SqliteStore {
         query: &crate::store::search::SearchQuery,
     ) -> StoreResult<crate::store::search::SearchPage> {
         let (tenant, query) = (tenant.clone(), query.clone());
+        // A search sees every message stored before it: what the background thread has not indexed
+        // yet is indexed first.
+        if self.read("search_pending", search::has_pending).await? {
+            self.write("search_index", |c| {
+                while search::index_pending(c, 1000)? > 0 {}
+                Ok(())
+            })
+            .await?;
+        }
         self.read("search", move |c| search::search(c, &tenant, &query)).await
     }
 }

@@ -8,7 +8,7 @@ use super::{Inner, internal};
 use crate::store::{StoreError, StoreResult};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// Version 1: sessions and messages with their indexes.
 const SCHEMA_V1: &str = "
@@ -109,6 +109,11 @@ pub(super) fn open(path: &Path) -> StoreResult<Connection> {
 }
 
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
+    migrate_to(conn, path, SCHEMA_VERSION)
+}
+
+/// Migrates up to `target` (the tests build older versions' databases with it).
+pub(super) fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> StoreResult<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(internal)?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::Unavailable(format!(
@@ -117,44 +122,100 @@ pub(super) fn migrate(conn: &mut Connection, path: &Path) -> StoreResult<()> {
         )));
     }
     let tx = conn.transaction().map_err(internal)?;
-    if version < 1 {
+    if version < 1 && 1 <= target {
         tx.execute_batch(SCHEMA_V1).map_err(internal)?;
     }
-    if version < 2 {
+    if version < 2 && 2 <= target {
         tx.execute_batch(SCHEMA_V2).map_err(internal)?;
     }
-    if version < 3 {
+    if version < 3 && 3 <= target {
         tx.execute_batch(SCHEMA_V3).map_err(internal)?;
     }
-    if version < 4 {
+    if version < 4 && 4 <= target {
         tx.execute_batch(SCHEMA_V4).map_err(internal)?;
     }
-    if version < 5 {
+    if version < 5 && 5 <= target {
         tx.execute_batch(SCHEMA_V5).map_err(internal)?;
     }
     // Version 6: the full-text search index of the messages, built from those already stored.
-    if version < 6 {
+    if version < 6 && 6 <= target {
         tx.execute_batch(super::search::SCHEMA).map_err(internal)?;
     }
-    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}")).map_err(internal)?;
+    // Version 7: new messages are indexed in batches, outside their transactions.
+    if version < 7 && 7 <= target {
+        tx.execute_batch(super::search::SCHEMA_V7).map_err(internal)?;
+    }
+    tx.execute_batch(&format!("PRAGMA user_version = {}", target.max(version))).map_err(internal)?;
     tx.commit().map_err(internal)
 }
 
-/// Checkpoints the WAL into the database every second (PASSIVE: it never blocks readers or the
-/// writer), until the store is dropped.
-pub(super) fn spawn_checkpointer(inner: std::sync::Weak<Inner>) -> StoreResult<()> {
-    let path = inner.upgrade().map(|i| i.path.clone()).unwrap_or_default();
-    let conn = open(&path)?;
-    std::thread::Builder::new()
-        .name("sqlite-checkpoint".into())
+/// WAL frames (4 KB pages) past which a checkpoint makes the WAL start over: 16 MB.
+const WAL_BOUND_PAGES: i64 = 4000;
+
+/// Copies the WAL into the database without blocking anyone (PASSIVE). Under sustained writes a
+/// passive checkpoint never catches up with the newest frames, so the WAL would only grow; past
+/// `WAL_BOUND_PAGES` (or at once when a commit said so: `wal_full`) a RESTART checkpoint waits for the current writer and readers to finish (new
+/// writers wait for it, for the few frames left), so the next write starts the WAL over.
+fn checkpoint(conn: &Connection, wal_full: bool) -> rusqlite::Result<()> {
+    let frames: i64 = match wal_full {
+        true => WAL_BOUND_PAGES,
+        false => conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?,
+    };
+    if frames >= WAL_BOUND_PAGES {
+        conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
+    }
+    Ok(())
+}
+
+/// The store's background thread, until the store is dropped: every 200 ms it indexes the new
+/// messages for search (in batches, taking the write lock for each), and every second it
+/// checkpoints the WAL into the database (`checkpoint`), at once when a commit leaves the WAL past
+/// its bound (the writer's WAL hook wakes it: no checkpoint runs inside a commit).
+pub(super) fn spawn_maintenance(store: &std::sync::Arc<Inner>) -> StoreResult<()> {
+    use std::sync::atomic::Ordering;
+    let conn = open(&store.path)?;
+    let inner = std::sync::Arc::downgrade(store);
+    let thread = std::thread::Builder::new()
+        .name("sqlite-maintenance".into())
         .spawn(move || {
-            while inner.upgrade().is_some() {
-                std::thread::sleep(std::time::Duration::from_secs(1));
-                if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
-                    tracing::warn!(error = %e, "SQLite checkpoint failed");
+            let mut last_checkpoint = std::time::Instant::now();
+            loop {
+                std::thread::park_timeout(std::time::Duration::from_millis(200));
+                let Some(store) = inner.upgrade() else { break };
+                let wal_full = store.wal_full.swap(false, Ordering::Relaxed);
+                if wal_full || last_checkpoint.elapsed() >= std::time::Duration::from_secs(1) {
+                    last_checkpoint = std::time::Instant::now();
+                    if let Err(e) = checkpoint(&conn, wal_full) {
+                        tracing::warn!(error = %e, "SQLite checkpoint failed");
+                    }
+                }
+                loop {
+                    let mut writer = store.writer.lock().unwrap_or_else(|p| p.into_inner());
+                    match super::search::index_pending(&mut writer, super::search::BATCH) {
+                        Ok(n) if n == super::search::BATCH => continue,
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "SQLite search indexing failed");
+                            break;
+                        }
+                    }
                 }
             }
         })
-        .map_err(internal)?;
-    Ok(())
+        .map_err(internal)?
+        .thread()
+        .clone();
+    let weak = std::sync::Arc::downgrade(store);
+    let mut writer = store.writer.lock().unwrap_or_else(|p| p.into_inner());
+    writer
+        .wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
+            if i64::from(pages) >= WAL_BOUND_PAGES
+                && let Some(store) = weak.upgrade()
+                && !store.wal_full.swap(true, Ordering::Relaxed)
+            {
+                thread.unpark();
+            }
+            Ok(())
+        }))
+        .map_err(internal)
 }

@@ -38,32 +38,36 @@ pub(super) fn get(conn: &Connection, tenant: &TenantId, id: &MessageId) -> Store
     Ok(Some(turn))
 }
 
-pub(super) fn save(
-    conn: &mut Connection,
-    turn: &TurnRecord,
-    new: &[TurnEvent],
-    from: &[TurnStatus],
-) -> StoreResult<bool> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(internal)?;
-    let Some(stored) = get(&tx, &turn.tenant_id, &turn.turn_id)? else { return Ok(false) };
-    if !from.contains(&stored.status) {
-        return Ok(false);
-    }
-    let mut events = stored.events;
-    events.extend(new.iter().cloned());
-    tx.execute(
-        "UPDATE turns SET status = ?2, record = ?3, events = ?4, session_id = ?5 WHERE id = ?1",
-        params![
-            turn.turn_id.as_str(),
-            turn.status.as_str(),
-            turn.to_json(),
-            serde_json::to_string(&events).map_err(internal)?,
-            turn.session_id.as_str()
-        ],
-    )
-    .map_err(internal)?;
-    tx.commit().map_err(internal)?;
-    Ok(true)
+/// Saves a record whose stored status is one of `from`, appending `new` to its events, in one
+/// statement: the stored events are neither read nor parsed (a turn's last save carries its whole
+/// answer), the new ones are spliced onto the stored JSON array.
+pub(super) fn save(conn: &Connection, turn: &TurnRecord, new: &[TurnEvent], from: &[TurnStatus]) -> StoreResult<bool> {
+    let statuses: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+    let new = match new {
+        [] => None,
+        _ => Some(serde_json::to_string(new).map_err(internal)?),
+    };
+    let n = conn
+        .prepare_cached(
+            "UPDATE turns SET status = ?3, record = ?4, session_id = ?5, events = CASE \
+                 WHEN ?6 IS NULL THEN events \
+                 WHEN events = '[]' THEN ?6 \
+                 ELSE substr(events, 1, length(events) - 1) || ',' || substr(?6, 2) END \
+             WHERE id = ?1 AND tenant_id = ?2 AND status IN (SELECT value FROM json_each(?7))",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                turn.turn_id.as_str(),
+                turn.tenant_id.as_str(),
+                turn.status.as_str(),
+                turn.to_json(),
+                turn.session_id.as_str(),
+                new,
+                serde_json::to_string(&statuses).unwrap_or_default(),
+            ])
+        })
+        .map_err(internal)?;
+    Ok(n == 1)
 }
 
 pub(super) fn delete(
