@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use super::endpoints::Endpoint;
 use super::signature::signature;
@@ -22,7 +22,7 @@ use crate::store::{ConversationStore, Delivery, DeliveryStep};
 /// How long one attempt may take.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a claim lasts: past it, another deliverer may try the event again.
-const LEASE_MS: i64 = 30_000;
+pub(super) const LEASE_MS: i64 = 30_000;
 /// How long delivery is tried.
 const GIVE_UP_AFTER_MS: i64 = 24 * 3600 * 1000;
 /// How often the outbox is read when nothing wakes the deliverer.
@@ -187,6 +187,8 @@ pub struct Deliverer {
     allow_private: bool,
     /// Names this deliverer's claims.
     owner: String,
+    /// Deliveries recorded in this process, already claimed for this deliverer.
+    handoff: tokio::sync::Mutex<mpsc::UnboundedReceiver<Delivery>>,
 }
 
 impl Deliverer {
@@ -196,6 +198,8 @@ impl Deliverer {
         schedule: Vec<Duration>,
         wake: Arc<Notify>,
         allow_private: bool,
+        owner: String,
+        handoff: mpsc::UnboundedReceiver<Delivery>,
     ) -> Self {
         Deliverer {
             store,
@@ -204,22 +208,36 @@ impl Deliverer {
             wake,
             client: client(allow_private),
             allow_private,
-            owner: uuid::Uuid::new_v4().simple().to_string(),
+            owner,
+            handoff: tokio::sync::Mutex::new(handoff),
         }
     }
 
-    /// Runs until the process ends: a round whenever an event is recorded here, and every second.
+    /// Runs until the process ends: sends what this process records as it is handed over, and
+    /// reads the outbox (deliveries due again, or left by another instance) every second and
+    /// whenever woken.
     pub async fn run(self) {
-        loop {
-            let claimed = self.round().await;
-            if claimed == BATCH {
-                continue;
+        let handed = async {
+            let mut handoff = self.handoff.lock().await;
+            let mut batch = Vec::with_capacity(BATCH);
+            while handoff.recv_many(&mut batch, BATCH).await > 0 {
+                let claimed = std::mem::take(&mut batch);
+                futures::stream::iter(claimed).for_each_concurrent(CONCURRENCY, |d| self.send_claimed(d)).await;
             }
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(POLL) => {}
+        };
+        let polled = async {
+            loop {
+                let claimed = self.round().await;
+                if claimed == BATCH {
+                    continue;
+                }
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                }
             }
-        }
+        };
+        tokio::join!(handed, polled);
     }
 
     /// One round: the due deliveries, sent at once; how many were read.
@@ -246,13 +264,15 @@ impl Deliverer {
     async fn deliver(&self, d: Delivery) {
         let now = now_ms();
         match self.store.claim_delivery(&d, &self.owner, now, now + LEASE_MS).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, event = %d.event_id, "claiming a webhook delivery failed");
-                return;
-            }
+            Ok(true) => self.send_claimed(d).await,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, event = %d.event_id, "claiming a webhook delivery failed"),
         }
+    }
+
+    /// Sends a delivery this deliverer holds the claim of, and records what became of it.
+    async fn send_claimed(&self, d: Delivery) {
+        let now = now_ms();
         let Some(endpoint) = self.endpoints.iter().find(|e| e.id == d.endpoint) else {
             // Owed to an endpoint only another instance has (a rolling deploy), or one removed since:
             // left for a minute, for an instance that has it, and given up after a day.

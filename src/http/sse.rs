@@ -6,11 +6,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::body::Bytes;
 use futures::{Stream, StreamExt};
-
-use axum::http::StatusCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ApiError;
@@ -50,14 +49,17 @@ impl Drop for DisconnectGuard {
     }
 }
 
-fn sse_event(event: TurnEvent, request_id: &str) -> Event {
+/// Appends one event in SSE framing. Its data is compact JSON (no raw line breaks), its name one of
+/// the turn's event names.
+fn write_event(out: &mut String, event: TurnEvent, request_id: &str) {
+    use std::fmt::Write;
     let mut data = event.data;
     if event.event == "error" {
         if let Some(error) = data.get_mut("error").and_then(|e| e.as_object_mut()) {
             error.insert("requestId".into(), serde_json::json!(request_id));
         }
     }
-    Event::default().id(event.id.to_string()).event(event.event).data(data.to_string())
+    let _ = write!(out, "id: {}\nevent: {}\ndata: {data}\n\n", event.id, event.event);
 }
 
 /// A slot for one more open stream, or 503 when `MAX_CONCURRENT_STREAMS` are open.
@@ -72,19 +74,44 @@ pub fn slot(streams: &Arc<Semaphore>) -> Result<OwnedSemaphorePermit, ApiError> 
     })
 }
 
-/// The SSE response for a stream of turn events; it holds its stream slot until it ends.
+/// Events sent in one write at most: those ready together (a model's burst of tokens, a resumed
+/// turn's backlog) go out as one chunk instead of a write and a wake-up each.
+const MAX_BATCH: usize = 64;
+
+/// The SSE response for a stream of turn events; it holds its stream slot until it ends. The first
+/// chunk starts with the `retry:` hint; a comment goes out after `KEEP_ALIVE` without events.
 pub fn respond(
     events: impl Stream<Item = TurnEvent> + Send + 'static,
     request_id: String,
     guard: DisconnectGuard,
     slot: Option<OwnedSemaphorePermit>,
 ) -> Response {
-    let open = (crate::telemetry::ActiveStream::open(), slot);
-    let hint =
-        futures::stream::once(async { Ok::<_, Infallible>(Event::default().retry(RETRY).comment("turn events")) });
-    let events = events.map(move |event| {
-        let _held = (&open, &guard);
-        Ok::<_, Infallible>(sse_event(event, &request_id))
+    let open = (crate::telemetry::ActiveStream::open(), slot, guard);
+    let start = tokio::time::Instant::now() + KEEP_ALIVE;
+    let state = (Box::pin(events.ready_chunks(MAX_BATCH)), tokio::time::interval_at(start, KEEP_ALIVE), true);
+    let body = futures::stream::unfold(state, move |(mut events, mut quiet, first)| {
+        let request_id = request_id.clone();
+        let _held = &open;
+        async move {
+            let mut out = match first {
+                true => format!("retry: {}\n: turn events\n\n", RETRY.as_millis()),
+                false => String::new(),
+            };
+            tokio::select! {
+                batch = events.next() => {
+                    for event in batch? {
+                        write_event(&mut out, event, &request_id);
+                    }
+                    quiet.reset();
+                }
+                _ = quiet.tick() => out.push_str(":\n\n"),
+            }
+            Some((Ok::<_, Infallible>(Bytes::from(out)), (events, quiet, false)))
+        }
     });
-    Sse::new(hint.chain(events)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
 }
