@@ -261,7 +261,7 @@ pub async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<Pat
     search(&bin, mock, &mut report).await;
     // 12, 13: streamed turns and webhooks; 14: instructions per turn.
     features(&bin, mock, seconds, &mut report).await;
-    instructions(&bin, &mut report).await;
+    instructions(&bin, mock, &mut report).await;
 
     if let Some(out) = out {
         let json = json!({"rows": report.rows, "figures": report.json});
@@ -588,6 +588,61 @@ pub async fn search(bin: &std::path::Path, mock: SocketAddr, report: &mut Report
     report.json.insert("search_1m".into(), json!(json_rows));
 }
 
+/// A local webhook receiver that acknowledges every delivery and counts them.
+struct Receiver {
+    url: String,
+    delivered: Arc<AtomicU64>,
+    last: Arc<std::sync::Mutex<Instant>>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let delivered = Arc::new(AtomicU64::new(0));
+        let last = Arc::new(std::sync::Mutex::new(Instant::now()));
+        let app = {
+            let (delivered, last) = (delivered.clone(), last.clone());
+            axum::Router::new().route(
+                "/hooks",
+                axum::routing::post(move || {
+                    let (delivered, last) = (delivered.clone(), last.clone());
+                    async move {
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                        *last.lock().unwrap() = Instant::now();
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                }),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver { url, delivered, last }
+    }
+
+    /// The server's configuration for one webhook to this receiver.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("WEBHOOK_URL", self.url.clone()),
+            ("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+            ("WEBHOOK_ALLOW_PRIVATE", "true".into()),
+        ]
+    }
+
+    /// Waits until deliveries stop arriving; how many arrived.
+    async fn drained(&self) -> u64 {
+        let mut seen = 0;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = self.delivered.load(Ordering::Relaxed);
+            if now == seen && now > 0 {
+                break;
+            }
+            seen = now;
+        }
+        self.delivered.load(Ordering::Relaxed)
+    }
+}
+
 /// Figures 12 and 13, the costs of this wave's turn features on SQLite at concurrency 16: server CPU
 /// per turn of a streamed turn (with its resumable, persisted events) against a JSON turn, and of a
 /// JSON turn with change events delivered to a webhook against one without; and how fast events
@@ -606,45 +661,15 @@ pub async fn features(bin: &std::path::Path, mock: SocketAddr, seconds: u64, rep
         "≤ 1.3x",
         Some(st / j <= 1.3),
     );
-    // A receiver that acknowledges every delivery.
-    let delivered = Arc::new(AtomicU64::new(0));
-    let last = Arc::new(std::sync::Mutex::new(Instant::now()));
-    let app = {
-        let (delivered, last) = (delivered.clone(), last.clone());
-        axum::Router::new().route(
-            "/hooks",
-            axum::routing::post(move || {
-                let (delivered, last) = (delivered.clone(), last.clone());
-                async move {
-                    delivered.fetch_add(1, Ordering::Relaxed);
-                    *last.lock().unwrap() = Instant::now();
-                    axum::http::StatusCode::NO_CONTENT
-                }
-            }),
-        )
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let receiver = Receiver::start().await;
+    let last = receiver.last.clone();
     let mut env = model_env(mock);
-    env.push(("WEBHOOK_URL", url));
-    env.push(("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()));
-    env.push(("WEBHOOK_ALLOW_PRIVATE", "true".into()));
+    env.extend(receiver.env());
     let s = start_server(bin, &env);
     let pid = s.child.id();
     let started = Instant::now();
     let hooked = closed_loop(&s.url, Some(pid), 16, seconds, Mode::Json).await;
-    // Let the deliveries drain.
-    let mut seen = 0;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = delivered.load(Ordering::Relaxed);
-        if now == seen && now > 0 {
-            break;
-        }
-        seen = now;
-    }
-    let events = delivered.load(Ordering::Relaxed);
+    let events = receiver.drained().await;
     let span = last.lock().unwrap().duration_since(started).as_secs_f64();
     let w = per_turn(&hooked);
     report.row(
@@ -669,9 +694,16 @@ pub async fn features(bin: &std::path::Path, mock: SocketAddr, seconds: u64, rep
     );
 }
 
-/// Runs the server under callgrind (valgrind) on SQLite with the echo provider, `turns` JSON turns
-/// of short messages, then stops it with SIGTERM; the instructions it executed.
-async fn instructions_for(bin: &std::path::Path, turns: u64) -> u64 {
+/// Runs the server under callgrind (valgrind) on SQLite with `env` (the echo provider when it names
+/// none), `turns` turns of short messages in one session, then stops it with SIGTERM; the
+/// instructions it executed. With a `receiver`, waits for its deliveries first.
+async fn instructions_for(
+    bin: &std::path::Path,
+    turns: u64,
+    env: &[(&str, String)],
+    mode: Mode,
+    receiver: Option<&Receiver>,
+) -> u64 {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("callgrind.out");
     let bin = std::fs::canonicalize(bin).unwrap();
@@ -684,6 +716,7 @@ async fn instructions_for(bin: &std::path::Path, turns: u64) -> u64 {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("PORT", "0")
         .env("RUST_LOG", "warn,agent_server=info")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -693,11 +726,11 @@ async fn instructions_for(bin: &std::path::Path, turns: u64) -> u64 {
     let client = reqwest::Client::new();
     let mut session: Option<String> = None;
     for i in 0..turns {
-        let mut body = json!({"message": format!("short message {i}")});
+        let mut body = json!({"message": format!("short message {i}"), "stream": mode == Mode::Streamed});
         if let Some(s) = &session {
             body["sessionId"] = json!(s);
         }
-        let v: Value = client
+        let text = client
             .post(format!("{url}/agent/process"))
             .header("x-tenant-id", "tenant-1")
             .header("x-user-id", "user-1")
@@ -705,10 +738,13 @@ async fn instructions_for(bin: &std::path::Path, turns: u64) -> u64 {
             .send()
             .await
             .unwrap()
-            .json()
+            .text()
             .await
             .unwrap();
-        session = v["sessionId"].as_str().map(str::to_string);
+        session = text.split("\"sessionId\":\"").nth(1).and_then(|s| s.split('"').next()).map(str::to_string);
+    }
+    if let Some(receiver) = receiver {
+        receiver.drained().await;
     }
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
@@ -721,15 +757,42 @@ async fn instructions_for(bin: &std::path::Path, turns: u64) -> u64 {
 
 /// Figure 14: instructions per turn (callgrind; SQLite, echo provider, short messages, one session):
 /// a noise-free figure to track regressions, from two runs that differ only in their turns.
-pub async fn instructions(bin: &std::path::Path, report: &mut Report) {
-    let base = instructions_for(bin, 0).await;
-    let with = instructions_for(bin, 200).await;
-    let per_turn = with.saturating_sub(base) as f64 / 200.0;
+pub async fn instructions(bin: &std::path::Path, mock: SocketAddr, report: &mut Report) {
+    const TURNS: u64 = 200;
+    let per_turn = |base: u64, with: u64| with.saturating_sub(base) as f64 / TURNS as f64;
+    let base = instructions_for(bin, 0, &[], Mode::Json, None).await;
+    let echo = per_turn(base, instructions_for(bin, TURNS, &[], Mode::Json, None).await);
     report.row(
         "14. instructions per JSON turn (callgrind; SQLite, echo, short messages)",
-        format!("{:.0} thousand", per_turn / 1000.0),
+        format!("{:.0} thousand", echo / 1000.0),
         "tracked",
         None,
     );
-    report.json.insert("instructions_per_turn".into(), json!(per_turn));
+    // The same with the mock model (20 tokens), for the new features' costs without timing noise.
+    let model = model_env(mock);
+    let base = instructions_for(bin, 0, &model, Mode::Json, None).await;
+    let json_turn = per_turn(base, instructions_for(bin, TURNS, &model, Mode::Json, None).await);
+    let streamed = per_turn(base, instructions_for(bin, TURNS, &model, Mode::Streamed, None).await);
+    let receiver = Receiver::start().await;
+    let mut hooked_env = model.clone();
+    hooked_env.extend(receiver.env());
+    let hooked_base = instructions_for(bin, 0, &hooked_env, Mode::Json, None).await;
+    let hooked = per_turn(hooked_base, instructions_for(bin, TURNS, &hooked_env, Mode::Json, Some(&receiver)).await);
+    report.row(
+        "14. instructions per turn, mock model (20 tokens): JSON / streamed / JSON with a webhook",
+        format!(
+            "{:.0} / {:.0} / {:.0} thousand: streamed {:.2}x, webhook {:.2}x",
+            json_turn / 1000.0,
+            streamed / 1000.0,
+            hooked / 1000.0,
+            streamed / json_turn,
+            hooked / json_turn
+        ),
+        "≤ 1.3x, ≤ 1.2x",
+        Some(streamed / json_turn <= 1.3 && hooked / json_turn <= 1.2),
+    );
+    report.json.insert(
+        "instructions".into(),
+        json!({"echo_json": echo, "json": json_turn, "streamed": streamed, "webhook": hooked}),
+    );
 }

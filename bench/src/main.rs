@@ -126,9 +126,10 @@ async fn main() {
             figures::features(&server, mock, seconds, &mut report).await;
         }
         Cmd::Instructions { server } => {
+            let mock = start_mock(MockModel { ttft: Duration::ZERO, per_token: Duration::ZERO, tokens: 20 }, 0).await;
             let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
             println!("| figure | measured | target | |\n|---|---|---|---|");
-            figures::instructions(&server, &mut report).await;
+            figures::instructions(&server, mock, &mut report).await;
         }
         Cmd::Search { server } => {
             let mock = start_mock(MockModel { ttft: Duration::ZERO, per_token: Duration::ZERO, tokens: 20 }, 0).await;

@@ -217,12 +217,21 @@ impl Deliverer {
     /// reads the outbox (deliveries due again, or left by another instance) every second and
     /// whenever woken.
     pub async fn run(self) {
+        let this = &self;
         let handed = async {
             let mut handoff = self.handoff.lock().await;
             let mut batch = Vec::with_capacity(BATCH);
             while handoff.recv_many(&mut batch, BATCH).await > 0 {
-                let claimed = std::mem::take(&mut batch);
-                futures::stream::iter(claimed).for_each_concurrent(CONCURRENCY, |d| self.send_claimed(d)).await;
+                let attempts = futures::stream::iter(std::mem::take(&mut batch))
+                    .map(|d| async move {
+                        let step = this.attempt(&d).await;
+                        (d, step)
+                    })
+                    .buffer_unordered(CONCURRENCY);
+                let settled: Vec<(Delivery, DeliveryStep)> = attempts.collect().await;
+                if let Err(e) = self.store.settle_deliveries(settled, &self.owner).await {
+                    tracing::warn!(error = %e, "recording webhook attempts failed");
+                }
             }
         };
         let polled = async {
@@ -264,19 +273,24 @@ impl Deliverer {
     async fn deliver(&self, d: Delivery) {
         let now = now_ms();
         match self.store.claim_delivery(&d, &self.owner, now, now + LEASE_MS).await {
-            Ok(true) => self.send_claimed(d).await,
+            Ok(true) => {
+                let step = self.attempt(&d).await;
+                if let Err(e) = self.store.settle_delivery(&d, &self.owner, step).await {
+                    tracing::warn!(error = %e, event = %d.event_id, "recording a webhook attempt failed");
+                }
+            }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, event = %d.event_id, "claiming a webhook delivery failed"),
         }
     }
 
-    /// Sends a delivery this deliverer holds the claim of, and records what became of it.
-    async fn send_claimed(&self, d: Delivery) {
+    /// Sends a delivery this deliverer holds the claim of; what is to become of it.
+    async fn attempt(&self, d: &Delivery) -> DeliveryStep {
         let now = now_ms();
         let Some(endpoint) = self.endpoints.iter().find(|e| e.id == d.endpoint) else {
             // Owed to an endpoint only another instance has (a rolling deploy), or one removed since:
             // left for a minute, for an instance that has it, and given up after a day.
-            let step = if now + 60_000 > d.first_at + GIVE_UP_AFTER_MS {
+            return if now + 60_000 > d.first_at + GIVE_UP_AFTER_MS {
                 DeliveryStep::Finished
             } else {
                 DeliveryStep::Retry {
@@ -285,14 +299,12 @@ impl Deliverer {
                     error: format!("endpoint {} is not configured on this instance", d.endpoint),
                 }
             };
-            let _ = self.store.settle_delivery(&d, &self.owner, step).await;
-            return;
         };
         let attempt = send(&self.client, endpoint, &d.event_id, &d.body, self.allow_private).await;
         let outcome = |o: &'static str| {
             metrics::counter!("webhook_deliveries_total", "endpoint" => d.endpoint.clone(), "outcome" => o).increment(1)
         };
-        let step = match attempt {
+        match attempt {
             Attempt::Delivered(_) => {
                 outcome("delivered");
                 let lag = (now_ms() - d.first_at).max(0) as f64 / 1000.0;
@@ -317,9 +329,6 @@ impl Deliverer {
                 tracing::warn!(event = %d.event_id, endpoint = %d.endpoint, %error, "webhook delivery refused; not retried");
                 DeliveryStep::Finished
             }
-        };
-        if let Err(e) = self.store.settle_delivery(&d, &self.owner, step).await {
-            tracing::warn!(error = %e, event = %d.event_id, "recording a webhook attempt failed");
         }
     }
 }

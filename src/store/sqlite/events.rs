@@ -89,8 +89,7 @@ pub(super) fn list(
         .map_err(internal)
 }
 
-const DELIVERY_COLUMNS: &str =
-    "event_id, endpoint, tenant_id, type, user_id, body, attempts, next_at, first_at, lease_until, last_error, lease_owner";
+const DELIVERY_COLUMNS: &str = "event_id, endpoint, tenant_id, type, user_id, body, attempts, next_at, first_at, lease_until, last_error, lease_owner";
 
 fn delivery_from_row(r: &Row) -> rusqlite::Result<Delivery> {
     Ok(Delivery {
