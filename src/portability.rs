@@ -74,7 +74,7 @@ pub async fn export(
             counts.sessions += 1;
             let mut cursor = None;
             loop {
-                let query = MessageQuery { limit: PAGE, order: Order::Asc, cursor, before: None };
+                let query = MessageQuery { limit: PAGE, order: Order::Asc, cursor, ..Default::default() };
                 let page = store.list_messages(&tenant_id, &id, query).await?;
                 for m in page.items {
                     write_line(out, &Record::Message(m))?;

@@ -290,6 +290,7 @@ impl MessagesQuery {
             order: self.order.unwrap_or_default(),
             cursor: cursor(self.cursor.as_deref())?,
             before: before(self.before.as_deref())?,
+            for_model: false,
         })
     }
 }

@@ -19,7 +19,7 @@ pub async fn recent_history(
 
 /// The query `recent_history` makes, to run beside other requests.
 pub fn history_query(limit: usize) -> MessageQuery {
-    MessageQuery { limit, order: Order::Desc, ..Default::default() }
+    MessageQuery { limit, order: Order::Desc, for_model: true, ..Default::default() }
 }
 
 /// `recent_history`, starting from a first page already read with `history_query`.

@@ -305,6 +305,7 @@ pub async fn scan<S: ConversationStore + ?Sized>(
             // Newer than `to` cannot match: not read (`~` sorts after every timestamp character,
             // so a message at `to` itself is read).
             before: q.to.as_ref().map(|t| Timestamp::stored(format!("{}~", t.as_str()))),
+            for_model: false,
         };
         let page = match &sessions {
             Some(ids) => {

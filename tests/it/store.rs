@@ -7,7 +7,7 @@ use agent_server::ids::{MessageId, SessionId, TenantId, UserId};
 use agent_server::store::{
     Action, ActionStatus, Appended, ContextSummary, ConversationStore, Cursor, Deleted, Delivery, DeliveryStep,
     Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Role, Session, StoreError, StoreResult,
-    StoredEvent, TurnEvent, TurnRecord, TurnStatus, recent_history,
+    StoredEvent, TurnEvent, TurnRecord, TurnStatus, history_query, recent_history,
 };
 use agent_server::timestamp::Timestamp;
 use async_trait::async_trait;
@@ -41,7 +41,7 @@ async fn all_messages(store: &dyn ConversationStore, s: &Session, order: Order, 
     let mut cursor = None;
     loop {
         let p = store
-            .list_messages(&s.tenant_id, &s.id, MessageQuery { limit: page, order, cursor, before: None })
+            .list_messages(&s.tenant_id, &s.id, MessageQuery { limit: page, order, cursor, ..Default::default() })
             .await
             .unwrap();
         assert!(p.items.len() <= page);
@@ -670,6 +670,7 @@ conformance!(
     both_backends_refuse_the_same_writes_the_same_way,
     tenant_messages_page_with_a_cursor_and_before_together,
     events_page_in_order_per_tenant_and_deliveries_are_claimed_once,
+    a_models_history_reads_only_the_actions_in_metadata,
 );
 
 fn stored_event(t: &str, kind: &str, u: &str) -> StoredEvent {
@@ -759,6 +760,34 @@ async fn events_page_in_order_per_tenant_and_deliveries_are_claimed_once(store: 
     assert_eq!(left.iter().map(|d| d.event_id.clone()).collect::<Vec<_>>(), vec![g1.id.clone()]);
 }
 
+/// A model's history (`history_query`) carries each message's `actions` and nothing else of its
+/// metadata; any other read carries all of it.
+async fn a_models_history_reads_only_the_actions_in_metadata(store: Arc<dyn ConversationStore>) {
+    let s = new_session(&*store, "acme", "u1").await;
+    let with = |metadata: serde_json::Value| NewMessage {
+        metadata: metadata.as_object().cloned(),
+        ..msg("u1", Role::Agent, "reply")
+    };
+    let actions = json!([{"tool": "list_resources", "status": "done", "result": "10:00"}]);
+    let batch = vec![
+        with(json!({"model": "m", "actions": actions})),
+        with(json!({"model": "m", "note": "no \"actions\" here"})),
+        msg("u1", Role::User, "plain"),
+    ];
+    store.append_messages(&s.tenant_id, &s.id, batch).await.unwrap();
+    let history = store.list_messages(&s.tenant_id, &s.id, history_query(10)).await.unwrap().items;
+    let metadata: Vec<_> = history.iter().rev().map(|m| m.metadata.clone().map(serde_json::Value::Object)).collect();
+    assert_eq!(metadata[0], Some(json!({"actions": actions})));
+    assert!(
+        metadata[1].as_ref().is_none_or(|m| m.get("actions").is_none_or(|a| a.is_null()) && m.get("note").is_none())
+    );
+    assert_eq!(metadata[2], None);
+    let query = MessageQuery { limit: 10, order: Order::Asc, ..Default::default() };
+    let full = store.list_messages(&s.tenant_id, &s.id, query).await.unwrap();
+    assert_eq!(full.items[0].metadata.as_ref().unwrap()["model"], "m");
+    assert_eq!(full.items[1].metadata.as_ref().unwrap()["note"], "no \"actions\" here");
+}
+
 /// A cursor and `before` together on the tenant's messages, including a cursor outside the range.
 async fn tenant_messages_page_with_a_cursor_and_before_together(store: Arc<dyn ConversationStore>) {
     let s = new_session(&*store, "acme", "u1").await;
@@ -769,6 +798,7 @@ async fn tenant_messages_page_with_a_cursor_and_before_together(store: Arc<dyn C
             order,
             cursor: Some(Cursor::new(&cursor.timestamp, cursor.id.as_str())),
             before: Some(before.timestamp.clone()),
+            for_model: false,
         };
         let store = store.clone();
         async move { store.list_tenant_messages(&tenant("acme"), query).await.unwrap().items }

@@ -142,6 +142,7 @@ impl DynamoStore {
         base: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
         limit: usize,
         mut start: Option<Item>,
+        for_model: bool,
     ) -> StoreResult<Page<Message>> {
         let mut items = Vec::with_capacity(limit + 1);
         loop {
@@ -153,7 +154,13 @@ impl DynamoStore {
                 .send()
                 .await
                 .map_err(|e| map_err(&self.messages, "Query", e))?;
-            for item in out.items.unwrap_or_default() {
+            for mut item in out.items.unwrap_or_default() {
+                if for_model {
+                    // A model's history: only the metadata's `actions` (see `MessageQuery`).
+                    if let Some(AttributeValue::M(metadata)) = item.get_mut("metadata") {
+                        metadata.retain(|k, _| k == "actions");
+                    }
+                }
                 let message = message_from_item(item)?;
                 if !is_expired(message.expires_at) {
                     items.push(message);
@@ -491,7 +498,7 @@ impl ConversationStore for DynamoStore {
             }
             (_, None, None) => base.key_condition_expression("sessionId = :s"),
         };
-        self.collect_messages(base, query.limit, None).await
+        self.collect_messages(base, query.limit, None, query.for_model).await
     }
 
     async fn close_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<Session>> {
@@ -564,7 +571,7 @@ impl ConversationStore for DynamoStore {
                 ("id".to_string(), s(c.id)),
             ])
         });
-        self.collect_messages(base, query.limit, start).await
+        self.collect_messages(base, query.limit, start, false).await
     }
 
     async fn scan_sessions(

@@ -336,8 +336,14 @@ impl ConversationStore for SqliteStore {
                 Order::Desc => ("<", "DESC"),
                 Order::Asc => (">", "ASC"),
             };
+            // A model's history reads metadata only where it records actions (rare): parsing every
+            // message's metadata was a large part of a turn's CPU.
+            let columns = match query.for_model {
+                true => MODEL_HISTORY_COLUMNS,
+                false => MESSAGE_COLUMNS,
+            };
             let sql = format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = ?1 AND session_id = ?2 \
+                "SELECT {columns} FROM messages WHERE tenant_id = ?1 AND session_id = ?2 \
                  AND (?3 IS NULL OR timestamp {cmp} ?3) AND (?4 IS NULL OR timestamp < ?4) AND {LIVE} \
                  ORDER BY timestamp {dir} LIMIT ?5"
             );

@@ -23,6 +23,9 @@ pub(super) const SESSION_COLUMNS: &str = "id, tenant_id, user_id, location_id, i
      context_summary";
 pub(super) const MESSAGE_COLUMNS: &str =
     "id, tenant_id, session_id, user_id, content, role, timestamp, metadata, expires_at";
+/// `MESSAGE_COLUMNS` with the metadata only when it has `actions` (a model's history).
+pub(super) const MODEL_HISTORY_COLUMNS: &str = "id, tenant_id, session_id, user_id, content, role, timestamp, \
+     CASE WHEN instr(metadata, '\"actions\"') > 0 THEN json_object('actions', metadata -> '$.actions') END, expires_at";
 /// Rows past their `expires_at` are hidden from every read until the purge deletes them.
 pub(super) const LIVE: &str = "(expires_at IS NULL OR expires_at > unixepoch())";
 pub(super) fn json_text(metadata: &Option<Metadata>) -> Option<String> {
