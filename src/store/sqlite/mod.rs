@@ -244,10 +244,10 @@ impl ConversationStore for SqliteStore {
             let stored = writable_session(stored, &session, owner.as_ref())?;
             let stamps = timestamp::allocate(stored.last_message_at.as_ref(), count);
             let last = stamps.last().cloned().unwrap_or_else(Timestamp::now);
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE sessions SET last_message_at = ?1, updated_at = ?1 WHERE tenant_id = ?2 AND id = ?3",
-                params![last, tenant.as_str(), session.as_str()],
             )
+            .and_then(|mut s| s.execute(params![last, tenant.as_str(), session.as_str()]))
             .map_err(internal)?;
             tx.commit().map_err(internal)?;
             Ok((stored, stamps))

@@ -103,6 +103,8 @@ pub(super) fn open(path: &Path) -> StoreResult<Connection> {
     let conn = Connection::open(path)
         .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite database {}: {e}", path.display())))?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(internal)?;
+    // Every statement a turn runs stays prepared (the default keeps 16).
+    conn.set_prepared_statement_cache_capacity(64);
     conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
         .map_err(|e| StoreError::Unavailable(format!("cannot use SQLite database {}: {e}", path.display())))?;
     Ok(conn)
