@@ -142,25 +142,41 @@ async fn the_wal_stays_bounded_under_sustained_writes() {
         .await
         .unwrap();
     let big = "x".repeat(4000);
-    let mut max_wal = 0;
-    for round in 0..100 {
-        let writes = (0..100).map(|_| {
-            let m = NewMessage {
-                id: MessageId::generate(),
-                user_id: user.clone(),
-                role: Role::User,
-                content: big.clone(),
-                metadata: None,
-            };
-            let store = store.clone();
-            let (tenant, sid) = (tenant.clone(), s.id.clone());
-            async move { store.append_messages(&tenant, &sid, vec![m]).await.unwrap() }
-        });
-        futures::future::join_all(writes).await;
-        let wal = std::fs::metadata(dir.path().join("w.db-wal")).map(|m| m.len()).unwrap_or(0);
-        max_wal = max_wal.max(wal);
-        let _ = round;
-    }
+    // Four writers of 100 KB transactions that never pause (a background checkpoint must not starve
+    // behind them), and a
+    // sampler of the WAL's size.
+    let writers = (0..4).map(|_| {
+        let (store, tenant, sid, user, big) = (store.clone(), tenant.clone(), s.id.clone(), user.clone(), big.clone());
+        tokio::spawn(async move {
+            for _ in 0..100 {
+                let batch = (0..25)
+                    .map(|_| NewMessage {
+                        id: MessageId::generate(),
+                        user_id: user.clone(),
+                        role: Role::User,
+                        content: big.clone(),
+                        metadata: None,
+                    })
+                    .collect();
+                store.append_messages(&tenant, &sid, batch).await.unwrap();
+            }
+        })
+    });
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (done, wal) = (done.clone(), dir.path().join("w.db-wal"));
+        tokio::spawn(async move {
+            let mut max_wal = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                max_wal = max_wal.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            max_wal
+        })
+    };
+    futures::future::try_join_all(writers).await.unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let max_wal = sampler.await.unwrap();
     // 10,000 messages of 4 KB is 40 MB of pages; the WAL is checkpointed and restarted along the way.
     assert!(max_wal < 32 * 1024 * 1024, "WAL grew to {max_wal} bytes");
 }

@@ -155,24 +155,24 @@ pub(super) fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Sto
 const WAL_BOUND_PAGES: i64 = 4000;
 
 /// Copies the WAL into the database without blocking anyone (PASSIVE). Under sustained writes a
-/// passive checkpoint never catches up with the newest frames, so the WAL would only grow; past
-/// `WAL_BOUND_PAGES` (or at once when a commit said so: `wal_full`) a RESTART checkpoint waits for the current writer and readers to finish (new
-/// writers wait for it, for the few frames left), so the next write starts the WAL over.
-fn checkpoint(conn: &Connection, wal_full: bool) -> rusqlite::Result<()> {
-    let frames: i64 = match wal_full {
-        true => WAL_BOUND_PAGES,
-        false => conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?,
-    };
-    if frames >= WAL_BOUND_PAGES {
+/// passive checkpoint never catches up with the newest frames, so the WAL would only grow: once a
+/// commit leaves it past `WAL_BOUND_PAGES` (`wal_full`), a RESTART checkpoint runs while this
+/// process's writers wait (holding the writer's lock: a writer that never pauses would otherwise
+/// starve it), copying the few frames the last passive one left, so the next write starts the WAL
+/// over.
+fn checkpoint(conn: &Connection, store: &Inner, wal_full: bool) -> rusqlite::Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+    if wal_full {
+        let _writer = store.writer.lock().unwrap_or_else(|p| p.into_inner());
         conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
     }
     Ok(())
 }
 
-/// The store's background thread, until the store is dropped: every 200 ms it indexes the new
-/// messages for search (in batches, taking the write lock for each), and every second it
-/// checkpoints the WAL into the database (`checkpoint`), at once when a commit leaves the WAL past
-/// its bound (the writer's WAL hook wakes it: no checkpoint runs inside a commit).
+/// The store's background thread, until the store is dropped: every 200 ms it checkpoints the WAL
+/// into the database (`checkpoint`), at once when a commit leaves the WAL past its bound (the
+/// writer's WAL hook wakes it: no checkpoint runs inside a commit), and indexes the new messages
+/// for search (in batches, taking the write lock for each).
 pub(super) fn spawn_maintenance(store: &std::sync::Arc<Inner>) -> StoreResult<()> {
     use std::sync::atomic::Ordering;
     let conn = open(&store.path)?;
@@ -180,16 +180,12 @@ pub(super) fn spawn_maintenance(store: &std::sync::Arc<Inner>) -> StoreResult<()
     let thread = std::thread::Builder::new()
         .name("sqlite-maintenance".into())
         .spawn(move || {
-            let mut last_checkpoint = std::time::Instant::now();
             loop {
                 std::thread::park_timeout(std::time::Duration::from_millis(200));
                 let Some(store) = inner.upgrade() else { break };
                 let wal_full = store.wal_full.swap(false, Ordering::Relaxed);
-                if wal_full || last_checkpoint.elapsed() >= std::time::Duration::from_secs(1) {
-                    last_checkpoint = std::time::Instant::now();
-                    if let Err(e) = checkpoint(&conn, wal_full) {
-                        tracing::warn!(error = %e, "SQLite checkpoint failed");
-                    }
+                if let Err(e) = checkpoint(&conn, &store, wal_full) {
+                    tracing::warn!(error = %e, "SQLite checkpoint failed");
                 }
                 loop {
                     let mut writer = store.writer.lock().unwrap_or_else(|p| p.into_inner());
