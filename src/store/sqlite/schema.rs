@@ -151,40 +151,20 @@ pub(super) fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Sto
     tx.commit().map_err(internal)
 }
 
-/// WAL frames (4 KB pages) past which a checkpoint makes the WAL start over: 16 MB.
-const WAL_BOUND_PAGES: i64 = 4000;
-
-/// Copies the WAL into the database without blocking anyone (PASSIVE). Under sustained writes a
-/// passive checkpoint never catches up with the newest frames, so the WAL would only grow: once a
-/// commit leaves it past `WAL_BOUND_PAGES` (`wal_full`), a RESTART checkpoint runs while this
-/// process's writers wait (holding the writer's lock: a writer that never pauses would otherwise
-/// starve it), copying the few frames the last passive one left, so the next write starts the WAL
-/// over.
-fn checkpoint(conn: &Connection, store: &Inner, wal_full: bool) -> rusqlite::Result<()> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-    if wal_full {
-        let _writer = store.writer.lock().unwrap_or_else(|p| p.into_inner());
-        conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
-    }
-    Ok(())
-}
-
 /// The store's background thread, until the store is dropped: every 200 ms it checkpoints the WAL
-/// into the database (`checkpoint`), at once when a commit leaves the WAL past its bound (the
-/// writer's WAL hook wakes it: no checkpoint runs inside a commit), and indexes the new messages
-/// for search (in batches, taking the write lock for each).
+/// into the database (PASSIVE: it blocks no one, and it leaves the writer's own checkpoint past 16 MB
+/// only a small remainder), and indexes the new messages for search (in batches, taking the write
+/// lock for each).
 pub(super) fn spawn_maintenance(store: &std::sync::Arc<Inner>) -> StoreResult<()> {
-    use std::sync::atomic::Ordering;
     let conn = open(&store.path)?;
     let inner = std::sync::Arc::downgrade(store);
-    let thread = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("sqlite-maintenance".into())
         .spawn(move || {
             loop {
-                std::thread::park_timeout(std::time::Duration::from_millis(200));
+                std::thread::sleep(std::time::Duration::from_millis(200));
                 let Some(store) = inner.upgrade() else { break };
-                let wal_full = store.wal_full.swap(false, Ordering::Relaxed);
-                if let Err(e) = checkpoint(&conn, &store, wal_full) {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     tracing::warn!(error = %e, "SQLite checkpoint failed");
                 }
                 loop {
@@ -200,20 +180,6 @@ pub(super) fn spawn_maintenance(store: &std::sync::Arc<Inner>) -> StoreResult<()
                 }
             }
         })
-        .map_err(internal)?
-        .thread()
-        .clone();
-    let weak = std::sync::Arc::downgrade(store);
-    let mut writer = store.writer.lock().unwrap_or_else(|p| p.into_inner());
-    writer
-        .wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
-            if i64::from(pages) >= WAL_BOUND_PAGES
-                && let Some(store) = weak.upgrade()
-                && !store.wal_full.swap(true, Ordering::Relaxed)
-            {
-                thread.unpark();
-            }
-            Ok(())
-        }))
-        .map_err(internal)
+        .map_err(internal)?;
+    Ok(())
 }
