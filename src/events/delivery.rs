@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use super::endpoints::Endpoint;
 use super::signature::signature;
@@ -22,7 +22,7 @@ use crate::store::{ConversationStore, Delivery, DeliveryStep};
 /// How long one attempt may take.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a claim lasts: past it, another deliverer may try the event again.
-pub(super) const LEASE_MS: i64 = 30_000;
+const LEASE_MS: i64 = 30_000;
 /// How long delivery is tried.
 const GIVE_UP_AFTER_MS: i64 = 24 * 3600 * 1000;
 /// How often the outbox is read when nothing wakes the deliverer.
@@ -187,8 +187,6 @@ pub struct Deliverer {
     allow_private: bool,
     /// Names this deliverer's claims.
     owner: String,
-    /// Deliveries recorded in this process, already claimed for this deliverer.
-    handoff: tokio::sync::Mutex<mpsc::UnboundedReceiver<Delivery>>,
 }
 
 impl Deliverer {
@@ -198,8 +196,6 @@ impl Deliverer {
         schedule: Vec<Duration>,
         wake: Arc<Notify>,
         allow_private: bool,
-        owner: String,
-        handoff: mpsc::UnboundedReceiver<Delivery>,
     ) -> Self {
         Deliverer {
             store,
@@ -208,45 +204,22 @@ impl Deliverer {
             wake,
             client: client(allow_private),
             allow_private,
-            owner,
-            handoff: tokio::sync::Mutex::new(handoff),
+            owner: uuid::Uuid::new_v4().simple().to_string(),
         }
     }
 
-    /// Runs until the process ends: sends what this process records as it is handed over, and
-    /// reads the outbox (deliveries due again, or left by another instance) every second and
-    /// whenever woken.
+    /// Runs until the process ends: a round whenever an event is recorded here, and every second.
     pub async fn run(self) {
-        let this = &self;
-        let handed = async {
-            let mut handoff = self.handoff.lock().await;
-            let mut batch = Vec::with_capacity(BATCH);
-            while handoff.recv_many(&mut batch, BATCH).await > 0 {
-                let attempts = futures::stream::iter(std::mem::take(&mut batch))
-                    .map(|d| async move {
-                        let step = this.attempt(&d).await;
-                        (d, step)
-                    })
-                    .buffer_unordered(CONCURRENCY);
-                let settled: Vec<(Delivery, DeliveryStep)> = attempts.collect().await;
-                if let Err(e) = self.store.settle_deliveries(settled, &self.owner).await {
-                    tracing::warn!(error = %e, "recording webhook attempts failed");
-                }
+        loop {
+            let claimed = self.round().await;
+            if claimed == BATCH {
+                continue;
             }
-        };
-        let polled = async {
-            loop {
-                let claimed = self.round().await;
-                if claimed == BATCH {
-                    continue;
-                }
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(POLL) => {}
-                }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
             }
-        };
-        tokio::join!(handed, polled);
+        }
     }
 
     /// One round: the due deliveries, sent at once; how many were read.
@@ -273,24 +246,17 @@ impl Deliverer {
     async fn deliver(&self, d: Delivery) {
         let now = now_ms();
         match self.store.claim_delivery(&d, &self.owner, now, now + LEASE_MS).await {
-            Ok(true) => {
-                let step = self.attempt(&d).await;
-                if let Err(e) = self.store.settle_delivery(&d, &self.owner, step).await {
-                    tracing::warn!(error = %e, event = %d.event_id, "recording a webhook attempt failed");
-                }
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, event = %d.event_id, "claiming a webhook delivery failed");
+                return;
             }
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, event = %d.event_id, "claiming a webhook delivery failed"),
         }
-    }
-
-    /// Sends a delivery this deliverer holds the claim of; what is to become of it.
-    async fn attempt(&self, d: &Delivery) -> DeliveryStep {
-        let now = now_ms();
         let Some(endpoint) = self.endpoints.iter().find(|e| e.id == d.endpoint) else {
             // Owed to an endpoint only another instance has (a rolling deploy), or one removed since:
             // left for a minute, for an instance that has it, and given up after a day.
-            return if now + 60_000 > d.first_at + GIVE_UP_AFTER_MS {
+            let step = if now + 60_000 > d.first_at + GIVE_UP_AFTER_MS {
                 DeliveryStep::Finished
             } else {
                 DeliveryStep::Retry {
@@ -299,12 +265,14 @@ impl Deliverer {
                     error: format!("endpoint {} is not configured on this instance", d.endpoint),
                 }
             };
+            let _ = self.store.settle_delivery(&d, &self.owner, step).await;
+            return;
         };
         let attempt = send(&self.client, endpoint, &d.event_id, &d.body, self.allow_private).await;
         let outcome = |o: &'static str| {
             metrics::counter!("webhook_deliveries_total", "endpoint" => d.endpoint.clone(), "outcome" => o).increment(1)
         };
-        match attempt {
+        let step = match attempt {
             Attempt::Delivered(_) => {
                 outcome("delivered");
                 let lag = (now_ms() - d.first_at).max(0) as f64 / 1000.0;
@@ -329,6 +297,9 @@ impl Deliverer {
                 tracing::warn!(event = %d.event_id, endpoint = %d.endpoint, %error, "webhook delivery refused; not retried");
                 DeliveryStep::Finished
             }
+        };
+        if let Err(e) = self.store.settle_delivery(&d, &self.owner, step).await {
+            tracing::warn!(error = %e, event = %d.event_id, "recording a webhook attempt failed");
         }
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 pub use delivery::Deliverer;
 pub use endpoints::Endpoint;
@@ -157,9 +157,6 @@ struct Inner {
     full_payload: bool,
     retention: Duration,
     wake: Arc<Notify>,
-    /// This process's deliverer, once it runs: its claim owner, and where it is handed the
-    /// deliveries recorded here (already claimed for it, so it neither polls nor claims them).
-    local: std::sync::OnceLock<(String, mpsc::UnboundedSender<Delivery>)>,
 }
 
 impl Events {
@@ -178,7 +175,6 @@ impl Events {
             full_payload: config.full_payload,
             retention: config.retention,
             wake: Arc::new(Notify::new()),
-            local: std::sync::OnceLock::new(),
         })))
     }
 
@@ -203,17 +199,12 @@ impl Events {
     /// The deliverer of this process, when there is anything to deliver to.
     pub fn deliverer(&self, config: &EventsConfig) -> Option<Deliverer> {
         let inner = self.0.as_ref().filter(|i| !i.endpoints.is_empty())?;
-        let owner = uuid::Uuid::new_v4().simple().to_string();
-        let (handed, handoff) = mpsc::unbounded_channel();
-        inner.local.set((owner.clone(), handed)).ok()?;
         Some(Deliverer::new(
             inner.store.clone(),
             inner.endpoints.clone(),
             config.retry_schedule.clone(),
             inner.wake.clone(),
             config.allow_private,
-            owner,
-            handoff,
         ))
     }
 
@@ -225,7 +216,6 @@ impl Events {
             return;
         }
         let now = timestamp::now_micros() / 1000;
-        let local = inner.local.get();
         let expires_at = now / 1000 + inner.retention.as_secs() as i64;
         let mut events = Vec::new();
         let mut deliveries = Vec::new();
@@ -243,8 +233,8 @@ impl Events {
                     attempts: 0,
                     next_at: now,
                     first_at: now,
-                    lease_until: local.map_or(0, |_| now + delivery::LEASE_MS),
-                    lease_owner: local.map(|(owner, _)| owner.clone()),
+                    lease_until: 0,
+                    lease_owner: None,
                     last_error: None,
                 });
             }
@@ -259,16 +249,11 @@ impl Events {
             });
         }
         match inner.store.record_events(&events, &deliveries).await {
-            Ok(()) => match local {
-                Some((_, handed)) => {
-                    for d in deliveries {
-                        // A deliverer gone away leaves them to its lease's end, then to any instance.
-                        let _ = handed.send(d);
-                    }
+            Ok(()) => {
+                if !deliveries.is_empty() {
+                    inner.wake.notify_one();
                 }
-                None if !deliveries.is_empty() => inner.wake.notify_one(),
-                None => {}
-            },
+            }
             Err(e) => {
                 metrics::counter!("events_record_failures_total").increment(events.len() as u64);
                 tracing::error!(error = %e, tenant = %tenant, count = events.len(), "change events could not be recorded");

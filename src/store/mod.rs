@@ -215,14 +215,6 @@ pub trait ConversationStore: Send + Sync + 'static {
     async fn claim_delivery(&self, delivery: &Delivery, owner: &str, now: i64, until: i64) -> StoreResult<bool>;
     /// Ends `owner`'s claim: the delivery leaves the outbox or waits for its next attempt.
     async fn settle_delivery(&self, delivery: &Delivery, owner: &str, step: DeliveryStep) -> StoreResult<bool>;
-    /// Settles several of `owner`'s claims (SQLite: in one transaction); an error leaves the
-    /// rest to their leases' ends.
-    async fn settle_deliveries(&self, settled: Vec<(Delivery, DeliveryStep)>, owner: &str) -> StoreResult<()> {
-        for (delivery, step) in settled {
-            self.settle_delivery(&delivery, owner, step).await?;
-        }
-        Ok(())
-    }
     /// Removes a user's events from the feed and the outbox (erasure): those whose body names the user.
     async fn forget_events(&self, tenant: &TenantId, user: &UserId) -> StoreResult<usize>;
 

@@ -605,18 +605,6 @@ impl ConversationStore for SqliteStore {
         self.write("settle_delivery", move |c| events::settle(c, &d, &owner, &step)).await
     }
 
-    async fn settle_deliveries(&self, settled: Vec<(Delivery, DeliveryStep)>, owner: &str) -> StoreResult<()> {
-        let owner = owner.to_string();
-        self.write("settle_deliveries", move |c| {
-            let tx = c.transaction().map_err(internal)?;
-            for (d, step) in &settled {
-                events::settle(&tx, d, &owner, step)?;
-            }
-            tx.commit().map_err(internal)
-        })
-        .await
-    }
-
     async fn forget_events(&self, tenant: &TenantId, user: &UserId) -> StoreResult<usize> {
         let (tenant, user) = (tenant.clone(), user.clone());
         self.write("forget_events", move |c| events::forget(c, &tenant, &user)).await
