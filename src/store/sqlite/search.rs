@@ -133,16 +133,17 @@ pub(super) fn has_pending(conn: &Connection) -> StoreResult<bool> {
 /// Rebuilds the index from the messages (`agent-server search reindex`, and a backup's copy, whose
 /// row ids `VACUUM INTO` may have renumbered).
 pub(super) fn rebuild(conn: &Connection) -> StoreResult<()> {
-    conn.execute_batch(concat!(
-        "BEGIN IMMEDIATE;
-         INSERT INTO messages_fts(messages_fts) VALUES ('delete-all');
+    // A failed statement rolls the whole rebuild back (the transaction ends when dropped).
+    let tx = conn.unchecked_transaction().map_err(internal)?;
+    tx.execute_batch(concat!(
+        "INSERT INTO messages_fts(messages_fts) VALUES ('delete-all');
          INSERT INTO messages_fts(rowid, content, scope) SELECT rowid, content, ",
         scope_sql!("messages"),
         " FROM messages;
-         UPDATE messages_fts_mark SET upto = coalesce((SELECT max(rowid) FROM messages), 0);
-         COMMIT;"
+         UPDATE messages_fts_mark SET upto = coalesce((SELECT max(rowid) FROM messages), 0);"
     ))
-    .map_err(internal)
+    .map_err(internal)?;
+    tx.commit().map_err(internal)
 }
 
 /// How many of the newest matches a best-first search ranks.
