@@ -733,23 +733,10 @@ async fn instructions_for(
     let url = crate::processes::listening_url(&mut child, Duration::from_secs(120));
     let client = reqwest::Client::new();
     let mut session: Option<String> = None;
-    for i in 0..turns {
-        let mut body = json!({"message": format!("short message {i}"), "stream": mode == Mode::Streamed});
-        if let Some(s) = &session {
-            body["sessionId"] = json!(s);
-        }
-        let text = client
-            .post(format!("{url}/agent/process"))
-            .header("x-tenant-id", "tenant-1")
-            .header("x-user-id", "user-1")
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        session = text.split("\"sessionId\":\"").nth(1).and_then(|s| s.split('"').next()).map(str::to_string);
+    for _ in 0..turns {
+        // One tenant, user and short message throughout: one session of `turns` turns.
+        let (_, sid) = one_turn(&client, &url, 1, session.as_deref(), mode).await.unwrap();
+        session = Some(sid);
     }
     if let Some(receiver) = receiver {
         receiver.drained().await;
