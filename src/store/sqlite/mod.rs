@@ -3,8 +3,9 @@
 //!
 //! The embedded backend: SQLite (bundled) in WAL mode, one writer connection and a few readers.
 //!
-//! Every call runs on Tokio's blocking pool so the async executor never waits on the disk. A write
-//! returns after its transaction commits; with WAL and `synchronous=NORMAL` a committed transaction
+//! A turn's calls run on the calling task when their connection is free (see `is_quick`); other calls,
+//! and any that would wait for a connection, run on Tokio's blocking pool. A write returns after its
+//! transaction commits; with WAL and `synchronous=NORMAL` a committed transaction
 //! survives the process being killed (only a power loss can roll back the newest commits).
 
 use std::path::{Path, PathBuf};
@@ -43,6 +44,44 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+}
+
+impl Inner {
+    fn give_back_reader(&self, conn: Connection) {
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if readers.len() < MAX_READERS {
+            readers.push(conn);
+        }
+    }
+}
+
+/// The calls a turn makes, each a few indexed statements over a bounded number of rows: they run
+/// on the calling task when their connection is free (tens of microseconds, into the WAL in the
+/// page cache), instead of a trip to the blocking pool and back, which cost more than the call.
+/// Everything else (erasures, purges, scans, imports, search, backups), and any call whose
+/// connection is busy, runs on the blocking pool.
+fn is_quick(op: &str) -> bool {
+    matches!(
+        op,
+        "check"
+            | "get_session"
+            | "find_active_session"
+            | "create_session_with"
+            | "begin_turn"
+            | "put_messages"
+            | "release_turn"
+            | "get_message"
+            | "list_messages"
+            | "close_session"
+            | "transition_action"
+            | "create_turn"
+            | "get_turn"
+            | "save_turn"
+            | "record_events"
+            | "claim_delivery"
+            | "settle_delivery"
+            | "save_context_summary"
+    )
 }
 
 fn internal(e: impl std::fmt::Display) -> StoreError {
@@ -107,6 +146,18 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
+        if is_quick(op) {
+            let free = match self.inner.writer.try_lock() {
+                Ok(conn) => Some(conn),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut conn) = free {
+                let result = f(&mut conn);
+                crate::telemetry::storage_call("sqlite", op, result.is_ok());
+                return result;
+            }
+        }
         let inner = self.inner.clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut conn = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -124,6 +175,15 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
+        if is_quick(op) {
+            let pooled = self.inner.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            if let Some(conn) = pooled {
+                let result = f(&conn);
+                self.inner.give_back_reader(conn);
+                crate::telemetry::storage_call("sqlite", op, result.is_ok());
+                return result;
+            }
+        }
         let inner = self.inner.clone();
         let result = tokio::task::spawn_blocking(move || {
             let pooled = inner.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
@@ -132,10 +192,7 @@ impl SqliteStore {
                 None => open(&inner.path)?,
             };
             let result = f(&conn);
-            let mut readers = inner.readers.lock().unwrap_or_else(|p| p.into_inner());
-            if readers.len() < MAX_READERS {
-                readers.push(conn);
-            }
+            inner.give_back_reader(conn);
             result
         })
         .await
