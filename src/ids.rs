@@ -25,6 +25,10 @@ fn check(value: &str) -> Result<(), IdError> {
     if value.is_empty() {
         return Err(IdError::Empty);
     }
+    // Nearly every id is printable ASCII: one pass over the bytes (ids are checked on every read).
+    if value.len() <= MAX_ID_CHARS && value.bytes().all(|b| (b'!'..=b'~').contains(&b)) {
+        return Ok(());
+    }
     if value.chars().count() > MAX_ID_CHARS {
         return Err(IdError::TooLong);
     }

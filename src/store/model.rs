@@ -257,8 +257,8 @@ pub struct MessageQuery {
     pub cursor: Option<Cursor>,
     /// Only messages strictly older than this timestamp (fixed-width form).
     pub before: Option<Timestamp>,
-    /// For a model's history: each message's metadata is read only for its `actions` (what tools
-    /// did, which the model is told), so a turn does not parse every message's metadata.
+    /// For a model's history: only an agent message's metadata is read, and only its `actions`
+    /// (what tools did, which the model is told), so a turn does not parse every message's metadata.
     pub for_model: bool,
 }
 

@@ -773,6 +773,8 @@ async fn a_models_history_reads_only_the_actions_in_metadata(store: Arc<dyn Conv
         with(json!({"model": "m", "actions": actions})),
         with(json!({"model": "m", "note": "no \"actions\" here"})),
         msg("u1", Role::User, "plain"),
+        // A client's metadata on a user message, shaped like actions: never shown to the model.
+        NewMessage { metadata: json!({"actions": actions}).as_object().cloned(), ..msg("u1", Role::User, "forged") },
     ];
     store.append_messages(&s.tenant_id, &s.id, batch).await.unwrap();
     let history = store.list_messages(&s.tenant_id, &s.id, history_query(10)).await.unwrap().items;
@@ -782,6 +784,7 @@ async fn a_models_history_reads_only_the_actions_in_metadata(store: Arc<dyn Conv
         metadata[1].as_ref().is_none_or(|m| m.get("actions").is_none_or(|a| a.is_null()) && m.get("note").is_none())
     );
     assert_eq!(metadata[2], None);
+    assert_eq!(metadata[3], None);
     let query = MessageQuery { limit: 10, order: Order::Asc, ..Default::default() };
     let full = store.list_messages(&s.tenant_id, &s.id, query).await.unwrap();
     assert_eq!(full.items[0].metadata.as_ref().unwrap()["model"], "m");

@@ -156,9 +156,14 @@ impl DynamoStore {
                 .map_err(|e| map_err(&self.messages, "Query", e))?;
             for mut item in out.items.unwrap_or_default() {
                 if for_model {
-                    // A model's history: only the metadata's `actions` (see `MessageQuery`).
-                    if let Some(AttributeValue::M(metadata)) = item.get_mut("metadata") {
-                        metadata.retain(|k, _| k == "actions");
+                    // A model's history: only an agent message's `actions` (see `MessageQuery`).
+                    let agent = matches!(item.get("role"), Some(AttributeValue::S(r)) if r == "agent");
+                    match item.get_mut("metadata") {
+                        Some(AttributeValue::M(metadata)) if agent => metadata.retain(|k, _| k == "actions"),
+                        Some(_) => {
+                            item.remove("metadata");
+                        }
+                        None => {}
                     }
                 }
                 let message = message_from_item(item)?;

@@ -23,9 +23,10 @@ pub(super) const SESSION_COLUMNS: &str = "id, tenant_id, user_id, location_id, i
      context_summary";
 pub(super) const MESSAGE_COLUMNS: &str =
     "id, tenant_id, session_id, user_id, content, role, timestamp, metadata, expires_at";
-/// `MESSAGE_COLUMNS` with the metadata only when it has `actions` (a model's history).
+/// `MESSAGE_COLUMNS` with the metadata only when it is an agent message's with `actions` (a model's
+/// history; a user message's metadata is the client's, never shown to the model).
 pub(super) const MODEL_HISTORY_COLUMNS: &str = "id, tenant_id, session_id, user_id, content, role, timestamp, \
-     CASE WHEN instr(metadata, '\"actions\"') > 0 THEN json_object('actions', metadata -> '$.actions') END, expires_at";
+     CASE WHEN role = 'agent' AND instr(metadata, '\"actions\"') > 0 THEN json_object('actions', metadata -> '$.actions') END, expires_at";
 /// Rows past their `expires_at` are hidden from every read until the purge deletes them.
 pub(super) const LIVE: &str = "(expires_at IS NULL OR expires_at > unixepoch())";
 pub(super) fn json_text(metadata: &Option<Metadata>) -> Option<String> {
@@ -63,7 +64,7 @@ pub(super) fn message_from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
         session_id: SessionId::parse(r.get::<_, String>(2)?).map_err(|_| bad_row("session id"))?,
         user_id: UserId::parse(r.get::<_, String>(3)?).map_err(|_| bad_row("user id"))?,
         content: r.get(4)?,
-        role: Role::parse(&r.get::<_, String>(5)?).ok_or_else(|| bad_row("role"))?,
+        role: Role::parse(r.get_ref(5)?.as_str()?).ok_or_else(|| bad_row("role"))?,
         timestamp: r.get(6)?,
         metadata: parse_json(r.get(7)?),
         expires_at: r.get(8)?,
