@@ -60,8 +60,11 @@ impl Traffic {
         };
         "hello agent ".repeat(len / 12 + 1)[..len].to_string()
     }
+    /// A turn's tenant and user. `n` carries its run in the billions (see `first_turn`): each run
+    /// has users of its own, so a run does not continue (and read the longer histories of) the
+    /// sessions an earlier run left active.
     pub fn who(n: u64) -> (String, String) {
-        (format!("tenant-{}", n % 50), format!("user-{}", n % 5000))
+        (format!("tenant-{}", n % 50), format!("user-{}-{}", n / RUN_SPAN, n % 5000))
     }
 }
 
@@ -116,9 +119,17 @@ pub async fn one_turn(
 }
 
 /// Fixed concurrency for a duration; each worker runs sessions of 5 turns.
+const RUN_SPAN: u64 = 1_000_000_000;
+static RUNS: AtomicU64 = AtomicU64::new(1);
+
+/// The first turn number of a new run (its users are the run's own).
+fn first_turn() -> u64 {
+    RUNS.fetch_add(1, Ordering::Relaxed) * RUN_SPAN
+}
+
 pub async fn closed_loop(url: &str, pid: Option<u32>, concurrency: usize, seconds: u64, mode: Mode) -> Stats {
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
-    let counter = Arc::new(AtomicU64::new(0));
+    let counter = Arc::new(AtomicU64::new(first_turn()));
     let hist = Arc::new(Mutex::new(histogram()));
     let errors = Arc::new(AtomicU64::new(0));
     let cpu0 = pid.map(cpu_seconds).unwrap_or(0.0);
@@ -174,6 +185,7 @@ pub async fn closed_loop(url: &str, pid: Option<u32>, concurrency: usize, second
 pub async fn open_loop(url: &str, rate: f64, seconds: u64) -> Stats {
     let client = reqwest::Client::new();
     let total = (rate * seconds as f64) as u64;
+    let base = first_turn();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..total {
@@ -181,7 +193,7 @@ pub async fn open_loop(url: &str, rate: f64, seconds: u64) -> Stats {
         tokio::time::sleep_until(due.into()).await;
         let (client, url) = (client.clone(), url.to_string());
         tasks.push(tokio::spawn(async move {
-            let r = one_turn(&client, &url, i * 7919, None, Mode::Json).await;
+            let r = one_turn(&client, &url, base + i * 7919, None, Mode::Json).await;
             r.map(|_| due.elapsed().as_micros() as u64)
         }));
     }
