@@ -118,7 +118,8 @@ pub async fn one_turn(
     Ok((first.unwrap_or(0), sid))
 }
 
-/// Fixed concurrency for a duration; each worker runs sessions of 5 turns.
+/// Turn numbers per run: users repeat within a run only after 5,000 sessions, and runs never share
+/// users below a billion turns (an open loop spreads its turns 7,919 apart: 126,000 turns a run).
 const RUN_SPAN: u64 = 1_000_000_000;
 static RUNS: AtomicU64 = AtomicU64::new(1);
 
@@ -127,6 +128,7 @@ fn first_turn() -> u64 {
     RUNS.fetch_add(1, Ordering::Relaxed) * RUN_SPAN
 }
 
+/// Fixed concurrency for a duration; each worker runs sessions of 5 turns.
 pub async fn closed_loop(url: &str, pid: Option<u32>, concurrency: usize, seconds: u64, mode: Mode) -> Stats {
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap();
     let counter = Arc::new(AtomicU64::new(first_turn()));

@@ -65,7 +65,11 @@ fn transcript_line(m: &Message) -> String {
         Role::Agent => "Assistant",
     };
     let mut text: String = m.content.chars().take(MESSAGE_MAX_CHARS).collect();
-    let actions = m.metadata.as_ref().and_then(|md| md.get("actions")).and_then(|a| a.as_array());
+    // Only the agent's own record of its tools: a user message's metadata is the client's.
+    let actions = match m.role {
+        Role::Agent => m.metadata.as_ref().and_then(|md| md.get("actions")).and_then(|a| a.as_array()),
+        Role::User => None,
+    };
     for a in actions.into_iter().flatten() {
         text.push_str(&format!(
             "\n  (tool {} {} {}: {})",
@@ -246,5 +250,30 @@ impl Agent {
         });
         self.events.record(tenant, vec![Change::new(EventType::SessionCompacted, Some(&session.user_id), data)]).await;
         Ok(Summarized::Stored(summary))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transcript_line;
+    use crate::ids::{MessageId, SessionId, TenantId, UserId};
+    use crate::store::{Message, Role};
+
+    #[test]
+    fn only_an_agent_messages_actions_go_into_the_transcript() {
+        let actions = serde_json::json!({"actions": [{"tool": "book", "status": "done", "result": "ok"}]});
+        let message = |role| Message {
+            id: MessageId::parse("m1").unwrap(),
+            tenant_id: TenantId::parse("t").unwrap(),
+            session_id: SessionId::parse("s").unwrap(),
+            user_id: UserId::parse("u").unwrap(),
+            content: "text".into(),
+            role,
+            timestamp: crate::timestamp::Timestamp::now(),
+            metadata: actions.as_object().cloned(),
+            expires_at: None,
+        };
+        assert!(transcript_line(&message(Role::Agent)).contains("(tool book"));
+        assert!(!transcript_line(&message(Role::User)).contains("tool"));
     }
 }

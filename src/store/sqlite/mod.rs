@@ -55,11 +55,15 @@ impl Inner {
     }
 }
 
-/// The calls a turn makes, each a few indexed statements over a bounded number of rows: they run
-/// on the calling task when their connection is free (tens of microseconds, into the WAL in the
-/// page cache), instead of a trip to the blocking pool and back, which cost more than the call.
-/// Everything else (erasures, purges, scans, imports, search, backups), and any call whose
-/// connection is busy, runs on the blocking pool.
+/// The calls a turn makes, each a few indexed statements over a bounded number of rows (a history
+/// is at most `HISTORY_MAX_MESSAGES`): they run on the calling task when their connection is free
+/// (usually tens of microseconds, into the WAL in the page cache), instead of a trip to the blocking
+/// pool and back, which cost more than the call. Everything else (erasures, purges, scans, imports,
+/// search, backups, and a streamed turn's record saves, which rewrite its events so far), and any
+/// call whose connection is busy, runs on the blocking pool. Known costs of the inline path: the
+/// commit that takes the WAL past 16 MB runs the writer's checkpoint of the small remainder on the
+/// task, and another process holding SQLite's write lock (`search reindex`) makes it wait up to the
+/// busy timeout there.
 fn is_quick(op: &str) -> bool {
     matches!(
         op,
@@ -76,7 +80,6 @@ fn is_quick(op: &str) -> bool {
             | "transition_action"
             | "create_turn"
             | "get_turn"
-            | "save_turn"
             | "record_events"
             | "claim_delivery"
             | "settle_delivery"

@@ -106,8 +106,8 @@ pub(super) fn open(path: &Path) -> StoreResult<Connection> {
     // Every statement a turn runs stays prepared (the default keeps 16).
     conn.set_prepared_statement_cache_capacity(64);
     // Plans do not depend on bound values: otherwise SQLite re-prepares a statement whenever a
-    // parameter it could plan around (`?3 IS NULL OR ...`, `LIMIT ?5`) is bound anew, which was
-    // about a tenth of a turn's instructions, on every history read.
+    // parameter it planned around (a bound `LIMIT ?5`) is bound anew, which was about a tenth of a
+    // turn's instructions, on every history read.
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(internal)?;
     conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;")
         .map_err(|e| StoreError::Unavailable(format!("cannot use SQLite database {}: {e}", path.display())))?;
