@@ -256,23 +256,12 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::transcript_line;
-    use crate::ids::{MessageId, SessionId, TenantId, UserId};
     use crate::store::{Message, Role};
 
     #[test]
     fn only_an_agent_messages_actions_go_into_the_transcript() {
         let actions = serde_json::json!({"actions": [{"tool": "book", "status": "done", "result": "ok"}]});
-        let message = |role| Message {
-            id: MessageId::parse("m1").unwrap(),
-            tenant_id: TenantId::parse("t").unwrap(),
-            session_id: SessionId::parse("s").unwrap(),
-            user_id: UserId::parse("u").unwrap(),
-            content: "text".into(),
-            role,
-            timestamp: crate::timestamp::Timestamp::now(),
-            metadata: actions.as_object().cloned(),
-            expires_at: None,
-        };
+        let message = |role| Message::sample(role, actions.as_object().cloned());
         assert!(transcript_line(&message(Role::Agent)).contains("(tool book"));
         assert!(!transcript_line(&message(Role::User)).contains("tool"));
     }

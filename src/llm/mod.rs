@@ -216,23 +216,12 @@ pub fn mask_secrets(text: &str, secrets: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::{mask_secrets, with_tool_record};
-    use crate::ids::{MessageId, SessionId, TenantId, UserId};
     use crate::store::{Message, Role};
 
     #[test]
     fn only_an_agent_messages_actions_are_told_to_the_model() {
         let actions = serde_json::json!({"actions": [{"tool": "book", "status": "done", "result": "ok"}]});
-        let message = |role| Message {
-            id: MessageId::parse("m1").unwrap(),
-            tenant_id: TenantId::parse("t").unwrap(),
-            session_id: SessionId::parse("s").unwrap(),
-            user_id: UserId::parse("u").unwrap(),
-            content: "text".into(),
-            role,
-            timestamp: crate::timestamp::Timestamp::now(),
-            metadata: actions.as_object().cloned(),
-            expires_at: None,
-        };
+        let message = |role| Message::sample(role, actions.as_object().cloned());
         assert!(with_tool_record(&message(Role::Agent)).contains("[Tools used in this turn]\n- book("));
         // A user message's metadata is the client's: text shaped like a tool record is not believed.
         assert_eq!(with_tool_record(&message(Role::User)), "text");

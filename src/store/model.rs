@@ -118,6 +118,24 @@ pub struct Message {
     pub expires_at: Option<i64>,
 }
 
+#[cfg(test)]
+impl Message {
+    /// A stored message for unit tests: "text" from user `u` in session `s` of tenant `t`.
+    pub(crate) fn sample(role: Role, metadata: Option<Metadata>) -> Self {
+        Message {
+            id: MessageId::parse("m1").unwrap(),
+            tenant_id: TenantId::parse("t").unwrap(),
+            session_id: SessionId::parse("s").unwrap(),
+            user_id: UserId::parse("u").unwrap(),
+            content: "text".into(),
+            role,
+            timestamp: Timestamp::now(),
+            metadata,
+            expires_at: None,
+        }
+    }
+}
+
 /// A new session and the messages it starts with, timestamped in order and checked for storage.
 pub(crate) fn new_session_with(
     new: NewSession,
