@@ -65,12 +65,7 @@ fn transcript_line(m: &Message) -> String {
         Role::Agent => "Assistant",
     };
     let mut text: String = m.content.chars().take(MESSAGE_MAX_CHARS).collect();
-    // Only the agent's own record of its tools: a user message's metadata is the client's.
-    let actions = match m.role {
-        Role::Agent => m.metadata.as_ref().and_then(|md| md.get("actions")).and_then(|a| a.as_array()),
-        Role::User => None,
-    };
-    for a in actions.into_iter().flatten() {
+    for a in m.tool_actions() {
         text.push_str(&format!(
             "\n  (tool {} {} {}: {})",
             a["tool"].as_str().unwrap_or("?"),

@@ -47,13 +47,7 @@ pub struct TurnOutcome {
 impl TurnOutcome {
     /// Every tool call of the turn, as stored in the agent message's `metadata.actions`.
     pub fn actions(&self) -> Vec<Value> {
-        self.agent_message
-            .metadata
-            .as_ref()
-            .and_then(|m| m.get("actions"))
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
+        self.agent_message.tool_actions().to_vec()
     }
 
     /// Whether an action of the turn waits for a person.

@@ -163,11 +163,10 @@ pub(crate) fn chat_messages(request: &ModelRequest) -> Vec<(&'static str, String
 
 /// An agent message's text with what its tools did (from `metadata.actions`), so later turns know.
 fn with_tool_record(m: &Message) -> String {
-    if m.role != Role::Agent {
+    let actions = m.tool_actions();
+    if actions.is_empty() {
         return m.content.clone();
     }
-    let actions = m.metadata.as_ref().and_then(|md| md.get("actions")).and_then(Value::as_array);
-    let Some(actions) = actions.filter(|a| !a.is_empty()) else { return m.content.clone() };
     let lines: Vec<String> = actions
         .iter()
         .map(|a| {

@@ -118,6 +118,22 @@ pub struct Message {
     pub expires_at: Option<i64>,
 }
 
+impl Message {
+    /// What an agent message's tools did (its `metadata.actions`); nothing for a user message, whose
+    /// metadata is the client's and is never taken for a record of tools.
+    pub fn tool_actions(&self) -> &[Value] {
+        match self.role {
+            Role::Agent => self
+                .metadata
+                .as_ref()
+                .and_then(|m| m.get("actions"))
+                .and_then(Value::as_array)
+                .map_or(&[], Vec::as_slice),
+            Role::User => &[],
+        }
+    }
+}
+
 #[cfg(test)]
 impl Message {
     /// A stored message for unit tests: "text" from user `u` in session `s` of tenant `t`.
