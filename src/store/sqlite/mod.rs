@@ -47,6 +47,10 @@ struct Inner {
 }
 
 impl Inner {
+    fn take_reader(&self) -> Option<Connection> {
+        self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
     fn give_back_reader(&self, conn: Connection) {
         let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         if readers.len() < MAX_READERS {
@@ -149,28 +153,36 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
-        if is_quick(op) {
-            let free = match self.inner.writer.try_lock() {
-                Ok(conn) => Some(conn),
-                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-                Err(std::sync::TryLockError::WouldBlock) => None,
-            };
-            if let Some(mut conn) = free {
-                let result = f(&mut conn);
-                crate::telemetry::storage_call("sqlite", op, result.is_ok());
-                return result;
+        let result = match self.write_here(op, f) {
+            Ok(result) => result,
+            Err(f) => {
+                let inner = self.inner.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut conn = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+                    f(&mut conn)
+                })
+                .await
+                .map_err(internal)
+                .and_then(|r| r)
             }
-        }
-        let inner = self.inner.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut conn = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut conn)
-        })
-        .await
-        .map_err(internal)
-        .and_then(|r| r);
+        };
         crate::telemetry::storage_call("sqlite", op, result.is_ok());
         result
+    }
+
+    /// Runs a quick write (`is_quick`) on this task when the writer is free; otherwise gives `f` back.
+    fn write_here<T, F>(&self, op: &str, f: F) -> Result<StoreResult<T>, F>
+    where
+        F: FnOnce(&mut Connection) -> StoreResult<T>,
+    {
+        if !is_quick(op) {
+            return Err(f);
+        }
+        match self.inner.writer.try_lock() {
+            Ok(mut conn) => Ok(f(&mut conn)),
+            Err(std::sync::TryLockError::Poisoned(p)) => Ok(f(&mut p.into_inner())),
+            Err(std::sync::TryLockError::WouldBlock) => Err(f),
+        }
     }
 
     async fn read<T, F>(&self, op: &'static str, f: F) -> StoreResult<T>
@@ -178,29 +190,28 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        if is_quick(op) {
-            let pooled = self.inner.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            if let Some(conn) = pooled {
+        let result = match is_quick(op).then(|| self.inner.take_reader()).flatten() {
+            Some(conn) => {
                 let result = f(&conn);
                 self.inner.give_back_reader(conn);
-                crate::telemetry::storage_call("sqlite", op, result.is_ok());
-                return result;
+                result
             }
-        }
-        let inner = self.inner.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let pooled = inner.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let conn = match pooled {
-                Some(c) => c,
-                None => open(&inner.path)?,
-            };
-            let result = f(&conn);
-            inner.give_back_reader(conn);
-            result
-        })
-        .await
-        .map_err(internal)
-        .and_then(|r| r);
+            None => {
+                let inner = self.inner.clone();
+                tokio::task::spawn_blocking(move || {
+                    let conn = match inner.take_reader() {
+                        Some(c) => c,
+                        None => open(&inner.path)?,
+                    };
+                    let result = f(&conn);
+                    inner.give_back_reader(conn);
+                    result
+                })
+                .await
+                .map_err(internal)
+                .and_then(|r| r)
+            }
+        };
         crate::telemetry::storage_call("sqlite", op, result.is_ok());
         result
     }
