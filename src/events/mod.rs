@@ -234,7 +234,6 @@ impl Events {
                     next_at: now,
                     first_at: now,
                     lease_until: 0,
-                    lease_owner: None,
                     last_error: None,
                 });
             }

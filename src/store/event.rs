@@ -38,8 +38,6 @@ pub struct Delivery {
     pub first_at: i64,
     /// Epoch milliseconds: claimed by a deliverer until then.
     pub lease_until: i64,
-    /// The deliverer that holds the claim, if any.
-    pub lease_owner: Option<String>,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
 }

@@ -697,7 +697,6 @@ fn delivery_of(e: &StoredEvent, endpoint: &str, now: i64) -> Delivery {
         next_at: now,
         first_at: now,
         lease_until: 0,
-        lease_owner: None,
         last_error: None,
     }
 }

@@ -72,7 +72,6 @@ fn delivery_from_item(item: &Item) -> StoreResult<Delivery> {
         first_at: get_n(item, "firstAt"),
         lease_until: get_n(item, "leaseUntil"),
         last_error: get_s(item, "lastError"),
-        lease_owner: get_s(item, "leaseOwner"),
     })
 }
 
@@ -125,9 +124,6 @@ impl DynamoStore {
             ]);
             if let Some(u) = &d.user_id {
                 item.insert("eventUserId".into(), s(u.as_str()));
-            }
-            if let Some(owner) = &d.lease_owner {
-                item.insert("leaseOwner".into(), s(owner));
             }
             items.push(item);
         }

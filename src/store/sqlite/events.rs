@@ -27,7 +27,7 @@ pub(super) fn record(conn: &mut Connection, events: &[StoredEvent], deliveries: 
     for d in deliveries {
         tx.prepare_cached(
             "INSERT OR IGNORE INTO deliveries (event_id, endpoint, tenant_id, type, user_id, body, attempts, next_at, \
-             first_at, lease_until, last_error, lease_owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             first_at, lease_until, last_error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -41,8 +41,7 @@ pub(super) fn record(conn: &mut Connection, events: &[StoredEvent], deliveries: 
                 d.next_at,
                 d.first_at,
                 d.lease_until,
-                d.last_error,
-                d.lease_owner
+                d.last_error
             ])
         })
         .map_err(internal)?;
@@ -89,7 +88,8 @@ pub(super) fn list(
         .map_err(internal)
 }
 
-const DELIVERY_COLUMNS: &str = "event_id, endpoint, tenant_id, type, user_id, body, attempts, next_at, first_at, lease_until, last_error, lease_owner";
+const DELIVERY_COLUMNS: &str =
+    "event_id, endpoint, tenant_id, type, user_id, body, attempts, next_at, first_at, lease_until, last_error";
 
 fn delivery_from_row(r: &Row) -> rusqlite::Result<Delivery> {
     Ok(Delivery {
@@ -105,7 +105,6 @@ fn delivery_from_row(r: &Row) -> rusqlite::Result<Delivery> {
         first_at: r.get(8)?,
         lease_until: r.get(9)?,
         last_error: r.get(10)?,
-        lease_owner: r.get(11)?,
     })
 }
 
