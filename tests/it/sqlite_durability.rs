@@ -143,8 +143,7 @@ async fn the_wal_stays_bounded_under_sustained_writes() {
         .unwrap();
     let big = "x".repeat(4000);
     // Four writers of 100 KB transactions that never pause (a background checkpoint must not starve
-    // behind them), and a
-    // sampler of the WAL's size.
+    // behind them), and a sampler of the WAL's size.
     let writers = (0..4).map(|_| {
         let (store, tenant, sid, user, big) = (store.clone(), tenant.clone(), s.id.clone(), user.clone(), big.clone());
         tokio::spawn(async move {
