@@ -125,6 +125,8 @@ pub struct Config {
     pub request_timeout: Duration,
     pub header_read_timeout: Duration,
     pub max_concurrent_requests: usize,
+    /// `REQUEST_QUEUE_TIMEOUT_MS`: how long a request waits for one of those slots before a 503.
+    pub request_queue_timeout: Duration,
     /// `MAX_CONCURRENT_STREAMS`: open event streams (each holds its slot until it ends).
     pub max_concurrent_streams: usize,
     pub shutdown_grace: Duration,
@@ -466,6 +468,7 @@ impl Config {
             request_timeout: Duration::from_secs(parse_num("REQUEST_TIMEOUT_SECONDS", llm_timeout.as_secs() + 30, 1)?),
             header_read_timeout: Duration::from_secs(parse_num("HEADER_READ_TIMEOUT_SECONDS", 10u64, 1)?),
             max_concurrent_requests: parse_num("MAX_CONCURRENT_REQUESTS", 4096usize, 1)?,
+            request_queue_timeout: Duration::from_millis(parse_num("REQUEST_QUEUE_TIMEOUT_MS", 5000u64, 0)?),
             max_concurrent_streams: parse_num("MAX_CONCURRENT_STREAMS", 2048usize, 1)?,
             shutdown_grace: Duration::from_secs(parse_num("SHUTDOWN_GRACE_SECONDS", 25u64, 0)?),
             tools: ToolsConfig {

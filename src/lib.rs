@@ -9,6 +9,8 @@ pub mod ids;
 pub mod llm;
 pub mod portability;
 pub mod private_file;
+pub mod random;
+pub mod redact;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

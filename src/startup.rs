@@ -90,6 +90,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         max_body_bytes: config.max_body_bytes,
         request_timeout: config.request_timeout,
         max_concurrent_requests: config.max_concurrent_requests,
+        request_queue_timeout: config.request_queue_timeout,
     };
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.host, config.port))
         .await

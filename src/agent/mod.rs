@@ -190,10 +190,13 @@ impl Agent {
             true => self.store.get_session(tenant, session).await,
             false => Ok(None),
         };
-        let result = self.store.delete_session(tenant, session).await;
+        let result = self.store.delete_session(tenant, session, None).await;
         self.live.end_erasure(tenant, None, Some(session));
         self.sweep_later(tenant.clone(), None, vec![session.clone()]);
         if let (Ok(Some(_)), Ok(Some(gone))) = (&result, &before) {
+            // The session's content goes from the feed and the outbox with it; its deletion is
+            // announced (ids only).
+            self.events.forget(tenant, &gone.user_id, Some(session)).await;
             let change = announce::session_change(EventType::SessionDeleted, gone);
             self.events.record(tenant, vec![change]).await;
         }
@@ -201,7 +204,9 @@ impl Agent {
     }
 
     /// A JSON turn running on another server keeps no record that an erasure could reach: once the
-    /// longest such turn has surely ended, the erasure runs again and removes what it wrote.
+    /// longest such turn has surely ended, the erasure runs again and removes what it wrote. Only
+    /// what was written by the time the erasure answered (such a turn reserved its timestamps
+    /// before): a session created later with a reused id, and its messages, stay.
     fn sweep_later(self: &Arc<Self>, tenant: TenantId, user: Option<UserId>, sessions: Vec<SessionId>) {
         let agent = self.clone();
         let longest = self.settings.llm_timeout * (self.tools.max_steps as u32 + 2) + Duration::from_secs(30);
@@ -214,7 +219,7 @@ impl Agent {
                 sessions.extend(agent.user_session_ids(&tenant, user, Some(&erased_at)).await);
             }
             for session in &sessions {
-                if let Err(e) = agent.store.delete_session(&tenant, session).await {
+                if let Err(e) = agent.store.delete_session(&tenant, session, Some(&erased_at)).await {
                     tracing::warn!(error = %e, %session, "the second sweep of an erasure failed");
                 }
             }
@@ -233,7 +238,7 @@ impl Agent {
         self.sweep_later(tenant.clone(), Some(user.clone()), sessions);
         let deleted = result?;
         // The user's earlier events go with their data; the erasure itself is announced (ids only).
-        self.events.forget_user(tenant, user).await;
+        self.events.forget(tenant, user, None).await;
         let data = serde_json::json!({"userId": user, "sessions": deleted.sessions, "messages": deleted.messages});
         self.events.record(tenant, vec![Change::new(EventType::UserErased, None, data)]).await;
         Ok(deleted)

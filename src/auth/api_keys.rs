@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use aws_lc_rs::{constant_time, digest, rand};
+use aws_lc_rs::{constant_time, digest};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
@@ -43,12 +43,6 @@ fn hash(key: &str) -> String {
     format!("sha256:{hex}")
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut buf = [0u8; N];
-    rand::fill(&mut buf).expect("the system random generator works");
-    buf
-}
-
 fn read_file(path: &Path) -> std::io::Result<KeyFile> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
@@ -78,8 +72,8 @@ pub fn create(
     admin: bool,
 ) -> std::io::Result<(String, KeyRecord)> {
     let mut file = read_file(path)?;
-    let secret = format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()));
-    let id: String = random_bytes::<6>().iter().map(|b| format!("{b:02x}")).collect();
+    let secret = format!("{KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(crate::random::bytes::<32>()));
+    let id: String = crate::random::bytes::<6>().iter().map(|b| format!("{b:02x}")).collect();
     let record = KeyRecord {
         id: format!("key_{id}"),
         name,

@@ -239,7 +239,7 @@ impl Deliverer {
     /// The wait before attempt `failed + 1`, with ±20 % jitter.
     fn backoff(&self, failed: u32) -> Duration {
         let base = self.schedule[(failed as usize).saturating_sub(1).min(self.schedule.len() - 1)];
-        let random = (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
+        let random = crate::random::fraction();
         base.mul_f64(0.8 + 0.4 * random)
     }
 

@@ -21,7 +21,7 @@ pub use delivery::Deliverer;
 pub use endpoints::Endpoint;
 
 use crate::config::EventsConfig;
-use crate::ids::{TenantId, UserId};
+use crate::ids::{SessionId, TenantId, UserId};
 use crate::store::{ConversationStore, Delivery, StoredEvent};
 use crate::timestamp::{self, Timestamp};
 
@@ -221,6 +221,7 @@ impl Events {
         let mut deliveries = Vec::new();
         for change in changes {
             let id = new_event_id();
+            let session = change.data.get("sessionId").and_then(Value::as_str).and_then(|s| SessionId::parse(s).ok());
             let body = body(&id, change.kind, tenant, change.data);
             for endpoint in inner.endpoints.iter().filter(|e| e.wants(tenant, change.kind)) {
                 deliveries.push(Delivery {
@@ -228,6 +229,7 @@ impl Events {
                     tenant_id: tenant.clone(),
                     kind: change.kind.as_str().to_string(),
                     user_id: change.user.clone(),
+                    session_id: session.clone(),
                     endpoint: endpoint.id.clone(),
                     body: body.clone(),
                     attempts: 0,
@@ -243,6 +245,7 @@ impl Events {
                 tenant_id: tenant.clone(),
                 kind: change.kind.as_str().to_string(),
                 user_id: change.user,
+                session_id: session,
                 body,
                 expires_at,
             });
@@ -260,11 +263,12 @@ impl Events {
         }
     }
 
-    /// Removes a user's events from the feed and the outbox (an erasure), before `user.erased`.
-    pub async fn forget_user(&self, tenant: &TenantId, user: &UserId) {
+    /// Removes a user's events from the feed and the outbox (an erasure), before `user.erased`;
+    /// with `session`, only those about that session (its deletion), before `session.deleted`.
+    pub async fn forget(&self, tenant: &TenantId, user: &UserId, session: Option<&SessionId>) {
         let Some(inner) = &self.0 else { return };
-        if let Err(e) = inner.store.forget_events(tenant, user).await {
-            tracing::warn!(error = %e, %tenant, "the erased user's events could not be removed");
+        if let Err(e) = inner.store.forget_events(tenant, user, session).await {
+            tracing::warn!(error = %e, %tenant, "the erased events could not be removed");
         }
     }
 }

@@ -31,7 +31,7 @@ impl SigningKey {
 
     /// A new random secret in the `whsec_` form.
     pub fn generate() -> String {
-        let bytes: Vec<u8> = (0..2).flat_map(|_| uuid::Uuid::new_v4().into_bytes()).collect();
+        let bytes = crate::random::bytes::<32>();
         format!("whsec_{}", STANDARD.encode(bytes))
     }
 }

@@ -1,10 +1,10 @@
-//! Who may do what: authentication, the tenant check, per-tenant rate limits and header limits.
-//! This is the one place where a request's tenant is decided.
+//! Who is calling (authentication), per-tenant rate limits and header limits. What a caller may
+//! reach is decided in one place, the extractors of `extract`.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{RawPathParams, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -29,27 +29,6 @@ fn is_open(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/console") || path.starts_with("/console/")
 }
 
-/// The `{tenantId}` of `/agent/conversations/{tenantId}/...`, percent-decoded as the router does.
-fn path_tenant(path: &str) -> Option<String> {
-    let rest = conversations_path(path).or_else(|| path.strip_prefix("/agent/events/"))?;
-    let segment = rest.split('/').next()?;
-    Some(percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned())
-}
-
-/// What follows `/agent/conversations/` (or `/conversations/`, the original server's aliases).
-fn conversations_path(path: &str) -> Option<&str> {
-    path.strip_prefix("/agent/conversations/").or_else(|| path.strip_prefix("/conversations/"))
-}
-
-/// The `{userId}` of `/agent/conversations/{tenantId}/users/{userId}`.
-fn path_user(path: &str) -> Option<String> {
-    let mut parts = conversations_path(path)?.split('/');
-    parts.next()?;
-    (parts.next()? == "users").then_some(())?;
-    let segment = parts.next()?;
-    Some(percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned())
-}
-
 fn unauthorized(failure: AuthFailure) -> Response {
     let (message, challenge) = match failure {
         AuthFailure::Missing => {
@@ -65,46 +44,9 @@ fn unauthorized(failure: AuthFailure) -> Response {
     response
 }
 
-fn forbidden(what: &str) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("this credential may not act for {what}"))
-}
-
-/// Checks a caller against the tenant and user a request names in its headers and path. Headers
-/// left out are not filled in here: `extract::TurnIdentity` takes the credential's own instead.
-fn bind(caller: &Caller, request: &Request) -> Result<(), ApiError> {
-    let path = request.uri().path();
-    let headers = request.headers();
-    if let Some(tenant) = &caller.tenant {
-        if headers.get("x-tenant-id").is_some_and(|named| named.as_bytes() != tenant.as_str().as_bytes()) {
-            return Err(forbidden("the tenant in x-tenant-id"));
-        }
-        if path_tenant(path).is_some_and(|t| t != tenant.as_str()) {
-            return Err(forbidden("the tenant in the path"));
-        }
-    }
-    if let Some(user) = &caller.user {
-        if headers.get("x-user-id").is_some_and(|named| named.as_bytes() != user.as_str().as_bytes()) {
-            return Err(forbidden("the user in x-user-id"));
-        }
-        if path_user(path).is_some_and(|u| u != user.as_str()) {
-            return Err(forbidden("the user in the path"));
-        }
-        // The tenant's change events are for tenant credentials, not one user's.
-        if path.starts_with("/agent/events/") {
-            return Err(forbidden("the tenant's change events"));
-        }
-        // The tenant-wide message list is for tenant credentials, not one user's.
-        if path_tenant(path).is_some()
-            && path.trim_end_matches('/').ends_with("/messages")
-            && !path.contains("/sessions/")
-        {
-            return Err(forbidden("the tenant's messages of every user"));
-        }
-    }
-    Ok(())
-}
-
-/// Authentication and the tenant check, before any handler runs.
+/// Authentication, before any handler runs: who is calling (a `Caller` in the request's
+/// extensions). What that caller may reach is decided by the extractors of `extract`, against the
+/// matched route's parameters.
 pub async fn authorize(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     if state.auth.is_none() || is_open(path) {
@@ -119,13 +61,52 @@ pub async fn authorize(State(state): State<AppState>, mut request: Request, next
         Err(failure) => return unauthorized(failure),
     };
     if path == "/metrics" && !caller.admin {
-        return forbidden("metrics (an admin credential is needed)").into_response();
-    }
-    if let Err(error) = bind(&caller, &request) {
-        return error.into_response();
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this credential may not act for metrics (an admin credential is needed)",
+        )
+        .into_response();
     }
     request.extensions_mut().insert(caller);
     next.run(request).await
+}
+
+/// The slots for requests in progress (`MAX_CONCURRENT_REQUESTS`), and how long a request waits
+/// for one (`REQUEST_QUEUE_TIMEOUT_MS`).
+#[derive(Clone)]
+pub struct RequestSlots {
+    slots: Arc<tokio::sync::Semaphore>,
+    wait: std::time::Duration,
+}
+
+impl RequestSlots {
+    pub fn new(slots: usize, wait: std::time::Duration) -> Self {
+        Self { slots: Arc::new(tokio::sync::Semaphore::new(slots.min(tokio::sync::Semaphore::MAX_PERMITS))), wait }
+    }
+}
+
+/// Holds a slot while the request is handled (a stream lets go once its response head is sent).
+/// Health probes take none, so they answer however busy the server is; a request that cannot get
+/// one in time is answered 503 with `Retry-After`, instead of waiting without end.
+pub async fn request_slot(State(slots): State<RequestSlots>, request: Request, next: Next) -> Response {
+    if matches!(request.uri().path(), "/healthz" | "/readyz") {
+        return next.run(request).await;
+    }
+    let Ok(Ok(permit)) = tokio::time::timeout(slots.wait, slots.slots.clone().acquire_owned()).await else {
+        metrics::counter!("http_requests_shed_total").increment(1);
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the server is handling MAX_CONCURRENT_REQUESTS requests and none ended in time; retry shortly",
+        )
+        .into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    let response = next.run(request).await;
+    drop(permit);
+    response
 }
 
 /// Requests per minute per tenant.
@@ -146,17 +127,25 @@ impl TenantRateLimit {
     }
 }
 
-/// 429 with `Retry-After` once a tenant has used its requests for the minute.
-pub async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// 429 with `Retry-After` once a tenant has used its requests for the minute. A route layer: it
+/// runs after routing, so the tenant is the matched route's `{tenantId}` when the credential has
+/// none of its own (an admin key) and no `x-tenant-id` names one.
+pub async fn rate_limit(
+    State(state): State<AppState>,
+    params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(limit) = &state.rate_limit else { return next.run(request).await };
     if is_open(request.uri().path()) {
         return next.run(request).await;
     }
-    // The credential's tenant when it has one (headers and path were checked against it).
+    // The credential's tenant when it has one (the extractors refuse a request naming another).
     let bound = request.extensions().get::<Caller>().and_then(|c| c.tenant.as_ref()).map(|t| t.to_string());
+    let routed = || params.ok()?.iter().find(|(name, _)| *name == "tenantId").map(|(_, v)| v.to_string());
     let tenant = bound
         .or_else(|| request.headers().get("x-tenant-id").and_then(|v| v.to_str().ok()).map(str::to_string))
-        .or_else(|| path_tenant(request.uri().path()))
+        .or_else(routed)
         .unwrap_or_default();
     if let Err(not_until) = limit.limiter.check_key(&tenant) {
         crate::telemetry::rate_limited();
@@ -206,18 +195,4 @@ pub async fn header_limits(request: Request, next: Next) -> Response {
         }
     }
     next.run(request).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn path_segments_are_decoded_like_the_router_does() {
-        assert_eq!(path_tenant("/agent/conversations/acme/users/u1").as_deref(), Some("acme"));
-        assert_eq!(path_tenant("/agent/conversations/ac%6De/messages").as_deref(), Some("acme"));
-        assert_eq!(path_tenant("/agent/process"), None);
-        assert_eq!(path_user("/agent/conversations/acme/users/u%31").as_deref(), Some("u1"));
-        assert_eq!(path_user("/agent/conversations/acme/sessions/s1"), None);
-    }
 }

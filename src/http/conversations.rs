@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 
-use super::extract::{Scope, SessionPath, TenantPath, UserPath};
+use super::extract::{Scope, SessionPath, TenantWidePath, UserPath};
 use super::{ApiError, AppState};
 use crate::agent::Summarized;
 use crate::ids::{SessionId, TenantId};
@@ -328,7 +328,7 @@ async fn list_session_messages(
 async fn list_tenant_messages(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,
-    TenantPath { tenant }: TenantPath,
+    TenantWidePath { tenant }: TenantWidePath,
     query: Result<Query<MessagesQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query?;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 
-use super::extract::TenantPath;
+use super::extract::TenantWidePath;
 use super::{ApiError, AppState};
 use crate::events::{EventType, event_id_floor, is_event_id};
 
@@ -49,7 +49,7 @@ pub struct EventsQuery {
 async fn list_events(
     State(state): State<AppState>,
     OriginalUri(uri): OriginalUri,
-    TenantPath { tenant }: TenantPath,
+    TenantWidePath { tenant }: TenantWidePath,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query?;

@@ -1,9 +1,18 @@
 //! What handlers take from a request, parsed once: the caller's scope, the ids in the path and the
 //! headers, and the `Idempotency-Key`. Each extractor answers a bad value with a 400 naming it.
+//!
+//! This is also the one place that decides what a credential may reach. `access::authorize` only
+//! establishes who is calling; every extractor that names a tenant or a user (the matched route's
+//! parameters, or a turn's headers) checks them against the credential with one rule:
+//! - a tenant-bound credential (a tenant's API key, a JWT) acts for its own tenant only;
+//! - a user-bound credential (a JWT) reaches its own user's routes and sessions only: a route of
+//!   the tenant's data of every user ([`TenantWidePath`]) is refused, a user route must name its
+//!   user, and a session of another user answers 404 as if it did not exist ([`Scope::sees`]);
+//! - admin keys reach every tenant; `AUTH_MODE=none` trusts the request.
 
 use axum::extract::{FromRequestParts, Path};
-use axum::http::HeaderMap;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
 use super::ApiError;
@@ -32,6 +41,33 @@ impl Scope {
     fn tenant(&self) -> Option<&TenantId> {
         self.caller.as_ref().and_then(|c| c.tenant.as_ref())
     }
+
+    /// The rule above, for a route that names `tenant` and reaches `reach`.
+    fn authorize(&self, tenant: &TenantId, reach: Reach<'_>) -> Result<(), ApiError> {
+        if self.tenant().is_some_and(|own| own != tenant) {
+            return Err(forbidden("the tenant in the path"));
+        }
+        match (self.bound_user(), reach) {
+            (Some(_), Reach::TenantWide) => Err(forbidden("the tenant's data of every user")),
+            (Some(own), Reach::User(named)) if own != named => Err(forbidden("the user in the path")),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What a route reaches, for [`Scope::authorize`].
+#[derive(Debug, Clone, Copy)]
+pub enum Reach<'a> {
+    /// Data of every user of the tenant (its message list, its search, its change events).
+    TenantWide,
+    /// One user's data.
+    User(&'a UserId),
+    /// One session: its owner is checked when it is read ([`Scope::sees`]).
+    Session,
+}
+
+fn forbidden(what: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("this credential may not act for {what}"))
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Scope {
@@ -57,8 +93,20 @@ impl<S: Send + Sync> FromRequestParts<S> for TurnIdentity {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let scope = Scope::from_request_parts(parts, state).await.unwrap_or_default();
         let headers = &parts.headers;
-        let tenant = header_id(headers, "x-tenant-id", TenantId::parse)?.or_else(|| scope.tenant().cloned());
-        let user = header_id(headers, "x-user-id", UserId::parse)?.or_else(|| scope.bound_user().cloned());
+        let named_tenant = header_id(headers, "x-tenant-id", TenantId::parse)?;
+        let named_user = header_id(headers, "x-user-id", UserId::parse)?;
+        if let (Some(own), Some(named)) = (scope.tenant(), &named_tenant)
+            && own != named
+        {
+            return Err(forbidden("the tenant in x-tenant-id"));
+        }
+        if let (Some(own), Some(named)) = (scope.bound_user(), &named_user)
+            && own != named
+        {
+            return Err(forbidden("the user in x-user-id"));
+        }
+        let tenant = named_tenant.or_else(|| scope.tenant().cloned());
+        let user = named_user.or_else(|| scope.bound_user().cloned());
         Ok(TurnIdentity {
             tenant: tenant.ok_or_else(|| missing_header("x-tenant-id"))?,
             user: user.ok_or_else(|| missing_header("x-user-id"))?,
@@ -136,9 +184,10 @@ fn path_id<T: Segment>(name: &str, raw: String) -> Result<T, ApiError> {
     T::parse_segment(raw).map_err(|e| ApiError::bad_request("invalid_path", format!("{name}: {e}")))
 }
 
-/// Declares a path extractor whose segments are parsed into ids by name.
+/// Declares a path extractor whose segments are parsed into ids by name, and which authorizes the
+/// caller for the tenant it names and what it reaches ([`Scope::authorize`]).
 macro_rules! path_extractor {
-    ($(#[$doc:meta])* $name:ident { $($field:ident: $ty:ty = $param:literal),+ $(,)? }) => {
+    ($(#[$doc:meta])* $name:ident { $($field:ident: $ty:ty = $param:literal),+ $(,)? } reaches |$p:ident| $reach:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone)]
         pub struct $name { $(pub $field: $ty),+ }
@@ -150,30 +199,36 @@ macro_rules! path_extractor {
                 #[derive(Deserialize)]
                 struct Raw { $(#[serde(rename = $param)] $field: String),+ }
                 let Path(raw) = Path::<Raw>::from_request_parts(parts, state).await?;
-                Ok($name { $($field: path_id::<$ty>($param, raw.$field)?),+ })
+                let $p = $name { $($field: path_id::<$ty>($param, raw.$field)?),+ };
+                let scope = Scope::from_request_parts(parts, state).await.unwrap_or_default();
+                scope.authorize(&$p.tenant, $reach)?;
+                Ok($p)
             }
         }
     };
 }
 
 path_extractor!(
-    /// `/agent/conversations/{tenantId}/...`
-    TenantPath { tenant: TenantId = "tenantId" }
+    /// `/agent/conversations/{tenantId}/messages`, `.../search`, `/agent/events/{tenantId}`: the
+    /// tenant's data of every user.
+    TenantWidePath { tenant: TenantId = "tenantId" } reaches |p| Reach::TenantWide
 );
 path_extractor!(
     /// `/agent/conversations/{tenantId}/users/{userId}`
-    UserPath { tenant: TenantId = "tenantId", user: UserId = "userId" }
+    UserPath { tenant: TenantId = "tenantId", user: UserId = "userId" } reaches |p| Reach::User(&p.user)
 );
 path_extractor!(
     /// `/agent/conversations/{tenantId}/sessions/{sessionId}/...`
-    SessionPath { tenant: TenantId = "tenantId", session: SessionId = "sessionId" }
+    SessionPath { tenant: TenantId = "tenantId", session: SessionId = "sessionId" } reaches |p| Reach::Session
 );
 
 path_extractor!(
     /// `/agent/conversations/{tenantId}/sessions/{sessionId}/actions/{actionId}/...`
     ActionPath { tenant: TenantId = "tenantId", session: SessionId = "sessionId", action: String = "actionId" }
+        reaches |p| Reach::Session
 );
 path_extractor!(
     /// `/agent/conversations/{tenantId}/sessions/{sessionId}/turns/{turnId}/...`
     TurnPath { tenant: TenantId = "tenantId", session: SessionId = "sessionId", turn: MessageId = "turnId" }
+        reaches |p| Reach::Session
 );

@@ -22,7 +22,6 @@ use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
@@ -63,6 +62,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub max_concurrent_requests: usize,
+    /// How long a request waits for a slot before it is answered 503.
+    pub request_queue_timeout: Duration,
 }
 
 #[derive(OpenApi)]
@@ -103,6 +104,7 @@ pub fn app(state: AppState, limits: Limits) -> axum::Router {
             }),
         )
         .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), access::rate_limit))
         .route_layer(middleware::from_fn(route_label))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
@@ -115,8 +117,10 @@ pub fn app(state: AppState, limits: Limits) -> axum::Router {
             .into_response()
         }))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout))
-        .layer(GlobalConcurrencyLimitLayer::new(limits.max_concurrent_requests))
-        .layer(middleware::from_fn_with_state(state.clone(), access::rate_limit))
+        .layer(middleware::from_fn_with_state(
+            access::RequestSlots::new(limits.max_concurrent_requests, limits.request_queue_timeout),
+            access::request_slot,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), access::authorize))
         .layer(middleware::from_fn(access::header_limits))
         .layer(middleware::from_fn(request_context))

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 
-use super::extract::{Scope, TenantPath, UserPath};
+use super::extract::{TenantWidePath, UserPath};
 use super::{ApiError, AppState};
 use crate::ids::{SessionId, TenantId, UserId};
 use crate::store::Role;
@@ -180,7 +180,7 @@ async fn search_user(
 }
 
 /// Search the tenant's messages (tenant and admin credentials; a credential bound to one user
-/// searches only that user's messages).
+/// searches its own at `/agent/conversations/{tenantId}/users/{userId}/search`).
 #[utoipa::path(
     get,
     path = "/agent/conversations/{tenantId}/search",
@@ -189,29 +189,18 @@ async fn search_user(
     responses(
         (status = 200, body = SearchAnswer, description = "Matches; Link header for the next page"),
         (status = 400, description = "No words in q, or a bad filter"),
+        (status = 403, description = "A credential bound to one user"),
     )
 )]
 async fn search_tenant(
     State(state): State<AppState>,
-    scope: Scope,
     OriginalUri(uri): OriginalUri,
-    TenantPath { tenant }: TenantPath,
+    TenantWidePath { tenant }: TenantWidePath,
     params: Result<Query<SearchParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) = params?;
     let named =
         params.user_id.as_deref().map(|u| UserId::parse(u).map_err(|e| bad(format!("userId: {e}")))).transpose()?;
-    let user = match (scope.bound_user(), named) {
-        (Some(own), Some(named)) if &named != own => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "this credential may search only its own messages",
-            ));
-        }
-        (Some(own), _) => Some(own.clone()),
-        (None, named) => named,
-    };
-    let query = params.to_query(user, state.search.max_items)?;
+    let query = params.to_query(named, state.search.max_items)?;
     run(&state, &uri, &tenant, query).await
 }

@@ -22,10 +22,6 @@ pub struct OpenAiProvider {
     timeout: Duration,
 }
 
-fn failed(base_url: &str, why: impl std::fmt::Display) -> ModelError {
-    ModelError::Failed(super::mask_secrets(&format!("openai provider at {base_url}: {why}"), &[]))
-}
-
 impl OpenAiProvider {
     pub fn new(api_key: Option<Secret>, base_url: String, model: String, timeout: Duration) -> Self {
         let http = reqwest::Client::builder()
@@ -33,6 +29,14 @@ impl OpenAiProvider {
             .build()
             .expect("HTTP client with default TLS");
         Self { http, api_key, base_url, model, timeout }
+    }
+
+    /// An error a client may see and the log may keep: the provider named by its redacted URL, and
+    /// no credential of it (a reqwest error quotes the full URL).
+    fn failed(&self, why: impl std::fmt::Display) -> ModelError {
+        let text = format!("openai provider at {}: {why}", self.base_url);
+        let secrets: Vec<&str> = self.api_key.iter().map(|k| k.expose()).collect();
+        ModelError::Failed(super::mask_secrets(&crate::redact::in_text(&text, &self.base_url), &secrets))
     }
 
     pub fn not_ready(&self) -> Option<String> {
@@ -111,24 +115,17 @@ impl OpenAiProvider {
                     // request, key included); the client learns the status only.
                     let secrets: Vec<&str> = self.api_key.iter().map(|k| k.expose()).collect();
                     let detail = super::mask_secrets(&detail, &secrets);
-                    tracing::warn!(%status, provider = %self.base_url, detail, "model provider refused the request");
-                    return Err(failed(&self.base_url, format!("HTTP {status}")));
+                    tracing::warn!(%status, provider = %crate::redact::url(&self.base_url), detail, "model provider refused the request");
+                    return Err(self.failed(format!("HTTP {status}")));
                 }
                 Err(e) if e.is_connect() || e.is_timeout() => (format!("cannot connect ({e})"), None),
-                Err(e) => return Err(failed(&self.base_url, e)),
+                Err(e) => return Err(self.failed(e)),
             };
             let (why, hinted) = retry_after;
-            let jitter = Duration::from_millis(
-                u64::from(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .subsec_nanos(),
-                ) % (backoff.as_millis() as u64 / 2 + 1),
-            );
+            let jitter = (backoff / 2).mul_f64(crate::random::fraction());
             let wait = hinted.unwrap_or(backoff) + jitter;
             if Instant::now() + wait >= deadline {
-                return Err(failed(&self.base_url, format!("{why}; gave up retrying within the timeout")));
+                return Err(self.failed(format!("{why}; gave up retrying within the timeout")));
             }
             tokio::time::sleep(wait).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -136,14 +133,14 @@ impl OpenAiProvider {
     }
 
     async fn read_whole(&self, response: reqwest::Response) -> Result<ModelReply, ModelError> {
-        let v: Value = response.json().await.map_err(|e| failed(&self.base_url, format!("unreadable answer: {e}")))?;
+        let v: Value = response.json().await.map_err(|e| self.failed(format!("unreadable answer: {e}")))?;
         let message = &v["choices"][0]["message"];
         let tool_calls: Vec<ToolCall> =
             message["tool_calls"].as_array().map(|calls| calls.iter().map(parse_call).collect()).unwrap_or_default();
         let text = match message["content"].as_str() {
             Some(t) => t.to_string(),
             None if !tool_calls.is_empty() => String::new(),
-            None => return Err(failed(&self.base_url, "the answer has no choices[0].message.content")),
+            None => return Err(self.failed("the answer has no choices[0].message.content")),
         };
         Ok(ModelReply {
             text,
@@ -161,7 +158,7 @@ impl OpenAiProvider {
         // Tool calls arrive in pieces: by index, an id and a name first, then argument fragments.
         let mut calls: Vec<(String, String, String)> = Vec::new();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| failed(&self.base_url, format!("stream broke: {e}")))?;
+            let chunk = chunk.map_err(|e| self.failed(format!("stream broke: {e}")))?;
             buffer.extend_from_slice(&chunk);
             // Server-sent events: one `data:` line per event; chunks may split lines anywhere.
             while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
@@ -176,7 +173,7 @@ impl OpenAiProvider {
                     return Ok(reply);
                 }
                 let event: Value =
-                    serde_json::from_str(data).map_err(|e| failed(&self.base_url, format!("bad stream event: {e}")))?;
+                    serde_json::from_str(data).map_err(|e| self.failed(format!("bad stream event: {e}")))?;
                 if let Some(m) = event["model"].as_str() {
                     reply.model = m.to_string();
                 }
@@ -187,10 +184,7 @@ impl OpenAiProvider {
                     // The index sizes our list: a provider's number is bounded before it is trusted.
                     let index = piece["index"].as_u64().unwrap_or(0) as usize;
                     if index >= MAX_TOOL_CALLS {
-                        return Err(failed(
-                            &self.base_url,
-                            format!("a tool call index of {index} (at most {MAX_TOOL_CALLS})"),
-                        ));
+                        return Err(self.failed(format!("a tool call index of {index} (at most {MAX_TOOL_CALLS})")));
                     }
                     if calls.len() <= index {
                         calls.resize(index + 1, Default::default());

@@ -2,7 +2,7 @@
 //! deliveries still owed to webhook endpoints (the outbox). The bodies are JSON text, built once by
 //! `crate::events` and served as they are by the feed and the webhooks.
 
-use crate::ids::{TenantId, UserId};
+use crate::ids::{SessionId, TenantId, UserId};
 
 /// One event of a tenant's feed.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,6 +14,8 @@ pub struct StoredEvent {
     pub kind: String,
     /// The user the event is about, if any (an erasure removes the user's events).
     pub user_id: Option<UserId>,
+    /// The session the event is about, if any (deleting the session removes its events).
+    pub session_id: Option<SessionId>,
     /// The whole event as JSON text.
     pub body: String,
     /// Epoch seconds after which the feed no longer returns it.
@@ -27,6 +29,7 @@ pub struct Delivery {
     pub tenant_id: TenantId,
     pub kind: String,
     pub user_id: Option<UserId>,
+    pub session_id: Option<SessionId>,
     /// The endpoint's id (from its configuration).
     pub endpoint: String,
     pub body: String,

@@ -133,8 +133,16 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// Marks the session inactive; `None` when it does not exist.
     async fn close_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<Session>>;
     /// Deletes the session and all its messages (also messages left behind in a session already
-    /// gone); the number of messages, `None` when the session was absent.
-    async fn delete_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<usize>>;
+    /// gone); the number of messages, `None` when the session was absent. With `up_to` (an
+    /// erasure's second pass), only what was written by then: messages (and their turn records)
+    /// with timestamps up to it, and the session only if it was created by then, so that a later
+    /// session that reuses the id keeps everything.
+    async fn delete_session(
+        &self,
+        tenant: &TenantId,
+        id: &SessionId,
+        up_to: Option<&Timestamp>,
+    ) -> StoreResult<Option<usize>>;
     /// Deletes every session and message of one user (erasure request).
     async fn delete_user(&self, tenant: &TenantId, user: &UserId) -> StoreResult<Deleted>;
     /// The tenant's messages across sessions by time (newest first by default).
@@ -215,8 +223,9 @@ pub trait ConversationStore: Send + Sync + 'static {
     async fn claim_delivery(&self, delivery: &Delivery, owner: &str, now: i64, until: i64) -> StoreResult<bool>;
     /// Ends `owner`'s claim: the delivery leaves the outbox or waits for its next attempt.
     async fn settle_delivery(&self, delivery: &Delivery, owner: &str, step: DeliveryStep) -> StoreResult<bool>;
-    /// Removes a user's events from the feed and the outbox (erasure): those whose body names the user.
-    async fn forget_events(&self, tenant: &TenantId, user: &UserId) -> StoreResult<usize>;
+    /// Removes a user's events from the feed and the outbox (erasure), or, with `session`, only
+    /// the user's events about that session (its deletion).
+    async fn forget_events(&self, tenant: &TenantId, user: &UserId, session: Option<&SessionId>) -> StoreResult<usize>;
 
     /// A new session without messages.
     async fn create_session(&self, new: NewSession) -> StoreResult<Session> {

@@ -16,6 +16,7 @@ use crate::support::{TestServer, cli, create_key, expect_error, ok, ok_json, req
 on_both_backends!(
     deliveries_are_signed_and_a_refused_attempt_comes_again_with_the_same_id,
     a_receiver_that_was_down_gets_every_event_after_a_kill_and_a_restart,
+    deleting_a_session_takes_its_events_out_of_the_feed_and_the_outbox,
 );
 
 /// Private targets are allowed (the receivers are on loopback), and retries come fast.
@@ -129,16 +130,7 @@ async fn a_receiver_that_was_down_gets_every_event_after_a_kill_and_a_restart(ba
     std::process::Command::new("kill").args(["-9", &first.pid().to_string()]).status().unwrap();
     first.wait(Duration::from_secs(5));
 
-    let mut cli_env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    match &first.tables {
-        Some((sessions, messages)) => {
-            cli_env.extend(crate::support::aws_env().into_iter().map(|(k, v)| (k.to_string(), v)));
-            cli_env.push(("DYNAMODB_SESSIONS_TABLE".into(), sessions.clone()));
-            cli_env.push(("DYNAMODB_MESSAGES_TABLE".into(), messages.clone()));
-        }
-        None => cli_env.push(("SQLITE_PATH".into(), db.to_str().unwrap().into())),
-    }
-    cli_env.push(("STORAGE".into(), backend.into()));
+    let cli_env = cli_env(backend, &first, &db, &env);
     let cli_env: Vec<(&str, &str)> = cli_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let pending = text(&cli(dir.path(), &["webhooks", "pending"], &cli_env));
     assert_eq!(pending.lines().filter(|l| l.starts_with("evt_")).count(), 6, "{pending}");
@@ -160,6 +152,57 @@ async fn a_receiver_that_was_down_gets_every_event_after_a_kill_and_a_restart(ba
     verify(&key, &delivered);
     let pending = text(&cli(dir.path(), &["webhooks", "pending"], &cli_env));
     assert!(pending.contains("nothing waits for delivery"), "{pending}");
+}
+
+/// The environment of a command on the server's store.
+fn cli_env(backend: &str, s: &TestServer, db: &std::path::Path, env: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut cli_env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    match &s.tables {
+        Some((sessions, messages)) => {
+            cli_env.extend(crate::support::aws_env().into_iter().map(|(k, v)| (k.to_string(), v)));
+            cli_env.push(("DYNAMODB_SESSIONS_TABLE".into(), sessions.clone()));
+            cli_env.push(("DYNAMODB_MESSAGES_TABLE".into(), messages.clone()));
+        }
+        None => cli_env.push(("SQLITE_PATH".into(), db.to_str().unwrap().into())),
+    }
+    cli_env.push(("STORAGE".into(), backend.into()));
+    cli_env
+}
+
+/// The receiver is down; a user's session is deleted with its events still owed. The feed and the
+/// outbox lose every event of that session (the reply's text with them), keep the other user's,
+/// and once the receiver is up only those and `session.deleted` arrive.
+async fn deleting_a_session_takes_its_events_out_of_the_feed_and_the_outbox(backend: &str) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}/hooks");
+    let key = secret();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("agent.db");
+    let mut env = webhook_env(&url, &key);
+    env.extend([("WEBHOOK_RETRY_SCHEDULE", "300ms"), ("WEBHOOK_PAYLOAD", "full")]);
+    let s = TestServer::start_on_store(backend, None, &db, &env).await;
+    turn(&s, "acme", "u1", "keep this").await;
+    let gone = turn(&s, "acme", "u2", "the words of a deleted session").await;
+    let session = gone["sessionId"].as_str().unwrap();
+    ok(request(&s, "DELETE", &format!("/agent/conversations/acme/sessions/{session}"))).await;
+    let events = feed_of(&s, "acme", 3).await;
+    assert_eq!(types(&events), ["session.created", "turn.completed", "session.deleted"]);
+    assert!(events.iter().all(|e| !e.to_string().contains("deleted session")), "{events:#?}");
+    assert_eq!(events[2]["data"]["sessionId"], session);
+    let cli_env = cli_env(backend, &s, &db, &env);
+    let cli_env: Vec<(&str, &str)> = cli_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let pending = text(&cli(dir.path(), &["webhooks", "pending"], &cli_env));
+    let owed: BTreeSet<String> = pending
+        .lines()
+        .filter(|l| l.starts_with("evt_"))
+        .map(|l| l.split_whitespace().next().unwrap().into())
+        .collect();
+    let expected: BTreeSet<String> = events.iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(owed, expected, "{pending}");
+    let receiver = Receiver::start_on(tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap(), false);
+    let delivered = receiver.wait_for("the events still owed", |d| d.len() >= 3).await;
+    let got: BTreeSet<String> = delivered.iter().map(|a| a.id.clone()).collect();
+    assert_eq!(got, expected);
 }
 
 /// Endpoints from `WEBHOOKS_FILE`: one for tenant acme only, one for `session.*` events only; each
@@ -237,7 +280,8 @@ async fn actions_sessions_and_erasure_are_events_in_the_feed() {
     let other = turn(&s, "acme", "u2", "hi").await;
     ok(request(&s, "DELETE", &format!("/agent/conversations/acme/sessions/{}", other["sessionId"].as_str().unwrap())))
         .await;
-    let events = feed_of(&s, "acme", 10).await;
+    // Deleting a session takes its events with it (u2's session.created and turn.completed).
+    let events = feed_of(&s, "acme", 8).await;
     assert_eq!(
         types(&events),
         [
@@ -248,8 +292,6 @@ async fn actions_sessions_and_erasure_are_events_in_the_feed() {
             "action.executed",
             "turn.completed",
             "session.closed",
-            "session.created",
-            "turn.completed",
             "session.deleted",
         ]
     );
@@ -274,9 +316,9 @@ async fn actions_sessions_and_erasure_are_events_in_the_feed() {
 
     // Erasing u1: its events leave the feed; the erasure itself is an event with ids only.
     ok(request(&s, "DELETE", "/agent/conversations/acme/users/u1")).await;
-    let after = feed_of(&s, "acme", 4).await;
-    assert_eq!(types(&after), ["session.created", "turn.completed", "session.deleted", "user.erased"]);
-    let erased = &after[3]["data"];
+    let after = feed_of(&s, "acme", 2).await;
+    assert_eq!(types(&after), ["session.deleted", "user.erased"]);
+    let erased = &after[1]["data"];
     assert_eq!(erased["userId"], "u1");
     assert_eq!(erased["sessions"], 1);
     assert!(after.iter().all(|e| e["data"]["userId"] != "u1" || e["type"] == "user.erased"));

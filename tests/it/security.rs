@@ -228,6 +228,41 @@ async fn jwt_with_a_shared_secret_enforces_claims() {
     assert_eq!(r.status(), StatusCode::OK);
 }
 
+/// A credential bound to one user reaches its own routes only, whatever the tenant is called: the
+/// matched route decides, not the URL's text (a tenant named `sessions` once read every user's
+/// messages), and every tenant-wide route of the tenant's data is refused the same way.
+#[tokio::test]
+async fn a_user_bound_credential_reaches_only_its_own_routes_whatever_the_tenant_is_named() {
+    let s = TestServer::start("sqlite", &[("AUTH_MODE", "jwt"), ("JWT_SECRET", SECRET)]).await;
+    let token = |sub: &str| hs256(json!({"sub": sub, "tenant_id": "sessions", "exp": now() + 600}));
+    let (u1, u2) = (token("u1"), token("u2"));
+    let turn = Some(json!({"message": "the secret of u2"}));
+    let r = send(&s, "POST", "/agent/process", Some(&u2), &[], turn).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    for path in [
+        "/agent/conversations/sessions/messages",
+        "/agent/conversations/sessions/search?q=secret",
+        "/agent/conversations/sessions/search?q=secret&userId=u1",
+        "/agent/events/sessions",
+        "/agent/conversations/sessions/users/u2",
+        "/agent/conversations/sessions/users/u2/search?q=secret",
+    ] {
+        let r = send(&s, "GET", path, Some(&u1), &[], None).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "forbidden", "{path}");
+        assert!(!body.to_string().contains("secret of u2"), "{path}");
+    }
+    // Its own user's routes answer, and show only its own data.
+    let r = send(&s, "GET", "/agent/conversations/sessions/users/u1/search?q=secret", Some(&u1), &[], None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let found: Value = r.json().await.unwrap();
+    assert_eq!(found["results"].as_array().unwrap().len(), 0, "{found}");
+    let r = send(&s, "GET", "/agent/conversations/sessions/users/u2/search?q=secret", Some(&u2), &[], None).await;
+    let found: Value = r.json().await.unwrap();
+    assert_eq!(found["results"].as_array().unwrap().len(), 2, "its message and the echo: {found}");
+}
+
 struct EcKey {
     kid: String,
     pair: EcdsaKeyPair,
@@ -364,6 +399,46 @@ async fn a_client_that_sends_headers_slowly_is_cut_off() {
     assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
     // A normal client is unaffected.
     assert_eq!(send(&s, "GET", "/healthz", None, &[], None).await.status(), StatusCode::OK);
+}
+
+/// Slow-body clients hold every request slot: health probes still answer at once, and a request
+/// that gets no slot within `REQUEST_QUEUE_TIMEOUT_MS` is a JSON 503 with `Retry-After`, not a wait
+/// without end. Once the slot is free, requests are served again.
+#[tokio::test]
+async fn health_probes_skip_the_request_queue_and_a_request_without_a_slot_gets_503() {
+    let s = TestServer::start("sqlite", &[("MAX_CONCURRENT_REQUESTS", "1"), ("REQUEST_QUEUE_TIMEOUT_MS", "300")]).await;
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    let head = "POST /agent/process HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                x-tenant-id: acme\r\nx-user-id: u1\r\nContent-Length: 21\r\n\r\n{\"message\"";
+    slow.write_all(head.as_bytes()).unwrap();
+    // The slow request holds the one slot once the server reads it: wait until a request is refused.
+    let mut refused = None;
+    for _ in 0..100 {
+        let r = send(&s, "GET", "/agent/conversations/acme/users/u1", None, &[], None).await;
+        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+            refused = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = refused.expect("a request without a slot is refused");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    for probe in ["/healthz", "/readyz"] {
+        let started = Instant::now();
+        assert_eq!(send(&s, "GET", probe, None, &[], None).await.status(), StatusCode::OK, "{probe}");
+        assert!(started.elapsed() < Duration::from_millis(300), "{probe} waited for a slot");
+    }
+    // The slow client finishes; its turn is answered and the slot is free again.
+    slow.write_all(b": \"slow\"}  ").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = [0u8; 12];
+    slow.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    let r = send(&s, "GET", "/agent/conversations/acme/users/u1", None, &[], None).await;
+    assert_eq!(r.status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -217,6 +217,39 @@ async fn the_database_its_wal_and_its_backups_are_owner_only() {
     }
 }
 
+/// Files that were there before, with a wider mode (a database, its WAL and shared memory from an
+/// earlier run, an export or a backup target someone created), are owner-only once we write them.
+#[cfg(unix)]
+#[tokio::test]
+async fn files_that_existed_with_a_wider_mode_become_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("agent.db");
+    std::fs::write(&db, b"").unwrap();
+    let wal = dir.path().join("agent.db-wal");
+    let shm = dir.path().join("agent.db-shm");
+    let backup = dir.path().join("backup.db");
+    let export = dir.path().join("export.jsonl");
+    std::fs::write(&wal, b"").unwrap();
+    std::fs::write(&shm, b"").unwrap();
+    std::fs::write(&backup, b"").unwrap();
+    std::fs::write(&export, b"old").unwrap();
+    let wide = |file: &std::path::Path| std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for file in [&db, &wal, &shm, &backup, &export] {
+        wide(file);
+    }
+    let store = SqliteStore::open(&db).unwrap();
+    store.backup_to(backup.clone()).await.unwrap();
+    drop(store);
+    let env = [("STORAGE", "sqlite"), ("SQLITE_PATH", db.to_str().unwrap())];
+    let out = crate::support::cli(dir.path(), &["export", "--out", export.to_str().unwrap()], &env);
+    assert!(out.status.success(), "{}", crate::support::text(&out));
+    for file in [&db, &wal, &shm, &backup, &export] {
+        let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is {mode:o}", file.display());
+    }
+}
+
 /// `.env` is read from the working directory only, never from a parent folder.
 #[test]
 fn only_the_working_directorys_env_file_is_read() {

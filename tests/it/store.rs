@@ -262,7 +262,7 @@ async fn guessed_ids_and_cursors_never_cross_tenants(store: Arc<dyn Conversation
     let err = store.append_messages(&theirs, &mine.id, vec![msg("u1", Role::User, "x")]).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
     assert!(store.close_session(&theirs, &mine.id).await.unwrap().is_none());
-    assert!(store.delete_session(&theirs, &mine.id).await.unwrap().is_none());
+    assert!(store.delete_session(&theirs, &mine.id, None).await.unwrap().is_none());
     assert_eq!(store.delete_user(&theirs, &user("u1")).await.unwrap(), Deleted::default());
     // A cursor made from acme's data, used by globex, still reads only globex's data.
     let acme_page =
@@ -318,10 +318,10 @@ async fn deleting_a_session_and_erasing_a_user_remove_everything(store: Arc<dyn 
     append(&*store, &a, &["1", "2", "3"]).await;
     append(&*store, &b, &["4"]).await;
     append(&*store, &keep, &["5"]).await;
-    assert_eq!(store.delete_session(&tenant("acme"), &a.id).await.unwrap(), Some(3));
+    assert_eq!(store.delete_session(&tenant("acme"), &a.id, None).await.unwrap(), Some(3));
     assert!(store.get_session(&tenant("acme"), &a.id).await.unwrap().is_none());
     assert!(all_messages(&*store, &a, Order::Asc, 10).await.is_empty());
-    assert_eq!(store.delete_session(&tenant("acme"), &a.id).await.unwrap(), None);
+    assert_eq!(store.delete_session(&tenant("acme"), &a.id, None).await.unwrap(), None);
     let erased = store.delete_user(&tenant("acme"), &user("u1")).await.unwrap();
     assert_eq!(erased, Deleted { sessions: 1, messages: 1 });
     let left =
@@ -555,8 +555,8 @@ impl ConversationStore for LaggingIndex {
     async fn close_session(&self, t: &TenantId, id: &SessionId) -> StoreResult<Option<Session>> {
         self.inner.close_session(t, id).await
     }
-    async fn delete_session(&self, t: &TenantId, id: &SessionId) -> StoreResult<Option<usize>> {
-        self.inner.delete_session(t, id).await
+    async fn delete_session(&self, t: &TenantId, id: &SessionId, up: Option<&Timestamp>) -> StoreResult<Option<usize>> {
+        self.inner.delete_session(t, id, up).await
     }
     async fn delete_user(&self, t: &TenantId, u: &UserId) -> StoreResult<Deleted> {
         self.inner.delete_user(t, u).await
@@ -600,8 +600,8 @@ impl ConversationStore for LaggingIndex {
     async fn settle_delivery(&self, d: &Delivery, owner: &str, step: DeliveryStep) -> StoreResult<bool> {
         self.inner.settle_delivery(d, owner, step).await
     }
-    async fn forget_events(&self, t: &TenantId, u: &UserId) -> StoreResult<usize> {
-        self.inner.forget_events(t, u).await
+    async fn forget_events(&self, t: &TenantId, u: &UserId, s: Option<&SessionId>) -> StoreResult<usize> {
+        self.inner.forget_events(t, u, s).await
     }
     async fn save_context_summary(
         &self,
@@ -641,6 +641,49 @@ impl ConversationStore for LaggingIndex {
     }
 }
 
+/// An erasure's second pass (`up_to`: when the erasure answered) removes what was written by then,
+/// also messages a late turn left in the erased session, and nothing of a session started later
+/// with the same id, by the same user or another.
+async fn an_erasures_second_pass_spares_a_later_session_with_the_same_id(store: Arc<dyn ConversationStore>) {
+    let first = new_session(&*store, "acme", "u1").await;
+    append(&*store, &first, &["before the erasure"]).await;
+    assert_eq!(store.delete_session(&tenant("acme"), &first.id, None).await.unwrap(), Some(1));
+    let erased_at = Timestamp::now();
+    // A turn that reserved its timestamps before the erasure writes after it (another server).
+    let late = Message {
+        id: MessageId::generate(),
+        tenant_id: tenant("acme"),
+        session_id: first.id.clone(),
+        user_id: user("u1"),
+        role: Role::Agent,
+        content: "late reply".into(),
+        timestamp: first.created_at.clone(),
+        metadata: None,
+        expires_at: None,
+    };
+    store.import_message(late).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    // Another user of the tenant starts a conversation with the reused id.
+    let mut reused = Session::new(
+        NewSession { tenant_id: tenant("acme"), user_id: user("u2"), location_id: None, metadata: None },
+        Default::default(),
+    );
+    reused.id = first.id.clone();
+    assert!(store.import_session(reused.clone()).await.unwrap());
+    append(&*store, &reused, &["after the erasure"]).await;
+    assert_eq!(store.delete_session(&tenant("acme"), &first.id, Some(&erased_at)).await.unwrap(), None);
+    let kept = store.get_session(&tenant("acme"), &first.id).await.unwrap().expect("the new session stays");
+    assert_eq!(kept.user_id, user("u2"));
+    let left = all_messages(&*store, &kept, Order::Asc, 10).await;
+    assert_eq!(left.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(), ["after the erasure"]);
+    // Without a newer session, the second pass removes the session too.
+    let gone = new_session(&*store, "acme", "u3").await;
+    append(&*store, &gone, &["x", "y"]).await;
+    let cut = Timestamp::now();
+    assert_eq!(store.delete_session(&tenant("acme"), &gone.id, Some(&cut)).await.unwrap(), Some(2));
+    assert!(store.get_session(&tenant("acme"), &gone.id).await.unwrap().is_none());
+}
+
 async fn history_reads_its_own_writes_through_a_lagging_index(store: Arc<dyn ConversationStore>) {
     let s = new_session(&*store, "acme", "u1").await;
     append(&*store, &s, &["one", "two", "three"]).await;
@@ -662,6 +705,7 @@ conformance!(
     guessed_ids_and_cursors_never_cross_tenants,
     large_messages_store_and_oversized_ones_are_refused_whole,
     deleting_a_session_and_erasing_a_user_remove_everything,
+    an_erasures_second_pass_spares_a_later_session_with_the_same_id,
     history_reads_its_own_writes_through_a_lagging_index,
     expired_items_are_hidden_and_purged,
     actions_transition_exactly_once,
@@ -681,6 +725,7 @@ fn stored_event(t: &str, kind: &str, u: &str) -> StoredEvent {
         tenant_id: tenant(t),
         kind: kind.into(),
         user_id: Some(user(u)),
+        session_id: None,
         expires_at: agent_server::timestamp::epoch_seconds() + 3600,
     }
 }
@@ -691,6 +736,7 @@ fn delivery_of(e: &StoredEvent, endpoint: &str, now: i64) -> Delivery {
         tenant_id: e.tenant_id.clone(),
         kind: e.kind.clone(),
         user_id: e.user_id.clone(),
+        session_id: e.session_id.clone(),
         endpoint: endpoint.into(),
         body: e.body.clone(),
         attempts: 0,
@@ -752,8 +798,25 @@ async fn events_page_in_order_per_tenant_and_deliveries_are_claimed_once(store: 
     assert!(store.settle_delivery(again, "two", DeliveryStep::Finished).await.unwrap());
     assert_eq!(store.pending_deliveries(None, 10).await.unwrap().len(), 2);
 
+    // Deleting a session takes the user's events about it out of the feed and the outbox, and no other.
+    let s1 = SessionId::parse("s1".to_string()).unwrap();
+    let about = |mut e: StoredEvent, session: &SessionId| {
+        e.session_id = Some(session.clone());
+        e
+    };
+    let a4 = about(stored_event("acme", "turn.completed", "u2"), &s1);
+    let g2 = about(stored_event("globex", "turn.completed", "u2"), &s1);
+    store.record_events(&[a4.clone(), g2.clone()], &[delivery_of(&a4, "crm", now)]).await.unwrap();
+    let stored = store.list_events(&tenant("acme"), Some(&a3.id), end, &[], 10).await.unwrap();
+    assert_eq!(stored, std::slice::from_ref(&a4), "an event reads back with its session");
+    store.forget_events(&tenant("acme"), &user("u2"), Some(&s1)).await.unwrap();
+    assert_eq!(list("acme", None, vec![], 10).await, [a1.id.clone(), a2.id.clone(), a3.id.clone()]);
+    assert_eq!(list("globex", None, vec![], 10).await, [g1.id.clone(), g2.id.clone()], "another tenant's stay");
+    let left = store.pending_deliveries(None, 10).await.unwrap();
+    assert_eq!(left.len(), 2, "the session's delivery is gone: {left:?}");
+
     // An erasure takes the user's events out of the feed and the outbox, in that tenant only.
-    store.forget_events(&tenant("acme"), &user("u2")).await.unwrap();
+    store.forget_events(&tenant("acme"), &user("u2"), None).await.unwrap();
     assert_eq!(list("acme", None, vec![], 10).await, [a1.id.clone(), a2.id.clone()]);
     let left = store.pending_deliveries(None, 10).await.unwrap();
     assert_eq!(left.iter().map(|d| d.event_id.clone()).collect::<Vec<_>>(), vec![g1.id.clone()]);

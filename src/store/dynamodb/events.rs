@@ -15,7 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::errors::{map_err, written};
 use super::items::s;
 use super::{DynamoStore, Item};
-use crate::ids::{TenantId, UserId};
+use crate::ids::{SessionId, TenantId, UserId};
 use crate::store::{Delivery, DeliveryStep, StoreError, StoreResult, StoredEvent, is_expired, outbox_shard};
 
 /// How many partitions the outbox spreads over (each takes about 1,000 writes a second).
@@ -52,6 +52,7 @@ fn event_from_item(item: &Item) -> StoreResult<StoredEvent> {
         tenant_id: TenantId::parse(tenant).map_err(|_| bad())?,
         kind: get_s(item, "eventType").ok_or_else(bad)?,
         user_id: get_s(item, "eventUserId").and_then(|u| UserId::parse(u).ok()),
+        session_id: get_s(item, "eventSessionId").and_then(|s| SessionId::parse(s).ok()),
         body: get_s(item, "body").ok_or_else(bad)?,
         expires_at: get_n(item, "expiresAt"),
     })
@@ -66,6 +67,7 @@ fn delivery_from_item(item: &Item) -> StoreResult<Delivery> {
         tenant_id: TenantId::parse(get_s(item, "eventTenant").ok_or_else(bad)?).map_err(|_| bad())?,
         kind: get_s(item, "eventType").ok_or_else(bad)?,
         user_id: get_s(item, "eventUserId").and_then(|u| UserId::parse(u).ok()),
+        session_id: get_s(item, "eventSessionId").and_then(|s| SessionId::parse(s).ok()),
         body: get_s(item, "body").ok_or_else(bad)?,
         attempts: get_n(item, "attempts") as u32,
         next_at: get_n(item, "nextAt"),
@@ -104,6 +106,9 @@ impl DynamoStore {
             if let Some(u) = &e.user_id {
                 item.insert("eventUserId".into(), s(u.as_str()));
             }
+            if let Some(session) = &e.session_id {
+                item.insert("eventSessionId".into(), s(session.as_str()));
+            }
             items.push(item);
         }
         for d in deliveries {
@@ -124,6 +129,9 @@ impl DynamoStore {
             ]);
             if let Some(u) = &d.user_id {
                 item.insert("eventUserId".into(), s(u.as_str()));
+            }
+            if let Some(session) = &d.session_id {
+                item.insert("eventSessionId".into(), s(session.as_str()));
             }
             items.push(item);
         }
@@ -289,15 +297,28 @@ impl DynamoStore {
         }
     }
 
-    pub(super) async fn forget_user_events(&self, tenant: &TenantId, user: &UserId) -> StoreResult<usize> {
+    pub(super) async fn forget_user_events(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        session: Option<&SessionId>,
+    ) -> StoreResult<usize> {
         let mut keys = Vec::new();
-        let feed = self
-            .partition(feed_key(tenant), Some(("eventUserId = :u", vec![(":u", s(user.as_str()))])), usize::MAX)
-            .await?;
+        let (mut feed_filter, mut feed_values) = ("eventUserId = :u".to_string(), vec![(":u", s(user.as_str()))]);
+        let (mut outbox_filter, mut outbox_values) = (
+            "eventTenant = :t AND eventUserId = :u".to_string(),
+            vec![(":t", s(tenant.as_str())), (":u", s(user.as_str()))],
+        );
+        if let Some(session) = session {
+            feed_filter.push_str(" AND eventSessionId = :s");
+            feed_values.push((":s", s(session.as_str())));
+            outbox_filter.push_str(" AND eventSessionId = :s");
+            outbox_values.push((":s", s(session.as_str())));
+        }
+        let feed = self.partition(feed_key(tenant), Some((&feed_filter, feed_values)), usize::MAX).await?;
         keys.extend(feed);
         for shard in 0..OUTBOX_SHARDS {
-            let filter =
-                ("eventTenant = :t AND eventUserId = :u", vec![(":t", s(tenant.as_str())), (":u", s(user.as_str()))]);
+            let filter = (outbox_filter.as_str(), outbox_values.clone());
             keys.extend(self.partition(outbox_key(shard), Some(filter), usize::MAX).await?);
         }
         let deletes = keys.into_iter().map(|item| async move {

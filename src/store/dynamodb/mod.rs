@@ -184,20 +184,33 @@ impl DynamoStore {
 
     /// Ids of every message of a session (tenant-checked), and of the turn records of its user
     /// messages.
-    async fn session_message_ids(&self, tenant: &str, session: &str) -> StoreResult<(Vec<String>, Vec<String>)> {
+    async fn session_message_ids(
+        &self,
+        tenant: &str,
+        session: &str,
+        up_to: Option<&Timestamp>,
+    ) -> StoreResult<(Vec<String>, Vec<String>)> {
         let mut users = Vec::new();
         let mut ids = Vec::new();
         let mut start: Option<Item> = None;
+        let mut query = self
+            .client
+            .query()
+            .table_name(&self.messages)
+            .index_name(SESSION_TIMESTAMP_INDEX)
+            .filter_expression("tenantId = :t")
+            .expression_attribute_values(":s", s(session))
+            .expression_attribute_values(":t", s(tenant));
+        query = match up_to {
+            None => query.key_condition_expression("sessionId = :s"),
+            Some(t) => query
+                .key_condition_expression("sessionId = :s AND #ts <= :up")
+                .expression_attribute_names("#ts", "timestamp")
+                .expression_attribute_values(":up", s(t.as_str())),
+        };
         loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.messages)
-                .index_name(SESSION_TIMESTAMP_INDEX)
-                .key_condition_expression("sessionId = :s")
-                .filter_expression("tenantId = :t")
-                .expression_attribute_values(":s", s(session))
-                .expression_attribute_values(":t", s(tenant))
+            let out = query
+                .clone()
                 .projection_expression("#id, #role")
                 .expression_attribute_names("#id", "id")
                 .expression_attribute_names("#role", "role")
@@ -221,8 +234,8 @@ impl DynamoStore {
         Ok((ids, Self::turn_keys(&users)))
     }
 
-    async fn delete_session_items(&self, tenant: &str, session: &str) -> StoreResult<usize> {
-        let (ids, turns) = self.session_message_ids(tenant, session).await?;
+    async fn delete_session_items(&self, tenant: &str, session: &str, up_to: Option<&Timestamp>) -> StoreResult<usize> {
+        let (ids, turns) = self.session_message_ids(tenant, session, up_to).await?;
         let count = ids.len();
         futures::stream::iter(ids.into_iter().chain(turns))
             .map(|id| async move {
@@ -242,14 +255,16 @@ impl DynamoStore {
             .buffer_unordered(DELETE_CONCURRENCY)
             .try_collect::<()>()
             .await?;
-        self.client
-            .delete_item()
-            .table_name(&self.sessions)
-            .key("id", s(session))
-            .key("tenantId", s(tenant))
-            .send()
-            .await
-            .map_err(|e| map_err(&self.sessions, "DeleteItem", e))?;
+        let mut delete =
+            self.client.delete_item().table_name(&self.sessions).key("id", s(session)).key("tenantId", s(tenant));
+        if let Some(t) = up_to {
+            delete = delete.condition_expression("createdAt <= :up").expression_attribute_values(":up", s(t.as_str()));
+        }
+        match delete.send().await {
+            Ok(_) => {}
+            Err(e) if is_conditional_failure(&e) => {}
+            Err(e) => return Err(map_err(&self.sessions, "DeleteItem", e)),
+        }
         Ok(count)
     }
 
@@ -335,7 +350,7 @@ impl ConversationStore for DynamoStore {
                     .await;
             }
             if session_written {
-                let _ = self.delete_session_items(session.tenant_id.as_str(), session.id.as_str()).await;
+                let _ = self.delete_session_items(session.tenant_id.as_str(), session.id.as_str(), None).await;
             }
             return Err(e);
         }
@@ -527,11 +542,19 @@ impl ConversationStore for DynamoStore {
         }
     }
 
-    async fn delete_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<usize>> {
+    async fn delete_session(
+        &self,
+        tenant: &TenantId,
+        id: &SessionId,
+        up_to: Option<&Timestamp>,
+    ) -> StoreResult<Option<usize>> {
         // Messages left in a session that is gone (a turn that lost to an erasure) go too; the answer
         // still says the session was absent.
-        let existed = self.get_session_item(tenant.as_str(), id.as_str()).await?.is_some();
-        let count = self.delete_session_items(tenant.as_str(), id.as_str()).await?;
+        let existed = self
+            .get_session_item(tenant.as_str(), id.as_str())
+            .await?
+            .is_some_and(|s| up_to.is_none_or(|t| &s.created_at <= t));
+        let count = self.delete_session_items(tenant.as_str(), id.as_str(), up_to).await?;
         Ok(existed.then_some(count))
     }
 
@@ -539,7 +562,7 @@ impl ConversationStore for DynamoStore {
         let sessions = self.all_user_sessions(tenant.as_str(), user.as_str(), false).await?;
         let mut deleted = Deleted::default();
         for session in sessions {
-            deleted.messages += self.delete_session_items(tenant.as_str(), session.id.as_str()).await?;
+            deleted.messages += self.delete_session_items(tenant.as_str(), session.id.as_str(), None).await?;
             deleted.sessions += 1;
         }
         Ok(deleted)
@@ -741,8 +764,8 @@ impl ConversationStore for DynamoStore {
         self.settle(delivery, owner, step).await
     }
 
-    async fn forget_events(&self, tenant: &TenantId, user: &UserId) -> StoreResult<usize> {
-        self.forget_user_events(tenant, user).await
+    async fn forget_events(&self, tenant: &TenantId, user: &UserId, session: Option<&SessionId>) -> StoreResult<usize> {
+        self.forget_user_events(tenant, user, session).await
     }
 
     async fn save_context_summary(

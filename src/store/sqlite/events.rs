@@ -3,14 +3,15 @@
 use rusqlite::{Connection, Row, params};
 
 use super::internal;
-use crate::ids::{TenantId, UserId};
+use crate::ids::{SessionId, TenantId, UserId};
 use crate::store::{Delivery, DeliveryStep, StoreResult, StoredEvent};
 
 pub(super) fn record(conn: &mut Connection, events: &[StoredEvent], deliveries: &[Delivery]) -> StoreResult<()> {
     let tx = conn.transaction().map_err(internal)?;
     for e in events {
         tx.prepare_cached(
-            "INSERT OR IGNORE INTO events (id, tenant_id, type, user_id, body, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT OR IGNORE INTO events (id, tenant_id, type, user_id, body, expires_at, session_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -19,7 +20,8 @@ pub(super) fn record(conn: &mut Connection, events: &[StoredEvent], deliveries: 
                 e.kind,
                 e.user_id.as_ref().map(|u| u.as_str()),
                 e.body,
-                e.expires_at
+                e.expires_at,
+                e.session_id.as_ref().map(|s| s.as_str())
             ])
         })
         .map_err(internal)?;
@@ -27,7 +29,7 @@ pub(super) fn record(conn: &mut Connection, events: &[StoredEvent], deliveries: 
     for d in deliveries {
         tx.prepare_cached(
             "INSERT OR IGNORE INTO deliveries (event_id, endpoint, tenant_id, type, user_id, body, attempts, next_at, \
-             first_at, lease_until, last_error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             first_at, lease_until, last_error, session_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -41,7 +43,8 @@ pub(super) fn record(conn: &mut Connection, events: &[StoredEvent], deliveries: 
                 d.next_at,
                 d.first_at,
                 d.lease_until,
-                d.last_error
+                d.last_error,
+                d.session_id.as_ref().map(|s| s.as_str())
             ])
         })
         .map_err(internal)?;
@@ -53,6 +56,10 @@ fn user(value: Option<String>) -> Option<UserId> {
     value.and_then(|u| UserId::parse(u).ok())
 }
 
+fn session(value: Option<String>) -> Option<SessionId> {
+    value.and_then(|s| SessionId::parse(s).ok())
+}
+
 fn event_from_row(r: &Row) -> rusqlite::Result<StoredEvent> {
     Ok(StoredEvent {
         id: r.get(0)?,
@@ -62,6 +69,7 @@ fn event_from_row(r: &Row) -> rusqlite::Result<StoredEvent> {
         user_id: user(r.get(3)?),
         body: r.get(4)?,
         expires_at: r.get(5)?,
+        session_id: session(r.get(6)?),
     })
 }
 
@@ -77,7 +85,7 @@ pub(super) fn list(
     let types = serde_json::to_string(types).map_err(internal)?;
     let mut stmt = conn
         .prepare_cached(
-            "SELECT id, tenant_id, type, user_id, body, expires_at FROM events \
+            "SELECT id, tenant_id, type, user_id, body, expires_at, session_id FROM events \
              WHERE tenant_id = ?1 AND id > ?2 AND id < ?3 AND expires_at > unixepoch() \
              AND (json_array_length(?4) = 0 OR type IN (SELECT value FROM json_each(?4))) \
              ORDER BY id LIMIT ?5",
@@ -88,8 +96,8 @@ pub(super) fn list(
         .map_err(internal)
 }
 
-const DELIVERY_COLUMNS: &str =
-    "event_id, endpoint, tenant_id, type, user_id, body, attempts, next_at, first_at, lease_until, last_error";
+const DELIVERY_COLUMNS: &str = "event_id, endpoint, tenant_id, type, user_id, body, attempts, next_at, first_at, lease_until, last_error, \
+     session_id";
 
 fn delivery_from_row(r: &Row) -> rusqlite::Result<Delivery> {
     Ok(Delivery {
@@ -105,6 +113,7 @@ fn delivery_from_row(r: &Row) -> rusqlite::Result<Delivery> {
         first_at: r.get(8)?,
         lease_until: r.get(9)?,
         last_error: r.get(10)?,
+        session_id: session(r.get(11)?),
     })
 }
 
@@ -147,15 +156,27 @@ pub(super) fn settle(conn: &Connection, d: &Delivery, owner: &str, step: &Delive
     Ok(n == 1)
 }
 
-pub(super) fn forget(conn: &mut Connection, tenant: &TenantId, user: &UserId) -> StoreResult<usize> {
+pub(super) fn forget(
+    conn: &mut Connection,
+    tenant: &TenantId,
+    user: &UserId,
+    session: Option<&SessionId>,
+) -> StoreResult<usize> {
     let tx = conn.transaction().map_err(internal)?;
+    let keys = params![tenant.as_str(), user.as_str(), session.map(|s| s.as_str())];
+    // Rows recorded before schema version 8 have no session_id: their body names the session.
     let mut n = tx
-        .execute("DELETE FROM events WHERE tenant_id = ?1 AND user_id = ?2", params![tenant.as_str(), user.as_str()])
+        .execute(
+            "DELETE FROM events WHERE tenant_id = ?1 AND user_id = ?2 AND (?3 IS NULL OR session_id = ?3 \
+             OR (session_id IS NULL AND json_extract(body, '$.data.sessionId') = ?3))",
+            keys,
+        )
         .map_err(internal)?;
     n += tx
         .execute(
-            "DELETE FROM deliveries WHERE tenant_id = ?1 AND user_id = ?2",
-            params![tenant.as_str(), user.as_str()],
+            "DELETE FROM deliveries WHERE tenant_id = ?1 AND user_id = ?2 AND (?3 IS NULL OR session_id = ?3 \
+             OR (session_id IS NULL AND json_extract(body, '$.data.sessionId') = ?3))",
+            keys,
         )
         .map_err(internal)?;
     tx.commit().map_err(internal)?;

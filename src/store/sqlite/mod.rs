@@ -105,6 +105,15 @@ impl SqliteStore {
         }
         crate::private_file::create_if_absent(&path)
             .map_err(|e| StoreError::Unavailable(format!("cannot create SQLite database {}: {e}", path.display())))?;
+        // SQLite gives the `-wal` and `-shm` files it creates the database's mode; ones left by an
+        // earlier run keep theirs unless narrowed before it opens them.
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.clone().into_os_string();
+            side.push(suffix);
+            crate::private_file::restrict_if_present(Path::new(&side)).map_err(|e| {
+                StoreError::Unavailable(format!("cannot make {} private: {e}", Path::new(&side).display()))
+            })?;
+        }
         let mut writer = open(&path)?;
         migrate(&mut writer, &path)?;
         // Checkpoints (which fsync) run on the store's background thread every 200 ms, so they rarely
@@ -435,23 +444,34 @@ impl ConversationStore for SqliteStore {
         .await
     }
 
-    async fn delete_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<usize>> {
-        let (tenant, id) = (tenant.clone(), id.clone());
+    async fn delete_session(
+        &self,
+        tenant: &TenantId,
+        id: &SessionId,
+        up_to: Option<&Timestamp>,
+    ) -> StoreResult<Option<usize>> {
+        let (tenant, id, up_to) = (tenant.clone(), id.clone(), up_to.map(|t| t.as_str().to_string()));
         self.write("delete_session", move |c| {
             let tx = c.transaction().map_err(internal)?;
-            let messages = tx
-                .execute(
-                    "DELETE FROM messages WHERE tenant_id = ?1 AND session_id = ?2",
-                    params![tenant.as_str(), id.as_str()],
-                )
-                .map_err(internal)?;
+            let keys = params![tenant.as_str(), id.as_str(), up_to];
+            // A turn record's id is its user message's id.
             tx.execute(
-                "DELETE FROM turns WHERE tenant_id = ?1 AND session_id = ?2",
-                params![tenant.as_str(), id.as_str()],
+                "DELETE FROM turns WHERE tenant_id = ?1 AND session_id = ?2 AND (?3 IS NULL OR id IN \
+                 (SELECT id FROM messages WHERE tenant_id = ?1 AND session_id = ?2 AND timestamp <= ?3))",
+                keys,
             )
             .map_err(internal)?;
+            let messages = tx
+                .execute(
+                    "DELETE FROM messages WHERE tenant_id = ?1 AND session_id = ?2 AND (?3 IS NULL OR timestamp <= ?3)",
+                    keys,
+                )
+                .map_err(internal)?;
             let sessions = tx
-                .execute("DELETE FROM sessions WHERE tenant_id = ?1 AND id = ?2", params![tenant.as_str(), id.as_str()])
+                .execute(
+                    "DELETE FROM sessions WHERE tenant_id = ?1 AND id = ?2 AND (?3 IS NULL OR created_at <= ?3)",
+                    keys,
+                )
                 .map_err(internal)?;
             tx.commit().map_err(internal)?;
             Ok((sessions > 0).then_some(messages))
@@ -676,9 +696,9 @@ impl ConversationStore for SqliteStore {
         self.write("settle_delivery", move |c| events::settle(c, &d, &owner, &step)).await
     }
 
-    async fn forget_events(&self, tenant: &TenantId, user: &UserId) -> StoreResult<usize> {
-        let (tenant, user) = (tenant.clone(), user.clone());
-        self.write("forget_events", move |c| events::forget(c, &tenant, &user)).await
+    async fn forget_events(&self, tenant: &TenantId, user: &UserId, session: Option<&SessionId>) -> StoreResult<usize> {
+        let (tenant, user, session) = (tenant.clone(), user.clone(), session.cloned());
+        self.write("forget_events", move |c| events::forget(c, &tenant, &user, session.as_ref())).await
     }
 
     async fn save_context_summary(

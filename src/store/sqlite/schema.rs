@@ -8,7 +8,7 @@ use super::{Inner, internal};
 use crate::store::{StoreError, StoreResult};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 /// Version 1: sessions and messages with their indexes.
 const SCHEMA_V1: &str = "
@@ -150,6 +150,19 @@ pub(super) fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Sto
     // Version 7: new messages are indexed in batches, outside their transactions.
     if version < 7 && 7 <= target {
         tx.execute_batch(super::search::SCHEMA_V7).map_err(internal)?;
+    }
+    // Version 8: the session an event is about (deleting a session removes its events).
+    if version < 8 && 8 <= target {
+        for table in ["events", "deliveries"] {
+            let has: bool = tx
+                .query_row("SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = 'session_id'", [table], |r| {
+                    r.get(0)
+                })
+                .map_err(internal)?;
+            if !has {
+                tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN session_id TEXT;")).map_err(internal)?;
+            }
+        }
     }
     tx.execute_batch(&format!("PRAGMA user_version = {}", target.max(version))).map_err(internal)?;
     tx.commit().map_err(internal)

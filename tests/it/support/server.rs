@@ -212,6 +212,11 @@ pub fn in_process_app(dir: &Path) -> axum::Router {
     };
     app(
         state,
-        Limits { max_body_bytes: 64 * 1024, request_timeout: Duration::from_secs(10), max_concurrent_requests: 64 },
+        Limits {
+            max_body_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(10),
+            max_concurrent_requests: 64,
+            request_queue_timeout: Duration::from_secs(5),
+        },
     )
 }
