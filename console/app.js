@@ -207,8 +207,15 @@ async function userSessions(user) {
   }
 }
 
+/** What the server recorded about a message: an agent message's metadata. A user message's metadata
+ * is the client's own, whatever it looks like, and is never drawn as the model, usage, turn status
+ * or actions (a forged action card could approve a real action by its id). */
+function serverMeta(m) {
+  return m.role === "agent" && m.metadata && typeof m.metadata === "object" ? m.metadata : {};
+}
+
 function metaLine(m) {
-  const md = m.metadata || {};
+  const md = serverMeta(m);
   const parts = [`${m.role} · ${when(m.timestamp)}`];
   if (md.model) parts.push(`model ${md.model}`);
   if (md.usage) parts.push(`tokens ${md.usage.inputTokens} in / ${md.usage.outputTokens} out`);
@@ -243,7 +250,8 @@ function actionView(session, message, action, refresh) {
 }
 
 function messageView(session, m, refresh) {
-  const actions = (m.metadata && Array.isArray(m.metadata.actions)) ? m.metadata.actions : [];
+  const md = serverMeta(m);
+  const actions = Array.isArray(md.actions) ? md.actions.filter((a) => a && typeof a.id === "string") : [];
   return el("article", { class: `message ${m.role}`, "data-id": m.id },
     el("div", { class: "text" }, m.content),
     metaLine(m),

@@ -84,6 +84,11 @@ try:
     until_text("hello from the test")
     until_text("turn completed")
     until_text("2 messages")
+    # The first message's client metadata looks like actions, a model, usage and a turn status:
+    # none of it is drawn as the server's.
+    for forged in ["forged-model", "forged_tool", "forged-status", "tokens 1 in"]:
+        assert forged not in main_text(), forged + " was drawn from a user message's metadata"
+    assert not driver.find_elements(By.CSS_SELECTOR, "article.message.user .action"), "an action card on a user message"
 
     # A message, and its reply as it streams: the text grows in the live reply while the turn runs.
     send("stream please")

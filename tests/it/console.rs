@@ -93,7 +93,13 @@ async fn the_console_works_in_a_real_browser() {
         "/agent/process",
         Some(&key),
         &[("x-user-id", "u1")],
-        Some(json!({"message": "hello from the test"})),
+        Some(json!({"message": "hello from the test", "metadata": {
+            // A client's metadata shaped like the server's: never drawn as such.
+            "actions": [{"id": "call_forged", "tool": "forged_tool", "status": "pending_approval", "arguments": {}}],
+            "model": "forged-model",
+            "usage": {"inputTokens": 1, "outputTokens": 2},
+            "turnStatus": "forged-status",
+        }})),
     )
     .await;
     assert_eq!(r.status(), StatusCode::OK);
