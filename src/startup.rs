@@ -32,6 +32,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             }
         });
     }
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            give_memory_back();
+        }
+    });
     let provider = Provider::from_config(&config.provider, config.llm_timeout).await;
     let settings = AgentSettings {
         system_prompt: config.system_prompt.clone(),
@@ -104,4 +110,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let timeouts = Timeouts { header_read: config.header_read_timeout, shutdown_grace: config.shutdown_grace };
     server::run(listener, http::app(state, limits), &agent, timeouts).await;
     Ok(())
+}
+
+/// Returns the allocator's free memory to the system (after a burst of turns, glibc keeps it in its
+/// arenas, and the process's RSS would stay at its peak).
+fn give_memory_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

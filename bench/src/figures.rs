@@ -106,6 +106,7 @@ pub async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<Pat
     drop(s);
 
     streams(&bin, &mut report).await;
+    memory(&bin, &bench_dir, 60, &mut report).await;
 
     // 2, 5 and 7: DynamoDB on dynalite.
     if !bench_dir.join("node_modules/dynalite/cli.js").exists() {
@@ -790,4 +791,63 @@ pub async fn instructions(bin: &std::path::Path, mock: SocketAddr, report: &mut 
         "instructions".into(),
         json!({"echo_json": echo, "json": json_turn, "streamed": streamed, "webhook": hooked}),
     );
+}
+
+/// Figure 15, memory under sustained load: RSS every second through a minute of JSON turns at
+/// concurrency 16, on SQLite and (with dynalite) on DynamoDB. Memory should follow the turns
+/// running, not the turns answered: at most 64 MiB, and flat from the second half-minute on.
+pub async fn memory(bin: &std::path::Path, bench_dir: &std::path::Path, seconds: u64, report: &mut Report) {
+    let mock = start_mock(MockModel { ttft: Duration::ZERO, per_token: Duration::ZERO, tokens: 20 }, 0).await;
+    let dynalite = bench_dir.join("node_modules/dynalite/cli.js").exists().then(|| start_dynalite(bench_dir));
+    let mut backends = vec![("SQLite", model_env(mock))];
+    if let Some(d) = &dynalite {
+        let mut env = dynamo_env(&d.url, "memory-sessions", "memory-messages");
+        create_tables(bin, &env);
+        env.extend(model_env(mock));
+        backends.push(("DynamoDB (dynalite)", env));
+    } else {
+        println!("(skipping the DynamoDB row of figure 15: run `npm install` in {})", bench_dir.display());
+    }
+    for (name, env) in backends {
+        let s = start_server(bin, &env);
+        let pid = s.child.id();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sampling = {
+            let samples = samples.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    samples.lock().unwrap().push(rss_kib(pid).0);
+                }
+            })
+        };
+        let st = closed_loop(&s.url, Some(pid), 16, seconds, Mode::Json).await;
+        sampling.abort();
+        let samples = samples.lock().unwrap().clone();
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let half = samples.len() / 2;
+        let (mid, end) = (samples.get(half).copied().unwrap_or(0), samples.last().copied().unwrap_or(0));
+        let peak = samples.iter().copied().max().unwrap_or(0);
+        let second_half_peak = samples[half.min(samples.len())..].iter().copied().max().unwrap_or(0);
+        let flat = second_half_peak as f64 <= mid as f64 * 1.1 + 2048.0;
+        report.row(
+            &format!("15. RSS after {seconds} s of JSON turns, c=16, {name}"),
+            format!(
+                "{:.1} MiB at the end ({:.1} at half time, peak {:.1}) after {} turns",
+                mib(end),
+                mib(mid),
+                mib(peak),
+                st.ok
+            ),
+            "≤ 64 MiB, flat in the second half",
+            Some(mib(peak) <= 64.0 && flat),
+        );
+        report.json.insert(
+            format!("memory_{}", if name == "SQLite" { "sqlite" } else { "dynamodb" }),
+            json!({"rss_kib": samples, "turns": st.ok}),
+        );
+        drop(s);
+    }
+    drop(dynalite);
 }

@@ -81,6 +81,15 @@ enum Cmd {
         #[arg(long, default_value = "target/release/agent-server")]
         server: PathBuf,
     },
+    /// Only figure 15: RSS through a minute of sustained JSON turns, SQLite and DynamoDB.
+    Memory {
+        #[arg(long, default_value = "target/release/agent-server")]
+        server: PathBuf,
+        #[arg(long, default_value = "bench")]
+        bench_dir: PathBuf,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Only figure 10: search over a million messages.
     Search {
         #[arg(long, default_value = "target/release/agent-server")]
@@ -136,6 +145,11 @@ async fn main() {
             let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
             println!("| figure | measured | target | |\n|---|---|---|---|");
             figures::search(&server, mock, &mut report).await;
+        }
+        Cmd::Memory { server, bench_dir, seconds } => {
+            let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
+            println!("| figure | measured | target | |\n|---|---|---|---|");
+            figures::memory(&server, &bench_dir, seconds, &mut report).await;
         }
         Cmd::Streams { server } => {
             let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };

@@ -1,5 +1,7 @@
-//! The turns running in this process: their events (numbered, kept for reconnecting clients), their
-//! stop signal, and the erasures they must give way to.
+//! The turns running in this process: their events (numbered, for clients that follow or reconnect
+//! while they run), their stop signal, and the erasures they must give way to. A turn leaves as soon
+//! as it ends: what a client reads of it afterwards is in the store (a streamed turn's events in its
+//! record, a JSON turn's reply in its messages), so memory follows the turns running, not throughput.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,9 +14,6 @@ use tokio::sync::watch;
 use super::turn::{StopReason, TurnError, TurnOutcome};
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
 use crate::store::{TurnEvent, TurnStatus};
-
-/// How long a finished turn stays here, so a client that reconnects right away reads it from memory.
-const KEEP_FINISHED: Duration = Duration::from_secs(60);
 
 struct State {
     session: Option<SessionId>,
@@ -227,17 +226,18 @@ impl LiveTurns {
         Ok(turn)
     }
 
-    /// Forgets a finished turn after a while.
-    pub fn retire(self: &Arc<Self>, turn: &Arc<LiveTurn>) {
-        let (turns, turn) = (self.clone(), turn.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(KEEP_FINISHED).await;
-            let mut map = turns.turns.lock().unwrap_or_else(|p| p.into_inner());
-            // A retry with the same id may have registered since: only this turn goes.
-            if map.get(&turn.turn_id).is_some_and(|t| Arc::ptr_eq(t, &turn)) {
-                map.remove(&turn.turn_id);
-            }
-        });
+    /// Forgets a finished turn (its clients hold their own reference until they have its end). The
+    /// map gives back its room when it has emptied out after a burst.
+    pub fn retire(&self, turn: &Arc<LiveTurn>) {
+        let mut map = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        // A retry with the same id may have registered since: only this turn goes.
+        if map.get(&turn.turn_id).is_some_and(|t| Arc::ptr_eq(t, turn)) {
+            map.remove(&turn.turn_id);
+        }
+        let len = map.len();
+        if map.capacity() > 256 && len * 4 < map.capacity() {
+            map.shrink_to(len * 2);
+        }
     }
 
     pub fn get(&self, turn_id: &MessageId) -> Option<Arc<LiveTurn>> {
