@@ -96,7 +96,9 @@ impl ProviderConfig {
     pub fn name(&self) -> String {
         match self {
             ProviderConfig::Echo { .. } => "echo".into(),
-            ProviderConfig::OpenAi { model, base_url, .. } => format!("openai ({model} at {base_url})"),
+            ProviderConfig::OpenAi { model, base_url, .. } => {
+                format!("openai ({model} at {})", crate::redact::url(base_url))
+            }
             ProviderConfig::Bedrock { model } => format!("bedrock ({model})"),
         }
     }

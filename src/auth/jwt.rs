@@ -64,10 +64,10 @@ impl JwtVerifier {
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("cannot fetch JWT_JWKS_URL: {e}"))?
+            .map_err(|e| format!("cannot fetch JWT_JWKS_URL: {}", e.without_url()))?
             .json()
             .await
-            .map_err(|e| format!("JWT_JWKS_URL is not a JWK set: {e}"))?;
+            .map_err(|e| format!("JWT_JWKS_URL is not a JWK set: {}", e.without_url()))?;
         *self.jwks.write().unwrap_or_else(|p| p.into_inner()) = (Some(Instant::now()), set);
         Ok(())
     }

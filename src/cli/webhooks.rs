@@ -69,10 +69,14 @@ async fn test(config: &Config, url: Option<String>) -> ExitCode {
         })
         .to_string();
         match delivery::send(&client, endpoint, &id, &body, events.allow_private).await {
-            Attempt::Delivered(status) => println!("{} {}: delivered {id} (HTTP {status})", endpoint.id, endpoint.url),
+            Attempt::Delivered(status) => println!(
+                "{} {}: delivered {id} (HTTP {status})",
+                endpoint.id,
+                agent_server::redact::url(endpoint.url.as_str())
+            ),
             Attempt::Retry(why) | Attempt::Stop(why) => {
                 failed = true;
-                println!("{} {}: not delivered: {why}", endpoint.id, endpoint.url);
+                println!("{} {}: not delivered: {why}", endpoint.id, agent_server::redact::url(endpoint.url.as_str()));
             }
         }
     }

@@ -57,9 +57,10 @@ fn derived_id(url: &str) -> String {
 }
 
 fn endpoint(spec: EndpointSpec, allow_private: bool) -> Result<Endpoint, String> {
-    let url = reqwest::Url::parse(&spec.url).map_err(|e| format!("{:?} is not a URL: {e}", spec.url))?;
+    let url =
+        reqwest::Url::parse(&spec.url).map_err(|e| format!("{:?} is not a URL: {e}", crate::redact::url(&spec.url)))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("{} is not an http(s) URL", spec.url));
+        return Err(format!("{} is not an http(s) URL", crate::redact::url(&spec.url)));
     }
     if !allow_private
         && let Some(ip) = super::delivery::literal_ip(&url)
@@ -67,21 +68,24 @@ fn endpoint(spec: EndpointSpec, allow_private: bool) -> Result<Endpoint, String>
     {
         return Err(format!(
             "{} is a loopback, private or link-local address (set WEBHOOK_ALLOW_PRIVATE=true to allow it)",
-            spec.url
+            crate::redact::url(&spec.url)
         ));
     }
     let secrets: Vec<String> = spec.secrets.unwrap_or_default().into_iter().chain(spec.secret).collect();
     if secrets.is_empty() || secrets.len() > 2 {
-        return Err(format!("{}: give one secret (or two while rotating)", spec.url));
+        return Err(format!("{}: give one secret (or two while rotating)", crate::redact::url(&spec.url)));
     }
     let keys = secrets
         .iter()
-        .map(|s| SigningKey::parse(s).map_err(|e| format!("{}: {e}", spec.url)))
+        .map(|s| SigningKey::parse(s).map_err(|e| format!("{}: {e}", crate::redact::url(&spec.url))))
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(types) = &spec.events {
         for t in types {
             if !EventType::ALL.iter().any(|k| k.matches(t)) {
-                return Err(format!("{}: {t:?} is not an event type (see docs/events.md)", spec.url));
+                return Err(format!(
+                    "{}: {t:?} is not an event type (see docs/events.md)",
+                    crate::redact::url(&spec.url)
+                ));
             }
         }
     }

@@ -114,12 +114,12 @@ impl OpenAiProvider {
                     // The provider's own words go to the log, masked (a provider may echo the
                     // request, key included); the client learns the status only.
                     let secrets: Vec<&str> = self.api_key.iter().map(|k| k.expose()).collect();
-                    let detail = super::mask_secrets(&detail, &secrets);
+                    let detail = super::mask_secrets(&crate::redact::in_text(&detail, &self.base_url), &secrets);
                     tracing::warn!(%status, provider = %crate::redact::url(&self.base_url), detail, "model provider refused the request");
                     return Err(self.failed(format!("HTTP {status}")));
                 }
                 Err(e) if e.is_connect() || e.is_timeout() => (format!("cannot connect ({e})"), None),
-                Err(e) => return Err(self.failed(e)),
+                Err(e) => return Err(self.failed(e.without_url())),
             };
             let (why, hinted) = retry_after;
             let jitter = (backoff / 2).mul_f64(crate::random::fraction());

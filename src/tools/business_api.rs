@@ -404,6 +404,7 @@ impl BusinessApi {
         let value = serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text));
         if !status.is_success() {
             let detail: String = value.to_string().chars().take(500).collect();
+            let detail = crate::redact::in_text(&detail, &self.base);
             return Err(ToolError(format!("the business API answered {status} to {method} {path}: {detail}")));
         }
         Ok(value)

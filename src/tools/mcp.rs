@@ -36,8 +36,11 @@ struct Server {
 
 impl Server {
     async fn refresh(&self) -> Result<(), String> {
-        let tools =
-            self.client.list_all_tools().await.map_err(|e| format!("listing the tools of {}: {e}", self.url))?;
+        let tools = self
+            .client
+            .list_all_tools()
+            .await
+            .map_err(|e| crate::redact::in_text(&format!("listing the tools of {}: {e}", self.url), &self.url))?;
         *self.tools.write().unwrap_or_else(|p| p.into_inner()) = tools;
         Ok(())
     }
@@ -63,7 +66,8 @@ impl McpServers {
             let client = match ListChanged(changed.clone()).serve(transport).await {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(url = %url, error = %e, "MCP server unreachable; its tools are left out");
+                    let error = crate::redact::in_text(&e.to_string(), url);
+                    tracing::warn!(url = %crate::redact::url(url), error, "MCP server unreachable; its tools are left out");
                     continue;
                 }
             };
@@ -71,7 +75,7 @@ impl McpServers {
             if let Err(e) = server.refresh().await {
                 tracing::warn!(error = %e, "MCP tools not listed");
             }
-            tracing::info!(url = %url, tools = server.tools.read().map(|t| t.len()).unwrap_or(0), "MCP server connected");
+            tracing::info!(url = %crate::redact::url(url), tools = server.tools.read().map(|t| t.len()).unwrap_or(0), "MCP server connected");
             let watcher = server.clone();
             tokio::spawn(async move {
                 loop {
@@ -140,8 +144,11 @@ impl McpServers {
         }
         let mut params = CallToolRequestParams::new(name.to_string()).with_arguments(args);
         params.meta = Some(RequestMetaObject(MetaObject(identity)));
-        let result =
-            server.client.call_tool(params).await.map_err(|e| ToolError(format!("MCP tool {name} failed: {e}")))?;
+        let result = server
+            .client
+            .call_tool(params)
+            .await
+            .map_err(|e| ToolError(crate::redact::in_text(&format!("MCP tool {name} failed: {e}"), &server.url)))?;
         let value = serde_json::to_value(&result).unwrap_or(Value::Null);
         if result.is_error == Some(true) {
             return Err(ToolError(format!("MCP tool {name} reported an error: {}", value["content"])));

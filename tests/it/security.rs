@@ -441,6 +441,39 @@ async fn health_probes_skip_the_request_queue_and_a_request_without_a_slot_gets_
     assert_eq!(r.status(), StatusCode::OK);
 }
 
+/// Credentials inside a configured URL (a proxy's userinfo, a gateway's query key) reach neither a
+/// client (502 bodies, SSE `error` events) nor the log, while the error still names the host.
+#[tokio::test]
+async fn credentials_inside_configured_urls_are_redacted_in_errors_and_logs() {
+    let base = "http://proxyuser:proxy-pass-4321@127.0.0.1:9/v1?api-key=query-key-5678";
+    let s = TestServer::start(
+        "sqlite",
+        &[
+            ("LLM_PROVIDER", "openai"),
+            ("OPENAI_BASE_URL", base),
+            ("LLM_TIMEOUT_SECONDS", "1"),
+            ("MCP_SERVERS", "http://mcpuser:mcp-pass-9876@127.0.0.1:9/mcp"),
+            ("RUST_LOG", "debug"),
+        ],
+    )
+    .await;
+    let secrets = ["proxyuser", "proxy-pass-4321", "query-key-5678", "mcpuser", "mcp-pass-9876"];
+    for body in [json!({"message": "hi"}), json!({"message": "stream", "stream": true})] {
+        let r =
+            send(&s, "POST", "/agent/process", None, &[("x-tenant-id", "acme"), ("x-user-id", "u1")], Some(body)).await;
+        let text = r.text().await.unwrap();
+        assert!(text.contains("127.0.0.1:9"), "the error names the provider: {text}");
+        for secret in secrets {
+            assert!(!text.contains(secret), "{secret} reached a response: {text}");
+        }
+    }
+    let log = s.output();
+    assert!(log.contains("127.0.0.1:9"), "the log names the provider");
+    for secret in secrets {
+        assert!(!log.contains(secret), "{secret} reached the log:\n{log}");
+    }
+}
+
 #[tokio::test]
 async fn secrets_never_reach_the_log() {
     let dir = tempfile::tempdir().unwrap();
