@@ -239,7 +239,7 @@ impl Agent {
         let mut user_message = resume.clone();
         let mut record = None;
         if req.stream {
-            let written = self.open_stream(live, req, &mut place, &user_new, &stamps, resume.is_some(), hash).await;
+            let written = self.open_stream(live, req, &mut place, &user_new, &mut stamps, resume.is_some(), hash).await;
             match written {
                 Ok((message, rec)) => {
                     user_message = Some(message);

@@ -28,7 +28,7 @@ impl Agent {
         req: &TurnRequest,
         place: &mut Place,
         user_new: &NewMessage,
-        stamps: &[Timestamp],
+        stamps: &mut Vec<Timestamp>,
         resumed: bool,
         hash: Option<&str>,
     ) -> Result<(Message, TurnRecord), TurnError> {
@@ -48,9 +48,14 @@ impl Agent {
                 }
                 let (session, mut stored) =
                     self.store.create_session_with(Self::new_session(req), vec![user_new.clone()]).await?;
-                self.announce_session_start(&session, idle.as_deref()).await;
                 live.set_session(&session.id);
                 let message = stored.remove(0);
+                // The reply's place, right after the user message, is reserved while the user's other
+                // first turns still wait: they continue the session after it, so the conversation
+                // alternates however long this stream runs.
+                let (_, reply) = self.store.begin_turn(&req.tenant, &session.id, Some(&req.user), 1).await?;
+                *stamps = vec![message.timestamp.clone(), reply[0].clone()];
+                self.announce_session_start(&session, idle.as_deref()).await;
                 // The session exists now: later first turns of the user continue it.
                 *place = Place::Continue(session.id);
                 message

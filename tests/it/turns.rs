@@ -26,6 +26,7 @@ on_both_backends!(
     an_interrupted_turn_is_never_replayed_as_completed,
     erasure_wins_over_a_running_turn,
     concurrent_first_turns_of_a_user_end_in_one_session,
+    a_streamed_first_turn_keeps_its_reply_next_to_its_message,
     events_past_their_retention_are_gone,
     retries_of_a_running_turn_wait_or_follow_it,
 );
@@ -328,6 +329,36 @@ async fn concurrent_first_turns_of_a_user_end_in_one_session(backend: &str) {
     let listed = ok_json(get(&s, "/agent/conversations/t1/users/u1").await).await;
     assert_eq!(listed.as_array().unwrap().len(), 1);
     assert_eq!(listed[0]["messages"].as_array().unwrap().len(), 10);
+}
+
+/// A new user's first turn streams slowly while three JSON turns of the user arrive: they continue
+/// its session, and its reply still sits right after its own message (the conversation alternates,
+/// each reply right after the message it answers).
+async fn a_streamed_first_turn_keeps_its_reply_next_to_its_message(backend: &str) {
+    let s = TestServer::start(backend, &[SLOW]).await;
+    let r = turn_request(&s, "t1", "new-user").json(&json!({"message": LONG, "stream": true})).send().await.unwrap();
+    let mut body: Body = Box::pin(r.bytes_stream());
+    let seen = until_event(&mut body, "session").await;
+    let session = crate::support::parse_sse(&seen).into_iter().find(|(e, _)| e == "session").unwrap().1;
+    let sid = session["sessionId"].as_str().unwrap().to_string();
+    for i in 0..3 {
+        let answer = ok(turn_request(&s, "t1", "new-user").json(&json!({"message": format!("meanwhile {i}")}))).await;
+        assert_eq!(answer["sessionId"], sid.as_str());
+    }
+    until_event(&mut body, "done").await;
+    let path = format!("/agent/conversations/t1/sessions/{sid}/messages?order=asc&limit=100");
+    let messages = ok_json(get(&s, &path).await).await;
+    let messages = messages.as_array().unwrap();
+    assert_eq!(messages.len(), 8, "{messages:#?}");
+    for pair in messages.chunks(2) {
+        assert_eq!(
+            (pair[0]["role"].as_str(), pair[1]["role"].as_str()),
+            (Some("user"), Some("agent")),
+            "{messages:#?}"
+        );
+        assert_eq!(pair[1]["metadata"]["turnId"], pair[0]["id"], "each reply follows its own message");
+    }
+    assert_eq!(messages[0]["content"], LONG);
 }
 
 /// Two server processes on the same tables: a turn running on one is followed from its last event,
