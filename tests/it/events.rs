@@ -106,12 +106,17 @@ async fn deliveries_are_signed_and_a_refused_attempt_comes_again_with_the_same_i
     assert!(metrics.contains("webhook_delivery_lag_seconds"));
 }
 
+/// A port where no receiver listens yet, and the webhook URL on it.
+fn receiver_down() -> (u16, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    (port, format!("http://127.0.0.1:{port}/hooks"))
+}
+
 /// The receiver is down while turns run; the server answers them and is killed (kill -9). Once the
 /// receiver is up and the server restarted, every event of the feed arrives, and `webhooks pending`
 /// listed them while they waited.
 async fn a_receiver_that_was_down_gets_every_event_after_a_kill_and_a_restart(backend: &str) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let url = format!("http://127.0.0.1:{port}/hooks");
+    let (port, url) = receiver_down();
     let key = secret();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("agent.db");
@@ -173,8 +178,7 @@ fn cli_env(backend: &str, s: &TestServer, db: &std::path::Path, env: &[(&str, &s
 /// outbox lose every event of that session (the reply's text with them), keep the other user's,
 /// and once the receiver is up only those and `session.deleted` arrive.
 async fn deleting_a_session_takes_its_events_out_of_the_feed_and_the_outbox(backend: &str) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let url = format!("http://127.0.0.1:{port}/hooks");
+    let (port, url) = receiver_down();
     let key = secret();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("agent.db");
