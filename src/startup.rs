@@ -80,6 +80,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             agent.with_summarizer(Provider::from_config(&config.provider.with_model(model), config.llm_timeout).await);
     }
     let agent = Arc::new(agent);
+    // Turns whose server died (this one before a restart, or a peer) are settled without a reader.
+    {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            loop {
+                agent.settle_orphans().await;
+                tokio::time::sleep(crate::agent::ORPHAN_SWEEP_EVERY).await;
+            }
+        });
+    }
     let state = AppState {
         store: agent.store().clone(),
         agent: agent.clone(),

@@ -257,7 +257,12 @@ impl Agent {
             let session = live
                 .session()
                 .unwrap_or_else(|| SessionId::parse(turn_id.as_str()).unwrap_or_else(|_| SessionId::generate()));
-            let rec = self.new_record(live, req, session, hash);
+            let mut rec = self.new_record(live, req, session, hash);
+            // What settles the turn if this server dies before its one write.
+            if resume.is_none() {
+                rec.pending_user = Some(user_new.clone());
+            }
+            rec.reserved = stamps.clone();
             let created = self.store.create_turn(&rec).await;
             if !matches!(created, Ok(true)) {
                 self.give_back(req, &place, &stamps, before.as_ref(), None).await;

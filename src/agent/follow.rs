@@ -16,7 +16,7 @@ use super::thinking::Thought;
 use super::turn::{StopReason, TurnAnswer, TurnError, TurnOutcome};
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
 use crate::llm::ModelReply;
-use crate::store::{StoreError, TurnEvent, TurnFailure, TurnRecord, TurnStatus};
+use crate::store::{Message, NewMessage, NewSession, StoreError, TurnEvent, TurnFailure, TurnRecord, TurnStatus};
 use crate::timestamp::Timestamp;
 
 /// A turn's events, in order, ending with the turn.
@@ -87,7 +87,37 @@ pub fn replayed_events(outcome: TurnOutcome, after: u64) -> TurnEvents {
     futures::stream::iter(events.into_iter().filter(move |e| e.id > after)).boxed()
 }
 
+/// How often a server looks for running turns whose server died.
+pub const ORPHAN_SWEEP_EVERY: Duration = Duration::from_secs(5);
+
 impl Agent {
+    /// Settles the running turns of every tenant whose server died (their lease lapsed), so that
+    /// their sessions go on without waiting for a reader; a server runs it at start and every
+    /// `ORPHAN_SWEEP_EVERY`. The number settled here (another server may settle one first).
+    pub async fn settle_orphans(&self) -> usize {
+        let before = Timestamp::from_micros(crate::timestamp::now_micros() - super::flow::LEASE.as_micros() as i64);
+        let running = match self.store.running_turns(&before, 100).await {
+            Ok(running) => running,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look for turns whose server stopped");
+                return 0;
+            }
+        };
+        let mut settled = 0;
+        for record in running.into_iter().filter(|r| self.abandoned(r)) {
+            let turn = record.turn_id.clone();
+            match self.settle_abandoned(record).await {
+                Ok(r) if r.status == TurnStatus::Interrupted => settled += 1,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, %turn, "could not settle a turn whose server stopped"),
+            }
+        }
+        if settled > 0 {
+            tracing::info!(settled, "settled turns whose server stopped as interrupted");
+        }
+        settled
+    }
+
     /// Whether a running record's process stopped renewing its lease (it died).
     pub(super) fn abandoned(&self, record: &TurnRecord) -> bool {
         record.status == TurnStatus::Running && record.lease_until < now_millis()
@@ -322,10 +352,9 @@ impl Agent {
             Instant::now(),
             Some("server_stopped"),
         );
-        let agent = match self.store.append_messages(&tenant, &record.session_id, vec![new]).await {
-            Ok(mut stored) => stored.remove(0).message,
+        let agent = match self.store_settled(&mut record, new).await {
+            Ok(agent) => agent,
             Err(e) => {
-                // A JSON turn that died before its session existed has no place for a reply.
                 tracing::warn!(error = %e, %turn, "an abandoned turn's partial reply could not be stored");
                 return Ok(record);
             }
@@ -349,5 +378,45 @@ impl Agent {
         record.events.push(done.clone());
         self.store.save_turn(&record, &[done], &[TurnStatus::Interrupted]).await?;
         Ok(record)
+    }
+
+    /// Stores a settled turn's reply in the place the turn reserved for it (with the keyed JSON
+    /// turn's own user message, which it had not stored yet): right after its user message.
+    async fn store_settled(&self, record: &mut TurnRecord, reply: NewMessage) -> Result<Message, StoreError> {
+        let tenant = record.tenant_id.clone();
+        let session = record.session_id.clone();
+        let mut stored = match (record.pending_user.take(), record.reserved.as_slice()) {
+            (Some(user), [user_at, reply_at]) => {
+                let messages = vec![
+                    user.into_message(&tenant, &session, user_at.clone()),
+                    reply.into_message(&tenant, &session, reply_at.clone()),
+                ];
+                self.store.put_messages(&tenant, &session, messages).await?
+            }
+            (Some(user), _) => {
+                // The turn was to start the user's session: it starts it, with both messages.
+                let new = NewSession {
+                    tenant_id: tenant.clone(),
+                    user_id: record.user_id.clone(),
+                    location_id: None,
+                    metadata: None,
+                };
+                let (created, stored) = self.store.create_session_with(new, vec![user, reply]).await?;
+                record.session_id = created.id.clone();
+                self.announce_session_start(&created, None).await;
+                return stored
+                    .into_iter()
+                    .nth(1)
+                    .ok_or_else(|| StoreError::Internal("the reply was not stored".into()));
+            }
+            (None, [.., reply_at]) => {
+                self.store
+                    .put_messages(&tenant, &session, vec![reply.into_message(&tenant, &session, reply_at.clone())])
+                    .await?
+            }
+            (None, []) => self.store.append_messages(&tenant, &session, vec![reply]).await?,
+        };
+        record.reserved.clear();
+        Ok(stored.pop().ok_or_else(|| StoreError::Internal("the reply was not stored".into()))?.message)
     }
 }

@@ -61,7 +61,12 @@ impl Agent {
                 TurnStatus::Running => self.settle_abandoned(record).await?,
                 _ => record,
             };
-            // The stored reply decides (a record can say failed while a later retry completed it).
+            // The stored reply decides (a record can say failed while a later retry completed it);
+            // a keyed JSON turn settled just now stored its user message with its reply.
+            let user = match user {
+                Some(user) => Some(user),
+                None => self.store.get_message(&req.tenant, turn_id).await?,
+            };
             let agent = match agent {
                 Some(agent) => Some(agent),
                 None => self.store.get_message(&req.tenant, &agent_id).await?,

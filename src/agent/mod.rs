@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use follow::{TurnEvents, TurnView, replayed_events};
+pub use follow::{ORPHAN_SWEEP_EVERY, TurnEvents, TurnView, replayed_events};
 pub use live::LiveTurn;
 pub use summary::Summarized;
 pub use turn::{OnDisconnect, StopReason, TurnAnswer, TurnError, TurnOutcome, TurnRequest};

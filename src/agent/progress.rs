@@ -68,6 +68,9 @@ impl Agent {
         }
         let session = live.push("session", session_event(&message.session_id, turn_id, Some(&message)));
         let mut record = record;
+        // The reply's reserved place (a resumed turn reserved only it; a new one, its message's too).
+        record.reserved =
+            stamps.last().filter(|s| stamps.len() == 2 || message.timestamp < **s).cloned().into_iter().collect();
         record.last_event_id = session.id;
         record.events = vec![session];
         self.store.create_turn(&record).await?;
@@ -96,6 +99,8 @@ impl Agent {
             created_at: now.clone(),
             updated_at: now,
             request_hash: hash.map(str::to_string),
+            pending_user: None,
+            reserved: Vec::new(),
             lease_until: now_millis() + LEASE.as_millis() as i64,
             expires_at: timestamp::epoch_seconds() + self.settings.turn_events_ttl.as_secs().max(3600) as i64,
             events: Vec::new(),

@@ -233,7 +233,8 @@ pub struct NewSession {
 }
 
 /// What a caller gives to append a message; the store assigns the timestamp.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct NewMessage {
     pub id: MessageId,
     pub user_id: UserId,

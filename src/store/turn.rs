@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::NewMessage;
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
 use crate::timestamp::Timestamp;
 
@@ -88,6 +89,14 @@ pub struct TurnRecord {
     /// Epoch milliseconds until which the process running the turn is known to be alive.
     #[serde(default)]
     pub lease_until: i64,
+    /// A keyed JSON turn's user message, which it stores only with its reply: kept here so that a
+    /// turn whose server died is settled with it (and a retry answers `interrupted`, not a rerun).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_user: Option<NewMessage>,
+    /// The places the turn reserved for what it has yet to store (the pending user message's
+    /// first, then the reply's): a settled turn's messages take them, right after its own message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reserved: Vec<Timestamp>,
     /// Epoch seconds after which the record (and its events) is gone (`TURN_EVENTS_TTL_HOURS`).
     pub expires_at: i64,
     /// The events sent so far, oldest first (stored beside the record, not in it).

@@ -18,6 +18,7 @@ mod mcp;
 mod openai;
 mod openapi;
 mod operations;
+mod orphans;
 mod properties;
 mod search;
 mod security;

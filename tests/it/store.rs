@@ -518,6 +518,9 @@ impl ConversationStore for LaggingIndex {
     async fn get_turn(&self, t: &TenantId, id: &MessageId) -> StoreResult<Option<TurnRecord>> {
         self.inner.get_turn(t, id).await
     }
+    async fn running_turns(&self, before: &Timestamp, limit: usize) -> StoreResult<Vec<TurnRecord>> {
+        self.inner.running_turns(before, limit).await
+    }
     async fn save_turn(&self, turn: &TurnRecord, events: &[TurnEvent], from: &[TurnStatus]) -> StoreResult<bool> {
         self.inner.save_turn(turn, events, from).await
     }

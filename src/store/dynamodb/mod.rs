@@ -706,6 +706,10 @@ impl ConversationStore for DynamoStore {
         self.read_turn(tenant, id).await
     }
 
+    async fn running_turns(&self, started_before: &Timestamp, limit: usize) -> StoreResult<Vec<TurnRecord>> {
+        self.read_running(started_before, limit).await
+    }
+
     async fn save_turn(&self, turn: &TurnRecord, events: &[TurnEvent], from: &[TurnStatus]) -> StoreResult<bool> {
         self.update_turn(turn, events, from).await
     }

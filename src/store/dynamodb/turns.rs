@@ -1,6 +1,12 @@
 //! Turn records as items of the messages table, keyed `turn <turnId>` (a space, which no message id
 //! has). They carry `tenantId` but neither `sessionId` nor `timestamp`, so neither index of the
 //! table holds them and no message read ever meets one. `expiresAt` lets DynamoDB's TTL remove them.
+//!
+//! The running turns' registry, so that a sweep finds the turns of a server that died without a
+//! table scan: items of the sessions table in a few partitions of their own (`id` = `running <n>`,
+//! range key `tenantId` = `<createdAt> <turnId>`, no `userId`, so no index holds them), written
+//! beside a running record's creation and deleted beside its final save (two small writes a
+//! streamed or keyed turn; TTL removes an entry whose deletion was lost).
 
 use std::collections::HashMap;
 
@@ -11,9 +17,18 @@ use super::items::s;
 use super::{DynamoStore, Item};
 use crate::ids::{MessageId, TenantId};
 use crate::store::{StoreError, StoreResult, TurnEvent, TurnRecord, TurnStatus};
+use crate::timestamp::Timestamp;
 
 fn key(id: &MessageId) -> String {
     format!("turn {}", id.as_str())
+}
+
+/// How many partitions the running turns' registry spreads over.
+const RUNNING_SHARDS: u32 = 4;
+
+fn registry_key(turn: &TurnRecord) -> (AttributeValue, AttributeValue) {
+    let shard = crate::store::outbox_shard(turn.turn_id.as_str(), RUNNING_SHARDS);
+    (s(format!("running {shard}")), s(format!("{} {}", turn.created_at.as_str(), turn.turn_id.as_str())))
 }
 
 fn events_attribute(events: &[TurnEvent]) -> StoreResult<AttributeValue> {
@@ -50,7 +65,68 @@ impl DynamoStore {
             ("events".to_string(), events_attribute(&turn.events)?),
             ("expiresAt".to_string(), AttributeValue::N(turn.expires_at.to_string())),
         ]);
-        self.put_if_absent(&self.messages, item).await
+        if turn.status != TurnStatus::Running {
+            return self.put_if_absent(&self.messages, item).await;
+        }
+        let (shard, entry) = registry_key(turn);
+        let entry = self
+            .client
+            .put_item()
+            .table_name(&self.sessions)
+            .item("id", shard)
+            .item("tenantId", entry)
+            .item("turnTenant", s(turn.tenant_id.as_str()))
+            .item("turnId", s(turn.turn_id.as_str()))
+            .item("expiresAt", AttributeValue::N(turn.expires_at.to_string()))
+            .send();
+        let (created, entry) = tokio::join!(self.put_if_absent(&self.messages, item), entry);
+        entry.map_err(|e| map_err(&self.sessions, "PutItem", e))?;
+        created
+    }
+
+    /// The registry's entries created before `before`, read consistently, with the records that
+    /// are still running; an entry whose record ended or is gone is deleted on the way.
+    pub(super) async fn read_running(&self, before: &Timestamp, limit: usize) -> StoreResult<Vec<TurnRecord>> {
+        let mut found = Vec::new();
+        for shard in 0..RUNNING_SHARDS {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.sessions)
+                .key_condition_expression("id = :id AND tenantId < :before")
+                .expression_attribute_values(":id", s(format!("running {shard}")))
+                .expression_attribute_values(":before", s(before.as_str()))
+                .consistent_read(true)
+                .limit(limit.clamp(1, 1000) as i32)
+                .send()
+                .await
+                .map_err(|e| map_err(&self.sessions, "Query", e))?;
+            for entry in out.items.unwrap_or_default() {
+                let text = |name: &str| match entry.get(name) {
+                    Some(AttributeValue::S(v)) => Some(v.clone()),
+                    _ => None,
+                };
+                let (Some(tenant), Some(turn), Some(key)) = (text("turnTenant"), text("turnId"), text("tenantId"))
+                else {
+                    continue;
+                };
+                let (Ok(tenant), Ok(turn)) = (TenantId::parse(tenant), MessageId::parse(turn)) else { continue };
+                match self.read_turn(&tenant, &turn).await? {
+                    Some(record) if record.status == TurnStatus::Running => found.push(record),
+                    _ => self.delete_entry(s(format!("running {shard}")), s(key)).await?,
+                }
+                if found.len() >= limit {
+                    return Ok(found);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn delete_entry(&self, shard: AttributeValue, entry: AttributeValue) -> StoreResult<()> {
+        let result =
+            self.client.delete_item().table_name(&self.sessions).key("id", shard).key("tenantId", entry).send().await;
+        result.map(|_| ()).map_err(|e| map_err(&self.sessions, "DeleteItem", e))
     }
 
     pub(super) async fn read_turn(&self, tenant: &TenantId, id: &MessageId) -> StoreResult<Option<TurnRecord>> {
@@ -97,7 +173,13 @@ impl DynamoStore {
         for (name, status) in allowed.iter().zip(from) {
             update = update.expression_attribute_values(name, s(status.as_str()));
         }
-        written(update.send().await, &self.messages, "UpdateItem")
+        if turn.status == TurnStatus::Running || !from.contains(&TurnStatus::Running) {
+            return written(update.send().await, &self.messages, "UpdateItem");
+        }
+        // The turn ends: its registry entry goes (a sweep deletes it if this write is lost).
+        let (shard, entry) = registry_key(turn);
+        let (saved, _) = tokio::join!(update.send(), self.delete_entry(shard, entry));
+        written(saved, &self.messages, "UpdateItem")
     }
 
     pub(super) async fn remove_turn(

@@ -634,6 +634,11 @@ impl ConversationStore for SqliteStore {
         self.read("get_turn", move |c| turns::get(c, &tenant, &id)).await
     }
 
+    async fn running_turns(&self, started_before: &Timestamp, limit: usize) -> StoreResult<Vec<TurnRecord>> {
+        let before = started_before.clone();
+        self.read("running_turns", move |c| turns::running(c, &before, limit)).await
+    }
+
     async fn save_turn(&self, turn: &TurnRecord, events: &[TurnEvent], from: &[TurnStatus]) -> StoreResult<bool> {
         let (turn, events, from) = (turn.clone(), events.to_vec(), from.to_vec());
         self.write("save_turn", move |c| turns::save(c, &turn, &events, &from)).await

@@ -8,7 +8,7 @@ use super::{Inner, internal};
 use crate::store::{StoreError, StoreResult};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 /// Version 1: sessions and messages with their indexes.
 const SCHEMA_V1: &str = "
@@ -163,6 +163,11 @@ pub(super) fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Sto
                 tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN session_id TEXT;")).map_err(internal)?;
             }
         }
+    }
+    // Version 9: the running turns, for the sweep that settles those whose server died.
+    if version < 9 && 9 <= target {
+        tx.execute_batch("CREATE INDEX IF NOT EXISTS turns_running ON turns (id) WHERE status = 'running';")
+            .map_err(internal)?;
     }
     tx.execute_batch(&format!("PRAGMA user_version = {}", target.max(version))).map_err(internal)?;
     tx.commit().map_err(internal)

@@ -5,6 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::internal;
 use crate::ids::{MessageId, TenantId};
 use crate::store::{StoreResult, TurnEvent, TurnRecord, TurnStatus};
+use crate::timestamp::Timestamp;
 
 pub(super) fn create(conn: &Connection, turn: &TurnRecord) -> StoreResult<bool> {
     let events = serde_json::to_string(&turn.events).map_err(internal)?;
@@ -36,6 +37,27 @@ pub(super) fn get(conn: &Connection, tenant: &TenantId, id: &MessageId) -> Store
     let mut turn: TurnRecord = serde_json::from_str(&record).map_err(internal)?;
     turn.events = serde_json::from_str(&events).map_err(internal)?;
     Ok(Some(turn))
+}
+
+/// Running records of every tenant created before `before`, at most `limit`.
+pub(super) fn running(conn: &Connection, before: &Timestamp, limit: usize) -> StoreResult<Vec<TurnRecord>> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT record, events FROM turns WHERE status = 'running' \
+             AND json_extract(record, '$.createdAt') < ?1 LIMIT ?2",
+        )
+        .map_err(internal)?;
+    let rows = statement
+        .query_map(params![before.as_str(), limit as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(internal)?;
+    let mut turns = Vec::new();
+    for row in rows {
+        let (record, events) = row.map_err(internal)?;
+        let mut turn: TurnRecord = serde_json::from_str(&record).map_err(internal)?;
+        turn.events = serde_json::from_str(&events).map_err(internal)?;
+        turns.push(turn);
+    }
+    Ok(turns)
 }
 
 /// Saves a record whose stored status is one of `from`, appending `new` to its events, in one
