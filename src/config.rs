@@ -120,6 +120,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_message_chars: usize,
     pub llm_timeout: Duration,
+    /// `ERASURE_SWEEP_DELAY_SECONDS`: when an erasure's second pass runs; `None`: once the longest
+    /// turn has surely ended.
+    pub erasure_sweep_delay: Option<Duration>,
     pub auth: AuthConfig,
     pub api_keys_file: PathBuf,
     /// Requests per minute per tenant; `None` is unlimited.
@@ -525,6 +528,10 @@ impl Config {
             max_body_bytes: parse_num("MAX_BODY_BYTES", 1024 * 1024usize, 1024)?,
             max_message_chars: parse_num("MAX_MESSAGE_CHARS", 32_000usize, 1)?,
             llm_timeout,
+            erasure_sweep_delay: match var("ERASURE_SWEEP_DELAY_SECONDS") {
+                None => None,
+                Some(_) => Some(Duration::from_secs(parse_num("ERASURE_SWEEP_DELAY_SECONDS", 0u64, 1)?)),
+            },
         })
     }
 }

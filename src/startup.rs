@@ -47,6 +47,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         turn_events_ttl: config.turn_events_ttl,
         summary_trigger_tokens: config.summary.trigger_tokens,
         summary_keep_messages: config.summary.keep_messages,
+        erasure_sweep_delay: config
+            .erasure_sweep_delay
+            .unwrap_or(config.llm_timeout * (config.tools.max_steps as u32 + 2) + Duration::from_secs(30)),
     };
     let storage = store.describe();
     let rate_limit = config.rate_limit_per_minute.and_then(TenantRateLimit::per_minute);
@@ -80,16 +83,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             agent.with_summarizer(Provider::from_config(&config.provider.with_model(model), config.llm_timeout).await);
     }
     let agent = Arc::new(agent);
-    // Turns whose server died (this one before a restart, or a peer) are settled without a reader.
-    {
-        let agent = agent.clone();
-        tokio::spawn(async move {
-            loop {
-                agent.settle_orphans().await;
-                tokio::time::sleep(crate::agent::ORPHAN_SWEEP_EVERY).await;
-            }
-        });
-    }
+    // Turns whose server died (this one before a restart, or a peer) are settled without a reader;
+    // every server's pending erasures are known here, and their second passes run.
+    tokio::spawn(agent.clone().run_upkeep());
     let state = AppState {
         store: agent.store().clone(),
         agent: agent.clone(),

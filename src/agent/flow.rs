@@ -188,6 +188,7 @@ impl Agent {
     ) -> Result<TurnOutcome, TurnError> {
         let turn_id = live.turn_id.clone();
         let started = Instant::now();
+        let begun_at = Timestamp::now();
         let mut place = self.place(req, resume.as_ref()).await?;
         let user_new = messages::user_message(req, &turn_id, hash);
         // Before the model: reserve the turn's timestamps beside the history read (one round trip).
@@ -329,7 +330,7 @@ impl Agent {
                 return Err(e);
             }
         };
-        if self.live.erased(live) {
+        if self.erased(live, req, &begun_at) {
             self.forget(req, &turn_id, user_message.as_ref(), None).await;
             return Err(TurnError::Erased);
         }
@@ -354,7 +355,7 @@ impl Agent {
                 return Err(e);
             }
         };
-        if self.live.erased(live) {
+        if self.erased(live, req, &begun_at) {
             self.forget(req, &turn_id, user_message.as_ref(), Some(&agent_message.id)).await;
             return Err(TurnError::Erased);
         }
@@ -454,6 +455,11 @@ impl Agent {
         let own = user_stamp.filter(|u| stamps.len() == 2 && **u == stamps[0]);
         let back_to = own.or(before.and_then(|b| b.last_message_at.as_ref()));
         let _ = self.store.release_turn(&req.tenant, id, last, back_to).await;
+    }
+
+    /// Whether an erasure, here or on another server, covers the turn: it then stores nothing.
+    fn erased(&self, live: &LiveTurn, req: &TurnRequest, begun_at: &Timestamp) -> bool {
+        self.live.erased(live) || self.lost_to_erasure(&req.tenant, &req.user, live.session().as_ref(), begun_at)
     }
 
     /// Removes what a turn that lost to an erasure may have written.

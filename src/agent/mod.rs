@@ -14,6 +14,7 @@
 
 mod announce;
 mod approvals;
+mod erasure;
 mod flow;
 mod follow;
 mod idempotency;
@@ -33,10 +34,10 @@ pub use live::LiveTurn;
 pub use summary::Summarized;
 pub use turn::{OnDisconnect, StopReason, TurnAnswer, TurnError, TurnOutcome, TurnRequest};
 
-use crate::events::{Change, EventType, Events};
+use crate::events::Events;
 use crate::ids::{SessionId, TenantId, UserId};
 use crate::llm::Provider;
-use crate::store::{ConversationStore, Deleted};
+use crate::store::ConversationStore;
 use crate::tools::Toolbox;
 
 /// How the agent behaves, from the configuration.
@@ -52,6 +53,9 @@ pub struct AgentSettings {
     pub summary_trigger_tokens: Option<u64>,
     /// `CONTEXT_SUMMARY_KEEP_MESSAGES`: the newest messages a summary leaves verbatim.
     pub summary_keep_messages: usize,
+    /// `ERASURE_SWEEP_DELAY_SECONDS`: how long after an erasure its second pass runs (by default
+    /// once the longest turn has surely ended: `LLM_TIMEOUT_SECONDS` x (`AGENT_MAX_TOOL_STEPS` + 2) + 30 s).
+    pub erasure_sweep_delay: Duration,
 }
 
 impl AgentSettings {
@@ -65,6 +69,7 @@ impl AgentSettings {
             turn_events_ttl: Duration::from_secs(24 * 3600),
             summary_trigger_tokens: None,
             summary_keep_messages: 20,
+            erasure_sweep_delay: Duration::from_secs(60 * 7 + 30),
         }
     }
 }
@@ -99,6 +104,8 @@ pub struct Agent {
     /// Held while a user's turn finds or starts their active session, so that concurrent first
     /// turns of one user end in one session.
     session_starts: Mutex<HashMap<(TenantId, UserId), SessionStartLock>>,
+    /// The erasures of every server whose second pass is still due, read every second.
+    erasures: std::sync::RwLock<Vec<crate::store::Erasure>>,
 }
 
 impl Agent {
@@ -122,6 +129,7 @@ impl Agent {
             summarizer: None,
             summarizing: Mutex::default(),
             session_starts: Mutex::new(HashMap::new()),
+            erasures: Default::default(),
         }
     }
 
@@ -172,96 +180,5 @@ impl Agent {
         let mut locks = self.session_starts.lock().unwrap_or_else(|p| p.into_inner());
         locks.retain(|_, lock| Arc::strong_count(lock) > 1);
         locks.entry((tenant.clone(), user.clone())).or_default().clone()
-    }
-
-    /// Deletes a session and its messages. Erasure wins: the turns running on it are stopped and
-    /// store nothing, now or later.
-    pub async fn erase_session(
-        self: &Arc<Self>,
-        tenant: &TenantId,
-        session: &SessionId,
-    ) -> Result<Option<usize>, TurnError> {
-        let running = self.live.begin_erasure(tenant, None, Some(session));
-        for turn in running {
-            let _ = turn.finished().await;
-        }
-        // Read only for its event (the ids it names).
-        let before = match self.events.is_on() {
-            true => self.store.get_session(tenant, session).await,
-            false => Ok(None),
-        };
-        let result = self.store.delete_session(tenant, session, None).await;
-        self.live.end_erasure(tenant, None, Some(session));
-        self.sweep_later(tenant.clone(), None, vec![session.clone()]);
-        if let (Ok(Some(_)), Ok(Some(gone))) = (&result, &before) {
-            // The session's content goes from the feed and the outbox with it; its deletion is
-            // announced (ids only).
-            self.events.forget(tenant, &gone.user_id, Some(session)).await;
-            let change = announce::session_change(EventType::SessionDeleted, gone);
-            self.events.record(tenant, vec![change]).await;
-        }
-        Ok(result?)
-    }
-
-    /// A JSON turn running on another server keeps no record that an erasure could reach: once the
-    /// longest such turn has surely ended, the erasure runs again and removes what it wrote. Only
-    /// what was written by the time the erasure answered (such a turn reserved its timestamps
-    /// before): a session created later with a reused id, and its messages, stay.
-    fn sweep_later(self: &Arc<Self>, tenant: TenantId, user: Option<UserId>, sessions: Vec<SessionId>) {
-        let agent = self.clone();
-        let longest = self.settings.llm_timeout * (self.tools.max_steps as u32 + 2) + Duration::from_secs(30);
-        let erased_at = crate::timestamp::Timestamp::now();
-        tokio::spawn(async move {
-            tokio::time::sleep(longest).await;
-            let mut sessions = sessions;
-            // Sessions a turn started before the erasure answered (never those started after it).
-            if let Some(user) = &user {
-                sessions.extend(agent.user_session_ids(&tenant, user, Some(&erased_at)).await);
-            }
-            for session in &sessions {
-                if let Err(e) = agent.store.delete_session(&tenant, session, Some(&erased_at)).await {
-                    tracing::warn!(error = %e, %session, "the second sweep of an erasure failed");
-                }
-            }
-        });
-    }
-
-    /// Deletes every session and message of a user, with the same guarantee as `erase_session`.
-    pub async fn erase_user(self: &Arc<Self>, tenant: &TenantId, user: &UserId) -> Result<Deleted, TurnError> {
-        let running = self.live.begin_erasure(tenant, Some(user), None);
-        for turn in running {
-            let _ = turn.finished().await;
-        }
-        let sessions = self.user_session_ids(tenant, user, None).await;
-        let result = self.store.delete_user(tenant, user).await;
-        self.live.end_erasure(tenant, Some(user), None);
-        self.sweep_later(tenant.clone(), Some(user.clone()), sessions);
-        let deleted = result?;
-        // The user's earlier events go with their data; the erasure itself is announced (ids only).
-        self.events.forget(tenant, user, None).await;
-        let data = serde_json::json!({"userId": user, "sessions": deleted.sessions, "messages": deleted.messages});
-        self.events.record(tenant, vec![Change::new(EventType::UserErased, None, data)]).await;
-        Ok(deleted)
-    }
-
-    /// The ids of a user's sessions (created no later than `created_by`, when given), for the second
-    /// sweep of an erasure.
-    async fn user_session_ids(
-        &self,
-        tenant: &TenantId,
-        user: &UserId,
-        created_by: Option<&crate::timestamp::Timestamp>,
-    ) -> Vec<SessionId> {
-        let mut ids = Vec::new();
-        let mut page = crate::store::PageRequest { limit: 100, cursor: None };
-        while let Ok(found) = self.store.list_user_sessions(tenant, user, page.clone()).await {
-            let kept = found.items.into_iter().filter(|s| created_by.is_none_or(|t| &s.created_at <= t));
-            ids.extend(kept.map(|s| s.id));
-            match found.next {
-                Some(next) => page.cursor = Some(next),
-                None => break,
-            }
-        }
-        ids
     }
 }

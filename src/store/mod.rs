@@ -12,6 +12,7 @@
 
 mod cursor;
 pub mod dynamodb;
+mod erasure;
 mod error;
 mod event;
 mod history;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use cursor::Cursor;
+pub use erasure::Erasure;
 pub use error::{StoreError, StoreResult, writable_session};
 pub use event::{Delivery, DeliveryStep, StoredEvent, outbox_shard};
 pub use history::{complete_history, history_query, recent_history};
@@ -145,6 +147,12 @@ pub trait ConversationStore: Send + Sync + 'static {
     ) -> StoreResult<Option<usize>>;
     /// Deletes every session and message of one user (erasure request).
     async fn delete_user(&self, tenant: &TenantId, user: &UserId) -> StoreResult<Deleted>;
+    /// Keeps an erasure until its second pass ran (`finish_erasure`).
+    async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()>;
+    /// The erasures of every tenant whose second pass has not run, oldest first, at most `limit`.
+    async fn pending_erasures(&self, limit: usize) -> StoreResult<Vec<Erasure>>;
+    /// Forgets an erasure whose second pass ran.
+    async fn finish_erasure(&self, erasure: &Erasure) -> StoreResult<()>;
     /// The tenant's messages across sessions by time (newest first by default).
     async fn list_tenant_messages(&self, tenant: &TenantId, query: MessageQuery) -> StoreResult<Page<Message>>;
     /// Deletes items past their `expiresAt` in small batches; the number deleted. DynamoDB's own TTL

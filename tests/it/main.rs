@@ -11,6 +11,7 @@ mod api;
 mod bedrock;
 mod console;
 mod contract;
+mod erasure;
 mod errors;
 mod events;
 mod isolation;

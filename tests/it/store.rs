@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use agent_server::ids::{MessageId, SessionId, TenantId, UserId};
 use agent_server::store::{
     Action, ActionStatus, Appended, ContextSummary, ConversationStore, Cursor, Deleted, Delivery, DeliveryStep,
-    Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Role, Session, StoreError, StoreResult,
-    StoredEvent, TurnEvent, TurnRecord, TurnStatus, history_query, recent_history,
+    Erasure, Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Role, Session, StoreError,
+    StoreResult, StoredEvent, TurnEvent, TurnRecord, TurnStatus, history_query, recent_history,
 };
 use agent_server::timestamp::Timestamp;
 use async_trait::async_trait;
@@ -518,6 +518,15 @@ impl ConversationStore for LaggingIndex {
     async fn get_turn(&self, t: &TenantId, id: &MessageId) -> StoreResult<Option<TurnRecord>> {
         self.inner.get_turn(t, id).await
     }
+    async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()> {
+        self.inner.record_erasure(erasure).await
+    }
+    async fn pending_erasures(&self, limit: usize) -> StoreResult<Vec<Erasure>> {
+        self.inner.pending_erasures(limit).await
+    }
+    async fn finish_erasure(&self, erasure: &Erasure) -> StoreResult<()> {
+        self.inner.finish_erasure(erasure).await
+    }
     async fn running_turns(&self, before: &Timestamp, limit: usize) -> StoreResult<Vec<TurnRecord>> {
         self.inner.running_turns(before, limit).await
     }
@@ -718,7 +727,69 @@ conformance!(
     tenant_messages_page_with_a_cursor_and_before_together,
     events_page_in_order_per_tenant_and_deliveries_are_claimed_once,
     a_models_history_reads_only_the_actions_in_metadata,
+    erasures_wait_for_their_second_pass_and_running_turns_are_found,
 );
+
+fn erasure(t: &str, u: &str, at: &Timestamp) -> Erasure {
+    Erasure {
+        id: format!("{} {u}", at.as_str()),
+        tenant_id: tenant(t),
+        user_id: Some(user(u)),
+        session_ids: Vec::new(),
+        erased_at: at.clone(),
+        sweep_at: at.clone(),
+    }
+}
+
+fn running_turn(t: &str, id: &str, created_at: Timestamp) -> TurnRecord {
+    TurnRecord {
+        turn_id: MessageId::parse(id).unwrap(),
+        tenant_id: tenant(t),
+        session_id: agent_server::ids::SessionId::parse("s-1").unwrap(),
+        user_id: user("u1"),
+        status: TurnStatus::Running,
+        agent_message_id: None,
+        error: None,
+        last_event_id: 0,
+        created_at: created_at.clone(),
+        updated_at: created_at,
+        request_hash: None,
+        pending_user: None,
+        reserved: Vec::new(),
+        lease_until: 0,
+        expires_at: agent_server::timestamp::epoch_seconds() + 3600,
+        events: Vec::new(),
+    }
+}
+
+/// Erasures of every tenant stay listed, oldest first, until finished; the running turns of every
+/// tenant created before a time are found, and a turn that ended is not.
+async fn erasures_wait_for_their_second_pass_and_running_turns_are_found(store: Arc<dyn ConversationStore>) {
+    let (older, newer) = (Timestamp::from_micros(1_000_000), Timestamp::now());
+    store.record_erasure(&erasure("globex", "u9", &newer)).await.unwrap();
+    store.record_erasure(&erasure("acme", "u1", &older)).await.unwrap();
+    let pending = store.pending_erasures(10).await.unwrap();
+    assert_eq!(pending, vec![erasure("acme", "u1", &older), erasure("globex", "u9", &newer)]);
+    store.finish_erasure(&pending[0]).await.unwrap();
+    assert_eq!(store.pending_erasures(10).await.unwrap(), vec![erasure("globex", "u9", &newer)]);
+
+    let long_ago = Timestamp::from_micros(agent_server::timestamp::now_micros() - 60_000_000);
+    let (a, b) = (running_turn("acme", "turn-a", long_ago.clone()), running_turn("globex", "turn-b", long_ago));
+    let young = running_turn("acme", "turn-c", Timestamp::now());
+    for turn in [&a, &b, &young] {
+        assert!(store.create_turn(turn).await.unwrap());
+    }
+    let cutoff = Timestamp::from_micros(agent_server::timestamp::now_micros() - 10_000_000);
+    let mut found: Vec<String> =
+        store.running_turns(&cutoff, 10).await.unwrap().into_iter().map(|r| r.turn_id.as_str().to_string()).collect();
+    found.sort();
+    assert_eq!(found, ["turn-a", "turn-b"], "both tenants' old running turns, not the young one");
+    let mut ended = b.clone();
+    ended.status = TurnStatus::Interrupted;
+    assert!(store.save_turn(&ended, &[], &[TurnStatus::Running]).await.unwrap());
+    let found = store.running_turns(&cutoff, 10).await.unwrap();
+    assert_eq!(found.iter().map(|r| r.turn_id.as_str()).collect::<Vec<_>>(), ["turn-a"]);
+}
 
 fn stored_event(t: &str, kind: &str, u: &str) -> StoredEvent {
     let id = agent_server::events::new_event_id();

@@ -14,6 +14,7 @@
 
 pub mod backup;
 mod client;
+mod erasures;
 mod errors;
 mod events;
 mod items;
@@ -34,9 +35,10 @@ use items::{message_from_item, message_item, s, session_from_item, session_item,
 use tables::{SESSION_TIMESTAMP_INDEX, TENANT_TIMESTAMP_INDEX, TENANT_USER_INDEX};
 
 use super::{
-    Action, ActionStatus, Appended, ContextSummary, ConversationStore, Deleted, Delivery, DeliveryStep, Message,
-    MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Retention, Session, StoreError, StoreResult,
-    StoredEvent, TurnEvent, TurnRecord, TurnStatus, is_expired, new_session_with, prepare_messages, writable_session,
+    Action, ActionStatus, Appended, ContextSummary, ConversationStore, Deleted, Delivery, DeliveryStep, Erasure,
+    Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Retention, Session, StoreError,
+    StoreResult, StoredEvent, TurnEvent, TurnRecord, TurnStatus, is_expired, new_session_with, prepare_messages,
+    writable_session,
 };
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
 use crate::timestamp::{self, Timestamp};
@@ -704,6 +706,18 @@ impl ConversationStore for DynamoStore {
 
     async fn get_turn(&self, tenant: &TenantId, id: &MessageId) -> StoreResult<Option<TurnRecord>> {
         self.read_turn(tenant, id).await
+    }
+
+    async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()> {
+        self.put_erasure(erasure).await
+    }
+
+    async fn pending_erasures(&self, limit: usize) -> StoreResult<Vec<Erasure>> {
+        self.read_erasures(limit).await
+    }
+
+    async fn finish_erasure(&self, erasure: &Erasure) -> StoreResult<()> {
+        self.delete_erasure(erasure).await
     }
 
     async fn running_turns(&self, started_before: &Timestamp, limit: usize) -> StoreResult<Vec<TurnRecord>> {

@@ -24,9 +24,9 @@ use rows::*;
 use schema::{migrate, open, spawn_maintenance};
 
 use super::{
-    Action, ActionStatus, Appended, ContextSummary, ConversationStore, Deleted, Delivery, DeliveryStep, Message,
-    MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Retention, Session, StoreError, StoreResult,
-    StoredEvent, TurnEvent, TurnRecord, TurnStatus, new_session_with, prepare_messages, writable_session,
+    Action, ActionStatus, Appended, ContextSummary, ConversationStore, Deleted, Delivery, DeliveryStep, Erasure,
+    Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Retention, Session, StoreError,
+    StoreResult, StoredEvent, TurnEvent, TurnRecord, TurnStatus, new_session_with, prepare_messages, writable_session,
 };
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
 use crate::timestamp::{self, Timestamp};
@@ -632,6 +632,34 @@ impl ConversationStore for SqliteStore {
     async fn get_turn(&self, tenant: &TenantId, id: &MessageId) -> StoreResult<Option<TurnRecord>> {
         let (tenant, id) = (tenant.clone(), id.clone());
         self.read("get_turn", move |c| turns::get(c, &tenant, &id)).await
+    }
+
+    async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()> {
+        let (id, body) = (erasure.id.clone(), serde_json::to_string(erasure).map_err(internal)?);
+        self.write("record_erasure", move |c| {
+            c.execute("INSERT OR REPLACE INTO erasures (id, body) VALUES (?1, ?2)", params![id, body])
+                .map_err(internal)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn pending_erasures(&self, limit: usize) -> StoreResult<Vec<Erasure>> {
+        self.read("pending_erasures", move |c| {
+            let mut statement = c.prepare_cached("SELECT body FROM erasures ORDER BY id LIMIT ?1").map_err(internal)?;
+            let rows = statement.query_map([limit as i64], |r| r.get::<_, String>(0)).map_err(internal)?;
+            rows.map(|body| serde_json::from_str(&body.map_err(internal)?).map_err(internal)).collect()
+        })
+        .await
+    }
+
+    async fn finish_erasure(&self, erasure: &Erasure) -> StoreResult<()> {
+        let id = erasure.id.clone();
+        self.write("finish_erasure", move |c| {
+            c.execute("DELETE FROM erasures WHERE id = ?1", [id]).map_err(internal)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn running_turns(&self, started_before: &Timestamp, limit: usize) -> StoreResult<Vec<TurnRecord>> {

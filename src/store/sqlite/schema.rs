@@ -164,10 +164,14 @@ pub(super) fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Sto
             }
         }
     }
-    // Version 9: the running turns, for the sweep that settles those whose server died.
+    // Version 9: the running turns, for the sweep that settles those whose server died, and the
+    // erasures whose second pass is still due.
     if version < 9 && 9 <= target {
-        tx.execute_batch("CREATE INDEX IF NOT EXISTS turns_running ON turns (id) WHERE status = 'running';")
-            .map_err(internal)?;
+        tx.execute_batch(
+            "CREATE INDEX IF NOT EXISTS turns_running ON turns (id) WHERE status = 'running';
+             CREATE TABLE IF NOT EXISTS erasures (id TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL);",
+        )
+        .map_err(internal)?;
     }
     tx.execute_batch(&format!("PRAGMA user_version = {}", target.max(version))).map_err(internal)?;
     tx.commit().map_err(internal)
