@@ -255,7 +255,7 @@ fn events_config() -> Result<EventsConfig, ConfigError> {
         webhook_url,
         webhook_secret,
         webhooks_file,
-        allow_private: var("WEBHOOK_ALLOW_PRIVATE").is_some_and(|v| v == "true"),
+        allow_private: allow_private_urls() || var("WEBHOOK_ALLOW_PRIVATE").is_some_and(|v| v == "true"),
         retry_schedule,
     })
 }
@@ -275,6 +275,23 @@ pub struct ToolsConfig {
     pub mcp_servers: Vec<String>,
 }
 
+impl ToolsConfig {
+    /// No business API, no tools file, no MCP servers; the defaults of the other settings.
+    pub fn none() -> Self {
+        ToolsConfig {
+            api_server_url: None,
+            api_server_key: None,
+            resource_types: None,
+            tools_file: None,
+            timeout: Duration::from_secs(15),
+            max_steps: 5,
+            approval: ApprovalPolicy::Writes,
+            result_max_chars: 8000,
+            mcp_servers: Vec::new(),
+        }
+    }
+}
+
 /// Which tool calls wait for a human (`TOOL_APPROVAL`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApprovalPolicy {
@@ -284,6 +301,12 @@ pub enum ApprovalPolicy {
     Writes,
     /// Every call waits.
     All,
+}
+
+/// `ALLOW_PRIVATE_URLS=true`: every outbound URL a tenant or operator configures (webhooks, agents'
+/// business APIs) may reach loopback, private and link-local addresses.
+pub fn allow_private_urls() -> bool {
+    var("ALLOW_PRIVATE_URLS").is_some_and(|v| v == "true")
 }
 
 /// Reads a variable; unset and empty are the same.

@@ -19,6 +19,10 @@ pub enum IdError {
     TooLong,
     #[error("must contain only printable characters without spaces")]
     NotPrintable,
+    #[error("must be at most 64 characters")]
+    AgentTooLong,
+    #[error("must contain only letters, digits, '.', '_' and '-'")]
+    AgentCharacters,
 }
 
 fn check(value: &str) -> Result<(), IdError> {
@@ -153,5 +157,48 @@ mod tests {
         let a = MessageId::generate();
         let b = MessageId::generate();
         assert!(a.as_str() < b.as_str());
+    }
+}
+
+/// A tenant's agent: 1 to 64 of `[A-Za-z0-9._-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AgentId(String);
+
+impl AgentId {
+    pub fn parse(value: impl Into<String>) -> Result<Self, IdError> {
+        let value = value.into();
+        if value.is_empty() {
+            return Err(IdError::Empty);
+        }
+        if value.len() > 64 {
+            return Err(IdError::AgentTooLong);
+        }
+        if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+            return Err(IdError::AgentCharacters);
+        }
+        Ok(Self(value))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for AgentId {
+    type Error = IdError;
+    fn try_from(value: String) -> Result<Self, IdError> {
+        Self::parse(value)
+    }
+}
+
+impl From<AgentId> for String {
+    fn from(id: AgentId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for AgentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }

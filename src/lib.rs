@@ -1,12 +1,14 @@
 //! agent-server: a multi-tenant AI agent conversation server on DynamoDB or embedded SQLite.
 
 pub mod agent;
+pub mod agents;
 pub mod auth;
 pub mod config;
 pub mod events;
 pub mod http;
 pub mod ids;
 pub mod llm;
+pub mod outbound;
 pub mod portability;
 pub mod private_file;
 pub mod random;

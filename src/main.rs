@@ -43,6 +43,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::webhooks::WebhooksCommand,
     },
+    /// Manage a tenant's agents (as the HTTP API does): put from a YAML or JSON file, list, show, delete.
+    Agents {
+        #[command(subcommand)]
+        command: cli::agents::AgentsCommand,
+    },
     /// Write sessions and messages as JSON Lines (gzip when FILE ends in .gz).
     Export {
         /// Only this tenant's conversations.
@@ -51,6 +56,9 @@ enum Command {
         /// The file to write (standard output when left out).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// Include the agents' business API keys (left out by default).
+        #[arg(long)]
+        include_secrets: bool,
     },
     /// Load a JSON Lines export into the configured store; items already stored are skipped.
     Import { file: std::path::PathBuf },
@@ -80,7 +88,10 @@ async fn run() -> ExitCode {
         Command::Backup { command } => cli::backup::run(&config, command).await,
         Command::Search { command } => cli::search::run(&config, command).await,
         Command::Webhooks { command } => cli::webhooks::run(&config, command).await,
-        Command::Export { tenant, out } => cli::transfer::export(&config, tenant, out).await,
+        Command::Export { tenant, out, include_secrets } => {
+            cli::transfer::export(&config, tenant, out, include_secrets).await
+        }
+        Command::Agents { command } => cli::agents::run(&config, command).await,
         Command::Import { file } => cli::transfer::import(&config, file).await,
     }
 }

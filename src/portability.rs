@@ -1,5 +1,5 @@
-//! Export and import of conversations as JSON Lines: one session or message object per line, each
-//! with a `type`, sessions before their messages. Streaming and constant memory, gzip when the file
+//! Export and import of conversations as JSON Lines: one session, message or agent object per line,
+//! each with a `type`, sessions before their messages, agents last. Streaming and constant memory, gzip when the file
 //! name ends in `.gz`; importing is idempotent (each item is stored once), so an export from one
 //! backend imported into another gives the same conversations.
 
@@ -8,6 +8,7 @@ use std::io::{BufRead, Write};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 
+use crate::agents::StoredAgent;
 use crate::ids::TenantId;
 use crate::store::{ConversationStore, Message, MessageQuery, Order, Session, StoreError};
 
@@ -17,6 +18,8 @@ use crate::store::{ConversationStore, Message, MessageQuery, Order, Session, Sto
 pub enum Record {
     Session(Session),
     Message(Message),
+    /// A tenant's agent (its business API key only with `--include-secrets`).
+    Agent(Box<StoredAgent>),
 }
 
 /// What an export wrote or an import stored.
@@ -24,6 +27,7 @@ pub enum Record {
 pub struct Counts {
     pub sessions: usize,
     pub messages: usize,
+    pub agents: usize,
     /// Items an import found already stored.
     pub existing: usize,
 }
@@ -57,12 +61,14 @@ fn write_line(out: &mut dyn Write, record: &Record) -> std::io::Result<()> {
     out.write_all(b"\n")
 }
 
-/// Writes every session (of one tenant, or all) and its messages, oldest first.
+/// Writes every session (of one tenant, or all) and its messages, oldest first, then the agents of
+/// the tenant (or of every tenant), their keys only when `with_secrets`.
 pub async fn export(
     store: &dyn ConversationStore,
     tenant: Option<&TenantId>,
     out: &mut dyn Write,
     bar: &ProgressBar,
+    with_secrets: bool,
 ) -> Result<Counts, PortabilityError> {
     let mut counts = Counts::default();
     let mut after = None;
@@ -91,6 +97,17 @@ pub async fn export(
             Some(n) => after = Some(n),
             None => break,
         }
+    }
+    let agents = match tenant {
+        Some(tenant) => store.list_agents(tenant).await?,
+        None => store.all_agents().await?,
+    };
+    for mut agent in agents {
+        if !with_secrets && let Some(api) = agent.spec.business_api.as_mut() {
+            api.key = None;
+        }
+        write_line(out, &Record::Agent(Box::new(agent)))?;
+        counts.agents += 1;
     }
     out.flush()?;
     Ok(counts)
@@ -125,6 +142,11 @@ pub async fn import(
             Record::Message(m) => {
                 let created = store.import_message(m).await?;
                 counts.messages += usize::from(created);
+                created
+            }
+            Record::Agent(a) => {
+                let created = store.put_agent(&a, None).await?;
+                counts.agents += usize::from(created);
                 created
             }
         };

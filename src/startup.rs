@@ -77,7 +77,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(endpoints = events.endpoints().len(), "delivering change events to webhooks");
         tokio::spawn(deliverer.run());
     }
-    let mut agent = Agent::with_tools(store, provider, settings, tools).with_events(events);
+    let file_tools = match &config.tools.tools_file {
+        Some(path) => crate::tools::read_tools_file(path).map_err(anyhow::Error::msg)?,
+        None => Vec::new(),
+    };
+    let mut agent = Agent::with_tools(store, provider, settings, tools)
+        .with_server_config(
+            config.provider.clone(),
+            config.tools.clone(),
+            file_tools,
+            crate::config::allow_private_urls(),
+        )
+        .with_events(events);
     if let Some(model) = &config.summary.model {
         agent =
             agent.with_summarizer(Provider::from_config(&config.provider.with_model(model), config.llm_timeout).await);

@@ -182,6 +182,8 @@ impl Agent {
         let decided = |status: ActionStatus| decided(action_id, status);
         let call = ToolCall { id: action.id.clone(), name: action.tool.clone(), arguments: action.arguments.clone() };
         let ctx = Self::tool_context(tenant, &session.user_id, session.location_id.as_ref());
+        // The session's agent decides which tools run and answers after the decision.
+        let persona = self.agents.pick(tenant, None, super::flow::session_agent(session).as_ref()).await?;
         let resolved = match action.status {
             ActionStatus::PendingApproval => {
                 let mut claimed = action.clone();
@@ -194,8 +196,12 @@ impl Agent {
                 let kind = if approve { EventType::ActionApproved } else { EventType::ActionRejected };
                 self.announce_action(session, &message, &claimed, kind).await;
                 if approve {
-                    let result = self.run_tool(&call, &ctx).await;
-                    let status = if result.is_error { ActionStatus::Failed } else { ActionStatus::Done };
+                    let result = Self::run_tool(&persona.tools, &call, &ctx).await;
+                    let status = match (persona.tools.permits(&call.name), result.is_error) {
+                        (false, _) => ActionStatus::Refused,
+                        (true, true) => ActionStatus::Failed,
+                        (true, false) => ActionStatus::Done,
+                    };
                     let mut done = action_record(&call, status, Some(&result));
                     done.approved = Some(true);
                     // The tool ran: its result must be storable, so it is cut to fit the message.
@@ -235,19 +241,21 @@ impl Agent {
                 resolved.result.as_deref().unwrap_or_default()
             ),
         };
-        let history = recent_history(&*self.store, session, self.settings.history_max_messages).await?;
+        let history = recent_history(&*self.store, session, persona.history_max_messages).await?;
         let history = super::summary::after_summary(session, history);
         let request = crate::llm::ModelRequest {
-            system_prompt: self.settings.system_prompt.clone(),
+            system_prompt: persona.system_prompt.clone(),
             summary: session.context_summary.as_ref().map(|s| s.text.clone()),
             history,
             message: note,
             context: None,
-            tools: self.tools.specs(),
+            tools: persona.tools.specs(),
             steps: Vec::new(),
+            temperature: persona.temperature,
+            max_output_tokens: persona.max_output_tokens,
         };
         let started = Instant::now();
-        let mut thought: Thought = self.think(request, &ctx, None).await?;
+        let mut thought: Thought = self.think(&persona, request, &ctx, None).await?;
         thought.actions.insert(0, resolved);
         let pending = thought.actions.iter().any(|a| a.status == ActionStatus::PendingApproval);
         let status = if pending { TurnStatus::AwaitingApproval } else { TurnStatus::Completed };
@@ -256,6 +264,7 @@ impl Agent {
         if let (Some(summary), Some(metadata)) = (&session.context_summary, agent.metadata.as_mut()) {
             metadata.insert("contextSummary".into(), super::flow::summary_note(summary));
         }
+        messages::mark_persona(&mut agent, &persona);
         fit_reply(tenant, session_id, &mut agent);
         let agent_message = self.store.append_messages(tenant, session_id, vec![agent]).await?.remove(0).message;
         Ok(TurnOutcome {

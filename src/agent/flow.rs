@@ -20,7 +20,8 @@ use super::messages;
 use super::thinking::Thought;
 use super::turn::{StopReason, TurnAnswer, TurnError, TurnOutcome, TurnRequest};
 use super::{Agent, Started};
-use crate::ids::{MessageId, SessionId};
+use crate::agents::directory::Persona;
+use crate::ids::{AgentId, MessageId, SessionId};
 use crate::llm::{ModelReply, ModelRequest};
 use crate::store::{Message, NewMessage, NewSession, Session, StoreError, TurnStatus, complete_history, history_query};
 use crate::timestamp::{self, Timestamp};
@@ -138,21 +139,28 @@ impl Agent {
         }
     }
 
-    fn model_request(&self, message: String, history: Vec<Message>, req_context: Option<&TurnRequest>) -> ModelRequest {
+    fn model_request(persona: &Persona, message: String, history: Vec<Message>, req: &TurnRequest) -> ModelRequest {
         ModelRequest {
-            system_prompt: self.settings.system_prompt.clone(),
+            system_prompt: persona.system_prompt.clone(),
             summary: None,
             history,
             message,
-            context: req_context.and_then(|r| r.context.clone()),
-            tools: self.tools.specs(),
+            context: req.context.clone(),
+            tools: persona.tools.specs(),
             steps: Vec::new(),
+            temperature: persona.temperature,
+            max_output_tokens: persona.max_output_tokens,
         }
     }
 
     /// Creates the session a client named when no session of the tenant has that id (one of another
     /// user stays theirs: the turn then answers 404). The user's other active session is closed.
-    async fn create_chosen_session(&self, req: &TurnRequest, id: &SessionId) -> Result<bool, TurnError> {
+    async fn create_chosen_session(
+        &self,
+        req: &TurnRequest,
+        id: &SessionId,
+        agent: Option<&AgentId>,
+    ) -> Result<bool, TurnError> {
         let _lock = self.session_start_lock(&req.tenant, &req.user).lock_owned().await;
         if self.store.get_session(&req.tenant, id).await?.is_some() {
             return Ok(false);
@@ -161,7 +169,7 @@ impl Agent {
         if let Some(active) = self.store.find_active_session(&req.tenant, &req.user).await? {
             closed = self.store.close_session(&req.tenant, &active.id).await?;
         }
-        let mut session = Session::new(Self::new_session(req), crate::store::Retention::default());
+        let mut session = Session::new(Self::new_session(req, agent), crate::store::Retention::default());
         session.id = id.clone();
         // Conditional: two first turns naming the same new id create it once.
         if self.store.import_session(session.clone()).await? {
@@ -170,12 +178,17 @@ impl Agent {
         Ok(true)
     }
 
-    pub(super) fn new_session(req: &TurnRequest) -> NewSession {
+    /// A session a turn starts; it records the agent it runs as (`metadata.agentId`).
+    pub(super) fn new_session(req: &TurnRequest, agent: Option<&AgentId>) -> NewSession {
         NewSession {
             tenant_id: req.tenant.clone(),
             user_id: req.user.clone(),
             location_id: req.location.clone(),
-            metadata: None,
+            metadata: agent.map(|a| {
+                let mut m = crate::store::Metadata::new();
+                m.insert("agentId".into(), json!(a));
+                m
+            }),
         }
     }
 
@@ -189,6 +202,9 @@ impl Agent {
         let turn_id = live.turn_id.clone();
         let started = Instant::now();
         let begun_at = Timestamp::now();
+        // The agent the turn names, else the tenant's default (a continuing session's own agent
+        // decides once the session is read).
+        let mut persona = self.agents.pick(&req.tenant, req.agent.as_ref(), None).await?;
         let mut place = self.place(req, resume.as_ref()).await?;
         let user_new = messages::user_message(req, &turn_id, hash);
         // Before the model: reserve the turn's timestamps beside the history read (one round trip).
@@ -196,7 +212,7 @@ impl Agent {
         let mut before: Option<Session> = None;
         let mut history = Vec::new();
         if let Place::Continue(id) = &place {
-            let limit = self.settings.history_max_messages;
+            let limit = persona.history_max_messages;
             let count = if resume.is_some() { 1 } else { 2 };
             let page = async {
                 if limit == 0 {
@@ -209,7 +225,9 @@ impl Agent {
             let (begun, page) = match begun {
                 // A client-chosen id for a session that does not exist yet (the original server's
                 // clients choose session ids): it is created for this user, then the turn goes on.
-                Err(StoreError::NotFound(_)) if resume.is_none() && self.create_chosen_session(req, id).await? => {
+                Err(StoreError::NotFound(_))
+                    if resume.is_none() && self.create_chosen_session(req, id, persona.agent_id()).await? =>
+                {
                     let page = page.map(|_| None);
                     (self.store.begin_turn(&req.tenant, id, Some(&req.user), count).await, page)
                 }
@@ -218,6 +236,25 @@ impl Agent {
             let (session, reserved) = begun?;
             live.set_session(&session.id);
             stamps = reserved;
+            let mut page = page;
+            if let Some(had) = session_agent(&session) {
+                // The session runs as the agent it started with (naming another is refused).
+                match self.agents.pick(&req.tenant, req.agent.as_ref(), Some(&had)).await {
+                    Ok(own) => persona = own,
+                    Err(e) => {
+                        self.give_back(req, &place, &stamps, Some(&session), None).await;
+                        return Err(e.into());
+                    }
+                }
+                if persona.history_max_messages != limit {
+                    let limit = persona.history_max_messages;
+                    page = match limit {
+                        0 => Ok(None),
+                        _ => self.store.list_messages(&req.tenant, id, history_query(limit)).await.map(Some),
+                    };
+                }
+            }
+            let limit = persona.history_max_messages;
             let read = match page {
                 Ok(page) => complete_history(&*self.store, &session, limit, page).await,
                 Err(e) => Err(e),
@@ -240,7 +277,9 @@ impl Agent {
         let mut user_message = resume.clone();
         let mut record = None;
         if req.stream {
-            let written = self.open_stream(live, req, &mut place, &user_new, &mut stamps, resume.is_some(), hash).await;
+            let written = self
+                .open_stream(live, req, &mut place, &user_new, &mut stamps, resume.is_some(), hash, persona.agent_id())
+                .await;
             match written {
                 Ok((message, rec)) => {
                     user_message = Some(message);
@@ -282,12 +321,13 @@ impl Agent {
             // The model is given the session's summary in place of the messages it covers.
             live.push("summary", summary_note(summary));
         }
-        let window_full = self.settings.history_max_messages > 0 && history.len() >= self.settings.history_max_messages;
-        let mut request = self.model_request(req.message.clone(), history, Some(req));
+        let window = persona.history_max_messages;
+        let window_full = window > 0 && history.len() >= window;
+        let mut request = Self::model_request(&persona, req.message.clone(), history, req);
         request.summary = summary.as_ref().map(|s| s.text.clone());
         let (fixed_chars, history_chars) = request_chars(&request);
-        let thinking = self.follow_model(live, req.stream, request, &ctx, record.as_mut()).await;
-        if let Some(trigger) = self.settings.summary_trigger_tokens {
+        let thinking = self.follow_model(&persona, live, req.stream, request, &ctx, record.as_mut()).await;
+        if let Some(trigger) = persona.summary_trigger_tokens {
             // Due when the history filled the window (older messages would drop out unsummarised)
             // or passed the trigger: the provider's count of the request less the fixed part (system
             // prompt and summary, estimated), else an estimate. The summary itself never counts, so
@@ -346,8 +386,9 @@ impl Agent {
         if let (Some(summary), Some(metadata)) = (&summary, agent_new.metadata.as_mut()) {
             metadata.insert("contextSummary".into(), summary_note(summary));
         }
+        messages::mark_persona(&mut agent_new, &persona);
         let own_stamp = user_message.as_ref().map(|m| m.timestamp.clone());
-        let written = self.write(req, &place, &stamps, user_new, user_message, agent_new).await;
+        let written = self.write(req, &place, &stamps, (user_new, agent_new), user_message, persona.agent_id()).await;
         let (session_id, user_message, agent_message) = match written {
             Ok(written) => written,
             Err(e) => {
@@ -386,9 +427,9 @@ impl Agent {
         req: &TurnRequest,
         place: &Place,
         stamps: &[Timestamp],
-        user_new: NewMessage,
+        (user_new, agent_new): (NewMessage, NewMessage),
         user_message: Option<Message>,
-        agent_new: NewMessage,
+        agent: Option<&AgentId>,
     ) -> Result<(SessionId, Option<Message>, Message), TurnError> {
         let tenant = &req.tenant;
         match place {
@@ -426,7 +467,7 @@ impl Agent {
                 };
                 let (closed, created) = tokio::join!(
                     close_idle,
-                    self.store.create_session_with(Self::new_session(req), vec![user_new, agent_new])
+                    self.store.create_session_with(Self::new_session(req, agent), vec![user_new, agent_new])
                 );
                 closed?;
                 let (session, stored) = created?;
@@ -469,6 +510,12 @@ impl Agent {
             tracing::warn!(error = %e, %turn, "could not remove the writes of an erased turn");
         }
     }
+}
+
+/// The agent a session started with (`metadata.agentId`).
+pub(super) fn session_agent(session: &Session) -> Option<AgentId> {
+    let id = session.metadata.as_ref()?.get("agentId")?.as_str()?;
+    AgentId::parse(id).ok()
 }
 
 fn missing() -> StoreError {

@@ -37,11 +37,14 @@ pub(super) fn follow_up_id(action_id: &str) -> MessageId {
 
 /// What binds an `Idempotency-Key` to its request: the message, the session and the context.
 pub(super) fn request_hash(req: &TurnRequest) -> String {
-    let request = json!({
+    let mut request = json!({
         "message": req.message,
         "sessionId": req.session_id.as_ref().map(SessionId::as_str),
         "context": req.context,
     });
+    if let Some(agent) = &req.agent {
+        request["agentId"] = json!(agent);
+    }
     derived(&request.to_string()).as_str().to_string()
 }
 
@@ -90,6 +93,14 @@ pub(super) fn agent_message(
         metadata.insert("interrupted".into(), json!(why));
     }
     NewMessage { id, user_id: user.clone(), role: Role::Agent, content: reply.text.clone(), metadata: Some(metadata) }
+}
+
+/// Records the tenant's agent (and its version) a reply was written as.
+pub(super) fn mark_persona(message: &mut NewMessage, persona: &crate::agents::directory::Persona) {
+    if let (Some((id, version)), Some(metadata)) = (&persona.agent, message.metadata.as_mut()) {
+        metadata.insert("agentId".into(), json!(id));
+        metadata.insert("agentVersion".into(), json!(version));
+    }
 }
 
 /// The status a stored agent message records for its turn (messages from before turns had a

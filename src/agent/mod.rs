@@ -34,6 +34,8 @@ pub use live::LiveTurn;
 pub use summary::Summarized;
 pub use turn::{OnDisconnect, StopReason, TurnAnswer, TurnError, TurnOutcome, TurnRequest};
 
+use crate::agents::directory::{Directory, Persona, ServerAgent};
+use crate::config::{ProviderConfig, ToolsConfig};
 use crate::events::Events;
 use crate::ids::{SessionId, TenantId, UserId};
 use crate::llm::Provider;
@@ -91,9 +93,9 @@ type SessionStartLock = Arc<tokio::sync::Mutex<()>>;
 
 pub struct Agent {
     store: Arc<dyn ConversationStore>,
-    provider: Provider,
-    tools: Toolbox,
     settings: AgentSettings,
+    /// The tenants' agents and the environment's, by which a turn picks what it runs as.
+    agents: Directory,
     live: Arc<live::LiveTurns>,
     /// Change events (off unless configured).
     events: Events,
@@ -119,10 +121,28 @@ impl Agent {
         settings: AgentSettings,
         tools: Toolbox,
     ) -> Self {
+        let persona = Arc::new(Persona {
+            agent: None,
+            system_prompt: settings.system_prompt.clone(),
+            provider: Arc::new(provider),
+            tools: Arc::new(tools),
+            history_max_messages: settings.history_max_messages,
+            summary_trigger_tokens: settings.summary_trigger_tokens,
+            summary_keep_messages: settings.summary_keep_messages,
+            temperature: None,
+            max_output_tokens: None,
+        });
+        let server = ServerAgent {
+            persona,
+            provider: ProviderConfig::Echo { chunk_delay: Duration::ZERO },
+            llm_timeout: settings.llm_timeout,
+            tools: ToolsConfig::none(),
+            file_tools: Vec::new(),
+            allow_private_urls: false,
+        };
         Self {
+            agents: Directory::new(store.clone(), server),
             store,
-            provider,
-            tools,
             settings,
             live: Arc::default(),
             events: Events::off(),
@@ -131,6 +151,33 @@ impl Agent {
             session_starts: Mutex::new(HashMap::new()),
             erasures: Default::default(),
         }
+    }
+
+    /// The agent whose tenants' agents fall back to the server's configuration: its provider (and
+    /// the kinds of provider an agent may name), its business API and tools settings, and whether
+    /// tenant URLs may reach private addresses (`ALLOW_PRIVATE_URLS`).
+    pub fn with_server_config(
+        mut self,
+        provider: ProviderConfig,
+        tools: ToolsConfig,
+        file_tools: Vec<crate::tools::FileTool>,
+        allow_private_urls: bool,
+    ) -> Self {
+        let server = ServerAgent {
+            persona: self.agents.server_persona().clone(),
+            provider,
+            llm_timeout: self.settings.llm_timeout,
+            tools,
+            file_tools,
+            allow_private_urls,
+        };
+        self.agents = Directory::new(self.store.clone(), server);
+        self
+    }
+
+    /// The tenants' agents as this process knows them.
+    pub fn agents(&self) -> &Directory {
+        &self.agents
     }
 
     /// The agent with change events recorded (and delivered) as configured.
@@ -153,8 +200,9 @@ impl Agent {
         &self.store
     }
 
+    /// The environment's model provider.
     pub fn provider(&self) -> &Provider {
-        &self.provider
+        &self.agents.server_persona().provider
     }
 
     /// Asks every running turn to stop now and store what it has (the shutdown deadline passed).

@@ -31,6 +31,7 @@ impl Agent {
         stamps: &mut Vec<Timestamp>,
         resumed: bool,
         hash: Option<&str>,
+        agent: Option<&crate::ids::AgentId>,
     ) -> Result<(Message, TurnRecord), TurnError> {
         let turn_id = &live.turn_id;
         let message = match place {
@@ -47,7 +48,7 @@ impl Agent {
                     self.store.close_session(&req.tenant, &idle.id).await?;
                 }
                 let (session, mut stored) =
-                    self.store.create_session_with(Self::new_session(req), vec![user_new.clone()]).await?;
+                    self.store.create_session_with(Self::new_session(req, agent), vec![user_new.clone()]).await?;
                 live.set_session(&session.id);
                 let message = stored.remove(0);
                 // The reply's place, right after the user message, is reserved while the user's other
@@ -111,6 +112,7 @@ impl Agent {
     /// which also learns there that it was cancelled or erased elsewhere), and a stop ends it.
     pub(super) async fn follow_model(
         &self,
+        persona: &crate::agents::directory::Persona,
         live: &Arc<LiveTurn>,
         stream: bool,
         request: ModelRequest,
@@ -119,7 +121,7 @@ impl Agent {
     ) -> Thinking {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let progress = Deltas::new(tx);
-        let thinking = self.think(request, ctx, stream.then_some(&progress));
+        let thinking = self.think(persona, request, ctx, stream.then_some(&progress));
         tokio::pin!(thinking);
         let stopped = live.stopped();
         tokio::pin!(stopped);

@@ -90,15 +90,12 @@ fn echo_summary(previous: Option<&str>, folded: &[Message]) -> String {
 
 impl Agent {
     fn summarizer(&self) -> &Provider {
-        self.summarizer.as_ref().unwrap_or(&self.provider)
+        self.summarizer.as_ref().unwrap_or(self.provider())
     }
 
     /// After a turn that found its context due (the history filled the window or passed the
     /// trigger): summarises the session in the background, unless this process already is.
     pub(super) fn summarize_when_due(self: &Arc<Self>, tenant: &TenantId, session: &SessionId) {
-        if self.settings.summary_trigger_tokens.is_none() {
-            return;
-        }
         {
             let mut running = self.summarizing.lock().unwrap_or_else(|p| p.into_inner());
             if !running.insert((tenant.clone(), session.clone())) {
@@ -204,6 +201,8 @@ impl Agent {
                     context: None,
                     tools: Vec::new(),
                     steps: Vec::new(),
+                    temperature: None,
+                    max_output_tokens: None,
                 };
                 let reply = tokio::time::timeout(self.settings.llm_timeout, provider.complete(&request, None))
                     .await

@@ -6,10 +6,11 @@ use serde_json::json;
 
 use super::Agent;
 use super::turn::TurnError;
+use crate::agents::directory::Persona;
 use crate::ids::{LocationId, TenantId, UserId};
-use crate::llm::{Deltas, ModelError, ModelReply, ModelRequest, StreamItem, Usage};
+use crate::llm::{Deltas, ModelError, ModelReply, ModelRequest, Provider, StreamItem, Usage};
 use crate::store::{Action, ActionStatus};
-use crate::tools::{ToolCall, ToolContext, ToolResult, ToolStep, action_record};
+use crate::tools::{ToolCall, ToolContext, ToolResult, ToolStep, Toolbox, action_record};
 
 /// The model's final reply for a turn and every tool call it made on the way.
 pub(super) struct Thought {
@@ -20,17 +21,18 @@ pub(super) struct Thought {
 impl Agent {
     pub(super) async fn call_model(
         &self,
+        provider: &Provider,
         request: &ModelRequest,
         deltas: Option<&Deltas>,
     ) -> Result<ModelReply, ModelError> {
         let timeout = self.settings.llm_timeout;
         let started = Instant::now();
-        let result = match tokio::time::timeout(timeout, self.provider.complete(request, deltas)).await {
+        let result = match tokio::time::timeout(timeout, provider.complete(request, deltas)).await {
             Ok(result) => result,
             Err(_) => Err(ModelError::Timeout(timeout)),
         };
         let tokens = result.as_ref().ok().and_then(|r| r.usage).map(|u| (u.input_tokens, u.output_tokens));
-        crate::telemetry::model_call(self.provider.label(), result.is_ok(), started.elapsed(), tokens);
+        crate::telemetry::model_call(provider.label(), result.is_ok(), started.elapsed(), tokens);
         result
     }
 
@@ -38,6 +40,7 @@ impl Agent {
     /// given back, up to `AGENT_MAX_TOOL_STEPS` rounds; calls that need approval stop the turn.
     pub(super) async fn think(
         &self,
+        persona: &Persona,
         mut request: ModelRequest,
         ctx: &ToolContext,
         progress: Option<&Deltas>,
@@ -45,7 +48,7 @@ impl Agent {
         let mut actions = Vec::new();
         let mut usage: Option<Usage> = None;
         for step in 0.. {
-            let mut reply = self.call_model(&request, progress).await?;
+            let mut reply = self.call_model(&persona.provider, &request, progress).await?;
             if let Some(u) = reply.usage {
                 let total = usage.get_or_insert_with(Usage::default);
                 total.input_tokens += u.input_tokens;
@@ -55,10 +58,11 @@ impl Agent {
             if reply.tool_calls.is_empty() {
                 return Ok(Thought { reply, actions });
             }
-            if step >= self.tools.max_steps {
+            let tools = &persona.tools;
+            if step >= tools.max_steps {
                 let note = format!(
                     "I stopped after {} rounds of tool calls (AGENT_MAX_TOOL_STEPS) without a final answer.",
-                    self.tools.max_steps
+                    tools.max_steps
                 );
                 reply.text = if reply.text.is_empty() { note } else { format!("{}\n\n{note}", reply.text) };
                 reply.tool_calls.clear();
@@ -72,16 +76,21 @@ impl Agent {
                 call.id = format!("{}-{}", uuid::Uuid::now_v7().simple(), call.id);
             }
             let calls = std::mem::take(&mut reply.tool_calls);
+            // A call to a tool the agent may not use never waits: it is refused, and recorded so.
             let (pending, runnable): (Vec<_>, Vec<_>) =
-                calls.iter().cloned().partition(|c| self.tools.needs_approval(c));
+                calls.iter().cloned().partition(|c| tools.permits(&c.name) && tools.needs_approval(c));
             for c in &calls {
                 if let Some(p) = progress {
                     p.event(StreamItem::ToolCall(json!({"id": c.id, "tool": c.name, "arguments": c.arguments})));
                 }
             }
-            let results = futures::future::join_all(runnable.iter().map(|c| self.run_tool(c, ctx))).await;
+            let results = futures::future::join_all(runnable.iter().map(|c| Self::run_tool(tools, c, ctx))).await;
             for (c, r) in runnable.iter().zip(&results) {
-                let status = if r.is_error { ActionStatus::Failed } else { ActionStatus::Done };
+                let status = match (tools.permits(&c.name), r.is_error) {
+                    (false, _) => ActionStatus::Refused,
+                    (true, true) => ActionStatus::Failed,
+                    (true, false) => ActionStatus::Done,
+                };
                 let action = action_record(c, status, Some(r));
                 if let Some(p) = progress {
                     p.event(StreamItem::ToolResult(action.to_json()));
@@ -103,8 +112,8 @@ impl Agent {
         unreachable!("the loop returns")
     }
 
-    pub(super) async fn run_tool(&self, call: &ToolCall, ctx: &ToolContext) -> ToolResult {
-        match self.tools.run(call, ctx).await {
+    pub(super) async fn run_tool(tools: &Toolbox, call: &ToolCall, ctx: &ToolContext) -> ToolResult {
+        match tools.run(call, ctx).await {
             Ok(content) => ToolResult { call_id: call.id.clone(), content, is_error: false },
             Err(e) => {
                 ToolResult { call_id: call.id.clone(), content: json!({"error": e.0}).to_string(), is_error: true }

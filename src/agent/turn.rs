@@ -31,6 +31,8 @@ pub struct TurnRequest {
     pub on_disconnect: OnDisconnect,
     /// Whether the client follows the turn's events (the model streams), or waits for the answer.
     pub stream: bool,
+    /// The tenant's agent the turn asks for (`agentId` in the body, or `x-agent-id`).
+    pub agent: Option<crate::ids::AgentId>,
 }
 
 /// A finished turn: its stored messages (no user message for the turn that continues after an
@@ -118,6 +120,23 @@ pub enum TurnError {
     /// The turn has ended (with this status), so it cannot be cancelled.
     #[error("the turn has already ended with status {}", .0.as_str())]
     Ended(TurnStatus),
+    /// The tenant has no agent with this id.
+    #[error("this tenant has no agent {0}")]
+    AgentNotFound(crate::ids::AgentId),
+    /// The session started with another agent.
+    #[error("this session runs as agent {0}; start a new session for another agent")]
+    AgentMismatch(crate::ids::AgentId),
+}
+
+impl From<crate::agents::directory::PickError> for TurnError {
+    fn from(e: crate::agents::directory::PickError) -> Self {
+        use crate::agents::directory::PickError;
+        match e {
+            PickError::NotFound(id) => TurnError::AgentNotFound(id),
+            PickError::Mismatch { session_agent } => TurnError::AgentMismatch(session_agent),
+            PickError::Store(e) => TurnError::Store(e),
+        }
+    }
 }
 
 impl TurnError {
@@ -132,6 +151,8 @@ impl TurnError {
             TurnError::Erased => "erased",
             TurnError::Gone => "gone",
             TurnError::Ended(_) => "turn_ended",
+            TurnError::AgentNotFound(_) => "agent_not_found",
+            TurnError::AgentMismatch(_) => "agent_mismatch",
         }
     }
 

@@ -1,5 +1,6 @@
 //! The bodies of the command-line commands; `main.rs` parses the arguments and dispatches here.
 
+pub mod agents;
 pub mod backup;
 pub mod keys;
 pub mod search;

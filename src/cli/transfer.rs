@@ -9,7 +9,7 @@ use agent_server::portability;
 
 use super::fail;
 
-pub async fn export(config: &Config, tenant: Option<String>, out: Option<PathBuf>) -> ExitCode {
+pub async fn export(config: &Config, tenant: Option<String>, out: Option<PathBuf>, with_secrets: bool) -> ExitCode {
     let tenant = match tenant.map(agent_server::ids::TenantId::parse).transpose() {
         Ok(t) => t,
         Err(e) => return fail(format!("--tenant: {e}")),
@@ -29,12 +29,18 @@ pub async fn export(config: &Config, tenant: Option<String>, out: Option<PathBuf
         },
     };
     let bar = portability::progress("exporting");
-    let result = portability::export(&*store, tenant.as_ref(), &mut writer, &bar).await;
+    let result = portability::export(&*store, tenant.as_ref(), &mut writer, &bar, with_secrets).await;
     bar.finish_and_clear();
     drop(writer);
     match result {
         Ok(c) => {
-            eprintln!("exported {} sessions and {} messages from {}", c.sessions, c.messages, store.describe());
+            eprintln!(
+                "exported {} sessions, {} messages and {} agents from {}",
+                c.sessions,
+                c.messages,
+                c.agents,
+                store.describe()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
@@ -61,9 +67,10 @@ pub async fn import(config: &Config, file: PathBuf) -> ExitCode {
     match result {
         Ok(c) => {
             println!(
-                "imported {} sessions and {} messages into {} ({} already stored)",
+                "imported {} sessions, {} messages and {} agents into {} ({} already stored)",
                 c.sessions,
                 c.messages,
+                c.agents,
                 store.describe(),
                 c.existing
             );

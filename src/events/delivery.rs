@@ -8,7 +8,6 @@
 //! jitter, for up to 24 hours; other answers stop it. No redirect is followed, and targets that
 //! resolve to loopback, private or link-local addresses are refused unless allowed.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use tokio::sync::Notify;
 
 use super::endpoints::Endpoint;
 use super::signature::signature;
+use crate::outbound::{REFUSED, is_public, literal_ip};
 use crate::store::{ConversationStore, Delivery, DeliveryStep};
 
 /// How long one attempt may take.
@@ -31,83 +31,14 @@ const POLL: Duration = Duration::from_secs(1);
 const BATCH: usize = 64;
 const CONCURRENCY: usize = 16;
 
-/// Whether an address is one a webhook may reach without `WEBHOOK_ALLOW_PRIVATE`.
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || v4.is_multicast()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b)))
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            let embedded = |hi: u16, lo: u16| IpAddr::V4(std::net::Ipv4Addr::from(((hi as u32) << 16) | lo as u32));
-            // IPv4-mapped and -compatible (::ffff:a.b.c.d, ::a.b.c.d), NAT64 (64:ff9b::/96) and
-            // 6to4 (2002::/16) addresses reach the IPv4 address they carry.
-            if let Some(v4) = v6.to_ipv4() {
-                return !v6.is_loopback() && !v6.is_unspecified() && is_public(IpAddr::V4(v4));
-            }
-            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                return is_public(embedded(s[6], s[7]));
-            }
-            if s[0] == 0x2002 {
-                return is_public(embedded(s[1], s[2]));
-            }
-            let first = s[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80)
-        }
-    }
-}
-
-/// The address of a URL whose host is an IP literal (no resolver is asked for those).
-pub fn literal_ip(url: &reqwest::Url) -> Option<IpAddr> {
-    url.host_str()?.trim_start_matches('[').trim_end_matches(']').parse().ok()
-}
-
-const REFUSED: &str = "refused: the target resolves only to loopback, private or link-local addresses";
-
-/// Resolves names like the system does, keeping only public addresses: the check happens at connect
-/// time, so a name that changes its answer (DNS rebinding) cannot reach an internal service.
-struct PublicOnly;
-
-impl reqwest::dns::Resolve for PublicOnly {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().to_string();
-        Box::pin(async move {
-            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let public: Vec<SocketAddr> = all.into_iter().filter(|a| is_public(a.ip())).collect();
-            if public.is_empty() {
-                return Err(REFUSED.into());
-            }
-            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
 /// The HTTP client of webhooks: no redirects, no proxy (a proxy would resolve the target itself),
 /// a 10 s timeout, and the address check unless private targets are allowed.
 pub fn client(allow_private: bool) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
+    let builder = reqwest::Client::builder()
         .timeout(ATTEMPT_TIMEOUT)
         .connect_timeout(Duration::from_secs(5))
-        .no_proxy()
         .user_agent(concat!("agent-server-webhooks/", env!("CARGO_PKG_VERSION")));
-    if !allow_private {
-        builder = builder.dns_resolver(Arc::new(PublicOnly));
-    }
-    builder.build().expect("the webhook client builds")
+    crate::outbound::guarded(builder, allow_private).build().expect("the webhook client builds")
 }
 
 /// How one attempt ended.

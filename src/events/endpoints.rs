@@ -63,8 +63,8 @@ fn endpoint(spec: EndpointSpec, allow_private: bool) -> Result<Endpoint, String>
         return Err(format!("{} is not an http(s) URL", crate::redact::url(&spec.url)));
     }
     if !allow_private
-        && let Some(ip) = super::delivery::literal_ip(&url)
-        && !super::delivery::is_public(ip)
+        && let Some(ip) = crate::outbound::literal_ip(&url)
+        && !crate::outbound::is_public(ip)
     {
         return Err(format!(
             "{} is a loopback, private or link-local address (set WEBHOOK_ALLOW_PRIVATE=true to allow it)",

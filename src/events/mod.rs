@@ -41,10 +41,13 @@ pub enum EventType {
     SessionDeleted,
     SessionCompacted,
     UserErased,
+    AgentCreated,
+    AgentUpdated,
+    AgentDeleted,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 13] = [
+    pub const ALL: [EventType; 16] = [
         EventType::TurnCompleted,
         EventType::TurnFailed,
         EventType::TurnInterrupted,
@@ -58,6 +61,9 @@ impl EventType {
         EventType::SessionDeleted,
         EventType::SessionCompacted,
         EventType::UserErased,
+        EventType::AgentCreated,
+        EventType::AgentUpdated,
+        EventType::AgentDeleted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +81,9 @@ impl EventType {
             EventType::SessionDeleted => "session.deleted",
             EventType::SessionCompacted => "session.compacted",
             EventType::UserErased => "user.erased",
+            EventType::AgentCreated => "agent.created",
+            EventType::AgentUpdated => "agent.updated",
+            EventType::AgentDeleted => "agent.deleted",
         }
     }
 

@@ -97,11 +97,15 @@ impl From<TurnError> for ApiError {
             TurnError::InProgress(_) | TurnError::Erased | TurnError::Ended(_) => StatusCode::CONFLICT,
             TurnError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             TurnError::Gone => StatusCode::GONE,
+            TurnError::AgentNotFound(_) => StatusCode::NOT_FOUND,
+            TurnError::AgentMismatch(_) => StatusCode::CONFLICT,
         };
         let error = ApiError::new(status, e.code(), e.public_message());
         match e {
             TurnError::InProgress(turn) => error.with("turnId", json!(turn)),
             TurnError::Ended(s) => error.with("status", json!(s)),
+            TurnError::AgentNotFound(id) => error.with("agentId", json!(id)),
+            TurnError::AgentMismatch(id) => error.with("sessionAgentId", json!(id)),
             _ => error,
         }
     }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::ApiError;
 use crate::auth::Caller;
-use crate::ids::{IdError, IdempotencyKey, LocationId, MessageId, SessionId, TenantId, UserId};
+use crate::ids::{AgentId, IdError, IdempotencyKey, LocationId, MessageId, SessionId, TenantId, UserId};
 use crate::store::Session;
 
 /// Who is calling, as `access::authorize` established it: with a credential, the user it is bound
@@ -36,6 +36,15 @@ impl Scope {
     /// Whether the caller may see this session (every session of the tenant, unless bound to a user).
     pub fn sees(&self, session: &Session) -> bool {
         self.bound_user().is_none_or(|u| &session.user_id == u)
+    }
+
+    /// Whether the caller may manage the tenant's configuration (its agents): API keys of the
+    /// tenant, admin keys, or `AUTH_MODE=none`; not an end user's credential.
+    pub fn manages(&self) -> Result<(), ApiError> {
+        match self.bound_user() {
+            Some(_) => Err(forbidden("the tenant's configuration")),
+            None => Ok(()),
+        }
     }
 
     fn tenant(&self) -> Option<&TenantId> {
@@ -64,6 +73,9 @@ pub enum Reach<'a> {
     User(&'a UserId),
     /// One session: its owner is checked when it is read ([`Scope::sees`]).
     Session,
+    /// The tenant's agents: a user-bound credential reads their ids and names only, and changes
+    /// nothing ([`Scope::manages`]).
+    Agents,
 }
 
 fn forbidden(what: &str) -> ApiError {
@@ -170,7 +182,7 @@ macro_rules! id_segments {
         })+
     };
 }
-id_segments!(TenantId, UserId, SessionId, MessageId);
+id_segments!(TenantId, UserId, SessionId, MessageId, AgentId);
 
 /// An action id is the server's own (checked when it is looked up).
 impl Segment for String {
@@ -231,4 +243,13 @@ path_extractor!(
     /// `/agent/conversations/{tenantId}/sessions/{sessionId}/turns/{turnId}/...`
     TurnPath { tenant: TenantId = "tenantId", session: SessionId = "sessionId", turn: MessageId = "turnId" }
         reaches |p| Reach::Session
+);
+
+path_extractor!(
+    /// `/agent/tenants/{tenantId}/agents`
+    AgentsPath { tenant: TenantId = "tenantId" } reaches |p| Reach::Agents
+);
+path_extractor!(
+    /// `/agent/tenants/{tenantId}/agents/{agentId}`
+    AgentPath { tenant: TenantId = "tenantId", agent: AgentId = "agentId" } reaches |p| Reach::Agents
 );

@@ -2,6 +2,7 @@
 
 mod access;
 mod actions;
+mod agents;
 pub mod console;
 mod conversations;
 mod error;
@@ -75,6 +76,7 @@ pub struct Limits {
     tags(
         (name = "agent", description = "Agent turns"),
         (name = "conversations", description = "Reading and managing conversations"),
+        (name = "agents", description = "A tenant's agents: instructions, model, tools, business API"),
         (name = "events", description = "Change events (the feed; webhooks carry the same events)"),
         (name = "operations", description = "Health and the API description"),
     )
@@ -87,6 +89,7 @@ pub fn app(state: AppState, limits: Limits) -> axum::Router {
         .merge(process::router())
         .merge(conversations::router())
         .merge(actions::router())
+        .merge(agents::router())
         .merge(turns::router())
         .merge(events::router())
         .merge(search::router())

@@ -46,6 +46,9 @@ pub struct ProcessRequest {
     /// What happens when the client goes away: `continue` (the default: the turn completes and is
     /// stored; reconnect to its events or read it) or `cancel` (it stops; the partial reply is stored).
     on_disconnect: Option<OnDisconnect>,
+    /// The tenant's agent to answer (also `x-agent-id`); by default the session's, else the
+    /// tenant's default agent, else the server's.
+    agent_id: Option<String>,
 }
 
 fn depth(v: &Value) -> usize {
@@ -99,12 +102,13 @@ fn wants_stream(headers: &HeaderMap, body: &ProcessRequest) -> bool {
         ("x-user-id" = String, Header, description = "User id"),
         ("x-location-id" = Option<String>, Header, description = "Location id, stored on a new session"),
         ("Idempotency-Key" = Option<String>, Header, description = "Retry-safe key, per tenant and user, bound to this request (message, sessionId, context)"),
+        ("x-agent-id" = Option<String>, Header, description = "The tenant's agent to answer (as agentId in the body)"),
     ),
     responses(
         (status = 200, description = "The agent's reply (or an SSE stream of events: session, delta, tool_call, tool_result, done, error; each with an id for Last-Event-ID)", body = TurnAnswer),
         (status = 400, description = "Bad JSON, header or field"),
-        (status = 404, description = "sessionId is not this tenant's and user's"),
-        (status = 409, description = "The session is closed, or the same Idempotency-Key is in progress (the error names its turnId)"),
+        (status = 404, description = "sessionId is not this tenant's and user's, or agentId is not one of the tenant's agents"),
+        (status = 409, description = "The session is closed, the session runs as another agent (agent_mismatch), or the same Idempotency-Key is in progress (the error names its turnId)"),
         (status = 422, description = "The Idempotency-Key was first used for a different request"),
         (status = 413, description = "Body or message too large"),
         (status = 415, description = "Not JSON"),
@@ -141,6 +145,19 @@ async fn process(
         .map(SessionId::parse)
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_body", format!("sessionId: {e}")))?;
+    let named_agent = match (&body.agent_id, headers.get("x-agent-id")) {
+        (Some(id), _) => Some(id.clone()),
+        (None, Some(h)) => Some(
+            h.to_str()
+                .map_err(|_| ApiError::bad_request("invalid_header", "x-agent-id: must be printable"))?
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    let agent = named_agent
+        .map(crate::ids::AgentId::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("agentId: {e}")))?;
     let stream = wants_stream(&headers, &body);
     let on_disconnect = body.on_disconnect.unwrap_or_default();
     let turn = TurnRequest {
@@ -154,6 +171,7 @@ async fn process(
         idempotency_key,
         on_disconnect,
         stream,
+        agent,
     };
     // A stream's slot is taken before its turn starts: a refused stream starts nothing.
     let slot = if stream { Some(sse::slot(&state.streams)?) } else { None };

@@ -139,6 +139,7 @@ impl BedrockProvider {
                     .set_system(Some(system))
                     .set_messages(Some(messages))
                     .set_tool_config(self.tool_config(request)?)
+                    .set_inference_config(inference(request))
                     .send()
                     .await
                     .map_err(|e| self.sdk_error(e))?;
@@ -166,6 +167,7 @@ impl BedrockProvider {
                     .set_system(Some(system))
                     .set_messages(Some(messages))
                     .set_tool_config(self.tool_config(request)?)
+                    .set_inference_config(inference(request))
                     .send()
                     .await
                     .map_err(|e| self.sdk_error(e))?;
@@ -251,4 +253,17 @@ fn from_document(d: &Document) -> Value {
         Document::Array(items) => Value::Array(items.iter().map(from_document).collect()),
         Document::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), from_document(v))).collect()),
     }
+}
+
+/// The agent's temperature and output limit, when it sets them.
+fn inference(request: &ModelRequest) -> Option<aws_sdk_bedrockruntime::types::InferenceConfiguration> {
+    if request.temperature.is_none() && request.max_output_tokens.is_none() {
+        return None;
+    }
+    Some(
+        aws_sdk_bedrockruntime::types::InferenceConfiguration::builder()
+            .set_temperature(request.temperature.map(|t| t as f32))
+            .set_max_tokens(request.max_output_tokens.map(|m| m as i32))
+            .build(),
+    )
 }

@@ -33,6 +33,9 @@ pub struct ModelRequest {
     pub tools: Vec<ToolSpec>,
     /// This turn's earlier tool rounds: the model's calls and their results.
     pub steps: Vec<ToolStep>,
+    /// The agent's sampling temperature and output limit (the provider's defaults when `None`).
+    pub temperature: Option<f64>,
+    pub max_output_tokens: Option<u32>,
 }
 
 /// Token counts, when the provider reports them.

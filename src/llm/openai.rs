@@ -62,6 +62,12 @@ impl OpenAiProvider {
             }
         }
         let mut body = json!({"model": self.model, "messages": messages});
+        if let Some(t) = request.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some(m) = request.max_output_tokens {
+            body["max_completion_tokens"] = json!(m);
+        }
         if !request.tools.is_empty() {
             let tools: Vec<Value> = request
                 .tools

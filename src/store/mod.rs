@@ -147,6 +147,21 @@ pub trait ConversationStore: Send + Sync + 'static {
     ) -> StoreResult<Option<usize>>;
     /// Deletes every session and message of one user (erasure request).
     async fn delete_user(&self, tenant: &TenantId, user: &UserId) -> StoreResult<Deleted>;
+    /// Stores a tenant's agent, only if its stored version is `previous` (absent when `None`);
+    /// false when it is not (another write came first).
+    async fn put_agent(&self, agent: &crate::agents::StoredAgent, previous: Option<u64>) -> StoreResult<bool>;
+    /// One agent of a tenant, read consistently.
+    async fn get_agent(
+        &self,
+        tenant: &TenantId,
+        id: &crate::ids::AgentId,
+    ) -> StoreResult<Option<crate::agents::StoredAgent>>;
+    /// Every agent of a tenant (at most `MAX_AGENTS`), by id, read consistently.
+    async fn list_agents(&self, tenant: &TenantId) -> StoreResult<Vec<crate::agents::StoredAgent>>;
+    /// Every agent of every tenant, for an export (a scan of the sessions table on DynamoDB).
+    async fn all_agents(&self) -> StoreResult<Vec<crate::agents::StoredAgent>>;
+    /// Deletes an agent; false when there was none.
+    async fn delete_agent(&self, tenant: &TenantId, id: &crate::ids::AgentId) -> StoreResult<bool>;
     /// Keeps an erasure until its second pass ran (`finish_erasure`).
     async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()>;
     /// The erasures of every tenant whose second pass has not run, oldest first, at most `limit`.

@@ -352,6 +352,8 @@ pub enum ActionStatus {
     Done,
     /// The tool ran and failed.
     Failed,
+    /// The agent may not use this tool (its `tools.allow` or `tools.deny`): it never ran.
+    Refused,
 }
 
 impl ActionStatus {
@@ -362,6 +364,7 @@ impl ActionStatus {
             ActionStatus::Rejected => "rejected",
             ActionStatus::Done => "done",
             ActionStatus::Failed => "failed",
+            ActionStatus::Refused => "refused",
         }
     }
 }

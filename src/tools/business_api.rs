@@ -201,6 +201,20 @@ impl BusinessApi {
         Self { http, base: base.trim_end_matches('/').to_string(), key, types, file_tools }
     }
 
+    /// A tenant's business API (an agent's `businessApi.url`): its calls reach only public
+    /// addresses, checked after DNS at connect time, unless `ALLOW_PRIVATE_URLS=true`.
+    pub fn for_tenant(
+        base: String,
+        key: Option<Secret>,
+        types: Option<Vec<String>>,
+        file_tools: Vec<FileTool>,
+        allow_private: bool,
+    ) -> Self {
+        let builder = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
+        let http = crate::outbound::guarded(builder, allow_private).build().expect("HTTP client with default TLS");
+        Self { http, base: base.trim_end_matches('/').to_string(), key, types, file_tools }
+    }
+
     fn writes_allowed(&self) -> bool {
         self.types.is_some()
     }

@@ -5,6 +5,7 @@
 mod business_api;
 mod mcp;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -64,7 +65,11 @@ pub struct ToolContext {
 /// The tools available to the agent.
 pub struct Toolbox {
     api: Option<BusinessApi>,
-    mcp: Option<McpServers>,
+    mcp: Option<Arc<McpServers>>,
+    /// An agent's `tools.allow`: only these are offered and run (all when `None`).
+    allow: Option<Vec<String>>,
+    /// An agent's `tools.deny`: never offered, a call to one is refused.
+    deny: Vec<String>,
     timeout: Duration,
     pub policy: ApprovalPolicy,
     pub max_steps: usize,
@@ -95,7 +100,7 @@ impl Toolbox {
         max_steps: usize,
         result_max_chars: usize,
     ) -> Self {
-        Self { api, mcp: None, timeout, policy, max_steps, result_max_chars }
+        Self { api, mcp: None, allow: None, deny: Vec::new(), timeout, policy, max_steps, result_max_chars }
     }
 
     /// The configured toolbox, without MCP servers (see [`Toolbox::with_mcp`]); reads `AGENT_TOOLS_FILE`.
@@ -123,8 +128,39 @@ impl Toolbox {
 
     /// Adds the tools of MCP servers (the business API's tools win a name clash).
     pub fn with_mcp(mut self, mcp: McpServers) -> Self {
-        self.mcp = Some(mcp);
+        self.mcp = Some(Arc::new(mcp));
         self
+    }
+
+    /// The MCP servers, to share with an agent's toolbox.
+    pub fn mcp(&self) -> Option<Arc<McpServers>> {
+        self.mcp.clone()
+    }
+
+    /// The toolbox of a tenant's agent: its business API, policy and allowed tools, with the
+    /// server's MCP servers, timeout, steps and result size.
+    pub fn for_agent(
+        &self,
+        api: Option<BusinessApi>,
+        policy: ApprovalPolicy,
+        allow: Option<Vec<String>>,
+        deny: Vec<String>,
+    ) -> Self {
+        Self {
+            api,
+            mcp: self.mcp.clone(),
+            allow,
+            deny,
+            timeout: self.timeout,
+            policy,
+            max_steps: self.max_steps,
+            result_max_chars: self.result_max_chars,
+        }
+    }
+
+    /// Whether the agent may use this tool at all.
+    pub fn permits(&self, name: &str) -> bool {
+        !self.deny.iter().any(|d| d == name) && self.allow.as_ref().is_none_or(|a| a.iter().any(|t| t == name))
     }
 
     /// No tools at all.
@@ -132,6 +168,7 @@ impl Toolbox {
         Self::new(None, Duration::from_secs(15), ApprovalPolicy::Writes, 5, 8000)
     }
 
+    /// The tools offered to the model (only those the agent may use).
     pub fn specs(&self) -> Vec<ToolSpec> {
         let mut specs = self.api.as_ref().map(|a| a.specs()).unwrap_or_default();
         if let Some(mcp) = &self.mcp {
@@ -141,6 +178,7 @@ impl Toolbox {
                 }
             }
         }
+        specs.retain(|s| self.permits(&s.name));
         specs
     }
 
@@ -167,6 +205,9 @@ impl Toolbox {
 
     /// Runs one call within `TOOL_TIMEOUT_SECONDS`; the result is JSON text for the model.
     pub async fn run(&self, call: &ToolCall, ctx: &ToolContext) -> Result<String, ToolError> {
+        if !self.permits(&call.name) {
+            return Err(ToolError(format!("refused: this agent may not use the tool {}", call.name)));
+        }
         let work = async {
             match (&self.api, &self.mcp) {
                 (Some(api), _) if self.is_business_tool(&call.name) => api.call(&call.name, &call.arguments, ctx).await,

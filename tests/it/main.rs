@@ -7,6 +7,7 @@
 #[macro_use]
 mod support;
 
+mod agents;
 mod api;
 mod bedrock;
 mod console;

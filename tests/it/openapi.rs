@@ -22,6 +22,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/agent/conversations/{tenantId}/sessions/{sessionId}/turns/{turnId}/events"),
     ("post", "/agent/conversations/{tenantId}/sessions/{sessionId}/turns/{turnId}/cancel"),
     ("get", "/agent/events/{tenantId}"),
+    ("get", "/agent/tenants/{tenantId}/agents"),
+    ("get", "/agent/tenants/{tenantId}/agents/{agentId}"),
+    ("put", "/agent/tenants/{tenantId}/agents/{agentId}"),
+    ("delete", "/agent/tenants/{tenantId}/agents/{agentId}"),
     ("get", "/conversations/{tenantId}/users/{userId}"),
     ("get", "/conversations/{tenantId}/sessions/{sessionId}"),
     ("get", "/conversations/{tenantId}/sessions/{sessionId}/messages"),
@@ -50,7 +54,8 @@ async fn every_route_is_in_the_openapi_document_and_exists() {
                 .replace("{tenantId}", "t1")
                 .replace("{userId}", "u1")
                 .replace("{sessionId}", "s1")
-                .replace("{actionId}", "a1");
+                .replace("{actionId}", "a1")
+                .replace("{agentId}", "desk");
             let r = request(&s, &method.to_uppercase(), &concrete).send().await.unwrap();
             let status = r.status().as_u16();
             let body: Value = r.json().await.unwrap_or(Value::Null);

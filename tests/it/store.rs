@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use agent_server::ids::{MessageId, SessionId, TenantId, UserId};
+use agent_server::agents::StoredAgent;
+use agent_server::ids::{AgentId, MessageId, SessionId, TenantId, UserId};
 use agent_server::store::{
     Action, ActionStatus, Appended, ContextSummary, ConversationStore, Cursor, Deleted, Delivery, DeliveryStep,
     Erasure, Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Role, Session, StoreError,
@@ -518,6 +519,21 @@ impl ConversationStore for LaggingIndex {
     async fn get_turn(&self, t: &TenantId, id: &MessageId) -> StoreResult<Option<TurnRecord>> {
         self.inner.get_turn(t, id).await
     }
+    async fn put_agent(&self, agent: &StoredAgent, previous: Option<u64>) -> StoreResult<bool> {
+        self.inner.put_agent(agent, previous).await
+    }
+    async fn get_agent(&self, t: &TenantId, id: &AgentId) -> StoreResult<Option<StoredAgent>> {
+        self.inner.get_agent(t, id).await
+    }
+    async fn list_agents(&self, t: &TenantId) -> StoreResult<Vec<StoredAgent>> {
+        self.inner.list_agents(t).await
+    }
+    async fn all_agents(&self) -> StoreResult<Vec<StoredAgent>> {
+        self.inner.all_agents().await
+    }
+    async fn delete_agent(&self, t: &TenantId, id: &AgentId) -> StoreResult<bool> {
+        self.inner.delete_agent(t, id).await
+    }
     async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()> {
         self.inner.record_erasure(erasure).await
     }
@@ -728,7 +744,46 @@ conformance!(
     events_page_in_order_per_tenant_and_deliveries_are_claimed_once,
     a_models_history_reads_only_the_actions_in_metadata,
     erasures_wait_for_their_second_pass_and_running_turns_are_found,
+    agents_are_kept_per_tenant_with_conditional_versions,
 );
+
+fn stored_agent(t: &str, id: &str, version: u64, prompt: &str) -> StoredAgent {
+    StoredAgent {
+        tenant_id: tenant(t),
+        id: AgentId::parse(id).unwrap(),
+        version,
+        created_at: Timestamp::now(),
+        updated_at: Timestamp::now(),
+        spec: agent_server::agents::AgentSpec { system_prompt: prompt.into(), ..Default::default() },
+    }
+}
+
+/// Agents per tenant, listed by id; a create fails when the agent exists, a replace when its version
+/// moved on; another tenant sees none of them.
+async fn agents_are_kept_per_tenant_with_conditional_versions(store: Arc<dyn ConversationStore>) {
+    let (acme, other) = (tenant("acme"), tenant("globex"));
+    let desk = stored_agent("acme", "desk", 1, "v1");
+    assert!(store.put_agent(&desk, None).await.unwrap());
+    assert!(!store.put_agent(&desk, None).await.unwrap(), "a second create loses");
+    assert!(store.put_agent(&stored_agent("acme", "bot.2", 1, "b"), None).await.unwrap());
+    let v2 = stored_agent("acme", "desk", 2, "v2");
+    assert!(store.put_agent(&v2, Some(1)).await.unwrap());
+    assert!(!store.put_agent(&stored_agent("acme", "desk", 3, "stale"), Some(1)).await.unwrap(), "stale replace");
+    assert_eq!(store.get_agent(&acme, &v2.id).await.unwrap(), Some(v2.clone()));
+    let ids: Vec<String> = store.list_agents(&acme).await.unwrap().iter().map(|a| a.id.to_string()).collect();
+    assert_eq!(ids, ["bot.2", "desk"]);
+    assert!(store.list_agents(&other).await.unwrap().is_empty());
+    assert!(store.put_agent(&stored_agent("globex", "desk", 1, "g"), None).await.unwrap());
+    let everyone: Vec<String> =
+        store.all_agents().await.unwrap().iter().map(|a| format!("{}/{}", a.tenant_id, a.id)).collect();
+    assert_eq!(everyone.len(), 3, "{everyone:?}");
+    assert!(store.delete_agent(&other, &v2.id).await.unwrap());
+    assert_eq!(store.get_agent(&other, &v2.id).await.unwrap(), None);
+    assert!(!store.delete_agent(&other, &AgentId::parse("bot.2").unwrap()).await.unwrap(), "another tenant's");
+    assert!(store.delete_agent(&acme, &v2.id).await.unwrap());
+    assert!(!store.delete_agent(&acme, &v2.id).await.unwrap());
+    assert_eq!(store.list_agents(&acme).await.unwrap().len(), 1);
+}
 
 fn erasure(t: &str, u: &str, at: &Timestamp) -> Erasure {
     Erasure {

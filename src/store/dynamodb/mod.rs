@@ -12,6 +12,7 @@
 //!   forward with a conditional update, which is what makes message timestamps strictly increasing
 //!   within a session across server instances, and lets history reads detect a lagging GSI.
 
+mod agents;
 pub mod backup;
 mod client;
 mod erasures;
@@ -706,6 +707,30 @@ impl ConversationStore for DynamoStore {
 
     async fn get_turn(&self, tenant: &TenantId, id: &MessageId) -> StoreResult<Option<TurnRecord>> {
         self.read_turn(tenant, id).await
+    }
+
+    async fn put_agent(&self, agent: &crate::agents::StoredAgent, previous: Option<u64>) -> StoreResult<bool> {
+        self.write_agent(agent, previous).await
+    }
+
+    async fn get_agent(
+        &self,
+        tenant: &TenantId,
+        id: &crate::ids::AgentId,
+    ) -> StoreResult<Option<crate::agents::StoredAgent>> {
+        self.read_agent(tenant, id).await
+    }
+
+    async fn list_agents(&self, tenant: &TenantId) -> StoreResult<Vec<crate::agents::StoredAgent>> {
+        self.read_agents(tenant).await
+    }
+
+    async fn all_agents(&self) -> StoreResult<Vec<crate::agents::StoredAgent>> {
+        self.scan_agents().await
+    }
+
+    async fn delete_agent(&self, tenant: &TenantId, id: &crate::ids::AgentId) -> StoreResult<bool> {
+        self.remove_agent(tenant, id).await
     }
 
     async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()> {

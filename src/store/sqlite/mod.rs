@@ -28,7 +28,8 @@ use super::{
     Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Retention, Session, StoreError,
     StoreResult, StoredEvent, TurnEvent, TurnRecord, TurnStatus, new_session_with, prepare_messages, writable_session,
 };
-use crate::ids::{MessageId, SessionId, TenantId, UserId};
+use crate::agents::StoredAgent;
+use crate::ids::{AgentId, MessageId, SessionId, TenantId, UserId};
 use crate::timestamp::{self, Timestamp};
 
 const MAX_READERS: usize = 8;
@@ -632,6 +633,69 @@ impl ConversationStore for SqliteStore {
     async fn get_turn(&self, tenant: &TenantId, id: &MessageId) -> StoreResult<Option<TurnRecord>> {
         let (tenant, id) = (tenant.clone(), id.clone());
         self.read("get_turn", move |c| turns::get(c, &tenant, &id)).await
+    }
+
+    async fn put_agent(&self, agent: &StoredAgent, previous: Option<u64>) -> StoreResult<bool> {
+        let body = serde_json::to_string(agent).map_err(internal)?;
+        let (tenant, id, version) = (agent.tenant_id.clone(), agent.id.clone(), agent.version as i64);
+        self.write("put_agent", move |c| {
+            let n = match previous {
+                None => c.execute(
+                    "INSERT OR IGNORE INTO agents (tenant_id, id, version, body) VALUES (?1, ?2, ?3, ?4)",
+                    params![tenant.as_str(), id.as_str(), version, body],
+                ),
+                Some(previous) => c.execute(
+                    "UPDATE agents SET version = ?3, body = ?4 WHERE tenant_id = ?1 AND id = ?2 AND version = ?5",
+                    params![tenant.as_str(), id.as_str(), version, body, previous as i64],
+                ),
+            }
+            .map_err(internal)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn get_agent(&self, tenant: &TenantId, id: &AgentId) -> StoreResult<Option<StoredAgent>> {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.read("get_agent", move |c| {
+            let body: Option<String> = c
+                .prepare_cached("SELECT body FROM agents WHERE tenant_id = ?1 AND id = ?2")
+                .and_then(|mut s| s.query_row(params![tenant.as_str(), id.as_str()], |r| r.get(0)).optional())
+                .map_err(internal)?;
+            body.map(|b| serde_json::from_str(&b).map_err(internal)).transpose()
+        })
+        .await
+    }
+
+    async fn list_agents(&self, tenant: &TenantId) -> StoreResult<Vec<StoredAgent>> {
+        let tenant = tenant.clone();
+        self.read("list_agents", move |c| {
+            let mut statement =
+                c.prepare_cached("SELECT body FROM agents WHERE tenant_id = ?1 ORDER BY id").map_err(internal)?;
+            let rows = statement.query_map([tenant.as_str()], |r| r.get::<_, String>(0)).map_err(internal)?;
+            rows.map(|b| serde_json::from_str(&b.map_err(internal)?).map_err(internal)).collect()
+        })
+        .await
+    }
+
+    async fn all_agents(&self) -> StoreResult<Vec<StoredAgent>> {
+        self.read("all_agents", move |c| {
+            let mut statement = c.prepare_cached("SELECT body FROM agents ORDER BY tenant_id, id").map_err(internal)?;
+            let rows = statement.query_map([], |r| r.get::<_, String>(0)).map_err(internal)?;
+            rows.map(|b| serde_json::from_str(&b.map_err(internal)?).map_err(internal)).collect()
+        })
+        .await
+    }
+
+    async fn delete_agent(&self, tenant: &TenantId, id: &AgentId) -> StoreResult<bool> {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.write("delete_agent", move |c| {
+            let n = c
+                .execute("DELETE FROM agents WHERE tenant_id = ?1 AND id = ?2", params![tenant.as_str(), id.as_str()])
+                .map_err(internal)?;
+            Ok(n == 1)
+        })
+        .await
     }
 
     async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()> {

@@ -8,7 +8,7 @@ use super::{Inner, internal};
 use crate::store::{StoreError, StoreResult};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 9;
+const SCHEMA_VERSION: i64 = 10;
 
 /// Version 1: sessions and messages with their indexes.
 const SCHEMA_V1: &str = "
@@ -170,6 +170,19 @@ pub(super) fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Sto
         tx.execute_batch(
             "CREATE INDEX IF NOT EXISTS turns_running ON turns (id) WHERE status = 'running';
              CREATE TABLE IF NOT EXISTS erasures (id TEXT PRIMARY KEY NOT NULL, body TEXT NOT NULL);",
+        )
+        .map_err(internal)?;
+    }
+    // Version 10: tenant agents.
+    if version < 10 && 10 <= target {
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS agents (
+                tenant_id TEXT NOT NULL,
+                id TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                body TEXT NOT NULL,
+                PRIMARY KEY (tenant_id, id)
+            );",
         )
         .map_err(internal)?;
     }

@@ -1,0 +1,231 @@
+//! Which agent a turn runs as, and what running as it means (a [`Persona`]: instructions, model
+//! provider, toolbox, history and summary settings), without a storage request per turn: each
+//! process keeps a tenant's agents for at most [`FRESH_FOR`] (then reads them again with one
+//! query), and builds an agent's provider and toolbox once per version. A change made through this
+//! process is seen here at once; one made through another server within `FRESH_FOR`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{Capabilities, StoredAgent, approval};
+use crate::config::{ProviderConfig, Secret, ToolsConfig};
+use crate::ids::{AgentId, TenantId};
+use crate::llm::Provider;
+use crate::store::{ConversationStore, StoreError};
+use crate::tools::{BusinessApi, FileTool, Toolbox};
+
+/// How long a process trusts the agents it read for a tenant.
+pub const FRESH_FOR: Duration = Duration::from_secs(5);
+
+/// What a turn runs as: a tenant's agent, or the server's environment.
+pub struct Persona {
+    /// The agent and its version; `None` for the environment's agent.
+    pub agent: Option<(AgentId, u64)>,
+    pub system_prompt: String,
+    pub provider: Arc<Provider>,
+    pub tools: Arc<Toolbox>,
+    pub history_max_messages: usize,
+    pub summary_trigger_tokens: Option<u64>,
+    pub summary_keep_messages: usize,
+    pub temperature: Option<f64>,
+    pub max_output_tokens: Option<u32>,
+}
+
+impl Persona {
+    pub fn agent_id(&self) -> Option<&AgentId> {
+        self.agent.as_ref().map(|(id, _)| id)
+    }
+}
+
+/// Why a turn cannot run as the agent it asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PickError {
+    /// The tenant has no agent with this id.
+    NotFound(AgentId),
+    /// The session started with another agent (its id).
+    Mismatch {
+        session_agent: AgentId,
+    },
+    Store(StoreError),
+}
+
+impl From<StoreError> for PickError {
+    fn from(e: StoreError) -> Self {
+        PickError::Store(e)
+    }
+}
+
+/// What an agent falls back to: the server's provider configuration, tools and settings.
+pub struct ServerAgent {
+    pub persona: Arc<Persona>,
+    pub provider: ProviderConfig,
+    pub llm_timeout: Duration,
+    pub tools: ToolsConfig,
+    pub file_tools: Vec<FileTool>,
+    pub allow_private_urls: bool,
+}
+
+struct Known {
+    read_at: Instant,
+    agents: Arc<Vec<StoredAgent>>,
+}
+
+/// The agents of every tenant this process has served lately, and the personas built from them.
+pub struct Directory {
+    store: Arc<dyn ConversationStore>,
+    server: ServerAgent,
+    known: Mutex<HashMap<TenantId, Known>>,
+    personas: Mutex<HashMap<(TenantId, AgentId, u64), Arc<Persona>>>,
+}
+
+impl Directory {
+    pub fn new(store: Arc<dyn ConversationStore>, server: ServerAgent) -> Self {
+        Self { store, server, known: Mutex::default(), personas: Mutex::default() }
+    }
+
+    /// The environment's agent (a deployment without agents).
+    pub fn server_persona(&self) -> &Arc<Persona> {
+        &self.server.persona
+    }
+
+    /// What agents on this server may use.
+    pub fn capabilities(&self) -> Capabilities {
+        let mut providers = vec!["echo"];
+        match &self.server.provider {
+            ProviderConfig::OpenAi { .. } => providers.push("openai"),
+            ProviderConfig::Bedrock { .. } => providers.push("bedrock"),
+            ProviderConfig::Echo { .. } => {}
+        }
+        Capabilities { providers, allow_private_urls: self.server.allow_private_urls }
+    }
+
+    /// A tenant's agents, as read at most `FRESH_FOR` ago.
+    pub async fn agents(&self, tenant: &TenantId) -> Result<Arc<Vec<StoredAgent>>, StoreError> {
+        if let Some(known) = self.lock_known().get(tenant).filter(|k| k.read_at.elapsed() < FRESH_FOR) {
+            return Ok(known.agents.clone());
+        }
+        let agents = Arc::new(self.store.list_agents(tenant).await?);
+        let mut known = self.lock_known();
+        known.retain(|_, k| k.read_at.elapsed() < FRESH_FOR);
+        known.insert(tenant.clone(), Known { read_at: Instant::now(), agents: agents.clone() });
+        Ok(agents)
+    }
+
+    /// Forgets what this process knows of a tenant's agents (after it changed them).
+    pub fn forget(&self, tenant: &TenantId) {
+        self.lock_known().remove(tenant);
+        self.personas.lock().unwrap_or_else(|p| p.into_inner()).retain(|(t, _, _), _| t != tenant);
+    }
+
+    fn lock_known(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Known>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The persona of a turn: the agent it names, else its session's, else the tenant's default,
+    /// else the environment's. Naming another agent than the session's is refused.
+    pub async fn pick(
+        &self,
+        tenant: &TenantId,
+        named: Option<&AgentId>,
+        session_agent: Option<&AgentId>,
+    ) -> Result<Arc<Persona>, PickError> {
+        if let (Some(named), Some(had)) = (named, session_agent)
+            && named != had
+        {
+            return Err(PickError::Mismatch { session_agent: had.clone() });
+        }
+        let agents = self.agents(tenant).await?;
+        let chosen = match (named, session_agent) {
+            (Some(id), _) => Some(agents.iter().find(|a| &a.id == id).ok_or_else(|| PickError::NotFound(id.clone()))?),
+            // A session whose agent was deleted goes on with the tenant's default.
+            (None, Some(id)) => agents.iter().find(|a| &a.id == id).or_else(|| agents.iter().find(|a| a.spec.default)),
+            (None, None) => agents.iter().find(|a| a.spec.default),
+        };
+        match chosen {
+            None => Ok(self.server.persona.clone()),
+            Some(agent) => Ok(self.persona(agent).await),
+        }
+    }
+
+    /// The persona of one version of an agent, built once.
+    async fn persona(&self, agent: &StoredAgent) -> Arc<Persona> {
+        let key = (agent.tenant_id.clone(), agent.id.clone(), agent.version);
+        if let Some(p) = self.personas.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return p.clone();
+        }
+        let built = Arc::new(self.build(agent).await);
+        let mut personas = self.personas.lock().unwrap_or_else(|p| p.into_inner());
+        // Older versions of this agent are not used any more.
+        personas.retain(|(t, id, _), _| !(t == &key.0 && id == &key.1));
+        personas.insert(key, built.clone());
+        built
+    }
+
+    async fn build(&self, agent: &StoredAgent) -> Persona {
+        let base = &self.server.persona;
+        let spec = &agent.spec;
+        let model = spec.model.clone().unwrap_or_default();
+        let provider = match (&model.provider, &model.name) {
+            (None, None) => base.provider.clone(),
+            (kind, name) => Arc::new(
+                Provider::from_config(&self.provider_config(kind.as_deref(), name.as_deref()), self.server.llm_timeout)
+                    .await,
+            ),
+        };
+        let tools = match (&spec.tools, &spec.business_api) {
+            (None, None) => base.tools.clone(),
+            (policy, api) => {
+                let policy = policy.clone().unwrap_or_default();
+                let env = &self.server.tools;
+                let types = policy.resource_types.clone().or_else(|| env.resource_types.clone());
+                let business = match api.as_ref().and_then(|a| a.url.clone()) {
+                    Some(url) => Some(BusinessApi::for_tenant(
+                        url,
+                        agent.key().map(Secret::new),
+                        types,
+                        Vec::new(),
+                        self.server.allow_private_urls,
+                    )),
+                    None => env.api_server_url.clone().map(|url| {
+                        BusinessApi::new(url, env.api_server_key.clone(), types, self.server.file_tools.clone())
+                    }),
+                };
+                let approval = policy.approval.as_deref().and_then(approval).unwrap_or(env.approval);
+                Arc::new(base.tools.for_agent(business, approval, policy.allow.clone(), policy.deny.clone()))
+            }
+        };
+        let history = spec.history.as_ref().and_then(|h| h.max_messages);
+        let summary = spec.summary.clone().unwrap_or_default();
+        Persona {
+            agent: Some((agent.id.clone(), agent.version)),
+            system_prompt: spec.system_prompt.clone(),
+            provider,
+            tools,
+            history_max_messages: history.unwrap_or(base.history_max_messages),
+            summary_trigger_tokens: summary.trigger_tokens.or(base.summary_trigger_tokens),
+            summary_keep_messages: summary.keep_messages.unwrap_or(base.summary_keep_messages),
+            temperature: model.temperature,
+            max_output_tokens: model.max_output_tokens,
+        }
+    }
+
+    /// The server's provider configuration for another provider kind or model name.
+    fn provider_config(&self, kind: Option<&str>, name: Option<&str>) -> ProviderConfig {
+        let server = &self.server.provider;
+        let same = kind.is_none_or(|k| {
+            matches!(
+                (k, server),
+                ("echo", ProviderConfig::Echo { .. })
+                    | ("openai", ProviderConfig::OpenAi { .. })
+                    | ("bedrock", ProviderConfig::Bedrock { .. })
+            )
+        });
+        match (same, name) {
+            (true, Some(name)) => server.with_model(name),
+            (true, None) => server.clone(),
+            // Validation allows only the server's kind and echo.
+            (false, _) => ProviderConfig::Echo { chunk_delay: Duration::ZERO },
+        }
+    }
+}

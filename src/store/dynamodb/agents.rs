@@ -1,0 +1,124 @@
+//! Tenant agents as items of the sessions table, one partition per tenant: `id` = `agents
+//! <tenantId>` (a space, which no session id has), range key `tenantId` = the agent's id, the agent
+//! as JSON in `body` and its `version` (N) for conditional replaces. No `userId`, so
+//! `TenantUserIndex` does not hold them; read with a strongly consistent Query of the partition.
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::DynamoStore;
+use super::errors::{map_err, written};
+use super::items::s;
+use crate::agents::StoredAgent;
+use crate::ids::{AgentId, TenantId};
+use crate::store::{StoreError, StoreResult};
+
+fn partition(tenant: &TenantId) -> AttributeValue {
+    s(format!("agents {}", tenant.as_str()))
+}
+
+fn from_body(item: &super::Item) -> StoreResult<StoredAgent> {
+    let bad = || StoreError::Internal("a stored agent is not valid".into());
+    match item.get("body") {
+        Some(AttributeValue::S(body)) => serde_json::from_str(body).map_err(|_| bad()),
+        _ => Err(bad()),
+    }
+}
+
+impl DynamoStore {
+    pub(super) async fn write_agent(&self, agent: &StoredAgent, previous: Option<u64>) -> StoreResult<bool> {
+        let body = serde_json::to_string(agent).map_err(|e| StoreError::Internal(format!("agent: {e}")))?;
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.sessions)
+            .item("id", partition(&agent.tenant_id))
+            .item("tenantId", s(agent.id.as_str()))
+            .item("version", AttributeValue::N(agent.version.to_string()))
+            .item("body", s(body));
+        let put = match previous {
+            None => put.condition_expression("attribute_not_exists(id)"),
+            Some(v) => put
+                .condition_expression("version = :previous")
+                .expression_attribute_values(":previous", AttributeValue::N(v.to_string())),
+        };
+        written(put.send().await, &self.sessions, "PutItem")
+    }
+
+    pub(super) async fn read_agent(&self, tenant: &TenantId, id: &AgentId) -> StoreResult<Option<StoredAgent>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.sessions)
+            .key("id", partition(tenant))
+            .key("tenantId", s(id.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| map_err(&self.sessions, "GetItem", e))?;
+        out.item.as_ref().map(from_body).transpose()
+    }
+
+    pub(super) async fn read_agents(&self, tenant: &TenantId) -> StoreResult<Vec<StoredAgent>> {
+        let mut agents = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.sessions)
+                .key_condition_expression("id = :id")
+                .expression_attribute_values(":id", partition(tenant))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| map_err(&self.sessions, "Query", e))?;
+            for item in out.items.unwrap_or_default() {
+                agents.push(from_body(&item)?);
+            }
+            match out.last_evaluated_key {
+                Some(key) => start = Some(key),
+                None => return Ok(agents),
+            }
+        }
+    }
+
+    /// Every tenant's agents: a Scan of the sessions table for the agents partitions (exports only).
+    pub(super) async fn scan_agents(&self) -> StoreResult<Vec<StoredAgent>> {
+        let mut agents = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.sessions)
+                .filter_expression("begins_with(id, :prefix)")
+                .expression_attribute_values(":prefix", s("agents "))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| map_err(&self.sessions, "Scan", e))?;
+            for item in out.items.unwrap_or_default() {
+                agents.push(from_body(&item)?);
+            }
+            match out.last_evaluated_key {
+                Some(key) => start = Some(key),
+                None => return Ok(agents),
+            }
+        }
+    }
+
+    pub(super) async fn remove_agent(&self, tenant: &TenantId, id: &AgentId) -> StoreResult<bool> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.sessions)
+            .key("id", partition(tenant))
+            .key("tenantId", s(id.as_str()))
+            .condition_expression("attribute_exists(id)")
+            .send()
+            .await;
+        written(result, &self.sessions, "DeleteItem")
+    }
+}
