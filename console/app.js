@@ -110,6 +110,7 @@ function nextLink(header) {
 }
 
 const tenantPath = () => `agent/conversations/${seg(auth.tenant)}`;
+const agentsPath = () => `agent/tenants/${seg(auth.tenant)}/agents`;
 
 // ---- Views --------------------------------------------------------------------------------------
 
@@ -123,6 +124,8 @@ function renderNav() {
   } }, el("input", { name: "q", type: "search", placeholder: "Search messages", "aria-label": "Search messages" }));
   nav.append(
     el("span", { class: "muted" }, `tenant ${auth.tenant}`),
+    el("a", { href: "#/" }, "Conversations"),
+    el("a", { href: "#/agents" }, "Agents"),
     search,
     el("button", { class: "secondary", type: "button", onclick: () => { auth.clear(); location.hash = "#/"; route(); } }, "Sign out"),
   );
@@ -450,6 +453,128 @@ async function searchView(q) {
   }
 }
 
+
+// ---- Agents -------------------------------------------------------------------------------------
+
+/** The tenant's agents: id, name, version, which is the default. */
+async function agentsView() {
+  const list = el("ul", { class: "list", "aria-label": "Agents" }, el("li", { class: "muted" }, "Loading..."));
+  show(el("h1", {}, "Agents"),
+    el("p", { class: "muted" }, "Each agent is what a turn runs as: its instructions, model, tools and business API. Turns that name none run as the default agent, else as the server's."),
+    el("p", {}, el("a", { href: "#/agents/new", class: "button" }, "New agent")),
+    list);
+  try {
+    const agents = [];
+    let path = `${agentsPath()}?limit=100`;
+    while (path) {
+      const page = await api(path);
+      agents.push(...page.body);
+      path = page.link;
+    }
+    list.replaceChildren(...agents.map((a) => el("li", {},
+      el("a", { href: `#/agents/${encodeURIComponent(a.id)}` }, a.id),
+      el("span", {}, a.name || ""),
+      a.default ? el("span", { class: "badge active" }, "default") : null,
+      a.version ? el("span", { class: "muted" }, `version ${a.version}`) : null,
+    )));
+    if (!agents.length) list.replaceChildren(el("li", { class: "muted" }, "No agents yet: every turn runs as the server's agent."));
+  } catch (err) {
+    list.replaceChildren(el("li", { class: "muted" }, err.message));
+  }
+}
+
+const words = (value) => value.split(",").map((w) => w.trim()).filter(Boolean);
+
+/** One agent's form: view and edit it (the key is write-only), make it the default, delete it. */
+async function agentView(id) {
+  const token = view;
+  const isNew = id === null;
+  let agent = { systemPrompt: "", default: false };
+  if (!isNew) {
+    try {
+      agent = (await api(`${agentsPath()}/${seg(id)}`)).body;
+    } catch (err) {
+      return show(el("h1", {}, `Agent ${id}`), el("p", {}, err.message));
+    }
+    if (!current(token)) return;
+  }
+  const model = agent.model || {};
+  const tools = agent.tools || {};
+  const business = agent.businessApi || {};
+  const field = (label, input) => el("label", {}, label, input);
+  const form = el("form", { class: "card agent", onsubmit: async (e) => {
+    e.preventDefault();
+    const f = e.target;
+    const agentId = isNew ? f.agentId.value.trim() : id;
+    const body = { systemPrompt: f.systemPrompt.value, default: f.default.checked };
+    if (f.name.value.trim()) body.name = f.name.value.trim();
+    const m = {};
+    if (f.provider.value) m.provider = f.provider.value;
+    if (f.modelName.value.trim()) m.name = f.modelName.value.trim();
+    if (f.temperature.value !== "") m.temperature = Number(f.temperature.value);
+    if (f.maxOutputTokens.value !== "") m.maxOutputTokens = Number(f.maxOutputTokens.value);
+    if (Object.keys(m).length) body.model = m;
+    const t = {};
+    if (f.approval.value) t.approval = f.approval.value;
+    if (f.allow.value.trim()) t.allow = words(f.allow.value);
+    if (f.deny.value.trim()) t.deny = words(f.deny.value);
+    if (f.resourceTypes.value.trim()) t.resourceTypes = words(f.resourceTypes.value);
+    if (Object.keys(t).length) body.tools = t;
+    if (f.apiUrl.value.trim() || f.apiKey.value || f.clearKey.checked) {
+      body.businessApi = {};
+      if (f.apiUrl.value.trim()) body.businessApi.url = f.apiUrl.value.trim();
+      // Write-only: an empty field keeps the stored key.
+      if (f.clearKey.checked) body.businessApi.key = "";
+      else if (f.apiKey.value) body.businessApi.key = f.apiKey.value;
+    }
+    if (agent.metadata) body.metadata = agent.metadata;
+    try {
+      const { body: saved } = await api(`${agentsPath()}/${seg(agentId)}`, { method: "PUT", body });
+      say(`Saved ${saved.id} (version ${saved.version})`);
+      location.hash = `#/agents/${encodeURIComponent(saved.id)}`;
+      if (!isNew) agentView(saved.id);
+    } catch (err) {
+      say(`Not saved: ${err.message}`, true);
+    }
+  } },
+  isNew ? field("Agent id", el("input", { name: "agentId", required: true, pattern: "[A-Za-z0-9._\\-]{1,64}", autocomplete: "off" })) : null,
+  field("Name", el("input", { name: "name", value: agent.name || "", autocomplete: "off" })),
+  field("Instructions (system prompt)", el("textarea", { name: "systemPrompt", rows: 6, required: true }, agent.systemPrompt || "")),
+  el("label", { class: "inline" }, el("input", { type: "checkbox", name: "default", checked: agent.default === true }), "The tenant's default agent"),
+  el("fieldset", {}, el("legend", {}, "Model (empty: the server's)"),
+    field("Provider", el("select", { name: "provider" }, ...["", "openai", "bedrock", "echo"].map((p) =>
+      el("option", { value: p, selected: (model.provider || "") === p }, p || "the server's")))),
+    field("Model name", el("input", { name: "modelName", value: model.name || "", autocomplete: "off" })),
+    field("Temperature", el("input", { name: "temperature", type: "number", min: 0, max: 2, step: 0.1, value: model.temperature ?? "" })),
+    field("Max output tokens", el("input", { name: "maxOutputTokens", type: "number", min: 1, value: model.maxOutputTokens ?? "" }))),
+  el("fieldset", {}, el("legend", {}, "Tools"),
+    field("Approval", el("select", { name: "approval" }, ...["", "writes", "all", "none"].map((p) =>
+      el("option", { value: p, selected: (tools.approval || "") === p }, p || "the server's")))),
+    field("Only these tools (comma-separated)", el("input", { name: "allow", value: (tools.allow || []).join(", "), autocomplete: "off" })),
+    field("Never these tools", el("input", { name: "deny", value: (tools.deny || []).join(", "), autocomplete: "off" })),
+    field("Resource types", el("input", { name: "resourceTypes", value: (tools.resourceTypes || []).join(", "), autocomplete: "off" }))),
+  el("fieldset", {}, el("legend", {}, "Business API (empty: the server's)"),
+    field("URL", el("input", { name: "apiUrl", type: "url", value: business.url || "", autocomplete: "off" })),
+    field(business.keySet ? "Key (one is set; leave empty to keep it)" : "Key",
+      el("input", { name: "apiKey", type: "password", autocomplete: "new-password", placeholder: business.keySet ? "set" : "" })),
+    business.keySet ? el("label", { class: "inline" }, el("input", { type: "checkbox", name: "clearKey" }), "Remove the key") : el("input", { type: "hidden", name: "clearKey" })),
+  el("div", { class: "row" },
+    el("button", { type: "submit" }, isNew ? "Create agent" : "Save"),
+    isNew ? null : el("button", { type: "button", class: "danger", onclick: async () => {
+      if (!confirm(`Delete agent ${id}? Its sessions keep their messages.`)) return;
+      try {
+        await api(`${agentsPath()}/${seg(id)}`, { method: "DELETE" });
+        say(`Deleted ${id}`);
+        location.hash = "#/agents";
+      } catch (err) {
+        say(`Not deleted: ${err.message}`, true);
+      }
+    } }, "Delete agent")));
+  show(el("h1", {}, isNew ? "New agent" : `Agent ${id}`),
+    isNew ? null : el("p", { class: "muted" }, `version ${agent.version} · created ${when(agent.createdAt)} · updated ${when(agent.updatedAt)}`),
+    form);
+}
+
 // ---- Routing ------------------------------------------------------------------------------------
 
 async function route() {
@@ -463,6 +588,9 @@ async function route() {
   if (parts[0] === "users" && parts[1]) await userSessions(parts[1]);
   else if (parts[0] === "sessions" && parts[1]) await sessionView(parts[1]);
   else if (parts[0] === "search") await searchView(new URLSearchParams(query || "").get("q") || "");
+  else if (parts[0] === "agents" && parts[1] === "new") await agentView(null);
+  else if (parts[0] === "agents" && parts[1]) await agentView(parts[1]);
+  else if (parts[0] === "agents") await agentsView();
   else await home();
   main.focus();
 }

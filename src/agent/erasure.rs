@@ -180,13 +180,18 @@ impl Agent {
         ids
     }
 
-    /// Runs for as long as the server: every `ERASURES_REFRESH` it reads the pending erasures;
+    /// Runs for as long as the server: every `ERASURES_REFRESH` it reads the pending erasures (and
+    /// every `POLL_EVERY` the agents' change log);
     /// every `ORPHAN_SWEEP_EVERY` it also runs the second passes that are due and settles the turns
     /// whose server died. The first round runs at once (a restarted server catches up).
     pub async fn run_upkeep(self: Arc<Self>) {
         let every = (super::ORPHAN_SWEEP_EVERY.as_millis() / ERASURES_REFRESH.as_millis()).max(1) as u64;
+        let poll = (crate::agents::directory::POLL_EVERY.as_millis() / ERASURES_REFRESH.as_millis()).max(1) as u64;
         for round in 0u64.. {
             let sweep = round % every == 0;
+            if round % poll == 0 {
+                self.agents.poll_changes().await;
+            }
             self.keep_erasures(sweep).await;
             if sweep {
                 self.settle_orphans().await;

@@ -1,8 +1,12 @@
 //! Which agent a turn runs as, and what running as it means (a [`Persona`]: instructions, model
-//! provider, toolbox, history and summary settings), without a storage request per turn: each
-//! process keeps a tenant's agents for at most [`FRESH_FOR`] (then reads them again with one
-//! query), and builds an agent's provider and toolbox once per version. A change made through this
-//! process is seen here at once; one made through another server within `FRESH_FOR`.
+//! provider, toolbox, history and summary settings), without a storage request per turn. Each
+//! process keeps the agents of the tenants it serves, read once with one query, and builds an
+//! agent's provider and toolbox once per version. Every change to a tenant's agents is also noted
+//! in the store's change log, which each server polls every [`POLL_EVERY`] (one small query for
+//! all tenants): a change drops that tenant's agents here, and the next turn reads them again. A
+//! change made through this process is seen here at once, one made through another server within
+//! `POLL_EVERY` plus a query; while the log cannot be read, what was read is trusted for
+//! [`FRESH_FOR`] only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,10 +17,18 @@ use crate::config::{ProviderConfig, Secret, ToolsConfig};
 use crate::ids::{AgentId, TenantId};
 use crate::llm::Provider;
 use crate::store::{ConversationStore, StoreError};
+use crate::timestamp::Timestamp;
 use crate::tools::{BusinessApi, FileTool, Toolbox};
 
-/// How long a process trusts the agents it read for a tenant.
+/// How long a process trusts the agents it read for a tenant when it cannot follow the change log.
 pub const FRESH_FOR: Duration = Duration::from_secs(5);
+/// How often a server reads the change log of every tenant's agents.
+pub const POLL_EVERY: Duration = Duration::from_secs(2);
+/// How far back each poll of the change log reads (changes are seen once; writers' clocks may be
+/// this far apart).
+const LOG_WINDOW_MICROS: i64 = 300_000_000;
+/// The most tenants whose agents a process keeps.
+const MAX_KNOWN: usize = 10_000;
 
 /// What a turn runs as: a tenant's agent, or the server's environment.
 pub struct Persona {
@@ -67,8 +79,20 @@ pub struct ServerAgent {
 }
 
 struct Known {
+    /// When the read that gave these agents started.
     read_at: Instant,
     agents: Arc<Vec<StoredAgent>>,
+}
+
+/// What this process follows of the change log.
+#[derive(Default)]
+struct Watch {
+    /// When the log was last read without an error.
+    polled_at: Option<Instant>,
+    /// The changes already acted on, by their time and tenant (kept for the window).
+    seen: std::collections::HashSet<(String, TenantId)>,
+    /// When each tenant's agents were last dropped here for a change.
+    dropped: HashMap<TenantId, Instant>,
 }
 
 /// The agents of every tenant this process has served lately, and the personas built from them.
@@ -76,12 +100,13 @@ pub struct Directory {
     store: Arc<dyn ConversationStore>,
     server: ServerAgent,
     known: Mutex<HashMap<TenantId, Known>>,
+    watch: Mutex<Watch>,
     personas: Mutex<HashMap<(TenantId, AgentId, u64), Arc<Persona>>>,
 }
 
 impl Directory {
     pub fn new(store: Arc<dyn ConversationStore>, server: ServerAgent) -> Self {
-        Self { store, server, known: Mutex::default(), personas: Mutex::default() }
+        Self { store, server, known: Mutex::default(), watch: Mutex::default(), personas: Mutex::default() }
     }
 
     /// The environment's agent (a deployment without agents).
@@ -100,19 +125,75 @@ impl Directory {
         Capabilities { providers, allow_private_urls: self.server.allow_private_urls }
     }
 
-    /// A tenant's agents, as read at most `FRESH_FOR` ago.
+    /// A tenant's agents: as read here, while no change to them was noted since (or, when the
+    /// change log cannot be followed, as read at most `FRESH_FOR` ago).
     pub async fn agents(&self, tenant: &TenantId) -> Result<Arc<Vec<StoredAgent>>, StoreError> {
-        if let Some(known) = self.lock_known().get(tenant).filter(|k| k.read_at.elapsed() < FRESH_FOR) {
-            return Ok(known.agents.clone());
+        if let Some(agents) = self.trusted(tenant) {
+            return Ok(agents);
         }
+        let read_at = Instant::now();
         let agents = Arc::new(self.store.list_agents(tenant).await?);
         let mut known = self.lock_known();
-        known.retain(|_, k| k.read_at.elapsed() < FRESH_FOR);
-        known.insert(tenant.clone(), Known { read_at: Instant::now(), agents: agents.clone() });
+        if known.len() >= MAX_KNOWN {
+            known.retain(|_, k| k.read_at.elapsed() < Duration::from_secs(60));
+            if known.len() >= MAX_KNOWN {
+                known.clear();
+            }
+        }
+        known.insert(tenant.clone(), Known { read_at, agents: agents.clone() });
         Ok(agents)
     }
 
-    /// Forgets what this process knows of a tenant's agents (after it changed them).
+    fn trusted(&self, tenant: &TenantId) -> Option<Arc<Vec<StoredAgent>>> {
+        let known = self.lock_known();
+        let entry = known.get(tenant)?;
+        if entry.read_at.elapsed() < FRESH_FOR {
+            return Some(entry.agents.clone());
+        }
+        let watch = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        let following = watch.polled_at.is_some_and(|at| at.elapsed() < FRESH_FOR);
+        let dropped_after = watch.dropped.get(tenant).is_some_and(|at| *at >= entry.read_at);
+        (following && !dropped_after).then(|| entry.agents.clone())
+    }
+
+    /// Reads the change log of every tenant's agents and drops what changed (every `POLL_EVERY`).
+    pub async fn poll_changes(&self) {
+        let since = Timestamp::from_micros(crate::timestamp::now_micros() - LOG_WINDOW_MICROS);
+        let changes = match self.store.agent_changes_since(&since).await {
+            Ok(changes) => changes,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the agents' change log; agents are read again every 5 s");
+                return;
+            }
+        };
+        let mut fresh = Vec::new();
+        let first;
+        {
+            let mut watch = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+            first = watch.polled_at.is_none();
+            watch.seen.retain(|(at, _)| at.as_str() > since.as_str());
+            for (at, tenant) in changes {
+                if watch.seen.insert((at.as_str().to_string(), tenant.clone())) && !first {
+                    fresh.push(tenant);
+                }
+            }
+            let now = Instant::now();
+            for tenant in &fresh {
+                watch.dropped.insert(tenant.clone(), now);
+            }
+            watch.dropped.retain(|_, at| at.elapsed() < Duration::from_secs(600));
+            watch.polled_at = Some(now);
+        }
+        if first {
+            // What was read before the log was followed is read again.
+            self.lock_known().clear();
+        }
+        for tenant in fresh {
+            self.forget(&tenant);
+        }
+    }
+
+    /// Forgets what this process knows of a tenant's agents (after they changed).
     pub fn forget(&self, tenant: &TenantId) {
         self.lock_known().remove(tenant);
         self.personas.lock().unwrap_or_else(|p| p.into_inner()).retain(|(t, _, _), _| t != tenant);

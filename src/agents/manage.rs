@@ -86,6 +86,8 @@ pub async fn put(
             }
         }
     }
+    // Every server drops what it cached of the tenant's agents.
+    store.record_agent_change(tenant, &Timestamp::now()).await?;
     Ok(Put { agent, created: existing.is_none(), undefaulted })
 }
 
@@ -111,5 +113,9 @@ pub fn deleted(id: &AgentId) -> Change {
 
 /// Deletes an agent (its sessions keep their messages and their `agentId`); false when none.
 pub async fn delete(store: &dyn ConversationStore, tenant: &TenantId, id: &AgentId) -> Result<bool, StoreError> {
-    store.delete_agent(tenant, id).await
+    let deleted = store.delete_agent(tenant, id).await?;
+    if deleted {
+        store.record_agent_change(tenant, &Timestamp::now()).await?;
+    }
+    Ok(deleted)
 }

@@ -158,6 +158,11 @@ pub trait ConversationStore: Send + Sync + 'static {
     ) -> StoreResult<Option<crate::agents::StoredAgent>>;
     /// Every agent of a tenant (at most `MAX_AGENTS`), by id, read consistently.
     async fn list_agents(&self, tenant: &TenantId) -> StoreResult<Vec<crate::agents::StoredAgent>>;
+    /// Notes that a tenant's agents changed at `at`, so that every server sharing the store drops
+    /// what it cached of them (kept an hour).
+    async fn record_agent_change(&self, tenant: &TenantId, at: &Timestamp) -> StoreResult<()>;
+    /// The agent changes noted after `since`, oldest first: (when, tenant).
+    async fn agent_changes_since(&self, since: &Timestamp) -> StoreResult<Vec<(Timestamp, TenantId)>>;
     /// Every agent of every tenant, for an export (a scan of the sessions table on DynamoDB).
     async fn all_agents(&self) -> StoreResult<Vec<crate::agents::StoredAgent>>;
     /// Deletes an agent; false when there was none.

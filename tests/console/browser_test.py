@@ -147,6 +147,37 @@ try:
     assert payload in main_text()
     shot("html-as-text")
 
+    # The Agents page: create one with a write-only key, make it the default, edit it.
+    secret = "console-agent-secret-key"
+    driver.get(base + "/console/#/agents")
+    until_text("No agents yet")
+    driver.find_element(By.LINK_TEXT, "New agent").click()
+    wait.until(EC.presence_of_element_located((By.NAME, "agentId")))
+    driver.find_element(By.NAME, "agentId").send_keys("desk")
+    driver.find_element(By.NAME, "name").send_keys("Front desk")
+    driver.find_element(By.NAME, "systemPrompt").send_keys("You are the front desk.")
+    driver.find_element(By.NAME, "default").click()
+    driver.find_element(By.NAME, "temperature").send_keys("0.5")
+    driver.find_element(By.NAME, "apiUrl").send_keys("https://api.example.com/v1")
+    driver.find_element(By.NAME, "apiKey").send_keys(secret)
+    driver.find_element(By.XPATH, "//button[text()='Create agent']").click()
+    until_text("Agent desk")
+    until_text("version 1")
+    wait.until(lambda d: d.find_element(By.NAME, "apiKey").get_attribute("value") == "")
+    assert "one is set" in main_text(), "the key shows as set"
+    assert secret not in driver.page_source, "the key is never shown"
+    shot("agent-created")
+    name = driver.find_element(By.NAME, "name")
+    name.clear()
+    name.send_keys("Front desk 2")
+    driver.find_element(By.XPATH, "//button[text()='Save']").click()
+    until_text("version 2")
+    driver.get(base + "/console/#/agents")
+    until_text("Front desk 2")
+    until_text("default")
+    shot("agents")
+    assert secret not in driver.page_source
+
     # A phone-width window: nothing overflows sideways.
     driver.set_window_size(390, 844)
     time.sleep(0.5)

@@ -268,7 +268,8 @@ async fn a_customer_facing_agent_cannot_run_a_write_tool_even_when_the_model_ask
     assert!(!prompt.contains(KEY), "the key is never shown to the model");
 }
 
-/// Another server serves a tenant from what it read of its agents at most five seconds before.
+/// Another server, which keeps what it read of a tenant's agents, sees a change made through the
+/// first within five seconds (it polls the store's change log every two).
 async fn a_change_made_through_one_server_reaches_the_others_within_five_seconds(backend: &str) {
     let db = tempfile::tempdir().unwrap();
     let path = db.path().join("agent.db");
@@ -276,6 +277,8 @@ async fn a_change_made_through_one_server_reaches_the_others_within_five_seconds
     let y = TestServer::start_on_store(backend, Some(&x), &path, &[]).await;
     let before = ok(turn_request(&y, "t1", "u1").json(&json!({"message": "before"}))).await;
     assert!(before["agentMessage"]["metadata"].get("agentId").is_none());
+    // Y keeps what it read past five seconds (it follows the change log, so it need not read again).
+    tokio::time::sleep(Duration::from_secs(6)).await;
     put(&x, "t1", "front", json!({"systemPrompt": "Front.", "default": true})).await;
     let changed = Instant::now();
     let mut user = 0;
@@ -285,7 +288,7 @@ async fn a_change_made_through_one_server_reaches_the_others_within_five_seconds
         if r["agentMessage"]["metadata"]["agentId"] == "front" {
             break;
         }
-        assert!(changed.elapsed() < Duration::from_secs(7), "still not seen after {:?}", changed.elapsed());
+        assert!(changed.elapsed() < Duration::from_secs(5), "still not seen after {:?}", changed.elapsed());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -105,7 +105,7 @@ async fn the_console_works_in_a_real_browser() {
     assert_eq!(r.status(), StatusCode::OK);
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/browser_test.py");
-    let (url, out_dir) = (s.url.clone(), out.clone());
+    let (url, out_dir, browser_key) = (s.url.clone(), out.clone(), key.clone());
     let result = tokio::task::spawn_blocking(move || {
         // At most five minutes: a browser that hangs fails the test instead of hanging it.
         std::process::Command::new("timeout")
@@ -113,7 +113,7 @@ async fn the_console_works_in_a_real_browser() {
             .arg("python3")
             .arg(script)
             .arg(url)
-            .arg(key)
+            .arg(browser_key)
             .arg(out_dir)
             .output()
             .unwrap()
@@ -124,4 +124,12 @@ async fn the_console_works_in_a_real_browser() {
     assert!(result.status.success(), "the browser test failed:\n{report}\nserver log:\n{}", s.output());
     assert!(report.contains("every step passed"), "{report}");
     assert!(out.join("console-approved.png").exists());
+    // What the Agents page saved, as the API has it: the key set, never shown.
+    let agent: serde_json::Value =
+        send(&s, "GET", "/agent/tenants/acme/agents/desk", Some(&key), &[], None).await.json().await.unwrap();
+    assert_eq!(agent["name"], "Front desk 2");
+    assert_eq!(agent["version"], 2);
+    assert_eq!(agent["default"], true);
+    assert_eq!(agent["model"]["temperature"], 0.5);
+    assert_eq!(agent["businessApi"], json!({"url": "https://api.example.com/v1", "keySet": true}));
 }

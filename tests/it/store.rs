@@ -528,6 +528,12 @@ impl ConversationStore for LaggingIndex {
     async fn list_agents(&self, t: &TenantId) -> StoreResult<Vec<StoredAgent>> {
         self.inner.list_agents(t).await
     }
+    async fn record_agent_change(&self, t: &TenantId, at: &Timestamp) -> StoreResult<()> {
+        self.inner.record_agent_change(t, at).await
+    }
+    async fn agent_changes_since(&self, since: &Timestamp) -> StoreResult<Vec<(Timestamp, TenantId)>> {
+        self.inner.agent_changes_since(since).await
+    }
     async fn all_agents(&self) -> StoreResult<Vec<StoredAgent>> {
         self.inner.all_agents().await
     }
@@ -783,6 +789,15 @@ async fn agents_are_kept_per_tenant_with_conditional_versions(store: Arc<dyn Con
     assert!(store.delete_agent(&acme, &v2.id).await.unwrap());
     assert!(!store.delete_agent(&acme, &v2.id).await.unwrap());
     assert_eq!(store.list_agents(&acme).await.unwrap().len(), 1);
+    // The change log other servers poll: what came after a time, oldest first.
+    let before = Timestamp::now();
+    let (t1, t2) =
+        (Timestamp::from_micros(before.micros().unwrap() + 1), Timestamp::from_micros(before.micros().unwrap() + 2));
+    store.record_agent_change(&other, &t2).await.unwrap();
+    store.record_agent_change(&acme, &t1).await.unwrap();
+    let seen = store.agent_changes_since(&before).await.unwrap();
+    assert_eq!(seen, vec![(t1.clone(), acme.clone()), (t2.clone(), other.clone())]);
+    assert_eq!(store.agent_changes_since(&t1).await.unwrap(), vec![(t2, other)]);
 }
 
 fn erasure(t: &str, u: &str, at: &Timestamp) -> Erasure {

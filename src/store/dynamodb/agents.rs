@@ -2,6 +2,8 @@
 //! <tenantId>` (a space, which no session id has), range key `tenantId` = the agent's id, the agent
 //! as JSON in `body` and its `version` (N) for conditional replaces. No `userId`, so
 //! `TenantUserIndex` does not hold them; read with a strongly consistent Query of the partition.
+//! Every change is also noted in the partition `agents changes` (range key `<at> <tenantId>`, an
+//! hour of TTL), which each server queries for what is newer than it has seen.
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
@@ -11,6 +13,10 @@ use super::items::s;
 use crate::agents::StoredAgent;
 use crate::ids::{AgentId, TenantId};
 use crate::store::{StoreError, StoreResult};
+use crate::timestamp::Timestamp;
+
+/// The partition of the agents' change log: range key `<at> <tenantId>`, kept an hour (TTL).
+const CHANGES: &str = "agents changes";
 
 fn partition(tenant: &TenantId) -> AttributeValue {
     s(format!("agents {}", tenant.as_str()))
@@ -79,6 +85,52 @@ impl DynamoStore {
             match out.last_evaluated_key {
                 Some(key) => start = Some(key),
                 None => return Ok(agents),
+            }
+        }
+    }
+
+    pub(super) async fn put_agent_change(&self, tenant: &TenantId, at: &Timestamp) -> StoreResult<()> {
+        let expires = at.micros().unwrap_or_default() / 1_000_000 + 3600;
+        self.client
+            .put_item()
+            .table_name(&self.sessions)
+            .item("id", s(CHANGES))
+            .item("tenantId", s(format!("{} {}", at.as_str(), tenant.as_str())))
+            .item("expiresAt", AttributeValue::N(expires.to_string()))
+            .send()
+            .await
+            .map_err(|e| map_err(&self.sessions, "PutItem", e))?;
+        Ok(())
+    }
+
+    pub(super) async fn read_agent_changes(&self, since: &Timestamp) -> StoreResult<Vec<(Timestamp, TenantId)>> {
+        let mut changes = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.sessions)
+                .key_condition_expression("id = :id AND tenantId > :since")
+                .expression_attribute_values(":id", s(CHANGES))
+                // After every tenant of `since` itself: '~' sorts after the space and any id.
+                .expression_attribute_values(":since", s(format!("{}~", since.as_str())))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| map_err(&self.sessions, "Query", e))?;
+            for item in out.items.unwrap_or_default() {
+                if let Some(AttributeValue::S(key)) = item.get("tenantId")
+                    && let Some((at, tenant)) = key.split_once(' ')
+                    && let Ok(tenant) = TenantId::parse(tenant)
+                {
+                    changes.push((Timestamp::stored(at.to_string()), tenant));
+                }
+            }
+            match out.last_evaluated_key {
+                Some(key) => start = Some(key),
+                None => return Ok(changes),
             }
         }
     }

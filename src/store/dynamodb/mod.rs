@@ -725,6 +725,14 @@ impl ConversationStore for DynamoStore {
         self.read_agents(tenant).await
     }
 
+    async fn record_agent_change(&self, tenant: &TenantId, at: &Timestamp) -> StoreResult<()> {
+        self.put_agent_change(tenant, at).await
+    }
+
+    async fn agent_changes_since(&self, since: &Timestamp) -> StoreResult<Vec<(Timestamp, TenantId)>> {
+        self.read_agent_changes(since).await
+    }
+
     async fn all_agents(&self) -> StoreResult<Vec<crate::agents::StoredAgent>> {
         self.scan_agents().await
     }

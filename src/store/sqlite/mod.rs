@@ -678,6 +678,42 @@ impl ConversationStore for SqliteStore {
         .await
     }
 
+    async fn record_agent_change(&self, tenant: &TenantId, at: &Timestamp) -> StoreResult<()> {
+        let (tenant, at) = (tenant.clone(), at.clone());
+        let hour_ago = timestamp::format_micros(at.micros().unwrap_or_else(timestamp::now_micros) - 3_600_000_000);
+        self.write("record_agent_change", move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO agent_changes (at, tenant_id) VALUES (?1, ?2)",
+                params![at, tenant.as_str()],
+            )
+            .map_err(internal)?;
+            c.execute("DELETE FROM agent_changes WHERE at < ?1", [hour_ago]).map_err(internal)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn agent_changes_since(&self, since: &Timestamp) -> StoreResult<Vec<(Timestamp, TenantId)>> {
+        let since = since.clone();
+        self.read("agent_changes_since", move |c| {
+            let mut statement = c
+                .prepare_cached("SELECT at, tenant_id FROM agent_changes WHERE at > ?1 ORDER BY at")
+                .map_err(internal)?;
+            let rows = statement
+                .query_map([since], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(internal)?;
+            let mut changes = Vec::new();
+            for row in rows {
+                let (at, tenant) = row.map_err(internal)?;
+                if let Ok(tenant) = TenantId::parse(tenant) {
+                    changes.push((Timestamp::stored(at), tenant));
+                }
+            }
+            Ok(changes)
+        })
+        .await
+    }
+
     async fn all_agents(&self) -> StoreResult<Vec<StoredAgent>> {
         self.read("all_agents", move |c| {
             let mut statement = c.prepare_cached("SELECT body FROM agents ORDER BY tenant_id, id").map_err(internal)?;

@@ -173,7 +173,7 @@ pub(super) fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Sto
         )
         .map_err(internal)?;
     }
-    // Version 10: tenant agents.
+    // Version 10: tenant agents, and the log of their changes that other processes poll.
     if version < 10 && 10 <= target {
         tx.execute_batch(
             "CREATE TABLE IF NOT EXISTS agents (
@@ -182,6 +182,11 @@ pub(super) fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Sto
                 version INTEGER NOT NULL,
                 body TEXT NOT NULL,
                 PRIMARY KEY (tenant_id, id)
+            );
+            CREATE TABLE IF NOT EXISTS agent_changes (
+                at TEXT NOT NULL,
+                tenant_id TEXT NOT NULL,
+                PRIMARY KEY (at, tenant_id)
             );",
         )
         .map_err(internal)?;
