@@ -527,7 +527,12 @@ async function agentView(id) {
       if (f.clearKey.checked) body.businessApi.key = "";
       else if (f.apiKey.value) body.businessApi.key = f.apiKey.value;
     }
-    if (agent.metadata) body.metadata = agent.metadata;
+    // What this form does not edit is kept as it was.
+    for (const kept of ["metadata", "history", "summary"]) if (agent[kept]) body[kept] = agent[kept];
+    if (isNew) {
+      const exists = await fetch(new URL(`${agentsPath()}/${seg(agentId)}`, root), { headers: headers() });
+      if (exists.ok) return say(`An agent ${agentId} exists already: open it to edit it`, true);
+    }
     try {
       const { body: saved } = await api(`${agentsPath()}/${seg(agentId)}`, { method: "PUT", body });
       say(`Saved ${saved.id} (version ${saved.version})`);

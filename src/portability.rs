@@ -145,7 +145,11 @@ pub async fn import(
                 created
             }
             Record::Agent(a) => {
+                // Servers running on this store drop what they cached of the tenant's agents.
                 let created = store.put_agent(&a, None).await?;
+                if created {
+                    crate::agents::manage::note_change(store, &a.tenant_id).await?;
+                }
                 counts.agents += usize::from(created);
                 created
             }

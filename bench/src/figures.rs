@@ -177,6 +177,34 @@ pub async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<Pat
                 );
             }
         }
+        // The same continuing turns once every tenant has a default agent: a turn reads no agent
+        // item (each server keeps them and follows their change log).
+        for t in 0..50 {
+            let body = json!({"systemPrompt": "You are a helpful assistant.", "default": true});
+            let r = client.put(format!("{}/agent/tenants/tenant-{t}/agents/desk", s.url)).json(&body).send().await;
+            assert!(r.is_ok_and(|r| r.status().is_success()), "an agent for tenant-{t}");
+        }
+        delay_us.store(5000, Ordering::Relaxed);
+        let mut with_agent = Vec::new();
+        for k in 0..20u64 {
+            let mut session: Option<String> = None;
+            for t in 0..3 {
+                calls.lock().unwrap().clear();
+                let (_, sid) = one_turn(&client, &s.url, 950_000 + k, session.as_deref(), Mode::Json).await.unwrap();
+                if t > 0 {
+                    with_agent.push(calls.lock().unwrap().clone());
+                }
+                session = Some(sid);
+            }
+        }
+        delay_us.store(0, Ordering::Relaxed);
+        let requests = with_agent.iter().map(Vec::len).sum::<usize>() as f64 / with_agent.len() as f64;
+        report.row(
+            "5. DynamoDB requests per turn with a tenant agent, continuing a session",
+            format!("{requests}"),
+            "4 (as without)",
+            Some(requests <= 4.0),
+        );
         // Short messages (8 to 64 bytes) too, where a turn's fixed costs show.
         for (c, mode, workload, key) in [
             (16, Mode::Json, "", "dynamodb_c16"),
@@ -670,6 +698,24 @@ pub async fn features(bin: &std::path::Path, mock: SocketAddr, seconds: u64, rep
         "≤ 1.3x",
         Some(st / j <= 1.3),
     );
+    // 16. The same JSON turns with a default agent for every tenant (the same model).
+    let s = start_server(bin, &model_env(mock));
+    let pid = s.child.id();
+    let client = reqwest::Client::new();
+    for t in 0..50 {
+        let body = json!({"systemPrompt": "You are a helpful assistant.", "default": true});
+        let r = client.put(format!("{}/agent/tenants/tenant-{t}/agents/desk", s.url)).json(&body).send().await;
+        assert!(r.is_ok_and(|r| r.status().is_success()), "an agent for tenant-{t}");
+    }
+    let with_agent = closed_loop(&s.url, Some(pid), 16, seconds, Mode::Json).await;
+    drop(s);
+    let a = per_turn(&with_agent);
+    report.row(
+        "16. server CPU per JSON turn: with a tenant agent / without, SQLite, c=16",
+        format!("{a:.0} / {j:.0} µs = {:.2}x ({:.0} vs {:.0} turns/s)", a / j, with_agent.rate(), json_turns.rate()),
+        "≤ 1.05x",
+        Some(a / j <= 1.05),
+    );
     let receiver = Receiver::start().await;
     let last = receiver.last.clone();
     let mut env = model_env(mock);
@@ -699,7 +745,7 @@ pub async fn features(bin: &std::path::Path, mock: SocketAddr, seconds: u64, rep
     );
     report.json.insert(
         "features".into(),
-        json!({"cpu_us_json": j, "cpu_us_streamed": st, "cpu_us_webhooks": w, "events": events, "events_per_s": events as f64 / span}),
+        json!({"cpu_us_json": j, "cpu_us_streamed": st, "cpu_us_webhooks": w, "cpu_us_agent": a, "events": events, "events_per_s": events as f64 / span}),
     );
 }
 
@@ -712,6 +758,7 @@ async fn instructions_for(
     env: &[(&str, String)],
     mode: Mode,
     receiver: Option<&Receiver>,
+    agent: bool,
 ) -> u64 {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("callgrind.out");
@@ -733,6 +780,13 @@ async fn instructions_for(
         .expect("valgrind runs (Debian: apt-get install valgrind)");
     let url = crate::processes::listening_url(&mut child, Duration::from_secs(120));
     let client = reqwest::Client::new();
+    if agent {
+        // A default agent for the tenant of the turns (tenant-1), with the environment's settings.
+        let (tenant, _) = crate::load::Traffic::who(1);
+        let body = json!({"systemPrompt": "You are a helpful assistant.", "default": true});
+        let r = client.put(format!("{url}/agent/tenants/{tenant}/agents/desk")).json(&body).send().await;
+        assert!(r.is_ok_and(|r| r.status().is_success()), "the agent is created");
+    }
     let mut session: Option<String> = None;
     for _ in 0..turns {
         // One tenant, user and short message throughout: one session of `turns` turns.
@@ -756,8 +810,8 @@ async fn instructions_for(
 pub async fn instructions(bin: &std::path::Path, mock: SocketAddr, report: &mut Report) {
     const TURNS: u64 = 200;
     let per_turn = |base: u64, with: u64| with.saturating_sub(base) as f64 / TURNS as f64;
-    let base = instructions_for(bin, 0, &[], Mode::Json, None).await;
-    let echo = per_turn(base, instructions_for(bin, TURNS, &[], Mode::Json, None).await);
+    let base = instructions_for(bin, 0, &[], Mode::Json, None, false).await;
+    let echo = per_turn(base, instructions_for(bin, TURNS, &[], Mode::Json, None, false).await);
     report.row(
         "14. instructions per JSON turn (callgrind; SQLite, echo, short messages)",
         format!("{:.0} thousand", echo / 1000.0),
@@ -766,14 +820,23 @@ pub async fn instructions(bin: &std::path::Path, mock: SocketAddr, report: &mut 
     );
     // The same with the mock model (20 tokens), for the new features' costs without timing noise.
     let model = model_env(mock);
-    let base = instructions_for(bin, 0, &model, Mode::Json, None).await;
-    let json_turn = per_turn(base, instructions_for(bin, TURNS, &model, Mode::Json, None).await);
-    let streamed = per_turn(base, instructions_for(bin, TURNS, &model, Mode::Streamed, None).await);
+    let base = instructions_for(bin, 0, &model, Mode::Json, None, false).await;
+    let json_turn = per_turn(base, instructions_for(bin, TURNS, &model, Mode::Json, None, false).await);
+    let streamed = per_turn(base, instructions_for(bin, TURNS, &model, Mode::Streamed, None, false).await);
     let receiver = Receiver::start().await;
     let mut hooked_env = model.clone();
     hooked_env.extend(receiver.env());
-    let hooked_base = instructions_for(bin, 0, &hooked_env, Mode::Json, None).await;
-    let hooked = per_turn(hooked_base, instructions_for(bin, TURNS, &hooked_env, Mode::Json, Some(&receiver)).await);
+    let hooked_base = instructions_for(bin, 0, &hooked_env, Mode::Json, None, false).await;
+    let hooked =
+        per_turn(hooked_base, instructions_for(bin, TURNS, &hooked_env, Mode::Json, Some(&receiver), false).await);
+    let agent_base = instructions_for(bin, 0, &model, Mode::Json, None, true).await;
+    let with_agent = per_turn(agent_base, instructions_for(bin, TURNS, &model, Mode::Json, None, true).await);
+    report.row(
+        "16. instructions per JSON turn, mock model: with a tenant agent / without",
+        format!("{:.0} / {:.0} thousand = {:.3}x", with_agent / 1000.0, json_turn / 1000.0, with_agent / json_turn),
+        "≤ 1.05x",
+        Some(with_agent / json_turn <= 1.05),
+    );
     report.row(
         "14. instructions per turn, mock model (20 tokens): JSON / streamed / JSON with a webhook",
         format!(
@@ -789,7 +852,7 @@ pub async fn instructions(bin: &std::path::Path, mock: SocketAddr, report: &mut 
     );
     report.json.insert(
         "instructions".into(),
-        json!({"echo_json": echo, "json": json_turn, "streamed": streamed, "webhook": hooked}),
+        json!({"echo_json": echo, "json": json_turn, "streamed": streamed, "webhook": hooked, "agent": with_agent}),
     );
 }
 

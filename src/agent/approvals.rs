@@ -182,8 +182,10 @@ impl Agent {
         let decided = |status: ActionStatus| decided(action_id, status);
         let call = ToolCall { id: action.id.clone(), name: action.tool.clone(), arguments: action.arguments.clone() };
         let ctx = Self::tool_context(tenant, &session.user_id, session.location_id.as_ref());
-        // The session's agent decides which tools run and answers after the decision.
-        let persona = self.agents.pick(tenant, None, super::flow::session_agent(session).as_ref()).await?;
+        // The agent that proposed the action decides which tools run and answers after the decision.
+        let proposer = message.metadata.as_ref().and_then(|m| m.get("agentId")).and_then(serde_json::Value::as_str);
+        let proposer = proposer.and_then(|id| crate::ids::AgentId::parse(id).ok());
+        let persona = self.agents.exact(tenant, proposer.as_ref()).await?;
         let resolved = match action.status {
             ActionStatus::PendingApproval => {
                 let mut claimed = action.clone();

@@ -133,9 +133,11 @@ impl Agent {
             return Ok(Place::Continue(id.clone()));
         }
         let lock = self.session_start_lock(&req.tenant, &req.user).lock_owned().await;
+        // A turn naming another agent than the active session's starts a session of its own.
+        let fits = |s: &Session| req.agent.is_none() || session_agent(s).is_none_or(|a| Some(&a) == req.agent.as_ref());
         match self.store.find_active_session(&req.tenant, &req.user).await? {
-            Some(active) if !self.is_idle(&active) => Ok(Place::Continue(active.id)),
-            idle => Ok(Place::New { idle: idle.map(Box::new), _lock: lock }),
+            Some(active) if !self.is_idle(&active) && fits(&active) => Ok(Place::Continue(active.id)),
+            other => Ok(Place::New { idle: other.map(Box::new), _lock: lock }),
         }
     }
 

@@ -84,6 +84,9 @@ struct Known {
     agents: Arc<Vec<StoredAgent>>,
 }
 
+/// A persona's key: tenant, agent, version and `updatedAt`.
+type PersonaKey = (TenantId, AgentId, u64, String);
+
 /// What this process follows of the change log.
 #[derive(Default)]
 struct Watch {
@@ -101,7 +104,8 @@ pub struct Directory {
     server: ServerAgent,
     known: Mutex<HashMap<TenantId, Known>>,
     watch: Mutex<Watch>,
-    personas: Mutex<HashMap<(TenantId, AgentId, u64), Arc<Persona>>>,
+    /// By tenant, agent, version and `updatedAt` (a deleted and recreated agent starts at version 1).
+    personas: Mutex<HashMap<PersonaKey, Arc<Persona>>>,
 }
 
 impl Directory {
@@ -196,7 +200,7 @@ impl Directory {
     /// Forgets what this process knows of a tenant's agents (after they changed).
     pub fn forget(&self, tenant: &TenantId) {
         self.lock_known().remove(tenant);
-        self.personas.lock().unwrap_or_else(|p| p.into_inner()).retain(|(t, _, _), _| t != tenant);
+        self.personas.lock().unwrap_or_else(|p| p.into_inner()).retain(|(t, _, _, _), _| t != tenant);
     }
 
     fn lock_known(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Known>> {
@@ -211,12 +215,14 @@ impl Directory {
         named: Option<&AgentId>,
         session_agent: Option<&AgentId>,
     ) -> Result<Arc<Persona>, PickError> {
+        let agents = self.agents(tenant).await?;
+        // A session runs as the agent it started with, while that agent exists.
         if let (Some(named), Some(had)) = (named, session_agent)
             && named != had
+            && agents.iter().any(|a| &a.id == had)
         {
             return Err(PickError::Mismatch { session_agent: had.clone() });
         }
-        let agents = self.agents(tenant).await?;
         let chosen = match (named, session_agent) {
             (Some(id), _) => Some(agents.iter().find(|a| &a.id == id).ok_or_else(|| PickError::NotFound(id.clone()))?),
             // A session whose agent was deleted goes on with the tenant's default.
@@ -229,16 +235,27 @@ impl Directory {
         }
     }
 
+    /// Exactly this agent of the tenant (`None`: the environment's), for the turn that follows an
+    /// approval, which runs as the agent that proposed the action.
+    pub async fn exact(&self, tenant: &TenantId, agent: Option<&AgentId>) -> Result<Arc<Persona>, PickError> {
+        let Some(id) = agent else { return Ok(self.server.persona.clone()) };
+        let agents = self.agents(tenant).await?;
+        match agents.iter().find(|a| &a.id == id) {
+            Some(agent) => Ok(self.persona(agent).await),
+            None => Err(PickError::NotFound(id.clone())),
+        }
+    }
+
     /// The persona of one version of an agent, built once.
     async fn persona(&self, agent: &StoredAgent) -> Arc<Persona> {
-        let key = (agent.tenant_id.clone(), agent.id.clone(), agent.version);
+        let key = (agent.tenant_id.clone(), agent.id.clone(), agent.version, agent.updated_at.as_str().to_string());
         if let Some(p) = self.personas.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return p.clone();
         }
         let built = Arc::new(self.build(agent).await);
         let mut personas = self.personas.lock().unwrap_or_else(|p| p.into_inner());
         // Older versions of this agent are not used any more.
-        personas.retain(|(t, id, _), _| !(t == &key.0 && id == &key.1));
+        personas.retain(|(t, id, _, _), _| !(t == &key.0 && id == &key.1));
         personas.insert(key, built.clone());
         built
     }

@@ -48,15 +48,26 @@ pub async fn put(
     if existing.is_none() && store.list_agents(tenant).await?.len() >= MAX_AGENTS {
         return Err(ManageError::Conflict(format!("a tenant has at most {MAX_AGENTS} agents")));
     }
-    let kept_key = existing.as_ref().and_then(|a| a.key()).map(str::to_string);
-    match spec.business_api.as_mut() {
-        Some(api) if api.key.is_none() => api.key = kept_key,
-        Some(api) if api.key.as_deref() == Some("") => api.key = None,
-        Some(_) => {}
-        None if kept_key.is_some() => {
-            spec.business_api = Some(super::BusinessApiSpec { url: None, key: kept_key });
+    // The key is write-only: left out, the stored one stays, but only for the same origin (a key
+    // must never follow a URL to another host); `""` removes it.
+    let stored = existing.as_ref().and_then(|a| a.spec.business_api.clone()).filter(|b| b.key.is_some());
+    if let Some(api) = spec.business_api.as_mut() {
+        match api.key.as_deref() {
+            Some("") => api.key = None,
+            Some(_) => {}
+            None => {
+                if let Some(stored) = stored {
+                    if !same_origin(stored.url.as_deref(), api.url.as_deref()) {
+                        return Err(ManageError::Invalid(FieldError {
+                            field: "businessApi.key",
+                            message: "businessApi.url is on another host now: give its key again (or \"\" for none)"
+                                .into(),
+                        }));
+                    }
+                    api.key = stored.key;
+                }
+            }
         }
-        None => {}
     }
     let now = Timestamp::now();
     let agent = StoredAgent {
@@ -87,7 +98,7 @@ pub async fn put(
         }
     }
     // Every server drops what it cached of the tenant's agents.
-    store.record_agent_change(tenant, &Timestamp::now()).await?;
+    note_change(store, tenant).await?;
     Ok(Put { agent, created: existing.is_none(), undefaulted })
 }
 
@@ -111,11 +122,32 @@ pub fn deleted(id: &AgentId) -> Change {
     Change::new(EventType::AgentDeleted, None, json!({"agentId": id}))
 }
 
+/// Notes the change for the other servers, trying three times (the agent is written already: a
+/// change they never learn of would be served stale).
+pub async fn note_change(store: &dyn ConversationStore, tenant: &TenantId) -> Result<(), StoreError> {
+    let mut last = None;
+    for attempt in 0..3u64 {
+        match store.record_agent_change(tenant, &Timestamp::now()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100 * (attempt + 1))).await;
+    }
+    Err(last.expect("three attempts"))
+}
+
+/// Whether two URLs have one scheme, host and port.
+fn same_origin(a: Option<&str>, b: Option<&str>) -> bool {
+    let origin =
+        |u: Option<&str>| u.and_then(|u| reqwest::Url::parse(u).ok()).map(|u| u.origin().ascii_serialization());
+    matches!((origin(a), origin(b)), (Some(x), Some(y)) if x == y)
+}
+
 /// Deletes an agent (its sessions keep their messages and their `agentId`); false when none.
 pub async fn delete(store: &dyn ConversationStore, tenant: &TenantId, id: &AgentId) -> Result<bool, StoreError> {
     let deleted = store.delete_agent(tenant, id).await?;
     if deleted {
-        store.record_agent_change(tenant, &Timestamp::now()).await?;
+        note_change(store, tenant).await?;
     }
     Ok(deleted)
 }

@@ -151,6 +151,22 @@ impl StoredAgent {
     }
 }
 
+/// The field a body error names (`serde_path_to_error`'s path, as axum reports it, or the name in
+/// `unknown field` / `missing field`), for a 422 that says which field is wrong.
+pub fn field_of_body_error(text: &str) -> String {
+    let detail = text.split_once("target type: ").map_or(text, |(_, d)| d);
+    let quoted = |s: &str| s.split('`').nth(1).map(str::to_string);
+    match detail.split_once(": ") {
+        Some((path, rest)) if path != "." && !path.contains(' ') => match quoted(rest) {
+            Some(name) if rest.starts_with("unknown field") || rest.starts_with("missing field") => {
+                format!("{path}.{name}")
+            }
+            _ => path.to_string(),
+        },
+        _ => quoted(detail).unwrap_or_default(),
+    }
+}
+
 /// An invalid field: which, and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FieldError {
@@ -213,10 +229,16 @@ impl AgentSpec {
             {
                 return Err(invalid("tools.approval", format!("{a:?} is not one of writes, all, none")));
             }
-            let names = tools.allow.iter().flatten().chain(&tools.deny).chain(tools.resource_types.iter().flatten());
-            for name in names {
-                if name.is_empty() || name.len() > 100 || !name.bytes().all(|b| b.is_ascii_graphic()) {
-                    return Err(invalid("tools", format!("{name:?} is not a tool or resource type name")));
+            let lists: [(&'static str, &[String]); 3] = [
+                ("tools.allow", tools.allow.as_deref().unwrap_or_default()),
+                ("tools.deny", &tools.deny),
+                ("tools.resourceTypes", tools.resource_types.as_deref().unwrap_or_default()),
+            ];
+            for (field, names) in lists {
+                if let Some(bad) =
+                    names.iter().find(|n| n.is_empty() || n.len() > 100 || !n.bytes().all(|b| b.is_ascii_graphic()))
+                {
+                    return Err(invalid(field, format!("{bad:?} is not a tool or resource type name")));
                 }
             }
         }
@@ -230,6 +252,9 @@ impl AgentSpec {
                 && (key.len() > 4096 || key.chars().any(char::is_control))
             {
                 return Err(invalid("businessApi.key", "must be at most 4096 printable characters"));
+            }
+            if api.key.as_deref().is_some_and(|k| !k.is_empty()) && api.url.is_none() {
+                return Err(invalid("businessApi.key", "is sent to businessApi.url: give the URL with the key"));
             }
         }
         if let Some(m) = self.history.as_ref().and_then(|h| h.max_messages)

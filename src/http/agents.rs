@@ -119,21 +119,26 @@ async fn put_agent(
     scope.manages()?;
     let Json(spec) = body.map_err(|e| match e {
         JsonRejection::JsonDataError(e) => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_agent", e.body_text())
+            let text = e.body_text();
+            let field = crate::agents::field_of_body_error(&text);
+            let detail = text.split_once("target type: ").map_or(text.as_str(), |(_, d)| d).to_string();
+            let message = if detail.starts_with(&field) { detail } else { format!("{field}: {detail}") };
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_agent", message).with("field", json!(field))
         }
         other => other.into(),
     })?;
     let directory = state.agent.agents();
-    let put =
-        manage::put(&*state.store, &directory.capabilities(), &tenant, &agent, spec).await.map_err(|e| match e {
-            ManageError::Invalid(f) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_agent", format!("{}: {}", f.field, f.message))
-                    .with("field", json!(f.field))
-            }
-            ManageError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            ManageError::Store(e) => e.into(),
-        })?;
+    let put = manage::put(&*state.store, &directory.capabilities(), &tenant, &agent, spec).await;
+    // Whatever the outcome, this server reads the tenant's agents again.
     directory.forget(&tenant);
+    let put = put.map_err(|e| match e {
+        ManageError::Invalid(f) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_agent", format!("{}: {}", f.field, f.message))
+                .with("field", json!(f.field))
+        }
+        ManageError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+        ManageError::Store(e) => e.into(),
+    })?;
     state.agent.events().record(&tenant, put.changes()).await;
     let status = if put.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(put.agent.view())).into_response())
@@ -154,10 +159,11 @@ async fn delete_agent(
     AgentPath { tenant, agent }: AgentPath,
 ) -> Result<StatusCode, ApiError> {
     scope.manages()?;
-    if !manage::delete(&*state.store, &tenant, &agent).await? {
+    let deleted = manage::delete(&*state.store, &tenant, &agent).await;
+    state.agent.agents().forget(&tenant);
+    if !deleted? {
         return Err(agent_not_found(&agent));
     }
-    state.agent.agents().forget(&tenant);
     state.agent.events().record(&tenant, vec![manage::deleted(&agent)]).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -54,6 +54,10 @@ impl Scope {
     /// The rule above, for a route that names `tenant` and reaches `reach`.
     fn authorize(&self, tenant: &TenantId, reach: Reach<'_>) -> Result<(), ApiError> {
         if self.tenant().is_some_and(|own| own != tenant) {
+            // Another tenant's agents do not exist for this caller.
+            if let Reach::Agents = reach {
+                return Err(ApiError::new(StatusCode::NOT_FOUND, "agent_not_found", "this tenant has no such agent"));
+            }
             return Err(forbidden("the tenant in the path"));
         }
         match (self.bound_user(), reach) {

@@ -119,6 +119,7 @@ fn wants_stream(headers: &HeaderMap, body: &ProcessRequest) -> bool {
 )]
 async fn process(
     State(state): State<AppState>,
+    scope: super::extract::Scope,
     TurnIdentity { tenant, user, location }: TurnIdentity,
     Idempotency(idempotency_key): Idempotency,
     axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
@@ -158,6 +159,15 @@ async fn process(
         .map(crate::ids::AgentId::parse)
         .transpose()
         .map_err(|e| ApiError::bad_request("invalid_body", format!("agentId: {e}")))?;
+    if agent.is_some() && scope.bound_user().is_some() {
+        // An end user runs as its session's agent or the tenant's default: naming one (a staff
+        // agent with wider tools) is for the tenant's own servers.
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            "an end user's credential may not choose the agent (agentId, x-agent-id)",
+        ));
+    }
     let stream = wants_stream(&headers, &body);
     let on_disconnect = body.on_disconnect.unwrap_or_default();
     let turn = TurnRequest {

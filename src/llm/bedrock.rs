@@ -41,11 +41,11 @@ impl BedrockProvider {
                 se.err().message().unwrap_or_default()
             )),
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-                tracing::warn!(error = %DisplayErrorContext(&e), "bedrock unreachable");
+                tracing::warn!(error = %crate::redact::in_text(&DisplayErrorContext(&e).to_string(), ""), "bedrock unreachable");
                 self.failed("cannot connect to the Bedrock endpoint")
             }
             _ => {
-                tracing::warn!(error = %DisplayErrorContext(&e), "bedrock request failed");
+                tracing::warn!(error = %crate::redact::in_text(&DisplayErrorContext(&e).to_string(), ""), "bedrock request failed");
                 self.failed("the request could not be made (check AWS region and credentials)")
             }
         }

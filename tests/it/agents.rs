@@ -59,6 +59,12 @@ async fn agents_are_versioned_resources_with_a_write_only_key(backend: &str) {
     assert_eq!(replaced["version"], 2);
     assert_eq!(replaced["createdAt"], created["createdAt"]);
     assert_eq!(replaced["businessApi"]["keySet"], true);
+    // A key never follows the URL to another host: a new origin needs its key again.
+    let mut moved = front.clone();
+    moved["businessApi"] = json!({"url": "https://elsewhere.example.net/v1"});
+    let (status, refused) = put(&s, "t1", "front", moved).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["error"]["field"], "businessApi.key");
     let staff = json!({"name": "Staff", "systemPrompt": "You help the staff.", "default": true});
     assert_eq!(put(&s, "t1", "staff", staff).await.0, StatusCode::CREATED);
     // One default: the new one cleared the old one (a change: its version moved on).
@@ -80,6 +86,15 @@ async fn agents_are_versioned_resources_with_a_write_only_key(backend: &str) {
     unprocessable(&s, json!({"systemPrompt": "x", "tools": {"approval": "sometimes"}}), "tools.approval").await;
     unprocessable(&s, json!({"systemPrompt": "x", "history": {"maxMessages": 5000}}), "history.maxMessages").await;
     unprocessable(&s, json!({"systemPrompt": "x", "colour": "red"}), "colour").await;
+    for (body, field) in [
+        (json!({"systemPrompt": "x", "model": {"temperature": "hot"}}), "model.temperature"),
+        (json!({"name": "no prompt"}), "systemPrompt"),
+        (json!({"systemPrompt": "x", "tools": {"deny": ["a b"]}}), "tools.deny"),
+    ] {
+        let (status, answer) = put(&s, "t1", "bad", body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
+    }
     for url in ["http://127.0.0.1:9/api", "http://169.254.169.254/latest", "http://[::1]/", "http://localhost/x"] {
         unprocessable(&s, json!({"systemPrompt": "x", "businessApi": {"url": url}}), "businessApi.url").await;
     }
@@ -98,7 +113,9 @@ async fn agents_are_versioned_resources_with_a_write_only_key(backend: &str) {
 }
 
 async fn a_turn_runs_as_the_agent_it_names_or_its_sessions_or_the_default(backend: &str) {
-    let s = TestServer::start(backend, &[]).await;
+    // A business API that is not there: its write tools wait for approval, and then fail.
+    let env = [("API_SERVER_URL", "http://127.0.0.1:9"), ("API_RESOURCE_TYPES", "appointments")];
+    let s = TestServer::start(backend, &env).await;
     // No agents: the environment's agent, as before.
     let plain = ok(turn_request(&s, "t1", "u0").json(&json!({"message": "hi"}))).await;
     assert!(plain["agentMessage"]["metadata"].get("agentId").is_none(), "{plain}");
@@ -137,6 +154,30 @@ async fn a_turn_runs_as_the_agent_it_names_or_its_sessions_or_the_default(backen
     let staff2 = ok(turn_request(&s, "t1", "u3").json(&json!({"message": "more"}))).await;
     assert_eq!(staff2["agentMessage"]["metadata"]["agentId"], "staff", "the session's agent");
     assert!(staff2["response"].as_str().unwrap().contains("[history: 0 messages"), "its own history setting: {staff2}");
+    // Naming another agent than the active session's, without a sessionId: a session of its own.
+    let other =
+        ok(turn_request(&s, "t1", "u1").header("x-agent-id", "staff").json(&json!({"message": "staff?"}))).await;
+    assert_ne!(other["sessionId"], first["sessionId"]);
+    assert_eq!(other["agentMessage"]["metadata"]["agentId"], "staff");
+    // The turn after an approval runs as the agent that proposed the action, not the default;
+    // once that agent is gone, the action waits.
+    let pending = |user: &'static str| {
+        let req = turn_request(&s, "t1", user)
+            .header("x-agent-id", "staff")
+            .json(&json!({"message": "@tool create_resource {\"resourceType\": \"appointments\", \"data\": {}}"}));
+        async move {
+            let r = ok(req).await;
+            assert_eq!(r["status"], "awaiting_approval", "{r}");
+            format!(
+                "/agent/conversations/t1/sessions/{}/actions/{}/approve",
+                r["sessionId"].as_str().unwrap(),
+                r["actions"][0]["id"].as_str().unwrap()
+            )
+        }
+    };
+    let (approve4, approve5) = (pending("u4").await, pending("u5").await);
+    let decided = ok(request(&s, "POST", &approve4)).await;
+    assert_eq!(decided["agentMessage"]["metadata"]["agentId"], "staff", "{decided}");
     // A deleted agent: its session keeps its messages, and goes on as the tenant's default.
     request(&s, "DELETE", &agent_path("t1", "staff")).send().await.unwrap();
     let sid3 = staff2["sessionId"].as_str().unwrap();
@@ -144,6 +185,9 @@ async fn a_turn_runs_as_the_agent_it_names_or_its_sessions_or_the_default(backen
     assert_eq!(msgs.as_array().unwrap().len(), 4);
     let after = ok(turn_request(&s, "t1", "u3").json(&json!({"message": "still?", "sessionId": sid3}))).await;
     assert_eq!(after["agentMessage"]["metadata"]["agentId"], "front");
+    let r = request(&s, "POST", &approve5).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "agent_not_found");
 }
 
 async fn each_tenants_agent_reaches_the_model_with_its_own_prompt_and_model(backend: &str) {
@@ -322,15 +366,28 @@ async fn only_the_tenants_keys_manage_its_agents_and_end_users_see_names() {
     let path = agent_path("t1", "desk");
     assert_eq!(send(&s, "PUT", &path, Some(&t1), &[], Some(body.clone())).await.status(), StatusCode::CREATED);
     assert_eq!(send(&s, "PUT", &path, Some(&admin), &[], Some(body.clone())).await.status(), StatusCode::OK);
-    for (server, who, method) in
-        [(&s, &t2, "GET"), (&s, &t2, "PUT"), (&s, &t2, "DELETE"), (&users, &user, "PUT"), (&users, &user, "DELETE")]
-    {
+    // Another tenant's agents do not exist for a credential; an end user changes nothing.
+    for (server, who, method, status) in [
+        (&s, &t2, "GET", StatusCode::NOT_FOUND),
+        (&s, &t2, "PUT", StatusCode::NOT_FOUND),
+        (&s, &t2, "DELETE", StatusCode::NOT_FOUND),
+        (&users, &user, "PUT", StatusCode::FORBIDDEN),
+        (&users, &user, "DELETE", StatusCode::FORBIDDEN),
+    ] {
         let r = send(server, method, &path, Some(who), &[], (method == "PUT").then(|| body.clone())).await;
-        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{method}");
+        assert_eq!(r.status(), status, "{method}");
         assert!(!r.text().await.unwrap().contains("Private"), "{method}");
     }
     let r = send(&users, "GET", "/agent/tenants/t2/agents", Some(&user), &[], None).await;
-    assert_eq!(r.status(), StatusCode::FORBIDDEN, "another tenant");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "another tenant");
+    // An end user cannot choose the agent its turn runs as.
+    let turn = Some(json!({"message": "hi", "agentId": "desk"}));
+    let r = send(&users, "POST", "/agent/process", Some(&user), &[], turn).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r =
+        send(&users, "POST", "/agent/process", Some(&user), &[("x-agent-id", "desk")], Some(json!({"message": "hi"})))
+            .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let listed: Value =
         send(&users, "GET", "/agent/tenants/t1/agents", Some(&user), &[], None).await.json().await.unwrap();
     assert_eq!(listed, json!([{"id": "desk", "name": "Desk"}]), "an end user sees ids and names only");

@@ -313,7 +313,7 @@ async fn export_from_sqlite_import_into_dynamodb_and_back_keeps_every_conversati
     assert!(export.status.success(), "{}", text(&export));
     let lines = sorted_lines(&export.stdout);
     assert_eq!(lines.len(), 3 + 18);
-    assert!(text(&export).contains("exported 3 sessions and 18 messages"));
+    assert!(text(&export).contains("exported 3 sessions, 18 messages and 0 agents"));
     // One tenant only, gzip.
     let gz = dir.path().join("t1.jsonl.gz");
     let out = cli(dir.path(), &["export", "--tenant", "t1", "--out", gz.to_str().unwrap()], &sqlite_env);
@@ -336,10 +336,11 @@ async fn export_from_sqlite_import_into_dynamodb_and_back_keeps_every_conversati
     ];
     assert!(cli(dir.path(), &["tables", "create"], &dynamo_env).status.success());
     let first = cli(dir.path(), &["import", file.to_str().unwrap()], &dynamo_env);
-    assert!(text(&first).contains("imported 3 sessions and 18 messages"), "{}", text(&first));
+    assert!(text(&first).contains("imported 3 sessions, 18 messages and 0 agents"), "{}", text(&first));
     let second = cli(dir.path(), &["import", file.to_str().unwrap()], &dynamo_env);
     assert!(
-        text(&second).contains("imported 0 sessions and 0 messages") && text(&second).contains("(21 already stored)"),
+        text(&second).contains("imported 0 sessions, 0 messages and 0 agents")
+            && text(&second).contains("(21 already stored)"),
         "{}",
         text(&second)
     );
@@ -349,7 +350,7 @@ async fn export_from_sqlite_import_into_dynamodb_and_back_keeps_every_conversati
     let fresh = dir.path().join("fresh.db");
     let fresh_env = [("STORAGE", "sqlite"), ("SQLITE_PATH", fresh.to_str().unwrap())];
     let imported = cli(dir.path(), &["import", gz.to_str().unwrap()], &fresh_env);
-    assert!(text(&imported).contains("imported 2 sessions and 12 messages"), "{}", text(&imported));
+    assert!(text(&imported).contains("imported 2 sessions, 12 messages and 0 agents"), "{}", text(&imported));
     let s = TestServer::start("sqlite", &[("SQLITE_PATH", fresh.to_str().unwrap())]).await;
     let r = turn(&s, "t1", "u1", "continue").await;
     assert!(r["response"].as_str().unwrap().contains("history: 6 messages"), "{r}");

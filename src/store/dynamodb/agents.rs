@@ -2,8 +2,8 @@
 //! <tenantId>` (a space, which no session id has), range key `tenantId` = the agent's id, the agent
 //! as JSON in `body` and its `version` (N) for conditional replaces. No `userId`, so
 //! `TenantUserIndex` does not hold them; read with a strongly consistent Query of the partition.
-//! Every change is also noted in the partition `agents changes` (range key `<at> <tenantId>`, an
-//! hour of TTL), which each server queries for what is newer than it has seen.
+//! Every change is also noted in the partition `agent-changes log` (range key `<at> <tenantId>`, an
+//! hour of TTL; a name no tenant's agents partition can take), which each server queries for what is newer than it has seen.
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
@@ -16,7 +16,7 @@ use crate::store::{StoreError, StoreResult};
 use crate::timestamp::Timestamp;
 
 /// The partition of the agents' change log: range key `<at> <tenantId>`, kept an hour (TTL).
-const CHANGES: &str = "agents changes";
+const CHANGES: &str = "agent-changes log";
 
 fn partition(tenant: &TenantId) -> AttributeValue {
     s(format!("agents {}", tenant.as_str()))
@@ -151,8 +151,9 @@ impl DynamoStore {
                 .send()
                 .await
                 .map_err(|e| map_err(&self.sessions, "Scan", e))?;
-            for item in out.items.unwrap_or_default() {
-                agents.push(from_body(&item)?);
+            // Only agents have a `body` in those partitions.
+            for item in out.items.unwrap_or_default().iter().filter(|i| i.contains_key("body")) {
+                agents.push(from_body(item)?);
             }
             match out.last_evaluated_key {
                 Some(key) => start = Some(key),

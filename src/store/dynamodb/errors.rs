@@ -60,14 +60,24 @@ where
             }
         }
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            tracing::error!(table, action, error = %aws_sdk_dynamodb::error::DisplayErrorContext(&e), "DynamoDB unreachable");
+            tracing::error!(table, action, error = %logged(&e), "DynamoDB unreachable");
             StoreError::Unavailable(format!("DynamoDB endpoint is unreachable (dynamodb:{action} on table {table})"))
         }
         _ => {
-            tracing::error!(table, action, error = %aws_sdk_dynamodb::error::DisplayErrorContext(&e), "DynamoDB request failed");
+            tracing::error!(table, action, error = %logged(&e), "DynamoDB request failed");
             StoreError::Unavailable(format!(
                 "DynamoDB request dynamodb:{action} on table {table} could not be made (check AWS region and credentials)"
             ))
         }
     }
+}
+
+/// The SDK's whole error chain for the log, with the credentials of any URL in it (a custom
+/// endpoint's userinfo or query) masked.
+fn logged<E, R>(e: &SdkError<E, R>) -> String
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: Debug,
+{
+    crate::redact::in_text(&aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string(), "")
 }
