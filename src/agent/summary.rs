@@ -15,6 +15,7 @@ use serde_json::json;
 
 use super::Agent;
 use super::turn::TurnError;
+use crate::agents::directory::Persona;
 use crate::events::{Change, EventType};
 use crate::ids::{SessionId, TenantId};
 use crate::llm::{ModelError, ModelRequest, Provider};
@@ -89,8 +90,9 @@ fn echo_summary(previous: Option<&str>, folded: &[Message]) -> String {
 }
 
 impl Agent {
-    fn summarizer(&self) -> &Provider {
-        self.summarizer.as_ref().unwrap_or(self.provider())
+    /// `CONTEXT_SUMMARY_MODEL`'s provider, else the session's agent's.
+    fn summarizer<'a>(&'a self, persona: &'a Persona) -> &'a Provider {
+        self.summarizer.as_ref().unwrap_or(&persona.provider)
     }
 
     /// After a turn that found its context due (the history filled the window or passed the
@@ -107,8 +109,7 @@ impl Agent {
         tokio::spawn(async move {
             // A run in the background folds at least half of what it keeps: a summary is never
             // rewritten for a message or two.
-            let min_fold = (agent.keep() / 2).max(2);
-            let result = agent.fold(&tenant, &session, min_fold).await;
+            let result = agent.fold(&tenant, &session, None).await;
             if result.is_err() {
                 metrics::counter!("context_summary_failures_total").increment(1);
             }
@@ -122,28 +123,37 @@ impl Agent {
     /// The newest messages a summary leaves verbatim: `CONTEXT_SUMMARY_KEEP_MESSAGES`, but at most
     /// half the history window, so that what is kept is always shown and the window does not fill
     /// again at once.
-    fn keep(&self) -> usize {
-        let window = self.settings.history_max_messages;
-        let keep = self.settings.summary_keep_messages;
+    fn keep(persona: &Persona) -> usize {
+        let window = persona.history_max_messages;
+        let keep = persona.summary_keep_messages;
         if window == 0 { keep } else { keep.min((window / 2).max(2)) }
     }
 
     /// Folds the session's messages past its summary (all but the newest kept ones) into a new
     /// summary, when there are at least `min_fold` to fold; on demand, any.
     pub async fn summarize(&self, tenant: &TenantId, session_id: &SessionId) -> Result<Summarized, TurnError> {
-        self.fold(tenant, session_id, 1).await.inspect_err(|_| {
+        self.fold(tenant, session_id, Some(1)).await.inspect_err(|_| {
             metrics::counter!("context_summary_failures_total").increment(1);
         })
     }
 
-    async fn fold(&self, tenant: &TenantId, session_id: &SessionId, min_fold: usize) -> Result<Summarized, TurnError> {
+    /// `min_fold`: `None` for half of what is kept (at least 2).
+    async fn fold(
+        &self,
+        tenant: &TenantId,
+        session_id: &SessionId,
+        min_fold: Option<usize>,
+    ) -> Result<Summarized, TurnError> {
         let session = self
             .store
             .get_session(tenant, session_id)
             .await?
             .ok_or_else(|| StoreError::session_not_found(session_id))?;
+        // The session's agent decides what is kept, and its model writes the summary.
+        let persona = self.agents.pick(tenant, None, super::flow::session_agent(&session).as_ref()).await?;
         let previous = session.context_summary.clone();
-        let keep = self.keep();
+        let keep = Self::keep(&persona);
+        let min_fold = min_fold.unwrap_or((keep / 2).max(2));
         // The messages past the summary, oldest first, as many as one run folds and keeps.
         let mut query = MessageQuery { limit: 100, order: Order::Asc, ..Default::default() };
         if let Some(p) = &previous {
@@ -179,7 +189,7 @@ impl Agent {
         let folded = &pending[..cut];
         let folded_chars: usize = folded.iter().map(|m| m.content.chars().count()).sum();
         let tokens_before = previous.as_ref().map_or(0, |p| p.tokens_after) + estimate_tokens(folded_chars);
-        let (text, model, reported_out) = match self.summarizer() {
+        let (text, model, reported_out) = match self.summarizer(&persona) {
             Provider::Echo(_) => {
                 (echo_summary(previous.as_ref().map(|p| p.text.as_str()), folded), "echo".to_string(), None)
             }

@@ -442,3 +442,28 @@ async fn agents_are_managed_and_carried_by_the_command_line() {
     assert!(deleted.status.success());
     assert!(!crate::support::text(&cli(&["agents", "list", "--tenant", "t1"])).contains("desk"));
 }
+
+/// A session's context summary follows its agent's settings: the agent's history window triggers
+/// it, and it keeps the agent's `summary.keepMessages` newest messages verbatim.
+#[tokio::test]
+async fn a_sessions_summary_follows_its_agents_settings() {
+    let s = TestServer::start("sqlite", &[]).await;
+    let agent = json!({"systemPrompt": "Brief.", "default": true, "history": {"maxMessages": 10},
+        "summary": {"triggerTokens": 100000, "keepMessages": 4}});
+    put(&s, "t1", "brief", agent).await;
+    let first = ok(turn_request(&s, "t1", "u1").json(&json!({"message": "turn 0"}))).await;
+    let sid = first["sessionId"].as_str().unwrap().to_string();
+    for i in 1..20 {
+        ok(turn_request(&s, "t1", "u1").json(&json!({"message": format!("turn {i}"), "sessionId": sid}))).await;
+    }
+    let path = format!("/agent/conversations/t1/sessions/{sid}");
+    ok(request(&s, "POST", &format!("{path}/summarize"))).await;
+    let messages = ok_json(get(&s, &format!("{path}/messages?order=asc&limit=100")).await).await;
+    let messages = messages.as_array().unwrap();
+    assert_eq!(messages.len(), 40);
+    let session = ok_json(get(&s, &path).await).await;
+    assert_eq!(
+        session["contextSummary"]["coversThroughMessageId"], messages[35]["id"],
+        "the 4 newest messages stay verbatim (the server's default would keep 20): {session}"
+    );
+}
