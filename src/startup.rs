@@ -47,9 +47,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         turn_events_ttl: config.turn_events_ttl,
         summary_trigger_tokens: config.summary.trigger_tokens,
         summary_keep_messages: config.summary.keep_messages,
-        erasure_sweep_delay: config
-            .erasure_sweep_delay
-            .unwrap_or(config.llm_timeout * (config.tools.max_steps as u32 + 2) + Duration::from_secs(30)),
+        erasure_sweep_delay: config.erasure_sweep_delay.unwrap_or(
+            config.llm_timeout * (config.tools.max_steps as u32 + 2)
+                + config.tools.timeout * config.tools.max_steps as u32
+                + Duration::from_secs(30),
+        ),
     };
     let storage = store.describe();
     let rate_limit = config.rate_limit_per_minute.and_then(TenantRateLimit::per_minute);

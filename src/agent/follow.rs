@@ -108,7 +108,7 @@ impl Agent {
             let turn = record.turn_id.clone();
             match self.settle_abandoned(record).await {
                 Ok(r) if r.status == TurnStatus::Interrupted => settled += 1,
-                Ok(_) => {}
+                Ok(_) | Err(TurnError::Erased) => {}
                 Err(e) => tracing::warn!(error = %e, %turn, "could not settle a turn whose server stopped"),
             }
         }
@@ -329,10 +329,10 @@ impl Agent {
     /// settles it (a conditional write); the others read the result.
     pub(super) async fn settle_abandoned(&self, mut record: TurnRecord) -> Result<TurnRecord, TurnError> {
         let (tenant, turn) = (record.tenant_id.clone(), record.turn_id.clone());
-        record.status = TurnStatus::Interrupted;
-        record.updated_at = Timestamp::now();
-        if !self.store.save_turn(&record, &[], &[TurnStatus::Running]).await? {
-            return self.store.get_turn(&tenant, &turn).await?.ok_or_else(|| not_found(&turn));
+        // A turn of a user or session erased meanwhile stores nothing: its record goes.
+        if self.lost_to_erasure(&tenant, &record.user_id, Some(&record.session_id), &record.created_at) {
+            self.store.delete_turn(&tenant, &turn, &[]).await?;
+            return Err(TurnError::Erased);
         }
         let partial: String = record
             .events
@@ -352,12 +352,31 @@ impl Agent {
             Instant::now(),
             Some("server_stopped"),
         );
-        let agent = match self.store_settled(&mut record, new).await {
-            Ok(agent) => agent,
-            Err(e) => {
-                tracing::warn!(error = %e, %turn, "an abandoned turn's partial reply could not be stored");
-                return Ok(record);
+        let claim = |record: &mut TurnRecord| {
+            record.status = TurnStatus::Interrupted;
+            record.updated_at = Timestamp::now();
+        };
+        // Messages with fixed ids and places are stored first (a repeat stores nothing twice, and a
+        // failure leaves the turn running, for the next sweep); a first turn whose session does not
+        // exist yet is claimed first, so that one settler starts it.
+        let places_fixed = record.pending_user.is_none() || record.reserved.len() == 2;
+        let agent = if places_fixed {
+            let agent = self.store_settled(&mut record, new).await?;
+            claim(&mut record);
+            if !self.store.save_turn(&record, &[], &[TurnStatus::Running]).await? {
+                return self.store.get_turn(&tenant, &turn).await?.ok_or_else(|| not_found(&turn));
             }
+            agent
+        } else {
+            let mut claimed = record.clone();
+            claim(&mut claimed);
+            if !self.store.save_turn(&claimed, &[], &[TurnStatus::Running]).await? {
+                return self.store.get_turn(&tenant, &turn).await?.ok_or_else(|| not_found(&turn));
+            }
+            let agent = self.store_settled(&mut record, new).await?;
+            record.status = claimed.status;
+            record.updated_at = claimed.updated_at;
+            agent
         };
         let user = self.store.get_message(&tenant, &turn).await?;
         let mut outcome = messages::outcome(turn.clone(), user, agent);

@@ -71,6 +71,7 @@ impl Agent {
                 Some(agent) => Some(agent),
                 None => self.store.get_message(&req.tenant, &agent_id).await?,
             };
+            let failed = record.status == TurnStatus::Failed;
             return Ok(match (user, agent) {
                 (Some(user), Some(agent)) => {
                     let mut outcome = messages::outcome(turn_id.clone(), Some(user), agent);
@@ -79,12 +80,15 @@ impl Agent {
                     }
                     Prior::Started(Started::Replayed(Box::new(outcome)))
                 }
-                (Some(user), _) => Prior::Rerun(user),
-                (None, _) => {
+                (Some(user), _) if failed => Prior::Rerun(user),
+                (None, _) if failed => {
                     // A JSON attempt that failed stored only its record: it gives way to this one.
                     self.store.delete_turn(&req.tenant, turn_id, &[]).await?;
                     Prior::None
                 }
+                // Ended but its messages are not all stored yet (it is being settled elsewhere):
+                // never run again, wait.
+                _ => return Err(TurnError::InProgress(turn_id.clone())),
             });
         }
         let Some(user) = user else {

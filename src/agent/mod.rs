@@ -56,7 +56,8 @@ pub struct AgentSettings {
     /// `CONTEXT_SUMMARY_KEEP_MESSAGES`: the newest messages a summary leaves verbatim.
     pub summary_keep_messages: usize,
     /// `ERASURE_SWEEP_DELAY_SECONDS`: how long after an erasure its second pass runs (by default
-    /// once the longest turn has surely ended: `LLM_TIMEOUT_SECONDS` x (`AGENT_MAX_TOOL_STEPS` + 2) + 30 s).
+    /// once the longest turn has surely ended: `LLM_TIMEOUT_SECONDS` x (`AGENT_MAX_TOOL_STEPS` + 2) +
+    /// `TOOL_TIMEOUT_SECONDS` x `AGENT_MAX_TOOL_STEPS` + 30 s).
     pub erasure_sweep_delay: Duration,
 }
 
