@@ -203,8 +203,8 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// A turn record with its events, read consistently, even past its `expiresAt` (the caller
     /// answers 410 then); `None` when there is none for this tenant.
     async fn get_turn(&self, tenant: &TenantId, id: &MessageId) -> StoreResult<Option<TurnRecord>>;
-    /// Running turn records of every tenant created before `started_before`, at most `limit`: the
-    /// sweep settles those whose server died (their lease lapsed) without waiting for a reader.
+    /// Running turn records of every tenant created before `started_before` whose lease lapsed (their
+    /// server died), at most `limit`: the sweep settles them without waiting for a reader.
     async fn running_turns(&self, started_before: &Timestamp, limit: usize) -> StoreResult<Vec<TurnRecord>>;
     /// Saves the record's status, ids, error, lease and last event id and appends `events`, only
     /// while the stored status is one of `from`; false when it is not, or the record is gone (the

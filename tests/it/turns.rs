@@ -130,9 +130,20 @@ async fn slow_stream(s: &TestServer, body: Value) -> (String, String, u64, Body)
 
 const LONG: &str = "a long answer that streams slowly in many chunks so that there is time";
 
+/// Event ids 1, 2, 3, ... without a gap, and the text of their deltas.
+fn contiguous_text(events: &[(u64, String, Value)]) -> String {
+    let ids: Vec<u64> = events.iter().map(|e| e.0).collect();
+    assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>(), "event ids without gaps or repeats");
+    events.iter().filter(|e| e.1 == "delta").map(|e| e.2["text"].as_str().unwrap()).collect()
+}
+
 async fn a_dropped_stream_goes_on_and_resumes_from_its_last_event(backend: &str) {
     let s = TestServer::start(backend, &[SLOW]).await;
-    let (sid, turn, last, stream) = slow_stream(&s, json!({"message": LONG})).await;
+    let r = turn_request(&s, "t1", "u1").header("accept", "text/event-stream").json(&json!({"message": LONG}));
+    let mut stream: Body = Box::pin(r.send().await.unwrap().bytes_stream());
+    let before = parse_sse_ids(&until_event(&mut stream, "delta").await);
+    let (sid, turn) = (before[0].2["sessionId"].as_str().unwrap(), before[0].2["turnId"].as_str().unwrap());
+    let (sid, turn, last) = (sid.to_string(), turn.to_string(), before.last().unwrap().0);
     drop(stream); // the connection drops; the turn goes on (onDisconnect: continue)
     let resumed = request(&s, "GET", &(turn_path("t1", &sid, &turn) + "/events"))
         .header("last-event-id", last.to_string())
@@ -146,13 +157,17 @@ async fn a_dropped_stream_goes_on_and_resumes_from_its_last_event(backend: &str)
     assert_eq!(done["status"], "completed");
     let full = format!("Echo: {LONG} [history: 0 messages; context: none]");
     assert_eq!(done["response"], full.as_str());
+    // What the client saw before the drop and after the resume joins up: every event once, in
+    // order, and the deltas make the whole reply.
+    let seen: Vec<(u64, String, Value)> = before.iter().cloned().chain(events.iter().cloned()).collect();
+    assert_eq!(contiguous_text(&seen), full);
     let msgs = ok_json(get(&s, &format!("/agent/conversations/t1/sessions/{sid}/messages?order=asc")).await).await;
     assert_eq!(msgs.as_array().unwrap().len(), 2);
     assert_eq!(msgs[1]["content"], full.as_str());
     assert!(msgs[1]["metadata"].get("interrupted").is_none());
     // The whole stream again, from the start, ends with the same `done`.
     let again = parse_sse_ids(&events_text(get(&s, &(turn_path("t1", &sid, &turn) + "/events")).await).await);
-    assert_eq!(again.first().unwrap().0, 1);
+    assert_eq!(contiguous_text(&again), full);
     assert_eq!(&again.last().unwrap().2, done);
     let view = ok_json(get(&s, &turn_path("t1", &sid, &turn)).await).await;
     assert_eq!(view["status"], "completed");
@@ -186,7 +201,9 @@ async fn cancel_stops_a_running_turn_and_keeps_its_partial_reply(backend: &str) 
 }
 
 async fn idempotency_keys_belong_to_one_user_and_one_request(backend: &str) {
-    let s = TestServer::start(backend, &[]).await;
+    // A recording model: a retry that ran the turn again would call it again.
+    let mock = OpenAiMock::start().await;
+    let s = TestServer::start(backend, &[("LLM_PROVIDER", "openai"), ("OPENAI_BASE_URL", &mock.url)]).await;
     let post = |user: &'static str, key: &'static str, body: Value| {
         turn_request(&s, "t1", user).header("idempotency-key", key).json(&body)
     };
@@ -207,12 +224,14 @@ async fn idempotency_keys_belong_to_one_user_and_one_request(backend: &str) {
         let text = r.text().await.unwrap();
         assert!(text.contains("idempotency_key_reused") && !text.contains("secret"), "{text}");
     }
-    // The same request again: the first answer.
+    // The same request again: the first answer, and the model is not asked again.
+    let calls = mock.calls();
     assert_eq!(ok(post("u1", "k-1", json!({"message": "my secret plan"}))).await, first);
     // Streamed, the retry replays it as events ending with the same `done`.
     let r = post("u1", "k-1", json!({"message": "my secret plan", "stream": true})).send().await.unwrap();
     let events = parse_sse_ids(&events_text(r).await);
     assert_eq!(events.last().unwrap().2, first);
+    assert_eq!(mock.calls(), calls, "a retry replays; it never runs the turn again");
 }
 
 async fn a_failed_streamed_turn_runs_again_on_its_stored_message(backend: &str) {

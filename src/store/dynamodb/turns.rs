@@ -84,39 +84,52 @@ impl DynamoStore {
         created
     }
 
-    /// The registry's entries created before `before`, read consistently, with the records that
-    /// are still running; an entry whose record ended or is gone is deleted on the way.
+    /// The registry's entries created before `before`, read consistently, page by page, with the
+    /// records still running whose lease lapsed (at most `limit`; live ones do not count); an entry
+    /// whose record ended or is gone is deleted on the way.
     pub(super) async fn read_running(&self, before: &Timestamp, limit: usize) -> StoreResult<Vec<TurnRecord>> {
+        let now_ms = crate::timestamp::now_micros() / 1000;
         let mut found = Vec::new();
         for shard in 0..RUNNING_SHARDS {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.sessions)
-                .key_condition_expression("id = :id AND tenantId < :before")
-                .expression_attribute_values(":id", s(format!("running {shard}")))
-                .expression_attribute_values(":before", s(before.as_str()))
-                .consistent_read(true)
-                .limit(limit.clamp(1, 1000) as i32)
-                .send()
-                .await
-                .map_err(|e| map_err(&self.sessions, "Query", e))?;
-            for entry in out.items.unwrap_or_default() {
-                let text = |name: &str| match entry.get(name) {
-                    Some(AttributeValue::S(v)) => Some(v.clone()),
-                    _ => None,
-                };
-                let (Some(tenant), Some(turn), Some(key)) = (text("turnTenant"), text("turnId"), text("tenantId"))
-                else {
-                    continue;
-                };
-                let (Ok(tenant), Ok(turn)) = (TenantId::parse(tenant), MessageId::parse(turn)) else { continue };
-                match self.read_turn(&tenant, &turn).await? {
-                    Some(record) if record.status == TurnStatus::Running => found.push(record),
-                    _ => self.delete_entry(s(format!("running {shard}")), s(key)).await?,
+            let mut start = None;
+            loop {
+                let out = self
+                    .client
+                    .query()
+                    .table_name(&self.sessions)
+                    .key_condition_expression("id = :id AND tenantId < :before")
+                    .expression_attribute_values(":id", s(format!("running {shard}")))
+                    .expression_attribute_values(":before", s(before.as_str()))
+                    .consistent_read(true)
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(|e| map_err(&self.sessions, "Query", e))?;
+                for entry in out.items.unwrap_or_default() {
+                    let text = |name: &str| match entry.get(name) {
+                        Some(AttributeValue::S(v)) => Some(v.clone()),
+                        _ => None,
+                    };
+                    let (Some(tenant), Some(turn), Some(key)) = (text("turnTenant"), text("turnId"), text("tenantId"))
+                    else {
+                        continue;
+                    };
+                    let (Ok(tenant), Ok(turn)) = (TenantId::parse(tenant), MessageId::parse(turn)) else { continue };
+                    match self.read_turn(&tenant, &turn).await? {
+                        Some(record) if record.status == TurnStatus::Running => {
+                            if record.lease_until < now_ms {
+                                found.push(record);
+                            }
+                        }
+                        _ => self.delete_entry(s(format!("running {shard}")), s(key)).await?,
+                    }
+                    if found.len() >= limit {
+                        return Ok(found);
+                    }
                 }
-                if found.len() >= limit {
-                    return Ok(found);
+                match out.last_evaluated_key {
+                    Some(key) => start = Some(key),
+                    None => break,
                 }
             }
         }

@@ -39,16 +39,18 @@ pub(super) fn get(conn: &Connection, tenant: &TenantId, id: &MessageId) -> Store
     Ok(Some(turn))
 }
 
-/// Running records of every tenant created before `before`, at most `limit`.
+/// Running records of every tenant created before `before` whose lease lapsed, at most `limit`.
 pub(super) fn running(conn: &Connection, before: &Timestamp, limit: usize) -> StoreResult<Vec<TurnRecord>> {
     let mut statement = conn
         .prepare_cached(
             "SELECT record, events FROM turns WHERE status = 'running' \
-             AND json_extract(record, '$.createdAt') < ?1 LIMIT ?2",
+             AND json_extract(record, '$.createdAt') < ?1 AND json_extract(record, '$.leaseUntil') < ?3 LIMIT ?2",
         )
         .map_err(internal)?;
     let rows = statement
-        .query_map(params![before.as_str(), limit as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .query_map(params![before.as_str(), limit as i64, crate::timestamp::now_micros() / 1000], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
         .map_err(internal)?;
     let mut turns = Vec::new();
     for row in rows {
