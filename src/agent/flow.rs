@@ -350,6 +350,18 @@ impl Agent {
                 let status = if pending { TurnStatus::AwaitingApproval } else { TurnStatus::Completed };
                 (thought, status, None)
             }
+            Thinking::Stopped(StopReason::SettledElsewhere, _) => {
+                // Another server settled this turn (it took it for dead): its stored result stands,
+                // announced there once.
+                tracing::warn!(turn = %turn_id, "the turn was settled as interrupted by another server; it ends so");
+                let agent = self.store.get_message(&req.tenant, &messages::agent_message_id(&turn_id)).await?;
+                let agent = agent.ok_or_else(missing)?;
+                let user = self.store.get_message(&req.tenant, &turn_id).await?;
+                let mut outcome = messages::outcome(turn_id.clone(), user, agent);
+                outcome.status = TurnStatus::Interrupted;
+                live.push("done", json!(TurnAnswer::from(outcome.clone())));
+                return Ok(outcome);
+            }
             Thinking::Stopped(StopReason::Erased, _) => {
                 self.forget(req, &turn_id, user_message.as_ref(), None).await;
                 return Err(TurnError::Erased);

@@ -194,7 +194,9 @@ impl Agent {
             }
             Ok(false) => match self.store.get_turn(&record.tenant_id, &record.turn_id).await {
                 Ok(Some(stored)) if stored.status == TurnStatus::Running => None,
-                // Cancelled through another server, or settled there as interrupted (our lease lapsed).
+                // Settled there as interrupted (our lease lapsed): that is the turn's result.
+                Ok(Some(stored)) if stored.status == TurnStatus::Interrupted => Some(StopReason::SettledElsewhere),
+                // Cancelled through another server.
                 Ok(Some(_)) => Some(StopReason::Cancelled),
                 Ok(None) => match self.store.get_session(&record.tenant_id, &record.session_id).await {
                     // The record is gone but its session is not: it expired; write it again.

@@ -182,6 +182,9 @@ pub enum StopReason {
     Shutdown,
     /// Its user or session is being erased: nothing more is stored.
     Erased,
+    /// Another server took it for dead (its lease lapsed) and settled it as interrupted: that is
+    /// its one result, and this server stores and announces nothing more.
+    SettledElsewhere,
 }
 
 impl StopReason {
@@ -192,6 +195,7 @@ impl StopReason {
             StopReason::ClientGone => ("client_disconnected", TurnStatus::Interrupted),
             StopReason::Shutdown => ("shutdown", TurnStatus::Interrupted),
             StopReason::Erased => ("erased", TurnStatus::Cancelled),
+            StopReason::SettledElsewhere => ("server_stopped", TurnStatus::Interrupted),
         }
     }
 }
