@@ -123,6 +123,8 @@ pub struct Config {
     /// `ERASURE_SWEEP_DELAY_SECONDS`: when an erasure's second pass runs; `None`: once the longest
     /// turn has surely ended.
     pub erasure_sweep_delay: Option<Duration>,
+    /// `TURN_CONCURRENCY`: `parallel` (the default) or `reject`.
+    pub turn_concurrency: crate::agent::Concurrency,
     pub auth: AuthConfig,
     pub api_keys_file: PathBuf,
     /// Requests per minute per tenant; `None` is unlimited.
@@ -551,6 +553,10 @@ impl Config {
             max_body_bytes: parse_num("MAX_BODY_BYTES", 1024 * 1024usize, 1024)?,
             max_message_chars: parse_num("MAX_MESSAGE_CHARS", 32_000usize, 1)?,
             llm_timeout,
+            turn_concurrency: match var("TURN_CONCURRENCY") {
+                None => crate::agent::Concurrency::Parallel,
+                Some(v) => crate::agent::Concurrency::parse(&v).map_err(|m| err("TURN_CONCURRENCY", m))?,
+            },
             erasure_sweep_delay: match var("ERASURE_SWEEP_DELAY_SECONDS") {
                 None => None,
                 Some(_) => Some(Duration::from_secs(parse_num("ERASURE_SWEEP_DELAY_SECONDS", 0u64, 1)?)),

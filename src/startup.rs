@@ -47,6 +47,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         turn_events_ttl: config.turn_events_ttl,
         summary_trigger_tokens: config.summary.trigger_tokens,
         summary_keep_messages: config.summary.keep_messages,
+        turn_concurrency: config.turn_concurrency,
         erasure_sweep_delay: config.erasure_sweep_delay.unwrap_or(
             config.llm_timeout * (config.tools.max_steps as u32 + 2)
                 + config.tools.timeout * config.tools.max_steps as u32

@@ -83,6 +83,12 @@ impl Agent {
     ) {
         let started = Instant::now();
         let result = self.execute(&live, &req, hash.as_deref(), resume).await;
+        if let Some(session) = live.holds() {
+            // The session's next turn may run (its lease would lapse anyway).
+            if let Err(e) = self.store.let_go_session(&req.tenant, &session, &live.turn_id).await {
+                tracing::warn!(error = %e, turn = %live.turn_id, "could not let go of the session; its lease lapses");
+            }
+        }
         crate::telemetry::turn(req.stream, result.is_ok(), started.elapsed());
         if result.is_err() {
             // Recorded before the turn's error is given (a turn that ended announced itself).
@@ -255,6 +261,14 @@ impl Agent {
                         _ => self.store.list_messages(&req.tenant, id, history_query(limit)).await.map(Some),
                     };
                 }
+            }
+            // `reject`: the session's one running turn, or refused (nothing stored).
+            let policy = req.concurrency.or(persona.concurrency).unwrap_or(self.settings.turn_concurrency);
+            if policy == super::Concurrency::Reject
+                && let Err(e) = self.hold(live, &req.tenant, &session.id).await
+            {
+                self.give_back(req, &place, &stamps, Some(&session), None).await;
+                return Err(e);
             }
             let limit = persona.history_max_messages;
             let read = match page {
@@ -510,6 +524,36 @@ impl Agent {
         let own = user_stamp.filter(|u| stamps.len() == 2 && **u == stamps[0]);
         let back_to = own.or(before.and_then(|b| b.last_message_at.as_ref()));
         let _ = self.store.release_turn(&req.tenant, id, last, back_to).await;
+    }
+
+    /// Makes this turn the session's one running turn, renewed every few seconds until the turn
+    /// ends (then `run` lets go of it); another turn holding it is `TurnInProgress`.
+    async fn hold(
+        &self,
+        live: &Arc<LiveTurn>,
+        tenant: &crate::ids::TenantId,
+        session: &SessionId,
+    ) -> Result<(), TurnError> {
+        let until = || now_millis() + LEASE.as_millis() as i64;
+        if let Some(holder) = self.store.hold_session(tenant, session, &live.turn_id, until(), now_millis()).await? {
+            return Err(TurnError::TurnInProgress(holder));
+        }
+        live.set_holds(session);
+        let (store, live, tenant, session) = (self.store.clone(), live.clone(), tenant.clone(), session.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = live.finished() => break,
+                    _ = tokio::time::sleep(LEASE / 4) => {
+                        // Only while it holds it: a renewal never takes the session back.
+                        if !matches!(store.renew_session_hold(&tenant, &session, &live.turn_id, until()).await, Ok(true)) {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Whether an erasure, here or on another server, covers the turn: it then stores nothing.

@@ -22,6 +22,8 @@ struct State {
     result: Option<Result<TurnOutcome, TurnError>>,
     /// The session's context is due for a summary after this turn.
     summary_due: bool,
+    /// The session this turn holds (`concurrency: reject`), let go when it ends.
+    holds: Option<SessionId>,
 }
 
 /// One running turn.
@@ -48,6 +50,15 @@ impl LiveTurn {
 
     pub fn set_session(&self, session: &SessionId) {
         self.state().session = Some(session.clone());
+    }
+
+    /// The session this turn holds as its one running turn, if it does.
+    pub fn holds(&self) -> Option<SessionId> {
+        self.state().holds.clone()
+    }
+
+    pub fn set_holds(&self, session: &SessionId) {
+        self.state().holds = Some(session.clone());
     }
 
     /// Marks the session's context due for a summary once this turn is stored.
@@ -218,6 +229,7 @@ impl LiveTurns {
                 status: TurnStatus::Running,
                 result: None,
                 summary_due: false,
+                holds: None,
             }),
             changed: watch::Sender::new(0),
             stop: watch::Sender::new(None),

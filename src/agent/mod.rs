@@ -32,7 +32,7 @@ use std::time::Duration;
 pub use follow::{ORPHAN_SWEEP_EVERY, TurnEvents, TurnView, replayed_events};
 pub use live::LiveTurn;
 pub use summary::Summarized;
-pub use turn::{OnDisconnect, StopReason, TurnAnswer, TurnError, TurnOutcome, TurnRequest};
+pub use turn::{Concurrency, OnDisconnect, StopReason, TurnAnswer, TurnError, TurnOutcome, TurnRequest};
 
 use crate::agents::directory::{Directory, Persona, ServerAgent};
 use crate::config::{ProviderConfig, ToolsConfig};
@@ -55,6 +55,8 @@ pub struct AgentSettings {
     pub summary_trigger_tokens: Option<u64>,
     /// `CONTEXT_SUMMARY_KEEP_MESSAGES`: the newest messages a summary leaves verbatim.
     pub summary_keep_messages: usize,
+    /// `TURN_CONCURRENCY`: what a turn does when its session has a running turn.
+    pub turn_concurrency: Concurrency,
     /// `ERASURE_SWEEP_DELAY_SECONDS`: how long after an erasure its second pass runs (by default
     /// once the longest turn has surely ended: `LLM_TIMEOUT_SECONDS` x (`AGENT_MAX_TOOL_STEPS` + 2) +
     /// `TOOL_TIMEOUT_SECONDS` x `AGENT_MAX_TOOL_STEPS` + 30 s).
@@ -72,6 +74,7 @@ impl AgentSettings {
             turn_events_ttl: Duration::from_secs(24 * 3600),
             summary_trigger_tokens: None,
             summary_keep_messages: 20,
+            turn_concurrency: Concurrency::Parallel,
             erasure_sweep_delay: Duration::from_secs(60 * 7 + 30),
         }
     }
@@ -132,6 +135,7 @@ impl Agent {
             summary_keep_messages: settings.summary_keep_messages,
             temperature: None,
             max_output_tokens: None,
+            concurrency: None,
         });
         let server = ServerAgent {
             persona,

@@ -1,5 +1,6 @@
 //! What a turn is asked to do, what it gives back, and why it can fail.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::ids::{IdempotencyKey, LocationId, MessageId, SessionId, TenantId, UserId};
@@ -33,6 +34,32 @@ pub struct TurnRequest {
     pub stream: bool,
     /// The tenant's agent the turn asks for (`agentId` in the body, or `x-agent-id`).
     pub agent: Option<crate::ids::AgentId>,
+    /// What to do when the session already has a running turn (`concurrency`); by default the
+    /// agent's setting, else `TURN_CONCURRENCY`.
+    pub concurrency: Option<Concurrency>,
+}
+
+/// What a turn does when its session already has a running turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Concurrency {
+    /// It runs beside the other (each reply right after its own message).
+    #[default]
+    Parallel,
+    /// It is refused with 409 `turn_in_progress` and the running turn's id; nothing is stored.
+    Reject,
+}
+
+impl Concurrency {
+    /// `parallel` or `reject` (`queue` and `interrupt` are named as not available yet).
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "parallel" => Ok(Concurrency::Parallel),
+            "reject" => Ok(Concurrency::Reject),
+            "queue" | "interrupt" => Err(format!("{value:?} is not available yet: use parallel or reject")),
+            other => Err(format!("{other:?} is not one of parallel, reject")),
+        }
+    }
 }
 
 /// A finished turn: its stored messages (no user message for the turn that continues after an
@@ -126,6 +153,9 @@ pub enum TurnError {
     /// The session started with another agent.
     #[error("this session runs as agent {0}; start a new session for another agent")]
     AgentMismatch(crate::ids::AgentId),
+    /// The session has a running turn, and this one asked to be refused then (`reject`).
+    #[error("the session has a running turn ({0}); retry when it ends")]
+    TurnInProgress(MessageId),
 }
 
 impl From<crate::agents::directory::PickError> for TurnError {
@@ -153,6 +183,7 @@ impl TurnError {
             TurnError::Ended(_) => "turn_ended",
             TurnError::AgentNotFound(_) => "agent_not_found",
             TurnError::AgentMismatch(_) => "agent_mismatch",
+            TurnError::TurnInProgress(_) => "turn_in_progress",
         }
     }
 

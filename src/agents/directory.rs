@@ -42,6 +42,8 @@ pub struct Persona {
     pub summary_keep_messages: usize,
     pub temperature: Option<f64>,
     pub max_output_tokens: Option<u32>,
+    /// The agent's `concurrency` (the server's `TURN_CONCURRENCY` when `None`).
+    pub concurrency: Option<crate::agent::Concurrency>,
 }
 
 impl Persona {
@@ -305,6 +307,7 @@ impl Directory {
             summary_keep_messages: summary.keep_messages.unwrap_or(base.summary_keep_messages),
             temperature: model.temperature,
             max_output_tokens: model.max_output_tokens,
+            concurrency: spec.concurrency.as_deref().and_then(|c| crate::agent::Concurrency::parse(c).ok()),
         }
     }
 

@@ -99,6 +99,10 @@ pub struct AgentSpec {
     pub history: Option<HistorySpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<SummarySpec>,
+    /// What a turn does when its session already has a running turn: `parallel` or `reject` (the
+    /// server's `TURN_CONCURRENCY` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<String>,
     /// Free JSON for the tenant's own use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Map<String, Value>>,
@@ -269,6 +273,9 @@ impl AgentSpec {
             if summary.keep_messages.is_some_and(|k| k > 1000) {
                 return Err(invalid("summary.keepMessages", "must be between 0 and 1000"));
             }
+        }
+        if let Some(c) = &self.concurrency {
+            crate::agent::Concurrency::parse(c).map_err(|m| invalid("concurrency", m))?;
         }
         if let Some(metadata) = &self.metadata
             && serde_json::to_string(metadata).map_or(0, |s| s.len()) > 16 * 1024

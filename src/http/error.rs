@@ -98,11 +98,11 @@ impl From<TurnError> for ApiError {
             TurnError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             TurnError::Gone => StatusCode::GONE,
             TurnError::AgentNotFound(_) => StatusCode::NOT_FOUND,
-            TurnError::AgentMismatch(_) => StatusCode::CONFLICT,
+            TurnError::AgentMismatch(_) | TurnError::TurnInProgress(_) => StatusCode::CONFLICT,
         };
         let error = ApiError::new(status, e.code(), e.public_message());
         match e {
-            TurnError::InProgress(turn) => error.with("turnId", json!(turn)),
+            TurnError::InProgress(turn) | TurnError::TurnInProgress(turn) => error.with("turnId", json!(turn)),
             TurnError::Ended(s) => error.with("status", json!(s)),
             TurnError::AgentNotFound(id) => error.with("agentId", json!(id)),
             TurnError::AgentMismatch(id) => error.with("sessionAgentId", json!(id)),

@@ -49,6 +49,9 @@ pub struct ProcessRequest {
     /// The tenant's agent to answer (also `x-agent-id`); by default the session's, else the
     /// tenant's default agent, else the server's.
     agent_id: Option<String>,
+    /// When the session already has a running turn: `parallel` (run beside it) or `reject` (409
+    /// `turn_in_progress`, nothing stored); by default the agent's setting, else `TURN_CONCURRENCY`.
+    concurrency: Option<String>,
 }
 
 fn depth(v: &Value) -> usize {
@@ -108,7 +111,7 @@ fn wants_stream(headers: &HeaderMap, body: &ProcessRequest) -> bool {
         (status = 200, description = "The agent's reply (or an SSE stream of events: session, delta, tool_call, tool_result, done, error; each with an id for Last-Event-ID)", body = TurnAnswer),
         (status = 400, description = "Bad JSON, header or field"),
         (status = 404, description = "sessionId is not this tenant's and user's, or agentId is not one of the tenant's agents"),
-        (status = 409, description = "The session is closed, the session runs as another agent (agent_mismatch), or the same Idempotency-Key is in progress (the error names its turnId)"),
+        (status = 409, description = "The session is closed, the session runs as another agent (agent_mismatch), it has a running turn and concurrency is reject (turn_in_progress, with turnId), or the same Idempotency-Key is in progress (the error names its turnId)"),
         (status = 422, description = "The Idempotency-Key was first used for a different request"),
         (status = 413, description = "Body or message too large"),
         (status = 415, description = "Not JSON"),
@@ -168,6 +171,12 @@ async fn process(
             "an end user's credential may not choose the agent (agentId, x-agent-id)",
         ));
     }
+    let concurrency = body
+        .concurrency
+        .as_deref()
+        .map(crate::agent::Concurrency::parse)
+        .transpose()
+        .map_err(|m| ApiError::bad_request("invalid_body", format!("concurrency: {m}")))?;
     let stream = wants_stream(&headers, &body);
     let on_disconnect = body.on_disconnect.unwrap_or_default();
     let turn = TurnRequest {
@@ -182,6 +191,7 @@ async fn process(
         on_disconnect,
         stream,
         agent,
+        concurrency,
     };
     // A stream's slot is taken before its turn starts: a refused stream starts nothing.
     let slot = if stream { Some(sse::slot(&state.streams)?) } else { None };

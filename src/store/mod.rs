@@ -167,6 +167,26 @@ pub trait ConversationStore: Send + Sync + 'static {
     async fn all_agents(&self) -> StoreResult<Vec<crate::agents::StoredAgent>>;
     /// Deletes an agent; false when there was none.
     async fn delete_agent(&self, tenant: &TenantId, id: &crate::ids::AgentId) -> StoreResult<bool>;
+    /// Makes `turn` the session's one running turn until `until` (epoch milliseconds), unless another
+    /// turn holds it with a lease not lapsed at `now`: then that turn's id. Holding it again renews it.
+    async fn hold_session(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        turn: &MessageId,
+        until: i64,
+        now: i64,
+    ) -> StoreResult<Option<MessageId>>;
+    /// Moves the lease of `turn`'s hold on the session to `until`, only while it holds it.
+    async fn renew_session_hold(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        turn: &MessageId,
+        until: i64,
+    ) -> StoreResult<bool>;
+    /// Lets go of the session, if `turn` holds it.
+    async fn let_go_session(&self, tenant: &TenantId, session: &SessionId, turn: &MessageId) -> StoreResult<()>;
     /// Keeps an erasure until its second pass ran (`finish_erasure`).
     async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()>;
     /// The erasures of every tenant whose second pass has not run, oldest first, at most `limit`.

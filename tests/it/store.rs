@@ -540,6 +540,22 @@ impl ConversationStore for LaggingIndex {
     async fn delete_agent(&self, t: &TenantId, id: &AgentId) -> StoreResult<bool> {
         self.inner.delete_agent(t, id).await
     }
+    async fn hold_session(
+        &self,
+        t: &TenantId,
+        s: &SessionId,
+        turn: &MessageId,
+        until: i64,
+        now: i64,
+    ) -> StoreResult<Option<MessageId>> {
+        self.inner.hold_session(t, s, turn, until, now).await
+    }
+    async fn renew_session_hold(&self, t: &TenantId, s: &SessionId, turn: &MessageId, until: i64) -> StoreResult<bool> {
+        self.inner.renew_session_hold(t, s, turn, until).await
+    }
+    async fn let_go_session(&self, t: &TenantId, s: &SessionId, turn: &MessageId) -> StoreResult<()> {
+        self.inner.let_go_session(t, s, turn).await
+    }
     async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()> {
         self.inner.record_erasure(erasure).await
     }
@@ -751,7 +767,32 @@ conformance!(
     a_models_history_reads_only_the_actions_in_metadata,
     erasures_wait_for_their_second_pass_and_running_turns_are_found,
     agents_are_kept_per_tenant_with_conditional_versions,
+    a_session_has_one_holder_until_it_lets_go_or_its_lease_lapses,
 );
+
+/// One turn holds a session at a time: another is told who holds it, until the holder lets go or
+/// its lease lapses; a renewal never takes the session back.
+async fn a_session_has_one_holder_until_it_lets_go_or_its_lease_lapses(store: Arc<dyn ConversationStore>) {
+    let session = new_session(&*store, "acme", "u1").await;
+    let (t, s) = (tenant("acme"), session.id.clone());
+    let (a, b) = (MessageId::parse("turn-a").unwrap(), MessageId::parse("turn-b").unwrap());
+    assert_eq!(store.hold_session(&t, &s, &a, 2_000, 1_000).await.unwrap(), None);
+    assert_eq!(store.hold_session(&t, &s, &b, 2_500, 1_500).await.unwrap(), Some(a.clone()), "held by a");
+    assert_eq!(store.hold_session(&t, &s, &a, 3_000, 1_600).await.unwrap(), None, "its holder holds it again");
+    assert!(store.renew_session_hold(&t, &s, &a, 4_000).await.unwrap());
+    assert!(!store.renew_session_hold(&t, &s, &b, 4_000).await.unwrap(), "only the holder renews");
+    store.let_go_session(&t, &s, &b).await.unwrap();
+    assert_eq!(
+        store.hold_session(&t, &s, &b, 5_000, 3_900).await.unwrap(),
+        Some(a.clone()),
+        "b could not let go of a's"
+    );
+    store.let_go_session(&t, &s, &a).await.unwrap();
+    assert!(!store.renew_session_hold(&t, &s, &a, 6_000).await.unwrap(), "a renewal after letting go takes nothing");
+    assert_eq!(store.hold_session(&t, &s, &b, 5_000, 4_000).await.unwrap(), None);
+    // A lapsed lease: another turn takes it.
+    assert_eq!(store.hold_session(&t, &s, &a, 9_000, 5_001).await.unwrap(), None);
+}
 
 fn stored_agent(t: &str, id: &str, version: u64, prompt: &str) -> StoredAgent {
     StoredAgent {

@@ -741,6 +741,87 @@ impl ConversationStore for DynamoStore {
         self.remove_agent(tenant, id).await
     }
 
+    async fn hold_session(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        turn: &MessageId,
+        until: i64,
+        now: i64,
+    ) -> StoreResult<Option<MessageId>> {
+        let held = self
+            .client
+            .update_item()
+            .table_name(&self.sessions)
+            .key("id", s(session.as_str()))
+            .key("tenantId", s(tenant.as_str()))
+            .update_expression("SET turnHolder = :turn, turnHolderUntil = :until")
+            .condition_expression(
+                "attribute_exists(id) AND (attribute_not_exists(turnHolder) OR turnHolderUntil < :now OR turnHolder = :turn)",
+            )
+            .expression_attribute_values(":turn", s(turn.as_str()))
+            .expression_attribute_values(":until", AttributeValue::N(until.to_string()))
+            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .send()
+            .await;
+        if written(held, &self.sessions, "UpdateItem")? {
+            return Ok(None);
+        }
+        // Held by another turn (or the session is gone: the turn's own write says so).
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.sessions)
+            .key("id", s(session.as_str()))
+            .key("tenantId", s(tenant.as_str()))
+            .projection_expression("turnHolder")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| map_err(&self.sessions, "GetItem", e))?;
+        Ok(out.item.and_then(|i| match i.get("turnHolder") {
+            Some(AttributeValue::S(holder)) => MessageId::parse(holder.clone()).ok(),
+            _ => None,
+        }))
+    }
+
+    async fn renew_session_hold(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        turn: &MessageId,
+        until: i64,
+    ) -> StoreResult<bool> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.sessions)
+            .key("id", s(session.as_str()))
+            .key("tenantId", s(tenant.as_str()))
+            .update_expression("SET turnHolderUntil = :until")
+            .condition_expression("turnHolder = :turn")
+            .expression_attribute_values(":turn", s(turn.as_str()))
+            .expression_attribute_values(":until", AttributeValue::N(until.to_string()))
+            .send()
+            .await;
+        written(result, &self.sessions, "UpdateItem")
+    }
+
+    async fn let_go_session(&self, tenant: &TenantId, session: &SessionId, turn: &MessageId) -> StoreResult<()> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.sessions)
+            .key("id", s(session.as_str()))
+            .key("tenantId", s(tenant.as_str()))
+            .update_expression("REMOVE turnHolder, turnHolderUntil")
+            .condition_expression("turnHolder = :turn")
+            .expression_attribute_values(":turn", s(turn.as_str()))
+            .send()
+            .await;
+        written(result, &self.sessions, "UpdateItem").map(|_| ())
+    }
+
     async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()> {
         self.put_erasure(erasure).await
     }

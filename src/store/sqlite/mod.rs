@@ -734,6 +734,75 @@ impl ConversationStore for SqliteStore {
         .await
     }
 
+    async fn hold_session(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        turn: &MessageId,
+        until: i64,
+        now: i64,
+    ) -> StoreResult<Option<MessageId>> {
+        let (tenant, session, turn) = (tenant.clone(), session.clone(), turn.clone());
+        self.write("hold_session", move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(internal)?;
+            let held: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT turn_id, until FROM session_holders WHERE tenant_id = ?1 AND session_id = ?2",
+                    params![tenant.as_str(), session.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(internal)?;
+            if let Some((holder, held_until)) = held
+                && holder != turn.as_str()
+                && held_until >= now
+            {
+                return Ok(MessageId::parse(holder).ok());
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO session_holders (tenant_id, session_id, turn_id, until) VALUES (?1, ?2, ?3, ?4)",
+                params![tenant.as_str(), session.as_str(), turn.as_str(), until],
+            )
+            .map_err(internal)?;
+            tx.commit().map_err(internal)?;
+            Ok(None)
+        })
+        .await
+    }
+
+    async fn renew_session_hold(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        turn: &MessageId,
+        until: i64,
+    ) -> StoreResult<bool> {
+        let (tenant, session, turn) = (tenant.clone(), session.clone(), turn.clone());
+        self.write("renew_session_hold", move |c| {
+            let n = c
+                .execute(
+                    "UPDATE session_holders SET until = ?4 WHERE tenant_id = ?1 AND session_id = ?2 AND turn_id = ?3",
+                    params![tenant.as_str(), session.as_str(), turn.as_str(), until],
+                )
+                .map_err(internal)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn let_go_session(&self, tenant: &TenantId, session: &SessionId, turn: &MessageId) -> StoreResult<()> {
+        let (tenant, session, turn) = (tenant.clone(), session.clone(), turn.clone());
+        self.write("let_go_session", move |c| {
+            c.execute(
+                "DELETE FROM session_holders WHERE tenant_id = ?1 AND session_id = ?2 AND turn_id = ?3",
+                params![tenant.as_str(), session.as_str(), turn.as_str()],
+            )
+            .map_err(internal)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()> {
         let (id, body) = (erasure.id.clone(), serde_json::to_string(erasure).map_err(internal)?);
         self.write("record_erasure", move |c| {

@@ -8,7 +8,7 @@ use super::{Inner, internal};
 use crate::store::{StoreError, StoreResult};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 10;
+const SCHEMA_VERSION: i64 = 11;
 
 /// Version 1: sessions and messages with their indexes.
 const SCHEMA_V1: &str = "
@@ -188,6 +188,19 @@ pub(super) fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Sto
                 tenant_id TEXT NOT NULL,
                 PRIMARY KEY (at, tenant_id)
             );",
+        )
+        .map_err(internal)?;
+    }
+    // Version 11: the turn that holds a session (`TURN_CONCURRENCY=reject`).
+    if version < 11 && 11 <= target {
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS session_holders (
+                tenant_id TEXT NOT NULL,
+                session_id TEXT NOT NULL,
+                turn_id TEXT NOT NULL,
+                until INTEGER NOT NULL,
+                PRIMARY KEY (tenant_id, session_id)
+            ) WITHOUT ROWID;",
         )
         .map_err(internal)?;
     }

@@ -1,0 +1,84 @@
+//! A message that arrives while its session has a running turn, on both backends, with two server
+//! processes on one store: `concurrency: reject` (per request, per agent, or `TURN_CONCURRENCY`)
+//! refuses it with 409 `turn_in_progress` and the running turn's id, whichever server runs it, and
+//! stores nothing; once the turn ends the session takes the next one; `parallel` runs beside it.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{TestServer, get, ok, ok_json, request, turn_request};
+
+on_both_backends!(a_rejecting_session_has_one_running_turn_across_servers);
+
+const LONG: &str = "a long answer that streams slowly in many chunks so that there is time";
+
+async fn count(s: &TestServer, sid: &str) -> usize {
+    let path = format!("/agent/conversations/t1/sessions/{sid}/messages?limit=100");
+    ok_json(get(s, &path).await).await.as_array().unwrap().len()
+}
+
+async fn a_rejecting_session_has_one_running_turn_across_servers(backend: &str) {
+    let db = tempfile::tempdir().unwrap();
+    let path = db.path().join("agent.db");
+    let env = [("ECHO_CHUNK_DELAY_MS", "150")];
+    let x = TestServer::start_on_store(backend, None, &path, &env).await;
+    let mut y_env = env.to_vec();
+    y_env.push(("TURN_CONCURRENCY", "reject"));
+    let y = TestServer::start_on_store(backend, Some(&x), &path, &y_env).await;
+    let first = ok(turn_request(&x, "t1", "u1").json(&json!({"message": "hi"}))).await;
+    let sid = first["sessionId"].as_str().unwrap().to_string();
+    let running = tokio::spawn({
+        let req =
+            turn_request(&x, "t1", "u1").json(&json!({"message": LONG, "sessionId": sid, "concurrency": "reject"}));
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Through the other server: refused by the request's policy, and by the server's default.
+    let mut refused = Vec::new();
+    for body in [
+        json!({"message": "me too", "sessionId": sid, "concurrency": "reject"}),
+        json!({"message": "me too", "sessionId": sid}),
+    ] {
+        let r = turn_request(&y, "t1", "u1").json(&body).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "turn_in_progress", "{e}");
+        refused.push(e["error"]["turnId"].clone());
+    }
+    // `parallel` runs beside it.
+    let beside =
+        ok(turn_request(&y, "t1", "u1")
+            .json(&json!({"message": "beside", "sessionId": sid, "concurrency": "parallel"})))
+        .await;
+    assert_eq!(beside["status"], "completed");
+    let answer = running.await.unwrap();
+    assert_eq!(answer["status"], "completed", "{answer}");
+    assert!(refused.iter().all(|t| *t == answer["turnId"]), "the running turn's id: {refused:?}");
+    assert_eq!(count(&y, &sid).await, 6, "nothing of the refused messages was stored");
+    // Once it ended, the session takes the next turn.
+    let next = ok(turn_request(&y, "t1", "u1").json(&json!({"message": "now", "sessionId": sid}))).await;
+    assert_eq!(next["status"], "completed");
+    // Bad values say what is available.
+    let r = turn_request(&x, "t1", "u1").json(&json!({"message": "x", "concurrency": "queue"})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("not available yet"));
+    // An agent's setting: its turns are refused while one runs.
+    let agent = json!({"systemPrompt": "One at a time.", "default": true, "concurrency": "reject"});
+    let r = request(&x, "PUT", "/agent/tenants/t1/agents/serial").json(&agent).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let bad = json!({"systemPrompt": "x", "concurrency": "sometimes"});
+    let r = request(&x, "PUT", "/agent/tenants/t1/agents/bad").json(&bad).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let started = ok(turn_request(&x, "t1", "u2").json(&json!({"message": "hello"}))).await;
+    let sid2 = started["sessionId"].as_str().unwrap().to_string();
+    let slow = tokio::spawn({
+        let req = turn_request(&x, "t1", "u2").json(&json!({"message": LONG, "sessionId": sid2}));
+        async move { req.send().await.unwrap().status() }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = turn_request(&x, "t1", "u2").json(&json!({"message": "again", "sessionId": sid2})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT, "the agent's policy");
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+}
