@@ -100,6 +100,9 @@ impl Agent {
                 | TurnError::KeyReused
                 | TurnError::Gone
                 | TurnError::Ended(_)
+                | TurnError::TurnInProgress(_)
+                | TurnError::AgentNotFound(_)
+                | TurnError::AgentMismatch(_)
                 | TurnError::Store(StoreError::Conflict(_) | StoreError::NotFound(_) | StoreError::Invalid(_)),
             ) => return,
             Err(e) => {

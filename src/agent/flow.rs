@@ -83,12 +83,8 @@ impl Agent {
     ) {
         let started = Instant::now();
         let result = self.execute(&live, &req, hash.as_deref(), resume).await;
-        if let Some(session) = live.holds() {
-            // The session's next turn may run (its lease would lapse anyway).
-            if let Err(e) = self.store.let_go_session(&req.tenant, &session, &live.turn_id).await {
-                tracing::warn!(error = %e, turn = %live.turn_id, "could not let go of the session; its lease lapses");
-            }
-        }
+        // The session's next turn may run (its lease would lapse anyway).
+        self.let_go(&live, &req.tenant).await;
         crate::telemetry::turn(req.stream, result.is_ok(), started.elapsed());
         if result.is_err() {
             // Recorded before the turn's error is given (a turn that ended announced itself).
@@ -263,7 +259,7 @@ impl Agent {
                 }
             }
             // `reject`: the session's one running turn, or refused (nothing stored).
-            let policy = req.concurrency.or(persona.concurrency).unwrap_or(self.settings.turn_concurrency);
+            let policy = self.policy(req, &persona);
             if policy == super::Concurrency::Reject
                 && let Err(e) = self.hold(live, &req.tenant, &session.id).await
             {
@@ -298,6 +294,10 @@ impl Agent {
                 .await;
             match written {
                 Ok((message, rec)) => {
+                    // A streamed first turn created its session: it holds it from now on.
+                    if self.policy(req, &persona) == super::Concurrency::Reject && live.holds().is_none() {
+                        self.hold(live, &req.tenant, &message.session_id).await?;
+                    }
                     user_message = Some(message);
                     record = Some(rec);
                 }
@@ -373,6 +373,7 @@ impl Agent {
                 let user = self.store.get_message(&req.tenant, &turn_id).await?;
                 let mut outcome = messages::outcome(turn_id.clone(), user, agent);
                 outcome.status = TurnStatus::Interrupted;
+                self.let_go(live, &req.tenant).await;
                 live.push("done", json!(TurnAnswer::from(outcome.clone())));
                 return Ok(outcome);
             }
@@ -439,6 +440,7 @@ impl Agent {
         }
         // The change events are recorded before the answer (`done`) goes out.
         self.announce_turn(self.turn_place(req, live), Ok(&outcome), None).await;
+        self.let_go(live, &req.tenant).await;
         events.push(live.push("done", json!(TurnAnswer::from(outcome.clone()))));
         if let Some(mut rec) = record {
             rec.status = status;
@@ -527,7 +529,7 @@ impl Agent {
     }
 
     /// Makes this turn the session's one running turn, renewed every few seconds until the turn
-    /// ends (then `run` lets go of it); another turn holding it is `TurnInProgress`.
+    /// ends (it lets go before its answer); another turn holding it is `TurnInProgress`.
     async fn hold(
         &self,
         live: &Arc<LiveTurn>,
@@ -535,18 +537,30 @@ impl Agent {
         session: &SessionId,
     ) -> Result<(), TurnError> {
         let until = || now_millis() + LEASE.as_millis() as i64;
-        if let Some(holder) = self.store.hold_session(tenant, session, &live.turn_id, until(), now_millis()).await? {
-            return Err(TurnError::TurnInProgress(holder));
+        // Retries of one Idempotency-Key share the turn's id: each attempt holds as itself.
+        let nonce = uuid::Uuid::from_bytes(crate::random::bytes::<16>()).simple().to_string();
+        let holder = MessageId::parse(format!("{}~{}", live.turn_id, &nonce[..12]))
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        if let Some(other) = self.store.hold_session(tenant, session, &holder, until(), now_millis()).await? {
+            let running = other.as_str().split('~').next().unwrap_or(other.as_str());
+            return Err(TurnError::TurnInProgress(MessageId::parse(running).unwrap_or(other.clone())));
         }
-        live.set_holds(session);
+        live.set_holds(session, &holder);
         let (store, live, tenant, session) = (self.store.clone(), live.clone(), tenant.clone(), session.clone());
+        // At most as long as the longest turn (a turn that never ends lets its lease lapse).
+        let longest = self.settings.erasure_sweep_delay;
         tokio::spawn(async move {
-            loop {
+            let started = Instant::now();
+            while started.elapsed() < longest {
                 tokio::select! {
                     _ = live.finished() => break,
                     _ = tokio::time::sleep(LEASE / 4) => {
-                        // Only while it holds it: a renewal never takes the session back.
-                        if !matches!(store.renew_session_hold(&tenant, &session, &live.turn_id, until()).await, Ok(true)) {
+                        if live.holds().is_none() {
+                            break;
+                        }
+                        // Only while it holds it: a renewal never takes the session back; a store
+                        // error is tried again at the next round.
+                        if let Ok(false) = store.renew_session_hold(&tenant, &session, &holder, until()).await {
                             break;
                         }
                     }
@@ -554,6 +568,21 @@ impl Agent {
             }
         });
         Ok(())
+    }
+
+    /// What this turn does when its session has a running turn: the request's, the agent's, or the
+    /// server's policy.
+    fn policy(&self, req: &TurnRequest, persona: &Persona) -> super::Concurrency {
+        req.concurrency.or(persona.concurrency).unwrap_or(self.settings.turn_concurrency)
+    }
+
+    /// Lets go of the session this turn holds, if it does (before its answer goes out).
+    pub(super) async fn let_go(&self, live: &LiveTurn, tenant: &crate::ids::TenantId) {
+        if let Some((session, holder)) = live.take_holds()
+            && let Err(e) = self.store.let_go_session(tenant, &session, &holder).await
+        {
+            tracing::warn!(error = %e, turn = %live.turn_id, "could not let go of the session; its lease lapses");
+        }
     }
 
     /// Whether an erasure, here or on another server, covers the turn: it then stores nothing.

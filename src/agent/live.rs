@@ -22,8 +22,9 @@ struct State {
     result: Option<Result<TurnOutcome, TurnError>>,
     /// The session's context is due for a summary after this turn.
     summary_due: bool,
-    /// The session this turn holds (`concurrency: reject`), let go when it ends.
-    holds: Option<SessionId>,
+    /// The session this turn holds (`concurrency: reject`) and the holder's id (the turn's id and a
+    /// nonce: retries of one key share the turn's id), let go when it ends.
+    holds: Option<(SessionId, MessageId)>,
 }
 
 /// One running turn.
@@ -52,13 +53,18 @@ impl LiveTurn {
         self.state().session = Some(session.clone());
     }
 
-    /// The session this turn holds as its one running turn, if it does.
-    pub fn holds(&self) -> Option<SessionId> {
+    /// The session this turn holds as its one running turn, and as which holder, if it does.
+    pub fn holds(&self) -> Option<(SessionId, MessageId)> {
         self.state().holds.clone()
     }
 
-    pub fn set_holds(&self, session: &SessionId) {
-        self.state().holds = Some(session.clone());
+    pub fn set_holds(&self, session: &SessionId, holder: &MessageId) {
+        self.state().holds = Some((session.clone(), holder.clone()));
+    }
+
+    /// What the turn holds, no longer held by it (it lets go).
+    pub fn take_holds(&self) -> Option<(SessionId, MessageId)> {
+        self.state().holds.take()
     }
 
     /// Marks the session's context due for a summary once this turn is stored.

@@ -60,6 +60,29 @@ async fn a_rejecting_session_has_one_running_turn_across_servers(backend: &str) 
     // Once it ended, the session takes the next turn.
     let next = ok(turn_request(&y, "t1", "u1").json(&json!({"message": "now", "sessionId": sid}))).await;
     assert_eq!(next["status"], "completed");
+    // A streamed first turn holds the session it creates, from its `session` event on.
+    let r = turn_request(&x, "t1", "u3")
+        .header("accept", "text/event-stream")
+        .json(&json!({"message": LONG, "concurrency": "reject"}))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = Box::pin(r.bytes_stream());
+    let seen = crate::support::parse_sse_ids(&crate::support::until_event(&mut stream, "delta").await);
+    let new_sid = seen[0].2["sessionId"].as_str().unwrap().to_string();
+    let streamed_turn = seen[0].2["turnId"].clone();
+    let r =
+        turn_request(&y, "t1", "u3").json(&json!({"message": "me too", "sessionId": new_sid})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["turnId"], streamed_turn);
+    // Its `done` comes after it let go: the next turn right after it runs.
+    let mut rest = String::new();
+    while let Some(Ok(chunk)) = futures::StreamExt::next(&mut stream).await {
+        rest.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(rest.contains("event: done"), "{rest}");
+    let after = ok(turn_request(&y, "t1", "u3").json(&json!({"message": "after", "sessionId": new_sid}))).await;
+    assert_eq!(after["status"], "completed");
     // Bad values say what is available.
     let r = turn_request(&x, "t1", "u1").json(&json!({"message": "x", "concurrency": "queue"})).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);

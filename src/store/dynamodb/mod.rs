@@ -749,40 +749,43 @@ impl ConversationStore for DynamoStore {
         until: i64,
         now: i64,
     ) -> StoreResult<Option<MessageId>> {
-        let held = self
-            .client
-            .update_item()
-            .table_name(&self.sessions)
-            .key("id", s(session.as_str()))
-            .key("tenantId", s(tenant.as_str()))
-            .update_expression("SET turnHolder = :turn, turnHolderUntil = :until")
-            .condition_expression(
-                "attribute_exists(id) AND (attribute_not_exists(turnHolder) OR turnHolderUntil < :now OR turnHolder = :turn)",
-            )
-            .expression_attribute_values(":turn", s(turn.as_str()))
-            .expression_attribute_values(":until", AttributeValue::N(until.to_string()))
-            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
-            .send()
-            .await;
-        if written(held, &self.sessions, "UpdateItem")? {
-            return Ok(None);
+        // The holder is read after a refused write; one that let go meanwhile means: try again.
+        for _ in 0..5 {
+            let held = self
+                .client
+                .update_item()
+                .table_name(&self.sessions)
+                .key("id", s(session.as_str()))
+                .key("tenantId", s(tenant.as_str()))
+                .update_expression("SET turnHolder = :turn, turnHolderUntil = :until")
+                .condition_expression(
+                    "attribute_exists(id) AND (attribute_not_exists(turnHolder) OR turnHolderUntil < :now OR turnHolder = :turn)",
+                )
+                .expression_attribute_values(":turn", s(turn.as_str()))
+                .expression_attribute_values(":until", AttributeValue::N(until.to_string()))
+                .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+                .send()
+                .await;
+            if written(held, &self.sessions, "UpdateItem")? {
+                return Ok(None);
+            }
+            let out = self
+                .client
+                .get_item()
+                .table_name(&self.sessions)
+                .key("id", s(session.as_str()))
+                .key("tenantId", s(tenant.as_str()))
+                .projection_expression("id, turnHolder")
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| map_err(&self.sessions, "GetItem", e))?;
+            let Some(item) = out.item else { return Err(StoreError::session_not_found(session)) };
+            if let Some(AttributeValue::S(holder)) = item.get("turnHolder") {
+                return Ok(MessageId::parse(holder.clone()).ok());
+            }
         }
-        // Held by another turn (or the session is gone: the turn's own write says so).
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.sessions)
-            .key("id", s(session.as_str()))
-            .key("tenantId", s(tenant.as_str()))
-            .projection_expression("turnHolder")
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| map_err(&self.sessions, "GetItem", e))?;
-        Ok(out.item.and_then(|i| match i.get("turnHolder") {
-            Some(AttributeValue::S(holder)) => MessageId::parse(holder.clone()).ok(),
-            _ => None,
-        }))
+        Err(StoreError::Conflict(format!("session {session} is being held and let go too often; retry")))
     }
 
     async fn renew_session_hold(

@@ -474,6 +474,13 @@ impl ConversationStore for SqliteStore {
                     keys,
                 )
                 .map_err(internal)?;
+            if sessions > 0 {
+                tx.execute(
+                    "DELETE FROM session_holders WHERE tenant_id = ?1 AND session_id = ?2",
+                    params![tenant.as_str(), id.as_str()],
+                )
+                .map_err(internal)?;
+            }
             tx.commit().map_err(internal)?;
             Ok((sessions > 0).then_some(messages))
         })
@@ -494,6 +501,12 @@ impl ConversationStore for SqliteStore {
             tx.execute(
                 "DELETE FROM turns WHERE tenant_id = ?1 AND (user_id = ?2 OR session_id IN \
                  (SELECT id FROM sessions WHERE tenant_id = ?1 AND user_id = ?2))",
+                params![tenant.as_str(), user.as_str()],
+            )
+            .map_err(internal)?;
+            tx.execute(
+                "DELETE FROM session_holders WHERE tenant_id = ?1 AND session_id IN \
+                 (SELECT id FROM sessions WHERE tenant_id = ?1 AND user_id = ?2)",
                 params![tenant.as_str(), user.as_str()],
             )
             .map_err(internal)?;
@@ -745,6 +758,16 @@ impl ConversationStore for SqliteStore {
         let (tenant, session, turn) = (tenant.clone(), session.clone(), turn.clone());
         self.write("hold_session", move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(internal)?;
+            let exists: bool = tx
+                .query_row(
+                    "SELECT count(*) > 0 FROM sessions WHERE tenant_id = ?1 AND id = ?2",
+                    params![tenant.as_str(), session.as_str()],
+                    |r| r.get(0),
+                )
+                .map_err(internal)?;
+            if !exists {
+                return Err(StoreError::session_not_found(&session));
+            }
             let held: Option<(String, i64)> = tx
                 .query_row(
                     "SELECT turn_id, until FROM session_holders WHERE tenant_id = ?1 AND session_id = ?2",
