@@ -130,7 +130,20 @@ impl Agent {
             return Err(decided(action_id, action.status));
         };
         live.set_session(session_id);
-        let result = self.decide_once(tenant, &session, (message, action), &follow_up, approve, reason).await;
+        // Under `reject`, the turn that follows the decision holds the session like any other.
+        let proposer = message.metadata.as_ref().and_then(|m| m.get("agentId")).and_then(serde_json::Value::as_str);
+        let proposer = proposer.and_then(|id| crate::ids::AgentId::parse(id).ok());
+        let held = match self.agents.exact(tenant, proposer.as_ref()).await {
+            Ok(p) if p.concurrency.unwrap_or(self.settings.turn_concurrency) == super::Concurrency::Reject => {
+                self.hold(&live, tenant, session_id).await
+            }
+            _ => Ok(()),
+        };
+        let result = match held {
+            Ok(()) => self.decide_once(tenant, &session, (message, action), &follow_up, approve, reason).await,
+            Err(e) => Err(e),
+        };
+        self.let_go(&live, tenant).await;
         let place = super::announce::TurnPlace {
             tenant,
             user: &session.user_id,

@@ -530,7 +530,7 @@ impl Agent {
 
     /// Makes this turn the session's one running turn, renewed every few seconds until the turn
     /// ends (it lets go before its answer); another turn holding it is `TurnInProgress`.
-    async fn hold(
+    pub(super) async fn hold(
         &self,
         live: &Arc<LiveTurn>,
         tenant: &crate::ids::TenantId,

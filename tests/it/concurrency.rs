@@ -22,7 +22,12 @@ async fn count(s: &TestServer, sid: &str) -> usize {
 async fn a_rejecting_session_has_one_running_turn_across_servers(backend: &str) {
     let db = tempfile::tempdir().unwrap();
     let path = db.path().join("agent.db");
-    let env = [("ECHO_CHUNK_DELAY_MS", "150")];
+    // A business API that is not there: its write tools wait for approval.
+    let env = [
+        ("ECHO_CHUNK_DELAY_MS", "150"),
+        ("API_SERVER_URL", "http://127.0.0.1:9"),
+        ("API_RESOURCE_TYPES", "appointments"),
+    ];
     let x = TestServer::start_on_store(backend, None, &path, &env).await;
     let mut y_env = env.to_vec();
     y_env.push(("TURN_CONCURRENCY", "reject"));
@@ -104,4 +109,24 @@ async fn a_rejecting_session_has_one_running_turn_across_servers(backend: &str) 
     let r = turn_request(&x, "t1", "u2").json(&json!({"message": "again", "sessionId": sid2})).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CONFLICT, "the agent's policy");
     assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    // The turn after an approval decision holds the session too: deciding while a turn runs is
+    // refused, and the action stays pending until the session is free.
+    let tool = json!({"message": "@tool create_resource {\"resourceType\": \"appointments\", \"data\": {}}", "sessionId": sid2});
+    let asked = ok(turn_request(&x, "t1", "u2").json(&tool)).await;
+    assert_eq!(asked["status"], "awaiting_approval", "{asked}");
+    let approve = format!(
+        "/agent/conversations/t1/sessions/{sid2}/actions/{}/approve",
+        asked["actions"][0]["id"].as_str().unwrap()
+    );
+    let slow = tokio::spawn({
+        let req = turn_request(&x, "t1", "u2").json(&json!({"message": LONG, "sessionId": sid2}));
+        async move { req.send().await.unwrap().status() }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = request(&y, "POST", &approve).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "turn_in_progress");
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    let decided = ok(request(&y, "POST", &approve)).await;
+    assert_eq!(decided["actions"][0]["approved"], true, "{decided}");
 }
