@@ -102,10 +102,8 @@ pub async fn export(
         Some(tenant) => store.list_agents(tenant).await?,
         None => store.all_agents().await?,
     };
-    for mut agent in agents {
-        if !with_secrets && let Some(api) = agent.spec.business_api.as_mut() {
-            api.key = None;
-        }
+    for agent in agents {
+        let agent = if with_secrets { agent } else { agent.without_key() };
         write_line(out, &Record::Agent(Box::new(agent)))?;
         counts.agents += 1;
     }

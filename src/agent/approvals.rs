@@ -130,18 +130,23 @@ impl Agent {
             return Err(decided(action_id, action.status));
         };
         live.set_session(session_id);
-        // Under `reject`, the turn that follows the decision holds the session like any other.
-        let proposer = message.metadata.as_ref().and_then(|m| m.get("agentId")).and_then(serde_json::Value::as_str);
-        let proposer = proposer.and_then(|id| crate::ids::AgentId::parse(id).ok());
-        let held = match self.agents.exact(tenant, proposer.as_ref()).await {
-            Ok(p) if p.concurrency.unwrap_or(self.settings.turn_concurrency) == super::Concurrency::Reject => {
-                self.hold(&live, tenant, session_id).await
+        // The agent that proposed the action decides which tools run and answers after the
+        // decision; under `reject`, that turn holds the session like any other.
+        let result = match self.agents.exact(tenant, messages::agent_in(message.metadata.as_ref()).as_ref()).await {
+            Err(e) => Err(e.into()),
+            Ok(persona) => {
+                let held = match self.policy(None, &persona) {
+                    super::Concurrency::Reject => self.hold(&live, tenant, session_id).await,
+                    super::Concurrency::Parallel => Ok(()),
+                };
+                match held {
+                    Ok(()) => {
+                        let decision = (approve, reason);
+                        self.decide_once(tenant, &session, (message, action), &persona, &follow_up, decision).await
+                    }
+                    Err(e) => Err(e),
+                }
             }
-            _ => Ok(()),
-        };
-        let result = match held {
-            Ok(()) => self.decide_once(tenant, &session, (message, action), &follow_up, approve, reason).await,
-            Err(e) => Err(e),
         };
         self.let_go(&live, tenant).await;
         let place = super::announce::TurnPlace {
@@ -186,19 +191,15 @@ impl Agent {
         tenant: &TenantId,
         session: &crate::store::Session,
         (message, action): (Message, Action),
+        persona: &crate::agents::directory::Persona,
         follow_up: &crate::ids::MessageId,
-        approve: bool,
-        reason: Option<String>,
+        (approve, reason): (bool, Option<String>),
     ) -> Result<TurnOutcome, TurnError> {
         let session_id = &session.id;
         let action_id = action.id.as_str();
         let decided = |status: ActionStatus| decided(action_id, status);
         let call = ToolCall { id: action.id.clone(), name: action.tool.clone(), arguments: action.arguments.clone() };
         let ctx = Self::tool_context(tenant, &session.user_id, session.location_id.as_ref());
-        // The agent that proposed the action decides which tools run and answers after the decision.
-        let proposer = message.metadata.as_ref().and_then(|m| m.get("agentId")).and_then(serde_json::Value::as_str);
-        let proposer = proposer.and_then(|id| crate::ids::AgentId::parse(id).ok());
-        let persona = self.agents.exact(tenant, proposer.as_ref()).await?;
         let resolved = match action.status {
             ActionStatus::PendingApproval => {
                 let mut claimed = action.clone();
@@ -270,7 +271,7 @@ impl Agent {
             max_output_tokens: persona.max_output_tokens,
         };
         let started = Instant::now();
-        let mut thought: Thought = self.think(&persona, request, &ctx, None).await?;
+        let mut thought: Thought = self.think(persona, request, &ctx, None).await?;
         thought.actions.insert(0, resolved);
         let pending = thought.actions.iter().any(|a| a.status == ActionStatus::PendingApproval);
         let status = if pending { TurnStatus::AwaitingApproval } else { TurnStatus::Completed };
@@ -279,7 +280,7 @@ impl Agent {
         if let (Some(summary), Some(metadata)) = (&session.context_summary, agent.metadata.as_mut()) {
             metadata.insert("contextSummary".into(), super::flow::summary_note(summary));
         }
-        messages::mark_persona(&mut agent, &persona);
+        messages::mark_persona(&mut agent, persona);
         fit_reply(tenant, session_id, &mut agent);
         let agent_message = self.store.append_messages(tenant, session_id, vec![agent]).await?.remove(0).message;
         Ok(TurnOutcome {

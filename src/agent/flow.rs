@@ -259,7 +259,7 @@ impl Agent {
                 }
             }
             // `reject`: the session's one running turn, or refused (nothing stored).
-            let policy = self.policy(req, &persona);
+            let policy = self.policy(req.concurrency, &persona);
             if policy == super::Concurrency::Reject
                 && let Err(e) = self.hold(live, &req.tenant, &session.id).await
             {
@@ -295,7 +295,7 @@ impl Agent {
             match written {
                 Ok((message, rec)) => {
                     // A streamed first turn created its session: it holds it from now on.
-                    if self.policy(req, &persona) == super::Concurrency::Reject && live.holds().is_none() {
+                    if self.policy(req.concurrency, &persona) == super::Concurrency::Reject && live.holds().is_none() {
                         self.hold(live, &req.tenant, &message.session_id).await?;
                     }
                     user_message = Some(message);
@@ -570,10 +570,10 @@ impl Agent {
         Ok(())
     }
 
-    /// What this turn does when its session has a running turn: the request's, the agent's, or the
+    /// What a turn does when its session has a running turn: the request's, the agent's, or the
     /// server's policy.
-    fn policy(&self, req: &TurnRequest, persona: &Persona) -> super::Concurrency {
-        req.concurrency.or(persona.concurrency).unwrap_or(self.settings.turn_concurrency)
+    pub(super) fn policy(&self, requested: Option<super::Concurrency>, persona: &Persona) -> super::Concurrency {
+        requested.or(persona.concurrency).unwrap_or(self.settings.turn_concurrency)
     }
 
     /// Lets go of the session this turn holds, if it does (before its answer goes out).
@@ -601,8 +601,7 @@ impl Agent {
 
 /// The agent a session started with (`metadata.agentId`).
 pub(super) fn session_agent(session: &Session) -> Option<AgentId> {
-    let id = session.metadata.as_ref()?.get("agentId")?.as_str()?;
-    AgentId::parse(id).ok()
+    messages::agent_in(session.metadata.as_ref())
 }
 
 fn missing() -> StoreError {

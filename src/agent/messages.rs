@@ -95,6 +95,11 @@ pub(super) fn agent_message(
     NewMessage { id, user_id: user.clone(), role: Role::Agent, content: reply.text.clone(), metadata: Some(metadata) }
 }
 
+/// The tenant's agent named in a session's or a reply's metadata (`agentId`).
+pub(super) fn agent_in(metadata: Option<&crate::store::Metadata>) -> Option<crate::ids::AgentId> {
+    crate::ids::AgentId::parse(metadata?.get("agentId")?.as_str()?).ok()
+}
+
 /// Records the tenant's agent (and its version) a reply was written as.
 pub(super) fn mark_persona(message: &mut NewMessage, persona: &crate::agents::directory::Persona) {
     if let (Some((id, version)), Some(metadata)) = (&persona.agent, message.metadata.as_mut()) {

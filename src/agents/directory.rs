@@ -122,13 +122,7 @@ impl Directory {
 
     /// What agents on this server may use.
     pub fn capabilities(&self) -> Capabilities {
-        let mut providers = vec!["echo"];
-        match &self.server.provider {
-            ProviderConfig::OpenAi { .. } => providers.push("openai"),
-            ProviderConfig::Bedrock { .. } => providers.push("bedrock"),
-            ProviderConfig::Echo { .. } => {}
-        }
-        Capabilities { providers, allow_private_urls: self.server.allow_private_urls }
+        Capabilities::of(&self.server.provider, self.server.allow_private_urls)
     }
 
     /// A tenant's agents: as read here, while no change to them was noted since (or, when the

@@ -145,22 +145,21 @@ impl StoredAgent {
         self.spec.business_api.as_ref().and_then(|b| b.key.as_deref()).filter(|k| !k.is_empty())
     }
 
-    /// The JSON stored, with the key unless `with_secrets` is false (for exports).
-    pub fn exported(&self, with_secrets: bool) -> Value {
-        let mut agent = self.clone();
-        if !with_secrets && let Some(api) = agent.spec.business_api.as_mut() {
+    /// The agent without its business API key (an export without `--include-secrets`).
+    pub fn without_key(mut self) -> Self {
+        if let Some(api) = self.spec.business_api.as_mut() {
             api.key = None;
         }
-        serde_json::to_value(agent).unwrap_or_default()
+        self
     }
 }
 
-/// The field a body error names (`serde_path_to_error`'s path, as axum reports it, or the name in
-/// `unknown field` / `missing field`), for a 422 that says which field is wrong.
-pub fn field_of_body_error(text: &str) -> String {
+/// A body error as an invalid field: the field it names (`serde_path_to_error`'s path, as axum
+/// reports it, or the name in `unknown field` / `missing field`) and the message, starting with it.
+pub fn body_error_field(text: &str) -> (String, String) {
     let detail = text.split_once("target type: ").map_or(text, |(_, d)| d);
     let quoted = |s: &str| s.split('`').nth(1).map(str::to_string);
-    match detail.split_once(": ") {
+    let field = match detail.split_once(": ") {
         Some((path, rest)) if path != "." && !path.contains(' ') => match quoted(rest) {
             Some(name) if rest.starts_with("unknown field") || rest.starts_with("missing field") => {
                 format!("{path}.{name}")
@@ -168,7 +167,9 @@ pub fn field_of_body_error(text: &str) -> String {
             _ => path.to_string(),
         },
         _ => quoted(detail).unwrap_or_default(),
-    }
+    };
+    let message = if detail.starts_with(&field) { detail.to_string() } else { format!("{field}: {detail}") };
+    (field, message)
 }
 
 /// An invalid field: which, and why.
@@ -188,6 +189,20 @@ fn invalid(field: &'static str, message: impl Into<String>) -> FieldError {
 pub struct Capabilities {
     pub providers: Vec<&'static str>,
     pub allow_private_urls: bool,
+}
+
+impl Capabilities {
+    /// What a server configured with `provider` offers: that provider's kind, and `echo`.
+    pub fn of(provider: &crate::config::ProviderConfig, allow_private_urls: bool) -> Self {
+        use crate::config::ProviderConfig;
+        let mut providers = vec!["echo"];
+        match provider {
+            ProviderConfig::OpenAi { .. } => providers.push("openai"),
+            ProviderConfig::Bedrock { .. } => providers.push("bedrock"),
+            ProviderConfig::Echo { .. } => {}
+        }
+        Capabilities { providers, allow_private_urls }
+    }
 }
 
 impl AgentSpec {

@@ -8,7 +8,7 @@ use clap::Subcommand;
 
 use agent_server::agents::manage::{self, ManageError};
 use agent_server::agents::{AgentSpec, Capabilities};
-use agent_server::config::{Config, ProviderConfig};
+use agent_server::config::Config;
 use agent_server::ids::{AgentId, TenantId};
 
 use super::fail;
@@ -68,13 +68,7 @@ async fn execute(config: &Config, command: AgentsCommand) -> Result<(), String> 
             let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             // YAML is a superset of JSON: one parser reads both.
             let spec: AgentSpec = serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
-            let mut providers = vec!["echo"];
-            match &config.provider {
-                ProviderConfig::OpenAi { .. } => providers.push("openai"),
-                ProviderConfig::Bedrock { .. } => providers.push("bedrock"),
-                ProviderConfig::Echo { .. } => {}
-            }
-            let can = Capabilities { providers, allow_private_urls: agent_server::config::allow_private_urls() };
+            let can = Capabilities::of(&config.provider, agent_server::config::allow_private_urls());
             let id = id.expect("--id is required");
             let put = manage::put(&*store, &can, &tenant, &id, spec).await.map_err(|e| match e {
                 ManageError::Invalid(f) => format!("{}: {}: {}", file.display(), f.field, f.message),

@@ -119,10 +119,7 @@ async fn put_agent(
     scope.manages()?;
     let Json(spec) = body.map_err(|e| match e {
         JsonRejection::JsonDataError(e) => {
-            let text = e.body_text();
-            let field = crate::agents::field_of_body_error(&text);
-            let detail = text.split_once("target type: ").map_or(text.as_str(), |(_, d)| d).to_string();
-            let message = if detail.starts_with(&field) { detail } else { format!("{field}: {detail}") };
+            let (field, message) = crate::agents::body_error_field(&e.body_text());
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_agent", message).with("field", json!(field))
         }
         other => other.into(),

@@ -165,7 +165,8 @@ impl Toolbox {
 
     /// No tools at all.
     pub fn empty() -> Self {
-        Self::new(None, Duration::from_secs(15), ApprovalPolicy::Writes, 5, 8000)
+        let none = ToolsConfig::none();
+        Self::new(None, none.timeout, none.approval, none.max_steps, none.result_max_chars)
     }
 
     /// The tools offered to the model (only those the agent may use).

@@ -65,26 +65,33 @@ impl DynamoStore {
     }
 
     pub(super) async fn read_agents(&self, tenant: &TenantId) -> StoreResult<Vec<StoredAgent>> {
-        let mut agents = Vec::new();
+        self.partition_items(partition(tenant), None).await?.iter().map(from_body).collect()
+    }
+
+    /// Every item of one partition of the sessions table (after a range key, when given), read
+    /// consistently, page by page.
+    async fn partition_items(&self, id: AttributeValue, after: Option<String>) -> StoreResult<Vec<super::Item>> {
+        let mut items = Vec::new();
         let mut start = None;
         loop {
-            let out = self
+            let query = self
                 .client
                 .query()
                 .table_name(&self.sessions)
-                .key_condition_expression("id = :id")
-                .expression_attribute_values(":id", partition(tenant))
+                .expression_attribute_values(":id", id.clone())
                 .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| map_err(&self.sessions, "Query", e))?;
-            for item in out.items.unwrap_or_default() {
-                agents.push(from_body(&item)?);
-            }
+                .set_exclusive_start_key(start);
+            let query = match &after {
+                Some(after) => query
+                    .key_condition_expression("id = :id AND tenantId > :after")
+                    .expression_attribute_values(":after", s(after)),
+                None => query.key_condition_expression("id = :id"),
+            };
+            let out = query.send().await.map_err(|e| map_err(&self.sessions, "Query", e))?;
+            items.extend(out.items.unwrap_or_default());
             match out.last_evaluated_key {
                 Some(key) => start = Some(key),
-                None => return Ok(agents),
+                None => return Ok(items),
             }
         }
     }
@@ -104,35 +111,18 @@ impl DynamoStore {
     }
 
     pub(super) async fn read_agent_changes(&self, since: &Timestamp) -> StoreResult<Vec<(Timestamp, TenantId)>> {
-        let mut changes = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.sessions)
-                .key_condition_expression("id = :id AND tenantId > :since")
-                .expression_attribute_values(":id", s(CHANGES))
-                // After every tenant of `since` itself: '~' sorts after the space and any id.
-                .expression_attribute_values(":since", s(format!("{}~", since.as_str())))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| map_err(&self.sessions, "Query", e))?;
-            for item in out.items.unwrap_or_default() {
-                if let Some(AttributeValue::S(key)) = item.get("tenantId")
-                    && let Some((at, tenant)) = key.split_once(' ')
-                    && let Ok(tenant) = TenantId::parse(tenant)
-                {
-                    changes.push((Timestamp::stored(at.to_string()), tenant));
+        // After every tenant of `since` itself: '~' sorts after the space and any id.
+        let items = self.partition_items(s(CHANGES), Some(format!("{}~", since.as_str()))).await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| match item.get("tenantId") {
+                Some(AttributeValue::S(key)) => {
+                    let (at, tenant) = key.split_once(' ')?;
+                    Some((Timestamp::stored(at.to_string()), TenantId::parse(tenant).ok()?))
                 }
-            }
-            match out.last_evaluated_key {
-                Some(key) => start = Some(key),
-                None => return Ok(changes),
-            }
-        }
+                _ => None,
+            })
+            .collect())
     }
 
     /// Every tenant's agents: a Scan of the sessions table for the agents partitions (exports only).
