@@ -554,7 +554,7 @@ impl Config {
             max_message_chars: parse_num("MAX_MESSAGE_CHARS", 32_000usize, 1)?,
             llm_timeout,
             turn_concurrency: match var("TURN_CONCURRENCY") {
-                None => crate::agent::Concurrency::Parallel,
+                None => crate::agent::Concurrency::Queue,
                 Some(v) => crate::agent::Concurrency::parse(&v).map_err(|m| err("TURN_CONCURRENCY", m))?,
             },
             erasure_sweep_delay: match var("ERASURE_SWEEP_DELAY_SECONDS") {

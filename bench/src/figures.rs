@@ -279,6 +279,7 @@ pub async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<Pat
 
     // 9: context summaries; 10: search over a million messages.
     summaries(&bin, &mut report).await;
+    burst(&bin, &mut report).await;
     search(&bin, mock, &mut report).await;
     // 12, 13: streamed turns and webhooks; 14: instructions per turn.
     features(&bin, mock, seconds, &mut report).await;
@@ -913,4 +914,81 @@ pub async fn memory(bin: &std::path::Path, bench_dir: &std::path::Path, seconds:
         drop(s);
     }
     drop(dynalite);
+}
+
+/// Figure 17, a burst: "hi", "I want to move my appointment", "to Friday", 100 ms apart, into a
+/// session whose model takes 800 ms to answer, under each `concurrency`: the model calls, the tokens
+/// the model was sent and wrote, and the replies the client got, per burst (SQLite, 5 bursts each).
+pub async fn burst(bin: &std::path::Path, report: &mut Report) {
+    let mock =
+        start_mock(MockModel { ttft: Duration::from_millis(800), per_token: Duration::ZERO, tokens: 20 }, 0).await;
+    let s = start_server(bin, &model_env(mock));
+    let client = reqwest::Client::new();
+    let bursts = 5u64;
+    let mut json_rows = serde_json::Map::new();
+    for policy in ["parallel", "queue", "interrupt", "reject"] {
+        let (mut calls, mut input, mut output, mut refused, mut replies) = (0u64, 0u64, 0u64, 0u64, 0u64);
+        for b in 0..bursts {
+            let user = format!("burst-{policy}-{b}");
+            let turn = |message: &str, sid: Option<&str>| {
+                let mut body = json!({"message": message, "concurrency": policy});
+                if let Some(sid) = sid {
+                    body["sessionId"] = json!(sid);
+                }
+                client
+                    .post(format!("{}/agent/process", s.url))
+                    .header("x-tenant-id", "bench")
+                    .header("x-user-id", user.as_str())
+                    .json(&body)
+                    .send()
+            };
+            let first: Value = turn("hello", None).await.unwrap().json().await.unwrap();
+            let sid = first["sessionId"].as_str().unwrap().to_string();
+            let before = crate::mock_model::CALLS.load(Ordering::SeqCst);
+            let mut sent = Vec::new();
+            for message in ["hi", "I want to move my appointment", "to Friday"] {
+                sent.push(tokio::spawn(turn(message, Some(&sid))));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let mut answers = std::collections::HashSet::new();
+            for t in sent {
+                let r = t.await.unwrap().unwrap();
+                if r.status() == reqwest::StatusCode::CONFLICT {
+                    refused += 1;
+                    continue;
+                }
+                let answer: Value = r.json().await.unwrap();
+                answers.insert(answer["agentMessage"]["id"].as_str().unwrap_or_default().to_string());
+            }
+            replies += answers.len() as u64;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            calls += crate::mock_model::CALLS.load(Ordering::SeqCst) - before;
+            let path = format!("{}/agent/conversations/bench/sessions/{sid}/messages?order=asc&limit=100", s.url);
+            let msgs: Value = client.get(path).send().await.unwrap().json().await.unwrap();
+            for m in msgs.as_array().unwrap().iter().skip(2) {
+                input += m["metadata"]["usage"]["inputTokens"].as_u64().unwrap_or(0);
+                output += m["metadata"]["usage"]["outputTokens"].as_u64().unwrap_or(0);
+            }
+        }
+        let per = |n: u64| n as f64 / bursts as f64;
+        report.row(
+            &format!("17. a burst of 3 messages, {policy}: model calls / tokens in, out / replies / refused"),
+            format!(
+                "{:.1} / {:.0}, {:.0} / {:.1} / {:.1}",
+                per(calls),
+                per(input),
+                per(output),
+                per(replies),
+                per(refused)
+            ),
+            "queue: 1 call per running turn, then 1 for what waited",
+            (policy == "queue").then_some(per(calls) <= 2.0),
+        );
+        json_rows.insert(
+            policy.into(),
+            json!({"model_calls": per(calls), "input_tokens": per(input), "output_tokens": per(output),
+                   "distinct_replies": per(replies), "refused": per(refused)}),
+        );
+    }
+    report.json.insert("burst".into(), Value::Object(json_rows));
 }

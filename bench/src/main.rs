@@ -95,6 +95,11 @@ enum Cmd {
         #[arg(long, default_value = "target/release/agent-server")]
         server: PathBuf,
     },
+    /// Only figure 17: a burst of three messages under each concurrency policy.
+    Burst {
+        #[arg(long, default_value = "target/release/agent-server")]
+        server: PathBuf,
+    },
     /// Only the mock model, on a port.
     MockModel {
         #[arg(long, default_value_t = 8090)]
@@ -150,6 +155,11 @@ async fn main() {
             let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
             println!("| figure | measured | target | |\n|---|---|---|---|");
             figures::memory(&server, &bench_dir, seconds, &mut report).await;
+        }
+        Cmd::Burst { server } => {
+            let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
+            println!("| figure | measured | target | |\n|---|---|---|---|");
+            figures::burst(&server, &mut report).await;
         }
         Cmd::Streams { server } => {
             let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };

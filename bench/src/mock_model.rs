@@ -23,13 +23,19 @@ pub static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::n
 
 async fn completions(State(m): State<MockModel>, Json(body): Json<Value>) -> Response {
     CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    // About four characters a token, as providers count them.
+    let prompt_chars: usize = body["messages"]
+        .as_array()
+        .map(|ms| ms.iter().filter_map(|m| m["content"].as_str()).map(str::len).sum())
+        .unwrap_or(0);
+    let prompt_tokens = prompt_chars / 4 + 1;
     let words: Vec<String> = (0..m.tokens).map(|i| format!("word{i} ")).collect();
     if body["stream"] != json!(true) {
         tokio::time::sleep(m.ttft + m.per_token * m.tokens as u32).await;
         return Json(json!({
             "model": "bench-mock",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": words.concat()}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": m.tokens}
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": m.tokens}
         }))
         .into_response();
     }

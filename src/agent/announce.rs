@@ -69,6 +69,10 @@ impl Agent {
                 data.insert("userMessageId".into(), json!(outcome.user_message.as_ref().map(|m| &m.id)));
                 data.insert("status".into(), json!(outcome.status));
                 data.insert("text".into(), json!(agent.content));
+                if !outcome.answers.is_empty() {
+                    // A turn that answered queued messages: every user message it answered.
+                    data.insert("answeredMessageIds".into(), json!(outcome.answers));
+                }
                 if self.events.full_payload() {
                     data.insert("userMessage".into(), json!(outcome.user_message));
                     data.insert("agentMessage".into(), json!(agent));
@@ -112,6 +116,17 @@ impl Agent {
             }
         }
         self.events.record(place.tenant, changes).await;
+    }
+
+    /// `turn.queued`: a message waits for its session's running turn.
+    pub(super) async fn announce_queued(&self, place: TurnPlace<'_>, message: &crate::store::Message) {
+        let mut data = ids(&place);
+        data.insert("userMessageId".into(), json!(message.id));
+        if self.events.full_payload() {
+            data.insert("userMessage".into(), json!(message));
+        }
+        let change = Change::new(EventType::TurnQueued, Some(place.user), Value::Object(data));
+        self.events.record(place.tenant, vec![change]).await;
     }
 
     /// `session.created` (and `session.closed` for the user's session it replaced).

@@ -6,6 +6,7 @@
 //! whose follow-up failed runs only the follow-up (never the tool again), and a decision whose
 //! follow-up is stored answers 409.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::Agent;
@@ -15,7 +16,7 @@ use super::turn::{TurnError, TurnOutcome};
 use crate::events::EventType;
 use crate::ids::{SessionId, TenantId, UserId};
 use crate::store::{
-    Action, ActionStatus, MAX_ITEM_BYTES, Message, MessageQuery, Order, Role, StoreError, TurnStatus,
+    Action, ActionStatus, Hold, MAX_ITEM_BYTES, Message, MessageQuery, Order, Role, StoreError, TurnStatus,
     message_item_bytes, recent_history, writable_session,
 };
 use crate::tools::{ToolCall, action_record};
@@ -108,7 +109,7 @@ impl Agent {
     /// Approves (runs) or rejects a pending action, then lets the agent finish its answer, stored as a
     /// new agent message.
     pub async fn decide(
-        &self,
+        self: &Arc<Self>,
         tenant: &TenantId,
         session_id: &SessionId,
         user: Option<&UserId>,
@@ -135,9 +136,17 @@ impl Agent {
         let result = match self.agents.exact(tenant, messages::agent_in(message.metadata.as_ref()).as_ref()).await {
             Err(e) => Err(e.into()),
             Ok(persona) => {
-                let held = match self.policy(None, &persona) {
-                    super::Concurrency::Reject => self.hold(&live, tenant, session_id).await,
-                    super::Concurrency::Parallel => Ok(()),
+                let held = match self.policy(None, &persona).holds() {
+                    true => match self.hold(&live, tenant, session_id, false).await {
+                        Ok(Hold::Busy(other)) => Err(TurnError::TurnInProgress(super::queue::turn_of(&other))),
+                        Ok(hold) => {
+                            // What waited is answered after this turn, when it lets go.
+                            self.requeue(tenant, session_id, hold).await;
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    },
+                    false => Ok(()),
                 };
                 match held {
                     Ok(()) => {
@@ -166,7 +175,7 @@ impl Agent {
     }
 
     /// One event about a decided action, with the ids of the turn that proposed it.
-    async fn announce_action(
+    pub(super) async fn announce_action(
         &self,
         session: &crate::store::Session,
         message: &Message,
@@ -289,6 +298,8 @@ impl Agent {
             session_id: session.id.clone(),
             user_message: None,
             agent_message,
+            answered_by: None,
+            answers: Vec::new(),
         })
     }
 }

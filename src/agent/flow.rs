@@ -18,12 +18,14 @@ use tokio::sync::OwnedMutexGuard;
 use super::live::LiveTurn;
 use super::messages;
 use super::thinking::Thought;
-use super::turn::{StopReason, TurnAnswer, TurnError, TurnOutcome, TurnRequest};
+use super::turn::{Concurrency, StopReason, TurnAnswer, TurnError, TurnOutcome, TurnRequest};
 use super::{Agent, Started};
 use crate::agents::directory::Persona;
 use crate::ids::{AgentId, MessageId, SessionId};
 use crate::llm::{ModelReply, ModelRequest};
-use crate::store::{Message, NewMessage, NewSession, Session, StoreError, TurnStatus, complete_history, history_query};
+use crate::store::{
+    Hold, Message, NewMessage, NewSession, Session, StoreError, TurnStatus, complete_history, history_query,
+};
 use crate::timestamp::{self, Timestamp};
 
 /// How often a streamed turn persists its new events (and renews its lease).
@@ -197,7 +199,7 @@ impl Agent {
     }
 
     async fn execute(
-        &self,
+        self: &Arc<Self>,
         live: &Arc<LiveTurn>,
         req: &TurnRequest,
         hash: Option<&str>,
@@ -258,13 +260,34 @@ impl Agent {
                     };
                 }
             }
-            // `reject`: the session's one running turn, or refused (nothing stored).
+            // `queue`, `interrupt` and `reject`: the session's one running turn, or a message that
+            // waits for it (refused under `reject`, nothing stored).
             let policy = self.policy(req.concurrency, &persona);
-            if policy == super::Concurrency::Reject
-                && let Err(e) = self.hold(live, &req.tenant, &session.id).await
-            {
-                self.give_back(req, &place, &stamps, Some(&session), None).await;
-                return Err(e);
+            if policy.holds() {
+                let held = self.hold(live, &req.tenant, &session.id, policy == Concurrency::Interrupt).await;
+                let waits = match &held {
+                    Ok(Hold::Held { queued, .. }) => !queued.is_empty() || !persona.debounce.is_zero(),
+                    Ok(Hold::Busy(_)) => policy != Concurrency::Reject,
+                    Err(_) => false,
+                };
+                match held {
+                    Ok(hold) if waits => {
+                        let stamp = stamps[0].clone();
+                        let waiting = (user_new, resume);
+                        return self
+                            .wait_in_queue(live, req, &session, &stamp, waiting, hash, hold, persona.debounce)
+                            .await;
+                    }
+                    Ok(Hold::Busy(other)) => {
+                        self.give_back(req, &place, &stamps, Some(&session), None).await;
+                        return Err(TurnError::TurnInProgress(super::queue::turn_of(&other)));
+                    }
+                    Err(e) => {
+                        self.give_back(req, &place, &stamps, Some(&session), None).await;
+                        return Err(e);
+                    }
+                    Ok(Hold::Held { .. }) => {}
+                }
             }
             let limit = persona.history_max_messages;
             let read = match page {
@@ -278,6 +301,9 @@ impl Agent {
                     return Err(e.into());
                 }
             };
+            if policy == Concurrency::Interrupt {
+                self.supersede_pending(&session, &mut history).await;
+            }
             before = Some(session);
             history.retain(|m| m.id != turn_id);
         }
@@ -295,8 +321,9 @@ impl Agent {
             match written {
                 Ok((message, rec)) => {
                     // A streamed first turn created its session: it holds it from now on.
-                    if self.policy(req.concurrency, &persona) == super::Concurrency::Reject && live.holds().is_none() {
-                        self.hold(live, &req.tenant, &message.session_id).await?;
+                    if self.policy(req.concurrency, &persona).holds() && live.holds().is_none() {
+                        let hold = self.hold(live, &req.tenant, &message.session_id, false).await?;
+                        self.requeue(&req.tenant, &message.session_id, hold).await;
                     }
                     user_message = Some(message);
                     record = Some(rec);
@@ -429,7 +456,15 @@ impl Agent {
             self.forget(req, &turn_id, user_message.as_ref(), Some(&agent_message.id)).await;
             return Err(TurnError::Erased);
         }
-        let outcome = TurnOutcome { turn_id: turn_id.clone(), status, session_id, user_message, agent_message };
+        let outcome = TurnOutcome {
+            turn_id: turn_id.clone(),
+            status,
+            session_id,
+            user_message,
+            agent_message,
+            answered_by: None,
+            answers: Vec::new(),
+        };
         let mut events = Vec::new();
         if !req.stream {
             live.set_session(&outcome.session_id);
@@ -526,63 +561,6 @@ impl Agent {
         let own = user_stamp.filter(|u| stamps.len() == 2 && **u == stamps[0]);
         let back_to = own.or(before.and_then(|b| b.last_message_at.as_ref()));
         let _ = self.store.release_turn(&req.tenant, id, last, back_to).await;
-    }
-
-    /// Makes this turn the session's one running turn, renewed every few seconds until the turn
-    /// ends (it lets go before its answer); another turn holding it is `TurnInProgress`.
-    pub(super) async fn hold(
-        &self,
-        live: &Arc<LiveTurn>,
-        tenant: &crate::ids::TenantId,
-        session: &SessionId,
-    ) -> Result<(), TurnError> {
-        let until = || now_millis() + LEASE.as_millis() as i64;
-        // Retries of one Idempotency-Key share the turn's id: each attempt holds as itself.
-        let nonce = uuid::Uuid::from_bytes(crate::random::bytes::<16>()).simple().to_string();
-        let holder = MessageId::parse(format!("{}~{}", live.turn_id, &nonce[..12]))
-            .map_err(|e| StoreError::Internal(e.to_string()))?;
-        if let Some(other) = self.store.hold_session(tenant, session, &holder, until(), now_millis()).await? {
-            let running = other.as_str().split('~').next().unwrap_or(other.as_str());
-            return Err(TurnError::TurnInProgress(MessageId::parse(running).unwrap_or(other.clone())));
-        }
-        live.set_holds(session, &holder);
-        let (store, live, tenant, session) = (self.store.clone(), live.clone(), tenant.clone(), session.clone());
-        // At most as long as the longest turn (a turn that never ends lets its lease lapse).
-        let longest = self.settings.erasure_sweep_delay;
-        tokio::spawn(async move {
-            let started = Instant::now();
-            while started.elapsed() < longest {
-                tokio::select! {
-                    _ = live.finished() => break,
-                    _ = tokio::time::sleep(LEASE / 4) => {
-                        if live.holds().is_none() {
-                            break;
-                        }
-                        // Only while it holds it: a renewal never takes the session back; a store
-                        // error is tried again at the next round.
-                        if let Ok(false) = store.renew_session_hold(&tenant, &session, &holder, until()).await {
-                            break;
-                        }
-                    }
-                }
-            }
-        });
-        Ok(())
-    }
-
-    /// What a turn does when its session has a running turn: the request's, the agent's, or the
-    /// server's policy.
-    pub(super) fn policy(&self, requested: Option<super::Concurrency>, persona: &Persona) -> super::Concurrency {
-        requested.or(persona.concurrency).unwrap_or(self.settings.turn_concurrency)
-    }
-
-    /// Lets go of the session this turn holds, if it does (before its answer goes out).
-    pub(super) async fn let_go(&self, live: &LiveTurn, tenant: &crate::ids::TenantId) {
-        if let Some((session, holder)) = live.take_holds()
-            && let Err(e) = self.store.let_go_session(tenant, &session, &holder).await
-        {
-            tracing::warn!(error = %e, turn = %live.turn_id, "could not let go of the session; its lease lapses");
-        }
     }
 
     /// Whether an erasure, here or on another server, covers the turn: it then stores nothing.

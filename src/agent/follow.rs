@@ -44,6 +44,14 @@ pub struct TurnView {
     pub created_at: Timestamp,
     #[schema(value_type = String)]
     pub updated_at: Timestamp,
+    /// A queued message's: the turn whose reply answers it (with the others queued beside it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub answered_by: Option<MessageId>,
+    /// A turn that answered queued messages: their turns, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub answers: Vec<MessageId>,
 }
 
 /// A turn found for a caller, wherever it is.
@@ -69,6 +77,25 @@ fn view_of_outcome(o: &TurnOutcome, created_at: Timestamp) -> TurnView {
         last_event_id: 3,
         created_at,
         updated_at: o.agent_message.timestamp.clone(),
+        answered_by: o.answered_by.clone(),
+        answers: o.answers.clone(),
+    }
+}
+
+fn record_view(r: TurnRecord) -> TurnView {
+    TurnView {
+        // An answering turn has no user message of its own: its reply is its id.
+        user_message_id: if r.answers.is_empty() { r.turn_id.clone() } else { messages::agent_message_id(&r.turn_id) },
+        turn_id: r.turn_id,
+        session_id: r.session_id,
+        status: r.status,
+        agent_message_id: r.agent_message_id,
+        error: r.error,
+        last_event_id: r.last_event_id,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+        answered_by: r.answered_by,
+        answers: r.answers,
     }
 }
 
@@ -94,7 +121,7 @@ impl Agent {
     /// Settles the running turns of every tenant whose server died (their lease lapsed), so that
     /// their sessions go on without waiting for a reader; a server runs it at start and every
     /// `ORPHAN_SWEEP_EVERY`. The number settled here (another server may settle one first).
-    pub async fn settle_orphans(&self) -> usize {
+    pub async fn settle_orphans(self: &Arc<Self>) -> usize {
         let before = Timestamp::from_micros(crate::timestamp::now_micros() - super::flow::LEASE.as_micros() as i64);
         let running = match self.store.running_turns(&before, 100).await {
             Ok(running) => running,
@@ -104,6 +131,17 @@ impl Agent {
             }
         };
         let mut settled = 0;
+        for record in &running {
+            // Queued messages whose server died: answered here, or queued again behind the holder.
+            let done = match (record.status, &record.answered_by) {
+                (TurnStatus::Queued, _) => self.rescue_queued(record.clone()).await,
+                (_, Some(_)) => self.settle_answered(record.clone()).await,
+                _ => Ok(()),
+            };
+            if let Err(e) = done {
+                tracing::warn!(error = %e, turn = %record.turn_id, "could not answer a queued message whose server stopped");
+            }
+        }
         for record in running.into_iter().filter(|r| self.abandoned(r)) {
             let turn = record.turn_id.clone();
             match self.settle_abandoned(record).await {
@@ -120,7 +158,8 @@ impl Agent {
 
     /// Whether a running record's process stopped renewing its lease (it died).
     pub(super) fn abandoned(&self, record: &TurnRecord) -> bool {
-        record.status == TurnStatus::Running && record.lease_until < now_millis()
+        // A queued message's record follows the turn that answers it.
+        record.status == TurnStatus::Running && record.answered_by.is_none() && record.lease_until < now_millis()
     }
 
     async fn find(
@@ -180,6 +219,11 @@ impl Agent {
         viewer: Option<&UserId>,
     ) -> Result<TurnView, TurnError> {
         Ok(match self.find(tenant, session, turn, viewer).await? {
+            // A queued message's turn is what its record says (which turn answers it).
+            Found::Live(live) if live.status() == TurnStatus::Queued => {
+                let record = self.store.get_turn(tenant, turn).await?.ok_or_else(|| not_found(turn))?;
+                return Ok(record_view(record));
+            }
             Found::Live(live) => {
                 let now = Timestamp::now();
                 TurnView {
@@ -194,19 +238,11 @@ impl Agent {
                         now.micros().unwrap_or(0) - live.started.elapsed().as_micros() as i64,
                     ),
                     updated_at: now,
+                    answered_by: None,
+                    answers: Vec::new(),
                 }
             }
-            Found::Recorded(r) => TurnView {
-                user_message_id: r.turn_id.clone(),
-                turn_id: r.turn_id,
-                session_id: r.session_id,
-                status: r.status,
-                agent_message_id: r.agent_message_id,
-                error: r.error,
-                last_event_id: r.last_event_id,
-                created_at: r.created_at,
-                updated_at: r.updated_at,
-            },
+            Found::Recorded(r) => record_view(r),
             Found::Stored(o) => {
                 let created = o.user_message.as_ref().map(|m| m.timestamp.clone()).unwrap_or_else(Timestamp::now);
                 view_of_outcome(&o, created)

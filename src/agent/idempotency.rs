@@ -52,7 +52,8 @@ impl Agent {
         if let Some(record) = record {
             same_request(record.request_hash.as_deref(), hash)?;
             let record = match record.status {
-                TurnStatus::Running if !self.abandoned(&record) => {
+                // Running, or a queued message waiting for (or answered by) another turn.
+                TurnStatus::Running | TurnStatus::Queued if !self.abandoned(&record) => {
                     if !req.stream {
                         return Err(TurnError::InProgress(turn_id.clone()));
                     }
@@ -67,6 +68,8 @@ impl Agent {
                 Some(user) => Some(user),
                 None => self.store.get_message(&req.tenant, turn_id).await?,
             };
+            // A queued message's reply is the turn's that answered it.
+            let agent_id = record.agent_message_id.clone().unwrap_or(agent_id);
             let agent = match agent {
                 Some(agent) => Some(agent),
                 None => self.store.get_message(&req.tenant, &agent_id).await?,
@@ -77,6 +80,10 @@ impl Agent {
                     let mut outcome = messages::outcome(turn_id.clone(), Some(user), agent);
                     if matches!(record.status, TurnStatus::Interrupted | TurnStatus::Cancelled) {
                         outcome.status = record.status;
+                    }
+                    if record.answered_by.is_some() {
+                        outcome.answered_by = record.answered_by.clone();
+                        outcome.answers.clear();
                     }
                     Prior::Started(Started::Replayed(Box::new(outcome)))
                 }

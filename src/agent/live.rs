@@ -80,6 +80,11 @@ impl LiveTurn {
         self.state().status
     }
 
+    /// A turn whose message waits for its session's running turn says so until it is answered.
+    pub fn set_status(&self, status: TurnStatus) {
+        self.state().status = status;
+    }
+
     /// Records an event and wakes followers; its id.
     pub fn push(&self, event: &str, data: Value) -> TurnEvent {
         let mut state = self.state();

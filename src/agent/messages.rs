@@ -128,10 +128,20 @@ pub(super) fn outcome(turn_id: MessageId, user_message: Option<Message>, agent_m
         status: recorded_status(&agent_message),
         session_id: agent_message.session_id.clone(),
         user_message,
+        answers: answered_in(&agent_message),
         agent_message,
+        answered_by: None,
     };
     if outcome.status == TurnStatus::AwaitingApproval && !outcome.awaits_approval() {
         outcome.status = TurnStatus::Completed;
     }
     outcome
+}
+
+/// The queued turns a reply answered (`metadata.answers`), oldest first.
+pub(super) fn answered_in(agent: &Message) -> Vec<MessageId> {
+    let answers = agent.metadata.as_ref().and_then(|m| m.get("answers")).and_then(serde_json::Value::as_array);
+    answers
+        .map(|ids| ids.iter().filter_map(|v| v.as_str()).filter_map(|id| MessageId::parse(id).ok()).collect())
+        .unwrap_or_default()
 }

@@ -21,6 +21,7 @@ mod idempotency;
 mod live;
 mod messages;
 mod progress;
+mod queue;
 mod summary;
 mod thinking;
 mod turn;
@@ -74,7 +75,7 @@ impl AgentSettings {
             turn_events_ttl: Duration::from_secs(24 * 3600),
             summary_trigger_tokens: None,
             summary_keep_messages: 20,
-            turn_concurrency: Concurrency::Parallel,
+            turn_concurrency: Concurrency::Queue,
             erasure_sweep_delay: Duration::from_secs(60 * 7 + 30),
         }
     }
@@ -136,6 +137,7 @@ impl Agent {
             temperature: None,
             max_output_tokens: None,
             concurrency: None,
+            debounce: Duration::ZERO,
         });
         let server = ServerAgent {
             persona,

@@ -87,12 +87,24 @@ impl Agent {
         session: SessionId,
         hash: Option<&str>,
     ) -> TurnRecord {
+        self.record_for(&live.turn_id, &req.tenant, &session, &req.user, hash)
+    }
+
+    /// A running record of `turn`, as it is first written.
+    pub(super) fn record_for(
+        &self,
+        turn: &crate::ids::MessageId,
+        tenant: &crate::ids::TenantId,
+        session: &SessionId,
+        user: &crate::ids::UserId,
+        hash: Option<&str>,
+    ) -> TurnRecord {
         let now = Timestamp::now();
         TurnRecord {
-            turn_id: live.turn_id.clone(),
-            tenant_id: req.tenant.clone(),
-            session_id: session,
-            user_id: req.user.clone(),
+            turn_id: turn.clone(),
+            tenant_id: tenant.clone(),
+            session_id: session.clone(),
+            user_id: user.clone(),
             status: TurnStatus::Running,
             agent_message_id: None,
             error: None,
@@ -102,6 +114,8 @@ impl Agent {
             request_hash: hash.map(str::to_string),
             pending_user: None,
             reserved: Vec::new(),
+            answered_by: None,
+            answers: Vec::new(),
             lease_until: now_millis() + LEASE.as_millis() as i64,
             expires_at: timestamp::epoch_seconds() + self.settings.turn_events_ttl.as_secs().max(3600) as i64,
             events: Vec::new(),

@@ -43,22 +43,34 @@ pub struct TurnRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Concurrency {
-    /// It runs beside the other (each reply right after its own message).
+    /// Its message is stored at once and waits; when the running turn ends, one turn answers every
+    /// message that waited, in one model call.
     #[default]
+    Queue,
+    /// The running turn stops (its partial reply stored, marked `interrupted: superseded`) and a new
+    /// turn answers everything not answered yet.
+    Interrupt,
+    /// It runs beside the other (each reply right after its own message).
     Parallel,
     /// It is refused with 409 `turn_in_progress` and the running turn's id; nothing is stored.
     Reject,
 }
 
 impl Concurrency {
-    /// `parallel` or `reject` (`queue` and `interrupt` are named as not available yet).
+    /// `queue`, `interrupt`, `parallel` or `reject`.
     pub fn parse(value: &str) -> Result<Self, String> {
         match value {
+            "queue" => Ok(Concurrency::Queue),
+            "interrupt" => Ok(Concurrency::Interrupt),
             "parallel" => Ok(Concurrency::Parallel),
             "reject" => Ok(Concurrency::Reject),
-            "queue" | "interrupt" => Err(format!("{value:?} is not available yet: use parallel or reject")),
-            other => Err(format!("{other:?} is not one of parallel, reject")),
+            other => Err(format!("{other:?} is not one of queue, interrupt, parallel, reject")),
         }
+    }
+
+    /// Whether a turn under this policy holds its session while it runs.
+    pub fn holds(self) -> bool {
+        self != Concurrency::Parallel
     }
 }
 
@@ -71,6 +83,10 @@ pub struct TurnOutcome {
     pub session_id: SessionId,
     pub user_message: Option<Message>,
     pub agent_message: Message,
+    /// A queued message's: the turn whose reply answers it.
+    pub answered_by: Option<MessageId>,
+    /// A turn that answered queued messages: their turns, oldest first.
+    pub answers: Vec<MessageId>,
 }
 
 impl TurnOutcome {
@@ -108,6 +124,14 @@ pub struct TurnAnswer {
     /// `failed`, `pending_approval`, `rejected`.
     #[schema(value_type = Vec<Object>)]
     pub actions: Vec<Value>,
+    /// A queued message's: the turn whose reply (this one) answered it with the others queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub answered_by: Option<MessageId>,
+    /// A turn that answered queued messages: their turns, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub answers: Vec<MessageId>,
 }
 
 impl From<TurnOutcome> for TurnAnswer {
@@ -121,6 +145,8 @@ impl From<TurnOutcome> for TurnAnswer {
             response: t.agent_message.content.clone(),
             user_message: t.user_message,
             agent_message: t.agent_message,
+            answered_by: t.answered_by,
+            answers: t.answers,
         }
     }
 }
@@ -156,6 +182,9 @@ pub enum TurnError {
     /// The session has a running turn, and this one asked to be refused then (`reject`).
     #[error("the session has a running turn ({0}); retry when it ends")]
     TurnInProgress(MessageId),
+    /// The turn that was to answer this queued message failed.
+    #[error("the turn that answered this message failed: {}", .0.message)]
+    AnsweredWith(crate::store::TurnFailure),
 }
 
 impl From<crate::agents::directory::PickError> for TurnError {
@@ -184,6 +213,11 @@ impl TurnError {
             TurnError::AgentNotFound(_) => "agent_not_found",
             TurnError::AgentMismatch(_) => "agent_mismatch",
             TurnError::TurnInProgress(_) => "turn_in_progress",
+            TurnError::AnsweredWith(failure) => match failure.code.as_str() {
+                "model_timeout" => "model_timeout",
+                "erased" => "erased",
+                _ => "model_provider_error",
+            },
         }
     }
 
@@ -216,6 +250,8 @@ pub enum StopReason {
     /// Another server took it for dead (its lease lapsed) and settled it as interrupted: that is
     /// its one result, and this server stores and announces nothing more.
     SettledElsewhere,
+    /// A newer message of its session took the session over (`concurrency: interrupt`).
+    Superseded,
 }
 
 impl StopReason {
@@ -227,6 +263,7 @@ impl StopReason {
             StopReason::Shutdown => ("shutdown", TurnStatus::Interrupted),
             StopReason::Erased => ("erased", TurnStatus::Cancelled),
             StopReason::SettledElsewhere => ("server_stopped", TurnStatus::Interrupted),
+            StopReason::Superseded => ("superseded", TurnStatus::Interrupted),
         }
     }
 }

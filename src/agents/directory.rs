@@ -44,6 +44,8 @@ pub struct Persona {
     pub max_output_tokens: Option<u32>,
     /// The agent's `concurrency` (the server's `TURN_CONCURRENCY` when `None`).
     pub concurrency: Option<crate::agent::Concurrency>,
+    /// The agent's `debounceMs`: how long a turn waits after its session's newest message.
+    pub debounce: std::time::Duration,
 }
 
 impl Persona {
@@ -302,6 +304,7 @@ impl Directory {
             temperature: model.temperature,
             max_output_tokens: model.max_output_tokens,
             concurrency: spec.concurrency.as_deref().and_then(|c| crate::agent::Concurrency::parse(c).ok()),
+            debounce: std::time::Duration::from_millis(spec.debounce_ms.unwrap_or(0)),
         }
     }
 

@@ -99,10 +99,14 @@ pub struct AgentSpec {
     pub history: Option<HistorySpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<SummarySpec>,
-    /// What a turn does when its session already has a running turn: `parallel` or `reject` (the
-    /// server's `TURN_CONCURRENCY` when absent).
+    /// What a turn does when its session already has a running turn: `queue`, `interrupt`,
+    /// `parallel` or `reject` (the server's `TURN_CONCURRENCY` when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<String>,
+    /// How long a turn waits after the newest message of its session before it calls the model,
+    /// so that a burst of messages becomes one turn (0 to 10000 ms; 0 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce_ms: Option<u64>,
     /// Free JSON for the tenant's own use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Map<String, Value>>,
@@ -291,6 +295,9 @@ impl AgentSpec {
         }
         if let Some(c) = &self.concurrency {
             crate::agent::Concurrency::parse(c).map_err(|m| invalid("concurrency", m))?;
+        }
+        if self.debounce_ms.is_some_and(|d| d > 10_000) {
+            return Err(invalid("debounceMs", "must be between 0 and 10000"));
         }
         if let Some(metadata) = &self.metadata
             && serde_json::to_string(metadata).map_or(0, |s| s.len()) > 16 * 1024

@@ -28,6 +28,7 @@ use crate::timestamp::{self, Timestamp};
 /// The kinds of change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
+    TurnQueued,
     TurnCompleted,
     TurnFailed,
     TurnInterrupted,
@@ -47,7 +48,8 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 16] = [
+    pub const ALL: [EventType; 17] = [
+        EventType::TurnQueued,
         EventType::TurnCompleted,
         EventType::TurnFailed,
         EventType::TurnInterrupted,
@@ -68,6 +70,7 @@ impl EventType {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            EventType::TurnQueued => "turn.queued",
             EventType::TurnCompleted => "turn.completed",
             EventType::TurnFailed => "turn.failed",
             EventType::TurnInterrupted => "turn.interrupted",

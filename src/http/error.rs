@@ -94,6 +94,9 @@ impl From<TurnError> for ApiError {
                 StatusCode::BAD_GATEWAY
             }
             TurnError::Model(ModelError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            TurnError::AnsweredWith(f) if f.code == "model_timeout" => StatusCode::GATEWAY_TIMEOUT,
+            TurnError::AnsweredWith(f) if f.code == "erased" => StatusCode::CONFLICT,
+            TurnError::AnsweredWith(_) => StatusCode::BAD_GATEWAY,
             TurnError::InProgress(_) | TurnError::Erased | TurnError::Ended(_) => StatusCode::CONFLICT,
             TurnError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             TurnError::Gone => StatusCode::GONE,

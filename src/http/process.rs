@@ -49,8 +49,11 @@ pub struct ProcessRequest {
     /// The tenant's agent to answer (also `x-agent-id`); by default the session's, else the
     /// tenant's default agent, else the server's.
     agent_id: Option<String>,
-    /// When the session already has a running turn: `parallel` (run beside it) or `reject` (409
-    /// `turn_in_progress`, nothing stored); by default the agent's setting, else `TURN_CONCURRENCY`.
+    /// When the session already has a running turn: `queue` (the default: stored at once, answered
+    /// with the other waiting messages by one turn after it; its turn's `answeredBy` says which),
+    /// `interrupt` (the running turn stops, marked `superseded`, and this one is answered),
+    /// `parallel` (run beside it) or `reject` (409 `turn_in_progress`, nothing stored); by default
+    /// the agent's setting, else `TURN_CONCURRENCY`.
     concurrency: Option<String>,
 }
 

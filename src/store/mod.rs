@@ -52,6 +52,24 @@ pub async fn open(storage: &StorageConfig, retention: Retention) -> StoreResult<
 
 /// Checks messages for `put_messages` before anything is written: they belong to this tenant and
 /// session, fit in an item, and get their `expiresAt` from their timestamp.
+/// A hold's lease: until when (epoch milliseconds), and the time now, by which another holder's
+/// lease has lapsed or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldLease {
+    pub until: i64,
+    pub now: i64,
+}
+
+/// What holding a session gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// This turn holds it. `queued`: the turns that were queued on it, oldest first (this holder's
+    /// to answer now); `taken_from`: the running turn it took the session from (`take_over`).
+    Held { queued: Vec<MessageId>, taken_from: Option<MessageId> },
+    /// Another turn holds it.
+    Busy(MessageId),
+}
+
 pub(crate) fn prepare_messages(
     tenant: &TenantId,
     session: &SessionId,
@@ -168,15 +186,21 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// Deletes an agent; false when there was none.
     async fn delete_agent(&self, tenant: &TenantId, id: &crate::ids::AgentId) -> StoreResult<bool>;
     /// Makes `turn` the session's one running turn until `until` (epoch milliseconds), unless another
-    /// turn holds it with a lease not lapsed at `now`: then that turn's id. Holding it again renews it.
+    /// turn holds it with a lease not lapsed at `now` (then `Hold::Busy` with that turn's id); with
+    /// `take_over` it holds it whoever held it. Holding it again renews it. The holder takes the
+    /// turns queued on the session (they are its to answer now).
     async fn hold_session(
         &self,
         tenant: &TenantId,
         session: &SessionId,
         turn: &MessageId,
-        until: i64,
-        now: i64,
-    ) -> StoreResult<Option<MessageId>>;
+        lease: HoldLease,
+        take_over: bool,
+    ) -> StoreResult<Hold>;
+    /// Queues a turn behind the session's running turn, only while one holds it with a lease not
+    /// lapsed at `now`; false when none does.
+    async fn queue_turn(&self, tenant: &TenantId, session: &SessionId, turn: &MessageId, now: i64)
+    -> StoreResult<bool>;
     /// Moves the lease of `turn`'s hold on the session to `until`, only while it holds it.
     async fn renew_session_hold(
         &self,
@@ -185,8 +209,16 @@ pub trait ConversationStore: Send + Sync + 'static {
         turn: &MessageId,
         until: i64,
     ) -> StoreResult<bool>;
-    /// Lets go of the session, if `turn` holds it.
-    async fn let_go_session(&self, tenant: &TenantId, session: &SessionId, turn: &MessageId) -> StoreResult<()>;
+    /// Lets go of the session, if `turn` holds it. When turns are queued on it, `next` holds it
+    /// instead (until `until`) and they are returned, for it to answer.
+    async fn let_go_session(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        turn: &MessageId,
+        next: &MessageId,
+        until: i64,
+    ) -> StoreResult<Vec<MessageId>>;
     /// Keeps an erasure until its second pass ran (`finish_erasure`).
     async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()>;
     /// The erasures of every tenant whose second pass has not run, oldest first, at most `limit`.

@@ -15,6 +15,8 @@ use crate::timestamp::Timestamp;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TurnStatus {
+    /// Its message waits for the session's running turn; the turn after it answers it.
+    Queued,
     /// The model is working on it.
     Running,
     /// It finished with tool calls that wait for a person's decision.
@@ -33,6 +35,7 @@ pub enum TurnStatus {
 impl TurnStatus {
     pub fn as_str(self) -> &'static str {
         match self {
+            TurnStatus::Queued => "queued",
             TurnStatus::Running => "running",
             TurnStatus::AwaitingApproval => "awaiting_approval",
             TurnStatus::Completed => "completed",
@@ -49,7 +52,7 @@ impl TurnStatus {
     /// Whether the turn will not change any more (awaiting approval counts as ended: the turn that
     /// continues after the decision is a turn of its own).
     pub fn is_final(self) -> bool {
-        self != TurnStatus::Running
+        !matches!(self, TurnStatus::Running | TurnStatus::Queued)
     }
 }
 
@@ -97,6 +100,12 @@ pub struct TurnRecord {
     /// first, then the reply's): a settled turn's messages take them, right after its own message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reserved: Vec<Timestamp>,
+    /// A queued turn's: the turn that answers its message with the others queued beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<MessageId>,
+    /// A turn that answers queued messages: their turns, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<MessageId>,
     /// Epoch seconds after which the record (and its events) is gone (`TURN_EVENTS_TTL_HOURS`).
     pub expires_at: i64,
     /// The events sent so far, oldest first (stored beside the record, not in it).

@@ -23,6 +23,7 @@ mod openapi;
 mod operations;
 mod orphans;
 mod properties;
+mod queue;
 mod search;
 mod security;
 mod sqlite_durability;

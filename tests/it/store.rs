@@ -7,8 +7,8 @@ use agent_server::agents::StoredAgent;
 use agent_server::ids::{AgentId, MessageId, SessionId, TenantId, UserId};
 use agent_server::store::{
     Action, ActionStatus, Appended, ContextSummary, ConversationStore, Cursor, Deleted, Delivery, DeliveryStep,
-    Erasure, Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Role, Session, StoreError,
-    StoreResult, StoredEvent, TurnEvent, TurnRecord, TurnStatus, history_query, recent_history,
+    Erasure, Hold, HoldLease, Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Role, Session,
+    StoreError, StoreResult, StoredEvent, TurnEvent, TurnRecord, TurnStatus, history_query, recent_history,
 };
 use agent_server::timestamp::Timestamp;
 use async_trait::async_trait;
@@ -545,16 +545,26 @@ impl ConversationStore for LaggingIndex {
         t: &TenantId,
         s: &SessionId,
         turn: &MessageId,
-        until: i64,
-        now: i64,
-    ) -> StoreResult<Option<MessageId>> {
-        self.inner.hold_session(t, s, turn, until, now).await
+        lease: HoldLease,
+        take_over: bool,
+    ) -> StoreResult<Hold> {
+        self.inner.hold_session(t, s, turn, lease, take_over).await
+    }
+    async fn queue_turn(&self, t: &TenantId, s: &SessionId, turn: &MessageId, now: i64) -> StoreResult<bool> {
+        self.inner.queue_turn(t, s, turn, now).await
     }
     async fn renew_session_hold(&self, t: &TenantId, s: &SessionId, turn: &MessageId, until: i64) -> StoreResult<bool> {
         self.inner.renew_session_hold(t, s, turn, until).await
     }
-    async fn let_go_session(&self, t: &TenantId, s: &SessionId, turn: &MessageId) -> StoreResult<()> {
-        self.inner.let_go_session(t, s, turn).await
+    async fn let_go_session(
+        &self,
+        t: &TenantId,
+        s: &SessionId,
+        turn: &MessageId,
+        next: &MessageId,
+        until: i64,
+    ) -> StoreResult<Vec<MessageId>> {
+        self.inner.let_go_session(t, s, turn, next, until).await
     }
     async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()> {
         self.inner.record_erasure(erasure).await
@@ -768,6 +778,7 @@ conformance!(
     erasures_wait_for_their_second_pass_and_running_turns_are_found,
     agents_are_kept_per_tenant_with_conditional_versions,
     a_session_has_one_holder_until_it_lets_go_or_its_lease_lapses,
+    turns_queue_behind_the_holder_and_are_handed_on,
 );
 
 /// One turn holds a session at a time: another is told who holds it, until the holder lets go or
@@ -775,23 +786,74 @@ conformance!(
 async fn a_session_has_one_holder_until_it_lets_go_or_its_lease_lapses(store: Arc<dyn ConversationStore>) {
     let session = new_session(&*store, "acme", "u1").await;
     let (t, s) = (tenant("acme"), session.id.clone());
-    let (a, b) = (MessageId::parse("turn-a").unwrap(), MessageId::parse("turn-b").unwrap());
-    assert_eq!(store.hold_session(&t, &s, &a, 2_000, 1_000).await.unwrap(), None);
-    assert_eq!(store.hold_session(&t, &s, &b, 2_500, 1_500).await.unwrap(), Some(a.clone()), "held by a");
-    assert_eq!(store.hold_session(&t, &s, &a, 3_000, 1_600).await.unwrap(), None, "its holder holds it again");
+    let id = |name: &str| MessageId::parse(name).unwrap();
+    let (a, b) = (id("turn-a"), id("turn-b"));
+    let lease = |until, now| HoldLease { until, now };
+    let held = |queued: Vec<MessageId>| Hold::Held { queued, taken_from: None };
+    assert_eq!(store.hold_session(&t, &s, &a, lease(2_000, 1_000), false).await.unwrap(), held(vec![]));
+    assert_eq!(store.hold_session(&t, &s, &b, lease(2_500, 1_500), false).await.unwrap(), Hold::Busy(a.clone()));
+    assert_eq!(
+        store.hold_session(&t, &s, &a, lease(3_000, 1_600), false).await.unwrap(),
+        held(vec![]),
+        "its holder holds it again"
+    );
     assert!(store.renew_session_hold(&t, &s, &a, 4_000).await.unwrap());
     assert!(!store.renew_session_hold(&t, &s, &b, 4_000).await.unwrap(), "only the holder renews");
-    store.let_go_session(&t, &s, &b).await.unwrap();
+    assert_eq!(store.let_go_session(&t, &s, &b, &b, 9_000).await.unwrap(), Vec::<MessageId>::new());
     assert_eq!(
-        store.hold_session(&t, &s, &b, 5_000, 3_900).await.unwrap(),
-        Some(a.clone()),
+        store.hold_session(&t, &s, &b, lease(5_000, 3_900), false).await.unwrap(),
+        Hold::Busy(a.clone()),
         "b could not let go of a's"
     );
-    store.let_go_session(&t, &s, &a).await.unwrap();
+    store.let_go_session(&t, &s, &a, &a, 9_000).await.unwrap();
     assert!(!store.renew_session_hold(&t, &s, &a, 6_000).await.unwrap(), "a renewal after letting go takes nothing");
-    assert_eq!(store.hold_session(&t, &s, &b, 5_000, 4_000).await.unwrap(), None);
+    assert_eq!(store.hold_session(&t, &s, &b, lease(5_000, 4_000), false).await.unwrap(), held(vec![]));
     // A lapsed lease: another turn takes it.
-    assert_eq!(store.hold_session(&t, &s, &a, 9_000, 5_001).await.unwrap(), None);
+    assert_eq!(store.hold_session(&t, &s, &a, lease(9_000, 5_001), false).await.unwrap(), held(vec![]));
+}
+
+/// Turns queue behind the holder, in order, only while it holds the session; letting go hands the
+/// session and the queue to the next holder; a take-over names the holder it took it from; a
+/// holder whose lease lapsed leaves its queue to whoever holds the session next.
+async fn turns_queue_behind_the_holder_and_are_handed_on(store: Arc<dyn ConversationStore>) {
+    let session = new_session(&*store, "acme", "u1").await;
+    let (t, s) = (tenant("acme"), session.id.clone());
+    let id = |name: &str| MessageId::parse(name).unwrap();
+    let lease = |until, now| HoldLease { until, now };
+    let (a, next, later) = (id("holder-a"), id("holder-next"), id("holder-later"));
+    let (q1, q2, q3) = (id("queued-1"), id("queued-2"), id("queued-3"));
+    assert!(!store.queue_turn(&t, &s, &q1, 1_000).await.unwrap(), "nothing to queue behind");
+    store.hold_session(&t, &s, &a, lease(5_000, 1_000), false).await.unwrap();
+    assert!(store.queue_turn(&t, &s, &q1, 1_100).await.unwrap());
+    assert!(store.queue_turn(&t, &s, &q2, 1_200).await.unwrap());
+    assert!(!store.queue_turn(&t, &s, &q3, 5_001).await.unwrap(), "the holder's lease lapsed");
+    assert_eq!(store.let_go_session(&t, &s, &a, &next, 6_000).await.unwrap(), vec![q1.clone(), q2.clone()]);
+    assert_eq!(
+        store.hold_session(&t, &s, &a, lease(7_000, 1_300), false).await.unwrap(),
+        Hold::Busy(next.clone()),
+        "the queue's holder holds the session"
+    );
+    assert_eq!(store.let_go_session(&t, &s, &next, &later, 6_000).await.unwrap(), Vec::<MessageId>::new());
+    assert!(!store.queue_turn(&t, &s, &q3, 1_400).await.unwrap(), "let go: nothing to queue behind");
+    // A take-over: the session is the newcomer's, and it is told whose it was.
+    store.hold_session(&t, &s, &a, lease(8_000, 1_500), false).await.unwrap();
+    assert!(store.queue_turn(&t, &s, &q3, 1_600).await.unwrap());
+    assert_eq!(
+        store.hold_session(&t, &s, &later, lease(8_000, 1_700), true).await.unwrap(),
+        Hold::Held { queued: vec![q3.clone()], taken_from: Some(a.clone()) }
+    );
+    assert!(!store.renew_session_hold(&t, &s, &a, 9_000).await.unwrap(), "a's hold was taken");
+    // A holder that died with turns queued behind it: the next holder takes them.
+    assert!(store.queue_turn(&t, &s, &q1, 1_800).await.unwrap());
+    assert_eq!(
+        store.hold_session(&t, &s, &next, lease(20_000, 8_001), false).await.unwrap(),
+        Hold::Held { queued: vec![q1.clone()], taken_from: None }
+    );
+    let other = new_session(&*store, "other", "u1").await;
+    assert!(
+        store.hold_session(&tenant("acme"), &other.id, &a, lease(9_000, 1_000), false).await.is_err(),
+        "another tenant's session is not found"
+    );
 }
 
 fn stored_agent(t: &str, id: &str, version: u64, prompt: &str) -> StoredAgent {
@@ -867,6 +929,8 @@ fn running_turn(t: &str, id: &str, created_at: Timestamp) -> TurnRecord {
         request_hash: None,
         pending_user: None,
         reserved: Vec::new(),
+        answered_by: None,
+        answers: Vec::new(),
         lease_until: 0,
         expires_at: agent_server::timestamp::epoch_seconds() + 3600,
         events: Vec::new(),

@@ -341,7 +341,9 @@ async fn slow_stream_as(s: &TestServer, user: &str, body: Value) -> (String, Str
 
 async fn concurrent_first_turns_of_a_user_end_in_one_session(backend: &str) {
     let s = TestServer::start(backend, &[]).await;
-    let turns = (0..5).map(|i| ok(turn_request(&s, "t1", "u1").json(&json!({"message": format!("hello {i}")}))));
+    // `parallel`: each is a turn of its own (under `queue` they would be answered together).
+    let body = |i| json!({"message": format!("hello {i}"), "concurrency": "parallel"});
+    let turns = (0..5).map(|i| ok(turn_request(&s, "t1", "u1").json(&body(i))));
     let answers = futures::future::join_all(turns).await;
     let sessions: std::collections::HashSet<_> = answers.iter().map(|a| a["sessionId"].clone()).collect();
     assert_eq!(sessions.len(), 1, "{sessions:?}");
@@ -350,9 +352,9 @@ async fn concurrent_first_turns_of_a_user_end_in_one_session(backend: &str) {
     assert_eq!(listed[0]["messages"].as_array().unwrap().len(), 10);
 }
 
-/// A new user's first turn streams slowly while three JSON turns of the user arrive: they continue
-/// its session, and its reply still sits right after its own message (the conversation alternates,
-/// each reply right after the message it answers).
+/// A new user's first turn streams slowly while three JSON turns of the user arrive, `parallel`: they
+/// continue its session, and its reply still sits right after its own message (the conversation
+/// alternates, each reply right after the message it answers).
 async fn a_streamed_first_turn_keeps_its_reply_next_to_its_message(backend: &str) {
     let s = TestServer::start(backend, &[SLOW]).await;
     let r = turn_request(&s, "t1", "new-user").json(&json!({"message": LONG, "stream": true})).send().await.unwrap();
@@ -361,7 +363,8 @@ async fn a_streamed_first_turn_keeps_its_reply_next_to_its_message(backend: &str
     let session = crate::support::parse_sse(&seen).into_iter().find(|(e, _)| e == "session").unwrap().1;
     let sid = session["sessionId"].as_str().unwrap().to_string();
     for i in 0..3 {
-        let answer = ok(turn_request(&s, "t1", "new-user").json(&json!({"message": format!("meanwhile {i}")}))).await;
+        let body = json!({"message": format!("meanwhile {i}"), "concurrency": "parallel"});
+        let answer = ok(turn_request(&s, "t1", "new-user").json(&body)).await;
         assert_eq!(answer["sessionId"], sid.as_str());
     }
     until_event(&mut body, "done").await;

@@ -36,8 +36,8 @@ use items::{message_from_item, message_item, s, session_from_item, session_item,
 use tables::{SESSION_TIMESTAMP_INDEX, TENANT_TIMESTAMP_INDEX, TENANT_USER_INDEX};
 
 use super::{
-    Action, ActionStatus, Appended, ContextSummary, ConversationStore, Deleted, Delivery, DeliveryStep, Erasure,
-    Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Retention, Session, StoreError,
+    Action, ActionStatus, Appended, ContextSummary, ConversationStore, Deleted, Delivery, DeliveryStep, Erasure, Hold,
+    HoldLease, Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Retention, Session, StoreError,
     StoreResult, StoredEvent, TurnEvent, TurnRecord, TurnStatus, is_expired, new_session_with, prepare_messages,
     writable_session,
 };
@@ -56,7 +56,41 @@ pub struct DynamoStore {
     retention: Retention,
 }
 
+/// The turns queued on a session item (`turnQueue`), oldest first.
+fn queued_turns(item: &HashMap<String, AttributeValue>) -> Vec<MessageId> {
+    match item.get("turnQueue") {
+        Some(AttributeValue::L(list)) => list
+            .iter()
+            .filter_map(|v| match v {
+                AttributeValue::S(id) => MessageId::parse(id.clone()).ok(),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 impl DynamoStore {
+    /// A session's holder and queue, read consistently (`None`: no such session).
+    async fn holder_item(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+    ) -> StoreResult<Option<HashMap<String, AttributeValue>>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.sessions)
+            .key("id", s(session.as_str()))
+            .key("tenantId", s(tenant.as_str()))
+            .projection_expression("id, turnHolder, turnQueue")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| map_err(&self.sessions, "GetItem", e))?;
+        Ok(out.item)
+    }
+
     pub fn new(client: Client, sessions_table: impl Into<String>, messages_table: impl Into<String>) -> Self {
         Self {
             client,
@@ -746,46 +780,78 @@ impl ConversationStore for DynamoStore {
         tenant: &TenantId,
         session: &SessionId,
         turn: &MessageId,
-        until: i64,
-        now: i64,
-    ) -> StoreResult<Option<MessageId>> {
+        lease: HoldLease,
+        take_over: bool,
+    ) -> StoreResult<Hold> {
         // The holder is read after a refused write; one that let go meanwhile means: try again.
         for _ in 0..5 {
-            let held = self
+            let condition = if take_over {
+                "attribute_exists(id)"
+            } else {
+                "attribute_exists(id) AND (attribute_not_exists(turnHolder) OR turnHolderUntil < :now OR turnHolder = :turn)"
+            };
+            let mut held = self
                 .client
                 .update_item()
                 .table_name(&self.sessions)
                 .key("id", s(session.as_str()))
                 .key("tenantId", s(tenant.as_str()))
-                .update_expression("SET turnHolder = :turn, turnHolderUntil = :until")
-                .condition_expression(
-                    "attribute_exists(id) AND (attribute_not_exists(turnHolder) OR turnHolderUntil < :now OR turnHolder = :turn)",
-                )
+                .update_expression("SET turnHolder = :turn, turnHolderUntil = :until REMOVE turnQueue")
+                .condition_expression(condition)
                 .expression_attribute_values(":turn", s(turn.as_str()))
-                .expression_attribute_values(":until", AttributeValue::N(until.to_string()))
-                .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
-                .send()
-                .await;
-            if written(held, &self.sessions, "UpdateItem")? {
-                return Ok(None);
+                .expression_attribute_values(":until", AttributeValue::N(lease.until.to_string()))
+                .return_values(ReturnValue::AllOld);
+            if !take_over {
+                held = held.expression_attribute_values(":now", AttributeValue::N(lease.now.to_string()));
             }
-            let out = self
-                .client
-                .get_item()
-                .table_name(&self.sessions)
-                .key("id", s(session.as_str()))
-                .key("tenantId", s(tenant.as_str()))
-                .projection_expression("id, turnHolder")
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(|e| map_err(&self.sessions, "GetItem", e))?;
-            let Some(item) = out.item else { return Err(StoreError::session_not_found(session)) };
+            match held.send().await {
+                Ok(out) => {
+                    let old = out.attributes.unwrap_or_default();
+                    let live_holder = match (old.get("turnHolder"), old.get("turnHolderUntil")) {
+                        (Some(AttributeValue::S(h)), Some(AttributeValue::N(until)))
+                            if h != turn.as_str() && until.parse::<i64>().is_ok_and(|u| u >= lease.now) =>
+                        {
+                            MessageId::parse(h.clone()).ok()
+                        }
+                        _ => None,
+                    };
+                    return Ok(Hold::Held { queued: queued_turns(&old), taken_from: live_holder });
+                }
+                Err(e) if is_conditional_failure(&e) => {}
+                Err(e) => return Err(map_err(&self.sessions, "UpdateItem", e)),
+            }
+            let item = self.holder_item(tenant, session).await?;
+            let Some(item) = item else { return Err(StoreError::session_not_found(session)) };
             if let Some(AttributeValue::S(holder)) = item.get("turnHolder") {
-                return Ok(MessageId::parse(holder.clone()).ok());
+                return Ok(Hold::Busy(
+                    MessageId::parse(holder.clone()).map_err(|e| StoreError::Internal(e.to_string()))?,
+                ));
             }
         }
         Err(StoreError::Conflict(format!("session {session} is being held and let go too often; retry")))
+    }
+
+    async fn queue_turn(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        turn: &MessageId,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.sessions)
+            .key("id", s(session.as_str()))
+            .key("tenantId", s(tenant.as_str()))
+            .update_expression("SET turnQueue = list_append(if_not_exists(turnQueue, :empty), :turn)")
+            .condition_expression("attribute_exists(turnHolder) AND turnHolderUntil >= :now")
+            .expression_attribute_values(":empty", AttributeValue::L(Vec::new()))
+            .expression_attribute_values(":turn", AttributeValue::L(vec![s(turn.as_str())]))
+            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .send()
+            .await;
+        written(result, &self.sessions, "UpdateItem")
     }
 
     async fn renew_session_hold(
@@ -810,7 +876,15 @@ impl ConversationStore for DynamoStore {
         written(result, &self.sessions, "UpdateItem")
     }
 
-    async fn let_go_session(&self, tenant: &TenantId, session: &SessionId, turn: &MessageId) -> StoreResult<()> {
+    async fn let_go_session(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        turn: &MessageId,
+        next: &MessageId,
+        until: i64,
+    ) -> StoreResult<Vec<MessageId>> {
+        // Most turns find nothing queued: one conditional write lets go.
         let result = self
             .client
             .update_item()
@@ -818,11 +892,45 @@ impl ConversationStore for DynamoStore {
             .key("id", s(session.as_str()))
             .key("tenantId", s(tenant.as_str()))
             .update_expression("REMOVE turnHolder, turnHolderUntil")
-            .condition_expression("turnHolder = :turn")
+            .condition_expression("turnHolder = :turn AND attribute_not_exists(turnQueue)")
             .expression_attribute_values(":turn", s(turn.as_str()))
             .send()
             .await;
-        written(result, &self.sessions, "UpdateItem").map(|_| ())
+        if written(result, &self.sessions, "UpdateItem")? {
+            return Ok(Vec::new());
+        }
+        // Turns are queued (or this turn no longer holds it): `next` takes the session with them,
+        // unless more were queued between the read and the write (then read again).
+        for _ in 0..10 {
+            let Some(item) = self.holder_item(tenant, session).await? else { return Ok(Vec::new()) };
+            if !matches!(item.get("turnHolder"), Some(AttributeValue::S(h)) if h == turn.as_str()) {
+                return Ok(Vec::new());
+            }
+            let queued = queued_turns(&item);
+            let handed = self
+                .client
+                .update_item()
+                .table_name(&self.sessions)
+                .key("id", s(session.as_str()))
+                .key("tenantId", s(tenant.as_str()));
+            let handed = if queued.is_empty() {
+                handed
+                    .update_expression("REMOVE turnHolder, turnHolderUntil")
+                    .condition_expression("turnHolder = :turn AND attribute_not_exists(turnQueue)")
+            } else {
+                handed
+                    .update_expression("SET turnHolder = :next, turnHolderUntil = :until REMOVE turnQueue")
+                    .condition_expression("turnHolder = :turn AND size(turnQueue) = :n")
+                    .expression_attribute_values(":next", s(next.as_str()))
+                    .expression_attribute_values(":until", AttributeValue::N(until.to_string()))
+                    .expression_attribute_values(":n", AttributeValue::N(queued.len().to_string()))
+            };
+            let handed = handed.expression_attribute_values(":turn", s(turn.as_str())).send().await;
+            if written(handed, &self.sessions, "UpdateItem")? {
+                return Ok(queued);
+            }
+        }
+        Err(StoreError::Conflict(format!("session {session} is being queued on too often; retry")))
     }
 
     async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()> {

@@ -65,7 +65,7 @@ impl DynamoStore {
             ("events".to_string(), events_attribute(&turn.events)?),
             ("expiresAt".to_string(), AttributeValue::N(turn.expires_at.to_string())),
         ]);
-        if turn.status != TurnStatus::Running {
+        if turn.status.is_final() {
             return self.put_if_absent(&self.messages, item).await;
         }
         let (shard, entry) = registry_key(turn);
@@ -116,7 +116,7 @@ impl DynamoStore {
                     };
                     let (Ok(tenant), Ok(turn)) = (TenantId::parse(tenant), MessageId::parse(turn)) else { continue };
                     match self.read_turn(&tenant, &turn).await? {
-                        Some(record) if record.status == TurnStatus::Running => {
+                        Some(record) if !record.status.is_final() => {
                             if record.lease_until < now_ms {
                                 found.push(record);
                             }
@@ -186,7 +186,7 @@ impl DynamoStore {
         for (name, status) in allowed.iter().zip(from) {
             update = update.expression_attribute_values(name, s(status.as_str()));
         }
-        if turn.status == TurnStatus::Running || !from.contains(&TurnStatus::Running) {
+        if !turn.status.is_final() || from.iter().all(|s| s.is_final()) {
             return written(update.send().await, &self.messages, "UpdateItem");
         }
         // The turn ends: its registry entry goes (a sweep deletes it if this write is lost).

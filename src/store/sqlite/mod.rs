@@ -24,8 +24,8 @@ use rows::*;
 use schema::{migrate, open, spawn_maintenance};
 
 use super::{
-    Action, ActionStatus, Appended, ContextSummary, ConversationStore, Deleted, Delivery, DeliveryStep, Erasure,
-    Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Retention, Session, StoreError,
+    Action, ActionStatus, Appended, ContextSummary, ConversationStore, Deleted, Delivery, DeliveryStep, Erasure, Hold,
+    HoldLease, Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Retention, Session, StoreError,
     StoreResult, StoredEvent, TurnEvent, TurnRecord, TurnStatus, new_session_with, prepare_messages, writable_session,
 };
 use crate::agents::StoredAgent;
@@ -752,9 +752,9 @@ impl ConversationStore for SqliteStore {
         tenant: &TenantId,
         session: &SessionId,
         turn: &MessageId,
-        until: i64,
-        now: i64,
-    ) -> StoreResult<Option<MessageId>> {
+        lease: HoldLease,
+        take_over: bool,
+    ) -> StoreResult<Hold> {
         let (tenant, session, turn) = (tenant.clone(), session.clone(), turn.clone());
         self.write("hold_session", move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(internal)?;
@@ -768,27 +768,41 @@ impl ConversationStore for SqliteStore {
             if !exists {
                 return Err(StoreError::session_not_found(&session));
             }
-            let held: Option<(String, i64)> = tx
-                .query_row(
-                    "SELECT turn_id, until FROM session_holders WHERE tenant_id = ?1 AND session_id = ?2",
-                    params![tenant.as_str(), session.as_str()],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .map_err(internal)?;
-            if let Some((holder, held_until)) = held
-                && holder != turn.as_str()
-                && held_until >= now
-            {
-                return Ok(MessageId::parse(holder).ok());
+            let (holder, queued) = holder_row(&tx, &tenant, &session)?;
+            let live = holder.filter(|(h, until)| h != turn.as_str() && *until >= lease.now);
+            if let (Some((holder, _)), false) = (&live, take_over) {
+                return Ok(Hold::Busy(MessageId::parse(holder.clone()).map_err(internal)?));
             }
             tx.execute(
-                "INSERT OR REPLACE INTO session_holders (tenant_id, session_id, turn_id, until) VALUES (?1, ?2, ?3, ?4)",
-                params![tenant.as_str(), session.as_str(), turn.as_str(), until],
+                "INSERT OR REPLACE INTO session_holders (tenant_id, session_id, turn_id, until, queue) \
+                 VALUES (?1, ?2, ?3, ?4, '[]')",
+                params![tenant.as_str(), session.as_str(), turn.as_str(), lease.until],
             )
             .map_err(internal)?;
             tx.commit().map_err(internal)?;
-            Ok(None)
+            let taken_from = live.and_then(|(h, _)| MessageId::parse(h).ok());
+            Ok(Hold::Held { queued, taken_from })
+        })
+        .await
+    }
+
+    async fn queue_turn(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        turn: &MessageId,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let (tenant, session, turn) = (tenant.clone(), session.clone(), turn.clone());
+        self.write("queue_turn", move |c| {
+            let n = c
+                .execute(
+                    "UPDATE session_holders SET queue = json_insert(queue, '$[#]', ?3) \
+                     WHERE tenant_id = ?1 AND session_id = ?2 AND until >= ?4",
+                    params![tenant.as_str(), session.as_str(), turn.as_str(), now],
+                )
+                .map_err(internal)?;
+            Ok(n == 1)
         })
         .await
     }
@@ -813,15 +827,37 @@ impl ConversationStore for SqliteStore {
         .await
     }
 
-    async fn let_go_session(&self, tenant: &TenantId, session: &SessionId, turn: &MessageId) -> StoreResult<()> {
-        let (tenant, session, turn) = (tenant.clone(), session.clone(), turn.clone());
+    async fn let_go_session(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        turn: &MessageId,
+        next: &MessageId,
+        until: i64,
+    ) -> StoreResult<Vec<MessageId>> {
+        let (tenant, session, turn, next) = (tenant.clone(), session.clone(), turn.clone(), next.clone());
         self.write("let_go_session", move |c| {
-            c.execute(
-                "DELETE FROM session_holders WHERE tenant_id = ?1 AND session_id = ?2 AND turn_id = ?3",
-                params![tenant.as_str(), session.as_str(), turn.as_str()],
-            )
-            .map_err(internal)?;
-            Ok(())
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(internal)?;
+            let (holder, queued) = holder_row(&tx, &tenant, &session)?;
+            if holder.is_none_or(|(h, _)| h != turn.as_str()) {
+                return Ok(Vec::new());
+            }
+            if queued.is_empty() {
+                tx.execute(
+                    "DELETE FROM session_holders WHERE tenant_id = ?1 AND session_id = ?2",
+                    params![tenant.as_str(), session.as_str()],
+                )
+                .map_err(internal)?;
+            } else {
+                tx.execute(
+                    "UPDATE session_holders SET turn_id = ?3, until = ?4, queue = '[]' \
+                     WHERE tenant_id = ?1 AND session_id = ?2",
+                    params![tenant.as_str(), session.as_str(), next.as_str(), until],
+                )
+                .map_err(internal)?;
+            }
+            tx.commit().map_err(internal)?;
+            Ok(queued)
         })
         .await
     }
@@ -965,4 +1001,24 @@ impl ConversationStore for SqliteStore {
         }
         self.read("search", move |c| search::search(c, &tenant, &query)).await
     }
+}
+
+/// A session's holder (with its lease) and the turns queued on it, oldest first.
+#[allow(clippy::type_complexity)]
+fn holder_row(
+    tx: &rusqlite::Transaction<'_>,
+    tenant: &TenantId,
+    session: &SessionId,
+) -> StoreResult<(Option<(String, i64)>, Vec<MessageId>)> {
+    let row: Option<(String, i64, String)> = tx
+        .query_row(
+            "SELECT turn_id, until, queue FROM session_holders WHERE tenant_id = ?1 AND session_id = ?2",
+            params![tenant.as_str(), session.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(internal)?;
+    let Some((holder, until, queue)) = row else { return Ok((None, Vec::new())) };
+    let queue: Vec<String> = serde_json::from_str(&queue).map_err(internal)?;
+    Ok((Some((holder, until)), queue.into_iter().filter_map(|id| MessageId::parse(id).ok()).collect()))
 }

@@ -8,7 +8,7 @@ use super::{Inner, internal};
 use crate::store::{StoreError, StoreResult};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 11;
+const SCHEMA_VERSION: i64 = 12;
 
 /// Version 1: sessions and messages with their indexes.
 const SCHEMA_V1: &str = "
@@ -201,6 +201,24 @@ pub(super) fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Sto
                 until INTEGER NOT NULL,
                 PRIMARY KEY (tenant_id, session_id)
             ) WITHOUT ROWID;",
+        )
+        .map_err(internal)?;
+    }
+    // Version 12: the turns queued behind a session's running turn (`TURN_CONCURRENCY=queue`), and
+    // queued turns among the running ones the sweep looks at.
+    if version < 12 && 12 <= target {
+        let has: bool = tx
+            .query_row("SELECT count(*) > 0 FROM pragma_table_info('session_holders') WHERE name = 'queue'", [], |r| {
+                r.get(0)
+            })
+            .map_err(internal)?;
+        if !has {
+            tx.execute_batch("ALTER TABLE session_holders ADD COLUMN queue TEXT NOT NULL DEFAULT '[]';")
+                .map_err(internal)?;
+        }
+        tx.execute_batch(
+            "DROP INDEX IF EXISTS turns_running;
+             CREATE INDEX turns_running ON turns (id) WHERE status IN ('running', 'queued');",
         )
         .map_err(internal)?;
     }

@@ -43,7 +43,7 @@ pub(super) fn get(conn: &Connection, tenant: &TenantId, id: &MessageId) -> Store
 pub(super) fn running(conn: &Connection, before: &Timestamp, limit: usize) -> StoreResult<Vec<TurnRecord>> {
     let mut statement = conn
         .prepare_cached(
-            "SELECT record, events FROM turns WHERE status = 'running' \
+            "SELECT record, events FROM turns WHERE status IN ('running', 'queued') \
              AND json_extract(record, '$.createdAt') < ?1 AND json_extract(record, '$.leaseUntil') < ?3 LIMIT ?2",
         )
         .map_err(internal)?;
