@@ -44,7 +44,10 @@ async fn completions(State(m): State<MockModel>, Json(body): Json<Value>) -> Res
         let event = json!({"model": "bench-mock", "choices": [{"index": 0, "delta": {"content": w}}]});
         Ok::<_, std::io::Error>(Bytes::from(format!("data: {event}\n\n")))
     });
-    let done = futures::stream::once(async { Ok(Bytes::from_static(b"data: [DONE]\n\n")) });
+    // The usage chunk OpenAI sends last when asked (`stream_options.include_usage`).
+    let tokens = m.tokens;
+    let usage = json!({"model": "bench-mock", "choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": tokens}});
+    let done = futures::stream::once(async move { Ok(Bytes::from(format!("data: {usage}\n\ndata: [DONE]\n\n"))) });
     Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(stream.chain(done))).unwrap()
 }
 

@@ -10,6 +10,8 @@
 //! - `approvals`: deciding pending actions, exactly once, and the turn that follows;
 //! - `idempotency`: what a retried `Idempotency-Key` finds;
 //! - `follow`: reading a turn (its record, its events) and cancelling it, here or on another server;
+//! - `queue`: a session's one running turn (`concurrency`), the messages queued behind it and the turn
+//!   that answers them together;
 //! - `live`: the turns running in this process; `messages`: how a turn is recorded in its messages.
 
 mod announce;
