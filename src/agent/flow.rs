@@ -272,10 +272,9 @@ impl Agent {
                 };
                 match held {
                     Ok(hold) if waits => {
-                        let stamp = stamps[0].clone();
                         let waiting = (user_new, resume);
                         return self
-                            .wait_in_queue(live, req, &session, &stamp, waiting, hash, hold, persona.debounce)
+                            .wait_in_queue(live, req, &session, &stamps, waiting, hash, hold, persona.debounce)
                             .await;
                     }
                     Ok(Hold::Busy(other)) => {
@@ -315,16 +314,13 @@ impl Agent {
         let mut user_message = resume.clone();
         let mut record = None;
         if req.stream {
-            let written = self
-                .open_stream(live, req, &mut place, &user_new, &mut stamps, resume.is_some(), hash, persona.agent_id())
-                .await;
+            // A streamed first turn holds the session it creates (under a policy that holds).
+            let holds = self.policy(req.concurrency, &persona).holds() && live.holds().is_none();
+            let (resumed, agent) = (resume.is_some(), persona.agent_id());
+            let written =
+                self.open_stream(live, req, &mut place, &user_new, &mut stamps, resumed, hash, agent, holds).await;
             match written {
                 Ok((message, rec)) => {
-                    // A streamed first turn created its session: it holds it from now on.
-                    if self.policy(req.concurrency, &persona).holds() && live.holds().is_none() {
-                        let hold = self.hold(live, &req.tenant, &message.session_id, false).await?;
-                        self.requeue(&req.tenant, &message.session_id, hold).await;
-                    }
                     user_message = Some(message);
                     record = Some(rec);
                 }

@@ -333,6 +333,22 @@ impl Agent {
                     let _ = tokio::time::timeout(Duration::from_millis(100), live.finished()).await;
                 }
             }
+            // A queued message's turn on another server: answered already, cancelling it cancels the
+            // turn that answers it; still waiting, it is cancelled where it waits.
+            Found::Recorded(record) if record.answered_by.is_some() && !record.status.is_final() => {
+                let answerer = record.answered_by.clone().unwrap_or_else(|| turn.clone());
+                let _ = Box::pin(self.cancel(tenant, session, &answerer, None)).await;
+                self.until_final(tenant, turn).await?;
+            }
+            Found::Recorded(mut record) if record.status == TurnStatus::Queued => {
+                record.status = TurnStatus::Cancelled;
+                record.updated_at = Timestamp::now();
+                if !self.store.save_turn(&record, &[], &[TurnStatus::Queued]).await? {
+                    // Claimed meanwhile: cancel the turn that answers it.
+                    return Box::pin(self.cancel(tenant, session, turn, viewer)).await;
+                }
+                self.until_final(tenant, turn).await?;
+            }
             Found::Recorded(mut record) if record.status == TurnStatus::Running => {
                 record.status = TurnStatus::Cancelled;
                 record.updated_at = Timestamp::now();
@@ -358,6 +374,19 @@ impl Agent {
             TurnStatus::Cancelled | TurnStatus::Running => Ok(view),
             other => Err(TurnError::Ended(other)),
         }
+    }
+
+    /// Waits (10 s at most) until a queued message's turn has its reply recorded.
+    async fn until_final(&self, tenant: &TenantId, turn: &MessageId) -> Result<(), TurnError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let now = self.store.get_turn(tenant, turn).await?.ok_or_else(|| not_found(turn))?;
+            if now.agent_message_id.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
     }
 
     /// A turn whose server died (its lease lapsed): it becomes `interrupted`, its partial reply (the

@@ -32,6 +32,7 @@ impl Agent {
         resumed: bool,
         hash: Option<&str>,
         agent: Option<&crate::ids::AgentId>,
+        holds: bool,
     ) -> Result<(Message, TurnRecord), TurnError> {
         let turn_id = &live.turn_id;
         let message = match place {
@@ -57,6 +58,12 @@ impl Agent {
                 let (_, reply) = self.store.begin_turn(&req.tenant, &session.id, Some(&req.user), 1).await?;
                 *stamps = vec![message.timestamp.clone(), reply[0].clone()];
                 self.announce_session_start(&session, idle.as_deref()).await;
+                // It holds the session it created before the user's other first turns, waiting for
+                // the lock, can find it (they queue behind it).
+                if holds {
+                    let hold = self.hold(live, &req.tenant, &session.id, false).await?;
+                    self.requeue(&req.tenant, &session.id, hold).await;
+                }
                 // The session exists now: later first turns of the user continue it.
                 *place = Place::Continue(session.id);
                 message

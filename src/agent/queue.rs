@@ -187,7 +187,7 @@ impl Agent {
         live: &Arc<LiveTurn>,
         req: &TurnRequest,
         session: &Session,
-        stamp: &Timestamp,
+        stamps: &[Timestamp],
         (mut user_new, resumed): (NewMessage, Option<Message>),
         hash: Option<&str>,
         hold: Hold,
@@ -198,7 +198,7 @@ impl Agent {
         // A retried key's message was stored by its failed attempt (whose record gives way).
         let message = match &resumed {
             Some(stored) => stored.clone(),
-            None => user_new.clone().into_message(tenant, &session.id, stamp.clone()),
+            None => user_new.clone().into_message(tenant, &session.id, stamps[0].clone()),
         };
         if resumed.is_some() {
             self.store.delete_turn(tenant, turn, &[]).await?;
@@ -208,7 +208,9 @@ impl Agent {
         let mut record = self.new_record(live, req, session.id.clone(), hash);
         record.status = TurnStatus::Queued;
         record.pending_user = Some(user_new);
-        record.reserved = vec![stamp.clone()];
+        // Its message's place, and its reply's right after it (taken only if it is cancelled
+        // before a turn answers it).
+        record.reserved = stamps.to_vec();
         // The `session` event goes out once the message is stored and queued (a client that saw it
         // can count on an answer); the record has it from the start, for followers elsewhere.
         let data =
@@ -233,7 +235,12 @@ impl Agent {
                     Answering { tenant: tenant.clone(), session: session.id.clone(), holder, queued, debounce };
                 self.answer_queued(answering);
             }
-            Hold::Busy(_) => self.join_queue(tenant, &session.id, turn).await?,
+            Hold::Busy(_) => {
+                // Stored and recorded: a failure here leaves it to the waiting below (and the sweep).
+                if let Err(e) = self.join_queue(tenant, &session.id, turn).await {
+                    tracing::warn!(error = %e, %turn, "could not queue the message yet; it waits for the session");
+                }
+            }
         }
         live.push("session", data);
         let place = TurnPlace {
@@ -289,9 +296,13 @@ impl Agent {
     ) -> Result<TurnOutcome, TurnError> {
         let (tenant, session, turn) = (record.tenant_id.clone(), record.session_id.clone(), record.turn_id.clone());
         let mut renewed = Instant::now();
+        let mut rounds = 0u32;
+        // A stop this waiting does not end at (a shutdown: the message stays queued for the next
+        // turn, on any server; a take-over of a hold it never had) is seen once.
+        let mut heeded = false;
         let answerer = loop {
             tokio::select! {
-                reason = live.stopped() => match reason {
+                reason = live.stopped(), if !heeded => match reason {
                     StopReason::Erased => return Err(TurnError::Erased),
                     StopReason::Cancelled | StopReason::ClientGone => {
                         record.status = TurnStatus::Cancelled;
@@ -299,13 +310,26 @@ impl Agent {
                         if self.store.save_turn(&record, &[], &[TurnStatus::Queued]).await? {
                             return self.cancelled_in_queue(live, record, message).await;
                         }
+                        heeded = true;
                     }
-                    // The message stays queued: the next turn, on any server, answers it.
-                    _ => return Err(StoreError::Conflict("the server stopped; the message stays queued and the next turn answers it".into()).into()),
+                    StopReason::Shutdown => {
+                        return Err(StoreError::Unavailable(
+                            "the server is stopping; the message stays queued and the next turn answers it".into(),
+                        )
+                        .into());
+                    }
+                    _ => heeded = true,
                 },
                 _ = tokio::time::sleep(FLUSH_EVERY) => {}
             }
-            let Some(now) = self.store.get_turn(&tenant, &turn).await? else { return Err(TurnError::Erased) };
+            let now = match self.store.get_turn(&tenant, &turn).await {
+                Ok(Some(now)) => now,
+                Ok(None) => return Err(TurnError::Erased),
+                Err(e) => {
+                    tracing::warn!(error = %e, %turn, "could not read a queued message's record; trying again");
+                    continue;
+                }
+            };
             if let Some(answerer) = now.answered_by.clone() {
                 break answerer;
             }
@@ -314,23 +338,30 @@ impl Agent {
             }
             if renewed.elapsed() >= LEASE / 4 {
                 renewed = Instant::now();
+                rounds += 1;
                 record.lease_until = now_millis() + LEASE.as_millis() as i64;
                 record.updated_at = Timestamp::now();
                 let _ = self.store.save_turn(&record, &[], &[TurnStatus::Queued]).await;
-                // The running turn's server died (its hold lapsed): this server answers.
+                // The running turn's server died (its hold lapsed): this server answers. A session
+                // held all along gets this message queued again now and then, in case a hold took
+                // the queue and lost it (the answering turn leaves out repeats).
                 let holder = holder_for(&MessageId::generate());
-                if let Ok(Hold::Held { mut queued, .. }) =
-                    self.store.hold_session(&tenant, &session, &holder, lease(), false).await
-                {
-                    queued.push(turn.clone());
-                    let answering = Answering {
-                        tenant: tenant.clone(),
-                        session: session.clone(),
-                        holder,
-                        queued,
-                        debounce: Duration::ZERO,
-                    };
-                    self.answer_queued(answering);
+                match self.store.hold_session(&tenant, &session, &holder, lease(), false).await {
+                    Ok(Hold::Held { mut queued, .. }) => {
+                        queued.push(turn.clone());
+                        let answering = Answering {
+                            tenant: tenant.clone(),
+                            session: session.clone(),
+                            holder,
+                            queued,
+                            debounce: Duration::ZERO,
+                        };
+                        self.answer_queued(answering);
+                    }
+                    Ok(Hold::Busy(_)) if rounds % 4 == 0 => {
+                        let _ = self.store.queue_turn(&tenant, &session, &turn, now_millis()).await;
+                    }
+                    _ => {}
                 }
             }
         };
@@ -344,9 +375,9 @@ impl Agent {
                 event = events.next() => event,
                 reason = &mut cancelled, if !cancel_sent => {
                     cancel_sent = true;
-                    if matches!(reason, StopReason::Cancelled | StopReason::ClientGone) {
-                        // Cancelling a message's turn cancels the turn that answers it (for every
-                        // message it answers).
+                    // Cancelling a message's turn cancels the turn that answers it (for every message
+                    // it answers); its client going away does not (the others still wait for it).
+                    if reason == StopReason::Cancelled {
                         let _ = self.cancel(&tenant, &session, &answerer, None).await;
                     }
                     continue;
@@ -474,75 +505,75 @@ impl Agent {
                     Ok(more) => next = more,
                     Err(e) => {
                         tracing::warn!(error = %e, %session, "could not answer the queued messages; the next turn or sweep does");
-                        let spare = holder_for(&MessageId::generate());
-                        // Let go: a later turn or the sweep answers what is still queued.
-                        if let Ok(queued) =
-                            agent.store.let_go_session(&tenant, &session, &holder, &spare, lease().until).await
-                            && !queued.is_empty()
-                        {
-                            next = Some(Answering { tenant, session, holder: spare, queued, debounce: Duration::ZERO });
-                            tokio::time::sleep(LEASE / 4).await;
-                        }
+                        // Let go: a later turn, a waiting client or the sweep answers what waits.
+                        let _ = agent.hand_on(&tenant, &session, &holder).await.map(|more| {
+                            if let Some(more) = more {
+                                agent.answer_queued(more);
+                            }
+                        });
                     }
                 }
             }
         });
     }
 
-    /// One answering turn: it claims the queued messages still waiting (each queued record says
+    /// Gives `queued` back to the session's queue (another turn holds it now).
+    async fn give_back_queue(&self, tenant: &TenantId, session: &SessionId, queued: &[MessageId]) {
+        for turn in queued {
+            if let Err(e) = self.store.queue_turn(tenant, session, turn, now_millis()).await {
+                tracing::warn!(error = %e, %turn, "could not queue a message again; its client or the sweep does");
+            }
+        }
+    }
+
+    /// One answering turn. It holds the session as itself (taking what was queued meanwhile),
+    /// waits out a debounce, claims the queued messages still waiting (each queued record then says
     /// `answeredBy` it), calls the model once with all of them, stores its reply after the newest,
     /// and lets go of the session (handing it, with what was queued meanwhile, to the next one).
-    async fn answer(self: &Arc<Self>, mut answering: Answering) -> Result<Option<Answering>, TurnError> {
-        // A debounce: the turn waits until the newest message has gone that long without another.
-        let waited = Instant::now();
-        while !answering.debounce.is_zero() && waited.elapsed() < DEBOUNCE_AT_MOST {
-            tokio::time::sleep(answering.debounce).await;
-            let next = holder_for(&MessageId::generate());
-            let store = &self.store;
-            let more = store
-                .let_go_session(&answering.tenant, &answering.session, &answering.holder, &next, lease().until)
-                .await?;
-            if more.is_empty() {
-                // Nothing came: the session was let go; this turn holds it again to answer.
-                match store.hold_session(&answering.tenant, &answering.session, &next, lease(), false).await? {
-                    Hold::Held { queued, .. } => answering.queued.extend(queued),
-                    Hold::Busy(_) => {
-                        // Another turn came between: what this one gathered waits behind it.
-                        for turn in &answering.queued {
-                            store.queue_turn(&answering.tenant, &answering.session, turn, now_millis()).await?;
-                        }
-                        return Ok(None);
-                    }
+    async fn answer(self: &Arc<Self>, answering: Answering) -> Result<Option<Answering>, TurnError> {
+        let Answering { tenant, session, holder, mut queued, debounce } = answering;
+        let turn = MessageId::generate();
+        let own = holder_for(&turn);
+        let more = self.store.let_go_session(&tenant, &session, &holder, &own, lease().until).await?;
+        if more.is_empty() {
+            match self.store.hold_session(&tenant, &session, &own, lease(), false).await? {
+                Hold::Held { queued: more, .. } => queued.extend(more),
+                Hold::Busy(_) => {
+                    // Another turn came between: what this one gathered waits behind it.
+                    self.give_back_queue(&tenant, &session, &queued).await;
+                    return Ok(None);
                 }
-                answering.holder = next;
+            }
+        } else {
+            queued.extend(more);
+        }
+        let Some(first) = self.first_waiting(&tenant, &session, &queued).await? else {
+            return self.hand_on(&tenant, &session, &own).await;
+        };
+        let Ok(live) = self.live.register(&turn, &tenant, &first.user_id, None) else {
+            self.give_back_queue(&tenant, &session, &queued).await;
+            return self.hand_on(&tenant, &session, &own).await;
+        };
+        live.set_session(&session);
+        self.keep_holding(&live, &tenant, &session, &own);
+        // A debounce: the newest message must go that long without another (renewing the hold and
+        // taking what was queued meanwhile, every few seconds at most).
+        let (started, mut quiet_since) = (Instant::now(), Instant::now());
+        while !debounce.is_zero() && quiet_since.elapsed() < debounce && started.elapsed() < DEBOUNCE_AT_MOST {
+            tokio::time::sleep(debounce.saturating_sub(quiet_since.elapsed()).min(LEASE / 4)).await;
+            match self.store.hold_session(&tenant, &session, &own, lease(), false).await {
+                Ok(Hold::Held { queued: more, .. }) if !more.is_empty() => {
+                    queued.extend(more);
+                    quiet_since = Instant::now();
+                }
+                Ok(Hold::Busy(_)) => live.stop(StopReason::Superseded),
+                _ => {}
+            }
+            if live.holds().is_none() {
                 break;
             }
-            answering.queued.extend(more);
-            answering.holder = next;
         }
-        let Answering { tenant, session, holder, queued, .. } = answering;
-        let mut unique = Vec::new();
-        for id in queued {
-            if !unique.contains(&id) {
-                unique.push(id);
-            }
-        }
-        let mut waiting = Vec::new();
-        for id in &unique {
-            if let Some(r) = self.store.get_turn(&tenant, id).await?
-                && r.session_id == session
-                && r.status == TurnStatus::Queued
-            {
-                waiting.push(r);
-            }
-        }
-        let Some(first) = waiting.first() else { return self.hand_on(&tenant, &session, &holder).await };
-        let user = first.user_id.clone();
-        let turn = messages::turn_id(&tenant, &user, None);
-        let Ok(live) = self.live.register(&turn, &tenant, &user, None) else { return Ok(None) };
-        live.set_session(&session);
-        self.keep_holding(&live, &tenant, &session, &holder);
-        let result = self.answer_as(&live, &tenant, &session, &user, waiting).await;
+        let result = self.answer_as(&live, &tenant, &session, &first.user_id, queued).await;
         // Handed on before the answer goes out, like any turn's let-go.
         let more = match live.take_holds() {
             Some((_, holder)) => self.hand_on(&tenant, &session, &holder).await,
@@ -565,6 +596,24 @@ impl Agent {
         more
     }
 
+    /// The first of these queued messages still waiting in this session (its record).
+    async fn first_waiting(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        queued: &[MessageId],
+    ) -> Result<Option<TurnRecord>, TurnError> {
+        for id in queued {
+            if let Some(r) = self.store.get_turn(tenant, id).await?
+                && &r.session_id == session
+                && r.status == TurnStatus::Queued
+            {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
+    }
+
     /// Lets go of the session, or hands it on with what was queued meanwhile.
     async fn hand_on(
         &self,
@@ -583,23 +632,36 @@ impl Agent {
         }))
     }
 
-    /// The answering turn's work: its record, its claims, the model call and its reply.
+    /// The answering turn's work: its reply's place, its record, its claims, the model call and its
+    /// reply. After its record is written, a failure is written to it (its waiting clients get the
+    /// error) and its reply's place is given back.
     async fn answer_as(
         self: &Arc<Self>,
         live: &Arc<LiveTurn>,
         tenant: &TenantId,
         session_id: &SessionId,
         user: &UserId,
-        waiting: Vec<TurnRecord>,
+        mut queued: Vec<MessageId>,
     ) -> Result<(TurnOutcome, TurnRecord), TurnError> {
-        let started = Instant::now();
-        let begun_at = Timestamp::now();
-        let turn = live.turn_id.clone();
-        // The reply's place first: after every queued message (theirs were reserved before).
+        // The reply's place first: after every message queued so far (theirs were reserved before),
+        // then what was queued until now, taken with the hold renewed.
         let (session, stamps) = self.store.begin_turn(tenant, session_id, None, 1).await?;
+        if let Some((_, own)) = live.holds()
+            && let Hold::Held { queued: more, .. } =
+                self.store.hold_session(tenant, session_id, &own, lease(), false).await?
+        {
+            queued.extend(more);
+        }
+        let turn = live.turn_id.clone();
         let mut record = self.record_for(&turn, tenant, session_id, user, None);
         record.reserved = stamps.clone();
-        record.answers = waiting.iter().map(|r| r.turn_id.clone()).collect();
+        let mut unique: Vec<MessageId> = Vec::new();
+        for id in queued {
+            if !unique.contains(&id) {
+                unique.push(id);
+            }
+        }
+        record.answers = unique.clone();
         let event = live.push(
             "session",
             json!({"sessionId": session_id, "turnId": turn, "status": TurnStatus::Running, "answers": record.answers}),
@@ -608,10 +670,42 @@ impl Agent {
         record.events = vec![event];
         self.store.create_turn(&record).await?;
         record.events.clear();
-        // Each message is claimed once (a conditional write from `queued`), and stored in its place
-        // if its server died before it could.
+        match self.answer_claimed(live, &session, &stamps[0], &mut record, unique).await {
+            Ok(outcome) => Ok((outcome, record)),
+            Err(e) => {
+                if !matches!(e, TurnError::Erased) {
+                    let back_to = session.last_message_at.as_ref();
+                    let _ = self.store.release_turn(tenant, session_id, &stamps[0], back_to).await;
+                    record.status = TurnStatus::Failed;
+                    record.error = Some(TurnFailure { code: e.code().into(), message: e.public_message() });
+                    let event = live.push("error", e.event_data());
+                    self.save_record(&mut record, vec![event]).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Claims each message once (a conditional write from `queued`; stored in its place if its
+    /// server died before it could), then calls the model with them all and stores the reply.
+    async fn answer_claimed(
+        self: &Arc<Self>,
+        live: &Arc<LiveTurn>,
+        session: &Session,
+        reply_at: &Timestamp,
+        record: &mut TurnRecord,
+        unique: Vec<MessageId>,
+    ) -> Result<TurnOutcome, TurnError> {
+        let started = Instant::now();
+        let begun_at = Timestamp::now();
+        let (tenant, session_id, user) = (&session.tenant_id, &session.id, &record.user_id.clone());
+        let turn = live.turn_id.clone();
         let mut answered: Vec<Message> = Vec::new();
-        for mut queued in waiting {
+        for id in &unique {
+            let Some(mut queued) = self.store.get_turn(tenant, id).await? else { continue };
+            if &queued.session_id != session_id || queued.status != TurnStatus::Queued {
+                continue;
+            }
             queued.status = TurnStatus::Running;
             queued.answered_by = Some(turn.clone());
             queued.lease_until = now_millis() + LEASE.as_millis() as i64;
@@ -628,19 +722,19 @@ impl Agent {
             };
             answered.extend(stored);
         }
+        // In the order they are stored (the queue's order is the order they were queued in).
+        answered.sort_by(|a, b| a.timestamp.cmp(&b.timestamp));
         record.answers = answered.iter().map(|m| m.id.clone()).collect();
-        let give_back = || self.store.release_turn(tenant, session_id, &stamps[0], session.last_message_at.as_ref());
         let Some(last) = answered.last().cloned() else {
-            let _ = give_back().await;
-            self.store.delete_turn(tenant, &turn, &[]).await?;
             return Err(StoreError::NotFound("no queued message was left to answer".into()).into());
         };
-        let persona = self.agents.pick(tenant, None, session_agent(&session).as_ref()).await?;
-        let limit = persona.history_max_messages;
-        let page = self.store.list_messages(tenant, session_id, history_query(limit.max(1))).await?;
-        let history = complete_history(&*self.store, &session, limit.max(1), Some(page)).await?;
-        let mut history = super::summary::after_summary(&session, history);
-        history.retain(|m| m.id != last.id);
+        let persona = self.agents.pick(tenant, None, session_agent(session).as_ref()).await?;
+        // The history has room for every message answered, and nothing stored after the reply's place.
+        let limit = persona.history_max_messages.max(answered.len());
+        let page = self.store.list_messages(tenant, session_id, history_query(limit)).await?;
+        let history = complete_history(&*self.store, session, limit, Some(page)).await?;
+        let mut history = super::summary::after_summary(session, history);
+        history.retain(|m| m.id != last.id && &m.timestamp < reply_at);
         let ctx = Self::tool_context(tenant, user, session.location_id.as_ref());
         let summary = session.context_summary.clone();
         let request = ModelRequest {
@@ -654,7 +748,7 @@ impl Agent {
             temperature: persona.temperature,
             max_output_tokens: persona.max_output_tokens,
         };
-        let thinking = self.follow_model(&persona, live, true, request, &ctx, Some(&mut record)).await;
+        let thinking = self.follow_model(&persona, live, true, request, &ctx, Some(record)).await;
         let (thought, status, interrupted) = match thinking {
             Thinking::Done(thought) => {
                 let pending = thought.actions.iter().any(|a| a.status == crate::store::ActionStatus::PendingApproval);
@@ -669,14 +763,7 @@ impl Agent {
                 let reply = ModelReply { text: partial, model: String::new(), usage: None, tool_calls: Vec::new() };
                 (Thought { reply, actions: Vec::new() }, status, Some(why))
             }
-            Thinking::Failed(e) => {
-                let _ = give_back().await;
-                record.status = TurnStatus::Failed;
-                record.error = Some(TurnFailure { code: e.code().into(), message: e.public_message() });
-                let event = live.push("error", e.event_data());
-                self.save_record(&mut record, vec![event]).await;
-                return Err(e);
-            }
+            Thinking::Failed(e) => return Err(e),
         };
         if self.live.erased(live) || self.lost_to_erasure(tenant, user, Some(session_id), &begun_at) {
             self.store.delete_turn(tenant, &turn, &[]).await?;
@@ -698,7 +785,7 @@ impl Agent {
             }
         }
         messages::mark_persona(&mut agent_new, &persona);
-        let reply = agent_new.into_message(tenant, session_id, stamps[0].clone());
+        let reply = agent_new.into_message(tenant, session_id, reply_at.clone());
         let agent_message = self.store.put_messages(tenant, session_id, vec![reply]).await?.remove(0).message;
         let outcome = TurnOutcome {
             turn_id: turn.clone(),
@@ -719,7 +806,7 @@ impl Agent {
         self.announce_turn(place, Ok(&outcome), None).await;
         record.status = status;
         record.agent_message_id = Some(outcome.agent_message.id.clone());
-        Ok((outcome, record))
+        Ok(outcome)
     }
 
     /// A queued message's record whose server died while it waited (the sweep found its lease

@@ -124,8 +124,6 @@ async fn a_burst_of_three_messages_is_two_model_calls_in_the_order_the_model_saw
     let msgs = messages(&y, &sid).await;
     assert_eq!(roles(&msgs[2..]), ["user", "agent", "user", "user", "agent"], "{:?}", contents(&msgs));
     assert_eq!(contents(&msgs[2..])[2..4], ["second", "third"]);
-    let stamps: Vec<&str> = msgs.iter().map(|m| m["timestamp"].as_str().unwrap()).collect();
-    assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{stamps:?}");
     assert!(msgs[4]["metadata"]["receivedAt"].is_string(), "a queued message keeps its arrival: {}", msgs[4]);
     assert_eq!(msgs[6]["metadata"]["answers"], json!([second["turnId"], third_turn]));
     // Each queued message's turn resolves to the answering one, from either server.
@@ -149,6 +147,11 @@ async fn a_burst_of_three_messages_is_two_model_calls_in_the_order_the_model_saw
     let completed = feed.iter().find(|e| e["type"] == "turn.completed" && e["data"]["turnId"] == answering);
     let completed = completed.unwrap_or_else(|| panic!("no turn.completed of {answering}: {types:?}"));
     assert_eq!(completed["data"]["answeredMessageIds"], json!([second["turnId"], third_turn]));
+    // Deleting the session deletes the answering turn's record too (its events held the reply).
+    ok(request(&x, "DELETE", &format!("/agent/conversations/t1/sessions/{sid}"))).await;
+    let path = format!("/agent/conversations/t1/sessions/{sid}/turns/{}", answering.as_str().unwrap());
+    assert_eq!(get(&y, &path).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(get(&y, &format!("{path}/events")).await.status(), StatusCode::NOT_FOUND);
 }
 
 /// `interrupt`: the running turn, on the other server, stops with its partial reply marked
@@ -293,10 +296,15 @@ async fn a_waiting_action_is_superseded_by_interrupt_not_by_queue(backend: &str)
     assert_eq!(action["reason"], "superseded by a newer message");
 }
 
-/// Cancelling a queued message's turn once a turn answers it cancels that turn, for every message
-/// it answers; erasing a session drops the messages queued on it, never answered.
+/// Cancelling a queued message's turn once a turn answers it, through another server, cancels that
+/// turn, for every message it answers; erasing a session drops the messages queued on it, never
+/// answered.
 async fn cancelling_the_answering_turn_cancels_every_message_and_erasure_drops_queued_ones(backend: &str) {
-    let s = TestServer::start(backend, &[("ECHO_CHUNK_DELAY_MS", "300")]).await;
+    let db = tempfile::tempdir().unwrap();
+    let path = db.path().join("agent.db");
+    let env = [("ECHO_CHUNK_DELAY_MS", "300")];
+    let s = TestServer::start_on_store(backend, None, &path, &env).await;
+    let other = TestServer::start_on_store(backend, Some(&s), &path, &env).await;
     let hello = ok(turn_request(&s, "t1", "u1").json(&json!({"message": "hello"}))).await;
     let sid = hello["sessionId"].as_str().unwrap().to_string();
     let send = |text: &str, sid: &str| {
@@ -321,7 +329,7 @@ async fn cancelling_the_answering_turn_cancels_every_message_and_erasure_drops_q
     }
     assert!(view["answeredBy"].is_string(), "{view}");
     let cancel = format!("/agent/conversations/t1/sessions/{sid}/turns/{}/cancel", q1["turnId"].as_str().unwrap());
-    let r = request(&s, "POST", &cancel).send().await.unwrap();
+    let r = request(&other, "POST", &cancel).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
     assert_eq!(first.await.unwrap().1["status"], "completed");
     let (status, q2) = q2.await.unwrap();

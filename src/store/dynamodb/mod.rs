@@ -248,9 +248,10 @@ impl DynamoStore {
         loop {
             let out = query
                 .clone()
-                .projection_expression("#id, #role")
+                .projection_expression("#id, #role, #md.turnId, #md.answers")
                 .expression_attribute_names("#id", "id")
                 .expression_attribute_names("#role", "role")
+                .expression_attribute_names("#md", "metadata")
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
@@ -259,6 +260,13 @@ impl DynamoStore {
                 if let Some(AttributeValue::S(id)) = item.get("id") {
                     if matches!(item.get("role"), Some(AttributeValue::S(r)) if r == "user") {
                         users.push(id.clone());
+                    }
+                    // A reply to queued messages: its turn has a record of its own.
+                    if let Some(AttributeValue::M(md)) = item.get("metadata")
+                        && md.contains_key("answers")
+                        && let Some(AttributeValue::S(turn)) = md.get("turnId")
+                    {
+                        users.push(turn.clone());
                     }
                     ids.push(id.clone());
                 }
