@@ -126,6 +126,7 @@ function renderNav() {
     el("span", { class: "muted" }, `tenant ${auth.tenant}`),
     el("a", { href: "#/" }, "Conversations"),
     el("a", { href: "#/agents" }, "Agents"),
+    el("a", { href: "#/usage" }, "Usage"),
     search,
     el("button", { class: "secondary", type: "button", onclick: () => { auth.clear(); location.hash = "#/"; route(); } }, "Sign out"),
   );
@@ -483,6 +484,81 @@ async function agentsView() {
   }
 }
 
+/** An SVG element (no inline style: the Content-Security-Policy allows none). */
+function svg(tag, attrs = {}, ...children) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+  for (const c of children) node.append(typeof c === "string" ? document.createTextNode(c) : c);
+  return node;
+}
+
+const usd = (v) => `$${Number(v || 0).toFixed(4)}`;
+const tokensOf = (r) => (r.inputTokens || 0) + (r.outputTokens || 0);
+
+/** Tokens per day as bars, drawn in SVG (no chart library). */
+function dayChart(rows) {
+  const width = 600, height = 160, pad = 24;
+  const max = Math.max(1, ...rows.map(tokensOf));
+  const step = rows.length ? (width - pad) / rows.length : 0;
+  const bars = rows.map((r, i) => {
+    const h = Math.round((tokensOf(r) / max) * (height - pad - 20));
+    const w = Math.max(2, Math.min(step - 4, 40));
+    const bar = svg("rect", { x: pad + i * step + (step - w) / 2, y: height - pad - h, width: w, height: h, class: "bar" });
+    bar.append(svg("title", {}, `${r.key}: ${tokensOf(r)} tokens, ${usd(r.costUsd)}`));
+    return bar;
+  });
+  const labels = rows.length ? [
+    svg("text", { x: pad, y: height - 6, class: "axis" }, rows[0].key),
+    svg("text", { x: width, y: height - 6, "text-anchor": "end", class: "axis" }, rows[rows.length - 1].key),
+  ] : [];
+  return svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "Tokens per day", class: "chart" },
+    svg("text", { x: pad, y: 12, class: "axis" }, `${max} tokens`),
+    svg("line", { x1: pad, y1: height - pad, x2: width, y2: height - pad, class: "axis-line" }),
+    ...bars, ...labels);
+}
+
+function usageTable(label, rows) {
+  return el("table", { class: "usage", "aria-label": label },
+    el("thead", {}, el("tr", {}, ...[label, "input", "output", "calls", "turns", "cost"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, ...rows.map((r) => el("tr", {},
+      el("td", {}, r.key || "(the server's agent)"), el("td", {}, String(r.inputTokens)), el("td", {}, String(r.outputTokens)),
+      el("td", {}, String(r.modelCalls)), el("td", {}, String(r.turns)), el("td", {}, usd(r.costUsd))))));
+}
+
+/** The tenant's usage this month (by day as a chart, by user and by model) and its budgets. */
+async function usageView() {
+  const token = view;
+  const body = el("div", {}, el("p", { class: "muted" }, "Loading..."));
+  show(el("h1", {}, "Usage"),
+    el("p", { class: "muted" }, "Tokens, model calls and cost this month (UTC), as the price table counts them."),
+    body);
+  const base = `agent/usage/${seg(auth.tenant)}`;
+  try {
+    const [days, users, models] = await Promise.all(["day", "user", "model"].map((g) => api(`${base}?groupBy=${g}`)));
+    let budgets = null;
+    try { budgets = (await api(`agent/budgets/${seg(auth.tenant)}`)).body; } catch { budgets = null; }
+    if (token !== view) return;
+    const t = days.body.totals;
+    const limit = (l) => l ? [l.tokens ? `${l.tokens} tokens` : null, l.costUsd ? usd(l.costUsd) : null].filter(Boolean).join(" or ") : "none";
+    body.replaceChildren(
+      el("p", {}, `${tokensOf(t)} tokens (${t.inputTokens} in, ${t.outputTokens} out), ${t.modelCalls} model calls, ${t.turns} turns, ${usd(t.costUsd)}`,
+        t.unpricedTokens ? el("span", { class: "muted" }, ` (${t.unpricedTokens} tokens of unpriced models)`) : ""),
+      el("h2", {}, "By day"), dayChart(days.body.rows),
+      el("h2", {}, "By user"), usageTable("user", users.body.rows),
+      el("h2", {}, "By model"), usageTable("model", models.body.rows),
+      el("h2", {}, "Budgets"),
+      budgets ? el("ul", { class: "list", "aria-label": "Budgets" },
+        el("li", {}, el("span", {}, "Monthly"), el("span", {}, limit(budgets.monthly)),
+          el("span", { class: "muted" }, `used ${budgets.used.monthly.tokens} tokens, ${usd(budgets.used.monthly.costUsd)}`)),
+        el("li", {}, el("span", {}, "Per user and day"), el("span", {}, limit(budgets.perUserDaily))),
+        el("li", {}, el("span", {}, "Warning at"), el("span", {}, `${Math.round(budgets.warnAt * 100)} %`)))
+        : el("p", { class: "muted" }, "This credential cannot read the budgets."),
+    );
+  } catch (err) {
+    if (token === view) body.replaceChildren(el("p", { class: "muted" }, err.message));
+  }
+}
+
 const words = (value) => value.split(",").map((w) => w.trim()).filter(Boolean);
 
 /** One agent's form: view and edit it (the key is write-only), make it the default, delete it. */
@@ -596,6 +672,7 @@ async function route() {
   else if (parts[0] === "agents" && parts[1] === "new") await agentView(null);
   else if (parts[0] === "agents" && parts[1]) await agentView(parts[1]);
   else if (parts[0] === "agents") await agentsView();
+  else if (parts[0] === "usage") await usageView();
   else await home();
   main.focus();
 }

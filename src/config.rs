@@ -123,8 +123,12 @@ pub struct Config {
     /// `ERASURE_SWEEP_DELAY_SECONDS`: when an erasure's second pass runs; `None`: once the longest
     /// turn has surely ended.
     pub erasure_sweep_delay: Option<Duration>,
-    /// `TURN_CONCURRENCY`: `parallel` (the default) or `reject`.
+    /// `TURN_CONCURRENCY`: `queue` (the default), `interrupt`, `parallel` or `reject`.
     pub turn_concurrency: crate::agent::Concurrency,
+    /// `USAGE`: whether model calls are counted (and budgets enforced); on by default.
+    pub usage: bool,
+    /// The price table: the built-in one with `MODEL_PRICES_FILE` over it.
+    pub prices: crate::usage::Prices,
     pub auth: AuthConfig,
     pub api_keys_file: PathBuf,
     /// Requests per minute per tenant; `None` is unlimited.
@@ -477,6 +481,16 @@ impl Config {
             max_items: parse_num("SEARCH_MAX_ITEMS", 2000usize, 10)?,
         };
         Ok(Config {
+            usage: match var("USAGE").as_deref() {
+                None | Some("on") => true,
+                Some("off") => false,
+                Some(other) => return Err(err("USAGE", format!("{other:?} is not one of on, off"))),
+            },
+            prices: match var("MODEL_PRICES_FILE") {
+                None => crate::usage::Prices::default(),
+                Some(path) => crate::usage::Prices::with_file(std::path::Path::new(&path))
+                    .map_err(|m| err("MODEL_PRICES_FILE", m))?,
+            },
             console: match var("CONSOLE").as_deref() {
                 None | Some("on") => true,
                 Some("off") => false,

@@ -18,3 +18,4 @@ pub mod store;
 pub mod telemetry;
 pub mod timestamp;
 pub mod tools;
+pub mod usage;

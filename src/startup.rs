@@ -91,7 +91,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             file_tools,
             crate::config::allow_private_urls(),
         )
-        .with_events(events);
+        .with_events(events)
+        .with_usage(config.prices.clone(), config.usage);
     if let Some(model) = &config.summary.model {
         agent =
             agent.with_summarizer(Provider::from_config(&config.provider.with_model(model), config.llm_timeout).await);

@@ -80,6 +80,11 @@ pub fn model_call(provider: &'static str, ok: bool, elapsed: Duration, tokens: O
     }
 }
 
+/// What a model call cost, by model (`model_cost_microdollars_total`).
+pub fn model_cost(model: &str, micros: u64) {
+    metrics::counter!("model_cost_microdollars_total", "model" => model.to_string()).increment(micros);
+}
+
 pub fn storage_call(backend: &'static str, operation: &str, ok: bool) {
     metrics::counter!(
         "storage_calls_total",

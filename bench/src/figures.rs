@@ -280,6 +280,7 @@ pub async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<Pat
     // 9: context summaries; 10: search over a million messages.
     summaries(&bin, &mut report).await;
     burst(&bin, &mut report).await;
+    usage_cost(&bin, &bench_dir, &mut report).await;
     search(&bin, mock, &mut report).await;
     // 12, 13: streamed turns and webhooks; 14: instructions per turn.
     features(&bin, mock, seconds, &mut report).await;
@@ -991,4 +992,79 @@ pub async fn burst(bin: &std::path::Path, report: &mut Report) {
         );
     }
     report.json.insert("burst".into(), Value::Object(json_rows));
+}
+
+/// Figure 18, what counting usage costs a JSON turn: instructions (callgrind; SQLite, mock model)
+/// and DynamoDB requests per continuing turn (dynalite, through the counting proxy), with `USAGE=on`
+/// (the default) against `USAGE=off`.
+pub async fn usage_cost(bin: &std::path::Path, bench_dir: &std::path::Path, report: &mut Report) {
+    const TURNS: u64 = 200;
+    let mock = start_mock(MockModel { ttft: Duration::ZERO, per_token: Duration::ZERO, tokens: 20 }, 0).await;
+    let per_turn = |base: u64, with: u64| with.saturating_sub(base) as f64 / TURNS as f64;
+    let mut off_env = model_env(mock);
+    off_env.push(("USAGE", "off".into()));
+    let on_env = model_env(mock);
+    let mut instructions = Vec::new();
+    for env in [&on_env, &off_env] {
+        let base = instructions_for(bin, 0, env, Mode::Json, None, false).await;
+        instructions.push(per_turn(base, instructions_for(bin, TURNS, env, Mode::Json, None, false).await));
+    }
+    let (on, off) = (instructions[0], instructions[1]);
+    report.row(
+        "18. instructions per JSON turn, mock model: usage counted / not (USAGE=off)",
+        format!("{:.0} / {:.0} thousand = {:.3}x", on / 1000.0, off / 1000.0, on / off),
+        "≤ 1.05x",
+        Some(on / off <= 1.05),
+    );
+    let mut json_rows = json!({"instructions_on": on, "instructions_off": off});
+    if bench_dir.join("node_modules/dynalite/cli.js").exists() {
+        let dynalite = start_dynalite(bench_dir);
+        let (proxy_url, calls, delay_us) = start_proxy(&dynalite.url).await;
+        let mut requests = Vec::new();
+        for (i, usage) in ["on", "off"].into_iter().enumerate() {
+            let mut env = dynamo_env(&proxy_url, &format!("usage{i}-sessions"), &format!("usage{i}-messages"));
+            create_tables(bin, &env);
+            env.extend(model_env(mock));
+            env.push(("USAGE", usage.into()));
+            let s = start_server(bin, &env);
+            let client = reqwest::Client::new();
+            delay_us.store(5000, Ordering::Relaxed);
+            let mut logs = Vec::new();
+            for k in 0..20u64 {
+                let mut session: Option<String> = None;
+                for t in 0..3 {
+                    calls.lock().unwrap().clear();
+                    let (_, sid) =
+                        one_turn(&client, &s.url, 700_000 + k, session.as_deref(), Mode::Json).await.unwrap();
+                    if t > 0 {
+                        logs.push(calls.lock().unwrap().clone());
+                    }
+                    session = Some(sid);
+                }
+            }
+            delay_us.store(0, Ordering::Relaxed);
+            let mut ops: BTreeMap<String, usize> = BTreeMap::new();
+            for log in &logs {
+                for (_, _, op) in log {
+                    *ops.entry(op.clone()).or_default() += 1;
+                }
+            }
+            let total = ops.values().sum::<usize>() as f64 / logs.len() as f64;
+            let phase = logs.iter().map(|l| phases(l)).max().unwrap_or(0);
+            let detail: Vec<String> =
+                ops.iter().map(|(op, n)| format!("{} {op}", *n as f64 / logs.len() as f64)).collect();
+            requests.push((total, phase, detail.join(", ")));
+            drop(s);
+        }
+        let ((on_n, on_p, on_d), (off_n, off_p, off_d)) = (&requests[0], &requests[1]);
+        report.row(
+            "18. DynamoDB requests per continuing JSON turn: usage counted / not",
+            format!("{on_n} ({on_d}; {on_p} phases) / {off_n} ({off_d}; {off_p} phases)"),
+            "+1 write at most, no added phase",
+            Some(on_n - off_n <= 1.05 && on_p <= off_p),
+        );
+        json_rows["requests_on"] = json!(on_n);
+        json_rows["requests_off"] = json!(off_n);
+    }
+    report.json.insert("usage".into(), json_rows);
 }

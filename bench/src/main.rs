@@ -95,6 +95,13 @@ enum Cmd {
         #[arg(long, default_value = "target/release/agent-server")]
         server: PathBuf,
     },
+    /// Only figure 18: what counting usage costs a turn (instructions, DynamoDB requests).
+    Usage {
+        #[arg(long, default_value = "target/release/agent-server")]
+        server: PathBuf,
+        #[arg(long, default_value = "bench")]
+        bench_dir: PathBuf,
+    },
     /// Only figure 17: a burst of three messages under each concurrency policy.
     Burst {
         #[arg(long, default_value = "target/release/agent-server")]
@@ -155,6 +162,11 @@ async fn main() {
             let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
             println!("| figure | measured | target | |\n|---|---|---|---|");
             figures::memory(&server, &bench_dir, seconds, &mut report).await;
+        }
+        Cmd::Usage { server, bench_dir } => {
+            let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
+            println!("| figure | measured | target | |\n|---|---|---|---|");
+            figures::usage_cost(&server, &bench_dir, &mut report).await;
         }
         Cmd::Burst { server } => {
             let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };

@@ -105,6 +105,7 @@ impl Agent {
                 | TurnError::Gone
                 | TurnError::Ended(_)
                 | TurnError::TurnInProgress(_)
+                | TurnError::BudgetExceeded(_)
                 | TurnError::AgentNotFound(_)
                 | TurnError::AgentMismatch(_)
                 | TurnError::Store(StoreError::Conflict(_) | StoreError::NotFound(_) | StoreError::Invalid(_)),

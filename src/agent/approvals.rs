@@ -291,7 +291,11 @@ impl Agent {
         }
         messages::mark_persona(&mut agent, persona);
         fit_reply(tenant, session_id, &mut agent);
-        let agent_message = self.store.append_messages(tenant, session_id, vec![agent]).await?.remove(0).message;
+        let (stored, ()) = tokio::join!(
+            self.store.append_messages(tenant, session_id, vec![agent]),
+            self.count_usage(tenant, &session.user_id, persona, &thought, 1)
+        );
+        let agent_message = stored?.remove(0).message;
         Ok(TurnOutcome {
             turn_id: follow_up.clone(),
             status,

@@ -193,6 +193,7 @@ impl Agent {
                 self.agents.poll_changes().await;
             }
             self.keep_erasures(sweep).await;
+            self.meter.flush().await;
             if sweep {
                 self.settle_orphans().await;
             }

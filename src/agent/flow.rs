@@ -208,6 +208,8 @@ impl Agent {
         let turn_id = live.turn_id.clone();
         let started = Instant::now();
         let begun_at = Timestamp::now();
+        // A turn that would start over a budget is refused before anything is stored.
+        self.within_budget(&req.tenant, &req.user).await?;
         // The agent the turn names, else the tenant's default (a continuing session's own agent
         // decides once the session is read).
         let mut persona = self.agents.pick(&req.tenant, req.agent.as_ref(), None).await?;
@@ -408,7 +410,7 @@ impl Agent {
                 let (why, status) = reason.marks();
                 tracing::info!(turn = %turn_id, reason = why, "turn stopped; storing the partial reply");
                 let reply = ModelReply { text: partial, model: String::new(), usage: None, tool_calls: Vec::new() };
-                (Thought { reply, actions: Vec::new() }, status, Some(why))
+                (Thought { reply, actions: Vec::new(), model_calls: 0 }, status, Some(why))
             }
             Thinking::Failed(e) => {
                 let user_stamp = user_message.as_ref().map(|m| &m.timestamp);
@@ -440,7 +442,9 @@ impl Agent {
         }
         messages::mark_persona(&mut agent_new, &persona);
         let own_stamp = user_message.as_ref().map(|m| m.timestamp.clone());
-        let written = self.write(req, &place, &stamps, (user_new, agent_new), user_message, persona.agent_id()).await;
+        // The usage is counted beside the turn's own write (one more write: its user's day).
+        let write = self.write(req, &place, &stamps, (user_new, agent_new), user_message, persona.agent_id());
+        let (written, ()) = tokio::join!(write, self.count_usage(&req.tenant, &req.user, &persona, &thought, 1));
         let (session_id, user_message, agent_message) = match written {
             Ok(written) => written,
             Err(e) => {

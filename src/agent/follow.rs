@@ -406,7 +406,7 @@ impl Agent {
             .filter_map(|e| e.data.get("text").and_then(Value::as_str))
             .collect();
         let reply = ModelReply { text: partial, model: String::new(), usage: None, tool_calls: Vec::new() };
-        let thought = Thought { reply, actions: Vec::new() };
+        let thought = Thought { reply, actions: Vec::new(), model_calls: 0 };
         let agent_id = messages::agent_message_id(&turn);
         let new = messages::agent_message(
             &record.user_id,

@@ -83,7 +83,11 @@ pub(super) fn agent_message(
         metadata.insert("model".into(), json!(reply.model));
     }
     if let Some(u) = reply.usage {
-        metadata.insert("usage".into(), json!({"inputTokens": u.input_tokens, "outputTokens": u.output_tokens}));
+        let mut usage = json!({"inputTokens": u.input_tokens, "outputTokens": u.output_tokens});
+        if thought.model_calls > 0 {
+            usage["modelCalls"] = json!(thought.model_calls);
+        }
+        metadata.insert("usage".into(), usage);
     }
     metadata.insert("latencyMs".into(), json!(started.elapsed().as_millis() as u64));
     if !thought.actions.is_empty() {

@@ -24,6 +24,7 @@ mod live;
 mod messages;
 mod progress;
 mod queue;
+mod spending;
 mod summary;
 mod thinking;
 mod turn;
@@ -115,6 +116,8 @@ pub struct Agent {
     session_starts: Mutex<HashMap<(TenantId, UserId), SessionStartLock>>,
     /// The erasures of every server whose second pass is still due, read every second.
     erasures: std::sync::RwLock<Vec<crate::store::Erasure>>,
+    /// What the tenants spend, and their budgets.
+    meter: Arc<crate::usage::Meter>,
 }
 
 impl Agent {
@@ -150,6 +153,7 @@ impl Agent {
             allow_private_urls: false,
         };
         Self {
+            meter: Arc::new(crate::usage::Meter::new(store.clone(), crate::usage::Prices::default(), true)),
             agents: Directory::new(store.clone(), server),
             store,
             settings,
@@ -193,6 +197,17 @@ impl Agent {
     pub fn with_events(mut self, events: Events) -> Self {
         self.events = events;
         self
+    }
+
+    /// The agent with usage counted (or not) with these prices.
+    pub fn with_usage(mut self, prices: crate::usage::Prices, on: bool) -> Self {
+        self.meter = Arc::new(crate::usage::Meter::new(self.store.clone(), prices, on));
+        self
+    }
+
+    /// What the tenants spend, and their budgets.
+    pub fn meter(&self) -> &crate::usage::Meter {
+        &self.meter
     }
 
     /// The agent with context summaries written by this provider (`CONTEXT_SUMMARY_MODEL`).

@@ -464,7 +464,7 @@ impl Agent {
     ) -> Result<TurnOutcome, TurnError> {
         let (why, status) = StopReason::Cancelled.marks();
         let reply = ModelReply { text: String::new(), model: String::new(), usage: None, tool_calls: Vec::new() };
-        let thought = Thought { reply, actions: Vec::new() };
+        let thought = Thought { reply, actions: Vec::new(), model_calls: 0 };
         let new = messages::agent_message(
             &record.user_id,
             messages::agent_message_id(&record.turn_id),
@@ -761,7 +761,7 @@ impl Agent {
             Thinking::Stopped(reason, partial) => {
                 let (why, status) = reason.marks();
                 let reply = ModelReply { text: partial, model: String::new(), usage: None, tool_calls: Vec::new() };
-                (Thought { reply, actions: Vec::new() }, status, Some(why))
+                (Thought { reply, actions: Vec::new(), model_calls: 0 }, status, Some(why))
             }
             Thinking::Failed(e) => return Err(e),
         };
@@ -786,7 +786,11 @@ impl Agent {
         }
         messages::mark_persona(&mut agent_new, &persona);
         let reply = agent_new.into_message(tenant, session_id, reply_at.clone());
-        let agent_message = self.store.put_messages(tenant, session_id, vec![reply]).await?.remove(0).message;
+        let (stored, ()) = tokio::join!(
+            self.store.put_messages(tenant, session_id, vec![reply]),
+            self.count_usage(tenant, user, &persona, &thought, 1)
+        );
+        let agent_message = stored?.remove(0).message;
         let outcome = TurnOutcome {
             turn_id: turn.clone(),
             status,

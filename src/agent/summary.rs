@@ -218,6 +218,13 @@ impl Agent {
                     .await
                     .map_err(|_| ModelError::Timeout(self.settings.llm_timeout))
                     .and_then(|r| r)?;
+                // A summary's call counts as the session's user's (no turn).
+                if let Some(u) = reply.usage {
+                    let model = if reply.model.is_empty() { provider.label() } else { &reply.model };
+                    let tokens = (u.input_tokens, u.output_tokens);
+                    let entry = self.meter.entry(persona.agent_id(), model, tokens, 1, 0);
+                    self.count(tenant, &session.user_id, entry).await;
+                }
                 (reply.text, reply.model, reply.usage.map(|u| u.output_tokens))
             }
         };

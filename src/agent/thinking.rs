@@ -16,6 +16,8 @@ use crate::tools::{ToolCall, ToolContext, ToolResult, ToolStep, Toolbox, action_
 pub(super) struct Thought {
     pub reply: ModelReply,
     pub actions: Vec<Action>,
+    /// The model calls it took (one per tool round).
+    pub model_calls: u64,
 }
 
 impl Agent {
@@ -56,7 +58,7 @@ impl Agent {
             }
             reply.usage = usage;
             if reply.tool_calls.is_empty() {
-                return Ok(Thought { reply, actions });
+                return Ok(Thought { reply, actions, model_calls: step as u64 + 1 });
             }
             let tools = &persona.tools;
             if step >= tools.max_steps {
@@ -66,7 +68,7 @@ impl Agent {
                 );
                 reply.text = if reply.text.is_empty() { note } else { format!("{}\n\n{note}", reply.text) };
                 reply.tool_calls.clear();
-                return Ok(Thought { reply, actions });
+                return Ok(Thought { reply, actions, model_calls: step as u64 + 1 });
             }
             for (i, call) in reply.tool_calls.iter_mut().enumerate() {
                 if call.id.is_empty() {
@@ -105,7 +107,7 @@ impl Agent {
                     p.send(format!("\n\n{}", wanted.join(", ")));
                 }
                 actions.extend(pending.iter().map(|c| action_record(c, ActionStatus::PendingApproval, None)));
-                return Ok(Thought { reply, actions });
+                return Ok(Thought { reply, actions, model_calls: step as u64 + 1 });
             }
             request.steps.push(ToolStep { text: reply.text.clone(), calls: runnable, results });
         }

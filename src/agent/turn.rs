@@ -182,6 +182,9 @@ pub enum TurnError {
     /// The session has a running turn, and this one asked to be refused then (`reject`).
     #[error("the session has a running turn ({0}); retry when it ends")]
     TurnInProgress(MessageId),
+    /// A budget of the tenant or the user is used up: the turn was refused before the model.
+    #[error("the {} budget is used up (it resets at {})", if .0.which == crate::usage::budgets::Which::Monthly { "tenant's monthly" } else { "user's daily" }, .0.resets_at)]
+    BudgetExceeded(Box<crate::usage::BudgetExceeded>),
     /// The turn that was to answer this queued message failed.
     #[error("the turn that answered this message failed: {}", .0.message)]
     AnsweredWith(crate::store::TurnFailure),
@@ -213,6 +216,7 @@ impl TurnError {
             TurnError::AgentNotFound(_) => "agent_not_found",
             TurnError::AgentMismatch(_) => "agent_mismatch",
             TurnError::TurnInProgress(_) => "turn_in_progress",
+            TurnError::BudgetExceeded(_) => "budget_exceeded",
             TurnError::AnsweredWith(failure) => match failure.code.as_str() {
                 "model_timeout" => "model_timeout",
                 "erased" => "erased",

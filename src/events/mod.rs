@@ -45,10 +45,12 @@ pub enum EventType {
     AgentCreated,
     AgentUpdated,
     AgentDeleted,
+    BudgetWarning,
+    BudgetExceeded,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 17] = [
+    pub const ALL: [EventType; 19] = [
         EventType::TurnQueued,
         EventType::TurnCompleted,
         EventType::TurnFailed,
@@ -66,6 +68,8 @@ impl EventType {
         EventType::AgentCreated,
         EventType::AgentUpdated,
         EventType::AgentDeleted,
+        EventType::BudgetWarning,
+        EventType::BudgetExceeded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,6 +91,8 @@ impl EventType {
             EventType::AgentCreated => "agent.created",
             EventType::AgentUpdated => "agent.updated",
             EventType::AgentDeleted => "agent.deleted",
+            EventType::BudgetWarning => "budget.warning",
+            EventType::BudgetExceeded => "budget.exceeded",
         }
     }
 

@@ -19,11 +19,13 @@ pub struct ApiError {
     pub message: String,
     /// Fields added to the error object (a turn's id or status).
     pub details: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), details: None }
+        Self { status, code, message: message.into(), details: None, retry_after: None }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -48,6 +50,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body(None))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
         // The request-id middleware finds the error here and adds the id to the body.
         response.extensions_mut().insert(self);
         response
@@ -102,6 +107,7 @@ impl From<TurnError> for ApiError {
             TurnError::Gone => StatusCode::GONE,
             TurnError::AgentNotFound(_) => StatusCode::NOT_FOUND,
             TurnError::AgentMismatch(_) | TurnError::TurnInProgress(_) => StatusCode::CONFLICT,
+            TurnError::BudgetExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
         };
         let error = ApiError::new(status, e.code(), e.public_message());
         match e {
@@ -109,6 +115,14 @@ impl From<TurnError> for ApiError {
             TurnError::Ended(s) => error.with("status", json!(s)),
             TurnError::AgentNotFound(id) => error.with("agentId", json!(id)),
             TurnError::AgentMismatch(id) => error.with("sessionAgentId", json!(id)),
+            TurnError::BudgetExceeded(over) => {
+                let mut error = error;
+                for (k, v) in over.details().as_object().into_iter().flatten() {
+                    error = error.with(k, v.clone());
+                }
+                error.retry_after = Some(over.retry_after);
+                error
+            }
             _ => error,
         }
     }

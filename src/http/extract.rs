@@ -47,6 +47,15 @@ impl Scope {
         }
     }
 
+    /// Whether the caller may set what only the operator sets (a tenant's budgets): admin keys, or
+    /// `AUTH_MODE=none`.
+    pub fn administers(&self) -> Result<(), ApiError> {
+        match &self.caller {
+            Some(c) if !c.admin => Err(forbidden("the tenant's budgets (an admin key is needed)")),
+            _ => Ok(()),
+        }
+    }
+
     fn tenant(&self) -> Option<&TenantId> {
         self.caller.as_ref().and_then(|c| c.tenant.as_ref())
     }

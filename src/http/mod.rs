@@ -13,6 +13,7 @@ mod search;
 pub(crate) mod server;
 mod sse;
 mod turns;
+mod usage;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,6 +94,7 @@ pub fn app(state: AppState, limits: Limits) -> axum::Router {
         .merge(turns::router())
         .merge(events::router())
         .merge(search::router())
+        .merge(usage::router())
         .routes(utoipa_axum::routes!(healthz))
         .routes(utoipa_axum::routes!(readyz))
         .split_for_parts();

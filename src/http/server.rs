@@ -60,6 +60,8 @@ pub async fn run(listener: TcpListener, app: axum::Router, agent: &Agent, timeou
     let drained = async {
         graceful.shutdown().await;
         agent.turns_finished().await;
+        // The tenants' usage totals counted here since the last second.
+        agent.meter().flush().await;
     };
     tokio::pin!(drained);
     tokio::select! {

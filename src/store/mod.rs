@@ -219,6 +219,36 @@ pub trait ConversationStore: Send + Sync + 'static {
         next: &MessageId,
         until: i64,
     ) -> StoreResult<Vec<MessageId>>;
+    /// Adds a user's usage of one UTC day (`YYYY-MM-DD`), per agent and model, atomically (one write).
+    async fn add_usage(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        day: &str,
+        entries: &[crate::usage::UsageEntry],
+    ) -> StoreResult<()>;
+    /// Adds to a tenant's totals of one day (each server adds what it counted, once a second).
+    async fn add_tenant_usage(
+        &self,
+        tenant: &TenantId,
+        day: &str,
+        entries: &[crate::usage::UsageEntry],
+    ) -> StoreResult<()>;
+    /// The users' usage of the tenant (or of one user) from day `from` to day `to`, inclusive.
+    async fn usage(
+        &self,
+        tenant: &TenantId,
+        from: &str,
+        to: &str,
+        user: Option<&UserId>,
+    ) -> StoreResult<Vec<crate::usage::UsageRow>>;
+    /// The tenant's totals per day, agent and model from `from` to `to`, inclusive.
+    async fn tenant_usage(&self, tenant: &TenantId, from: &str, to: &str) -> StoreResult<Vec<crate::usage::UsageRow>>;
+    async fn put_budget(&self, tenant: &TenantId, budget: &crate::usage::Budget) -> StoreResult<()>;
+    async fn get_budget(&self, tenant: &TenantId) -> StoreResult<Option<crate::usage::Budget>>;
+    /// Notes `notice` for the tenant once (kept until `expires_at`, epoch seconds): false when it
+    /// was noted already, here or on another server.
+    async fn note_once(&self, tenant: &TenantId, notice: &str, expires_at: i64) -> StoreResult<bool>;
     /// Keeps an erasure until its second pass ran (`finish_erasure`).
     async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()>;
     /// The erasures of every tenant whose second pass has not run, oldest first, at most `limit`.

@@ -178,6 +178,15 @@ try:
     shot("agents")
     assert secret not in driver.page_source
 
+    # The Usage page: the month's totals, a chart of the days drawn in SVG, by user and model.
+    driver.get(base + "/console/#/usage")
+    until_text("By model")
+    until_text("echo")
+    assert driver.find_elements(By.CSS_SELECTOR, "#main svg.chart rect.bar"), "a bar for today"
+    assert "u1" in main_text()
+    assert "Per user and day" in main_text(), "the budgets"
+    shot("usage")
+
     # A phone-width window: nothing overflows sideways.
     driver.set_window_size(390, 844)
     time.sleep(0.5)

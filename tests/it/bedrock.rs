@@ -94,7 +94,10 @@ async fn converse_answers_a_turn_with_history_and_context() {
     let first: Value =
         turn_request(&s, "t1", "u1").json(&json!({"message": "hello"})).send().await.unwrap().json().await.unwrap();
     assert_eq!(first["response"], "bedrock says: hello (1 messages)", "{first}");
-    assert_eq!(first["agentMessage"]["metadata"]["usage"], json!({"inputTokens": 21, "outputTokens": 5}));
+    assert_eq!(
+        first["agentMessage"]["metadata"]["usage"],
+        json!({"inputTokens": 21, "outputTokens": 5, "modelCalls": 1})
+    );
     assert_eq!(first["agentMessage"]["metadata"]["model"], "anthropic.claude-test-v1");
     let second: Value = turn_request(&s, "t1", "u1")
         .json(&json!({"message": "again", "context": {"plan": "gold"}}))

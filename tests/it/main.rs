@@ -32,3 +32,4 @@ mod summaries;
 mod tables;
 mod tools;
 mod turns;
+mod usage;

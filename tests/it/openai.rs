@@ -29,7 +29,7 @@ async fn non_streaming_turns_send_history_context_and_key() {
     assert_eq!(first["response"], "mock reply to: hello (2 messages) ✓");
     let meta = &first["agentMessage"]["metadata"];
     assert_eq!(meta["model"], "mock-model");
-    assert_eq!(meta["usage"], json!({"inputTokens": 11, "outputTokens": 7}));
+    assert_eq!(meta["usage"], json!({"inputTokens": 11, "outputTokens": 7, "modelCalls": 1}));
     assert!(meta["latencyMs"].is_u64());
     let second: Value = turn_request(&s, "t1", "u1")
         .json(&json!({"message": "again", "context": {"plan": "gold"}}))

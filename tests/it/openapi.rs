@@ -6,6 +6,10 @@ use crate::support::{TestServer, get, request};
 
 const ROUTES: &[(&str, &str)] = &[
     ("post", "/agent/process"),
+    ("get", "/agent/usage/{tenantId}"),
+    ("get", "/agent/usage/{tenantId}/users/{userId}"),
+    ("get", "/agent/budgets/{tenantId}"),
+    ("put", "/agent/budgets/{tenantId}"),
     ("get", "/agent/conversations/{tenantId}/users/{userId}"),
     ("delete", "/agent/conversations/{tenantId}/users/{userId}"),
     ("get", "/agent/conversations/{tenantId}/sessions/{sessionId}"),

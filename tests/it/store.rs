@@ -11,6 +11,7 @@ use agent_server::store::{
     StoreError, StoreResult, StoredEvent, TurnEvent, TurnRecord, TurnStatus, history_query, recent_history,
 };
 use agent_server::timestamp::Timestamp;
+use agent_server::usage::{Budget, Counts, UsageEntry, UsageRow};
 use async_trait::async_trait;
 use serde_json::json;
 
@@ -566,6 +567,27 @@ impl ConversationStore for LaggingIndex {
     ) -> StoreResult<Vec<MessageId>> {
         self.inner.let_go_session(t, s, turn, next, until).await
     }
+    async fn add_usage(&self, t: &TenantId, u: &UserId, day: &str, entries: &[UsageEntry]) -> StoreResult<()> {
+        self.inner.add_usage(t, u, day, entries).await
+    }
+    async fn add_tenant_usage(&self, t: &TenantId, day: &str, entries: &[UsageEntry]) -> StoreResult<()> {
+        self.inner.add_tenant_usage(t, day, entries).await
+    }
+    async fn usage(&self, t: &TenantId, from: &str, to: &str, u: Option<&UserId>) -> StoreResult<Vec<UsageRow>> {
+        self.inner.usage(t, from, to, u).await
+    }
+    async fn tenant_usage(&self, t: &TenantId, from: &str, to: &str) -> StoreResult<Vec<UsageRow>> {
+        self.inner.tenant_usage(t, from, to).await
+    }
+    async fn put_budget(&self, t: &TenantId, budget: &Budget) -> StoreResult<()> {
+        self.inner.put_budget(t, budget).await
+    }
+    async fn get_budget(&self, t: &TenantId) -> StoreResult<Option<Budget>> {
+        self.inner.get_budget(t).await
+    }
+    async fn note_once(&self, t: &TenantId, notice: &str, expires_at: i64) -> StoreResult<bool> {
+        self.inner.note_once(t, notice, expires_at).await
+    }
     async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()> {
         self.inner.record_erasure(erasure).await
     }
@@ -779,6 +801,7 @@ conformance!(
     agents_are_kept_per_tenant_with_conditional_versions,
     a_session_has_one_holder_until_it_lets_go_or_its_lease_lapses,
     turns_queue_behind_the_holder_and_are_handed_on,
+    usage_adds_up_per_user_day_agent_and_model,
 );
 
 /// One turn holds a session at a time: another is told who holds it, until the holder lets go or
@@ -1142,4 +1165,56 @@ async fn a_failed_session_write_leaves_no_orphan_messages() {
     let left =
         store.list_tenant_messages(&tenant("acme"), MessageQuery { limit: 10, ..Default::default() }).await.unwrap();
     assert!(left.items.is_empty(), "orphans: {:?}", left.items);
+}
+
+/// Usage adds up atomically per user, day, agent and model; a tenant's totals add up apart; one
+/// user's or one day's rows are read alone; budgets round-trip; a notice is noted once.
+async fn usage_adds_up_per_user_day_agent_and_model(store: Arc<dyn ConversationStore>) {
+    let t = tenant("acme");
+    let (u1, u2) = (UserId::parse("u1").unwrap(), UserId::parse("u10").unwrap());
+    let entry = |agent: &str, model: &str, input: u64| UsageEntry {
+        agent: agent.into(),
+        model: model.into(),
+        counts: Counts {
+            input_tokens: input,
+            output_tokens: 1,
+            model_calls: 1,
+            turns: 1,
+            cost_micros: 7,
+            unpriced_tokens: 0,
+        },
+    };
+    store.add_usage(&t, &u1, "2026-12-01", &[entry("", "gpt-4o", 10)]).await.unwrap();
+    store
+        .add_usage(&t, &u1, "2026-12-01", &[entry("", "gpt-4o", 5), entry("desk", "us.anthropic.claude:0", 3)])
+        .await
+        .unwrap();
+    store.add_usage(&t, &u2, "2026-12-02", &[entry("", "gpt-4o", 100)]).await.unwrap();
+    store.add_usage(&tenant("other"), &u1, "2026-12-01", &[entry("", "gpt-4o", 1000)]).await.unwrap();
+    let mut rows = store.usage(&t, "2026-12-01", "2026-12-31", None).await.unwrap();
+    rows.sort_by(|a, b| (&a.day, &a.entry.agent).cmp(&(&b.day, &b.entry.agent)));
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(
+        (rows[0].user.as_ref(), rows[0].entry.counts.input_tokens, rows[0].entry.counts.turns),
+        (Some(&u1), 15, 2)
+    );
+    assert_eq!(rows[1].entry.model, "us.anthropic.claude:0");
+    assert_eq!(rows[2].entry.counts.input_tokens, 100);
+    let one = store.usage(&t, "2026-12-01", "2026-12-01", Some(&u1)).await.unwrap();
+    assert_eq!(one.iter().map(|r| r.entry.counts.input_tokens).sum::<u64>(), 18, "u1's day, not u10's");
+    assert!(store.usage(&t, "2026-12-02", "2026-12-02", Some(&u1)).await.unwrap().is_empty());
+    assert!(store.tenant_usage(&t, "2026-12-01", "2026-12-31").await.unwrap().is_empty(), "totals are apart");
+    store.add_tenant_usage(&t, "2026-12-01", &[entry("", "gpt-4o", 15)]).await.unwrap();
+    store.add_tenant_usage(&t, "2026-12-01", &[entry("", "gpt-4o", 3)]).await.unwrap();
+    let totals = store.tenant_usage(&t, "2026-12-01", "2026-12-31").await.unwrap();
+    assert_eq!((totals.len(), totals[0].entry.counts.input_tokens, totals[0].user.clone()), (1, 18, None));
+    assert_eq!(store.get_budget(&t).await.unwrap(), None);
+    let budget: Budget = serde_json::from_value(json!({"monthly": {"tokens": 5}, "warnAt": 0.5})).unwrap();
+    store.put_budget(&t, &budget).await.unwrap();
+    assert_eq!(store.get_budget(&t).await.unwrap(), Some(budget));
+    assert_eq!(store.get_budget(&tenant("other")).await.unwrap(), None);
+    let later = agent_server::timestamp::epoch_seconds() + 3600;
+    assert!(store.note_once(&t, "budget.warning monthly 2026-12", later).await.unwrap());
+    assert!(!store.note_once(&t, "budget.warning monthly 2026-12", later).await.unwrap(), "once");
+    assert!(store.note_once(&tenant("other"), "budget.warning monthly 2026-12", later).await.unwrap());
 }

@@ -21,6 +21,7 @@ mod events;
 mod items;
 pub mod tables;
 mod turns;
+mod usage;
 
 use std::collections::HashMap;
 
@@ -43,6 +44,7 @@ use super::{
 };
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
 use crate::timestamp::{self, Timestamp};
+use crate::usage::{UsageEntry, UsageRow};
 
 pub(super) type Item = HashMap<String, AttributeValue>;
 
@@ -939,6 +941,40 @@ impl ConversationStore for DynamoStore {
             }
         }
         Err(StoreError::Conflict(format!("session {session} is being queued on too often; retry")))
+    }
+
+    async fn add_usage(&self, tenant: &TenantId, user: &UserId, day: &str, entries: &[UsageEntry]) -> StoreResult<()> {
+        self.add_user_usage(tenant, user, day, entries).await
+    }
+
+    async fn add_tenant_usage(&self, tenant: &TenantId, day: &str, entries: &[UsageEntry]) -> StoreResult<()> {
+        self.add_total_usage(tenant, day, entries).await
+    }
+
+    async fn usage(
+        &self,
+        tenant: &TenantId,
+        from: &str,
+        to: &str,
+        user: Option<&UserId>,
+    ) -> StoreResult<Vec<UsageRow>> {
+        self.read_user_usage(tenant, from, to, user).await
+    }
+
+    async fn tenant_usage(&self, tenant: &TenantId, from: &str, to: &str) -> StoreResult<Vec<UsageRow>> {
+        self.read_total_usage(tenant, from, to).await
+    }
+
+    async fn put_budget(&self, tenant: &TenantId, budget: &crate::usage::Budget) -> StoreResult<()> {
+        self.write_budget(tenant, budget).await
+    }
+
+    async fn get_budget(&self, tenant: &TenantId) -> StoreResult<Option<crate::usage::Budget>> {
+        self.read_budget(tenant).await
+    }
+
+    async fn note_once(&self, tenant: &TenantId, notice: &str, expires_at: i64) -> StoreResult<bool> {
+        self.write_notice(tenant, notice, expires_at).await
     }
 
     async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()> {

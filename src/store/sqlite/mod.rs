@@ -19,6 +19,7 @@ mod rows;
 mod schema;
 mod search;
 mod turns;
+mod usage;
 
 use rows::*;
 use schema::{migrate, open, spawn_maintenance};
@@ -858,6 +859,84 @@ impl ConversationStore for SqliteStore {
             }
             tx.commit().map_err(internal)?;
             Ok(queued)
+        })
+        .await
+    }
+
+    async fn add_usage(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+        day: &str,
+        entries: &[crate::usage::UsageEntry],
+    ) -> StoreResult<()> {
+        let (tenant, user, day, entries) = (tenant.clone(), user.clone(), day.to_string(), entries.to_vec());
+        self.write("add_usage", move |c| usage::add(c, &tenant, Some(&user), &day, &entries)).await
+    }
+
+    async fn add_tenant_usage(
+        &self,
+        tenant: &TenantId,
+        day: &str,
+        entries: &[crate::usage::UsageEntry],
+    ) -> StoreResult<()> {
+        let (tenant, day, entries) = (tenant.clone(), day.to_string(), entries.to_vec());
+        self.write("add_tenant_usage", move |c| usage::add(c, &tenant, None, &day, &entries)).await
+    }
+
+    async fn usage(
+        &self,
+        tenant: &TenantId,
+        from: &str,
+        to: &str,
+        user: Option<&UserId>,
+    ) -> StoreResult<Vec<crate::usage::UsageRow>> {
+        let (tenant, from, to, user) = (tenant.clone(), from.to_string(), to.to_string(), user.cloned());
+        self.read("usage", move |c| usage::users(c, &tenant, &from, &to, user.as_ref())).await
+    }
+
+    async fn tenant_usage(&self, tenant: &TenantId, from: &str, to: &str) -> StoreResult<Vec<crate::usage::UsageRow>> {
+        let (tenant, from, to) = (tenant.clone(), from.to_string(), to.to_string());
+        self.read("tenant_usage", move |c| usage::totals(c, &tenant, &from, &to)).await
+    }
+
+    async fn put_budget(&self, tenant: &TenantId, budget: &crate::usage::Budget) -> StoreResult<()> {
+        let (tenant, body) = (tenant.clone(), serde_json::to_string(budget).map_err(internal)?);
+        self.write("put_budget", move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO budgets (tenant_id, body) VALUES (?1, ?2)",
+                params![tenant.as_str(), body],
+            )
+            .map_err(internal)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_budget(&self, tenant: &TenantId) -> StoreResult<Option<crate::usage::Budget>> {
+        let tenant = tenant.clone();
+        self.read("get_budget", move |c| {
+            let body: Option<String> = c
+                .query_row("SELECT body FROM budgets WHERE tenant_id = ?1", params![tenant.as_str()], |r| r.get(0))
+                .optional()
+                .map_err(internal)?;
+            body.map(|b| serde_json::from_str(&b).map_err(internal)).transpose()
+        })
+        .await
+    }
+
+    async fn note_once(&self, tenant: &TenantId, notice: &str, expires_at: i64) -> StoreResult<bool> {
+        let (tenant, notice) = (tenant.clone(), notice.to_string());
+        self.write("note_once", move |c| {
+            c.execute("DELETE FROM notices WHERE expires_at < ?1", params![crate::timestamp::epoch_seconds()])
+                .map_err(internal)?;
+            let n = c
+                .execute(
+                    "INSERT OR IGNORE INTO notices (tenant_id, notice, expires_at) VALUES (?1, ?2, ?3)",
+                    params![tenant.as_str(), notice, expires_at],
+                )
+                .map_err(internal)?;
+            Ok(n == 1)
         })
         .await
     }

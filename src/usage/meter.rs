@@ -1,0 +1,303 @@
+//! This process's counting. A turn's usage is one write (its user's day, an atomic add); the
+//! tenant's totals of the day are added once a second by each server, from what it counted since
+//! (so a big tenant's turns do not all write one item). Budgets are checked against this process's
+//! view of the totals: read again at least every `FRESH_FOR`, plus what this process counted since.
+//! Another server's spending is seen within `FRESH_FOR` and its one-second flush, which bounds how
+//! far a burst spread over servers can go past a limit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{Datelike, NaiveDate};
+
+use super::budgets::{Budget, BudgetExceeded, Limit, Which};
+use super::{Counts, Prices, UsageEntry, today};
+use crate::ids::{AgentId, TenantId, UserId};
+use crate::store::{ConversationStore, StoreResult};
+
+/// How long a cached budget or total is used before it is read again.
+pub const FRESH_FOR: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Spent {
+    /// A tenant's month (`YYYY-MM`).
+    Month(TenantId, String),
+    /// A user's day (`YYYY-MM-DD`).
+    Day(TenantId, UserId, String),
+}
+
+/// A budget that a turn's usage took past its warning share or its limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Crossing {
+    pub which: Which,
+    /// Past the limit (`budget.exceeded`), else past `warnAt` (`budget.warning`).
+    pub exceeded: bool,
+    /// The month or the day.
+    pub period: String,
+    pub user: Option<UserId>,
+    pub limit: Limit,
+    pub used: Counts,
+}
+
+type Cached<T> = Mutex<HashMap<T, (Counts, Instant)>>;
+
+pub struct Meter {
+    store: Arc<dyn ConversationStore>,
+    prices: Prices,
+    on: bool,
+    /// The tenants' totals counted here and not added to the store yet, by tenant and day.
+    pending: Mutex<HashMap<(TenantId, String), Vec<UsageEntry>>>,
+    budgets: Mutex<HashMap<TenantId, (Option<Budget>, Instant)>>,
+    spent: Cached<Spent>,
+    /// The notices this process has sent or seen sent (once per budget and period).
+    noticed: Mutex<HashSet<String>>,
+}
+
+fn merge(into: &mut Vec<UsageEntry>, entry: &UsageEntry) {
+    match into.iter_mut().find(|e| e.agent == entry.agent && e.model == entry.model) {
+        Some(e) => e.counts.add(&entry.counts),
+        None => into.push(entry.clone()),
+    }
+}
+
+/// The first moment after a day (`YYYY-MM-DD`) or a month (`YYYY-MM`), RFC 3339, and the seconds
+/// until then.
+fn period_end(period: &str) -> (String, u64) {
+    let date = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok();
+    let end = if period.len() == 7 {
+        date(&format!("{period}-01")).map(|d| {
+            let (y, m) = if d.month() == 12 { (d.year() + 1, 1) } else { (d.year(), d.month() + 1) };
+            NaiveDate::from_ymd_opt(y, m, 1).unwrap_or(d)
+        })
+    } else {
+        date(period).and_then(|d| d.succ_opt())
+    };
+    let end = end.and_then(|d| d.and_hms_opt(0, 0, 0)).map(|t| t.and_utc()).unwrap_or_else(chrono::Utc::now);
+    let secs = (end - chrono::Utc::now()).num_seconds().max(1) as u64;
+    (end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), secs)
+}
+
+impl Meter {
+    pub fn new(store: Arc<dyn ConversationStore>, prices: Prices, on: bool) -> Self {
+        Meter {
+            store,
+            prices,
+            on,
+            pending: Mutex::default(),
+            budgets: Mutex::default(),
+            spent: Mutex::default(),
+            noticed: Mutex::default(),
+        }
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
+    /// A turn's (or a summary's) usage of one model, priced.
+    pub fn entry(
+        &self,
+        agent: Option<&AgentId>,
+        model: &str,
+        tokens: (u64, u64),
+        calls: u64,
+        turns: u64,
+    ) -> UsageEntry {
+        let (input, output) = tokens;
+        let cost = self.prices.cost_micros(model, input, output);
+        crate::telemetry::model_cost(model, cost.unwrap_or(0));
+        UsageEntry {
+            agent: agent.map(|a| a.as_str().to_string()).unwrap_or_default(),
+            model: model.to_string(),
+            counts: Counts {
+                input_tokens: input,
+                output_tokens: output,
+                model_calls: calls,
+                turns,
+                cost_micros: cost.unwrap_or(0),
+                unpriced_tokens: if cost.is_some() { 0 } else { input + output },
+            },
+        }
+    }
+
+    /// The tenant's budgets, as cached (read again after `FRESH_FOR`).
+    pub async fn budget(&self, tenant: &TenantId) -> StoreResult<Option<Budget>> {
+        if let Some((budget, at)) = self.budgets.lock().unwrap_or_else(|p| p.into_inner()).get(tenant)
+            && at.elapsed() < FRESH_FOR
+        {
+            return Ok(budget.clone());
+        }
+        let budget = self.store.get_budget(tenant).await?;
+        self.budgets.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant.clone(), (budget.clone(), Instant::now()));
+        Ok(budget)
+    }
+
+    /// Forgets the cached budgets of a tenant (this process just changed them).
+    pub fn forget_budget(&self, tenant: &TenantId) {
+        self.budgets.lock().unwrap_or_else(|p| p.into_inner()).remove(tenant);
+    }
+
+    /// What a tenant spent this month, or a user today, as this process knows it: the stored
+    /// totals as last read (within `FRESH_FOR`), with what this process counted since.
+    async fn spent(&self, key: &Spent) -> StoreResult<Counts> {
+        let cached = self.spent.lock().unwrap_or_else(|p| p.into_inner()).get(key).copied();
+        let mut total = match cached {
+            Some((counts, at)) if at.elapsed() < FRESH_FOR => counts,
+            _ => {
+                let mut stored = Counts::default();
+                match key {
+                    Spent::Month(tenant, month) => {
+                        let (from, to) = (format!("{month}-01"), format!("{month}-31"));
+                        for row in self.store.tenant_usage(tenant, &from, &to).await? {
+                            stored.add(&row.entry.counts);
+                        }
+                    }
+                    Spent::Day(tenant, user, day) => {
+                        for row in self.store.usage(tenant, day, day, Some(user)).await? {
+                            stored.add(&row.entry.counts);
+                        }
+                    }
+                }
+                self.spent.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), (stored, Instant::now()));
+                stored
+            }
+        };
+        if let Spent::Month(tenant, month) = key {
+            // The month's stored totals lack what this process has not added to them yet.
+            let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            for ((t, day), entries) in pending.iter() {
+                if t == tenant && day.starts_with(month.as_str()) {
+                    entries.iter().for_each(|e| total.add(&e.counts));
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Whether a new turn of the user may start: `Err` with the budget it would start over.
+    pub async fn check(&self, tenant: &TenantId, user: &UserId) -> StoreResult<Result<(), BudgetExceeded>> {
+        if !self.on {
+            return Ok(Ok(()));
+        }
+        let Some(budget) = self.budget(tenant).await? else { return Ok(Ok(())) };
+        let day = today();
+        let limits = [
+            (Which::Monthly, budget.monthly, Spent::Month(tenant.clone(), day[..7].to_string())),
+            (Which::PerUserDaily, budget.per_user_daily, Spent::Day(tenant.clone(), user.clone(), day.clone())),
+        ];
+        for (which, limit, key) in limits {
+            let Some(limit) = limit else { continue };
+            let used = self.spent(&key).await?;
+            if limit.share(&used) >= 1.0 {
+                let period = if which == Which::Monthly { &day[..7] } else { &day[..] };
+                let (resets_at, retry_after) = period_end(period);
+                return Ok(Err(BudgetExceeded { which, limit, used, resets_at, retry_after }));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Counts a turn's usage (one write: the user's day), and says which budgets it took past
+    /// their warning share or their limit for the first time in their period (across servers).
+    pub async fn record(&self, tenant: &TenantId, user: &UserId, entry: UsageEntry) -> StoreResult<Vec<Crossing>> {
+        if !self.on || (entry.counts == Counts::default()) {
+            return Ok(Vec::new());
+        }
+        let day = today();
+        self.store.add_usage(tenant, user, &day, std::slice::from_ref(&entry)).await?;
+        merge(
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).entry((tenant.clone(), day.clone())).or_default(),
+            &entry,
+        );
+        let month = Spent::Month(tenant.clone(), day[..7].to_string());
+        let today_of = Spent::Day(tenant.clone(), user.clone(), day.clone());
+        // The day's cache has it now (the month's counts what is pending when it is read).
+        if let Some((counts, _)) = self.spent.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&today_of) {
+            counts.add(&entry.counts);
+        }
+        let Some(budget) = self.budget(tenant).await? else { return Ok(Vec::new()) };
+        let mut crossings = Vec::new();
+        let limits = [
+            (Which::Monthly, budget.monthly, month, day[..7].to_string(), None),
+            (Which::PerUserDaily, budget.per_user_daily, today_of, day.clone(), Some(user.clone())),
+        ];
+        for (which, limit, key, period, user) in limits {
+            let Some(limit) = limit else { continue };
+            let used = self.spent(&key).await?;
+            let share = limit.share(&used);
+            for (exceeded, threshold) in [(false, budget.warn_at()), (true, 1.0)] {
+                if share < threshold {
+                    continue;
+                }
+                let kind = if exceeded { "budget.exceeded" } else { "budget.warning" };
+                let who = user.as_ref().map(|u| u.as_str()).unwrap_or("");
+                let notice = format!("{kind} {} {period} {who}", which.as_str());
+                if !self
+                    .noticed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(format!("{} {notice}", tenant.as_str()))
+                {
+                    continue;
+                }
+                let (_, left) = period_end(&period);
+                let expires = crate::timestamp::epoch_seconds() + left as i64 + 86_400;
+                if self.store.note_once(tenant, &notice, expires).await? {
+                    crossings.push(Crossing {
+                        which,
+                        exceeded,
+                        period: period.clone(),
+                        user: user.clone(),
+                        limit,
+                        used,
+                    });
+                }
+            }
+        }
+        Ok(crossings)
+    }
+
+    /// Adds what this process counted to the tenants' totals (every second, and at shutdown); what
+    /// could not be written stays for the next time.
+    pub async fn flush(&self) {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        for ((tenant, day), entries) in pending {
+            match self.store.add_tenant_usage(&tenant, &day, &entries).await {
+                Ok(()) => {
+                    // The month's stored totals, as cached, have them now.
+                    let key = Spent::Month(tenant.clone(), day[..7].to_string());
+                    if let Some((counts, _)) = self.spent.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&key) {
+                        entries.iter().for_each(|e| counts.add(&e.counts));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, tenant = %tenant, "could not add to the tenant's usage totals; trying again");
+                    let mut back = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                    let into = back.entry((tenant, day)).or_default();
+                    entries.iter().for_each(|e| merge(into, e));
+                }
+            }
+        }
+        // A long-lived process forgets old periods' notices and totals.
+        let mut noticed = self.noticed.lock().unwrap_or_else(|p| p.into_inner());
+        if noticed.len() > 100_000 {
+            noticed.clear();
+        }
+        drop(noticed);
+        let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        spent.retain(|_, (_, at)| at.elapsed() < FRESH_FOR * 12);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::period_end;
+
+    #[test]
+    fn periods_end_at_the_next_utc_midnight_and_month() {
+        assert_eq!(period_end("2026-12-03").0, "2026-12-04T00:00:00Z");
+        assert_eq!(period_end("2026-12").0, "2027-01-01T00:00:00Z");
+        assert_eq!(period_end("2027-02").0, "2027-03-01T00:00:00Z");
+    }
+}
