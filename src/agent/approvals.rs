@@ -124,6 +124,10 @@ impl Agent {
             other => other,
         })?;
         let (message, action) = self.find_action(tenant, session_id, action_id).await?.ok_or_else(not_found)?;
+        // The answer after a decision calls the model: not over a budget.
+        if action.status == ActionStatus::PendingApproval {
+            self.within_budget(tenant, &session.user_id).await?;
+        }
         let follow_up = messages::follow_up_id(action_id);
         // The decision and its follow-up run as a turn of this process: a concurrent decision on the
         // same action is a conflict, and the turn can be read, and is stopped by an erasure.

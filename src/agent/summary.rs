@@ -189,6 +189,7 @@ impl Agent {
         let folded = &pending[..cut];
         let folded_chars: usize = folded.iter().map(|m| m.content.chars().count()).sum();
         let tokens_before = previous.as_ref().map_or(0, |p| p.tokens_after) + estimate_tokens(folded_chars);
+        let mut usage = None;
         let (text, model, reported_out) = match self.summarizer(&persona) {
             Provider::Echo(_) => {
                 (echo_summary(previous.as_ref().map(|p| p.text.as_str()), folded), "echo".to_string(), None)
@@ -224,6 +225,7 @@ impl Agent {
                     let tokens = (u.input_tokens, u.output_tokens);
                     let entry = self.meter.entry(persona.agent_id(), model, tokens, 1, 0);
                     self.count(tenant, &session.user_id, entry).await;
+                    usage = Some(serde_json::json!({"inputTokens": u.input_tokens, "outputTokens": u.output_tokens}));
                 }
                 (reply.text, reply.model, reply.usage.map(|u| u.output_tokens))
             }
@@ -241,6 +243,7 @@ impl Agent {
             tokens_before,
             model,
             created_at: Timestamp::now(),
+            usage,
         };
         let stored = self
             .store

@@ -116,6 +116,7 @@ fn wants_stream(headers: &HeaderMap, body: &ProcessRequest) -> bool {
         (status = 404, description = "sessionId is not this tenant's and user's, or agentId is not one of the tenant's agents"),
         (status = 409, description = "The session is closed, the session runs as another agent (agent_mismatch), it has a running turn and concurrency is reject (turn_in_progress, with turnId), or the same Idempotency-Key is in progress (the error names its turnId)"),
         (status = 422, description = "The Idempotency-Key was first used for a different request"),
+        (status = 429, description = "A budget of the tenant or the user is used up (budget_exceeded: budget, used, limit, resetsAt; Retry-After), or the tenant's rate limit"),
         (status = 413, description = "Body or message too large"),
         (status = 415, description = "Not JSON"),
         (status = 502, description = "The model provider failed"),

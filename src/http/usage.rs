@@ -80,8 +80,13 @@ pub struct UsageReport {
 }
 
 fn day(name: &str, value: &str) -> Result<NaiveDate, ApiError> {
-    NaiveDate::parse_from_str(value, "%Y-%m-%d")
-        .map_err(|_| ApiError::bad_request("invalid_query", format!("{name} must be a day, YYYY-MM-DD")))
+    let bad = || ApiError::bad_request("invalid_query", format!("{name} must be a day, YYYY-MM-DD"));
+    let shaped = value.len() == 10
+        && value.bytes().enumerate().all(|(i, b)| if i == 4 || i == 7 { b == b'-' } else { b.is_ascii_digit() });
+    if !shaped {
+        return Err(bad());
+    }
+    NaiveDate::parse_from_str(value, "%Y-%m-%d").map_err(|_| bad())
 }
 
 async fn report(
@@ -121,7 +126,9 @@ async fn report(
     if csv {
         let mut out = format!("{group_by},inputTokens,outputTokens,modelCalls,turns,costUsd,unpricedTokens\n");
         for (k, c) in &groups {
-            let k = if k.contains([',', '"', '\n']) { format!("\"{}\"", k.replace('"', "\"\"")) } else { k.clone() };
+            // A spreadsheet takes a cell starting with = + - @ for a formula: it is kept as text.
+            let k = if k.starts_with(['=', '+', '-', '@']) { format!("'{k}") } else { k.clone() };
+            let k = if k.contains([',', '"', '\n', '\r']) { format!("\"{}\"", k.replace('"', "\"\"")) } else { k };
             out.push_str(&format!(
                 "{k},{},{},{},{},{:.6},{}\n",
                 c.input_tokens,
@@ -148,7 +155,8 @@ async fn report(
     responses(
         (status = 200, description = "Usage (text/csv with format=csv)",
          content((UsageReport = "application/json"), (String = "text/csv"))),
-        (status = 400, description = "A bad day, span, groupBy or format")
+        (status = 400, description = "A bad day, span, groupBy or format"),
+        (status = 403, description = "Not a credential of the tenant (a user's own token reads its own usage only)")
     )
 )]
 async fn tenant_usage(
@@ -168,7 +176,8 @@ async fn tenant_usage(
     responses(
         (status = 200, description = "Usage (text/csv with format=csv)",
          content((UsageReport = "application/json"), (String = "text/csv"))),
-        (status = 400, description = "A bad day, span, groupBy or format")
+        (status = 400, description = "A bad day, span, groupBy or format"),
+        (status = 403, description = "Another user's usage, or another tenant's")
     )
 )]
 async fn user_usage(
@@ -192,10 +201,9 @@ async fn budget_view(state: &AppState, tenant: &TenantId, user: Option<&UserId>)
     let budget = state.store.get_budget(tenant).await?.unwrap_or_default();
     let now = today();
     let month_start = format!("{}-01", &now[..7]);
-    let mut month = Counts::default();
-    for row in state.store.usage(tenant, &month_start, &now, None).await? {
-        month.add(&row.entry.counts);
-    }
+    // The month as budgets are checked against it: the tenant's totals (each server adds to them
+    // every second) with what this server counted since.
+    let month = state.agent.meter().month_spent(tenant).await?;
     let next_month = NaiveDate::parse_from_str(&month_start, "%Y-%m-%d")
         .ok()
         .and_then(
@@ -253,7 +261,9 @@ async fn get_budget(
     request_body = Budget,
     responses(
         (status = 200, body = Object, description = "The budgets as set, with used so far"),
+        (status = 400, description = "A body that is not JSON or not a budget"),
         (status = 403, description = "Not an admin key"),
+        (status = 415, description = "Not application/json"),
         (status = 422, description = "A budget that is not valid")
     )
 )]

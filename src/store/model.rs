@@ -67,6 +67,10 @@ pub struct ContextSummary {
     pub model: String,
     #[schema(value_type = String)]
     pub created_at: Timestamp,
+    /// What writing it cost, as the model reported it: `{"inputTokens", "outputTokens"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub usage: Option<Value>,
 }
 
 /// Who wrote a message.

@@ -46,8 +46,10 @@ pub struct Meter {
     store: Arc<dyn ConversationStore>,
     prices: Prices,
     on: bool,
-    /// The tenants' totals counted here and not added to the store yet, by tenant and day.
+    /// The tenants' totals counted here and not added to the store yet, by tenant and day, and
+    /// those being added now (counted as pending until their write ends).
     pending: Mutex<HashMap<(TenantId, String), Vec<UsageEntry>>>,
+    flushing: Mutex<HashMap<(TenantId, String), Vec<UsageEntry>>>,
     budgets: Mutex<HashMap<TenantId, (Option<Budget>, Instant)>>,
     spent: Cached<Spent>,
     /// The notices this process has sent or seen sent (once per budget and period).
@@ -85,6 +87,7 @@ impl Meter {
             prices,
             on,
             pending: Mutex::default(),
+            flushing: Mutex::default(),
             budgets: Mutex::default(),
             spent: Mutex::default(),
             noticed: Mutex::default(),
@@ -164,15 +167,23 @@ impl Meter {
             }
         };
         if let Spent::Month(tenant, month) = key {
-            // The month's stored totals lack what this process has not added to them yet.
-            let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            for ((t, day), entries) in pending.iter() {
-                if t == tenant && day.starts_with(month.as_str()) {
-                    entries.iter().for_each(|e| total.add(&e.counts));
+            // The month's stored totals (as last read) lack what this process has not added to
+            // them yet, and what it is adding now.
+            for map in [&self.pending, &self.flushing] {
+                let map = map.lock().unwrap_or_else(|p| p.into_inner());
+                for ((t, day), entries) in map.iter() {
+                    if t == tenant && day.starts_with(month.as_str()) {
+                        entries.iter().for_each(|e| total.add(&e.counts));
+                    }
                 }
             }
         }
         Ok(total)
+    }
+
+    /// What the tenant spent this month, as budgets are checked against it here.
+    pub async fn month_spent(&self, tenant: &TenantId) -> StoreResult<Counts> {
+        self.spent(&Spent::Month(tenant.clone(), today()[..7].to_string())).await
     }
 
     /// Whether a new turn of the user may start: `Err` with the budget it would start over.
@@ -210,21 +221,55 @@ impl Meter {
             self.pending.lock().unwrap_or_else(|p| p.into_inner()).entry((tenant.clone(), day.clone())).or_default(),
             &entry,
         );
-        let month = Spent::Month(tenant.clone(), day[..7].to_string());
         let today_of = Spent::Day(tenant.clone(), user.clone(), day.clone());
-        // The day's cache has it now (the month's counts what is pending when it is read).
+        // The day's cache has it now (the month's counts what is pending when it is read). A read
+        // of the day by another turn of the user between the write and this may count it twice for
+        // a few seconds: the error is on the side of refusing early.
         if let Some((counts, _)) = self.spent.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&today_of) {
             counts.add(&entry.counts);
         }
-        let Some(budget) = self.budget(tenant).await? else { return Ok(Vec::new()) };
+        // Counted: what follows only finds the budgets it took past a threshold (a failure there
+        // is logged, and the notice is tried again by the next turn).
+        Ok(self.crossings(tenant, user, &day).await)
+    }
+
+    /// The budgets of the tenant that its month, or the user's day, has taken past their warning
+    /// share or their limit, each said once per period (across servers, by a conditional write).
+    async fn crossings(&self, tenant: &TenantId, user: &UserId, day: &str) -> Vec<Crossing> {
+        let budget = match self.budget(tenant).await {
+            Ok(Some(budget)) => budget,
+            Ok(None) => return Vec::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, %tenant, "could not read the budgets");
+                return Vec::new();
+            }
+        };
         let mut crossings = Vec::new();
         let limits = [
-            (Which::Monthly, budget.monthly, month, day[..7].to_string(), None),
-            (Which::PerUserDaily, budget.per_user_daily, today_of, day.clone(), Some(user.clone())),
+            (
+                Which::Monthly,
+                budget.monthly,
+                Spent::Month(tenant.clone(), day[..7].to_string()),
+                day[..7].to_string(),
+                None,
+            ),
+            (
+                Which::PerUserDaily,
+                budget.per_user_daily,
+                Spent::Day(tenant.clone(), user.clone(), day.to_string()),
+                day.to_string(),
+                Some(user.clone()),
+            ),
         ];
         for (which, limit, key, period, user) in limits {
             let Some(limit) = limit else { continue };
-            let used = self.spent(&key).await?;
+            let used = match self.spent(&key).await {
+                Ok(used) => used,
+                Err(e) => {
+                    tracing::warn!(error = %e, %tenant, "could not read what was spent");
+                    continue;
+                }
+            };
             let share = limit.share(&used);
             for (exceeded, threshold) in [(false, budget.warn_at()), (true, 1.0)] {
                 if share < threshold {
@@ -233,43 +278,48 @@ impl Meter {
                 let kind = if exceeded { "budget.exceeded" } else { "budget.warning" };
                 let who = user.as_ref().map(|u| u.as_str()).unwrap_or("");
                 let notice = format!("{kind} {} {period} {who}", which.as_str());
-                if !self
-                    .noticed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(format!("{} {notice}", tenant.as_str()))
-                {
+                let local = format!("{} {notice}", tenant.as_str());
+                if self.noticed.lock().unwrap_or_else(|p| p.into_inner()).contains(&local) {
                     continue;
                 }
                 let (_, left) = period_end(&period);
                 let expires = crate::timestamp::epoch_seconds() + left as i64 + 86_400;
-                if self.store.note_once(tenant, &notice, expires).await? {
-                    crossings.push(Crossing {
-                        which,
-                        exceeded,
-                        period: period.clone(),
-                        user: user.clone(),
-                        limit,
-                        used,
-                    });
+                match self.store.note_once(tenant, &notice, expires).await {
+                    Ok(first) => {
+                        self.noticed.lock().unwrap_or_else(|p| p.into_inner()).insert(local);
+                        if first {
+                            crossings.push(Crossing {
+                                which,
+                                exceeded,
+                                period: period.clone(),
+                                user: user.clone(),
+                                limit,
+                                used,
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, %tenant, "could not note a budget's notice; the next turn tries again")
+                    }
                 }
             }
         }
-        Ok(crossings)
+        crossings
     }
 
     /// Adds what this process counted to the tenants' totals (every second, and at shutdown); what
     /// could not be written stays for the next time.
     pub async fn flush(&self) {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        *self.flushing.lock().unwrap_or_else(|p| p.into_inner()) = pending.clone();
         for ((tenant, day), entries) in pending {
+            let key = (tenant.clone(), day.clone());
             match self.store.add_tenant_usage(&tenant, &day, &entries).await {
                 Ok(()) => {
-                    // The month's stored totals, as cached, have them now.
-                    let key = Spent::Month(tenant.clone(), day[..7].to_string());
-                    if let Some((counts, _)) = self.spent.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&key) {
-                        entries.iter().for_each(|e| counts.add(&e.counts));
-                    }
+                    // Stored: the month's cached totals are read again (a read made before the write
+                    // lacks it, one made after has it).
+                    let month = Spent::Month(tenant.clone(), day[..7].to_string());
+                    self.spent.lock().unwrap_or_else(|p| p.into_inner()).remove(&month);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, tenant = %tenant, "could not add to the tenant's usage totals; trying again");
@@ -278,6 +328,7 @@ impl Meter {
                     entries.iter().for_each(|e| merge(into, e));
                 }
             }
+            self.flushing.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
         }
         // A long-lived process forgets old periods' notices and totals.
         let mut noticed = self.noticed.lock().unwrap_or_else(|p| p.into_inner());

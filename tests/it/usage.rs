@@ -14,6 +14,7 @@ use crate::support::{TestServer, create_key, get, ok, ok_json, request, send, tu
 on_both_backends!(
     usage_adds_up_to_what_the_model_reported_grouped_every_way,
     two_servers_count_into_one_total_and_a_restart_keeps_it,
+    budgets_refuse_the_next_turn_and_their_events_fire_once,
 );
 
 async fn messages(s: &TestServer, tenant: &str) -> Vec<Value> {
@@ -63,8 +64,10 @@ async fn usage_adds_up_to_what_the_model_reported_grouped_every_way(backend: &st
     let msgs = messages(&s, "t1").await;
     let (input, output, calls) = stored_usage(&msgs);
     assert_eq!(calls, 5, "two rounds for the tool turn, one for each other turn");
-    // The summary is one more call (the mock reports 11 in, 7 out for a reply).
-    let (input, output, calls) = (input + 11, output + 7, calls + 1);
+    // The summary is one more call, its usage stored with it.
+    let stored = &summarized["contextSummary"]["usage"];
+    let summary = (stored["inputTokens"].as_u64().unwrap(), stored["outputTokens"].as_u64().unwrap());
+    let (input, output, calls) = (input + summary.0, output + summary.1, calls + 1);
     assert_eq!(model.calls() as u64, calls, "every call the mock saw is counted");
     let report = usage(&s, "/agent/usage/t1").await;
     let totals = &report["totals"];
@@ -101,7 +104,8 @@ async fn usage_adds_up_to_what_the_model_reported_grouped_every_way(backend: &st
     assert_eq!(lines.len(), 3, "{csv}");
     assert!(lines[2].starts_with("u2,"), "{csv}");
     // Bad queries say what is wrong; another tenant has nothing.
-    for bad in ["from=yesterday", "groupBy=tenant", "format=xml", "from=2026-01-01&to=2025-01-01"] {
+    for bad in ["from=yesterday", "from=+10000-01-01", "groupBy=tenant", "format=xml", "from=2026-01-01&to=2025-01-01"]
+    {
         let r = get(&s, &format!("/agent/usage/t1?{bad}")).await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
         assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "invalid_query");
@@ -139,7 +143,7 @@ async fn two_servers_count_into_one_total_and_a_restart_keeps_it(backend: &str) 
         assert_eq!(report["totals"]["turns"], 4, "{report}");
         assert_eq!(report["totals"]["inputTokens"], 44);
     }
-    // The tenant's month, as budgets see it, is the two servers' totals (added once a second).
+    // The tenant's month, as budgets see it: the totals each server adds once a second.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let budget = json!({"monthly": {"tokens": 1000}});
     assert_eq!(request(&x, "PUT", "/agent/budgets/t1").json(&budget).send().await.unwrap().status(), StatusCode::OK);
@@ -148,13 +152,24 @@ async fn two_servers_count_into_one_total_and_a_restart_keeps_it(backend: &str) 
     drop(x);
     let z = TestServer::start_on_store(backend, Some(&y), &path, &env).await;
     assert_eq!(usage(&z, "/agent/usage/t1").await["totals"]["turns"], 4, "kept across a restart");
+    // One server spends the rest of a budget; the other sees it within its 5 s view and the
+    // spender's one-second flush, and refuses too (the bound docs/usage.md states).
+    let budget = json!({"monthly": {"tokens": 150}});
+    assert_eq!(request(&z, "PUT", "/agent/budgets/t2").json(&budget).send().await.unwrap().status(), StatusCode::OK);
+    let mut spent = 0;
+    while turn_request(&z, "t2", "a").json(&json!({"message": "hi"})).send().await.unwrap().status() == StatusCode::OK {
+        spent += 18;
+        assert!(spent <= 150 + 18, "one server never starts a turn over a limit it knows");
+    }
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    let r = turn_request(&y, "t2", "b").json(&json!({"message": "hi"})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "the other server has seen it");
 }
 
 /// Budgets: only admin keys set them; a tenant's monthly budget and a user's daily one refuse the
 /// next turn (429 `budget_exceeded`, which budget, used, limit, when it resets; nothing stored); a
 /// turn that crosses one finishes; `budget.warning` and `budget.exceeded` fire once each.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn budgets_refuse_the_next_turn_and_their_events_fire_once() {
+async fn budgets_refuse_the_next_turn_and_their_events_fire_once(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let tenant_key = create_key(dir.path(), &["--tenant", "t1", "--name", "t1"]);
     let admin = create_key(dir.path(), &["--admin", "--name", "ops"]);
@@ -167,7 +182,7 @@ async fn budgets_refuse_the_next_turn_and_their_events_fire_once() {
         ("OPENAI_BASE_URL", model.url.as_str()),
         ("EVENTS", "on"),
     ];
-    let s = TestServer::start("sqlite", &env).await;
+    let s = TestServer::start(backend, &env).await;
     let turn = |user: &str, key: &str| {
         turn_request(&s, "t1", user).bearer_auth(key.to_string()).json(&json!({"message": "hello"}))
     };

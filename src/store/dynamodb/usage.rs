@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use futures::{StreamExt, TryStreamExt};
 
 use super::DynamoStore;
 use super::errors::{map_err, written};
@@ -25,6 +26,10 @@ const KEEP_SECONDS: i64 = 400 * 86_400;
 
 fn expires_at() -> AttributeValue {
     AttributeValue::N((crate::timestamp::epoch_seconds() + KEEP_SECONDS).to_string())
+}
+
+fn parse_day(day: &str) -> StoreResult<chrono::NaiveDate> {
+    chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").map_err(|_| StoreError::Invalid(format!("{day} is not a day")))
 }
 
 /// The entries of a day item.
@@ -139,22 +144,35 @@ impl DynamoStore {
     ) -> StoreResult<Vec<UsageRow>> {
         let id = format!("usage {}", tenant.as_str());
         let items = match user {
-            // One user's day (a budget check): one strongly consistent GetItem.
-            Some(user) if from == to => {
-                let range = format!("{from} {}", user.as_str());
-                let out = self
-                    .client
-                    .get_item()
-                    .table_name(&self.sessions)
-                    .key("id", s(id))
-                    .key("tenantId", s(range.clone()))
-                    .consistent_read(true)
-                    .send()
-                    .await
-                    .map_err(|e| map_err(&self.sessions, "GetItem", e))?;
-                out.item.map(|item| (range, item)).into_iter().collect()
+            // One user's days: a strongly consistent GetItem per day (16 at a time), not a read of
+            // every user's.
+            Some(user) => {
+                let mut days = Vec::new();
+                let (mut day, last) = (parse_day(from)?, parse_day(to)?);
+                while day <= last && days.len() <= 400 {
+                    days.push(day.format("%Y-%m-%d").to_string());
+                    day = day.succ_opt().unwrap_or(last + chrono::Days::new(1));
+                }
+                let reads = days.into_iter().map(|d| {
+                    let (id, range) = (id.clone(), format!("{d} {}", user.as_str()));
+                    async move {
+                        let out = self
+                            .client
+                            .get_item()
+                            .table_name(&self.sessions)
+                            .key("id", s(id))
+                            .key("tenantId", s(range.clone()))
+                            .consistent_read(true)
+                            .send()
+                            .await
+                            .map_err(|e| map_err(&self.sessions, "GetItem", e))?;
+                        Ok::<_, StoreError>(out.item.map(|item| (range, item)))
+                    }
+                });
+                let found: Vec<Option<_>> = futures::stream::iter(reads).buffered(16).try_collect().await?;
+                found.into_iter().flatten().collect()
             }
-            _ => self.read_days(id, from, to).await?,
+            None => self.read_days(id, from, to).await?,
         };
         let mut rows = Vec::new();
         for (range, item) in items {
