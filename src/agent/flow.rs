@@ -229,7 +229,12 @@ impl Agent {
                     self.store.list_messages(&req.tenant, id, history_query(limit)).await.map(Some)
                 }
             };
-            let (begun, page) = tokio::join!(self.store.begin_turn(&req.tenant, id, Some(&req.user), count), page);
+            // A turn under a policy that holds asks for the hold in the same write.
+            let asked = self.policy(req.concurrency, &persona);
+            let holder = asked.holds().then(|| super::queue::holder_for(&live.turn_id));
+            let take_over = asked == Concurrency::Interrupt;
+            let begin = || self.begin_turn_held(&req.tenant, id, &req.user, count, holder.as_ref(), take_over);
+            let (begun, page) = tokio::join!(begin(), page);
             let (begun, page) = match begun {
                 // A client-chosen id for a session that does not exist yet (the original server's
                 // clients choose session ids): it is created for this user, then the turn goes on.
@@ -237,11 +242,14 @@ impl Agent {
                     if resume.is_none() && self.create_chosen_session(req, id, persona.agent_id()).await? =>
                 {
                     let page = page.map(|_| None);
-                    (self.store.begin_turn(&req.tenant, id, Some(&req.user), count).await, page)
+                    (begin().await, page)
                 }
                 other => (other, page),
             };
-            let (session, reserved) = begun?;
+            let (session, reserved, begun_hold) = begun?;
+            if let (Some(holder), Some(hold)) = (&holder, &begun_hold) {
+                self.after_hold(live, &req.tenant, &session.id, holder, hold);
+            }
             live.set_session(&session.id);
             stamps = reserved;
             let mut page = page;
@@ -265,8 +273,16 @@ impl Agent {
             // `queue`, `interrupt` and `reject`: the session's one running turn, or a message that
             // waits for it (refused under `reject`, nothing stored).
             let policy = self.policy(req.concurrency, &persona);
+            if !policy.holds() && begun_hold.is_some() {
+                // The session's own agent runs its turns side by side: the hold goes (what waited
+                // is answered).
+                self.let_go(live, &req.tenant).await;
+            }
             if policy.holds() {
-                let held = self.hold(live, &req.tenant, &session.id, policy == Concurrency::Interrupt).await;
+                let held = match begun_hold {
+                    Some(hold) => Ok(hold),
+                    None => self.hold(live, &req.tenant, &session.id, policy == Concurrency::Interrupt).await,
+                };
                 let waits = match &held {
                     Ok(Hold::Held { queued, .. }) => !queued.is_empty() || !persona.debounce.is_zero(),
                     Ok(Hold::Busy(_)) => policy != Concurrency::Reject,

@@ -24,8 +24,8 @@ use crate::agents::directory::Persona;
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
 use crate::llm::{ModelReply, ModelRequest};
 use crate::store::{
-    Action, ActionStatus, Hold, HoldLease, Message, NewMessage, Session, StoreError, TurnEvent, TurnFailure,
-    TurnRecord, TurnStatus, complete_history, history_query,
+    Action, ActionStatus, Hold, HoldLease, HoldRequest, Message, NewMessage, Session, StoreError, TurnEvent,
+    TurnFailure, TurnRecord, TurnStatus, complete_history, history_query,
 };
 use crate::timestamp::Timestamp;
 
@@ -39,7 +39,7 @@ fn lease() -> HoldLease {
 
 /// A holder's id: its turn's id and a nonce (retries of one `Idempotency-Key` share the turn's id:
 /// each attempt holds as itself).
-fn holder_for(turn: &MessageId) -> MessageId {
+pub(super) fn holder_for(turn: &MessageId) -> MessageId {
     let nonce = uuid::Uuid::from_bytes(crate::random::bytes::<16>()).simple().to_string();
     MessageId::parse(format!("{turn}~{}", &nonce[..12])).unwrap_or_else(|_| turn.clone())
 }
@@ -78,14 +78,51 @@ impl Agent {
     ) -> Result<Hold, TurnError> {
         let holder = holder_for(&live.turn_id);
         let hold = self.store.hold_session(tenant, session, &holder, lease(), take_over).await?;
-        if let Hold::Held { taken_from, .. } = &hold {
+        self.after_hold(live, tenant, session, &holder, &hold);
+        Ok(hold)
+    }
+
+    /// A turn's start with its reserved timestamps, and the session's hold when `holder` is given
+    /// (one write).
+    pub(super) async fn begin_turn_held(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        user: &UserId,
+        count: usize,
+        holder: Option<&MessageId>,
+        take_over: bool,
+    ) -> Result<(Session, Vec<Timestamp>, Option<Hold>), StoreError> {
+        match holder {
+            Some(holder) => {
+                let request = HoldRequest { holder, lease: lease(), take_over };
+                let (session, stamps, hold) =
+                    self.store.begin_held_turn(tenant, session, Some(user), count, request).await?;
+                Ok((session, stamps, Some(hold)))
+            }
+            None => {
+                let (session, stamps) = self.store.begin_turn(tenant, session, Some(user), count).await?;
+                Ok((session, stamps, None))
+            }
+        }
+    }
+
+    /// What holding the session means for `live`: the turn it was taken from stops (here at once,
+    /// on another server at its next renewal), and the hold is renewed while `live` runs.
+    pub(super) fn after_hold(
+        &self,
+        live: &Arc<LiveTurn>,
+        tenant: &TenantId,
+        session: &SessionId,
+        holder: &MessageId,
+        hold: &Hold,
+    ) {
+        if let Hold::Held { taken_from, .. } = hold {
             if let Some(running) = taken_from.as_ref().and_then(|h| self.live.get(&turn_of(h))) {
-                // Here: it stops now. On another server: when its next renewal finds it taken.
                 running.stop(StopReason::Superseded);
             }
-            self.keep_holding(live, tenant, session, &holder);
+            self.keep_holding(live, tenant, session, holder);
         }
-        Ok(hold)
     }
 
     /// Renews `live`'s hold on the session every few seconds while it has it (at most as long as

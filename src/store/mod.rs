@@ -60,6 +60,15 @@ pub struct HoldLease {
     pub now: i64,
 }
 
+/// A hold asked for with a turn's start ([`ConversationStore::begin_held_turn`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HoldRequest<'a> {
+    pub holder: &'a MessageId,
+    pub lease: HoldLease,
+    /// Whoever holds it (`concurrency: interrupt`).
+    pub take_over: bool,
+}
+
 /// What holding a session gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hold {
@@ -124,6 +133,16 @@ pub trait ConversationStore: Send + Sync + 'static {
         owner: Option<&UserId>,
         count: usize,
     ) -> StoreResult<(Session, Vec<Timestamp>)>;
+    /// `begin_turn` and `hold_session` in one write: the turn's timestamps are reserved whether or
+    /// not it gets the hold (another turn holding it is `Hold::Busy`).
+    async fn begin_held_turn(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        owner: Option<&UserId>,
+        count: usize,
+        hold: HoldRequest<'_>,
+    ) -> StoreResult<(Session, Vec<Timestamp>, Hold)>;
     /// Stores messages whose timestamps `begin_turn` reserved, all at once; a message whose id is
     /// already stored in this session is returned as stored.
     async fn put_messages(

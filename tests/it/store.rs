@@ -7,8 +7,9 @@ use agent_server::agents::StoredAgent;
 use agent_server::ids::{AgentId, MessageId, SessionId, TenantId, UserId};
 use agent_server::store::{
     Action, ActionStatus, Appended, ContextSummary, ConversationStore, Cursor, Deleted, Delivery, DeliveryStep,
-    Erasure, Hold, HoldLease, Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Role, Session,
-    StoreError, StoreResult, StoredEvent, TurnEvent, TurnRecord, TurnStatus, history_query, recent_history,
+    Erasure, Hold, HoldLease, HoldRequest, Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest,
+    Role, Session, StoreError, StoreResult, StoredEvent, TurnEvent, TurnRecord, TurnStatus, history_query,
+    recent_history,
 };
 use agent_server::timestamp::Timestamp;
 use agent_server::usage::{Budget, Counts, UsageEntry, UsageRow};
@@ -712,6 +713,16 @@ impl ConversationStore for LaggingIndex {
     ) -> StoreResult<(Session, Vec<Timestamp>)> {
         self.inner.begin_turn(t, s, u, n).await
     }
+    async fn begin_held_turn(
+        &self,
+        t: &TenantId,
+        s: &SessionId,
+        u: Option<&UserId>,
+        n: usize,
+        hold: HoldRequest<'_>,
+    ) -> StoreResult<(Session, Vec<Timestamp>, Hold)> {
+        self.inner.begin_held_turn(t, s, u, n, hold).await
+    }
     async fn put_messages(&self, t: &TenantId, s: &SessionId, m: Vec<Message>) -> StoreResult<Vec<Appended>> {
         self.inner.put_messages(t, s, m).await
     }
@@ -801,6 +812,7 @@ conformance!(
     agents_are_kept_per_tenant_with_conditional_versions,
     a_session_has_one_holder_until_it_lets_go_or_its_lease_lapses,
     turns_queue_behind_the_holder_and_are_handed_on,
+    a_turn_reserves_its_times_and_holds_its_session_in_one_write,
     usage_adds_up_per_user_day_agent_and_model,
 );
 
@@ -1217,4 +1229,26 @@ async fn usage_adds_up_per_user_day_agent_and_model(store: Arc<dyn ConversationS
     assert!(store.note_once(&t, "budget.warning monthly 2026-12", later).await.unwrap());
     assert!(!store.note_once(&t, "budget.warning monthly 2026-12", later).await.unwrap(), "once");
     assert!(store.note_once(&tenant("other"), "budget.warning monthly 2026-12", later).await.unwrap());
+}
+
+/// `begin_held_turn`: the reservation and the hold together; held by another turn, the times are
+/// reserved all the same and the holder is named; a take-over takes the queue and names whose it was.
+async fn a_turn_reserves_its_times_and_holds_its_session_in_one_write(store: Arc<dyn ConversationStore>) {
+    let session = new_session(&*store, "acme", "u1").await;
+    let (t, s) = (tenant("acme"), session.id.clone());
+    let id = |name: &str| MessageId::parse(name).unwrap();
+    let (a, b, q) = (id("holder-a"), id("holder-b"), id("queued-q"));
+    let now = agent_server::timestamp::now_micros() / 1000;
+    let ask = |holder, take_over| HoldRequest { holder, lease: HoldLease { until: now + 10_000, now }, take_over };
+    let (before, first, hold) = store.begin_held_turn(&t, &s, Some(&user("u1")), 2, ask(&a, false)).await.unwrap();
+    assert_eq!(before.id, s);
+    assert_eq!((first.len(), hold), (2, Hold::Held { queued: vec![], taken_from: None }));
+    let (_, second, hold) = store.begin_held_turn(&t, &s, Some(&user("u1")), 2, ask(&b, false)).await.unwrap();
+    assert_eq!(hold, Hold::Busy(a.clone()));
+    assert!(second[0] > first[1], "reserved after the holder's: {first:?} {second:?}");
+    assert!(store.queue_turn(&t, &s, &q, now).await.unwrap());
+    let (_, _, hold) = store.begin_held_turn(&t, &s, Some(&user("u1")), 1, ask(&b, true)).await.unwrap();
+    assert_eq!(hold, Hold::Held { queued: vec![q.clone()], taken_from: Some(a.clone()) });
+    assert!(!store.renew_session_hold(&t, &s, &a, now + 20_000).await.unwrap(), "a's hold was taken");
+    assert!(store.begin_held_turn(&t, &s, Some(&user("u2")), 1, ask(&a, false)).await.is_err(), "not u2's session");
 }

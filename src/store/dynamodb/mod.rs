@@ -38,9 +38,9 @@ use tables::{SESSION_TIMESTAMP_INDEX, TENANT_TIMESTAMP_INDEX, TENANT_USER_INDEX}
 
 use super::{
     Action, ActionStatus, Appended, ContextSummary, ConversationStore, Deleted, Delivery, DeliveryStep, Erasure, Hold,
-    HoldLease, Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Retention, Session, StoreError,
-    StoreResult, StoredEvent, TurnEvent, TurnRecord, TurnStatus, is_expired, new_session_with, prepare_messages,
-    writable_session,
+    HoldLease, HoldRequest, Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Retention,
+    Session, StoreError, StoreResult, StoredEvent, TurnEvent, TurnRecord, TurnStatus, is_expired, new_session_with,
+    prepare_messages, writable_session,
 };
 use crate::ids::{MessageId, SessionId, TenantId, UserId};
 use crate::timestamp::{self, Timestamp};
@@ -85,7 +85,7 @@ impl DynamoStore {
             .table_name(&self.sessions)
             .key("id", s(session.as_str()))
             .key("tenantId", s(tenant.as_str()))
-            .projection_expression("id, turnHolder, turnQueue")
+            .projection_expression("id, turnHolder, turnHolderUntil, turnQueue")
             .consistent_read(true)
             .send()
             .await
@@ -476,6 +476,97 @@ impl ConversationStore for DynamoStore {
                 Err(e) if is_conditional_failure(&e) => {
                     let stored = self.get_session_item(tenant.as_str(), session.as_str()).await?;
                     after = writable_session(stored, session, owner)?.last_message_at;
+                }
+                Err(e) => return Err(map_err(&self.sessions, "UpdateItem", e)),
+            }
+        }
+        Err(StoreError::Conflict(format!("session {session} is being written by too many requests at once; retry")))
+    }
+
+    async fn begin_held_turn(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        owner: Option<&UserId>,
+        count: usize,
+        hold: HoldRequest<'_>,
+    ) -> StoreResult<(Session, Vec<Timestamp>, Hold)> {
+        let mut after: Option<Timestamp> = None;
+        for _ in 0..20 {
+            let stamps = timestamp::allocate(after.as_ref(), count);
+            let (first, last) = (stamps[0].clone(), stamps[count - 1].clone());
+            let expires_at = timestamp::parse_micros(&last).and_then(|m| self.retention.expires_at(m));
+            // The reservation and the hold in one conditional write; the old item comes back for
+            // the history check and the queue it takes.
+            let mut condition = String::from(
+                "attribute_exists(id) AND isActive = :active AND (attribute_not_exists(lastMessageAt) OR lastMessageAt < :first)",
+            );
+            if owner.is_some() {
+                condition.push_str(" AND userId = :u");
+            }
+            if !hold.take_over {
+                condition.push_str(
+                    " AND (attribute_not_exists(turnHolder) OR turnHolderUntil < :now OR turnHolder = :holder)",
+                );
+            }
+            let mut set = String::from(
+                "SET lastMessageAt = :last, updatedAt = :last, turnHolder = :holder, turnHolderUntil = :until",
+            );
+            if expires_at.is_some() {
+                set.push_str(", expiresAt = :exp");
+            }
+            let mut update = self
+                .client
+                .update_item()
+                .table_name(&self.sessions)
+                .key("id", s(session.as_str()))
+                .key("tenantId", s(tenant.as_str()))
+                .condition_expression(condition)
+                .update_expression(format!("{set} REMOVE turnQueue"))
+                .set_expression_attribute_values(owner.map(|u| [(":u".to_string(), s(u.as_str()))].into()))
+                .expression_attribute_values(":active", AttributeValue::Bool(true))
+                .expression_attribute_values(":first", s(first))
+                .expression_attribute_values(":last", s(last))
+                .expression_attribute_values(":holder", s(hold.holder.as_str()))
+                .expression_attribute_values(":until", AttributeValue::N(hold.lease.until.to_string()))
+                .return_values(ReturnValue::AllOld);
+            if !hold.take_over {
+                update = update.expression_attribute_values(":now", AttributeValue::N(hold.lease.now.to_string()));
+            }
+            if let Some(at) = expires_at {
+                update = update.expression_attribute_values(":exp", AttributeValue::N(at.to_string()));
+            }
+            match update.send().await {
+                Ok(out) => {
+                    let old = out.attributes.unwrap_or_default();
+                    let taken_from = match (old.get("turnHolder"), old.get("turnHolderUntil")) {
+                        (Some(AttributeValue::S(h)), Some(AttributeValue::N(until)))
+                            if h != hold.holder.as_str() && until.parse::<i64>().is_ok_and(|u| u >= hold.lease.now) =>
+                        {
+                            MessageId::parse(h.clone()).ok()
+                        }
+                        _ => None,
+                    };
+                    let queued = queued_turns(&old);
+                    let before = session_from_item(old)?;
+                    let before = writable_session(Some(before), session, owner)?;
+                    return Ok((before, stamps, Hold::Held { queued, taken_from }));
+                }
+                Err(e) if is_conditional_failure(&e) => {
+                    let stored = self.get_session_item(tenant.as_str(), session.as_str()).await?;
+                    after = writable_session(stored, session, owner)?.last_message_at;
+                    // Held by another turn: the times are reserved all the same, without the hold.
+                    if !hold.take_over
+                        && let Some(item) = self.holder_item(tenant, session).await?
+                        && let (Some(AttributeValue::S(h)), Some(AttributeValue::N(until))) =
+                            (item.get("turnHolder"), item.get("turnHolderUntil"))
+                        && h != hold.holder.as_str()
+                        && until.parse::<i64>().is_ok_and(|u| u >= hold.lease.now)
+                    {
+                        let holder = MessageId::parse(h.clone()).map_err(|e| StoreError::Internal(e.to_string()))?;
+                        let (before, stamps) = self.begin_turn(tenant, session, owner, count).await?;
+                        return Ok((before, stamps, Hold::Busy(holder)));
+                    }
                 }
                 Err(e) => return Err(map_err(&self.sessions, "UpdateItem", e)),
             }

@@ -26,8 +26,9 @@ use schema::{migrate, open, spawn_maintenance};
 
 use super::{
     Action, ActionStatus, Appended, ContextSummary, ConversationStore, Deleted, Delivery, DeliveryStep, Erasure, Hold,
-    HoldLease, Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Retention, Session, StoreError,
-    StoreResult, StoredEvent, TurnEvent, TurnRecord, TurnStatus, new_session_with, prepare_messages, writable_session,
+    HoldLease, HoldRequest, Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest, Retention,
+    Session, StoreError, StoreResult, StoredEvent, TurnEvent, TurnRecord, TurnStatus, new_session_with,
+    prepare_messages, writable_session,
 };
 use crate::agents::StoredAgent;
 use crate::ids::{AgentId, MessageId, SessionId, TenantId, UserId};
@@ -330,6 +331,49 @@ impl ConversationStore for SqliteStore {
             .map_err(internal)?;
             tx.commit().map_err(internal)?;
             Ok((stored, stamps))
+        })
+        .await
+    }
+
+    async fn begin_held_turn(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        owner: Option<&UserId>,
+        count: usize,
+        hold: HoldRequest<'_>,
+    ) -> StoreResult<(Session, Vec<Timestamp>, Hold)> {
+        let (tenant, session, owner) = (tenant.clone(), session.clone(), owner.cloned());
+        let (holder, lease, take_over) = (hold.holder.clone(), hold.lease, hold.take_over);
+        self.write("begin_turn", move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(internal)?;
+            let stored = get_session(&tx, tenant.as_str(), session.as_str())?;
+            let stored = writable_session(stored, &session, owner.as_ref())?;
+            let stamps = timestamp::allocate(stored.last_message_at.as_ref(), count);
+            let last = stamps.last().cloned().unwrap_or_else(Timestamp::now);
+            tx.prepare_cached(
+                "UPDATE sessions SET last_message_at = ?1, updated_at = ?1 WHERE tenant_id = ?2 AND id = ?3",
+            )
+            .and_then(|mut s| s.execute(params![last, tenant.as_str(), session.as_str()]))
+            .map_err(internal)?;
+            let (held, queued) = holder_row(&tx, &tenant, &session)?;
+            let live = held.filter(|(h, until)| h != holder.as_str() && *until >= lease.now);
+            let hold = match (&live, take_over) {
+                (Some((other, _)), false) => Hold::Busy(MessageId::parse(other.clone()).map_err(internal)?),
+                _ => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO session_holders (tenant_id, session_id, turn_id, until, queue) \
+                         VALUES (?1, ?2, ?3, ?4, '[]')",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![tenant.as_str(), session.as_str(), holder.as_str(), lease.until])
+                    })
+                    .map_err(internal)?;
+                    Hold::Held { queued, taken_from: live.and_then(|(h, _)| MessageId::parse(h).ok()) }
+                }
+            };
+            tx.commit().map_err(internal)?;
+            Ok((stored, stamps, hold))
         })
         .await
     }
