@@ -554,11 +554,28 @@ impl Agent {
         });
     }
 
-    /// Gives `queued` back to the session's queue (another turn holds it now).
-    async fn give_back_queue(&self, tenant: &TenantId, session: &SessionId, queued: &[MessageId]) {
-        for turn in queued {
-            if let Err(e) = self.store.queue_turn(tenant, session, turn, now_millis()).await {
-                tracing::warn!(error = %e, %turn, "could not queue a message again; its client or the sweep does");
+    /// Gives `queued` back to the session's queue (another turn holds it now); when nothing holds
+    /// the session any more, this server holds it and answers them.
+    async fn give_back_queue(self: &Arc<Self>, tenant: &TenantId, session: &SessionId, queued: &[MessageId]) {
+        for (i, turn) in queued.iter().enumerate() {
+            match self.store.queue_turn(tenant, session, turn, now_millis()).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let holder = holder_for(&MessageId::generate());
+                    if let Ok(Hold::Held { queued: mut more, .. }) =
+                        self.store.hold_session(tenant, session, &holder, lease(), false).await
+                    {
+                        more.extend(queued[i..].iter().cloned());
+                        let (tenant, session, debounce) = (tenant.clone(), session.clone(), Duration::ZERO);
+                        self.answer_queued(Answering { tenant, session, holder, queued: more, debounce });
+                        return;
+                    }
+                    // Held again meanwhile: queued behind that holder.
+                    let _ = self.store.queue_turn(tenant, session, turn, now_millis()).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %turn, "could not queue a message again; its client or the sweep does")
+                }
             }
         }
     }
@@ -571,18 +588,16 @@ impl Agent {
         let Answering { tenant, session, holder, mut queued, debounce } = answering;
         let turn = MessageId::generate();
         let own = holder_for(&turn);
-        let more = self.store.let_go_session(&tenant, &session, &holder, &own, lease().until).await?;
-        if more.is_empty() {
-            match self.store.hold_session(&tenant, &session, &own, lease(), false).await? {
-                Hold::Held { queued: more, .. } => queued.extend(more),
-                Hold::Busy(_) => {
-                    // Another turn came between: what this one gathered waits behind it.
-                    self.give_back_queue(&tenant, &session, &queued).await;
-                    return Ok(None);
-                }
+        // The session goes from the holder that took the queue to this turn, without a moment
+        // when nobody holds it (another answering turn could start in it).
+        match self.store.hand_over(&tenant, &session, &holder, &own, lease().until).await? {
+            Some(more) => queued.extend(more),
+            None => {
+                // That hold lapsed and another turn has the session: what was gathered waits
+                // behind it.
+                self.give_back_queue(&tenant, &session, &queued).await;
+                return Ok(None);
             }
-        } else {
-            queued.extend(more);
         }
         let Some(first) = self.first_waiting(&tenant, &session, &queued).await? else {
             return self.hand_on(&tenant, &session, &own).await;

@@ -268,6 +268,16 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// Notes `notice` for the tenant once (kept until `expires_at`, epoch seconds): false when it
     /// was noted already, here or on another server.
     async fn note_once(&self, tenant: &TenantId, notice: &str, expires_at: i64) -> StoreResult<bool>;
+    /// Hands the session from holder `from` to `to` (until `until`), taking its queue; `None` when
+    /// `from` no longer holds it.
+    async fn hand_over(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        from: &MessageId,
+        to: &MessageId,
+        until: i64,
+    ) -> StoreResult<Option<Vec<MessageId>>>;
     /// Keeps an erasure until its second pass ran (`finish_erasure`).
     async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()>;
     /// The erasures of every tenant whose second pass has not run, oldest first, at most `limit`.

@@ -589,6 +589,16 @@ impl ConversationStore for LaggingIndex {
     async fn note_once(&self, t: &TenantId, notice: &str, expires_at: i64) -> StoreResult<bool> {
         self.inner.note_once(t, notice, expires_at).await
     }
+    async fn hand_over(
+        &self,
+        t: &TenantId,
+        s: &SessionId,
+        from: &MessageId,
+        to: &MessageId,
+        until: i64,
+    ) -> StoreResult<Option<Vec<MessageId>>> {
+        self.inner.hand_over(t, s, from, to, until).await
+    }
     async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()> {
         self.inner.record_erasure(erasure).await
     }
@@ -883,6 +893,15 @@ async fn turns_queue_behind_the_holder_and_are_handed_on(store: Arc<dyn Conversa
     assert_eq!(
         store.hold_session(&t, &s, &next, lease(20_000, 8_001), false).await.unwrap(),
         Hold::Held { queued: vec![q1.clone()], taken_from: None }
+    );
+    // A hand-over: from the holder only, with its queue, and the session never free between.
+    assert!(store.queue_turn(&t, &s, &q2, 8_100).await.unwrap());
+    assert_eq!(store.hand_over(&t, &s, &a, &later, 30_000).await.unwrap(), None, "a does not hold it");
+    assert_eq!(store.hand_over(&t, &s, &next, &later, 30_000).await.unwrap(), Some(vec![q2.clone()]));
+    assert_eq!(
+        store.hold_session(&t, &s, &a, lease(31_000, 8_200), false).await.unwrap(),
+        Hold::Busy(later.clone()),
+        "handed to later"
     );
     let other = new_session(&*store, "other", "u1").await;
     assert!(

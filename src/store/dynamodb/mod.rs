@@ -1068,6 +1068,35 @@ impl ConversationStore for DynamoStore {
         self.write_notice(tenant, notice, expires_at).await
     }
 
+    async fn hand_over(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        from: &MessageId,
+        to: &MessageId,
+        until: i64,
+    ) -> StoreResult<Option<Vec<MessageId>>> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.sessions)
+            .key("id", s(session.as_str()))
+            .key("tenantId", s(tenant.as_str()))
+            .update_expression("SET turnHolder = :to, turnHolderUntil = :until REMOVE turnQueue")
+            .condition_expression("turnHolder = :from")
+            .expression_attribute_values(":from", s(from.as_str()))
+            .expression_attribute_values(":to", s(to.as_str()))
+            .expression_attribute_values(":until", AttributeValue::N(until.to_string()))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(Some(queued_turns(&out.attributes.unwrap_or_default()))),
+            Err(e) if is_conditional_failure(&e) => Ok(None),
+            Err(e) => Err(map_err(&self.sessions, "UpdateItem", e)),
+        }
+    }
+
     async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()> {
         self.put_erasure(erasure).await
     }

@@ -985,6 +985,32 @@ impl ConversationStore for SqliteStore {
         .await
     }
 
+    async fn hand_over(
+        &self,
+        tenant: &TenantId,
+        session: &SessionId,
+        from: &MessageId,
+        to: &MessageId,
+        until: i64,
+    ) -> StoreResult<Option<Vec<MessageId>>> {
+        let (tenant, session, from, to) = (tenant.clone(), session.clone(), from.clone(), to.clone());
+        self.write("hand_over", move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(internal)?;
+            let (holder, queued) = holder_row(&tx, &tenant, &session)?;
+            if holder.is_none_or(|(h, _)| h != from.as_str()) {
+                return Ok(None);
+            }
+            tx.execute(
+                "UPDATE session_holders SET turn_id = ?3, until = ?4, queue = '[]' WHERE tenant_id = ?1 AND session_id = ?2",
+                params![tenant.as_str(), session.as_str(), to.as_str(), until],
+            )
+            .map_err(internal)?;
+            tx.commit().map_err(internal)?;
+            Ok(Some(queued))
+        })
+        .await
+    }
+
     async fn record_erasure(&self, erasure: &Erasure) -> StoreResult<()> {
         let (id, body) = (erasure.id.clone(), serde_json::to_string(erasure).map_err(internal)?);
         self.write("record_erasure", move |c| {
