@@ -41,6 +41,8 @@ pub struct Crossing {
 }
 
 type Cached<T> = Mutex<HashMap<T, (Counts, Instant)>>;
+/// A tenant's budgets as last read, when, and whether a read is under way.
+type CachedBudgets = Arc<Mutex<HashMap<TenantId, (Option<Budget>, Instant, bool)>>>;
 
 pub struct Meter {
     store: Arc<dyn ConversationStore>,
@@ -50,7 +52,8 @@ pub struct Meter {
     /// those being added now (counted as pending until their write ends).
     pending: Mutex<HashMap<(TenantId, String), Vec<UsageEntry>>>,
     flushing: Mutex<HashMap<(TenantId, String), Vec<UsageEntry>>>,
-    budgets: Mutex<HashMap<TenantId, (Option<Budget>, Instant)>>,
+    /// The tenants' budgets as last read, when, and whether a read is under way.
+    budgets: CachedBudgets,
     spent: Cached<Spent>,
     /// The notices this process has sent or seen sent (once per budget and period).
     noticed: Mutex<HashSet<String>>,
@@ -88,7 +91,7 @@ impl Meter {
             on,
             pending: Mutex::default(),
             flushing: Mutex::default(),
-            budgets: Mutex::default(),
+            budgets: Arc::default(),
             spent: Mutex::default(),
             noticed: Mutex::default(),
         }
@@ -124,15 +127,34 @@ impl Meter {
         }
     }
 
-    /// The tenant's budgets, as cached (read again after `FRESH_FOR`).
+    /// The tenant's budgets, as cached. Past `FRESH_FOR` they are read again in the background
+    /// (the turn goes on with the cached ones: no store request on its path); only a tenant this
+    /// process has not seen waits for the read.
     pub async fn budget(&self, tenant: &TenantId) -> StoreResult<Option<Budget>> {
-        if let Some((budget, at)) = self.budgets.lock().unwrap_or_else(|p| p.into_inner()).get(tenant)
-            && at.elapsed() < FRESH_FOR
         {
-            return Ok(budget.clone());
+            let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((budget, at, refreshing)) = budgets.get_mut(tenant) {
+                if at.elapsed() >= FRESH_FOR && !*refreshing {
+                    *refreshing = true;
+                    let (store, budgets, tenant) = (self.store.clone(), self.budgets.clone(), tenant.clone());
+                    tokio::spawn(async move {
+                        let read = store.get_budget(&tenant).await;
+                        let mut budgets = budgets.lock().unwrap_or_else(|p| p.into_inner());
+                        // Forgotten meanwhile (changed here): the next turn reads it.
+                        if let Some(entry) = budgets.get_mut(&tenant) {
+                            match read {
+                                Ok(budget) => *entry = (budget, Instant::now(), false),
+                                Err(_) => entry.2 = false,
+                            }
+                        }
+                    });
+                }
+                return Ok(budget.clone());
+            }
         }
         let budget = self.store.get_budget(tenant).await?;
-        self.budgets.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant.clone(), (budget.clone(), Instant::now()));
+        let entry = (budget.clone(), Instant::now(), false);
+        self.budgets.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant.clone(), entry);
         Ok(budget)
     }
 
