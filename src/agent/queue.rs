@@ -291,6 +291,27 @@ impl Agent {
         self.await_answer(live, record, message).await
     }
 
+    /// When nothing holds the session (its holder let go, or died and its lease lapsed), this
+    /// server holds it and answers what was queued on it, then `turns`; false when another turn
+    /// holds it.
+    async fn answer_if_free(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        session: &SessionId,
+        turns: &[MessageId],
+    ) -> Result<bool, StoreError> {
+        let holder = holder_for(&MessageId::generate());
+        match self.store.hold_session(tenant, session, &holder, lease(), false).await? {
+            Hold::Held { mut queued, .. } => {
+                queued.extend(turns.iter().cloned());
+                let (tenant, session, debounce) = (tenant.clone(), session.clone(), Duration::ZERO);
+                self.answer_queued(Answering { tenant, session, holder, queued, debounce });
+                Ok(true)
+            }
+            Hold::Busy(_) => Ok(false),
+        }
+    }
+
     /// Queues `turn` behind the session's running turn; when none runs any more, this server holds
     /// the session and answers what is queued, `turn` last.
     async fn join_queue(
@@ -303,19 +324,7 @@ impl Agent {
             if self.store.queue_turn(tenant, session, turn, now_millis()).await? {
                 return Ok(());
             }
-            let holder = holder_for(&MessageId::generate());
-            if let Hold::Held { mut queued, .. } =
-                self.store.hold_session(tenant, session, &holder, lease(), false).await?
-            {
-                queued.push(turn.clone());
-                let answering = Answering {
-                    tenant: tenant.clone(),
-                    session: session.clone(),
-                    holder,
-                    queued,
-                    debounce: Duration::ZERO,
-                };
-                self.answer_queued(answering);
+            if self.answer_if_free(tenant, session, std::slice::from_ref(turn)).await? {
                 return Ok(());
             }
         }
@@ -382,20 +391,8 @@ impl Agent {
                 // The running turn's server died (its hold lapsed): this server answers. A session
                 // held all along gets this message queued again now and then, in case a hold took
                 // the queue and lost it (the answering turn leaves out repeats).
-                let holder = holder_for(&MessageId::generate());
-                match self.store.hold_session(&tenant, &session, &holder, lease(), false).await {
-                    Ok(Hold::Held { mut queued, .. }) => {
-                        queued.push(turn.clone());
-                        let answering = Answering {
-                            tenant: tenant.clone(),
-                            session: session.clone(),
-                            holder,
-                            queued,
-                            debounce: Duration::ZERO,
-                        };
-                        self.answer_queued(answering);
-                    }
-                    Ok(Hold::Busy(_)) if rounds % 4 == 0 => {
+                match self.answer_if_free(&tenant, &session, std::slice::from_ref(&turn)).await {
+                    Ok(false) if rounds % 4 == 0 => {
                         let _ = self.store.queue_turn(&tenant, &session, &turn, now_millis()).await;
                     }
                     _ => {}
@@ -561,13 +558,7 @@ impl Agent {
             match self.store.queue_turn(tenant, session, turn, now_millis()).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    let holder = holder_for(&MessageId::generate());
-                    if let Ok(Hold::Held { queued: mut more, .. }) =
-                        self.store.hold_session(tenant, session, &holder, lease(), false).await
-                    {
-                        more.extend(queued[i..].iter().cloned());
-                        let (tenant, session, debounce) = (tenant.clone(), session.clone(), Duration::ZERO);
-                        self.answer_queued(Answering { tenant, session, holder, queued: more, debounce });
+                    if let Ok(true) = self.answer_if_free(tenant, session, &queued[i..]).await {
                         return;
                     }
                     // Held again meanwhile: queued behind that holder.
@@ -874,20 +865,11 @@ impl Agent {
         if !self.store.save_turn(&record, &[], &[TurnStatus::Queued]).await? {
             return Ok(());
         }
-        let holder = holder_for(&MessageId::generate());
-        match self.store.hold_session(&tenant, &session, &holder, lease(), false).await? {
-            Hold::Held { mut queued, .. } => {
-                queued.push(turn);
-                let debounce = Duration::ZERO;
-                self.answer_queued(Answering { tenant, session, holder, queued, debounce });
-                Ok(())
-            }
-            // Its holder hands it on when it lets go (one that died lets its lease lapse first).
-            Hold::Busy(_) => {
-                self.store.queue_turn(&tenant, &session, &turn, now_millis()).await?;
-                Ok(())
-            }
+        // Held: its holder hands it on when it lets go (one that died lets its lease lapse first).
+        if !self.answer_if_free(&tenant, &session, std::slice::from_ref(&turn)).await? {
+            self.store.queue_turn(&tenant, &session, &turn, now_millis()).await?;
         }
+        Ok(())
     }
 
     /// A queued message's record whose answering turn ended but whose own server died before it

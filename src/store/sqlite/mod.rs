@@ -320,15 +320,7 @@ impl ConversationStore for SqliteStore {
         let (tenant, session, owner) = (tenant.clone(), session.clone(), owner.cloned());
         self.write("begin_turn", move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(internal)?;
-            let stored = get_session(&tx, tenant.as_str(), session.as_str())?;
-            let stored = writable_session(stored, &session, owner.as_ref())?;
-            let stamps = timestamp::allocate(stored.last_message_at.as_ref(), count);
-            let last = stamps.last().cloned().unwrap_or_else(Timestamp::now);
-            tx.prepare_cached(
-                "UPDATE sessions SET last_message_at = ?1, updated_at = ?1 WHERE tenant_id = ?2 AND id = ?3",
-            )
-            .and_then(|mut s| s.execute(params![last, tenant.as_str(), session.as_str()]))
-            .map_err(internal)?;
+            let (stored, stamps) = reserve(&tx, &tenant, &session, owner.as_ref(), count)?;
             tx.commit().map_err(internal)?;
             Ok((stored, stamps))
         })
@@ -347,15 +339,7 @@ impl ConversationStore for SqliteStore {
         let (holder, lease, take_over) = (hold.holder.clone(), hold.lease, hold.take_over);
         self.write("begin_turn", move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(internal)?;
-            let stored = get_session(&tx, tenant.as_str(), session.as_str())?;
-            let stored = writable_session(stored, &session, owner.as_ref())?;
-            let stamps = timestamp::allocate(stored.last_message_at.as_ref(), count);
-            let last = stamps.last().cloned().unwrap_or_else(Timestamp::now);
-            tx.prepare_cached(
-                "UPDATE sessions SET last_message_at = ?1, updated_at = ?1 WHERE tenant_id = ?2 AND id = ?3",
-            )
-            .and_then(|mut s| s.execute(params![last, tenant.as_str(), session.as_str()]))
-            .map_err(internal)?;
+            let (stored, stamps) = reserve(&tx, &tenant, &session, owner.as_ref(), count)?;
             let (held, queued) = holder_row(&tx, &tenant, &session)?;
             let live = held.filter(|(h, until)| h != holder.as_str() && *until >= lease.now);
             let hold = match (&live, take_over) {
@@ -1170,4 +1154,23 @@ fn holder_row(
     let Some((holder, until, queue)) = row else { return Ok((None, Vec::new())) };
     let queue: Vec<String> = serde_json::from_str(&queue).map_err(internal)?;
     Ok((Some((holder, until)), queue.into_iter().filter_map(|id| MessageId::parse(id).ok()).collect()))
+}
+
+/// A turn's start in `tx`: the session checked (active, the owner's when given) and `count`
+/// timestamps after its newest message reserved; the session as it was, and the timestamps.
+fn reserve(
+    tx: &rusqlite::Transaction<'_>,
+    tenant: &TenantId,
+    session: &SessionId,
+    owner: Option<&UserId>,
+    count: usize,
+) -> StoreResult<(Session, Vec<Timestamp>)> {
+    let stored = get_session(tx, tenant.as_str(), session.as_str())?;
+    let stored = writable_session(stored, session, owner)?;
+    let stamps = timestamp::allocate(stored.last_message_at.as_ref(), count);
+    let last = stamps.last().cloned().unwrap_or_else(Timestamp::now);
+    tx.prepare_cached("UPDATE sessions SET last_message_at = ?1, updated_at = ?1 WHERE tenant_id = ?2 AND id = ?3")
+        .and_then(|mut s| s.execute(params![last, tenant.as_str(), session.as_str()]))
+        .map_err(internal)?;
+    Ok((stored, stamps))
 }
