@@ -160,45 +160,58 @@ mod tests {
     }
 }
 
-/// A tenant's agent: 1 to 64 of `[A-Za-z0-9._-]`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct AgentId(String);
+macro_rules! slug_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
 
-impl AgentId {
-    pub fn parse(value: impl Into<String>) -> Result<Self, IdError> {
-        let value = value.into();
-        if value.is_empty() {
-            return Err(IdError::Empty);
+        impl $name {
+            pub fn parse(value: impl Into<String>) -> Result<Self, IdError> {
+                let value = value.into();
+                if value.is_empty() {
+                    return Err(IdError::Empty);
+                }
+                if value.len() > 64 {
+                    return Err(IdError::AgentTooLong);
+                }
+                if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+                    return Err(IdError::AgentCharacters);
+                }
+                Ok(Self(value))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
         }
-        if value.len() > 64 {
-            return Err(IdError::AgentTooLong);
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(value: String) -> Result<Self, IdError> {
+                Self::parse(value)
+            }
         }
-        if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
-            return Err(IdError::AgentCharacters);
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
         }
-        Ok(Self(value))
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
 }
 
-impl TryFrom<String> for AgentId {
-    type Error = IdError;
-    fn try_from(value: String) -> Result<Self, IdError> {
-        Self::parse(value)
-    }
-}
-
-impl From<AgentId> for String {
-    fn from(id: AgentId) -> String {
-        id.0
-    }
-}
-
-impl fmt::Display for AgentId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+slug_type!(
+    /// A tenant's agent: 1 to 64 of `[A-Za-z0-9._-]`.
+    AgentId
+);
+slug_type!(
+    /// A tenant's channel (a WhatsApp number, a Twilio number, a mailbox): 1 to 64 of `[A-Za-z0-9._-]`.
+    ChannelId
+);

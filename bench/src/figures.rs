@@ -562,6 +562,7 @@ pub async fn search(bin: &std::path::Path, mock: SocketAddr, report: &mut Report
                         role: if i % 2 == 0 { Role::User } else { Role::Agent },
                         content,
                         metadata: None,
+                        counted: None,
                     })
                     .collect();
                 store.create_session_with(new, messages).await.unwrap();

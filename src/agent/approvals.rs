@@ -295,11 +295,10 @@ impl Agent {
         }
         messages::mark_persona(&mut agent, persona);
         fit_reply(tenant, session_id, &mut agent);
-        let (stored, ()) = tokio::join!(
-            self.store.append_messages(tenant, session_id, vec![agent]),
-            self.count_usage(tenant, &session.user_id, persona, &thought, 1)
-        );
-        let agent_message = stored?.remove(0).message;
+        let tally = self.tally(persona, &thought);
+        agent.counted = tally.clone();
+        let agent_message = self.store.append_messages(tenant, session_id, vec![agent]).await?.remove(0).message;
+        self.counted(tenant, &session.user_id, tally.as_ref()).await;
         Ok(TurnOutcome {
             turn_id: follow_up.clone(),
             status,

@@ -63,7 +63,7 @@ impl Agent {
             match self.prior(&req, &turn_id, hash.as_deref()).await? {
                 super::idempotency::Prior::None => {}
                 super::idempotency::Prior::Started(started) => return Ok(started),
-                super::idempotency::Prior::Rerun(user_message) => resume = Some(user_message),
+                super::idempotency::Prior::Rerun(user_message) => resume = Some(*user_message),
             }
         }
         let live = match self.live.register(&turn_id, &req.tenant, &req.user, hash.clone()) {
@@ -190,11 +190,16 @@ impl Agent {
             tenant_id: req.tenant.clone(),
             user_id: req.user.clone(),
             location_id: req.location.clone(),
-            metadata: agent.map(|a| {
-                let mut m = crate::store::Metadata::new();
-                m.insert("agentId".into(), json!(a));
-                m
-            }),
+            metadata: match (agent, &req.session_metadata) {
+                (None, None) => None,
+                (agent, given) => {
+                    let mut m = given.clone().unwrap_or_default();
+                    if let Some(a) = agent {
+                        m.insert("agentId".into(), json!(a));
+                    }
+                    Some(m)
+                }
+            },
         }
     }
 
@@ -458,11 +463,15 @@ impl Agent {
         }
         messages::mark_persona(&mut agent_new, &persona);
         let own_stamp = user_message.as_ref().map(|m| m.timestamp.clone());
-        // The usage is counted beside the turn's own write (one more write: its user's day).
-        let write = self.write(req, &place, &stamps, (user_new, agent_new), user_message, persona.agent_id());
-        let (written, ()) = tokio::join!(write, self.count_usage(&req.tenant, &req.user, &persona, &thought, 1));
+        // The usage is written with the reply (one more write on DynamoDB: its user's day).
+        let tally = self.tally(&persona, &thought);
+        agent_new.counted = tally.clone();
+        let written = self.write(req, &place, &stamps, (user_new, agent_new), user_message, persona.agent_id()).await;
         let (session_id, user_message, agent_message) = match written {
-            Ok(written) => written,
+            Ok(written) => {
+                self.counted(&req.tenant, &req.user, tally.as_ref()).await;
+                written
+            }
             Err(e) => {
                 self.give_back(req, &place, &stamps, before.as_ref(), own_stamp.as_ref()).await;
                 return Err(e);

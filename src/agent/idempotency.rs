@@ -23,7 +23,7 @@ pub(super) enum Prior {
     /// What the retry answers with.
     Started(Started),
     /// The earlier attempt failed after storing its user message: run again on it.
-    Rerun(Message),
+    Rerun(Box<Message>),
 }
 
 fn same_request(stored: Option<&str>, hash: Option<&str>) -> Result<(), TurnError> {
@@ -87,7 +87,7 @@ impl Agent {
                     }
                     Prior::Started(Started::Replayed(Box::new(outcome)))
                 }
-                (Some(user), _) if failed => Prior::Rerun(user),
+                (Some(user), _) if failed => Prior::Rerun(Box::new(user)),
                 (None, _) if failed => {
                     // A JSON attempt that failed stored only its record: it gives way to this one.
                     self.store.delete_turn(&req.tenant, turn_id, &[]).await?;
@@ -107,7 +107,7 @@ impl Agent {
             Some(agent) => {
                 Prior::Started(Started::Replayed(Box::new(messages::outcome(turn_id.clone(), Some(user), agent))))
             }
-            None => Prior::Rerun(user),
+            None => Prior::Rerun(Box::new(user)),
         })
     }
 

@@ -61,6 +61,7 @@ pub(super) fn user_message(req: &TurnRequest, turn: &MessageId, hash: Option<&st
         role: Role::User,
         content: req.message.clone(),
         metadata: Some(metadata),
+        counted: None,
     }
 }
 
@@ -96,7 +97,14 @@ pub(super) fn agent_message(
     if let Some(why) = interrupted {
         metadata.insert("interrupted".into(), json!(why));
     }
-    NewMessage { id, user_id: user.clone(), role: Role::Agent, content: reply.text.clone(), metadata: Some(metadata) }
+    NewMessage {
+        id,
+        user_id: user.clone(),
+        role: Role::Agent,
+        content: reply.text.clone(),
+        metadata: Some(metadata),
+        counted: None,
+    }
 }
 
 /// The tenant's agent named in a session's or a reply's metadata (`agentId`).

@@ -828,12 +828,11 @@ impl Agent {
             }
         }
         messages::mark_persona(&mut agent_new, &persona);
+        let tally = self.tally(&persona, &thought);
+        agent_new.counted = tally.clone();
         let reply = agent_new.into_message(tenant, session_id, reply_at.clone());
-        let (stored, ()) = tokio::join!(
-            self.store.put_messages(tenant, session_id, vec![reply]),
-            self.count_usage(tenant, user, &persona, &thought, 1)
-        );
-        let agent_message = stored?.remove(0).message;
+        let agent_message = self.store.put_messages(tenant, session_id, vec![reply]).await?.remove(0).message;
+        self.counted(tenant, user, tally.as_ref()).await;
         let outcome = TurnOutcome {
             turn_id: turn.clone(),
             status,

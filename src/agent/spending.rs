@@ -9,7 +9,9 @@ use super::turn::TurnError;
 use crate::agents::directory::Persona;
 use crate::events::{Change, EventType};
 use crate::ids::{TenantId, UserId};
+use crate::usage::Tally;
 use crate::usage::budgets::used_view;
+use crate::usage::meter::Crossing;
 
 impl Agent {
     /// Refuses a turn that would start over one of the tenant's budgets (nothing is stored).
@@ -25,31 +27,31 @@ impl Agent {
         }
     }
 
-    /// Counts what a model's reply reported (`turns`: 1 for a turn, 0 for a summary).
-    pub(super) async fn count_usage(
-        &self,
-        tenant: &TenantId,
-        user: &UserId,
-        persona: &Persona,
-        thought: &Thought,
-        turns: u64,
-    ) {
-        let Some(usage) = thought.reply.usage else { return };
+    /// What a model's reply reported, for the store to count with the reply (`Message::counted`).
+    pub(super) fn tally(&self, persona: &Persona, thought: &Thought) -> Option<Tally> {
+        let usage = thought.reply.usage?;
         let model = if thought.reply.model.is_empty() { persona.provider.label() } else { &thought.reply.model };
         let tokens = (usage.input_tokens, usage.output_tokens);
-        let entry = self.meter.entry(persona.agent_id(), model, tokens, thought.model_calls.max(1), turns);
-        self.count(tenant, user, entry).await;
+        self.meter.tally(self.meter.entry(persona.agent_id(), model, tokens, thought.model_calls.max(1), 1))
     }
 
-    /// Counts one entry and announces the budgets it took past their warning share or limit.
+    /// After a reply and its tally are stored: takes the tally into this process's view and
+    /// announces the budgets it took past their warning share or limit.
+    pub(super) async fn counted(&self, tenant: &TenantId, user: &UserId, tally: Option<&Tally>) {
+        let Some(tally) = tally else { return };
+        let crossings = self.meter.counted(tenant, user, tally).await;
+        self.announce_crossings(tenant, crossings).await;
+    }
+
+    /// Counts a summary's usage and announces the budgets it took past their warning share or limit.
     pub(super) async fn count(&self, tenant: &TenantId, user: &UserId, entry: crate::usage::UsageEntry) {
-        let crossings = match self.meter.record(tenant, user, entry).await {
-            Ok(crossings) => crossings,
-            Err(e) => {
-                tracing::warn!(error = %e, %tenant, "could not count a turn's usage");
-                return;
-            }
-        };
+        match self.meter.record(tenant, user, entry).await {
+            Ok(crossings) => self.announce_crossings(tenant, crossings).await,
+            Err(e) => tracing::warn!(error = %e, %tenant, "could not count a summary's usage"),
+        }
+    }
+
+    async fn announce_crossings(&self, tenant: &TenantId, crossings: Vec<Crossing>) {
         let changes: Vec<Change> = crossings
             .into_iter()
             .map(|c| {

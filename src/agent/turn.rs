@@ -37,6 +37,8 @@ pub struct TurnRequest {
     /// What to do when the session already has a running turn (`concurrency`); by default the
     /// agent's setting, else `TURN_CONCURRENCY`.
     pub concurrency: Option<Concurrency>,
+    /// Metadata for the session the turn starts, if it starts one (a channel's contact name).
+    pub session_metadata: Option<Metadata>,
 }
 
 /// What a turn does when its session already has a running turn.

@@ -47,10 +47,11 @@ pub enum EventType {
     AgentDeleted,
     BudgetWarning,
     BudgetExceeded,
+    ChannelDeliveryFailed,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 19] = [
+    pub const ALL: [EventType; 20] = [
         EventType::TurnQueued,
         EventType::TurnCompleted,
         EventType::TurnFailed,
@@ -70,6 +71,7 @@ impl EventType {
         EventType::AgentDeleted,
         EventType::BudgetWarning,
         EventType::BudgetExceeded,
+        EventType::ChannelDeliveryFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -93,6 +95,7 @@ impl EventType {
             EventType::AgentDeleted => "agent.deleted",
             EventType::BudgetWarning => "budget.warning",
             EventType::BudgetExceeded => "budget.exceeded",
+            EventType::ChannelDeliveryFailed => "channel.delivery_failed",
         }
     }
 

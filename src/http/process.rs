@@ -196,6 +196,7 @@ async fn process(
         stream,
         agent,
         concurrency,
+        session_metadata: None,
     };
     // A stream's slot is taken before its turn starts: a refused stream starts nothing.
     let slot = if stream { Some(sse::slot(&state.streams)?) } else { None };

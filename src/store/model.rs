@@ -120,6 +120,10 @@ pub struct Message {
     /// When `MESSAGE_TTL_DAYS` is set: epoch seconds after which the message is deleted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
+    /// The usage this message accounts for, counted when it is stored (a reply's; never serialized).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub counted: Option<crate::usage::Tally>,
 }
 
 impl Message {
@@ -152,6 +156,7 @@ impl Message {
             timestamp: Timestamp::now(),
             metadata,
             expires_at: None,
+            counted: None,
         }
     }
 }
@@ -245,6 +250,9 @@ pub struct NewMessage {
     pub role: Role,
     pub content: String,
     pub metadata: Option<Metadata>,
+    /// The usage it accounts for (see `Message::counted`).
+    #[serde(skip)]
+    pub counted: Option<crate::usage::Tally>,
 }
 
 impl NewMessage {
@@ -260,6 +268,7 @@ impl NewMessage {
             timestamp,
             metadata: self.metadata,
             expires_at: None,
+            counted: self.counted,
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::{Datelike, NaiveDate};
 
 use super::budgets::{Budget, BudgetExceeded, Limit, Which};
-use super::{Counts, Prices, UsageEntry, today};
+use super::{Counts, Prices, Tally, UsageEntry, today};
 use crate::ids::{AgentId, TenantId, UserId};
 use crate::store::{ConversationStore, StoreResult};
 
@@ -231,28 +231,39 @@ impl Meter {
         Ok(Ok(()))
     }
 
-    /// Counts a turn's usage (one write: the user's day), and says which budgets it took past
-    /// their warning share or their limit for the first time in their period (across servers).
+    /// What a reply's usage adds to its user's day, for the store to write with the reply; `None`
+    /// when counting is off or there is nothing to count.
+    pub fn tally(&self, entry: UsageEntry) -> Option<Tally> {
+        (self.on && entry.counts != Counts::default()).then(|| Tally { day: today(), entries: vec![entry] })
+    }
+
+    /// Counts a summary's usage (one write: the user's day); see `counted`.
     pub async fn record(&self, tenant: &TenantId, user: &UserId, entry: UsageEntry) -> StoreResult<Vec<Crossing>> {
-        if !self.on || (entry.counts == Counts::default()) {
-            return Ok(Vec::new());
+        let Some(tally) = self.tally(entry) else { return Ok(Vec::new()) };
+        self.store.add_usage(tenant, user, &tally.day, &tally.entries).await?;
+        Ok(self.counted(tenant, user, &tally).await)
+    }
+
+    /// Takes in a tally the store has written: it joins the tenant's totals to add, and this
+    /// process's view of the user's day; and says which budgets it took past their warning share or
+    /// their limit for the first time in their period (across servers).
+    pub async fn counted(&self, tenant: &TenantId, user: &UserId, tally: &Tally) -> Vec<Crossing> {
+        let day = &tally.day;
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let into = pending.entry((tenant.clone(), day.clone())).or_default();
+            tally.entries.iter().for_each(|e| merge(into, e));
         }
-        let day = today();
-        self.store.add_usage(tenant, user, &day, std::slice::from_ref(&entry)).await?;
-        merge(
-            self.pending.lock().unwrap_or_else(|p| p.into_inner()).entry((tenant.clone(), day.clone())).or_default(),
-            &entry,
-        );
         let today_of = Spent::Day(tenant.clone(), user.clone(), day.clone());
         // The day's cache has it now (the month's counts what is pending when it is read). A read
         // of the day by another turn of the user between the write and this may count it twice for
         // a few seconds: the error is on the side of refusing early.
         if let Some((counts, _)) = self.spent.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&today_of) {
-            counts.add(&entry.counts);
+            tally.entries.iter().for_each(|e| counts.add(&e.counts));
         }
         // Counted: what follows only finds the budgets it took past a threshold (a failure there
         // is logged, and the notice is tried again by the next turn).
-        Ok(self.crossings(tenant, user, &day).await)
+        self.crossings(tenant, user, day).await
     }
 
     /// The budgets of the tenant that its month, or the user's day, has taken past their warning
@@ -332,16 +343,24 @@ impl Meter {
     /// Adds what this process counted to the tenants' totals (every second, and at shutdown); what
     /// could not be written stays for the next time.
     pub async fn flush(&self) {
+        let started = Instant::now();
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         *self.flushing.lock().unwrap_or_else(|p| p.into_inner()) = pending.clone();
         for ((tenant, day), entries) in pending {
             let key = (tenant.clone(), day.clone());
             match self.store.add_tenant_usage(&tenant, &day, &entries).await {
                 Ok(()) => {
-                    // Stored: the month's cached totals are read again (a read made before the write
-                    // lacks it, one made after has it).
+                    // Stored: a view of the month read before the write lacks it, and takes it in
+                    // (no read on a turn's path); one read since may have it already, and goes.
                     let month = Spent::Month(tenant.clone(), day[..7].to_string());
-                    self.spent.lock().unwrap_or_else(|p| p.into_inner()).remove(&month);
+                    let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+                    match spent.get_mut(&month) {
+                        Some((counts, at)) if *at < started => entries.iter().for_each(|e| counts.add(&e.counts)),
+                        Some(_) => {
+                            spent.remove(&month);
+                        }
+                        None => {}
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, tenant = %tenant, "could not add to the tenant's usage totals; trying again");

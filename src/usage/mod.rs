@@ -81,6 +81,14 @@ pub struct UsageEntry {
     pub counts: Counts,
 }
 
+/// The usage a reply accounts for, written with it: on SQLite in the reply's transaction, on
+/// DynamoDB as an atomic `ADD` to its user's day beside the reply's write. Never serialized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tally {
+    pub day: String,
+    pub entries: Vec<UsageEntry>,
+}
+
 /// A stored row: one UTC day (`YYYY-MM-DD`), one user (none for a tenant's totals), one agent and
 /// one model.
 #[derive(Debug, Clone, PartialEq, Eq)]

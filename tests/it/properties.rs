@@ -127,6 +127,7 @@ async fn arbitrary_search_text_never_breaks_either_backend() {
                 role: Role::User,
                 content: t.to_string(),
                 metadata: None,
+                counted: None,
             })
             .collect();
         s.store.create_session_with(new, messages).await.unwrap();

@@ -40,6 +40,7 @@ async fn writer_child() {
             role: Role::User,
             content: format!("m{i}"),
             metadata: None,
+            counted: None,
         };
         store.append_messages(&tenant, &s.id, vec![m]).await.unwrap();
         writeln!(out, "ack {id}").unwrap();
@@ -116,6 +117,7 @@ async fn the_purge_deletes_expired_rows_in_batches() {
             timestamp: agent_server::timestamp::now(),
             metadata: None,
             expires_at: Some(past),
+            counted: None,
         };
         store.import_message(m).await.unwrap();
     }
@@ -155,6 +157,7 @@ async fn the_wal_stays_bounded_under_sustained_writes() {
                         role: Role::User,
                         content: big.clone(),
                         metadata: None,
+                        counted: None,
                     })
                     .collect();
                 store.append_messages(&tenant, &sid, batch).await.unwrap();
@@ -205,6 +208,7 @@ async fn the_database_its_wal_and_its_backups_are_owner_only() {
         role: Role::User,
         content: "private".into(),
         metadata: None,
+        counted: None,
     };
     store.append_messages(&tenant, &s.id, vec![m]).await.unwrap();
     let backup = dir.path().join("backup.db");

@@ -12,7 +12,7 @@ use agent_server::store::{
     recent_history,
 };
 use agent_server::timestamp::Timestamp;
-use agent_server::usage::{Budget, Counts, UsageEntry, UsageRow};
+use agent_server::usage::{Budget, Counts, Tally, UsageEntry, UsageRow};
 use async_trait::async_trait;
 use serde_json::json;
 
@@ -31,7 +31,14 @@ async fn new_session(store: &dyn ConversationStore, t: &str, u: &str) -> Session
 }
 
 fn msg(u: &str, role: Role, content: &str) -> NewMessage {
-    NewMessage { id: MessageId::generate(), user_id: user(u), role, content: content.into(), metadata: None }
+    NewMessage {
+        id: MessageId::generate(),
+        user_id: user(u),
+        role,
+        content: content.into(),
+        metadata: None,
+        counted: None,
+    }
 }
 
 async fn append(store: &dyn ConversationStore, s: &Session, contents: &[&str]) -> Vec<Message> {
@@ -433,6 +440,7 @@ async fn turns_reserve_timestamps_and_release_them(store: Arc<dyn ConversationSt
         timestamp: ts.clone(),
         metadata: None,
         expires_at: None,
+        counted: None,
     };
     let q = make("question", &stamps[0], Role::User);
     let a = make("answer", &stamps[1], Role::Agent);
@@ -763,6 +771,7 @@ async fn an_erasures_second_pass_spares_a_later_session_with_the_same_id(store: 
         timestamp: first.created_at.clone(),
         metadata: None,
         expires_at: None,
+        counted: None,
     };
     store.import_message(late).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(2)).await;
@@ -824,6 +833,7 @@ conformance!(
     turns_queue_behind_the_holder_and_are_handed_on,
     a_turn_reserves_its_times_and_holds_its_session_in_one_write,
     usage_adds_up_per_user_day_agent_and_model,
+    a_reply_is_counted_with_its_write,
 );
 
 /// One turn holds a session at a time: another is told who holds it, until the holder lets go or
@@ -1270,4 +1280,52 @@ async fn a_turn_reserves_its_times_and_holds_its_session_in_one_write(store: Arc
     assert_eq!(hold, Hold::Held { queued: vec![q.clone()], taken_from: Some(a.clone()) });
     assert!(!store.renew_session_hold(&t, &s, &a, now + 20_000).await.unwrap(), "a's hold was taken");
     assert!(store.begin_held_turn(&t, &s, Some(&user("u2")), 1, ask(&a, false)).await.is_err(), "not u2's session");
+}
+
+/// A reply carries its usage into the store, which counts it with the reply's write (to its user's
+/// day); on SQLite in the reply's transaction, so a write that fails counts nothing and a repeated
+/// write of the same reply counts once.
+async fn a_reply_is_counted_with_its_write(store: Arc<dyn ConversationStore>) {
+    let s = new_session(&*store, "acme", "u1").await;
+    let other = new_session(&*store, "acme", "u2").await;
+    let day = "2026-11-30";
+    let tally = Tally {
+        day: day.into(),
+        entries: vec![UsageEntry {
+            agent: "desk".into(),
+            model: "gpt-4o".into(),
+            counts: Counts {
+                input_tokens: 11,
+                output_tokens: 7,
+                model_calls: 1,
+                turns: 1,
+                cost_micros: 3,
+                unpriced_tokens: 0,
+            },
+        }],
+    };
+    let reply = NewMessage { counted: Some(tally.clone()), ..msg("u1", Role::Agent, "reply") };
+    let (_, mut stamps) = store.begin_turn(&s.tenant_id, &s.id, Some(&user("u1")), 1).await.unwrap();
+    let stamp = stamps.remove(0);
+    let stored = reply.clone().into_message(&s.tenant_id, &s.id, stamp);
+    let out = store.put_messages(&s.tenant_id, &s.id, vec![stored.clone()]).await.unwrap();
+    assert!(out[0].created);
+    let used = |rows: Vec<UsageRow>| rows.iter().map(|r| r.entry.counts.tokens()).sum::<u64>();
+    let u1 = user("u1");
+    let read = || store.usage(&s.tenant_id, day, day, Some(&u1));
+    assert_eq!(used(read().await.unwrap()), 18, "counted to u1's day");
+    let rows = read().await.unwrap();
+    assert_eq!((rows[0].entry.agent.as_str(), rows[0].entry.model.as_str()), ("desk", "gpt-4o"));
+    assert_eq!(store.list_messages(&s.tenant_id, &s.id, history_query(10)).await.unwrap().items.len(), 1);
+    if store.describe().starts_with("sqlite") {
+        // The same reply again is stored once and counted once.
+        let again = store.put_messages(&s.tenant_id, &s.id, vec![stored.clone()]).await.unwrap();
+        assert!(!again[0].created);
+        assert_eq!(used(read().await.unwrap()), 18, "a repeated write counts nothing");
+        // A write that fails (the id is another session's) counts nothing either.
+        let mut elsewhere = stored;
+        elsewhere.session_id = other.id.clone();
+        assert!(store.put_messages(&s.tenant_id, &other.id, vec![elsewhere]).await.is_err());
+        assert_eq!(used(read().await.unwrap()), 18, "a failed write counts nothing");
+    }
 }

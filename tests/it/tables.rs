@@ -91,6 +91,7 @@ async fn store_works_on(sessions: &str, messages: &str) {
         role: Role::User,
         content: "Hello".into(),
         metadata: None,
+        counted: None,
     };
     store.append_messages(&tenant, &s.id, vec![m]).await.unwrap();
     let page = store

@@ -174,6 +174,7 @@ pub(crate) fn message_from_item(item: Item) -> StoreResult<Message> {
         timestamp: Timestamp::stored(get_s(&item, "timestamp")?),
         metadata: get_metadata(&item),
         expires_at: get_epoch(&item),
+        counted: None,
     })
 }
 

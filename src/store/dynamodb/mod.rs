@@ -330,8 +330,21 @@ impl DynamoStore {
 
     /// Conditional PutItems of new messages, in parallel. An id already stored in the same session
     /// is returned as stored; one stored elsewhere is a conflict.
+    /// Writes messages that are not stored yet, each with the usage it carries: an atomic `ADD` to
+    /// its user's day beside the message's write (one more request in the same round trip). A usage
+    /// write that fails is logged and the reply stands.
     async fn put_all(&self, messages: Vec<Message>) -> StoreResult<Vec<Appended>> {
-        let writes = messages.into_iter().map(|m| async move {
+        let tallies: Vec<_> = messages
+            .iter()
+            .filter_map(|m| m.counted.clone().map(|t| (m.tenant_id.clone(), m.user_id.clone(), t)))
+            .collect();
+        let tallies = futures::future::join_all(tallies.into_iter().map(|(tenant, user, t)| async move {
+            if let Err(e) = self.add_user_usage(&tenant, &user, &t.day, &t.entries).await {
+                tracing::warn!(error = %e, %tenant, "could not count a reply's usage");
+            }
+        }));
+        let writes = messages.into_iter().map(|mut m| async move {
+            m.counted = None;
             if self.put_if_absent(&self.messages, message_item(&m)?).await? {
                 return Ok(Appended { message: m, created: true });
             }
@@ -342,7 +355,8 @@ impl DynamoStore {
                 _ => Err(StoreError::id_taken("message", &m.id)),
             }
         });
-        futures::future::try_join_all(writes).await
+        let (written, _) = tokio::join!(futures::future::try_join_all(writes), tallies);
+        written
     }
 }
 

@@ -248,8 +248,9 @@ impl ConversationStore for SqliteStore {
         new: NewSession,
         messages: Vec<NewMessage>,
     ) -> StoreResult<(Session, Vec<Message>)> {
-        let (session, messages) = new_session_with(new, messages, self.retention)?;
+        let (session, mut messages) = new_session_with(new, messages, self.retention)?;
         let (s, ms) = (session.clone(), messages.clone());
+        messages.iter_mut().for_each(|m| m.counted = None);
         self.write("create_session_with", move |c| {
             let tx = c.transaction().map_err(internal)?;
             if !insert_session(&tx, &s)? {
@@ -373,8 +374,9 @@ impl ConversationStore for SqliteStore {
         self.write("put_messages", move |c| {
             let tx = c.transaction().map_err(internal)?;
             let mut out = Vec::with_capacity(messages.len());
-            for m in prepare_messages(&tenant, &session, retention, messages)? {
+            for mut m in prepare_messages(&tenant, &session, retention, messages)? {
                 if insert_message(&tx, &m)? {
+                    m.counted = None;
                     out.push(Appended { message: m, created: true });
                 } else {
                     match get_message(&tx, m.id.as_str())? {

@@ -68,6 +68,7 @@ pub(super) fn message_from_row(r: &Row<'_>) -> rusqlite::Result<Message> {
         timestamp: r.get(6)?,
         metadata: parse_json(r.get(7)?),
         expires_at: r.get(8)?,
+        counted: None,
     })
 }
 
@@ -108,6 +109,9 @@ pub(super) fn insert_session(conn: &Connection, s: &Session) -> StoreResult<bool
     Ok(n > 0)
 }
 
+/// Inserts a message unless its id is stored, and counts the usage it carries when it is new (in
+/// the caller's transaction: a reply and its usage are written together, and a retried write of
+/// the same reply counts nothing).
 pub(super) fn insert_message(conn: &Connection, m: &Message) -> StoreResult<bool> {
     let n = conn
         .prepare_cached(&format!(
@@ -127,6 +131,9 @@ pub(super) fn insert_message(conn: &Connection, m: &Message) -> StoreResult<bool
             ])
         })
         .map_err(internal)?;
+    if let (true, Some(tally)) = (n > 0, &m.counted) {
+        super::usage::add_in(conn, &m.tenant_id, Some(&m.user_id), &tally.day, &tally.entries)?;
+    }
     Ok(n > 0)
 }
 

@@ -73,6 +73,18 @@ pub(super) fn add(
     entries: &[UsageEntry],
 ) -> StoreResult<()> {
     let tx = conn.transaction().map_err(internal)?;
+    add_in(&tx, tenant, user, day, entries)?;
+    tx.commit().map_err(internal)
+}
+
+/// Adds entries within the caller's transaction (a stored reply's usage goes with the reply).
+pub(super) fn add_in(
+    tx: &Connection,
+    tenant: &TenantId,
+    user: Option<&UserId>,
+    day: &str,
+    entries: &[UsageEntry],
+) -> StoreResult<()> {
     let add = "input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + \
                excluded.output_tokens, model_calls = model_calls + excluded.model_calls, turns = turns + \
                excluded.turns, cost_micros = cost_micros + excluded.cost_micros, unpriced_tokens = \
@@ -80,26 +92,40 @@ pub(super) fn add(
     for e in entries {
         let c = counts_params(&e.counts);
         match user {
-            Some(user) => tx.execute(
-                &format!(
+            Some(user) => tx
+                .prepare_cached(&format!(
                     "INSERT INTO usage (tenant_id, day, user_id, agent_id, model, {COLUMNS}) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
                      ON CONFLICT (tenant_id, day, user_id, agent_id, model) DO UPDATE SET {add}"
-                ),
-                params![tenant.as_str(), day, user.as_str(), e.agent, e.model, c[0], c[1], c[2], c[3], c[4], c[5]],
-            ),
-            None => tx.execute(
-                &format!(
+                ))
+                .and_then(|mut st| {
+                    st.execute(params![
+                        tenant.as_str(),
+                        day,
+                        user.as_str(),
+                        e.agent,
+                        e.model,
+                        c[0],
+                        c[1],
+                        c[2],
+                        c[3],
+                        c[4],
+                        c[5]
+                    ])
+                }),
+            None => tx
+                .prepare_cached(&format!(
                     "INSERT INTO usage_totals (tenant_id, day, agent_id, model, {COLUMNS}) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
                      ON CONFLICT (tenant_id, day, agent_id, model) DO UPDATE SET {add}"
-                ),
-                params![tenant.as_str(), day, e.agent, e.model, c[0], c[1], c[2], c[3], c[4], c[5]],
-            ),
+                ))
+                .and_then(|mut st| {
+                    st.execute(params![tenant.as_str(), day, e.agent, e.model, c[0], c[1], c[2], c[3], c[4], c[5]])
+                }),
         }
         .map_err(internal)?;
     }
-    tx.commit().map_err(internal)
+    Ok(())
 }
 
 /// The users' rows (or one user's) from `from` to `to`.
