@@ -149,6 +149,8 @@ pub struct Config {
     pub search: SearchConfig,
     /// `CONSOLE`: whether the web console is served at `/console/` (on by default).
     pub console: bool,
+    /// `WHATSAPP_API_BASE_URL`, `WHATSAPP_API_VERSION`, `TWILIO_API_BASE_URL`, `PUBLIC_BASE_URL`.
+    pub channels: crate::channels::ChannelsConfig,
 }
 
 /// How messages are searched.
@@ -480,7 +482,27 @@ impl Config {
             },
             max_items: parse_num("SEARCH_MAX_ITEMS", 2000usize, 10)?,
         };
+        let url = |name: &'static str, default: String| -> Result<String, ConfigError> {
+            match var(name) {
+                None => Ok(default),
+                Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                    Ok(u.trim_end_matches('/').to_string())
+                }
+                Some(u) => Err(err(name, format!("{u:?} is not an http(s) URL"))),
+            }
+        };
+        let defaults = crate::channels::ChannelsConfig::default();
+        let channels = crate::channels::ChannelsConfig {
+            whatsapp_base_url: url("WHATSAPP_API_BASE_URL", defaults.whatsapp_base_url)?,
+            whatsapp_api_version: var("WHATSAPP_API_VERSION").unwrap_or(defaults.whatsapp_api_version),
+            twilio_base_url: url("TWILIO_API_BASE_URL", defaults.twilio_base_url)?,
+            public_base_url: match var("PUBLIC_BASE_URL") {
+                None => None,
+                Some(_) => Some(url("PUBLIC_BASE_URL", String::new())?),
+            },
+        };
         Ok(Config {
+            channels,
             usage: match var("USAGE").as_deref() {
                 None | Some("on") => true,
                 Some("off") => false,

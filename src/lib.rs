@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod agents;
 pub mod auth;
+pub mod channels;
 pub mod config;
 pub mod events;
 pub mod http;

@@ -101,7 +101,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // Turns whose server died (this one before a restart, or a peer) are settled without a reader;
     // every server's pending erasures are known here, and their second passes run.
     tokio::spawn(agent.clone().run_upkeep());
+    let channels = crate::channels::worker::Channels::new(agent.clone(), config.channels.clone());
+    tokio::spawn(channels.clone().run());
     let state = AppState {
+        channels,
         store: agent.store().clone(),
         agent: agent.clone(),
         auth: Arc::new(Authenticator::from_config(&config.auth)),

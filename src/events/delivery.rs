@@ -162,6 +162,9 @@ impl Deliverer {
                 return 0;
             }
         };
+        // The channels' jobs share the outbox; their worker runs them.
+        let due: Vec<Delivery> =
+            due.into_iter().filter(|d| !d.endpoint.starts_with(crate::channels::worker::ENDPOINT_PREFIX)).collect();
         let count = due.len();
         futures::stream::iter(due).for_each_concurrent(CONCURRENCY, |d| self.deliver(d)).await;
         count

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::ApiError;
 use crate::auth::Caller;
-use crate::ids::{AgentId, IdError, IdempotencyKey, LocationId, MessageId, SessionId, TenantId, UserId};
+use crate::ids::{AgentId, ChannelId, IdError, IdempotencyKey, LocationId, MessageId, SessionId, TenantId, UserId};
 use crate::store::Session;
 
 /// Who is calling, as `access::authorize` established it: with a credential, the user it is bound
@@ -195,7 +195,7 @@ macro_rules! id_segments {
         })+
     };
 }
-id_segments!(TenantId, UserId, SessionId, MessageId, AgentId);
+id_segments!(TenantId, UserId, SessionId, MessageId, AgentId, ChannelId);
 
 /// An action id is the server's own (checked when it is looked up).
 impl Segment for String {
@@ -265,4 +265,13 @@ path_extractor!(
 path_extractor!(
     /// `/agent/tenants/{tenantId}/agents/{agentId}`
     AgentPath { tenant: TenantId = "tenantId", agent: AgentId = "agentId" } reaches |p| Reach::Agents
+);
+
+path_extractor!(
+    /// `/agent/tenants/{tenantId}/channels`: the tenant's configuration (not for an end user).
+    ChannelsPath { tenant: TenantId = "tenantId" } reaches |p| Reach::TenantWide
+);
+path_extractor!(
+    /// `/agent/tenants/{tenantId}/channels/{channelId}`
+    ChannelPath { tenant: TenantId = "tenantId", channel: ChannelId = "channelId" } reaches |p| Reach::TenantWide
 );

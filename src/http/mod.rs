@@ -3,6 +3,7 @@
 mod access;
 mod actions;
 mod agents;
+mod channels;
 pub mod console;
 mod conversations;
 mod error;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub search: crate::config::SearchConfig,
     /// Whether `/console/` is served (`CONSOLE`).
     pub console: bool,
+    /// The channels' webhooks and outbox.
+    pub channels: Arc<crate::channels::worker::Channels>,
 }
 
 /// Limits that protect the server from slow or greedy clients.
@@ -79,6 +82,7 @@ pub struct Limits {
         (name = "conversations", description = "Reading and managing conversations"),
         (name = "agents", description = "A tenant's agents: instructions, model, tools, business API"),
         (name = "events", description = "Change events (the feed; webhooks carry the same events)"),
+        (name = "channels", description = "WhatsApp and Twilio channels: a tenant's agent where its customers write"),
         (name = "operations", description = "Health and the API description"),
     )
 )]
@@ -95,6 +99,7 @@ pub fn app(state: AppState, limits: Limits) -> axum::Router {
         .merge(events::router())
         .merge(search::router())
         .merge(usage::router())
+        .merge(channels::router())
         .routes(utoipa_axum::routes!(healthz))
         .routes(utoipa_axum::routes!(readyz))
         .split_for_parts();

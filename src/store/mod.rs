@@ -204,6 +204,30 @@ pub trait ConversationStore: Send + Sync + 'static {
     async fn all_agents(&self) -> StoreResult<Vec<crate::agents::StoredAgent>>;
     /// Deletes an agent; false when there was none.
     async fn delete_agent(&self, tenant: &TenantId, id: &crate::ids::AgentId) -> StoreResult<bool>;
+    /// Stores a tenant's channel and claims its addresses (`StoredChannel::claims`), releasing
+    /// `released` (addresses it held and no longer has); false, and nothing changed, when another
+    /// channel holds one of them (another tenant's, or another of this tenant's unless the claim is
+    /// per tenant).
+    async fn put_channel(&self, channel: &crate::channels::StoredChannel, released: &[String]) -> StoreResult<bool>;
+    async fn get_channel(
+        &self,
+        tenant: &TenantId,
+        id: &crate::ids::ChannelId,
+    ) -> StoreResult<Option<crate::channels::StoredChannel>>;
+    /// A tenant's channels, by id.
+    async fn list_channels(&self, tenant: &TenantId) -> StoreResult<Vec<crate::channels::StoredChannel>>;
+    /// Deletes a channel and releases its claims; false when there was none.
+    async fn delete_channel(&self, tenant: &TenantId, id: &crate::ids::ChannelId) -> StoreResult<bool>;
+    /// The channel that claims an external address (where a provider's webhook finds it).
+    async fn channel_at(&self, address: &str) -> StoreResult<Option<crate::channels::StoredChannel>>;
+    /// Sets a message's `metadata.delivery` (what became of it on its channel); false when the
+    /// tenant has no such message.
+    async fn set_delivery(
+        &self,
+        tenant: &TenantId,
+        message: &MessageId,
+        delivery: &serde_json::Value,
+    ) -> StoreResult<bool>;
     /// Makes `turn` the session's one running turn until `until` (epoch milliseconds), unless another
     /// turn holds it with a lease not lapsed at `now` (then `Hold::Busy` with that turn's id); with
     /// `take_over` it holds it whoever held it. Holding it again renews it. The holder takes the

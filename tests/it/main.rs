@@ -10,6 +10,7 @@ mod support;
 mod agents;
 mod api;
 mod bedrock;
+mod channels;
 mod concurrency;
 mod console;
 mod contract;

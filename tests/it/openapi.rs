@@ -30,6 +30,15 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/agent/tenants/{tenantId}/agents/{agentId}"),
     ("put", "/agent/tenants/{tenantId}/agents/{agentId}"),
     ("delete", "/agent/tenants/{tenantId}/agents/{agentId}"),
+    ("get", "/agent/tenants/{tenantId}/channels"),
+    ("get", "/agent/tenants/{tenantId}/channels/{channelId}"),
+    ("put", "/agent/tenants/{tenantId}/channels/{channelId}"),
+    ("delete", "/agent/tenants/{tenantId}/channels/{channelId}"),
+    ("post", "/agent/tenants/{tenantId}/channels/{channelId}/messages"),
+    ("get", "/channels/whatsapp/webhook"),
+    ("post", "/channels/whatsapp/webhook"),
+    ("post", "/channels/twilio/{channelId}/webhook"),
+    ("post", "/channels/twilio/{channelId}/status"),
     ("get", "/conversations/{tenantId}/users/{userId}"),
     ("get", "/conversations/{tenantId}/sessions/{sessionId}"),
     ("get", "/conversations/{tenantId}/sessions/{sessionId}/messages"),
@@ -59,7 +68,8 @@ async fn every_route_is_in_the_openapi_document_and_exists() {
                 .replace("{userId}", "u1")
                 .replace("{sessionId}", "s1")
                 .replace("{actionId}", "a1")
-                .replace("{agentId}", "desk");
+                .replace("{agentId}", "desk")
+                .replace("{channelId}", "wa");
             let r = request(&s, &method.to_uppercase(), &concrete).send().await.unwrap();
             let status = r.status().as_u16();
             let body: Value = r.json().await.unwrap_or(Value::Null);

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use agent_server::agents::StoredAgent;
-use agent_server::ids::{AgentId, MessageId, SessionId, TenantId, UserId};
+use agent_server::channels::StoredChannel;
+use agent_server::ids::{AgentId, ChannelId, MessageId, SessionId, TenantId, UserId};
 use agent_server::store::{
     Action, ActionStatus, Appended, ContextSummary, ConversationStore, Cursor, Deleted, Delivery, DeliveryStep,
     Erasure, Hold, HoldLease, HoldRequest, Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest,
@@ -587,6 +588,24 @@ impl ConversationStore for LaggingIndex {
     }
     async fn tenant_usage(&self, t: &TenantId, from: &str, to: &str) -> StoreResult<Vec<UsageRow>> {
         self.inner.tenant_usage(t, from, to).await
+    }
+    async fn put_channel(&self, channel: &StoredChannel, released: &[String]) -> StoreResult<bool> {
+        self.inner.put_channel(channel, released).await
+    }
+    async fn get_channel(&self, t: &TenantId, id: &ChannelId) -> StoreResult<Option<StoredChannel>> {
+        self.inner.get_channel(t, id).await
+    }
+    async fn list_channels(&self, t: &TenantId) -> StoreResult<Vec<StoredChannel>> {
+        self.inner.list_channels(t).await
+    }
+    async fn delete_channel(&self, t: &TenantId, id: &ChannelId) -> StoreResult<bool> {
+        self.inner.delete_channel(t, id).await
+    }
+    async fn channel_at(&self, address: &str) -> StoreResult<Option<StoredChannel>> {
+        self.inner.channel_at(address).await
+    }
+    async fn set_delivery(&self, t: &TenantId, m: &MessageId, delivery: &serde_json::Value) -> StoreResult<bool> {
+        self.inner.set_delivery(t, m, delivery).await
     }
     async fn put_budget(&self, t: &TenantId, budget: &Budget) -> StoreResult<()> {
         self.inner.put_budget(t, budget).await

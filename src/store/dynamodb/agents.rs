@@ -70,7 +70,11 @@ impl DynamoStore {
 
     /// Every item of one partition of the sessions table (after a range key, when given), read
     /// consistently, page by page.
-    async fn partition_items(&self, id: AttributeValue, after: Option<String>) -> StoreResult<Vec<super::Item>> {
+    pub(super) async fn partition_items(
+        &self,
+        id: AttributeValue,
+        after: Option<String>,
+    ) -> StoreResult<Vec<super::Item>> {
         let mut items = Vec::new();
         let mut start = None;
         loop {

@@ -82,15 +82,18 @@ fn delivery_key(d: &Delivery) -> (AttributeValue, AttributeValue) {
 }
 
 impl DynamoStore {
+    /// Puts an item that is new, or not at all (an item recorded again, as a retried webhook's
+    /// channel job, stays as it is: its attempts and its lease go on).
     async fn put_plain(&self, item: Item) -> StoreResult<()> {
-        self.client
+        let result = self
+            .client
             .put_item()
             .table_name(&self.sessions)
             .set_item(Some(item))
+            .condition_expression("attribute_not_exists(id)")
             .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| map_err(&self.sessions, "PutItem", e))
+            .await;
+        written(result, &self.sessions, "PutItem").map(|_| ())
     }
 
     pub(super) async fn put_events(&self, events: &[StoredEvent], deliveries: &[Delivery]) -> StoreResult<()> {

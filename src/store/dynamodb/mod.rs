@@ -14,6 +14,7 @@
 
 mod agents;
 pub mod backup;
+mod channels;
 mod client;
 mod erasures;
 mod errors;
@@ -1068,6 +1069,39 @@ impl ConversationStore for DynamoStore {
 
     async fn tenant_usage(&self, tenant: &TenantId, from: &str, to: &str) -> StoreResult<Vec<UsageRow>> {
         self.read_total_usage(tenant, from, to).await
+    }
+
+    async fn put_channel(&self, channel: &crate::channels::StoredChannel, released: &[String]) -> StoreResult<bool> {
+        self.write_channel(channel, released).await
+    }
+
+    async fn get_channel(
+        &self,
+        tenant: &TenantId,
+        id: &crate::ids::ChannelId,
+    ) -> StoreResult<Option<crate::channels::StoredChannel>> {
+        self.read_channel(tenant, id).await
+    }
+
+    async fn list_channels(&self, tenant: &TenantId) -> StoreResult<Vec<crate::channels::StoredChannel>> {
+        self.read_channels(tenant).await
+    }
+
+    async fn delete_channel(&self, tenant: &TenantId, id: &crate::ids::ChannelId) -> StoreResult<bool> {
+        self.remove_channel(tenant, id).await
+    }
+
+    async fn channel_at(&self, address: &str) -> StoreResult<Option<crate::channels::StoredChannel>> {
+        self.claimed_channel(address).await
+    }
+
+    async fn set_delivery(
+        &self,
+        tenant: &TenantId,
+        message: &MessageId,
+        delivery: &serde_json::Value,
+    ) -> StoreResult<bool> {
+        self.write_delivery(tenant, message, delivery).await
     }
 
     async fn put_budget(&self, tenant: &TenantId, budget: &crate::usage::Budget) -> StoreResult<()> {

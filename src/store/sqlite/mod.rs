@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+mod channels;
 mod events;
 mod rows;
 mod schema;
@@ -928,6 +929,45 @@ impl ConversationStore for SqliteStore {
     async fn tenant_usage(&self, tenant: &TenantId, from: &str, to: &str) -> StoreResult<Vec<crate::usage::UsageRow>> {
         let (tenant, from, to) = (tenant.clone(), from.to_string(), to.to_string());
         self.read("tenant_usage", move |c| usage::totals(c, &tenant, &from, &to)).await
+    }
+
+    async fn put_channel(&self, channel: &crate::channels::StoredChannel, released: &[String]) -> StoreResult<bool> {
+        let (channel, released) = (channel.clone(), released.to_vec());
+        self.write("put_channel", move |c| channels::put(c, &channel, &released)).await
+    }
+
+    async fn get_channel(
+        &self,
+        tenant: &TenantId,
+        id: &crate::ids::ChannelId,
+    ) -> StoreResult<Option<crate::channels::StoredChannel>> {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.read("get_channel", move |c| channels::get(c, &tenant, &id)).await
+    }
+
+    async fn list_channels(&self, tenant: &TenantId) -> StoreResult<Vec<crate::channels::StoredChannel>> {
+        let tenant = tenant.clone();
+        self.read("list_channels", move |c| channels::list(c, &tenant)).await
+    }
+
+    async fn delete_channel(&self, tenant: &TenantId, id: &crate::ids::ChannelId) -> StoreResult<bool> {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.write("delete_channel", move |c| channels::delete(c, &tenant, &id)).await
+    }
+
+    async fn channel_at(&self, address: &str) -> StoreResult<Option<crate::channels::StoredChannel>> {
+        let address = address.to_string();
+        self.read("channel_at", move |c| channels::at(c, &address)).await
+    }
+
+    async fn set_delivery(
+        &self,
+        tenant: &TenantId,
+        message: &MessageId,
+        delivery: &serde_json::Value,
+    ) -> StoreResult<bool> {
+        let (tenant, message, delivery) = (tenant.clone(), message.as_str().to_string(), delivery.to_string());
+        self.write("set_delivery", move |c| channels::set_delivery(c, &tenant, &message, &delivery)).await
     }
 
     async fn put_budget(&self, tenant: &TenantId, budget: &crate::usage::Budget) -> StoreResult<()> {

@@ -8,7 +8,7 @@ use super::{Inner, internal};
 use crate::store::{StoreError, StoreResult};
 
 /// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 13;
+const SCHEMA_VERSION: i64 = 14;
 
 /// Version 1: sessions and messages with their indexes.
 const SCHEMA_V1: &str = "
@@ -225,6 +225,10 @@ pub(super) fn migrate_to(conn: &mut Connection, path: &Path, target: i64) -> Sto
     // Version 13: usage per user and day, the tenants' totals, budgets and once-per-period notices.
     if version < 13 && 13 <= target {
         tx.execute_batch(super::usage::SCHEMA).map_err(internal)?;
+    }
+    // Version 14: channels and the addresses they claim.
+    if version < 14 && 14 <= target {
+        tx.execute_batch(super::channels::SCHEMA).map_err(internal)?;
     }
     tx.execute_batch(&format!("PRAGMA user_version = {}", target.max(version))).map_err(internal)?;
     tx.commit().map_err(internal)

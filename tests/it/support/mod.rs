@@ -7,12 +7,14 @@
 //! - [`stores`]: real stores on SQLite and on the DynamoDB emulator, and the macros that run a test
 //!   on both backends;
 //! - [`openai_mock`]: a local OpenAI-compatible Chat Completions server;
-//! - [`webhooks`]: a webhook receiver, and signature checks with the `standardwebhooks` package.
+//! - [`webhooks`]: a webhook receiver, and signature checks with the `standardwebhooks` package;
+//! - [`providers`]: fakes of the channels' provider APIs, and the providers' signatures.
 
 #[macro_use]
 pub mod stores;
 pub mod client;
 pub mod openai_mock;
+pub mod providers;
 pub mod server;
 pub mod webhooks;
 

@@ -198,8 +198,10 @@ pub fn in_process_app(dir: &Path) -> axum::Router {
         llm_timeout: Duration::from_secs(5),
         ..AgentSettings::new("test")
     };
+    let agent = Arc::new(Agent::new(store.clone(), Provider::Echo(EchoProvider::new(Duration::ZERO)), settings));
     let state = AppState {
-        agent: Arc::new(Agent::new(store.clone(), Provider::Echo(EchoProvider::new(Duration::ZERO)), settings)),
+        channels: agent_server::channels::worker::Channels::new(agent.clone(), Default::default()),
+        agent,
         store,
         auth: Arc::new(Authenticator::None),
         rate_limit: None,

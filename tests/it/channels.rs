@@ -1,0 +1,351 @@
+//! Channels, on both backends, through the real binary with local fakes of the providers' APIs
+//! and the providers' own signatures (Twilio's `RequestValidator` from PyPI `twilio`): Meta's
+//! verification handshake, good and bad signatures, an inbound message answered on its channel, a
+//! retried webhook answered once, receipts on the reply, a kill -9 between the 200 and the reply,
+//! WhatsApp's service window and the business's own messages, a delivery that fails for good, and
+//! tenant isolation of channels.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::openai_mock::OpenAiMock;
+use crate::support::providers::{FakeProviders, meta_signature, twilio_signature, whatsapp_message, whatsapp_status};
+use crate::support::{TestServer, create_key, get, ok_json, request, send};
+
+on_both_backends!(
+    a_whatsapp_message_is_answered_once_on_whatsapp_with_its_receipts,
+    an_sms_through_twilio_is_answered_with_twilios_own_signatures,
+    a_reply_cut_off_by_kill_9_after_the_200_goes_out_after_the_restart,
+    the_business_writes_within_the_service_window_or_with_a_template,
+);
+
+const NUMBER: &str = "106540352242922";
+const SECRET: &str = "meta-app-secret";
+
+fn env<'a>(model: &'a OpenAiMock, fake: &'a FakeProviders) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("LLM_PROVIDER", "openai"),
+        ("OPENAI_BASE_URL", model.url.as_str()),
+        ("WHATSAPP_API_BASE_URL", fake.url.as_str()),
+        ("TWILIO_API_BASE_URL", fake.url.as_str()),
+        ("EVENTS", "on"),
+    ]
+}
+
+async fn put(s: &TestServer, path: &str, key: Option<&str>, body: Value) -> (StatusCode, Value) {
+    let r = send(s, "PUT", path, key, &[], Some(body)).await;
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn whatsapp_channel() -> Value {
+    json!({"type": "whatsapp", "phoneNumberId": NUMBER, "accessToken": "EAAG-token", "appSecret": SECRET,
+           "verifyToken": "verify-me"})
+}
+
+async fn post_whatsapp(s: &TestServer, body: &str, signature: Option<&str>) -> StatusCode {
+    let mut r = request(s, "POST", "/channels/whatsapp/webhook").header("content-type", "application/json");
+    if let Some(sig) = signature {
+        r = r.header("x-hub-signature-256", sig);
+    }
+    r.body(body.to_string()).send().await.unwrap().status()
+}
+
+async fn messages_of(s: &TestServer, tenant: &str, user: &str) -> Vec<Value> {
+    let r = ok_json(get(s, &format!("/agent/conversations/{tenant}/users/{user}")).await).await;
+    r.as_array().unwrap().iter().flat_map(|session| session["messages"].as_array().unwrap().clone()).collect()
+}
+
+/// Waits until `check` holds for the user's messages (10 s at most).
+async fn until_messages(
+    s: &TestServer,
+    tenant: &str,
+    user: &str,
+    what: &str,
+    check: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    for _ in 0..200 {
+        let messages = messages_of(s, tenant, user).await;
+        if check(&messages) {
+            return messages;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: {:?}", messages_of(s, tenant, user).await);
+}
+
+async fn a_whatsapp_message_is_answered_once_on_whatsapp_with_its_receipts(backend: &str) {
+    let (model, fake) = (OpenAiMock::start().await, FakeProviders::start().await);
+    let s = TestServer::start(backend, &env(&model, &fake)).await;
+    let (status, view) = put(&s, "/agent/tenants/t1/channels/wa", None, whatsapp_channel()).await;
+    assert_eq!(status, StatusCode::CREATED, "{view}");
+    assert_eq!(view["accessTokenSet"], true, "{view}");
+    for secret in ["accessToken", "appSecret", "verifyToken"] {
+        assert!(view.get(secret).is_none(), "{secret} is write-only: {view}");
+    }
+    // Meta's verification handshake.
+    let verify = |token: &str| {
+        format!("/channels/whatsapp/webhook?hub.mode=subscribe&hub.verify_token={token}&hub.challenge=1158201444")
+    };
+    let r = get(&s, &verify("verify-me")).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().await.unwrap(), "1158201444");
+    assert_eq!(get(&s, &verify("wrong")).await.status(), StatusCode::FORBIDDEN);
+
+    let body = whatsapp_message(NUMBER, "15551234567", "wamid.HBgL1", "text", "hello");
+    assert_eq!(post_whatsapp(&s, &body, None).await, StatusCode::UNAUTHORIZED, "no signature");
+    assert_eq!(post_whatsapp(&s, &body, Some(&meta_signature("other", &body))).await, StatusCode::UNAUTHORIZED);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(messages_of(&s, "t1", "whatsapp:15551234567").await.is_empty(), "a refused webhook stores nothing");
+
+    assert_eq!(post_whatsapp(&s, &body, Some(&meta_signature(SECRET, &body))).await, StatusCode::OK);
+    let sent = fake.wait_for(1).await;
+    assert_eq!(sent[0].path, format!("/v21.0/{NUMBER}/messages"));
+    assert_eq!(sent[0].authorization, "Bearer EAAG-token");
+    assert_eq!(sent[0].body["messaging_product"], "whatsapp");
+    assert_eq!(sent[0].body["to"], "15551234567");
+    assert_eq!(sent[0].body["type"], "text");
+    assert!(sent[0].body["text"]["body"].as_str().unwrap().starts_with("mock reply to: hello"), "{:?}", sent[0]);
+    // Meta retries the same message: answered once.
+    assert_eq!(post_whatsapp(&s, &body, Some(&meta_signature(SECRET, &body))).await, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(fake.sent().len(), 1, "a retried webhook is not answered again");
+    assert_eq!(model.calls(), 1);
+
+    let user = "whatsapp:15551234567";
+    let listed = ok_json(get(&s, &format!("/agent/conversations/t1/users/{user}")).await).await;
+    assert_eq!(listed[0]["metadata"]["contact"]["name"], "Ana", "{listed}");
+    let messages = listed[0]["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert_eq!(messages[0]["metadata"]["channel"]["providerMessageId"], "wamid.HBgL1");
+    let reply = &messages[1];
+    let reply_id = reply["id"].as_str().unwrap();
+    assert_eq!(sent[0].body["biz_opaque_callback_data"], reply_id);
+    assert_eq!(reply["metadata"]["delivery"]["status"], "accepted", "{reply}");
+    assert_eq!(reply["metadata"]["delivery"]["providerMessageId"], "wamid.fake-1");
+    // Receipts: delivered, then a late `sent` does not take it back.
+    for status in ["delivered", "sent"] {
+        let receipt = whatsapp_status(NUMBER, "wamid.fake-1", status, reply_id);
+        assert_eq!(post_whatsapp(&s, &receipt, Some(&meta_signature(SECRET, &receipt))).await, StatusCode::OK);
+    }
+    let messages = messages_of(&s, "t1", user).await;
+    assert_eq!(messages[1]["metadata"]["delivery"]["status"], "delivered", "{:?}", messages[1]);
+    assert!(messages[1]["metadata"]["delivery"]["deliveredAt"].is_string());
+
+    // A message of another type: a placeholder, and a polite reply without the model.
+    let image = whatsapp_message(NUMBER, "15551234567", "wamid.HBgL2", "image", "");
+    assert_eq!(post_whatsapp(&s, &image, Some(&meta_signature(SECRET, &image))).await, StatusCode::OK);
+    let sent = fake.wait_for(2).await;
+    assert!(sent[1].body["text"]["body"].as_str().unwrap().contains("only read text"), "{:?}", sent[1]);
+    let messages = until_messages(&s, "t1", user, "the placeholder", |m| m.len() == 4).await;
+    assert_eq!(messages[2]["content"], "[image message]");
+    assert_eq!(model.calls(), 1);
+
+    // A number no channel has: 200 (Meta stops retrying), nothing stored, counted.
+    let stray = whatsapp_message("999999", "15550009999", "wamid.X", "text", "hi");
+    assert_eq!(post_whatsapp(&s, &stray, Some(&meta_signature(SECRET, &stray))).await, StatusCode::OK);
+    let metrics = get(&s, "/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("channel_unrouted_total{type=\"whatsapp\"} 1"), "{metrics}");
+    assert!(messages_of(&s, "t1", "whatsapp:15550009999").await.is_empty());
+}
+
+async fn an_sms_through_twilio_is_answered_with_twilios_own_signatures(backend: &str) {
+    let (model, fake) = (OpenAiMock::start().await, FakeProviders::start().await);
+    // PUBLIC_BASE_URL is what Twilio signs over: here the server's own address, known once it runs,
+    // so it is set to a fixed public name the test signs with too.
+    let public = "https://agents.example.com";
+    let mut env = env(&model, &fake);
+    env.push(("PUBLIC_BASE_URL", public));
+    let s = TestServer::start(backend, &env).await;
+    let sid = "AC00000000000000000000000000000001";
+    let channel = json!({"type": "twilio", "accountSid": sid, "authToken": "twilio-token", "from": "+15005550006"});
+    assert_eq!(put(&s, "/agent/tenants/t1/channels/sms", None, channel).await.0, StatusCode::CREATED);
+    let form = [
+        ("MessageSid", "SM11111111111111111111111111111111"),
+        ("AccountSid", sid),
+        ("From", "+15551230000"),
+        ("To", "+15005550006"),
+        ("Body", "hello by sms"),
+        ("NumMedia", "0"),
+    ];
+    let path = "/channels/twilio/sms/webhook";
+    let post = |signature: String| {
+        let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+        request(&s, "POST", path)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-twilio-signature", signature)
+            .body(body)
+            .send()
+    };
+    let bad = post(twilio_signature("another-token", &format!("{public}{path}"), &form)).await.unwrap();
+    assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
+    let r = post(twilio_signature("twilio-token", &format!("{public}{path}"), &form)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "text/xml");
+    assert!(r.text().await.unwrap().contains("<Response/>"));
+    let sent = fake.wait_for(1).await;
+    assert_eq!(sent[0].path, format!("/2010-04-01/Accounts/{sid}/Messages.json"));
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{sid}:twilio-token"));
+    assert_eq!(sent[0].authorization, format!("Basic {basic}"));
+    assert_eq!(
+        (sent[0].body["To"].as_str(), sent[0].body["From"].as_str()),
+        (Some("+15551230000"), Some("+15005550006"))
+    );
+    assert!(sent[0].body["Body"].as_str().unwrap().starts_with("mock reply to: hello by sms"));
+    let callback = sent[0].body["StatusCallback"].as_str().unwrap().to_string();
+    assert!(callback.starts_with(&format!("{public}/channels/twilio/sms/status?messageId=")), "{callback}");
+    // Twilio's retry of the same MessageSid is answered once.
+    post(twilio_signature("twilio-token", &format!("{public}{path}"), &form)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(fake.sent().len(), 1);
+    // The status callback, signed over its own URL (with its query).
+    let status = [
+        ("MessageSid", "SM00000000000000000000000000000001"),
+        ("MessageStatus", "delivered"),
+        ("AccountSid", sid),
+        ("From", "+15005550006"),
+        ("To", "+15551230000"),
+    ];
+    let status_path = callback.strip_prefix(public).unwrap();
+    let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(status).finish();
+    let r = request(&s, "POST", status_path)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-twilio-signature", twilio_signature("twilio-token", &callback, &status))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let messages = messages_of(&s, "t1", "sms:+15551230000").await;
+    assert_eq!(messages.len(), 2);
+    assert_eq!(messages[1]["metadata"]["delivery"]["status"], "delivered", "{:?}", messages[1]);
+}
+
+async fn a_reply_cut_off_by_kill_9_after_the_200_goes_out_after_the_restart(backend: &str) {
+    let (model, fake) = (OpenAiMock::start().await, FakeProviders::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("agent.db");
+    let env = env(&model, &fake);
+    let mut first = TestServer::start_on_store(backend, None, &db, &env).await;
+    assert_eq!(put(&first, "/agent/tenants/t1/channels/wa", None, whatsapp_channel()).await.0, StatusCode::CREATED);
+    // The provider is down: the reply waits in the outbox when the server dies.
+    fake.fail_next(&[503, 503, 503, 503, 503, 503, 503, 503]);
+    let body = whatsapp_message(NUMBER, "15551234567", "wamid.HBgL9", "text", "are you there");
+    assert_eq!(post_whatsapp(&first, &body, Some(&meta_signature(SECRET, &body))).await, StatusCode::OK);
+    // Killed between two attempts (the second comes a second after the first; the third five
+    // seconds after it), so no claim of the job outlives the server.
+    for _ in 0..400 {
+        if fake.attempts() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(fake.attempts() >= 2, "the reply was tried");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::process::Command::new("kill").args(["-9", &first.pid().to_string()]).status().unwrap();
+    first.wait(Duration::from_secs(5));
+    assert!(fake.sent().is_empty());
+    fake.fail_next(&[]);
+    let second = TestServer::start_on_store(backend, Some(&first), &db, &env).await;
+    let sent = fake.wait_for(1).await;
+    assert!(sent[0].body["text"]["body"].as_str().unwrap().starts_with("mock reply to: are you there"));
+    assert_eq!(model.calls(), 1, "the turn ran once; only its send was left");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(fake.sent().len(), 1, "sent once");
+    let messages = messages_of(&second, "t1", "whatsapp:15551234567").await;
+    assert_eq!(messages[1]["metadata"]["delivery"]["status"], "accepted");
+}
+
+async fn the_business_writes_within_the_service_window_or_with_a_template(backend: &str) {
+    let (model, fake) = (OpenAiMock::start().await, FakeProviders::start().await);
+    let s = TestServer::start(backend, &env(&model, &fake)).await;
+    let mut channel = whatsapp_channel();
+    channel["templates"] = json!([{"name": "order_update", "language": "en_US"}]);
+    assert_eq!(put(&s, "/agent/tenants/t1/channels/wa", None, channel).await.0, StatusCode::CREATED);
+    let path = "/agent/tenants/t1/channels/wa/messages";
+    // Nobody wrote yet: a text is outside the window; a template goes.
+    let r = send(&s, "POST", path, None, &[], Some(json!({"to": "15557654321", "text": "your order shipped"}))).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "outside_service_window", "{e}");
+    let template = json!({"to": "15557654321", "template": {"name": "order_update", "language": "en_US"}});
+    let r = send(&s, "POST", path, None, &[], Some(template)).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let sent = fake.wait_for(1).await;
+    assert_eq!(sent[0].body["type"], "template");
+    assert_eq!(sent[0].body["template"]["name"], "order_update");
+    assert_eq!(sent[0].body["template"]["language"]["code"], "en_US");
+    // The customer answers: within 24 hours, the business may write text.
+    let body = whatsapp_message(NUMBER, "15557654321", "wamid.A1", "text", "thanks");
+    assert_eq!(post_whatsapp(&s, &body, Some(&meta_signature(SECRET, &body))).await, StatusCode::OK);
+    fake.wait_for(2).await;
+    let r = send(&s, "POST", path, None, &[], Some(json!({"to": "15557654321", "text": "you're welcome"}))).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let stored: Value = r.json().await.unwrap();
+    assert_eq!(stored["role"], "agent");
+    assert_eq!(stored["metadata"]["source"], "business");
+    let sent = fake.wait_for(3).await;
+    assert_eq!(sent[2].body["text"]["body"], "you're welcome");
+    let messages = messages_of(&s, "t1", "whatsapp:15557654321").await;
+    let contents: Vec<&str> = messages.iter().map(|m| m["content"].as_str().unwrap()).collect();
+    assert_eq!(contents.len(), 4, "{contents:?}");
+    assert_eq!(contents[3], "you're welcome");
+
+    // A send the provider refuses for good: marked on the message, and a change event.
+    fake.fail_next(&[400]);
+    let r = send(&s, "POST", path, None, &[], Some(json!({"to": "15557654321", "text": "one more"}))).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let failed: Value = r.json().await.unwrap();
+    let id = failed["id"].as_str().unwrap().to_string();
+    until_messages(&s, "t1", "whatsapp:15557654321", "the failure on the message", |m| {
+        m.iter().any(|x| x["id"] == id.as_str() && x["metadata"]["delivery"]["status"] == "failed")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let feed = ok_json(get(&s, "/agent/events/t1?types=channel.delivery_failed").await).await;
+    let events = feed.as_array().unwrap();
+    assert_eq!(events.len(), 1, "{feed}");
+    assert_eq!(events[0]["data"]["messageId"], id.as_str());
+    assert_eq!(events[0]["data"]["channelId"], "wa");
+}
+
+/// An address belongs to one channel of one tenant: another tenant's claim of it is a 409 that
+/// says nothing of whose it is; a tenant's key reaches only its own channels; credentials are
+/// write-only and a replace keeps them.
+#[tokio::test]
+async fn channels_belong_to_their_tenant_and_their_addresses_to_one_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let k1 = create_key(dir.path(), &["--tenant", "t1", "--name", "t1"]);
+    let k2 = create_key(dir.path(), &["--tenant", "t2", "--name", "t2"]);
+    let keys = dir.path().join("keys.json");
+    let s = TestServer::start("sqlite", &[("AUTH_MODE", "api-key"), ("API_KEYS_FILE", keys.to_str().unwrap())]).await;
+    let (status, _) = put(&s, "/agent/tenants/t1/channels/wa", Some(&k1), whatsapp_channel()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, e) = put(&s, "/agent/tenants/t2/channels/mine", Some(&k2), whatsapp_channel()).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(e["error"]["code"], "address_taken");
+    assert!(!e.to_string().contains("t1"), "reveals nothing of the owner: {e}");
+    let r = send(&s, "GET", "/agent/tenants/t1/channels", Some(&k2), &[], None).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // A replace without the credentials keeps them.
+    let (status, view) =
+        put(&s, "/agent/tenants/t1/channels/wa", Some(&k1), json!({"type": "whatsapp", "phoneNumberId": NUMBER})).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["appSecretSet"], true);
+    // A field of another kind, and a missing one, are named.
+    let (status, e) =
+        put(&s, "/agent/tenants/t1/channels/bad", Some(&k1), json!({"type": "twilio", "accountSid": "AC1"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(e["error"]["field"], "authToken", "{e}");
+    // Deleted: the address is free for another tenant.
+    assert_eq!(
+        send(&s, "DELETE", "/agent/tenants/t1/channels/wa", Some(&k1), &[], None).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(put(&s, "/agent/tenants/t2/channels/mine", Some(&k2), whatsapp_channel()).await.0, StatusCode::CREATED);
+    let listed = ok_json(send(&s, "GET", "/agent/tenants/t2/channels", Some(&k2), &[], None).await).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+}
