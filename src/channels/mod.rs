@@ -1,7 +1,7 @@
 //! Channels: a tenant's agent reached where its customers write (WhatsApp through Meta's Cloud API,
-//! SMS and WhatsApp through Twilio). A channel binds an external address (a WhatsApp phone number
-//! id, a Twilio account and number) to a tenant and one of its agents, with the provider's
-//! credentials, which are write-only.
+//! SMS and WhatsApp through Twilio, email through an inbound-parse webhook and SMTP). A channel
+//! binds an external address (a WhatsApp phone number id, a Twilio account and number, a mailbox)
+//! to a tenant and one of its agents, with the provider's credentials, which are write-only.
 //!
 //! A message's path, with nothing lost and nothing answered twice:
 //! 1. the provider's webhook is checked (its signature), and each message is recorded in the outbox
@@ -13,8 +13,10 @@
 //!    the provider's message id is recorded on the reply (`metadata.delivery`), so a job run again
 //!    after a send does not send again, and the provider's receipts update it.
 //!
-//! Each provider is an adapter (`whatsapp`, `twilio`): its webhook's check and parse, and its send.
+//! Each provider is an adapter (`whatsapp`, `twilio`, `email`): its webhook's check and parse, and
+//! its send.
 
+pub mod email;
 pub mod twilio;
 pub mod whatsapp;
 pub mod worker;
@@ -33,6 +35,8 @@ pub enum ChannelKind {
     Whatsapp,
     /// Twilio's Messages API (SMS, and WhatsApp through Twilio).
     Twilio,
+    /// Email: an inbound-parse webhook in, SMTP out.
+    Email,
 }
 
 impl ChannelKind {
@@ -40,6 +44,7 @@ impl ChannelKind {
         match self {
             ChannelKind::Whatsapp => "whatsapp",
             ChannelKind::Twilio => "twilio",
+            ChannelKind::Email => "email",
         }
     }
 }
@@ -86,6 +91,28 @@ pub struct ChannelSpec {
     /// `whatsapp:+14155550100`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// Email: the mailbox customers write to, and replies come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Email: the SMTP server replies are sent through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Email: the SMTP port (587 for `starttls`, 465 for `tls`, 25 by default for `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Email: the SMTP user (no authentication when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Email: the SMTP password (write-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Email: `starttls` (the default), `tls`, or `none` (a local relay only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
+    /// Email: the secret of the inbound-parse webhook's URL,
+    /// `/channels/email/{channelId}/inbound/{secret}` (16 to 256 characters; write-only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_secret: Option<String>,
     /// WhatsApp: approved templates for messages outside the 24-hour service window.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub templates: Vec<Template>,
@@ -94,7 +121,7 @@ pub struct ChannelSpec {
     pub fallback_text: Option<String>,
 }
 
-const SECRETS: [&str; 4] = ["accessToken", "appSecret", "verifyToken", "authToken"];
+const SECRETS: [&str; 6] = ["accessToken", "appSecret", "verifyToken", "authToken", "password", "inboundSecret"];
 
 impl ChannelSpec {
     /// The stored credentials a replace leaves out are kept.
@@ -111,6 +138,8 @@ impl ChannelSpec {
         keep(&mut self.app_secret, &stored.app_secret);
         keep(&mut self.verify_token, &stored.verify_token);
         keep(&mut self.auth_token, &stored.auth_token);
+        keep(&mut self.password, &stored.password);
+        keep(&mut self.inbound_secret, &stored.inbound_secret);
     }
 
     /// Checks every field for its kind; the first invalid field and why.
@@ -128,24 +157,71 @@ impl ChannelSpec {
             Some(_) => Err((field, format!("is not a field of a {} channel", self.kind.as_str()))),
             None => Ok(()),
         };
+        let whatsapp_only = [
+            ("phoneNumberId", &self.phone_number_id),
+            ("accessToken", &self.access_token),
+            ("appSecret", &self.app_secret),
+            ("verifyToken", &self.verify_token),
+        ];
+        let twilio_only = [("accountSid", &self.account_sid), ("authToken", &self.auth_token), ("from", &self.from)];
+        let email_only = [
+            ("address", &self.address),
+            ("host", &self.host),
+            ("username", &self.username),
+            ("password", &self.password),
+            ("tls", &self.tls),
+            ("inboundSecret", &self.inbound_secret),
+        ];
+        let others: Vec<(&'static str, &Option<String>)> = match self.kind {
+            ChannelKind::Whatsapp => twilio_only.into_iter().chain(email_only).collect(),
+            ChannelKind::Twilio => whatsapp_only.into_iter().chain(email_only).collect(),
+            ChannelKind::Email => whatsapp_only.into_iter().chain(twilio_only).collect(),
+        };
+        for (field, value) in others {
+            absent(field, value)?;
+        }
+        if self.port.is_some() && self.kind != ChannelKind::Email {
+            return Err(("port", format!("is not a field of a {} channel", self.kind.as_str())));
+        }
         match self.kind {
+            ChannelKind::Email => {
+                text("address", &self.address, 254)?;
+                if !self.address.as_deref().is_some_and(email::is_address) {
+                    return Err(("address", "must be an email address".into()));
+                }
+                text("host", &self.host, 253)?;
+                if let Some(u) = &self.username {
+                    text("username", &Some(u.clone()), 256)?;
+                }
+                if self.password.as_deref().is_some_and(|p| p.len() > 256 || p.chars().any(char::is_control)) {
+                    return Err(("password", "must be at most 256 printable characters".into()));
+                }
+                if self.password.is_some() != self.username.is_some() {
+                    return Err(("password", "username and password go together".into()));
+                }
+                if let Some(tls) = &self.tls
+                    && !["starttls", "tls", "none"].contains(&tls.as_str())
+                {
+                    return Err(("tls", format!("{tls:?} is not one of starttls, tls, none")));
+                }
+                text("inboundSecret", &self.inbound_secret, 256)?;
+                if self.inbound_secret.as_deref().is_some_and(|s| s.len() < 16) {
+                    return Err(("inboundSecret", "must be at least 16 characters".into()));
+                }
+                if !self.templates.is_empty() {
+                    return Err(("templates", "are WhatsApp Cloud API templates: not for an email channel".into()));
+                }
+            }
             ChannelKind::Whatsapp => {
                 text("phoneNumberId", &self.phone_number_id, 64)?;
                 text("accessToken", &self.access_token, 4096)?;
                 text("appSecret", &self.app_secret, 256)?;
                 text("verifyToken", &self.verify_token, 256)?;
-                absent("accountSid", &self.account_sid)?;
-                absent("authToken", &self.auth_token)?;
-                absent("from", &self.from)?;
             }
             ChannelKind::Twilio => {
                 text("accountSid", &self.account_sid, 64)?;
                 text("authToken", &self.auth_token, 256)?;
                 text("from", &self.from, 64)?;
-                absent("phoneNumberId", &self.phone_number_id)?;
-                absent("accessToken", &self.access_token)?;
-                absent("appSecret", &self.app_secret)?;
-                absent("verifyToken", &self.verify_token)?;
                 if !self.templates.is_empty() {
                     return Err(("templates", "are WhatsApp Cloud API templates: not for a twilio channel".into()));
                 }
@@ -218,6 +294,9 @@ impl StoredChannel {
                 }
                 claims
             }
+            ChannelKind::Email => {
+                vec![Claim { address: email_address(spec.address.as_deref().unwrap_or_default()), per_tenant: false }]
+            }
             ChannelKind::Twilio => vec![Claim {
                 address: twilio_address(
                     spec.account_sid.as_deref().unwrap_or_default(),
@@ -234,6 +313,7 @@ impl StoredChannel {
         let id = match self.spec.kind {
             ChannelKind::Whatsapp => format!("whatsapp:{from}"),
             ChannelKind::Twilio if from.starts_with("whatsapp:") => from.to_string(),
+            ChannelKind::Email => format!("email:{}", from.to_lowercase()),
             ChannelKind::Twilio => format!("sms:{from}"),
         };
         UserId::parse(id).ok()
@@ -245,6 +325,7 @@ impl StoredChannel {
         let u = user.as_str();
         match self.spec.kind {
             ChannelKind::Whatsapp => u.strip_prefix("whatsapp:").map(str::to_string),
+            ChannelKind::Email => u.strip_prefix("email:").map(str::to_string),
             ChannelKind::Twilio => {
                 let via_whatsapp = self.spec.from.as_deref().is_some_and(|f| f.starts_with("whatsapp:"));
                 if via_whatsapp {
@@ -267,6 +348,11 @@ pub fn verify_address(token: &str) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("whatsapp-verify {hex}")
+}
+
+/// The address of a mailbox (its case folded).
+pub fn email_address(mailbox: &str) -> String {
+    format!("email {}", mailbox.to_lowercase())
 }
 
 /// The address of a Twilio number of an account.

@@ -44,6 +44,7 @@ pub fn inbound(form: &[(String, String)]) -> Option<Inbound> {
         text,
         kind: kind.to_string(),
         profile_name: field(form, "ProfileName").map(str::to_string),
+        thread: Value::Null,
     })
 }
 

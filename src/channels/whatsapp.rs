@@ -53,6 +53,7 @@ pub fn changes(body: &Value) -> Vec<Change> {
                     text: (kind == "text").then(|| m["text"]["body"].as_str().unwrap_or_default().to_string()),
                     kind: kind.to_string(),
                     profile_name: name,
+                    thread: Value::Null,
                 });
             }
             for s in value["statuses"].as_array().map(Vec::as_slice).unwrap_or_default() {

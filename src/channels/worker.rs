@@ -49,6 +49,18 @@ pub struct Inbound {
     /// `text`, or the provider's type (`image`, `audio`, `media`, ...).
     pub kind: String,
     pub profile_name: Option<String>,
+    /// What a reply needs to continue the provider's thread (an email's subject and ids).
+    pub thread: Value,
+}
+
+/// What a send job sends: the stored message's text, or its own text or template; and the
+/// context of the reply (when the user last wrote, the thread it continues).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outgoing<'a> {
+    pub text: Option<&'a str>,
+    pub template: Option<&'a Template>,
+    pub inbound_at: Option<i64>,
+    pub thread: Option<&'a Value>,
 }
 
 /// A provider's receipt for a message it was given (`sent`, `delivered`, `read`, `failed`).
@@ -175,6 +187,7 @@ impl Channels {
                 "text": m.text,
                 "kind": m.kind,
                 "profileName": m.profile_name,
+                "thread": m.thread,
                 "receivedAt": now_ms(),
             });
             jobs.push(Self::job(channel, id, INBOUND, &user, body));
@@ -196,13 +209,17 @@ impl Channels {
         channel: &StoredChannel,
         user: &UserId,
         message: Option<&MessageId>,
-        text: Option<&str>,
-        template: Option<&Template>,
-        inbound_at: Option<i64>,
+        out: Outgoing<'_>,
     ) -> StoreResult<()> {
         let key = message.map(|m| m.as_str().to_string()).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let id = job_id("chout", &[channel.tenant_id.as_str(), channel.id.as_str(), &key]);
-        let body = json!({"messageId": message, "text": text, "template": template, "inboundAt": inbound_at});
+        let body = json!({
+            "messageId": message,
+            "text": out.text,
+            "template": out.template,
+            "inboundAt": out.inbound_at,
+            "thread": out.thread,
+        });
         self.store().record_events(&[], &[Self::job(channel, id, SEND, user, body)]).await?;
         self.wake.notify_one();
         Ok(())
@@ -388,7 +405,7 @@ impl Channels {
             Err(e) => Err(e),
         };
         match outcome {
-            Ok(outcome) => self.reply(channel, &user, &outcome, received_at).await,
+            Ok(outcome) => self.reply(channel, &user, &outcome, received_at, &body["thread"]).await,
             Err(TurnError::BudgetExceeded(_)) => {
                 // Refused before the model: the channel's fallback text, once for this message.
                 let Some(text) = channel.spec.fallback_text.as_deref() else { return Ok(()) };
@@ -402,7 +419,13 @@ impl Channels {
                     .await
                     .map_err(|e| SendError::Transient(e.to_string()))?;
                 if first {
-                    self.queue_send(channel, &user, None, Some(text), None, received_at)
+                    let out = Outgoing {
+                        text: Some(text),
+                        inbound_at: received_at,
+                        thread: Some(&body["thread"]),
+                        ..Default::default()
+                    };
+                    self.queue_send(channel, &user, None, out)
                         .await
                         .map_err(|e| SendError::Transient(e.to_string()))?;
                 }
@@ -424,14 +447,14 @@ impl Channels {
         user: &UserId,
         outcome: &TurnOutcome,
         received_at: Option<i64>,
+        thread: &Value,
     ) -> Result<(), SendError> {
         let reply = &outcome.agent_message;
         if reply.content.trim().is_empty() {
             return Ok(());
         }
-        self.queue_send(channel, user, Some(&reply.id), None, None, received_at)
-            .await
-            .map_err(|e| SendError::Transient(e.to_string()))
+        let out = Outgoing { inbound_at: received_at, thread: Some(thread), ..Default::default() };
+        self.queue_send(channel, user, Some(&reply.id), out).await.map_err(|e| SendError::Transient(e.to_string()))
     }
 
     /// A message of a type the agent cannot read yet: a placeholder is stored, and a polite reply.
@@ -478,9 +501,9 @@ impl Channels {
             counted: None,
         };
         store.append_messages(tenant, &session.id, vec![placeholder, reply]).await.map_err(transient)?;
-        self.queue_send(channel, user, Some(&reply_id), None, None, body["receivedAt"].as_i64())
-            .await
-            .map_err(transient)
+        let out =
+            Outgoing { inbound_at: body["receivedAt"].as_i64(), thread: Some(&body["thread"]), ..Default::default() };
+        self.queue_send(channel, user, Some(&reply_id), out).await.map_err(transient)
     }
 
     /// A send job: the message's text (or the job's own text or template) to the provider, unless
@@ -545,6 +568,11 @@ impl Channels {
                     &callback,
                 )
                 .await
+            }
+            ChannelKind::Email => {
+                let Some(text) = text else { return Ok(()) };
+                let id = message_id.as_ref().map(|m| m.as_str().to_string()).unwrap_or_else(|| job.event_id.clone());
+                super::email::send(channel, &to, &text, &body["thread"], &id).await
             }
             ChannelKind::Twilio => {
                 let Some(text) = text else { return Ok(()) };

@@ -18,8 +18,8 @@ use utoipa_axum::router::OpenApiRouter;
 use super::extract::{ChannelPath, ChannelsPath, Scope};
 use super::{ApiError, AppState};
 use crate::channels::{
-    ChannelKind, ChannelSpec, StoredChannel, Template, twilio, twilio_address, verify_address, whatsapp,
-    whatsapp_address,
+    ChannelKind, ChannelSpec, StoredChannel, Template, email, email_address, twilio, twilio_address, verify_address,
+    whatsapp, whatsapp_address,
 };
 use crate::ids::{ChannelId, MessageId};
 use crate::store::{Metadata, NewMessage, NewSession, Role};
@@ -33,6 +33,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(utoipa_axum::routes!(whatsapp_verify, whatsapp_webhook))
         .routes(utoipa_axum::routes!(twilio_webhook))
         .routes(utoipa_axum::routes!(twilio_status))
+        .routes(utoipa_axum::routes!(email_inbound))
 }
 
 fn channel_not_found(id: &ChannelId) -> ApiError {
@@ -252,7 +253,8 @@ async fn send_message(
         counted: None,
     };
     let stored = state.store.append_messages(&tenant, &session.id, vec![message]).await?.remove(0).message;
-    channels.queue_send(&found, &user, Some(&stored.id), None, body.template.as_ref(), None).await?;
+    let out = crate::channels::worker::Outgoing { template: body.template.as_ref(), ..Default::default() };
+    channels.queue_send(&found, &user, Some(&stored.id), out).await?;
     Ok((StatusCode::ACCEPTED, Json(json!(stored))).into_response())
 }
 
@@ -427,4 +429,78 @@ async fn twilio_status(
         state.channels.receipt(&channel, &receipt).await?;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The fields of an inbound-parse webhook: `multipart/form-data` (the common form) or
+/// `application/x-www-form-urlencoded`.
+async fn email_fields(request: axum::extract::Request) -> Result<Vec<(String, String)>, ApiError> {
+    use axum::extract::FromRequest;
+    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if !content_type.starts_with("multipart/form-data") {
+        let body = axum::body::to_bytes(request.into_body(), 2 * 1024 * 1024)
+            .await
+            .map_err(|_| ApiError::bad_request("invalid_body", "the body could not be read"))?;
+        return Ok(twilio::form(&body));
+    }
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        ApiError::bad_request("invalid_body", format!("the multipart form: {}", e.body_text()))
+    };
+    let mut form = axum::extract::Multipart::from_request(request, &())
+        .await
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("the multipart form: {}", e.body_text())))?;
+    let mut fields = Vec::new();
+    while let Some(field) = form.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or_default().to_string();
+        // Attachments are not read (only the text fields are).
+        if field.file_name().is_some() {
+            continue;
+        }
+        fields.push((name, field.text().await.map_err(bad)?));
+    }
+    Ok(fields)
+}
+
+/// An email for a channel's mailbox, from an inbound-parse service (`from`, `to`, `subject`,
+/// `text`, `Message-ID`, `In-Reply-To`, `References`), authenticated by the channel's secret in the
+/// URL: recorded before the 200 and answered by SMTP, threaded after it. An email for a mailbox no
+/// channel has answers 200 and stores nothing.
+#[utoipa::path(
+    post,
+    path = "/channels/email/{channelId}/inbound/{secret}",
+    tag = "channels",
+    params(("channelId" = String, Path), ("secret" = String, Path, description = "The channel's inboundSecret")),
+    request_body(content = String, content_type = "multipart/form-data", description = "The parsed email"),
+    responses((status = 200, description = "Recorded"), (status = 401, description = "A wrong secret"))
+)]
+async fn email_inbound(
+    State(state): State<AppState>,
+    Path((channel_id, secret)): Path<(String, String)>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let fields = email_fields(request).await?;
+    let to = fields.iter().find(|(k, _)| k.eq_ignore_ascii_case("to")).map(|(_, v)| v.clone()).unwrap_or_default();
+    let mut found = None;
+    for address in email::addresses(&to) {
+        if let Some(c) = state.store.channel_at(&email_address(&address)).await?
+            && c.id.as_str() == channel_id
+            && c.spec.kind == ChannelKind::Email
+        {
+            found = Some(c);
+            break;
+        }
+    }
+    let Some(channel) = found else {
+        unrouted("email");
+        return Ok(StatusCode::OK.into_response());
+    };
+    let expected = channel.spec.inbound_secret.as_deref().unwrap_or_default();
+    if expected.is_empty()
+        || aws_lc_rs::constant_time::verify_slices_are_equal(expected.as_bytes(), secret.as_bytes()).is_err()
+    {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_secret", "the webhook's secret does not match"));
+    }
+    if let Some(message) = email::inbound(&fields) {
+        state.channels.receive(&channel, &[message]).await?;
+    }
+    Ok(StatusCode::OK.into_response())
 }

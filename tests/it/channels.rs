@@ -3,7 +3,8 @@
 //! verification handshake, good and bad signatures, an inbound message answered on its channel, a
 //! retried webhook answered once, receipts on the reply, a kill -9 between the 200 and the reply,
 //! WhatsApp's service window and the business's own messages, a delivery that fails for good, and
-//! tenant isolation of channels.
+//! tenant isolation of channels, and an email answered through a real SMTP server (PyPI
+//! `aiosmtpd`) in its thread.
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ on_both_backends!(
     an_sms_through_twilio_is_answered_with_twilios_own_signatures,
     a_reply_cut_off_by_kill_9_after_the_200_goes_out_after_the_restart,
     the_business_writes_within_the_service_window_or_with_a_template,
+    an_email_is_answered_by_smtp_in_its_thread,
 );
 
 const NUMBER: &str = "106540352242922";
@@ -348,4 +350,100 @@ async fn channels_belong_to_their_tenant_and_their_addresses_to_one_channel() {
     assert_eq!(put(&s, "/agent/tenants/t2/channels/mine", Some(&k2), whatsapp_channel()).await.0, StatusCode::CREATED);
     let listed = ok_json(send(&s, "GET", "/agent/tenants/t2/channels", Some(&k2), &[], None).await).await;
     assert_eq!(listed.as_array().unwrap().len(), 1);
+}
+
+/// A real SMTP server (PyPI `aiosmtpd`) that writes what it receives to a maildir.
+struct SmtpServer {
+    port: u16,
+    maildir: std::path::PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl SmtpServer {
+    async fn start() -> SmtpServer {
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = dir.path().join("maildir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new("python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m aiosmtpd (./scripts/test.sh installs it)");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        SmtpServer { port, maildir, child, _dir: dir }
+    }
+
+    /// The messages received, as text, waiting for `n` (20 s at most).
+    async fn wait_for(&self, n: usize) -> Vec<String> {
+        for _ in 0..400 {
+            let mut mails: Vec<String> = std::fs::read_dir(self.maildir.join("new"))
+                .map(|d| d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).collect())
+                .unwrap_or_default();
+            if mails.len() >= n {
+                mails.sort();
+                return mails;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("waited for {n} emails");
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn header<'a>(mail: &'a str, name: &str) -> Option<&'a str> {
+    mail.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(": ")))
+}
+
+async fn an_email_is_answered_by_smtp_in_its_thread(backend: &str) {
+    let (model, fake) = (OpenAiMock::start().await, FakeProviders::start().await);
+    let smtp = SmtpServer::start().await;
+    let s = TestServer::start(backend, &env(&model, &fake)).await;
+    let secret = "s3cret-inbound-hook-0123";
+    let channel = json!({"type": "email", "address": "Support@Acme.example", "host": "127.0.0.1", "port": smtp.port,
+                         "tls": "none", "inboundSecret": secret});
+    let (status, view) = put(&s, "/agent/tenants/t1/channels/mail", None, channel).await;
+    assert_eq!(status, StatusCode::CREATED, "{view}");
+    assert_eq!(view["inboundSecretSet"], true);
+    let form = || {
+        reqwest::multipart::Form::new()
+            .text("from", "Ana Lima <Ana@Customer.example>")
+            .text("to", "Acme Support <support@acme.example>")
+            .text("subject", "Where is my order?")
+            .text("text", "Order 42 has not arrived.")
+            .text("Message-ID", "<m1@customer.example>")
+            .text("References", "<m0@customer.example>")
+    };
+    let post =
+        |secret: &str| request(&s, "POST", &format!("/channels/email/mail/inbound/{secret}")).multipart(form()).send();
+    assert_eq!(post("wrong-secret-000000").await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(post(secret).await.unwrap().status(), StatusCode::OK);
+    let mails = smtp.wait_for(1).await;
+    let mail = &mails[0];
+    assert_eq!(header(mail, "To"), Some("ana@customer.example"), "{mail}");
+    assert!(header(mail, "From").unwrap().to_lowercase().contains("support@acme.example"), "{mail}");
+    assert_eq!(header(mail, "Subject"), Some("Re: Where is my order?"));
+    assert_eq!(header(mail, "In-Reply-To"), Some("<m1@customer.example>"));
+    assert_eq!(header(mail, "References"), Some("<m0@customer.example> <m1@customer.example>"));
+    assert!(mail.contains("mock reply to: Order 42 has not arrived."), "{mail}");
+    // The service retries the same email: answered once.
+    assert_eq!(post(secret).await.unwrap().status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(smtp.wait_for(1).await.len(), 1);
+    let messages = messages_of(&s, "t1", "email:ana@customer.example").await;
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    let ours = header(mail, "Message-ID").unwrap();
+    assert_eq!(messages[1]["metadata"]["delivery"]["providerMessageId"], ours, "{:?}", messages[1]);
 }
