@@ -60,8 +60,11 @@ impl Agent {
         let result = self.store.delete_user(tenant, user).await;
         self.live.end_erasure(tenant, Some(user), None);
         let deleted = result?;
-        // The user's earlier events go with their data; the erasure itself is announced (ids only).
-        self.events.forget(tenant, user, None).await;
+        // The user's earlier events go with their data, and their channels' jobs from the outbox
+        // (whether or not change events are on); the erasure itself is announced (ids only).
+        if let Err(e) = self.store.forget_events(tenant, user, None).await {
+            tracing::warn!(error = %e, %tenant, "the erased user's events and jobs could not be removed");
+        }
         let data = serde_json::json!({"userId": user, "sessions": deleted.sessions, "messages": deleted.messages});
         self.events.record(tenant, vec![Change::new(EventType::UserErased, None, data)]).await;
         Ok(deleted)

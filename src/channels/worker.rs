@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -17,7 +16,9 @@ use super::{ChannelKind, ChannelsConfig, StoredChannel, Template};
 use crate::agent::{Agent, TurnError, TurnOutcome, TurnRequest};
 use crate::events::{Change, EventType};
 use crate::ids::{ChannelId, IdempotencyKey, MessageId, TenantId, UserId};
-use crate::store::{Delivery, DeliveryStep, Metadata, NewMessage, NewSession, Role, StoreError, StoreResult};
+use crate::store::{
+    Delivery, DeliveryStep, Metadata, NewMessage, NewSession, OutboxPart, Role, StoreError, StoreResult,
+};
 
 /// The outbox endpoint of a channel's jobs.
 pub const ENDPOINT_PREFIX: &str = "channel ";
@@ -61,6 +62,8 @@ pub struct Outgoing<'a> {
     pub template: Option<&'a Template>,
     pub inbound_at: Option<i64>,
     pub thread: Option<&'a Value>,
+    /// What makes the job unique when no stored message does (recorded twice, it is one job).
+    pub key: Option<&'a str>,
 }
 
 /// A provider's receipt for a message it was given (`sent`, `delivered`, `read`, `failed`).
@@ -211,7 +214,11 @@ impl Channels {
         message: Option<&MessageId>,
         out: Outgoing<'_>,
     ) -> StoreResult<()> {
-        let key = message.map(|m| m.as_str().to_string()).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let key = match (message, out.key) {
+            (Some(m), _) => m.as_str().to_string(),
+            (None, Some(key)) => format!("key {key}"),
+            (None, None) => uuid::Uuid::now_v7().to_string(),
+        };
         let id = job_id("chout", &[channel.tenant_id.as_str(), channel.id.as_str(), &key]);
         let body = json!({
             "messageId": message,
@@ -264,34 +271,38 @@ impl Channels {
         self.agent.events().record(&channel.tenant_id, vec![change]).await;
     }
 
-    /// Runs the jobs until the process ends: a round whenever a job is recorded here, and every second.
+    /// Runs the jobs until the process ends: the due ones are read whenever a job is recorded here,
+    /// and every second, and each runs as its own task (at most `CONCURRENCY` at once), so a slow
+    /// turn holds up no other message.
     pub async fn run(self: Arc<Self>) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+        let running: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
         loop {
-            let read = self.round().await;
-            if read == BATCH {
-                continue;
+            let due = match self.store().pending_deliveries(Some(now_ms()), BATCH, OutboxPart::Channels).await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the channels' jobs failed");
+                    Vec::new()
+                }
+            };
+            for job in due {
+                if !running.lock().unwrap_or_else(|p| p.into_inner()).insert(job.event_id.clone()) {
+                    continue;
+                }
+                let Ok(slot) = slots.clone().acquire_owned().await else { return };
+                let (this, running) = (self.clone(), running.clone());
+                tokio::spawn(async move {
+                    let id = job.event_id.clone();
+                    this.run_job(job).await;
+                    running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    drop(slot);
+                });
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
-    }
-
-    /// One round: the due jobs, run at once; how many were read.
-    pub async fn round(&self) -> usize {
-        let due = match self.store().pending_deliveries(Some(now_ms()), BATCH * 2).await {
-            Ok(due) => due,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the channels' jobs failed");
-                return 0;
-            }
-        };
-        let jobs: Vec<Delivery> =
-            due.into_iter().filter(|d| d.endpoint.starts_with(ENDPOINT_PREFIX)).take(BATCH).collect();
-        let count = jobs.len();
-        futures::stream::iter(jobs).for_each_concurrent(CONCURRENCY, |job| self.run_job(job)).await;
-        count
     }
 
     async fn run_job(&self, job: Delivery) {
@@ -383,7 +394,7 @@ impl Channels {
             m.insert("contact".into(), json!({"name": name, "channel": channel.id}));
             m
         });
-        let request = TurnRequest {
+        let mut request = TurnRequest {
             tenant: tenant.clone(),
             user: user.clone(),
             location: None,
@@ -398,17 +409,33 @@ impl Channels {
             concurrency: None,
             session_metadata,
         };
-        let outcome = match self.agent.start(request).await {
-            Ok(crate::agent::Started::Live(live)) => live.finished().await,
-            Ok(crate::agent::Started::Replayed(outcome)) => Ok(*outcome),
-            Ok(_) => Err(TurnError::InProgress(MessageId::generate())),
-            Err(e) => Err(e),
+        let mut outcome = self.turn(request.clone()).await;
+        let answered = |o: &TurnOutcome| {
+            matches!(o.status, crate::store::TurnStatus::Completed | crate::store::TurnStatus::AwaitingApproval)
         };
+        if let Ok(o) = &outcome
+            && !answered(o)
+        {
+            let why = o.agent_message.metadata.as_ref().and_then(|m| m.get("interrupted")).and_then(Value::as_str);
+            if why == Some("superseded") {
+                // A newer message's turn stopped it, and answers both.
+                return Ok(());
+            }
+            // Cut off (its server died, or it was cancelled): the message is answered by a turn of
+            // its own, once (the cut-off reply is never sent).
+            request.idempotency_key = IdempotencyKey::parse(&format!("{}-again", job.event_id));
+            outcome = self.turn(request).await;
+            if outcome.as_ref().is_ok_and(|o| !answered(o)) {
+                return Err(SendError::Permanent("the turn was cut off twice".into()));
+            }
+        }
         match outcome {
             Ok(outcome) => self.reply(channel, &user, &outcome, received_at, &body["thread"]).await,
             Err(TurnError::BudgetExceeded(_)) => {
                 // Refused before the model: the channel's fallback text, once for this message.
                 let Some(text) = channel.spec.fallback_text.as_deref() else { return Ok(()) };
+                // Noted once per message (a webhook retried after this job ended sends nothing);
+                // this job's own retries queue it again, under the same id.
                 let first = self
                     .store()
                     .note_once(
@@ -418,11 +445,12 @@ impl Channels {
                     )
                     .await
                     .map_err(|e| SendError::Transient(e.to_string()))?;
-                if first {
+                if first || job.attempts > 0 {
                     let out = Outgoing {
                         text: Some(text),
                         inbound_at: received_at,
                         thread: Some(&body["thread"]),
+                        key: Some(&job.event_id),
                         ..Default::default()
                     };
                     self.queue_send(channel, &user, None, out)
@@ -432,10 +460,23 @@ impl Channels {
                 Ok(())
             }
             Err(
-                e @ (TurnError::InProgress(_) | TurnError::Store(_) | TurnError::Model(_) | TurnError::AnsweredWith(_)),
+                e @ (TurnError::InProgress(_)
+                | TurnError::TurnInProgress(_)
+                | TurnError::Store(_)
+                | TurnError::Model(_)
+                | TurnError::AnsweredWith(_)),
             ) => Err(SendError::Transient(e.to_string())),
             Err(TurnError::Erased) => Ok(()),
             Err(e) => Err(SendError::Permanent(e.to_string())),
+        }
+    }
+
+    /// Runs a JSON turn (or replays it, for a job run again) to its outcome.
+    async fn turn(&self, request: TurnRequest) -> Result<TurnOutcome, TurnError> {
+        match self.agent.start(request).await? {
+            crate::agent::Started::Live(live) => live.finished().await,
+            crate::agent::Started::Replayed(outcome) => Ok(*outcome),
+            _ => Err(TurnError::InProgress(MessageId::generate())),
         }
     }
 
@@ -611,6 +652,18 @@ impl Channels {
                 "providerMessageId": provider_id,
                 "acceptedAt": crate::timestamp::Timestamp::now(),
             });
+            // A receipt may have come first (Twilio's can): what it said stays.
+            let mut delivery = delivery;
+            if let Ok(Some(now)) = self.store().get_message(tenant, id).await
+                && let Some(seen) = now.metadata.as_ref().and_then(|m| m.get("delivery")).and_then(Value::as_object)
+            {
+                for (k, v) in seen {
+                    if k != "status" || rank(v.as_str().unwrap_or_default()) > rank("accepted") {
+                        delivery[k] = v.clone();
+                    }
+                }
+                delivery["providerMessageId"] = json!(provider_id);
+            }
             // Sent: a failure to record it is logged (a run of this job again would send twice).
             if let Err(e) = self.store().set_delivery(tenant, id, &delivery).await {
                 tracing::warn!(error = %e, message = %id, "could not record a sent message's delivery");
@@ -621,11 +674,16 @@ impl Channels {
 
     /// When `user` last wrote (epoch ms), from their most recent session's newest user message.
     pub async fn last_inbound(&self, tenant: &TenantId, user: &UserId) -> StoreResult<Option<i64>> {
-        let sessions =
-            self.store().list_user_sessions(tenant, user, crate::store::PageRequest { limit: 1, cursor: None }).await?;
-        let Some(session) = sessions.items.first() else { return Ok(None) };
-        let query = crate::store::MessageQuery { limit: 50, order: crate::store::Order::Desc, ..Default::default() };
-        let page = self.store().list_messages(tenant, &session.id, query).await?;
-        Ok(page.items.iter().find(|m| m.role == Role::User).and_then(|m| m.timestamp.micros()).map(|t| t / 1000))
+        // The newest few sessions: one the business started holds no message of the user.
+        let page = crate::store::PageRequest { limit: 5, cursor: None };
+        for session in self.store().list_user_sessions(tenant, user, page).await?.items {
+            let query =
+                crate::store::MessageQuery { limit: 50, order: crate::store::Order::Desc, ..Default::default() };
+            let messages = self.store().list_messages(tenant, &session.id, query).await?;
+            if let Some(m) = messages.items.iter().find(|m| m.role == Role::User) {
+                return Ok(m.timestamp.micros().map(|t| t / 1000));
+            }
+        }
+        Ok(None)
     }
 }

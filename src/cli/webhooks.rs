@@ -88,7 +88,7 @@ async fn pending(config: &Config, limit: usize) -> ExitCode {
         Ok(store) => store,
         Err(e) => return fail(e),
     };
-    let waiting = match store.pending_deliveries(None, limit).await {
+    let waiting = match store.pending_deliveries(None, limit, agent_server::store::OutboxPart::Webhooks).await {
         Ok(list) => list,
         Err(e) => return fail(e),
     };

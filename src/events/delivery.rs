@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use super::endpoints::Endpoint;
 use super::signature::signature;
 use crate::outbound::{REFUSED, is_public, literal_ip};
-use crate::store::{ConversationStore, Delivery, DeliveryStep};
+use crate::store::{ConversationStore, Delivery, DeliveryStep, OutboxPart};
 
 /// How long one attempt may take.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -155,16 +155,13 @@ impl Deliverer {
 
     /// One round: the due deliveries, sent at once; how many were read.
     pub async fn round(&self) -> usize {
-        let due = match self.store.pending_deliveries(Some(now_ms()), BATCH).await {
+        let due = match self.store.pending_deliveries(Some(now_ms()), BATCH, OutboxPart::Webhooks).await {
             Ok(due) => due,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the webhook outbox failed");
                 return 0;
             }
         };
-        // The channels' jobs share the outbox; their worker runs them.
-        let due: Vec<Delivery> =
-            due.into_iter().filter(|d| !d.endpoint.starts_with(crate::channels::worker::ENDPOINT_PREFIX)).collect();
         let count = due.len();
         futures::stream::iter(due).for_each_concurrent(CONCURRENCY, |d| self.deliver(d)).await;
         count

@@ -45,6 +45,20 @@ pub struct Delivery {
     pub last_error: Option<String>,
 }
 
+/// The endpoint prefix of the channels' jobs (`channel <channelId>`), which share the outbox.
+pub const CHANNEL_ENDPOINT_PREFIX: &str = "channel ";
+
+/// Which of the outbox's deliveries a reader wants: each reader reads its own part, so a backlog
+/// of one never hides the other's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxPart {
+    All,
+    /// The webhooks' deliveries.
+    Webhooks,
+    /// The channels' jobs.
+    Channels,
+}
+
 /// What became of a claimed delivery.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeliveryStep {

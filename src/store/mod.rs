@@ -29,7 +29,7 @@ use async_trait::async_trait;
 pub use cursor::Cursor;
 pub use erasure::Erasure;
 pub use error::{StoreError, StoreResult, writable_session};
-pub use event::{Delivery, DeliveryStep, StoredEvent, outbox_shard};
+pub use event::{CHANNEL_ENDPOINT_PREFIX, Delivery, DeliveryStep, OutboxPart, StoredEvent, outbox_shard};
 pub use history::{complete_history, history_query, recent_history};
 pub use item::{MAX_ITEM_BYTES, check_message, check_size, check_storable, message_item_bytes};
 pub use model::*;
@@ -382,8 +382,13 @@ pub trait ConversationStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<StoredEvent>>;
     /// Deliveries waiting in the outbox, soonest first: only those due and unclaimed at `due_at`
-    /// (epoch milliseconds) when given, else all.
-    async fn pending_deliveries(&self, due_at: Option<i64>, limit: usize) -> StoreResult<Vec<Delivery>>;
+    /// (epoch milliseconds) when given, else all; of `part` of the outbox.
+    async fn pending_deliveries(
+        &self,
+        due_at: Option<i64>,
+        limit: usize,
+        part: OutboxPart,
+    ) -> StoreResult<Vec<Delivery>>;
     /// Claims a due delivery for `owner` until `until` (epoch milliseconds), unless another
     /// deliverer holds it or it changed since it was read; true when claimed.
     async fn claim_delivery(&self, delivery: &Delivery, owner: &str, now: i64, until: i64) -> StoreResult<bool>;

@@ -21,6 +21,7 @@ on_both_backends!(
     a_reply_cut_off_by_kill_9_after_the_200_goes_out_after_the_restart,
     the_business_writes_within_the_service_window_or_with_a_template,
     an_email_is_answered_by_smtp_in_its_thread,
+    a_burst_is_one_reply_and_a_refused_turn_sends_the_fallback_once,
 );
 
 const NUMBER: &str = "106540352242922";
@@ -312,6 +313,23 @@ async fn the_business_writes_within_the_service_window_or_with_a_template(backen
     assert_eq!(events.len(), 1, "{feed}");
     assert_eq!(events[0]["data"]["messageId"], id.as_str());
     assert_eq!(events[0]["data"]["channelId"], "wa");
+
+    // Erasing the user takes their waiting jobs out of the outbox: nothing more is sent to them.
+    fake.fail_next(&[503; 10]);
+    let r = send(&s, "POST", path, None, &[], Some(json!({"to": "15557654321", "text": "never sent"}))).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    for _ in 0..200 {
+        if fake.attempts() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let erased = send(&s, "DELETE", "/agent/conversations/t1/users/whatsapp:15557654321", None, &[], None).await;
+    assert!(erased.status().is_success(), "{}", erased.status());
+    // The provider is back: a job still in the outbox would go at its next attempt (within 6 s).
+    fake.fail_next(&[]);
+    tokio::time::sleep(Duration::from_millis(7000)).await;
+    assert!(!fake.sent().iter().any(|x| x.body["text"]["body"] == "never sent"), "an erased user's job was sent");
 }
 
 /// An address belongs to one channel of one tenant: another tenant's claim of it is a 409 that
@@ -446,4 +464,41 @@ async fn an_email_is_answered_by_smtp_in_its_thread(backend: &str) {
     assert_eq!(messages.len(), 2, "{messages:?}");
     let ours = header(mail, "Message-ID").unwrap();
     assert_eq!(messages[1]["metadata"]["delivery"]["providerMessageId"], ours, "{:?}", messages[1]);
+}
+
+async fn a_burst_is_one_reply_and_a_refused_turn_sends_the_fallback_once(backend: &str) {
+    let (model, fake) = (OpenAiMock::start().await, FakeProviders::start().await);
+    let s = TestServer::start(backend, &env(&model, &fake)).await;
+    let agent = json!({"systemPrompt": "You answer customers.", "default": true, "debounceMs": 500});
+    assert_eq!(put(&s, "/agent/tenants/t1/agents/desk", None, agent).await.0, StatusCode::CREATED);
+    let mut channel = whatsapp_channel();
+    channel["agentId"] = json!("desk");
+    channel["fallbackText"] = json!("We are out of credit for today; a person will answer you soon.");
+    assert_eq!(put(&s, "/agent/tenants/t1/channels/wa", None, channel).await.0, StatusCode::CREATED);
+    let first = whatsapp_message(NUMBER, "15559990000", "wamid.B0", "text", "good morning");
+    assert_eq!(post_whatsapp(&s, &first, Some(&meta_signature(SECRET, &first))).await, StatusCode::OK);
+    fake.wait_for(1).await;
+    // Two messages in a burst on the conversation: one turn (the agent's debounce), one reply.
+    for (id, text) in [("wamid.B1", "hi"), ("wamid.B2", "I need help with my order")] {
+        let body = whatsapp_message(NUMBER, "15559990000", id, "text", text);
+        assert_eq!(post_whatsapp(&s, &body, Some(&meta_signature(SECRET, &body))).await, StatusCode::OK);
+    }
+    fake.wait_for(2).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(model.calls(), 2, "one model call for the burst");
+    let sent = fake.sent();
+    assert_eq!(sent.len(), 2, "one reply for the burst: {sent:?}");
+    assert!(sent[1].body["text"]["body"].as_str().unwrap().contains("I need help with my order"), "{sent:?}");
+    // The month's budget is spent: the next message gets the fallback text, once.
+    let budget = json!({"monthly": {"tokens": 10}});
+    assert_eq!(request(&s, "PUT", "/agent/budgets/t1").json(&budget).send().await.unwrap().status(), StatusCode::OK);
+    let body = whatsapp_message(NUMBER, "15559990000", "wamid.B3", "text", "hello again");
+    for _ in 0..2 {
+        assert_eq!(post_whatsapp(&s, &body, Some(&meta_signature(SECRET, &body))).await, StatusCode::OK);
+        let sent = fake.wait_for(3).await;
+        assert!(sent[2].body["text"]["body"].as_str().unwrap().starts_with("We are out of credit"), "{sent:?}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    assert_eq!(fake.sent().len(), 3, "the fallback went once");
+    assert_eq!(model.calls(), 2, "a refused turn calls no model");
 }

@@ -8,8 +8,8 @@ use agent_server::channels::StoredChannel;
 use agent_server::ids::{AgentId, ChannelId, MessageId, SessionId, TenantId, UserId};
 use agent_server::store::{
     Action, ActionStatus, Appended, ContextSummary, ConversationStore, Cursor, Deleted, Delivery, DeliveryStep,
-    Erasure, Hold, HoldLease, HoldRequest, Message, MessageQuery, NewMessage, NewSession, Order, Page, PageRequest,
-    Role, Session, StoreError, StoreResult, StoredEvent, TurnEvent, TurnRecord, TurnStatus, history_query,
+    Erasure, Hold, HoldLease, HoldRequest, Message, MessageQuery, NewMessage, NewSession, Order, OutboxPart, Page,
+    PageRequest, Role, Session, StoreError, StoreResult, StoredEvent, TurnEvent, TurnRecord, TurnStatus, history_query,
     recent_history,
 };
 use agent_server::timestamp::Timestamp;
@@ -711,8 +711,8 @@ impl ConversationStore for LaggingIndex {
     ) -> StoreResult<Vec<StoredEvent>> {
         self.inner.list_events(t, after, before, types, limit).await
     }
-    async fn pending_deliveries(&self, due: Option<i64>, limit: usize) -> StoreResult<Vec<Delivery>> {
-        self.inner.pending_deliveries(due, limit).await
+    async fn pending_deliveries(&self, due: Option<i64>, limit: usize, part: OutboxPart) -> StoreResult<Vec<Delivery>> {
+        self.inner.pending_deliveries(due, limit, part).await
     }
     async fn claim_delivery(&self, d: &Delivery, owner: &str, now: i64, until: i64) -> StoreResult<bool> {
         self.inner.claim_delivery(d, owner, now, until).await
@@ -1110,25 +1110,31 @@ async fn events_page_in_order_per_tenant_and_deliveries_are_claimed_once(store: 
     assert_eq!(stored[0], a1, "an event reads back as it was recorded");
 
     // The outbox.
-    let pending = store.pending_deliveries(Some(now), 10).await.unwrap();
+    let pending = store.pending_deliveries(Some(now), 10, OutboxPart::All).await.unwrap();
     assert_eq!(pending.len(), 3);
     let d = pending.iter().find(|d| d.event_id == a2.id).unwrap().clone();
     assert_eq!(d, deliveries[0]);
     assert!(store.claim_delivery(&d, "one", now, now + 30_000).await.unwrap());
     assert!(!store.claim_delivery(&d, "two", now, now + 30_000).await.unwrap(), "a claimed delivery is held");
-    assert_eq!(store.pending_deliveries(Some(now), 10).await.unwrap().len(), 2, "a claimed delivery is not due");
+    assert_eq!(
+        store.pending_deliveries(Some(now), 10, OutboxPart::All).await.unwrap().len(),
+        2,
+        "a claimed delivery is not due"
+    );
     let retry = DeliveryStep::Retry { attempts: 1, next_at: now + 60_000, error: "HTTP 500".into() };
     assert!(!store.settle_delivery(&d, "two", retry.clone()).await.unwrap(), "only the claimer settles");
     assert!(store.settle_delivery(&d, "one", retry).await.unwrap());
     assert!(!store.claim_delivery(&d, "two", now, now + 30_000).await.unwrap(), "a stale read cannot claim");
-    let all = store.pending_deliveries(None, 10).await.unwrap();
+    let all = store.pending_deliveries(None, 10, OutboxPart::All).await.unwrap();
     let again = all.iter().find(|x| x.event_id == a2.id).unwrap();
     assert_eq!((again.attempts, again.next_at, again.last_error.as_deref()), (1, now + 60_000, Some("HTTP 500")));
-    assert!(!store.pending_deliveries(Some(now), 10).await.unwrap().iter().any(|x| x.event_id == a2.id));
+    assert!(
+        !store.pending_deliveries(Some(now), 10, OutboxPart::All).await.unwrap().iter().any(|x| x.event_id == a2.id)
+    );
     let later = now + 60_000;
     assert!(store.claim_delivery(again, "two", later, later + 30_000).await.unwrap(), "due again later");
     assert!(store.settle_delivery(again, "two", DeliveryStep::Finished).await.unwrap());
-    assert_eq!(store.pending_deliveries(None, 10).await.unwrap().len(), 2);
+    assert_eq!(store.pending_deliveries(None, 10, OutboxPart::All).await.unwrap().len(), 2);
 
     // Deleting a session takes the user's events about it out of the feed and the outbox, and no other.
     let s1 = SessionId::parse("s1".to_string()).unwrap();
@@ -1144,13 +1150,13 @@ async fn events_page_in_order_per_tenant_and_deliveries_are_claimed_once(store: 
     store.forget_events(&tenant("acme"), &user("u2"), Some(&s1)).await.unwrap();
     assert_eq!(list("acme", None, vec![], 10).await, [a1.id.clone(), a2.id.clone(), a3.id.clone()]);
     assert_eq!(list("globex", None, vec![], 10).await, [g1.id.clone(), g2.id.clone()], "another tenant's stay");
-    let left = store.pending_deliveries(None, 10).await.unwrap();
+    let left = store.pending_deliveries(None, 10, OutboxPart::All).await.unwrap();
     assert_eq!(left.len(), 2, "the session's delivery is gone: {left:?}");
 
     // An erasure takes the user's events out of the feed and the outbox, in that tenant only.
     store.forget_events(&tenant("acme"), &user("u2"), None).await.unwrap();
     assert_eq!(list("acme", None, vec![], 10).await, [a1.id.clone(), a2.id.clone()]);
-    let left = store.pending_deliveries(None, 10).await.unwrap();
+    let left = store.pending_deliveries(None, 10, OutboxPart::All).await.unwrap();
     assert_eq!(left.iter().map(|d| d.event_id.clone()).collect::<Vec<_>>(), vec![g1.id.clone()]);
 }
 

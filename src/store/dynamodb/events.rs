@@ -16,7 +16,10 @@ use super::errors::{map_err, written};
 use super::items::s;
 use super::{DynamoStore, Item};
 use crate::ids::{SessionId, TenantId, UserId};
-use crate::store::{Delivery, DeliveryStep, StoreError, StoreResult, StoredEvent, is_expired, outbox_shard};
+use crate::store::{
+    CHANNEL_ENDPOINT_PREFIX, Delivery, DeliveryStep, OutboxPart, StoreError, StoreResult, StoredEvent, is_expired,
+    outbox_shard,
+};
 
 /// How many partitions the outbox spreads over (each takes about 1,000 writes a second).
 pub const OUTBOX_SHARDS: u32 = 4;
@@ -226,10 +229,33 @@ impl DynamoStore {
         }
     }
 
-    pub(super) async fn outbox(&self, due_at: Option<i64>, limit: usize) -> StoreResult<Vec<Delivery>> {
+    pub(super) async fn outbox(
+        &self,
+        due_at: Option<i64>,
+        limit: usize,
+        part: OutboxPart,
+    ) -> StoreResult<Vec<Delivery>> {
         let reads = (0..OUTBOX_SHARDS).map(|shard| {
-            let filter = due_at.map(|now| ("nextAt <= :now AND leaseUntil <= :now", vec![(":now", n(now))]));
-            self.partition(outbox_key(shard), filter, limit)
+            let mut conditions = Vec::new();
+            let mut values = Vec::new();
+            if let Some(now) = due_at {
+                conditions.push("nextAt <= :now AND leaseUntil <= :now");
+                values.push((":now", n(now)));
+            }
+            match part {
+                OutboxPart::All => {}
+                OutboxPart::Channels => conditions.push("begins_with(endpoint, :channel)"),
+                OutboxPart::Webhooks => conditions.push("NOT begins_with(endpoint, :channel)"),
+            }
+            if part != OutboxPart::All {
+                values.push((":channel", s(CHANNEL_ENDPOINT_PREFIX)));
+            }
+            let expression = conditions.join(" AND ");
+            let filter = (!conditions.is_empty()).then_some((expression, values));
+            async move {
+                let filter = filter.as_ref().map(|(e, v)| (e.as_str(), v.clone()));
+                self.partition(outbox_key(shard), filter, limit).await
+            }
         });
         let mut all = Vec::new();
         for items in futures::future::try_join_all(reads).await? {

@@ -1207,8 +1207,13 @@ impl ConversationStore for DynamoStore {
         self.query_events(tenant, after, before, types, limit).await
     }
 
-    async fn pending_deliveries(&self, due_at: Option<i64>, limit: usize) -> StoreResult<Vec<Delivery>> {
-        self.outbox(due_at, limit).await
+    async fn pending_deliveries(
+        &self,
+        due_at: Option<i64>,
+        limit: usize,
+        part: crate::store::OutboxPart,
+    ) -> StoreResult<Vec<Delivery>> {
+        self.outbox(due_at, limit, part).await
     }
 
     async fn claim_delivery(&self, delivery: &Delivery, owner: &str, now: i64, until: i64) -> StoreResult<bool> {

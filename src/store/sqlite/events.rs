@@ -117,14 +117,27 @@ fn delivery_from_row(r: &Row) -> rusqlite::Result<Delivery> {
     })
 }
 
-pub(super) fn pending(conn: &Connection, due_at: Option<i64>, limit: usize) -> StoreResult<Vec<Delivery>> {
+pub(super) fn pending(
+    conn: &Connection,
+    due_at: Option<i64>,
+    limit: usize,
+    part: crate::store::OutboxPart,
+) -> StoreResult<Vec<Delivery>> {
+    use crate::store::OutboxPart;
+    let part = match part {
+        OutboxPart::All => 0,
+        OutboxPart::Channels => 1,
+        OutboxPart::Webhooks => 2,
+    };
     let mut stmt = conn
         .prepare_cached(&format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries \
-             WHERE ?1 IS NULL OR (next_at <= ?1 AND lease_until <= ?1) ORDER BY next_at, event_id LIMIT ?2"
+             WHERE (?1 IS NULL OR (next_at <= ?1 AND lease_until <= ?1)) \
+             AND (?3 = 0 OR (substr(endpoint, 1, 8) = 'channel ') = (?3 = 1)) \
+             ORDER BY next_at, event_id LIMIT ?2"
         ))
         .map_err(internal)?;
-    stmt.query_map(params![due_at, limit as i64], delivery_from_row)
+    stmt.query_map(params![due_at, limit as i64, part], delivery_from_row)
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(internal)
 }

@@ -1118,8 +1118,13 @@ impl ConversationStore for SqliteStore {
         self.read("list_events", move |c| events::list(c, &tenant, after.as_deref(), &before, &types, limit)).await
     }
 
-    async fn pending_deliveries(&self, due_at: Option<i64>, limit: usize) -> StoreResult<Vec<Delivery>> {
-        self.read("pending_deliveries", move |c| events::pending(c, due_at, limit)).await
+    async fn pending_deliveries(
+        &self,
+        due_at: Option<i64>,
+        limit: usize,
+        part: crate::store::OutboxPart,
+    ) -> StoreResult<Vec<Delivery>> {
+        self.read("pending_deliveries", move |c| events::pending(c, due_at, limit, part)).await
     }
 
     async fn claim_delivery(&self, delivery: &Delivery, owner: &str, now: i64, until: i64) -> StoreResult<bool> {
