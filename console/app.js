@@ -127,6 +127,7 @@ function renderNav() {
     el("a", { href: "#/" }, "Conversations"),
     el("a", { href: "#/agents" }, "Agents"),
     el("a", { href: "#/usage" }, "Usage"),
+    el("a", { href: "#/channels" }, "Channels"),
     search,
     el("button", { class: "secondary", type: "button", onclick: () => { auth.clear(); location.hash = "#/"; route(); } }, "Sign out"),
   );
@@ -484,6 +485,38 @@ async function agentsView() {
   }
 }
 
+/** The tenant's channels (WhatsApp, Twilio, email) and the replies that could not be delivered. */
+async function channelsView() {
+  const token = view;
+  const list = el("ul", { class: "list", "aria-label": "Channels" }, el("li", { class: "muted" }, "Loading..."));
+  const failures = el("ul", { class: "list", "aria-label": "Delivery failures" }, el("li", { class: "muted" }, "Loading..."));
+  show(el("h1", {}, "Channels"),
+    el("p", { class: "muted" }, "Where customers reach the tenant's agents. Set them up through the API (docs/channels.md)."),
+    list, el("h2", {}, "Delivery failures"), failures);
+  try {
+    const channels = (await api(`agent/tenants/${seg(auth.tenant)}/channels`)).body;
+    if (token !== view) return;
+    list.replaceChildren(...channels.map((c) => el("li", {},
+      el("span", {}, c.id), el("span", { class: "badge" }, c.type),
+      el("span", { class: "muted" }, c.agentId ? `agent ${c.agentId}` : "the default agent"),
+      el("span", { class: "muted" }, c.phoneNumberId || c.from || c.address || ""))));
+    if (!channels.length) list.replaceChildren(el("li", { class: "muted" }, "No channels yet."));
+  } catch (err) {
+    list.replaceChildren(el("li", { class: "muted" }, err.message));
+  }
+  try {
+    const events = (await api(`agent/events/${seg(auth.tenant)}?types=channel.delivery_failed&limit=100`)).body;
+    if (token !== view) return;
+    failures.replaceChildren(...events.slice().reverse().map((e) => el("li", {},
+      el("span", { class: "muted" }, e.timestamp), el("span", {}, e.data.channelId),
+      el("a", { href: `#/users/${encodeURIComponent(e.data.userId)}` }, e.data.userId),
+      el("span", {}, e.data.error))));
+    if (!events.length) failures.replaceChildren(el("li", { class: "muted" }, "None."));
+  } catch (err) {
+    failures.replaceChildren(el("li", { class: "muted" }, err.message));
+  }
+}
+
 /** An SVG element (no inline style: the Content-Security-Policy allows none). */
 function svg(tag, attrs = {}, ...children) {
   const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
@@ -673,6 +706,7 @@ async function route() {
   else if (parts[0] === "agents" && parts[1]) await agentView(parts[1]);
   else if (parts[0] === "agents") await agentsView();
   else if (parts[0] === "usage") await usageView();
+  else if (parts[0] === "channels") await channelsView();
   else await home();
   main.focus();
 }

@@ -187,6 +187,12 @@ try:
     assert "Per user and day" in main_text(), "the budgets"
     shot("usage")
 
+    # The Channels page: the tenant's WhatsApp channel, and the reply the provider refused.
+    driver.get(base + "/console/#/channels")
+    until_text("whatsapp")
+    until_text("answered without a message id")
+    shot("channels")
+
     # A phone-width window: nothing overflows sideways.
     driver.set_window_size(390, 844)
     time.sleep(0.5)

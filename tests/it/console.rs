@@ -84,9 +84,20 @@ async fn the_console_works_in_a_real_browser() {
             ("API_SERVER_URL", &api),
             ("API_RESOURCE_TYPES", "appointments"),
             ("ECHO_CHUNK_DELAY_MS", "120"),
+            // The business API's fake answers every call: a WhatsApp send gets no message id back,
+            // which is a delivery failure for the Channels page.
+            ("WHATSAPP_API_BASE_URL", &api),
+            ("EVENTS", "on"),
         ],
     )
     .await;
+    let channel =
+        json!({"type": "whatsapp", "phoneNumberId": "1065", "accessToken": "t", "appSecret": "a", "verifyToken": "v"});
+    let r = send(&s, "PUT", "/agent/tenants/acme/channels/wa", Some(&key), &[], Some(channel)).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let template = json!({"to": "15551234567", "template": {"name": "hello", "language": "en_US"}});
+    let r = send(&s, "POST", "/agent/tenants/acme/channels/wa/messages", Some(&key), &[], Some(template)).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
     let r = send(
         &s,
         "POST",

@@ -39,6 +39,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/channels/whatsapp/webhook"),
     ("post", "/channels/twilio/{channelId}/webhook"),
     ("post", "/channels/twilio/{channelId}/status"),
+    ("post", "/channels/email/{channelId}/inbound/{secret}"),
     ("get", "/conversations/{tenantId}/users/{userId}"),
     ("get", "/conversations/{tenantId}/sessions/{sessionId}"),
     ("get", "/conversations/{tenantId}/sessions/{sessionId}/messages"),
@@ -69,7 +70,8 @@ async fn every_route_is_in_the_openapi_document_and_exists() {
                 .replace("{sessionId}", "s1")
                 .replace("{actionId}", "a1")
                 .replace("{agentId}", "desk")
-                .replace("{channelId}", "wa");
+                .replace("{channelId}", "wa")
+                .replace("{secret}", "x");
             let r = request(&s, &method.to_uppercase(), &concrete).send().await.unwrap();
             let status = r.status().as_u16();
             let body: Value = r.json().await.unwrap_or(Value::Null);
