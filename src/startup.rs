@@ -102,6 +102,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // every server's pending erasures are known here, and their second passes run.
     tokio::spawn(agent.clone().run_upkeep());
     let channels = crate::channels::worker::Channels::new(agent.clone(), config.channels.clone());
+    agent.set_channels(&channels);
     tokio::spawn(channels.clone().run());
     let state = AppState {
         channels,

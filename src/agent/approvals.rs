@@ -225,7 +225,7 @@ impl Agent {
                 let kind = if approve { EventType::ActionApproved } else { EventType::ActionRejected };
                 self.announce_action(session, &message, &claimed, kind).await;
                 if approve {
-                    let result = Self::run_tool(&persona.tools, &call, &ctx).await;
+                    let result = self.run_tool(&persona.tools, &call, &ctx).await;
                     let status = match (persona.tools.permits(&call.name), result.is_error) {
                         (false, _) => ActionStatus::Refused,
                         (true, true) => ActionStatus::Failed,

@@ -118,6 +118,8 @@ pub struct Agent {
     erasures: std::sync::RwLock<Vec<crate::store::Erasure>>,
     /// What the tenants spend, and their budgets.
     meter: Arc<crate::usage::Meter>,
+    /// The channels, for the `send_message` tool (they hold the agent: a weak handle back).
+    channels: std::sync::OnceLock<std::sync::Weak<crate::channels::worker::Channels>>,
 }
 
 impl Agent {
@@ -163,7 +165,13 @@ impl Agent {
             summarizing: Mutex::default(),
             session_starts: Mutex::new(HashMap::new()),
             erasures: Default::default(),
+            channels: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Gives the agent the channels its `send_message` tool sends through.
+    pub fn set_channels(&self, channels: &Arc<crate::channels::worker::Channels>) {
+        let _ = self.channels.set(Arc::downgrade(channels));
     }
 
     /// The agent whose tenants' agents fall back to the server's configuration: its provider (and

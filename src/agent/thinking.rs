@@ -86,7 +86,7 @@ impl Agent {
                     p.event(StreamItem::ToolCall(json!({"id": c.id, "tool": c.name, "arguments": c.arguments})));
                 }
             }
-            let results = futures::future::join_all(runnable.iter().map(|c| Self::run_tool(tools, c, ctx))).await;
+            let results = futures::future::join_all(runnable.iter().map(|c| self.run_tool(tools, c, ctx))).await;
             for (c, r) in runnable.iter().zip(&results) {
                 let status = match (tools.permits(&c.name), r.is_error) {
                     (false, _) => ActionStatus::Refused,
@@ -114,13 +114,36 @@ impl Agent {
         unreachable!("the loop returns")
     }
 
-    pub(super) async fn run_tool(tools: &Toolbox, call: &ToolCall, ctx: &ToolContext) -> ToolResult {
-        match tools.run(call, ctx).await {
+    pub(super) async fn run_tool(&self, tools: &Toolbox, call: &ToolCall, ctx: &ToolContext) -> ToolResult {
+        let ran = if call.name == crate::tools::SEND_MESSAGE && tools.offers_send_message() {
+            self.send_message(call, ctx).await
+        } else {
+            tools.run(call, ctx).await
+        };
+        match ran {
             Ok(content) => ToolResult { call_id: call.id.clone(), content, is_error: false },
             Err(e) => {
                 ToolResult { call_id: call.id.clone(), content: json!({"error": e.0}).to_string(), is_error: true }
             }
         }
+    }
+
+    /// The `send_message` tool: a message to a customer on one of the turn's tenant's channels,
+    /// stored in their conversation and sent through the outbox.
+    async fn send_message(&self, call: &ToolCall, ctx: &ToolContext) -> Result<String, crate::tools::ToolError> {
+        use crate::tools::ToolError;
+        let channels = self.channels.get().and_then(std::sync::Weak::upgrade);
+        let channels = channels.ok_or_else(|| ToolError("channels are not available on this server".into()))?;
+        let arg = |name: &str| call.arguments[name].as_str().map(str::trim).filter(|v| !v.is_empty());
+        let (Some(channel), Some(to), Some(text)) = (arg("channelId"), arg("to"), arg("text")) else {
+            return Err(ToolError("send_message needs channelId, to and text".into()));
+        };
+        let channel = crate::ids::ChannelId::parse(channel).map_err(|e| ToolError(format!("channelId: {e}")))?;
+        let sent = channels
+            .send_business(&ctx.tenant, &channel, to, Some(text), None, "agent")
+            .await
+            .map_err(|e| ToolError(e.message().to_string()))?;
+        Ok(json!({"sent": true, "messageId": sent.id, "to": to, "channelId": channel}).to_string())
     }
 
     pub(super) fn tool_context(tenant: &TenantId, user: &UserId, location: Option<&LocationId>) -> ToolContext {

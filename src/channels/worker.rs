@@ -76,6 +76,37 @@ pub struct Receipt {
     pub error: Option<String>,
 }
 
+/// Why a message from the business (or its agent) could not be queued.
+#[derive(Debug)]
+pub enum BusinessSendError {
+    NoChannel,
+    Invalid(String),
+    /// WhatsApp: a text to a user whose last message is more than 24 hours old.
+    OutsideWindow,
+    Store(StoreError),
+}
+
+impl BusinessSendError {
+    pub fn message(&self) -> String {
+        match self {
+            BusinessSendError::NoChannel => "this tenant has no such channel".into(),
+            BusinessSendError::Invalid(m) => m.clone(),
+            BusinessSendError::OutsideWindow => {
+                "outside_service_window: this user's last message is more than 24 hours \
+                                                 old (or there is none): WhatsApp needs an approved template"
+                    .into()
+            }
+            BusinessSendError::Store(e) => e.to_string(),
+        }
+    }
+}
+
+impl From<StoreError> for BusinessSendError {
+    fn from(e: StoreError) -> Self {
+        BusinessSendError::Store(e)
+    }
+}
+
 /// Why a send failed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SendError {
@@ -178,7 +209,7 @@ impl Channels {
     /// whose job is recorded already (a retried webhook) adds nothing.
     pub async fn receive(&self, channel: &StoredChannel, messages: &[Inbound]) -> StoreResult<usize> {
         let mut jobs = Vec::new();
-        for m in messages {
+        for (i, m) in messages.iter().enumerate() {
             let Some(user) = channel.user_for(&m.from) else {
                 tracing::warn!(channel = %channel.id, "an inbound message from an address that is not a valid user id");
                 continue;
@@ -193,7 +224,11 @@ impl Channels {
                 "thread": m.thread,
                 "receivedAt": now_ms(),
             });
-            jobs.push(Self::job(channel, id, INBOUND, &user, body));
+            let mut job = Self::job(channel, id, INBOUND, &user, body);
+            // In the order the provider gave them (the outbox is read by `next_at`).
+            job.next_at += i as i64;
+            job.first_at = job.next_at;
+            jobs.push(job);
         }
         if jobs.is_empty() {
             return Ok(0);
@@ -277,6 +312,11 @@ impl Channels {
     pub async fn run(self: Arc<Self>) {
         let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
         let running: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
+        // Per user, the newest inbound job's signal that its turn has taken its place in the
+        // session: the next one of that user starts its turn after it, so that a customer's
+        // messages keep their order and a burst can still queue behind one turn.
+        let mut placed: std::collections::HashMap<(TenantId, UserId), tokio::sync::watch::Receiver<bool>> =
+            std::collections::HashMap::new();
         loop {
             let due = match self.store().pending_deliveries(Some(now_ms()), BATCH, OutboxPart::Channels).await {
                 Ok(due) => due,
@@ -291,9 +331,31 @@ impl Channels {
                 }
                 let Ok(slot) = slots.clone().acquire_owned().await else { return };
                 let (this, running) = (self.clone(), running.clone());
+                let order = match (&job.user_id, job.kind == INBOUND) {
+                    (Some(user), true) => {
+                        let (tx, rx) = tokio::sync::watch::channel(false);
+                        let before = placed.insert((job.tenant_id.clone(), user.clone()), rx);
+                        Some((before, tx))
+                    }
+                    _ => None,
+                };
+                placed.retain(|_, rx| !*rx.borrow() && rx.has_changed().is_ok());
                 tokio::spawn(async move {
                     let id = job.event_id.clone();
-                    this.run_job(job).await;
+                    let mine = match order {
+                        Some((before, mine)) => {
+                            if let Some(mut before) = before {
+                                // Its predecessor took its place (or ended, or gave up).
+                                let _ = before.wait_for(|placed| *placed).await;
+                            }
+                            Some(mine)
+                        }
+                        None => None,
+                    };
+                    this.run_job(job, mine.as_ref()).await;
+                    if let Some(mine) = mine {
+                        let _ = mine.send(true);
+                    }
                     running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                     drop(slot);
                 });
@@ -305,7 +367,7 @@ impl Channels {
         }
     }
 
-    async fn run_job(&self, job: Delivery) {
+    async fn run_job(&self, job: Delivery, placed: Option<&tokio::sync::watch::Sender<bool>>) {
         let now = now_ms();
         let lease = if job.kind == INBOUND { INBOUND_LEASE_MS } else { SEND_LEASE_MS };
         match self.store().claim_delivery(&job, &self.owner, now, now + lease).await {
@@ -318,7 +380,7 @@ impl Channels {
         }
         let result = match self.channel_of(&job).await {
             Ok(Some(channel)) => match job.kind.as_str() {
-                INBOUND => self.answer(&channel, &job).await,
+                INBOUND => self.answer(&channel, &job, placed).await,
                 _ => self.send(&channel, &job).await,
             },
             // The channel was deleted: its jobs go.
@@ -376,7 +438,12 @@ impl Channels {
     }
 
     /// An inbound job: the turn of the channel's agent (keyed by the job), and its reply queued.
-    async fn answer(&self, channel: &StoredChannel, job: &Delivery) -> Result<(), SendError> {
+    async fn answer(
+        &self,
+        channel: &StoredChannel,
+        job: &Delivery,
+        placed: Option<&tokio::sync::watch::Sender<bool>>,
+    ) -> Result<(), SendError> {
         let Some(user) = job.user_id.clone() else { return Ok(()) };
         let body: Value = serde_json::from_str(&job.body).unwrap_or_default();
         let received_at = body["receivedAt"].as_i64();
@@ -409,7 +476,7 @@ impl Channels {
             concurrency: None,
             session_metadata,
         };
-        let mut outcome = self.turn(request.clone()).await;
+        let mut outcome = self.turn(request.clone(), placed).await;
         let answered = |o: &TurnOutcome| {
             matches!(o.status, crate::store::TurnStatus::Completed | crate::store::TurnStatus::AwaitingApproval)
         };
@@ -424,7 +491,7 @@ impl Channels {
             // Cut off (its server died, or it was cancelled): the message is answered by a turn of
             // its own, once (the cut-off reply is never sent).
             request.idempotency_key = IdempotencyKey::parse(&format!("{}-again", job.event_id));
-            outcome = self.turn(request).await;
+            outcome = self.turn(request, None).await;
             if outcome.as_ref().is_ok_and(|o| !answered(o)) {
                 return Err(SendError::Permanent("the turn was cut off twice".into()));
             }
@@ -472,9 +539,23 @@ impl Channels {
     }
 
     /// Runs a JSON turn (or replays it, for a job run again) to its outcome.
-    async fn turn(&self, request: TurnRequest) -> Result<TurnOutcome, TurnError> {
+    /// `placed` is told once the turn has its place in the session (its messages' order is fixed).
+    async fn turn(
+        &self,
+        request: TurnRequest,
+        placed: Option<&tokio::sync::watch::Sender<bool>>,
+    ) -> Result<TurnOutcome, TurnError> {
         match self.agent.start(request).await? {
-            crate::agent::Started::Live(live) => live.finished().await,
+            crate::agent::Started::Live(live) => {
+                if let Some(placed) = placed {
+                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                    while live.session().is_none() && live.result().is_none() && std::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    let _ = placed.send(true);
+                }
+                live.finished().await
+            }
             crate::agent::Started::Replayed(outcome) => Ok(*outcome),
             _ => Err(TurnError::InProgress(MessageId::generate())),
         }
@@ -670,6 +751,69 @@ impl Channels {
             }
         }
         Ok(())
+    }
+
+    /// A message from the business (`source`: `business`, or `agent` for the `send_message` tool)
+    /// to `to` on a channel: stored in the user's session (role `agent`, `metadata.source`) and
+    /// queued to send. On WhatsApp a text needs the user to have written within 24 hours.
+    pub async fn send_business(
+        &self,
+        tenant: &TenantId,
+        channel: &ChannelId,
+        to: &str,
+        text: Option<&str>,
+        template: Option<&Template>,
+        source: &str,
+    ) -> Result<crate::store::Message, BusinessSendError> {
+        let invalid = |m: &str| BusinessSendError::Invalid(m.to_string());
+        let found = self.store().get_channel(tenant, channel).await?.ok_or(BusinessSendError::NoChannel)?;
+        let user = found.user_for(to).ok_or_else(|| invalid("to: not a valid address"))?;
+        let text = text.map(str::trim).filter(|t| !t.is_empty());
+        if text.is_none() == template.is_none() {
+            return Err(invalid("give one of text and template"));
+        }
+        if text.is_some_and(|t| t.chars().count() > 4096) {
+            return Err(invalid("text: at most 4096 characters"));
+        }
+        if template.is_some() && found.spec.kind != ChannelKind::Whatsapp {
+            return Err(invalid("template: only WhatsApp channels send templates"));
+        }
+        if found.spec.kind == ChannelKind::Whatsapp && template.is_none() {
+            let last = self.last_inbound(tenant, &user).await?;
+            if last.is_none_or(|at| now_ms() - at >= SERVICE_WINDOW_MS) {
+                return Err(BusinessSendError::OutsideWindow);
+            }
+        }
+        let content = match (text, template) {
+            (Some(t), _) => t.to_string(),
+            (None, Some(t)) => format!("[template {} ({})]", t.name, t.language),
+            (None, None) => String::new(),
+        };
+        let session = match self.store().find_active_session(tenant, &user).await? {
+            Some(s) => s,
+            None => {
+                let new =
+                    NewSession { tenant_id: tenant.clone(), user_id: user.clone(), location_id: None, metadata: None };
+                self.store().create_session(new).await?
+            }
+        };
+        let mut metadata = Metadata::new();
+        metadata.insert("source".into(), json!(source));
+        metadata.insert("channel".into(), json!({"id": found.id, "type": found.spec.kind}));
+        if let Some(t) = template {
+            metadata.insert("template".into(), json!(t));
+        }
+        let message = NewMessage {
+            id: MessageId::generate(),
+            user_id: user.clone(),
+            role: Role::Agent,
+            content,
+            metadata: Some(metadata),
+            counted: None,
+        };
+        let stored = self.store().append_messages(tenant, &session.id, vec![message]).await?.remove(0).message;
+        self.queue_send(&found, &user, Some(&stored.id), Outgoing { template, ..Default::default() }).await?;
+        Ok(stored)
     }
 
     /// When `user` last wrote (epoch ms), from their most recent session's newest user message.

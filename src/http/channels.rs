@@ -21,8 +21,7 @@ use crate::channels::{
     ChannelKind, ChannelSpec, StoredChannel, Template, email, email_address, twilio, twilio_address, verify_address,
     whatsapp, whatsapp_address,
 };
-use crate::ids::{ChannelId, MessageId};
-use crate::store::{Metadata, NewMessage, NewSession, Role};
+use crate::ids::ChannelId;
 use crate::timestamp::Timestamp;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -199,63 +198,20 @@ async fn send_message(
 ) -> Result<Response, ApiError> {
     scope.manages()?;
     let Json(body) = body?;
-    let unprocessable =
-        |code, message: &str| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message.to_string());
-    let found = state.store.get_channel(&tenant, &channel).await?.ok_or_else(|| channel_not_found(&channel))?;
-    let user = found.user_for(&body.to).ok_or_else(|| unprocessable("invalid_message", "to: not a valid address"))?;
-    let text = body.text.as_deref().map(str::trim).filter(|t| !t.is_empty());
-    if text.is_none() == body.template.is_none() {
-        return Err(unprocessable("invalid_message", "give one of text and template"));
-    }
-    if text.is_some_and(|t| t.chars().count() > 4096) {
-        return Err(unprocessable("invalid_message", "text: at most 4096 characters"));
-    }
-    if body.template.is_some() && found.spec.kind != ChannelKind::Whatsapp {
-        return Err(unprocessable("invalid_message", "template: only WhatsApp channels send templates"));
-    }
-    let channels = state.channels.clone();
-    if found.spec.kind == ChannelKind::Whatsapp && body.template.is_none() {
-        let last = channels.last_inbound(&tenant, &user).await?;
-        let open = last
-            .is_some_and(|at| crate::timestamp::now_micros() / 1000 - at < crate::channels::worker::SERVICE_WINDOW_MS);
-        if !open {
-            return Err(unprocessable(
-                "outside_service_window",
-                "this user's last message is more than 24 hours old (or there is none): WhatsApp needs an approved template",
-            ));
-        }
-    }
-    let content = match (&text, &body.template) {
-        (Some(t), _) => t.to_string(),
-        (None, Some(t)) => format!("[template {} ({})]", t.name, t.language),
-        (None, None) => String::new(),
-    };
-    let session = match state.store.find_active_session(&tenant, &user).await? {
-        Some(s) => s,
-        None => {
-            let new =
-                NewSession { tenant_id: tenant.clone(), user_id: user.clone(), location_id: None, metadata: None };
-            state.store.create_session(new).await?
-        }
-    };
-    let mut metadata = Metadata::new();
-    metadata.insert("source".into(), json!("business"));
-    metadata.insert("channel".into(), json!({"id": found.id, "type": found.spec.kind}));
-    if let Some(t) = &body.template {
-        metadata.insert("template".into(), json!(t));
-    }
-    let message = NewMessage {
-        id: MessageId::generate(),
-        user_id: user.clone(),
-        role: Role::Agent,
-        content,
-        metadata: Some(metadata),
-        counted: None,
-    };
-    let stored = state.store.append_messages(&tenant, &session.id, vec![message]).await?.remove(0).message;
-    let out = crate::channels::worker::Outgoing { template: body.template.as_ref(), ..Default::default() };
-    channels.queue_send(&found, &user, Some(&stored.id), out).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!(stored))).into_response())
+    use crate::channels::worker::BusinessSendError as E;
+    let sent = state
+        .channels
+        .send_business(&tenant, &channel, &body.to, body.text.as_deref(), body.template.as_ref(), "business")
+        .await
+        .map_err(|e| match e {
+            E::NoChannel => channel_not_found(&channel),
+            E::Invalid(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_message", m),
+            e @ E::OutsideWindow => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "outside_service_window", e.message())
+            }
+            E::Store(e) => e.into(),
+        })?;
+    Ok((StatusCode::ACCEPTED, Json(json!(sent))).into_response())
 }
 
 /// Meta's verification of the webhook: `hub.mode=subscribe` with a channel's `verifyToken` answers

@@ -62,6 +62,29 @@ pub struct ToolContext {
     pub location: Option<LocationId>,
 }
 
+/// The built-in tool that messages a customer on one of the tenant's channels (`docs/channels.md`):
+/// offered only to an agent whose `tools.allow` names it, and a write (it waits for approval
+/// unless the agent's policy is `none`). The agent runs it (it needs the channels).
+pub const SEND_MESSAGE: &str = "send_message";
+
+fn send_message_spec() -> ToolSpec {
+    ToolSpec {
+        name: SEND_MESSAGE.into(),
+        description: "Send a message to a customer on one of the business's channels (WhatsApp, SMS, email). \
+                      Use it only when asked to contact someone."
+            .into(),
+        parameters: serde_json::json!({
+            "type": "object",
+            "properties": {
+                "channelId": {"type": "string", "description": "The channel's id"},
+                "to": {"type": "string", "description": "The customer's address on the channel (phone number, WhatsApp id or email)"},
+                "text": {"type": "string", "description": "The message"}
+            },
+            "required": ["channelId", "to", "text"]
+        }),
+    }
+}
+
 /// The tools available to the agent.
 pub struct Toolbox {
     api: Option<BusinessApi>,
@@ -180,11 +203,19 @@ impl Toolbox {
             }
         }
         specs.retain(|s| self.permits(&s.name));
+        if self.offers_send_message() {
+            specs.push(send_message_spec());
+        }
         specs
     }
 
     pub fn is_empty(&self) -> bool {
-        self.api.is_none() && self.mcp.is_none()
+        self.api.is_none() && self.mcp.is_none() && !self.offers_send_message()
+    }
+
+    /// Whether the agent may message customers on channels (`tools.allow` names `send_message`).
+    pub fn offers_send_message(&self) -> bool {
+        self.allow.as_ref().is_some_and(|a| a.iter().any(|t| t == SEND_MESSAGE)) && self.permits(SEND_MESSAGE)
     }
 
     fn is_business_tool(&self, name: &str) -> bool {
@@ -193,6 +224,9 @@ impl Toolbox {
 
     /// Whether a call must wait for approval under the policy.
     pub fn needs_approval(&self, call: &ToolCall) -> bool {
+        if call.name == SEND_MESSAGE {
+            return self.policy != ApprovalPolicy::None;
+        }
         match self.policy {
             ApprovalPolicy::None => false,
             ApprovalPolicy::All => true,

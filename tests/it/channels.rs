@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::support::openai_mock::OpenAiMock;
 use crate::support::providers::{FakeProviders, meta_signature, twilio_signature, whatsapp_message, whatsapp_status};
-use crate::support::{TestServer, create_key, get, ok_json, request, send};
+use crate::support::{TestServer, create_key, get, ok, ok_json, request, send, turn_request};
 
 on_both_backends!(
     a_whatsapp_message_is_answered_once_on_whatsapp_with_its_receipts,
@@ -22,6 +22,7 @@ on_both_backends!(
     the_business_writes_within_the_service_window_or_with_a_template,
     an_email_is_answered_by_smtp_in_its_thread,
     a_burst_is_one_reply_and_a_refused_turn_sends_the_fallback_once,
+    an_agent_messages_a_customer_with_send_message_once_approved,
 );
 
 const NUMBER: &str = "106540352242922";
@@ -489,6 +490,10 @@ async fn a_burst_is_one_reply_and_a_refused_turn_sends_the_fallback_once(backend
     let sent = fake.sent();
     assert_eq!(sent.len(), 2, "one reply for the burst: {sent:?}");
     assert!(sent[1].body["text"]["body"].as_str().unwrap().contains("I need help with my order"), "{sent:?}");
+    let messages = messages_of(&s, "t1", "whatsapp:15559990000").await;
+    let said: Vec<&str> =
+        messages.iter().filter(|m| m["role"] == "user").map(|m| m["content"].as_str().unwrap()).collect();
+    assert_eq!(said, ["good morning", "hi", "I need help with my order"], "in the order they were sent");
     // The month's budget is spent: the next message gets the fallback text, once.
     let budget = json!({"monthly": {"tokens": 10}});
     assert_eq!(request(&s, "PUT", "/agent/budgets/t1").json(&budget).send().await.unwrap().status(), StatusCode::OK);
@@ -501,4 +506,42 @@ async fn a_burst_is_one_reply_and_a_refused_turn_sends_the_fallback_once(backend
     }
     assert_eq!(fake.sent().len(), 3, "the fallback went once");
     assert_eq!(model.calls(), 2, "a refused turn calls no model");
+}
+
+async fn an_agent_messages_a_customer_with_send_message_once_approved(backend: &str) {
+    let (model, fake) = (OpenAiMock::start().await, FakeProviders::start().await);
+    let s = TestServer::start(backend, &env(&model, &fake)).await;
+    assert_eq!(put(&s, "/agent/tenants/t1/channels/wa", None, whatsapp_channel()).await.0, StatusCode::CREATED);
+    let staff = json!({"systemPrompt": "You help the staff.", "tools": {"allow": ["send_message"]}});
+    assert_eq!(put(&s, "/agent/tenants/t1/agents/staff", None, staff).await.0, StatusCode::CREATED);
+    // The customer wrote (the service window is open) and was answered.
+    let body = whatsapp_message(NUMBER, "15557654321", "wamid.C1", "text", "is my table ready?");
+    assert_eq!(post_whatsapp(&s, &body, Some(&meta_signature(SECRET, &body))).await, StatusCode::OK);
+    fake.wait_for(1).await;
+    // A staff member asks the staff agent to tell them: the tool waits for approval.
+    let call = json!([{"name": "send_message", "arguments": {"channelId": "wa", "to": "15557654321", "text": "Your table is ready"}}]);
+    let asked = format!("tell them [tools:{call}]");
+    let turn = ok(turn_request(&s, "t1", "host").json(&json!({"message": asked, "agentId": "staff"}))).await;
+    let offered = model.recorded.lock().unwrap().bodies.last().unwrap()["tools"].clone();
+    assert!(offered.to_string().contains("send_message"), "{offered}");
+    let action = &turn["actions"][0];
+    assert_eq!(action["status"], "pending_approval", "{turn}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.sent().len(), 1, "nothing sent before the approval");
+    let approve = format!(
+        "/agent/conversations/t1/sessions/{}/actions/{}/approve",
+        turn["sessionId"].as_str().unwrap(),
+        action["id"].as_str().unwrap()
+    );
+    let r = request(&s, "POST", &approve).json(&json!({})).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let sent = fake.wait_for(2).await;
+    assert_eq!(sent[1].body["to"], "15557654321");
+    assert_eq!(sent[1].body["text"]["body"], "Your table is ready");
+    let messages = messages_of(&s, "t1", "whatsapp:15557654321").await;
+    let last = messages.last().unwrap();
+    assert_eq!(
+        (last["content"].as_str(), last["metadata"]["source"].as_str()),
+        (Some("Your table is ready"), Some("agent"))
+    );
 }
