@@ -299,6 +299,10 @@ impl Agent {
         agent.counted = tally.clone();
         let agent_message = self.store.append_messages(tenant, session_id, vec![agent]).await?.remove(0).message;
         self.counted(tenant, &session.user_id, tally.as_ref()).await;
+        // A conversation that came from a channel gets the follow-up there too.
+        if let Some(channels) = self.channels.get().and_then(std::sync::Weak::upgrade) {
+            channels.reply_in_session(session, &agent_message).await;
+        }
         Ok(TurnOutcome {
             turn_id: follow_up.clone(),
             status,

@@ -456,11 +456,14 @@ impl Channels {
         let Some(text) = body["text"].as_str().filter(|t| !t.trim().is_empty()) else {
             return self.not_supported(channel, job, &user, &body, metadata).await;
         };
-        let session_metadata = body["profileName"].as_str().map(|name| {
-            let mut m = Metadata::new();
-            m.insert("contact".into(), json!({"name": name, "channel": channel.id}));
-            m
-        });
+        // A session the message starts names its channel (where a later reply, after an
+        // approval, goes) and the contact's name.
+        let mut session_metadata = Metadata::new();
+        session_metadata.insert("channel".into(), json!({"id": channel.id, "type": channel.spec.kind}));
+        if let Some(name) = body["profileName"].as_str() {
+            session_metadata.insert("contact".into(), json!({"name": name, "channel": channel.id}));
+        }
+        let session_metadata = Some(session_metadata);
         let mut request = TurnRequest {
             tenant: tenant.clone(),
             user: user.clone(),
@@ -814,6 +817,33 @@ impl Channels {
         let stored = self.store().append_messages(tenant, &session.id, vec![message]).await?.remove(0).message;
         self.queue_send(&found, &user, Some(&stored.id), Outgoing { template, ..Default::default() }).await?;
         Ok(stored)
+    }
+
+    /// Sends a reply the agent wrote outside an inbound message's turn (its follow-up after an
+    /// approval decision) on the channel the session came from, if it came from one.
+    pub async fn reply_in_session(&self, session: &crate::store::Session, reply: &crate::store::Message) {
+        let Some(id) = session
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("channel"))
+            .and_then(|c| c["id"].as_str())
+            .and_then(|c| ChannelId::parse(c).ok())
+        else {
+            return;
+        };
+        if reply.content.trim().is_empty() {
+            return;
+        }
+        let queued = match self.store().get_channel(&session.tenant_id, &id).await {
+            Ok(Some(channel)) if channel.recipient(&session.user_id).is_some() => {
+                self.queue_send(&channel, &session.user_id, Some(&reply.id), Outgoing::default()).await
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = queued {
+            tracing::warn!(error = %e, session = %session.id, "could not queue a follow-up reply on its channel");
+        }
     }
 
     /// When `user` last wrote (epoch ms), from their most recent session's newest user message.

@@ -545,3 +545,90 @@ async fn an_agent_messages_a_customer_with_send_message_once_approved(backend: &
         (Some("Your table is ready"), Some("agent"))
     );
 }
+
+/// WhatsApp's window, lapsed: the customer's last message is 25 hours old (written into the store
+/// beside the running server), so a text is refused and a template goes; once they write again,
+/// text goes.
+#[tokio::test]
+async fn a_text_after_the_24_hour_window_needs_a_template() {
+    use agent_server::store::ConversationStore as _;
+    let (model, fake) = (OpenAiMock::start().await, FakeProviders::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("agent.db");
+    let s = TestServer::start_on_store("sqlite", None, &db, &env(&model, &fake)).await;
+    assert_eq!(put(&s, "/agent/tenants/t1/channels/wa", None, whatsapp_channel()).await.0, StatusCode::CREATED);
+    let store = agent_server::store::sqlite::SqliteStore::open(&db).unwrap();
+    let (tenant, user) = (
+        agent_server::ids::TenantId::parse("t1").unwrap(),
+        agent_server::ids::UserId::parse("whatsapp:15550001234").unwrap(),
+    );
+    let new = agent_server::store::NewSession {
+        tenant_id: tenant.clone(),
+        user_id: user.clone(),
+        location_id: None,
+        metadata: None,
+    };
+    let session = store.create_session(new).await.unwrap();
+    let day_ago = agent_server::timestamp::now_micros() - 25 * 3600 * 1_000_000;
+    let old = agent_server::store::Message {
+        id: agent_server::ids::MessageId::generate(),
+        tenant_id: tenant,
+        session_id: session.id.clone(),
+        user_id: user,
+        content: "yesterday's question".into(),
+        role: agent_server::store::Role::User,
+        timestamp: agent_server::timestamp::Timestamp::from_micros(day_ago),
+        metadata: None,
+        expires_at: None,
+        counted: None,
+    };
+    store.import_message(old).await.unwrap();
+    let path = "/agent/tenants/t1/channels/wa/messages";
+    let r = send(&s, "POST", path, None, &[], Some(json!({"to": "15550001234", "text": "still there?"}))).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "outside_service_window");
+    let template = json!({"to": "15550001234", "template": {"name": "follow_up", "language": "en"}});
+    assert_eq!(send(&s, "POST", path, None, &[], Some(template)).await.status(), StatusCode::ACCEPTED);
+    fake.wait_for(1).await;
+    let body = whatsapp_message(NUMBER, "15550001234", "wamid.W1", "text", "yes, here");
+    assert_eq!(post_whatsapp(&s, &body, Some(&meta_signature(SECRET, &body))).await, StatusCode::OK);
+    fake.wait_for(2).await;
+    let r = send(&s, "POST", path, None, &[], Some(json!({"to": "15550001234", "text": "great"}))).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+}
+
+/// A customer's message makes the agent ask for a write (it waits for approval); once a person
+/// approves it, the agent's follow-up goes to the customer on their channel.
+#[tokio::test]
+async fn the_follow_up_after_an_approval_goes_out_on_the_channel() {
+    let (model, fake) = (OpenAiMock::start().await, FakeProviders::start().await);
+    let business = axum::Router::new().fallback(|| async { axum::Json(json!({"id": "a1", "ok": true})) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, business).await.unwrap() });
+    let mut env = env(&model, &fake);
+    env.extend([
+        ("API_SERVER_URL", api.as_str()),
+        ("API_RESOURCE_TYPES", "appointments"),
+        ("ALLOW_PRIVATE_URLS", "true"),
+    ]);
+    let s = TestServer::start("sqlite", &env).await;
+    assert_eq!(put(&s, "/agent/tenants/t1/channels/wa", None, whatsapp_channel()).await.0, StatusCode::CREATED);
+    let write = json!([{"name": "update_resource", "arguments": {"resourceType": "appointments", "resourceId": "a1", "data": {"time": "12:00"}}}]);
+    let text = format!("move my appointment [tools:{write}]");
+    let body = whatsapp_message(NUMBER, "15551112222", "wamid.P1", "text", &text);
+    assert_eq!(post_whatsapp(&s, &body, Some(&meta_signature(SECRET, &body))).await, StatusCode::OK);
+    let sent = fake.wait_for(1).await;
+    assert!(sent[0].body["text"]["body"].as_str().unwrap().contains("approve"), "{sent:?}");
+    let listed = ok_json(get(&s, "/agent/conversations/t1/users/whatsapp:15551112222").await).await;
+    let session = listed[0]["id"].as_str().unwrap().to_string();
+    let reply = &listed[0]["messages"][1];
+    let action = reply["metadata"]["actions"][0]["id"].as_str().unwrap().to_string();
+    let approve = format!("/agent/conversations/t1/sessions/{session}/actions/{action}/approve");
+    let r = request(&s, "POST", &approve).json(&json!({})).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let sent = fake.wait_for(2).await;
+    assert_eq!(sent[1].body["to"], "15551112222", "{sent:?}");
+    assert!(sent[1].body["text"]["body"].as_str().unwrap().starts_with("mock reply"), "{sent:?}");
+}
