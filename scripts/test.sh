@@ -12,6 +12,12 @@ fi
 
 mkdir -p target
 
+# The Vercel AI SDK (npm `ai` v6, which runs on Node 20) for the UI message stream's test.
+if [ ! -d tests/ui/node_modules/ai ]; then
+  echo "installing the ai package (npm) for the UI message stream's test..."
+  (cd tests/ui && npm install --silent --no-audit --no-fund)
+fi
+
 # The console's browser test drives headless Chromium through its WebDriver (Debian packages).
 # Without them that one test says it was skipped; everything else runs.
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then

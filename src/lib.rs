@@ -12,6 +12,7 @@ pub mod llm;
 pub mod outbound;
 pub mod portability;
 pub mod private_file;
+pub mod protocols;
 pub mod random;
 pub mod redact;
 pub mod startup;

@@ -249,6 +249,16 @@ impl LiveTurns {
         Ok(turn)
     }
 
+    /// A turn of this process running in a session (the oldest, when there are several).
+    pub fn running_in(&self, tenant: &TenantId, session: &SessionId) -> Option<Arc<LiveTurn>> {
+        let turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        turns
+            .values()
+            .filter(|t| &t.tenant == tenant && t.result().is_none() && t.session().as_ref() == Some(session))
+            .min_by_key(|t| t.started)
+            .cloned()
+    }
+
     /// Forgets a finished turn (its clients hold their own reference until they have its end). The
     /// map gives back its room when it has emptied out after a burst.
     pub fn retire(&self, turn: &Arc<LiveTurn>) {

@@ -169,6 +169,11 @@ impl Agent {
         }
     }
 
+    /// A turn this process runs in the session, if any (what a UI stream resumes and stops).
+    pub fn running_in(&self, tenant: &TenantId, session: &SessionId) -> Option<Arc<LiveTurn>> {
+        self.live.running_in(tenant, session)
+    }
+
     /// Gives the agent the channels its `send_message` tool sends through.
     pub fn set_channels(&self, channels: &Arc<crate::channels::worker::Channels>) {
         let _ = self.channels.set(Arc::downgrade(channels));

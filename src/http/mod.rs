@@ -8,7 +8,7 @@ pub mod console;
 mod conversations;
 mod error;
 mod events;
-mod extract;
+pub(crate) mod extract;
 mod process;
 mod search;
 pub(crate) mod server;
@@ -100,6 +100,7 @@ pub fn app(state: AppState, limits: Limits) -> axum::Router {
         .merge(search::router())
         .merge(usage::router())
         .merge(channels::router())
+        .merge(crate::protocols::ui_chat::router())
         .routes(utoipa_axum::routes!(healthz))
         .routes(utoipa_axum::routes!(readyz))
         .split_for_parts();

@@ -33,4 +33,5 @@ mod summaries;
 mod tables;
 mod tools;
 mod turns;
+mod ui_chat;
 mod usage;

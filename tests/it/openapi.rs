@@ -40,6 +40,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/channels/twilio/{channelId}/webhook"),
     ("post", "/channels/twilio/{channelId}/status"),
     ("post", "/channels/email/{channelId}/inbound/{secret}"),
+    ("post", "/agent/ui/chat"),
+    ("get", "/agent/ui/chat/{id}/stream"),
+    ("post", "/agent/ui/chat/{id}/stop"),
+    ("get", "/agent/ui/chat/{id}/messages"),
     ("get", "/conversations/{tenantId}/users/{userId}"),
     ("get", "/conversations/{tenantId}/sessions/{sessionId}"),
     ("get", "/conversations/{tenantId}/sessions/{sessionId}/messages"),
@@ -71,7 +75,8 @@ async fn every_route_is_in_the_openapi_document_and_exists() {
                 .replace("{actionId}", "a1")
                 .replace("{agentId}", "desk")
                 .replace("{channelId}", "wa")
-                .replace("{secret}", "x");
+                .replace("{secret}", "x")
+                .replace("{id}", "c1");
             let r = request(&s, &method.to_uppercase(), &concrete).send().await.unwrap();
             let status = r.status().as_u16();
             let body: Value = r.json().await.unwrap_or(Value::Null);

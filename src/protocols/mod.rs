@@ -1,0 +1,3 @@
+//! Client protocols: adapters that speak other servers' APIs over the same turns.
+
+pub mod ui_chat;

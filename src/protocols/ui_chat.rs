@@ -1,0 +1,380 @@
+//! The Vercel AI SDK's UI message stream (protocol v1), over the same turns: `useChat` (and
+//! `AbstractChat` with `DefaultChatTransport`) pointed at `/agent/ui/chat` works unchanged.
+//!
+//! - `POST /agent/ui/chat`: the SDK's body (`id` is the session, `messages`, `trigger`); the server
+//!   keeps the history, so it takes the newest user message and runs a streamed turn on the session
+//!   `id` (a new id starts a session: the SDK makes up its own chat ids); an assistant message whose
+//!   tool parts carry an approval response decides those actions instead. The answer is the SSE
+//!   stream of UI chunks (`start`, `start-step`, `text-start`/`-delta`/`-end`,
+//!   `tool-input-available`, `tool-output-available`, `tool-approval-request`, `finish-step`,
+//!   `finish`, or `error`), then `data: [DONE]`, with `x-vercel-ai-ui-message-stream: v1`.
+//! - `GET /agent/ui/chat/{id}/stream` resumes the session's running turn here (204 when none);
+//!   `POST /agent/ui/chat/{id}/stop` cancels it; `GET /agent/ui/chat/{id}/messages` is the stored
+//!   history as `UIMessage`s.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::agent::{OnDisconnect, Started, TurnEvents, TurnRequest, replayed_events};
+use crate::http::extract::TurnIdentity;
+use crate::http::{ApiError, AppState};
+use crate::ids::SessionId;
+use crate::store::{Message, MessageQuery, Order, Role, TurnEvent};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(chat))
+        .routes(utoipa_axum::routes!(resume))
+        .routes(utoipa_axum::routes!(stop))
+        .routes(utoipa_axum::routes!(history))
+}
+
+/// The SDK's request body (fields it sends that the server does not need are ignored).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct ChatRequest {
+    /// The chat's id: the session.
+    id: String,
+    /// The chat's messages (`UIMessage`s); the server keeps the history, so only the newest count.
+    #[schema(value_type = Vec<Object>)]
+    messages: Vec<Value>,
+    /// `submit-message` or `regenerate-message`.
+    #[serde(default)]
+    trigger: Option<String>,
+}
+
+fn session_id(id: &str) -> Result<SessionId, ApiError> {
+    SessionId::parse(id).map_err(|e| ApiError::bad_request("invalid_body", format!("id: {e}")))
+}
+
+/// The text of a UI message's text parts.
+fn text_of(message: &Value) -> String {
+    message["parts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["type"] == "text")
+        .filter_map(|p| p["text"].as_str())
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+/// The approval responses in an assistant message's tool parts: (action id, approved, reason).
+fn approvals_of(message: &Value) -> Vec<(String, bool, Option<String>)> {
+    message["parts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["state"] == "approval-responded")
+        .filter_map(|p| {
+            let approval = &p["approval"];
+            let id = approval["id"].as_str().or(p["toolCallId"].as_str())?.to_string();
+            Some((id, approval["approved"].as_bool()?, approval["reason"].as_str().map(str::to_string)))
+        })
+        .collect()
+}
+
+/// One SSE data line.
+fn chunk(value: Value) -> String {
+    format!("data: {value}\n\n")
+}
+
+/// The UI chunks of a turn's events: the stream the SDK reads.
+fn ui_stream(events: TurnEvents) -> impl futures::Stream<Item = String> + Send {
+    let mut text_open = false;
+    let mut started = false;
+    let mut ended = false;
+    events
+        .map(move |e: TurnEvent| {
+            let mut out = Vec::new();
+            if !started {
+                started = true;
+                let turn = e.data["turnId"].as_str().unwrap_or_default().to_string();
+                out.push(chunk(json!({"type": "start", "messageId": turn})));
+                out.push(chunk(json!({"type": "start-step"})));
+            }
+            let close_text = |out: &mut Vec<String>, open: &mut bool| {
+                if *open {
+                    out.push(chunk(json!({"type": "text-end", "id": "text-1"})));
+                    *open = false;
+                }
+            };
+            match e.event.as_str() {
+                "delta" => {
+                    if let Some(text) = e.data["text"].as_str().filter(|t| !t.is_empty()) {
+                        if !text_open {
+                            out.push(chunk(json!({"type": "text-start", "id": "text-1"})));
+                            text_open = true;
+                        }
+                        out.push(chunk(json!({"type": "text-delta", "id": "text-1", "delta": text})));
+                    }
+                }
+                "tool_call" => {
+                    close_text(&mut out, &mut text_open);
+                    out.push(chunk(json!({
+                        "type": "tool-input-available",
+                        "toolCallId": e.data["id"], "toolName": e.data["tool"], "input": e.data["arguments"],
+                    })));
+                }
+                "tool_result" => {
+                    out.push(chunk(json!({
+                        "type": "tool-output-available",
+                        "toolCallId": e.data["id"],
+                        "output": e.data.get("result").cloned().unwrap_or(e.data.clone()),
+                    })));
+                }
+                "done" => {
+                    close_text(&mut out, &mut text_open);
+                    let mut waiting = false;
+                    for a in e.data["actions"].as_array().into_iter().flatten() {
+                        if a["status"] == "pending_approval" {
+                            waiting = true;
+                            out.push(chunk(json!({
+                                "type": "tool-input-available",
+                                "toolCallId": a["id"], "toolName": a["tool"], "input": a["arguments"],
+                            })));
+                            out.push(chunk(
+                                json!({"type": "tool-approval-request", "approvalId": a["id"], "toolCallId": a["id"]}),
+                            ));
+                        }
+                    }
+                    out.push(chunk(json!({"type": "finish-step"})));
+                    let reason = if waiting { "tool-calls" } else { "stop" };
+                    out.push(chunk(json!({"type": "finish", "finishReason": reason})));
+                    out.push("data: [DONE]\n\n".to_string());
+                    ended = true;
+                }
+                "error" => {
+                    close_text(&mut out, &mut text_open);
+                    let text =
+                        e.data["message"].as_str().or(e.data["error"]["message"].as_str()).unwrap_or("the turn failed");
+                    out.push(chunk(json!({"type": "error", "errorText": text})));
+                    out.push("data: [DONE]\n\n".to_string());
+                    ended = true;
+                }
+                _ => {}
+            }
+            let _ = ended;
+            futures::stream::iter(out)
+        })
+        .flatten()
+}
+
+fn respond(events: TurnEvents) -> Response {
+    let body = Body::from_stream(ui_stream(events).map(Ok::<_, std::convert::Infallible>));
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::HeaderName::from_static("x-vercel-ai-ui-message-stream"), "v1"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A finished answer (an approval's follow-up) as the chunks of one text.
+fn answered(message: &Message) -> Response {
+    let data = json!({"turnId": message.id, "text": message.content});
+    let events = vec![
+        TurnEvent { id: 1, event: "delta".into(), data: data.clone() },
+        TurnEvent {
+            id: 2,
+            event: "done".into(),
+            data: json!({"turnId": message.id, "actions": message.tool_actions()}),
+        },
+    ];
+    respond(futures::stream::iter(events).boxed())
+}
+
+/// Runs the newest user message as a streamed turn of the session `id` (or decides the actions
+/// the newest assistant message approves or rejects), answered as a UI message stream.
+#[utoipa::path(
+    post,
+    path = "/agent/ui/chat",
+    tag = "agent",
+    request_body = ChatRequest,
+    responses((status = 200, description = "The UI message stream (SSE, x-vercel-ai-ui-message-stream: v1)"))
+)]
+async fn chat(
+    State(state): State<AppState>,
+    identity: TurnIdentity,
+    body: Result<Json<ChatRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let session = session_id(&body.id)?;
+    let last = body.messages.last().ok_or_else(|| ApiError::bad_request("invalid_body", "messages: empty"))?;
+    if last["role"] == "assistant" {
+        let decisions = approvals_of(last);
+        if decisions.is_empty() {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "the newest message is the assistant's, with no approval response",
+            ));
+        }
+        let mut outcome = None;
+        for (action, approve, reason) in decisions {
+            let o =
+                state.agent.decide(&identity.tenant, &session, Some(&identity.user), &action, approve, reason).await?;
+            outcome = Some(o);
+        }
+        let outcome = outcome.expect("at least one decision");
+        return Ok(answered(&outcome.agent_message));
+    }
+    let message = body
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .map(text_of)
+        .filter(|t| !t.trim().is_empty())
+        .ok_or_else(|| ApiError::bad_request("invalid_body", "messages: no user message with text"))?;
+    if body.trigger.as_deref().is_some_and(|t| t != "submit-message" && t != "regenerate-message") {
+        return Err(ApiError::bad_request("invalid_body", "trigger: one of submit-message, regenerate-message"));
+    }
+    if message.chars().count() > state.max_message_chars {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "message_too_long",
+            "the message is too long (MAX_MESSAGE_CHARS)",
+        ));
+    }
+    let turn = TurnRequest {
+        tenant: identity.tenant,
+        user: identity.user,
+        location: identity.location,
+        message,
+        session_id: Some(session),
+        context: None,
+        metadata: None,
+        idempotency_key: None,
+        on_disconnect: OnDisconnect::Continue,
+        stream: true,
+        agent: None,
+        concurrency: None,
+        session_metadata: None,
+    };
+    let events = match state.agent.start(turn).await? {
+        Started::Live(live) => {
+            live.wait_after(0).await;
+            let (first, _) = live.events_after(0);
+            if first.first().is_none_or(|e| e.event == "error")
+                && let Some(Err(e)) = live.result()
+            {
+                return Err(e.into());
+            }
+            live.follow(0).boxed()
+        }
+        Started::Following(live) => live.follow(0).boxed(),
+        Started::Replayed(outcome) => replayed_events(*outcome, 0),
+        Started::Elsewhere(events) => events,
+    };
+    Ok(respond(events))
+}
+
+/// Resumes the session's running turn (on this server) as a UI message stream; 204 when none runs.
+#[utoipa::path(
+    get,
+    path = "/agent/ui/chat/{id}/stream",
+    tag = "agent",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "The UI message stream"), (status = 204, description = "No turn runs in this chat"))
+)]
+async fn resume(
+    State(state): State<AppState>,
+    identity: TurnIdentity,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let session = session_id(&id)?;
+    match state.agent.running_in(&identity.tenant, &session).filter(|l| l.user == identity.user) {
+        Some(live) => Ok(respond(live.follow(0).boxed())),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+/// Stops the session's running turn (its partial reply is stored, marked `cancelled`); 204.
+#[utoipa::path(
+    post,
+    path = "/agent/ui/chat/{id}/stop",
+    tag = "agent",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "Stopped, or nothing ran"))
+)]
+async fn stop(
+    State(state): State<AppState>,
+    identity: TurnIdentity,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let session = session_id(&id)?;
+    if let Some(live) = state.agent.running_in(&identity.tenant, &session).filter(|l| l.user == identity.user) {
+        state.agent.cancel(&identity.tenant, &session, &live.turn_id, Some(&identity.user)).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The chat's stored messages as `UIMessage`s (`user` / `assistant`, text and tool parts), oldest
+/// first, so a page can load a conversation.
+#[utoipa::path(
+    get,
+    path = "/agent/ui/chat/{id}/messages",
+    tag = "agent",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Vec<Object>), (status = 404, description = "No such chat for this user"))
+)]
+async fn history(
+    State(state): State<AppState>,
+    identity: TurnIdentity,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let session = session_id(&id)?;
+    let found = state.store.get_session(&identity.tenant, &session).await?;
+    if found.is_none_or(|s| s.user_id != identity.user) {
+        return Err(ApiError::not_found(format!("no chat {id}")));
+    }
+    let mut messages = Vec::new();
+    let mut cursor = None;
+    loop {
+        let query = MessageQuery { limit: 200, order: Order::Asc, cursor, ..Default::default() };
+        let page = state.store.list_messages(&identity.tenant, &session, query).await?;
+        messages.extend(page.items);
+        match page.next {
+            Some(next) if messages.len() < 2000 => cursor = Some(next),
+            _ => break,
+        }
+    }
+    Ok(Json(messages.iter().map(ui_message).collect()))
+}
+
+fn ui_message(m: &Message) -> Value {
+    let mut parts = Vec::new();
+    if m.role == Role::Agent {
+        for a in m.tool_actions() {
+            let name = a["tool"].as_str().unwrap_or("tool");
+            let mut part = json!({"type": format!("tool-{name}"), "toolCallId": a["id"], "input": a["arguments"]});
+            match a["status"].as_str() {
+                Some("pending_approval") => {
+                    part["state"] = json!("approval-requested");
+                    part["approval"] = json!({"id": a["id"]});
+                }
+                Some("done") => {
+                    part["state"] = json!("output-available");
+                    part["output"] = a.get("result").cloned().unwrap_or(Value::Null);
+                }
+                _ => {
+                    part["state"] = json!("output-error");
+                    part["errorText"] = json!(a["status"]);
+                }
+            }
+            parts.push(part);
+        }
+    }
+    parts.push(json!({"type": "text", "text": m.content}));
+    json!({"id": m.id, "role": if m.role == Role::Agent { "assistant" } else { "user" }, "parts": parts})
+}
