@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! python3 -c 'import moto.server, flask, flask_cors, awscli, schemathesis, standardwebhooks, twilio, aiosmtpd' >/dev/null 2>&1; then
-  echo "installing moto[server], awscli, schemathesis, standardwebhooks, twilio and aiosmtpd from PyPI..."
+if ! python3 -c 'import moto.server, flask, flask_cors, awscli, schemathesis, standardwebhooks, twilio, aiosmtpd, openai' >/dev/null 2>&1; then
+  echo "installing moto[server], awscli, schemathesis, standardwebhooks, twilio, aiosmtpd and openai from PyPI..."
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5' awscli 'schemathesis>=4' \
-    'standardwebhooks>=1.1' 'twilio>=9' 'aiosmtpd>=1.4'
+    'standardwebhooks>=1.1' 'twilio>=9' 'aiosmtpd>=1.4' 'openai>=1.99'
 fi
 
 mkdir -p target

@@ -169,6 +169,11 @@ impl Agent {
         }
     }
 
+    /// The id of a turn's reply (derived from the turn's id).
+    pub fn reply_id_of(turn: &crate::ids::MessageId) -> crate::ids::MessageId {
+        messages::agent_message_id(turn)
+    }
+
     /// A turn this process runs in the session, if any (what a UI stream resumes and stops).
     pub fn running_in(&self, tenant: &TenantId, session: &SessionId) -> Option<Arc<LiveTurn>> {
         self.live.running_in(tenant, session)

@@ -117,7 +117,14 @@ impl<S: Send + Sync> FromRequestParts<S> for TurnIdentity {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let scope = Scope::from_request_parts(parts, state).await.unwrap_or_default();
-        let headers = &parts.headers;
+        identity_of(&scope, &parts.headers, None)
+    }
+}
+
+/// A turn's identity from the headers and the credential (see [`TurnIdentity`]), with a user named
+/// elsewhere (an OpenAI request's `safety_identifier`) when neither names one.
+pub fn identity_of(scope: &Scope, headers: &HeaderMap, fallback_user: Option<&str>) -> Result<TurnIdentity, ApiError> {
+    {
         let named_tenant = header_id(headers, "x-tenant-id", TenantId::parse)?;
         let named_user = header_id(headers, "x-user-id", UserId::parse)?;
         if let (Some(own), Some(named)) = (scope.tenant(), &named_tenant)
@@ -131,7 +138,12 @@ impl<S: Send + Sync> FromRequestParts<S> for TurnIdentity {
             return Err(forbidden("the user in x-user-id"));
         }
         let tenant = named_tenant.or_else(|| scope.tenant().cloned());
-        let user = named_user.or_else(|| scope.bound_user().cloned());
+        let user = match named_user.or_else(|| scope.bound_user().cloned()) {
+            Some(user) => Some(user),
+            None => fallback_user
+                .map(|u| UserId::parse(u).map_err(|e| ApiError::bad_request("invalid_body", format!("user: {e}"))))
+                .transpose()?,
+        };
         Ok(TurnIdentity {
             tenant: tenant.ok_or_else(|| missing_header("x-tenant-id"))?,
             user: user.ok_or_else(|| missing_header("x-user-id"))?,

@@ -101,6 +101,7 @@ pub fn app(state: AppState, limits: Limits) -> axum::Router {
         .merge(usage::router())
         .merge(channels::router())
         .merge(crate::protocols::ui_chat::router())
+        .merge(crate::protocols::openai::router())
         .routes(utoipa_axum::routes!(healthz))
         .routes(utoipa_axum::routes!(readyz))
         .split_for_parts();

@@ -1,3 +1,4 @@
 //! Client protocols: adapters that speak other servers' APIs over the same turns.
 
+pub mod openai;
 pub mod ui_chat;

@@ -20,6 +20,7 @@ mod events;
 mod isolation;
 mod mcp;
 mod openai;
+mod openai_compat;
 mod openapi;
 mod operations;
 mod orphans;

@@ -44,6 +44,12 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/agent/ui/chat/{id}/stream"),
     ("post", "/agent/ui/chat/{id}/stop"),
     ("get", "/agent/ui/chat/{id}/messages"),
+    ("post", "/v1/conversations"),
+    ("get", "/v1/conversations/{conversation_id}"),
+    ("delete", "/v1/conversations/{conversation_id}"),
+    ("get", "/v1/conversations/{conversation_id}/items"),
+    ("post", "/v1/responses"),
+    ("get", "/v1/responses/{response_id}"),
     ("get", "/conversations/{tenantId}/users/{userId}"),
     ("get", "/conversations/{tenantId}/sessions/{sessionId}"),
     ("get", "/conversations/{tenantId}/sessions/{sessionId}/messages"),
@@ -76,7 +82,9 @@ async fn every_route_is_in_the_openapi_document_and_exists() {
                 .replace("{agentId}", "desk")
                 .replace("{channelId}", "wa")
                 .replace("{secret}", "x")
-                .replace("{id}", "c1");
+                .replace("{id}", "c1")
+                .replace("{conversation_id}", "conv_c1")
+                .replace("{response_id}", "resp_r1");
             let r = request(&s, &method.to_uppercase(), &concrete).send().await.unwrap();
             let status = r.status().as_u16();
             let body: Value = r.json().await.unwrap_or(Value::Null);
