@@ -29,6 +29,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(utoipa_axum::routes!(list_items))
         .routes(utoipa_axum::routes!(create_response))
         .routes(utoipa_axum::routes!(get_response))
+        .routes(utoipa_axum::routes!(cancel_response))
+        .routes(utoipa_axum::routes!(input_items))
 }
 
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`, same status.
@@ -370,14 +372,20 @@ async fn create_response(
     if body.store == Some(false) {
         return Err(bad("store", "store: false is not supported: every response is stored (a turn of a conversation)"));
     }
-    if body.background == Some(true) {
-        return Err(bad("background", "background responses are not supported yet"));
-    }
-    let message =
-        input_text(&body.input).filter(|t| !t.trim().is_empty()).ok_or_else(|| bad("input", "input: no user text"))?;
-    if message.chars().count() > state.max_message_chars {
-        return Err(bad("input", "input: longer than MAX_MESSAGE_CHARS"));
-    }
+    let approvals: Vec<(String, bool, Option<String>)> = body
+        .input
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["type"] == "mcp_approval_response")
+        .filter_map(|i| {
+            Some((
+                i["approval_request_id"].as_str()?.to_string(),
+                i["approve"].as_bool()?,
+                i["reason"].as_str().map(str::to_string),
+            ))
+        })
+        .collect();
     let session = match (&body.conversation, &body.previous_response_id) {
         (Some(c), _) => {
             let id = c.as_str().or(c["id"].as_str()).ok_or_else(|| bad("conversation", "a conversation id"))?;
@@ -389,10 +397,42 @@ async fn create_response(
             let found = found.filter(|m| m.user_id == who.user).ok_or_else(|| not_found("response", previous))?;
             found.session_id
         }
-        (None, None) => SessionId::generate(),
+        (None, None) if !approvals.is_empty() => {
+            return Err(bad(
+                "previous_response_id",
+                "an mcp_approval_response needs the conversation or previous_response_id",
+            ));
+        }
+        (None, None) => {
+            let id = SessionId::generate();
+            super::open_session(&*state.store, &who.tenant, &who.user, who.location.as_ref(), &id)
+                .await
+                .map_err(|e| OpenAiError(e.into()))?;
+            id
+        }
     };
+    let model = body.model.clone().unwrap_or_else(|| "agent-server".into());
+    // Approval responses decide the actions the agent asked about, as the approve and reject
+    // routes do; the response is the agent's follow-up.
+    if !approvals.is_empty() {
+        let mut last = None;
+        for (action, approve, reason) in approvals {
+            let decided = state.agent.decide(&who.tenant, &session, Some(&who.user), &action, approve, reason).await;
+            last = Some(decided.map_err(|e| OpenAiError(e.into()))?);
+        }
+        let outcome = last.expect("at least one approval");
+        return Ok(Json(response_view(&answer_json(outcome), &model)).into_response());
+    }
+    let message =
+        input_text(&body.input).filter(|t| !t.trim().is_empty()).ok_or_else(|| bad("input", "input: no user text"))?;
+    if message.chars().count() > state.max_message_chars {
+        return Err(bad("input", "input: longer than MAX_MESSAGE_CHARS"));
+    }
     let mut agent = None;
-    if let Some(model) = body.model.as_deref().and_then(|m| AgentId::parse(m).ok()) {
+    // An end user's credential does not choose the agent (as on `POST /agent/process`).
+    if let Some(model) =
+        body.model.as_deref().and_then(|m| AgentId::parse(m).ok()).filter(|_| scope.bound_user().is_none())
+    {
         let found = state.store.get_agent(&who.tenant, &model).await.map_err(|e| OpenAiError(e.into()))?;
         agent = found.map(|a| a.id);
     }
@@ -401,24 +441,41 @@ async fn create_response(
         c.insert("instructions".into(), json!(i));
         c
     });
+    let background = body.background == Some(true);
     let stream = body.stream == Some(true);
     let turn = TurnRequest {
         tenant: who.tenant.clone(),
         user: who.user.clone(),
         location: who.location.clone(),
         message,
-        session_id: Some(session),
+        session_id: Some(session.clone()),
         context,
         metadata: body.metadata.clone(),
         idempotency_key: None,
         on_disconnect: OnDisconnect::Continue,
-        stream,
+        // A background response runs as a streamed turn: its events are kept, for retrieve and resume.
+        stream: stream || background,
         agent,
         concurrency: None,
         session_metadata: None,
     };
-    let model = body.model.clone().unwrap_or_else(|| "agent-server".into());
     let started = state.agent.start(turn).await.map_err(|e| OpenAiError(e.into()))?;
+    if background && !stream {
+        let turn = match &started {
+            Started::Live(live) | Started::Following(live) => live.turn_id.clone(),
+            Started::Replayed(outcome) => outcome.turn_id.clone(),
+            Started::Elsewhere(_) => {
+                return Err(OpenAiError(ApiError::new(StatusCode::CONFLICT, "in_progress", "the turn runs elsewhere")));
+            }
+        };
+        return Ok(Json(json!({
+            "id": format!("resp_{turn}"), "object": "response", "created_at": crate::timestamp::epoch_seconds(),
+            "status": "queued", "background": true, "model": model, "output": [], "parallel_tool_calls": false,
+            "tool_choice": "auto", "tools": [], "metadata": {}, "error": null, "incomplete_details": null,
+            "conversation": {"id": conv_id(&session)},
+        }))
+        .into_response());
+    }
     if !stream {
         let outcome = match started {
             Started::Live(live) => live.finished().await.map_err(|e| OpenAiError(e.into()))?,
@@ -430,15 +487,28 @@ async fn create_response(
         return Ok(Json(response_view(&answer_json(outcome), &model)).into_response());
     }
     let events: TurnEvents = match started {
-        Started::Live(live) | Started::Following(live) => live.follow(0).boxed(),
+        Started::Live(live) => {
+            // A problem known before the stream starts (a closed conversation, a budget) is an error.
+            live.wait_after(0).await;
+            let (first, _) = live.events_after(0);
+            if first.first().is_none_or(|e| e.event == "error")
+                && let Some(Err(e)) = live.result()
+            {
+                return Err(OpenAiError(e.into()));
+            }
+            live.follow(0).boxed()
+        }
+        Started::Following(live) => live.follow(0).boxed(),
         Started::Replayed(outcome) => replayed_events(*outcome, 0),
         Started::Elsewhere(events) => events,
     };
-    Ok(stream_response(events, model))
+    Ok(stream_response(events, model, None))
 }
 
 /// The Responses API's events of a turn's events.
-fn stream_response(events: TurnEvents, model: String) -> Response {
+/// `starting_after`: only the events after that sequence number (the mapping is the same every
+/// time, so a resumed stream numbers its events as the first one did).
+fn stream_response(events: TurnEvents, model: String, starting_after: Option<u64>) -> Response {
     let mut seq = 0u64;
     let mut head: Option<Value> = None;
     let mut text = String::new();
@@ -490,19 +560,24 @@ fn stream_response(events: TurnEvents, model: String) -> Response {
                 "error" => {
                     let mut response = head.clone().unwrap_or_default();
                     response["status"] = json!("failed");
-                    let message = e.data["message"].as_str().unwrap_or("the turn failed");
-                    response["error"] = json!({"code": "server_error", "message": message});
+                    let message = e.data["error"]["message"].as_str().or(e.data["message"].as_str()).unwrap_or("the turn failed");
+                    let code = e.data["error"]["code"].as_str().unwrap_or("server_error");
+                    response["error"] = json!({"code": code, "message": message});
                     out.push(("response.failed".into(), json!({"response": response})));
                 }
                 _ => {}
             }
             let lines: Vec<String> = out
                 .into_iter()
-                .map(|(kind, mut data)| {
-                    data["type"] = json!(kind);
-                    data["sequence_number"] = json!(seq);
+                .filter_map(|(kind, mut data)| {
+                    let n = seq;
                     seq += 1;
-                    format!("event: {kind}\ndata: {data}\n\n")
+                    if starting_after.is_some_and(|after| n <= after) {
+                        return None;
+                    }
+                    data["type"] = json!(kind);
+                    data["sequence_number"] = json!(n);
+                    Some(format!("event: {kind}\ndata: {data}\n\n"))
                 })
                 .collect();
             futures::stream::iter(lines)
@@ -513,45 +588,119 @@ fn stream_response(events: TurnEvents, model: String) -> Response {
         .into_response()
 }
 
-/// A response (a turn) of the caller's user, as stored.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RetrieveQuery {
+    /// `true`: the response's events (again), as a stream.
+    stream: Option<bool>,
+    /// With `stream`: only the events after this sequence number (resuming a dropped stream).
+    starting_after: Option<u64>,
+}
+
+/// The turn of a response id and its user message, if the caller's user's.
+async fn response_turn(state: &AppState, who: &TurnIdentity, id: &str) -> Result<(MessageId, Message)> {
+    let turn = turn_of(id)?;
+    let user = state.store.get_message(&who.tenant, &turn).await.map_err(|e| OpenAiError(e.into()))?;
+    let user =
+        user.filter(|m| m.user_id == who.user && m.role == Role::User).ok_or_else(|| not_found("response", id))?;
+    Ok((turn, user))
+}
+
+/// A response as it is now: from the turn's view, and its stored reply once there is one.
+async fn response_now(state: &AppState, who: &TurnIdentity, id: &str, turn: MessageId, user: Message) -> Result<Value> {
+    let view = state
+        .agent
+        .turn(&who.tenant, &user.session_id, &turn, Some(&who.user))
+        .await
+        .map_err(|e| OpenAiError(e.into()))?;
+    let view = serde_json::to_value(&view).unwrap_or_default();
+    let status = view["status"].as_str().unwrap_or("running").to_string();
+    let reply = state
+        .store
+        .get_message(&who.tenant, &crate::agent::Agent::reply_id_of(&turn))
+        .await
+        .map_err(|e| OpenAiError(e.into()))?;
+    let Some(reply) = reply.filter(|_| status != "running") else {
+        let status = match status.as_str() {
+            "running" | "queued" => "in_progress",
+            "cancelled" => "cancelled",
+            _ => "failed",
+        };
+        return Ok(json!({
+            "id": id, "object": "response", "created_at": seconds(&user.timestamp), "status": status,
+            "model": "agent-server", "output": [], "parallel_tool_calls": false, "tool_choice": "auto", "tools": [],
+            "conversation": {"id": conv_id(&user.session_id)}, "error": null, "incomplete_details": null, "metadata": {},
+        }));
+    };
+    let session_id = user.session_id.clone();
+    let outcome = crate::agent::TurnOutcome {
+        turn_id: turn,
+        status: serde_json::from_value(json!(status)).unwrap_or(crate::store::TurnStatus::Completed),
+        session_id,
+        user_message: Some(user),
+        agent_message: reply,
+        answered_by: None,
+        answers: Vec::new(),
+    };
+    Ok(response_view(&answer_json(outcome), "agent-server"))
+}
+
+/// A response of the caller's user: as it is now, or (`stream=true`) its events again, after
+/// `starting_after` to resume a dropped stream, from any server.
 #[utoipa::path(get, path = "/v1/responses/{response_id}", tag = "openai",
-    params(("response_id" = String, Path)), responses((status = 200, body = Object), (status = 404)))]
+    params(("response_id" = String, Path), RetrieveQuery), responses((status = 200, body = Object), (status = 404)))]
 async fn get_response(
+    State(state): State<AppState>,
+    scope: Scope,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<RetrieveQuery>,
+) -> Result<Response> {
+    let who = identity_of(&scope, &headers, None)?;
+    let (turn, user) = response_turn(&state, &who, &id).await?;
+    if q.stream == Some(true) {
+        let events = state
+            .agent
+            .turn_events(&who.tenant, &user.session_id, &turn, Some(&who.user), 0)
+            .await
+            .map_err(|e| OpenAiError(e.into()))?;
+        return Ok(stream_response(events, "agent-server".into(), q.starting_after));
+    }
+    Ok(Json(response_now(&state, &who, &id, turn, user).await?).into_response())
+}
+
+/// Cancels a running response (its partial reply is stored, marked cancelled); the response.
+#[utoipa::path(post, path = "/v1/responses/{response_id}/cancel", tag = "openai",
+    params(("response_id" = String, Path)), responses((status = 200, body = Object), (status = 404), (status = 409)))]
+async fn cancel_response(
     State(state): State<AppState>,
     scope: Scope,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
     let who = identity_of(&scope, &headers, None)?;
-    let turn = turn_of(&id)?;
-    let user = state.store.get_message(&who.tenant, &turn).await.map_err(|e| OpenAiError(e.into()))?;
-    let user = user.filter(|m| m.user_id == who.user).ok_or_else(|| not_found("response", &id))?;
-    let view = state
+    let (turn, user) = response_turn(&state, &who, &id).await?;
+    state
         .agent
-        .turn(&who.tenant, &user.session_id, &turn, Some(&who.user))
+        .cancel(&who.tenant, &user.session_id, &turn, Some(&who.user))
         .await
         .map_err(|e| OpenAiError(e.into()))?;
-    let reply = state
-        .store
-        .get_message(&who.tenant, &crate::agent::Agent::reply_id_of(&turn))
-        .await
-        .map_err(|e| OpenAiError(e.into()))?;
-    let Some(reply) = reply else {
-        let status = serde_json::to_value(&view).ok().and_then(|v| v["status"].as_str().map(str::to_string));
-        return Ok(Json(json!({
-            "id": id, "object": "response", "created_at": seconds(&user.timestamp),
-            "status": if status.as_deref() == Some("running") { "in_progress" } else { "failed" },
-            "model": "agent-server", "output": [], "parallel_tool_calls": false, "tool_choice": "auto", "tools": [],
-        })));
-    };
-    let outcome = crate::agent::TurnOutcome {
-        turn_id: turn,
-        status: crate::store::TurnStatus::Completed,
-        session_id: user.session_id.clone(),
-        user_message: Some(user),
-        agent_message: reply,
-        answered_by: None,
-        answers: Vec::new(),
-    };
-    Ok(Json(response_view(&answer_json(outcome), "agent-server")))
+    Ok(Json(response_now(&state, &who, &id, turn, user).await?))
+}
+
+/// The input of a response: its user message, as an input item.
+#[utoipa::path(get, path = "/v1/responses/{response_id}/input_items", tag = "openai",
+    params(("response_id" = String, Path)), responses((status = 200, body = Object), (status = 404)))]
+async fn input_items(
+    State(state): State<AppState>,
+    scope: Scope,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    let who = identity_of(&scope, &headers, None)?;
+    let (_, user) = response_turn(&state, &who, &id).await?;
+    let input = item(&user);
+    Ok(Json(
+        json!({"object": "list", "data": [input], "first_id": input["id"], "last_id": input["id"], "has_more": false}),
+    ))
 }

@@ -90,14 +90,19 @@ fn chunk(value: Value) -> String {
 fn ui_stream(events: TurnEvents) -> impl futures::Stream<Item = String> + Send {
     let mut text_open = false;
     let mut started = false;
-    let mut ended = false;
-    events
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen_end = ended.clone();
+    let mapped = events
         .map(move |e: TurnEvent| {
             let mut out = Vec::new();
             if !started {
                 started = true;
-                let turn = e.data["turnId"].as_str().unwrap_or_default().to_string();
-                out.push(chunk(json!({"type": "start", "messageId": turn})));
+                // The reply's id, as the history will name it.
+                let start = match e.data["turnId"].as_str().and_then(|t| crate::ids::MessageId::parse(t).ok()) {
+                    Some(turn) => json!({"type": "start", "messageId": crate::agent::Agent::reply_id_of(&turn)}),
+                    None => json!({"type": "start"}),
+                };
+                out.push(chunk(start));
                 out.push(chunk(json!({"type": "start-step"})));
             }
             let close_text = |out: &mut Vec<String>, open: &mut bool| {
@@ -149,22 +154,34 @@ fn ui_stream(events: TurnEvents) -> impl futures::Stream<Item = String> + Send {
                     let reason = if waiting { "tool-calls" } else { "stop" };
                     out.push(chunk(json!({"type": "finish", "finishReason": reason})));
                     out.push("data: [DONE]\n\n".to_string());
-                    ended = true;
+                    ended.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 "error" => {
                     close_text(&mut out, &mut text_open);
                     let text =
-                        e.data["message"].as_str().or(e.data["error"]["message"].as_str()).unwrap_or("the turn failed");
+                        e.data["error"]["message"].as_str().or(e.data["message"].as_str()).unwrap_or("the turn failed");
                     out.push(chunk(json!({"type": "error", "errorText": text})));
                     out.push("data: [DONE]\n\n".to_string());
-                    ended = true;
+                    ended.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 _ => {}
             }
-            let _ = ended;
             futures::stream::iter(out)
         })
-        .flatten()
+        .flatten();
+    // Events that stop without an end (a server that died) still end the SDK's stream.
+    let tail = futures::stream::once(async move {
+        if seen_end.load(std::sync::atomic::Ordering::Relaxed) {
+            Vec::new()
+        } else {
+            vec![
+                chunk(json!({"type": "error", "errorText": "the turn's events stopped"})),
+                "data: [DONE]\n\n".to_string(),
+            ]
+        }
+    })
+    .flat_map(futures::stream::iter);
+    mapped.chain(tail)
 }
 
 fn respond(events: TurnEvents) -> Response {
@@ -246,6 +263,14 @@ async fn chat(
             "the message is too long (MAX_MESSAGE_CHARS)",
         ));
     }
+    crate::protocols::open_session(
+        &*state.store,
+        &identity.tenant,
+        &identity.user,
+        identity.location.as_ref(),
+        &session,
+    )
+    .await?;
     let turn = TurnRequest {
         tenant: identity.tenant,
         user: identity.user,

@@ -50,6 +50,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/conversations/{conversation_id}/items"),
     ("post", "/v1/responses"),
     ("get", "/v1/responses/{response_id}"),
+    ("post", "/v1/responses/{response_id}/cancel"),
+    ("get", "/v1/responses/{response_id}/input_items"),
     ("get", "/conversations/{tenantId}/users/{userId}"),
     ("get", "/conversations/{tenantId}/sessions/{sessionId}"),
     ("get", "/conversations/{tenantId}/sessions/{sessionId}/messages"),

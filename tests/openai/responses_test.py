@@ -1,10 +1,13 @@
 """The official `openai` Python package against the server's Responses and Conversations APIs:
 conversations (create with items, retrieve, items, delete), responses (JSON, streamed with the SDK's
-streaming helper, continued with previous_response_id, retrieved), and errors in OpenAI's shape.
+streaming helper, continued with previous_response_id, retrieved, a dropped stream resumed with
+starting_after, background with retrieve and cancel, input items, an approval round trip), and errors
+in OpenAI's shape.
 
 Usage: python3 tests/openai/responses_test.py BASE_URL"""
 
 import sys
+import time
 
 import openai
 
@@ -41,6 +44,9 @@ assert kinds[-1] == "response.completed", kinds
 assert "".join(deltas) == final.output_text, (deltas, final.output_text)
 assert final.output_text.startswith("mock reply to: stream me"), final.output_text
 
+# A response without a conversation starts its own, and leaves the others open.
+alone = client.responses.create(model="any-model", input="on its own")
+assert alone.conversation.id != conv.id, alone.conversation
 following = client.responses.create(model="any-model", input="and then?", previous_response_id=r.id)
 assert following.conversation.id == conv.id, following.conversation
 
@@ -52,6 +58,49 @@ texts = [part.text for item in items.data for part in item.content]
 assert texts[0] == "an earlier question", texts
 assert "hello" in texts and "stream me" in texts and "and then?" in texts, texts
 assert len(items.data) == 7, texts
+
+# A dropped stream, resumed from its last sequence number (from any server: the turn's events are stored).
+first_events = []
+with client.responses.create(model="any-model", input="[slow:300] a long answer please", stream=True) as events:
+    for event in events:
+        first_events.append(event)
+        if event.type == "response.output_text.delta":
+            break
+resp_id = first_events[0].response.id
+rest = list(client.responses.retrieve(resp_id, stream=True, starting_after=first_events[-1].sequence_number))
+assert rest[0].sequence_number == first_events[-1].sequence_number + 1, (first_events[-1], rest[0])
+assert all(e.response.id == resp_id for e in rest if hasattr(e, "response")), rest
+text = "".join(e.delta for e in first_events + rest if e.type == "response.output_text.delta")
+done = [e for e in rest if e.type == "response.completed"][0]
+assert text == done.response.output_text, (text, done.response.output_text)
+
+# Background: answered at once, retrieved until it completes; another one cancelled.
+queued = client.responses.create(model="any-model", input="in the background", background=True)
+assert queued.status in ("queued", "in_progress"), queued
+for _ in range(100):
+    got = client.responses.retrieve(queued.id)
+    if got.status == "completed":
+        break
+    time.sleep(0.05)
+assert got.status == "completed" and got.output_text.startswith("mock reply to: in the background"), got
+slow = client.responses.create(model="any-model", input="[slow:3000] never mind", background=True)
+time.sleep(0.3)
+cancelled = client.responses.cancel(slow.id)
+assert cancelled.status == "cancelled", cancelled
+inputs = client.responses.input_items.list(slow.id)
+assert inputs.data[0].content[0].text == "[slow:3000] never mind", inputs
+
+# An approval round trip: the agent asks (an mcp_approval_request item), the client approves.
+write = '[tools:[{"name":"update_resource","arguments":{"resourceType":"appointments","resourceId":"a1","data":{"time":"12:00"}}}]]'
+asking = client.responses.create(model="any-model", input="move it " + write)
+request = [o for o in asking.output if o.type == "mcp_approval_request"][0]
+assert request.name == "update_resource", request
+approved = client.responses.create(
+    model="any-model",
+    previous_response_id=asking.id,
+    input=[{"type": "mcp_approval_response", "approval_request_id": request.id, "approve": True}],
+)
+assert approved.output_text.startswith("mock reply"), approved
 
 try:
     client.responses.create(model="any-model", input="x", store=False)

@@ -67,11 +67,19 @@ assert.equal((await fetch(`${base}/agent/ui/chat/${c.id}/stop`, { method: "POST"
 await slow;
 assert.ok(Date.now() - began < 3000, `the stream ended ${Date.now() - began} ms after it began`);
 
+// Another chat of the same user leaves this one open: both go on.
+const other = chat();
+await other.sendMessage({ text: "a second chat" });
+assert.equal(other.status, "ready", String(other.error));
+await c.sendMessage({ text: "back to the first" });
+assert.equal(c.status, "ready", String(c.error));
+assert.match(text(c.messages[c.messages.length - 1]), /^mock reply to: back to the first/);
+
 // The stored history, as UIMessages.
 const history = await (await fetch(`${base}/agent/ui/chat/${c.id}/messages`, { headers })).json();
 assert.equal(history[0].role, "user");
 assert.equal(text(history[0]), "hello there");
-assert.ok(history.length >= 7, `${history.length} messages`);
+assert.ok(history.length >= 9, `${history.length} messages`);
 // Nothing runs now: resuming is a 204.
 assert.equal((await fetch(`${base}/agent/ui/chat/${c.id}/stream`, { headers })).status, 204);
 console.log("ui chat: every step passed");
