@@ -1,0 +1,163 @@
+//! The Conversations API: a conversation is a session of the caller's user, its items its messages.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use utoipa_axum::router::OpenApiRouter;
+
+use super::{OpenAiError, Result, bad, conversation, conversation_view, input_text, item};
+use crate::http::AppState;
+use crate::http::extract::{Scope, identity_of};
+use crate::ids::MessageId;
+use crate::store::{MessageQuery, NewMessage, NewSession, Order, Role};
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(create_conversation))
+        .routes(utoipa_axum::routes!(get_conversation, delete_conversation))
+        .routes(utoipa_axum::routes!(list_items))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct CreateConversation {
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<Map<String, Value>>,
+    /// Items to seed it with (`message` items of role `user` or `assistant`).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    items: Option<Vec<Value>>,
+}
+
+/// Creates a conversation (a session of the caller's user), optionally seeded with items.
+#[utoipa::path(post, path = "/v1/conversations", tag = "openai", request_body = CreateConversation,
+    responses((status = 200, body = Object)))]
+async fn create_conversation(
+    State(state): State<AppState>,
+    scope: Scope,
+    headers: HeaderMap,
+    body: std::result::Result<Json<CreateConversation>, JsonRejection>,
+) -> Result<Json<Value>> {
+    let who = identity_of(&scope, &headers, None)?;
+    let Json(body) = body.map_err(|e| OpenAiError(e.into()))?;
+    let metadata = body.metadata.map(|m| {
+        let mut session = crate::store::Metadata::new();
+        session.insert("openai".into(), Value::Object(m));
+        session
+    });
+    let mut seed = Vec::new();
+    for i in body.items.unwrap_or_default() {
+        let role = match i["role"].as_str() {
+            Some("user") => Role::User,
+            Some("assistant") => Role::Agent,
+            _ => return Err(bad("items", "each item is a message of role user or assistant")),
+        };
+        let text = input_text(&json!([{"role": "user", "content": i["content"]}])).unwrap_or_default();
+        seed.push(NewMessage {
+            id: MessageId::generate(),
+            user_id: who.user.clone(),
+            role,
+            content: text,
+            metadata: None,
+            counted: None,
+        });
+    }
+    let new = NewSession {
+        tenant_id: who.tenant.clone(),
+        user_id: who.user.clone(),
+        location_id: who.location.clone(),
+        metadata,
+    };
+    let (session, _) = state.store.create_session_with(new, seed).await.map_err(|e| OpenAiError(e.into()))?;
+    Ok(Json(conversation_view(&session)))
+}
+
+/// One conversation of the caller's user.
+#[utoipa::path(get, path = "/v1/conversations/{conversation_id}", tag = "openai",
+    params(("conversation_id" = String, Path)), responses((status = 200, body = Object), (status = 404)))]
+async fn get_conversation(
+    State(state): State<AppState>,
+    scope: Scope,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    let who = identity_of(&scope, &headers, None)?;
+    Ok(Json(conversation_view(&conversation(&state, &who, &id).await?)))
+}
+
+/// Deletes a conversation: the session and its messages are erased.
+#[utoipa::path(delete, path = "/v1/conversations/{conversation_id}", tag = "openai",
+    params(("conversation_id" = String, Path)), responses((status = 200, body = Object), (status = 404)))]
+async fn delete_conversation(
+    State(state): State<AppState>,
+    scope: Scope,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    let who = identity_of(&scope, &headers, None)?;
+    let session = conversation(&state, &who, &id).await?;
+    state.agent.erase_session(&who.tenant, &session.id).await.map_err(|e| OpenAiError(e.into()))?;
+    Ok(Json(json!({"id": id, "object": "conversation.deleted", "deleted": true})))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ItemsQuery {
+    /// An item id: the items after it.
+    after: Option<String>,
+    /// 1 to 100 (20 by default).
+    limit: Option<usize>,
+    /// `asc` or `desc` (the default).
+    order: Option<String>,
+}
+
+/// The conversation's items, newest first (`order=asc` for oldest first), 20 a page.
+#[utoipa::path(get, path = "/v1/conversations/{conversation_id}/items", tag = "openai",
+    params(("conversation_id" = String, Path), ItemsQuery), responses((status = 200, body = Object), (status = 404)))]
+async fn list_items(
+    State(state): State<AppState>,
+    scope: Scope,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<ItemsQuery>,
+) -> Result<Json<Value>> {
+    let who = identity_of(&scope, &headers, None)?;
+    let session = conversation(&state, &who, &id).await?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(bad("limit", "limit must be between 1 and 100"));
+    }
+    let order = match q.order.as_deref() {
+        None | Some("desc") => Order::Desc,
+        Some("asc") => Order::Asc,
+        Some(_) => return Err(bad("order", "order is asc or desc")),
+    };
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let query = MessageQuery { limit: 200, order, cursor, ..Default::default() };
+        let page =
+            state.store.list_messages(&who.tenant, &session.id, query).await.map_err(|e| OpenAiError(e.into()))?;
+        all.extend(page.items);
+        match page.next {
+            Some(next) if all.len() < 5000 => cursor = Some(next),
+            _ => break,
+        }
+    }
+    let start = match &q.after {
+        Some(after) => all.iter().position(|m| format!("msg_{}", m.id) == *after).map_or(all.len(), |i| i + 1),
+        None => 0,
+    };
+    let page: Vec<Value> = all.iter().skip(start).take(limit).map(item).collect();
+    let has_more = all.len() > start + page.len();
+    Ok(Json(json!({
+        "object": "list",
+        "first_id": page.first().map(|i| i["id"].clone()),
+        "last_id": page.last().map(|i| i["id"].clone()),
+        "has_more": has_more,
+        "data": page,
+    })))
+}

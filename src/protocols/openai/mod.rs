@@ -1,0 +1,122 @@
+//! OpenAI's Responses and Conversations APIs (a compatible subset, docs/openai-compatibility.md),
+//! over the same turns: the official `openai` SDKs pointed at the server (`base_url` =
+//! `<server>/v1`) work unchanged for what is listed there.
+//!
+//! Ids map 1:1 onto ours: a conversation is a session (`conv_<sessionId>`), a response is a turn
+//! (`resp_<turnId>`), an item is a message (`msg_<messageId>`).
+//!
+//! `conversations`: the Conversations API; `responses`: the Responses API; `stream`: a turn's
+//! events as the Responses API's streaming events.
+
+mod conversations;
+mod responses;
+mod stream;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::http::extract::TurnIdentity;
+use crate::http::{ApiError, AppState};
+use crate::ids::{MessageId, SessionId};
+use crate::store::{Message, Role};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    conversations::router().merge(responses::router())
+}
+
+/// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`, same status.
+struct OpenAiError(ApiError);
+
+impl From<ApiError> for OpenAiError {
+    fn from(e: ApiError) -> Self {
+        OpenAiError(e)
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let kind = match e.status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            s if s >= 500 => "server_error",
+            _ => "invalid_request_error",
+        };
+        let param = e.details.as_ref().and_then(|d| d.get("field")).cloned().unwrap_or(Value::Null);
+        let body = json!({"error": {"message": e.message, "type": kind, "param": param, "code": e.code}});
+        (e.status, Json(body)).into_response()
+    }
+}
+
+type Result<T> = std::result::Result<T, OpenAiError>;
+
+fn bad(param: &str, message: impl Into<String>) -> OpenAiError {
+    OpenAiError(ApiError::bad_request("invalid_request", message).with("field", json!(param)))
+}
+
+fn not_found(what: &str, id: &str) -> OpenAiError {
+    OpenAiError(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} with id {id}")))
+}
+
+fn conv_id(session: &SessionId) -> String {
+    format!("conv_{session}")
+}
+
+fn session_of(id: &str) -> Result<SessionId> {
+    let raw = id.strip_prefix("conv_").ok_or_else(|| bad("conversation", "a conversation id starts with conv_"))?;
+    SessionId::parse(raw).map_err(|e| bad("conversation", format!("conversation: {e}")))
+}
+
+fn turn_of(id: &str) -> Result<MessageId> {
+    let raw = id.strip_prefix("resp_").ok_or_else(|| bad("response_id", "a response id starts with resp_"))?;
+    MessageId::parse(raw).map_err(|e| bad("response_id", format!("response_id: {e}")))
+}
+
+fn seconds(ts: &crate::timestamp::Timestamp) -> i64 {
+    ts.micros().unwrap_or_default() / 1_000_000
+}
+
+/// The conversation a user may see: the session, if it is theirs.
+async fn conversation(state: &AppState, who: &TurnIdentity, id: &str) -> Result<crate::store::Session> {
+    let session = session_of(id)?;
+    let found = state.store.get_session(&who.tenant, &session).await.map_err(|e| OpenAiError(e.into()))?;
+    found.filter(|s| s.user_id == who.user).ok_or_else(|| not_found("conversation", id))
+}
+
+fn conversation_view(s: &crate::store::Session) -> Value {
+    let metadata = s.metadata.as_ref().and_then(|m| m.get("openai")).cloned().unwrap_or_else(|| json!({}));
+    json!({"id": conv_id(&s.id), "object": "conversation", "created_at": seconds(&s.created_at), "metadata": metadata})
+}
+
+/// A stored message as a conversation item.
+fn item(m: &Message) -> Value {
+    let (role, part) = match m.role {
+        Role::User => ("user", "input_text"),
+        Role::Agent => ("assistant", "output_text"),
+    };
+    let mut content = json!({"type": part, "text": m.content});
+    if m.role == Role::Agent {
+        content["annotations"] = json!([]);
+    }
+    json!({"type": "message", "id": format!("msg_{}", m.id), "status": "completed", "role": role, "content": [content]})
+}
+
+/// The text of input items (a string, or `message` items' text parts), the newest user one.
+fn input_text(input: &Value) -> Option<String> {
+    if let Some(text) = input.as_str() {
+        return Some(text.to_string());
+    }
+    let items = input.as_array()?;
+    let message =
+        items.iter().rev().find(|i| i["role"] == "user" && i["type"].as_str().is_none_or(|t| t == "message"))?;
+    match &message["content"] {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => Some(parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("")),
+        _ => None,
+    }
+}
