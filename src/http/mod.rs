@@ -233,7 +233,13 @@ async fn request_context(mut request: Request, next: Next) -> Response {
     });
     if let Some(error) = error {
         let headers = std::mem::take(response.headers_mut());
-        response = (status, Json(error.body(Some(&request_id)))).into_response();
+        // OpenAI's routes answer in OpenAI's shape, whatever refused the request.
+        let body = if path.starts_with("/v1/") {
+            crate::protocols::openai::error_body(&error)
+        } else {
+            error.body(Some(&request_id))
+        };
+        response = (status, Json(body)).into_response();
         for (name, value) in headers.iter() {
             if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
                 response.headers_mut().insert(name.clone(), value.clone());

@@ -108,6 +108,26 @@ try:
 except openai.BadRequestError as e:
     assert e.status_code == 400 and e.param == "store", e
 
+# Whatever refuses a request under /v1 (an unknown route, a method the route does not have) answers
+# in OpenAI's error shape.
+import json
+import urllib.error
+import urllib.request
+
+for method, path, status, kind in [
+    ("GET", "/v1/nothing-here", 404, "not_found_error"),
+    ("POST", f"/v1/conversations/{conv.id}/items", 405, "invalid_request_error"),
+]:
+    headers = {"x-tenant-id": "t1", "x-user-id": "u1", "content-type": "application/json"}
+    req = urllib.request.Request(base + path, data=b"{}" if method == "POST" else None, headers=headers, method=method)
+    try:
+        urllib.request.urlopen(req)
+        raise AssertionError(f"{path} answered 2xx")
+    except urllib.error.HTTPError as answer:
+        assert answer.code == status, (path, answer.code)
+        error = json.loads(answer.read())["error"]
+    assert error["type"] == kind and "param" in error and error["message"], (path, error)
+
 client.conversations.delete(conv.id)
 try:
     client.conversations.retrieve(conv.id)

@@ -36,20 +36,25 @@ impl From<ApiError> for OpenAiError {
     }
 }
 
+/// OpenAI's error body for one of our errors (also what the server's own errors on `/v1/` paths,
+/// such as a refused credential or an unknown route, become).
+pub fn error_body(e: &ApiError) -> Value {
+    let kind = match e.status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        s if s >= 500 => "server_error",
+        _ => "invalid_request_error",
+    };
+    let param = e.details.as_ref().and_then(|d| d.get("field")).cloned().unwrap_or(Value::Null);
+    json!({"error": {"message": e.message, "type": kind, "param": param, "code": e.code}})
+}
+
 impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
         let e = self.0;
-        let kind = match e.status.as_u16() {
-            401 => "authentication_error",
-            403 => "permission_error",
-            404 => "not_found_error",
-            429 => "rate_limit_error",
-            s if s >= 500 => "server_error",
-            _ => "invalid_request_error",
-        };
-        let param = e.details.as_ref().and_then(|d| d.get("field")).cloned().unwrap_or(Value::Null);
-        let body = json!({"error": {"message": e.message, "type": kind, "param": param, "code": e.code}});
-        (e.status, Json(body)).into_response()
+        (e.status, Json(error_body(&e))).into_response()
     }
 }
 
