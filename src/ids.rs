@@ -42,8 +42,26 @@ fn check(value: &str) -> Result<(), IdError> {
     Ok(())
 }
 
+/// An agent's or a channel's id: 1 to 64 of `[A-Za-z0-9._-]`.
+fn check_slug(value: &str) -> Result<(), IdError> {
+    if value.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if value.len() > 64 {
+        return Err(IdError::AgentTooLong);
+    }
+    if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+        return Err(IdError::AgentCharacters);
+    }
+    Ok(())
+}
+
+/// An id type: a `String` checked by `check` (by default the printable-id rule) when parsed.
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
+        id_type!($(#[$doc])* $name, check);
+    };
+    ($(#[$doc:meta])* $name:ident, $check:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -52,7 +70,7 @@ macro_rules! id_type {
         impl $name {
             pub fn parse(value: impl Into<String>) -> Result<Self, IdError> {
                 let value = value.into();
-                check(&value)?;
+                $check(&value)?;
                 Ok(Self(value))
             }
             pub fn as_str(&self) -> &str {
@@ -160,58 +178,13 @@ mod tests {
     }
 }
 
-macro_rules! slug_type {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
-
-        impl $name {
-            pub fn parse(value: impl Into<String>) -> Result<Self, IdError> {
-                let value = value.into();
-                if value.is_empty() {
-                    return Err(IdError::Empty);
-                }
-                if value.len() > 64 {
-                    return Err(IdError::AgentTooLong);
-                }
-                if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
-                    return Err(IdError::AgentCharacters);
-                }
-                Ok(Self(value))
-            }
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = IdError;
-            fn try_from(value: String) -> Result<Self, IdError> {
-                Self::parse(value)
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(id: $name) -> String {
-                id.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-    };
-}
-
-slug_type!(
+id_type!(
     /// A tenant's agent: 1 to 64 of `[A-Za-z0-9._-]`.
-    AgentId
+    AgentId,
+    check_slug
 );
-slug_type!(
+id_type!(
     /// A tenant's channel (a WhatsApp number, a Twilio number, a mailbox): 1 to 64 of `[A-Za-z0-9._-]`.
-    ChannelId
+    ChannelId,
+    check_slug
 );

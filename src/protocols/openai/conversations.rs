@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use utoipa_axum::router::OpenApiRouter;
 
-use super::{OpenAiError, Result, bad, conversation, conversation_view, input_text, item};
+use super::{Result, bad, conversation, conversation_view, input_text, item};
 use crate::http::AppState;
 use crate::http::extract::{Scope, identity_of};
 use crate::ids::MessageId;
@@ -42,7 +42,7 @@ async fn create_conversation(
     body: std::result::Result<Json<CreateConversation>, JsonRejection>,
 ) -> Result<Json<Value>> {
     let who = identity_of(&scope, &headers, None)?;
-    let Json(body) = body.map_err(|e| OpenAiError(e.into()))?;
+    let Json(body) = body?;
     let metadata = body.metadata.map(|m| {
         let mut session = crate::store::Metadata::new();
         session.insert("openai".into(), Value::Object(m));
@@ -71,7 +71,7 @@ async fn create_conversation(
         location_id: who.location.clone(),
         metadata,
     };
-    let (session, _) = state.store.create_session_with(new, seed).await.map_err(|e| OpenAiError(e.into()))?;
+    let (session, _) = state.store.create_session_with(new, seed).await?;
     Ok(Json(conversation_view(&session)))
 }
 
@@ -99,7 +99,7 @@ async fn delete_conversation(
 ) -> Result<Json<Value>> {
     let who = identity_of(&scope, &headers, None)?;
     let session = conversation(&state, &who, &id).await?;
-    state.agent.erase_session(&who.tenant, &session.id).await.map_err(|e| OpenAiError(e.into()))?;
+    state.agent.erase_session(&who.tenant, &session.id).await?;
     Ok(Json(json!({"id": id, "object": "conversation.deleted", "deleted": true})))
 }
 
@@ -139,8 +139,7 @@ async fn list_items(
     let mut cursor = None;
     loop {
         let query = MessageQuery { limit: 200, order, cursor, ..Default::default() };
-        let page =
-            state.store.list_messages(&who.tenant, &session.id, query).await.map_err(|e| OpenAiError(e.into()))?;
+        let page = state.store.list_messages(&who.tenant, &session.id, query).await?;
         all.extend(page.items);
         match page.next {
             Some(next) if all.len() < 5000 => cursor = Some(next),

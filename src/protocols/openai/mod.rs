@@ -30,11 +30,22 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`, same status.
 struct OpenAiError(ApiError);
 
-impl From<ApiError> for OpenAiError {
-    fn from(e: ApiError) -> Self {
-        OpenAiError(e)
-    }
+/// Whatever our routes would answer with, as OpenAI's error (`?` in the handlers).
+macro_rules! openai_error_from {
+    ($($ty:ty),+) => {
+        $(impl From<$ty> for OpenAiError {
+            fn from(e: $ty) -> Self {
+                OpenAiError(e.into())
+            }
+        })+
+    };
 }
+openai_error_from!(
+    ApiError,
+    crate::store::StoreError,
+    crate::agent::TurnError,
+    axum::extract::rejection::JsonRejection
+);
 
 /// OpenAI's error body for one of our errors (also what the server's own errors on `/v1/` paths,
 /// such as a refused credential or an unknown route, become).
@@ -89,7 +100,7 @@ fn seconds(ts: &crate::timestamp::Timestamp) -> i64 {
 /// The conversation a user may see: the session, if it is theirs.
 async fn conversation(state: &AppState, who: &TurnIdentity, id: &str) -> Result<crate::store::Session> {
     let session = session_of(id)?;
-    let found = state.store.get_session(&who.tenant, &session).await.map_err(|e| OpenAiError(e.into()))?;
+    let found = state.store.get_session(&who.tenant, &session).await?;
     found.filter(|s| s.user_id == who.user).ok_or_else(|| not_found("conversation", id))
 }
 

@@ -125,7 +125,7 @@ async fn create_response(
     headers: HeaderMap,
     body: std::result::Result<Json<CreateResponse>, JsonRejection>,
 ) -> Result<Response> {
-    let Json(body) = body.map_err(|e| OpenAiError(e.into()))?;
+    let Json(body) = body?;
     let fallback = body.safety_identifier.as_deref().or(body.user.as_deref());
     let who = identity_of(&scope, &headers, fallback)?;
     if body.store == Some(false) {
@@ -152,7 +152,7 @@ async fn create_response(
         }
         (None, Some(previous)) => {
             let turn = turn_of(previous)?;
-            let found = state.store.get_message(&who.tenant, &turn).await.map_err(|e| OpenAiError(e.into()))?;
+            let found = state.store.get_message(&who.tenant, &turn).await?;
             let found = found.filter(|m| m.user_id == who.user).ok_or_else(|| not_found("response", previous))?;
             found.session_id
         }
@@ -164,9 +164,7 @@ async fn create_response(
         }
         (None, None) => {
             let id = SessionId::generate();
-            crate::protocols::open_session(&*state.store, &who.tenant, &who.user, who.location.as_ref(), &id)
-                .await
-                .map_err(|e| OpenAiError(e.into()))?;
+            crate::protocols::open_session(&*state.store, &who.tenant, &who.user, who.location.as_ref(), &id).await?;
             id
         }
     };
@@ -177,7 +175,7 @@ async fn create_response(
         let mut last = None;
         for (action, approve, reason) in approvals {
             let decided = state.agent.decide(&who.tenant, &session, Some(&who.user), &action, approve, reason).await;
-            last = Some(decided.map_err(|e| OpenAiError(e.into()))?);
+            last = Some(decided?);
         }
         let outcome = last.expect("at least one approval");
         return Ok(Json(response_view(&answer_json(outcome), &model)).into_response());
@@ -192,7 +190,7 @@ async fn create_response(
     if let Some(model) =
         body.model.as_deref().and_then(|m| AgentId::parse(m).ok()).filter(|_| scope.bound_user().is_none())
     {
-        let found = state.store.get_agent(&who.tenant, &model).await.map_err(|e| OpenAiError(e.into()))?;
+        let found = state.store.get_agent(&who.tenant, &model).await?;
         agent = found.map(|a| a.id);
     }
     let context = body.instructions.as_ref().map(|i| {
@@ -218,7 +216,7 @@ async fn create_response(
         concurrency: None,
         session_metadata: None,
     };
-    let started = state.agent.start(turn).await.map_err(|e| OpenAiError(e.into()))?;
+    let started = state.agent.start(turn).await?;
     if background && !stream {
         let turn = match &started {
             Started::Live(live) | Started::Following(live) => live.turn_id.clone(),
@@ -237,7 +235,7 @@ async fn create_response(
     }
     if !stream {
         let outcome = match started {
-            Started::Live(live) => live.finished().await.map_err(|e| OpenAiError(e.into()))?,
+            Started::Live(live) => live.finished().await?,
             Started::Replayed(outcome) => *outcome,
             _ => {
                 return Err(OpenAiError(ApiError::new(StatusCode::CONFLICT, "in_progress", "the turn runs elsewhere")));
@@ -276,7 +274,7 @@ pub struct RetrieveQuery {
 /// The turn of a response id and its user message, if the caller's user's.
 async fn response_turn(state: &AppState, who: &TurnIdentity, id: &str) -> Result<(MessageId, Message)> {
     let turn = turn_of(id)?;
-    let user = state.store.get_message(&who.tenant, &turn).await.map_err(|e| OpenAiError(e.into()))?;
+    let user = state.store.get_message(&who.tenant, &turn).await?;
     let user =
         user.filter(|m| m.user_id == who.user && m.role == Role::User).ok_or_else(|| not_found("response", id))?;
     Ok((turn, user))
@@ -284,18 +282,10 @@ async fn response_turn(state: &AppState, who: &TurnIdentity, id: &str) -> Result
 
 /// A response as it is now: from the turn's view, and its stored reply once there is one.
 async fn response_now(state: &AppState, who: &TurnIdentity, id: &str, turn: MessageId, user: Message) -> Result<Value> {
-    let view = state
-        .agent
-        .turn(&who.tenant, &user.session_id, &turn, Some(&who.user))
-        .await
-        .map_err(|e| OpenAiError(e.into()))?;
+    let view = state.agent.turn(&who.tenant, &user.session_id, &turn, Some(&who.user)).await?;
     let view = serde_json::to_value(&view).unwrap_or_default();
     let status = view["status"].as_str().unwrap_or("running").to_string();
-    let reply = state
-        .store
-        .get_message(&who.tenant, &crate::agent::Agent::reply_id_of(&turn))
-        .await
-        .map_err(|e| OpenAiError(e.into()))?;
+    let reply = state.store.get_message(&who.tenant, &crate::agent::Agent::reply_id_of(&turn)).await?;
     let Some(reply) = reply.filter(|_| status != "running") else {
         let status = match status.as_str() {
             "running" | "queued" => "in_progress",
@@ -335,11 +325,7 @@ async fn get_response(
     let who = identity_of(&scope, &headers, None)?;
     let (turn, user) = response_turn(&state, &who, &id).await?;
     if q.stream == Some(true) {
-        let events = state
-            .agent
-            .turn_events(&who.tenant, &user.session_id, &turn, Some(&who.user), 0)
-            .await
-            .map_err(|e| OpenAiError(e.into()))?;
+        let events = state.agent.turn_events(&who.tenant, &user.session_id, &turn, Some(&who.user), 0).await?;
         return Ok(stream_response(events, "agent-server".into(), q.starting_after));
     }
     Ok(Json(response_now(&state, &who, &id, turn, user).await?).into_response())
@@ -356,11 +342,7 @@ async fn cancel_response(
 ) -> Result<Json<Value>> {
     let who = identity_of(&scope, &headers, None)?;
     let (turn, user) = response_turn(&state, &who, &id).await?;
-    state
-        .agent
-        .cancel(&who.tenant, &user.session_id, &turn, Some(&who.user))
-        .await
-        .map_err(|e| OpenAiError(e.into()))?;
+    state.agent.cancel(&who.tenant, &user.session_id, &turn, Some(&who.user)).await?;
     Ok(Json(response_now(&state, &who, &id, turn, user).await?))
 }
 
