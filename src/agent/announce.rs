@@ -140,6 +140,12 @@ impl Agent {
         self.events.record(&session.tenant_id, changes).await;
     }
 
+    /// `session.created`, for a session a client protocol opened (an OpenAI conversation, an AI
+    /// SDK chat).
+    pub async fn announce_session_created(&self, session: &Session) {
+        self.announce_session_start(session, None).await;
+    }
+
     /// `session.closed`, for a session that was active.
     pub async fn announce_session_closed(&self, session: &Session) {
         self.events.record(&session.tenant_id, vec![session_change(EventType::SessionClosed, session)]).await;

@@ -146,8 +146,12 @@ impl Agent {
     }
 
     fn model_request(persona: &Persona, message: String, history: Vec<Message>, req: &TurnRequest) -> ModelRequest {
+        let system_prompt = match &req.instructions {
+            Some(extra) => format!("{}\n\n{extra}", persona.system_prompt),
+            None => persona.system_prompt.clone(),
+        };
         ModelRequest {
-            system_prompt: persona.system_prompt.clone(),
+            system_prompt,
             summary: None,
             history,
             message,

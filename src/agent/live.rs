@@ -124,6 +124,18 @@ impl LiveTurn {
         self.state().result.clone()
     }
 
+    /// Waits for the turn's first event (its input is stored by then): a turn that failed before
+    /// it began (a closed session, a budget) is its error, which a client gets as the answer
+    /// instead of a stream that ends at once.
+    pub async fn started(&self) -> Result<(), TurnError> {
+        self.wait_after(0).await;
+        let (first, _) = self.events_after(0);
+        match self.result() {
+            Some(Err(e)) if first.first().is_none_or(|e| e.event == "error") => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Waits for the end of the turn.
     pub async fn finished(&self) -> Result<TurnOutcome, TurnError> {
         let mut changed = self.changed.subscribe();

@@ -174,6 +174,15 @@ impl Agent {
         messages::agent_message_id(turn)
     }
 
+    /// The actions of an agent message that it proposed: a follow-up after a decision starts
+    /// with the decided action, which belongs to (and is shown in) the message that proposed it.
+    pub fn proposed_actions(message: &crate::store::Message) -> impl Iterator<Item = &serde_json::Value> {
+        message
+            .tool_actions()
+            .iter()
+            .filter(|a| a["id"].as_str().is_none_or(|id| messages::follow_up_id(id) != message.id))
+    }
+
     /// A turn this process runs in the session, if any (what a UI stream resumes and stops).
     pub fn running_in(&self, tenant: &TenantId, session: &SessionId) -> Option<Arc<LiveTurn>> {
         self.live.running_in(tenant, session)

@@ -39,6 +39,8 @@ pub struct TurnRequest {
     pub concurrency: Option<Concurrency>,
     /// Metadata for the session the turn starts, if it starts one (a channel's contact name).
     pub session_metadata: Option<Metadata>,
+    /// Added to the agent's system prompt for this turn only (the Responses API's `instructions`).
+    pub instructions: Option<String>,
 }
 
 /// What a turn does when its session already has a running turn.

@@ -10,9 +10,10 @@ mod error;
 mod events;
 pub(crate) mod extract;
 mod process;
+pub(crate) use process::check_json;
 mod search;
 pub(crate) mod server;
-mod sse;
+pub(crate) mod sse;
 mod turns;
 mod usage;
 

@@ -66,7 +66,7 @@ fn depth(v: &Value) -> usize {
 }
 
 /// `metadata` and `context` are at most 16 KB as JSON and nested at most 8 deep.
-pub(super) fn check_json(field: &str, map: &Option<Map<String, Value>>) -> Result<(), ApiError> {
+pub(crate) fn check_json(field: &str, map: &Option<Map<String, Value>>) -> Result<(), ApiError> {
     let Some(map) = map else { return Ok(()) };
     let value = Value::Object(map.clone());
     if value.to_string().len() > MAX_JSON_BYTES {
@@ -197,6 +197,7 @@ async fn process(
         agent,
         concurrency,
         session_metadata: None,
+        instructions: None,
     };
     // A stream's slot is taken before its turn starts: a refused stream starts nothing.
     let slot = if stream { Some(sse::slot(&state.streams)?) } else { None };
@@ -217,12 +218,6 @@ async fn process(
         return Ok(Json(TurnAnswer::from(outcome?)).into_response());
     }
     // A problem known before the stream starts (no such session, a closed one) is an HTTP error.
-    live.wait_after(0).await;
-    let (first, _) = live.events_after(0);
-    if first.first().is_none_or(|e| e.event == "error") {
-        if let Some(Err(e)) = live.result() {
-            return Err(e.into());
-        }
-    }
+    live.started().await?;
     Ok(respond(live.follow(0).boxed(), guard))
 }

@@ -86,32 +86,50 @@ pub fn respond(
     guard: DisconnectGuard,
     slot: Option<OwnedSemaphorePermit>,
 ) -> Response {
-    let open = (crate::telemetry::ActiveStream::open(), slot, guard);
+    let frames = events.map(move |event| {
+        let mut out = String::new();
+        write_event(&mut out, event, &request_id);
+        out
+    });
+    let prelude = format!("retry: {}\n: turn events\n\n", RETRY.as_millis());
+    framed(frames, prelude, (slot, guard), &[])
+}
+
+/// An SSE response of already framed events (another protocol's, such as OpenAI's or the AI SDK's):
+/// `prelude` first, ready frames batched into one write, a comment after `KEEP_ALIVE` without
+/// any, and `hold` (a stream slot, a disconnect guard) kept until the stream ends.
+pub fn framed(
+    frames: impl Stream<Item = String> + Send + 'static,
+    prelude: String,
+    hold: impl Send + 'static,
+    headers: &[(header::HeaderName, &'static str)],
+) -> Response {
+    let open = (crate::telemetry::ActiveStream::open(), hold);
     let start = tokio::time::Instant::now() + KEEP_ALIVE;
-    let state = (Box::pin(events.ready_chunks(MAX_BATCH)), tokio::time::interval_at(start, KEEP_ALIVE), true);
-    let body = futures::stream::unfold(state, move |(mut events, mut quiet, first)| {
-        let request_id = request_id.clone();
+    let state = (Box::pin(frames.ready_chunks(MAX_BATCH)), tokio::time::interval_at(start, KEEP_ALIVE), Some(prelude));
+    let body = futures::stream::unfold(state, move |(mut frames, mut quiet, prelude)| {
         let _held = &open;
         async move {
-            let mut out = match first {
-                true => format!("retry: {}\n: turn events\n\n", RETRY.as_millis()),
-                false => String::new(),
-            };
+            let mut out = prelude.unwrap_or_default();
             tokio::select! {
-                batch = events.next() => {
-                    for event in batch? {
-                        write_event(&mut out, event, &request_id);
+                batch = frames.next() => {
+                    for frame in batch? {
+                        out.push_str(&frame);
                     }
                     quiet.reset();
                 }
                 _ = quiet.tick() => out.push_str(":\n\n"),
             }
-            Some((Ok::<_, Infallible>(Bytes::from(out)), (events, quiet, false)))
+            Some((Ok::<_, Infallible>(Bytes::from(out)), (frames, quiet, None)))
         }
     });
-    (
+    let mut response = (
         [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
         axum::body::Body::from_stream(body),
     )
-        .into_response()
+        .into_response();
+    for (name, value) in headers {
+        response.headers_mut().insert(name.clone(), header::HeaderValue::from_static(value));
+    }
+    response
 }

@@ -171,6 +171,16 @@ pub trait ConversationStore: Send + Sync + 'static {
     ) -> StoreResult<Page<Message>>;
     /// Marks the session inactive; `None` when it does not exist.
     async fn close_session(&self, tenant: &TenantId, id: &SessionId) -> StoreResult<Option<Session>>;
+    /// Sets one key of a session's metadata (a client protocol's own, such as an OpenAI
+    /// conversation's `metadata`), leaving the others and the session's activity as they are; the
+    /// session as it is now, `None` when there is no such session.
+    async fn set_session_metadata(
+        &self,
+        tenant: &TenantId,
+        id: &SessionId,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> StoreResult<Option<Session>>;
     /// Deletes the session and all its messages (also messages left behind in a session already
     /// gone); the number of messages, `None` when the session was absent. With `up_to` (an
     /// erasure's second pass), only what was written by then: messages (and their turn records)

@@ -16,6 +16,7 @@ async fn the_official_openai_sdk_talks_to_the_server() {
         ("OPENAI_BASE_URL", model.url.as_str()),
         ("API_SERVER_URL", api.as_str()),
         ("API_RESOURCE_TYPES", "appointments"),
+        ("EVENTS", "on"),
     ];
     let s = TestServer::start("sqlite", &env).await;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai/responses_test.py");

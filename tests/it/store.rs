@@ -675,6 +675,15 @@ impl ConversationStore for LaggingIndex {
     async fn close_session(&self, t: &TenantId, id: &SessionId) -> StoreResult<Option<Session>> {
         self.inner.close_session(t, id).await
     }
+    async fn set_session_metadata(
+        &self,
+        t: &TenantId,
+        id: &SessionId,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> StoreResult<Option<Session>> {
+        self.inner.set_session_metadata(t, id, key, value).await
+    }
     async fn delete_session(&self, t: &TenantId, id: &SessionId, up: Option<&Timestamp>) -> StoreResult<Option<usize>> {
         self.inner.delete_session(t, id, up).await
     }
@@ -853,7 +862,34 @@ conformance!(
     a_turn_reserves_its_times_and_holds_its_session_in_one_write,
     usage_adds_up_per_user_day_agent_and_model,
     a_reply_is_counted_with_its_write,
+    a_sessions_metadata_key_is_set_beside_the_others,
 );
+
+/// One key of a session's metadata is set (and set again) beside the keys already there, on a
+/// session with no metadata too; a session of another tenant, or none, is not found.
+async fn a_sessions_metadata_key_is_set_beside_the_others(store: Arc<dyn ConversationStore>) {
+    let bare = new_session(&*store, "acme", "u1").await;
+    let mut metadata = agent_server::store::Metadata::new();
+    metadata.insert("channel".into(), json!({"kind": "whatsapp"}));
+    let new =
+        NewSession { tenant_id: tenant("acme"), user_id: user("u1"), location_id: None, metadata: Some(metadata) };
+    let tagged = store.create_session(new).await.unwrap();
+    let (t, key) = (tenant("acme"), "openai");
+    let set = store.set_session_metadata(&t, &bare.id, key, &json!({"topic": "a"})).await.unwrap().unwrap();
+    assert_eq!(set.metadata.unwrap()["openai"], json!({"topic": "a"}));
+    store.set_session_metadata(&t, &tagged.id, key, &json!({"topic": "b"})).await.unwrap().unwrap();
+    let again = store.set_session_metadata(&t, &tagged.id, key, &json!({"topic": "c", "n": 2})).await.unwrap();
+    let stored = store.get_session(&t, &tagged.id).await.unwrap().unwrap();
+    assert_eq!(again.unwrap().metadata, stored.metadata);
+    let stored = stored.metadata.unwrap();
+    assert_eq!(stored["openai"], json!({"topic": "c", "n": 2}));
+    assert_eq!(stored["channel"], json!({"kind": "whatsapp"}), "the other keys stay");
+    assert_eq!(store.get_session(&t, &tagged.id).await.unwrap().unwrap().updated_at, tagged.updated_at);
+    assert!(store.set_session_metadata(&tenant("other"), &tagged.id, key, &json!({})).await.unwrap().is_none());
+    let missing = SessionId::generate();
+    assert!(store.set_session_metadata(&t, &missing, key, &json!({})).await.unwrap().is_none());
+    assert!(store.get_session(&t, &missing).await.unwrap().is_none(), "nothing made up");
+}
 
 /// One turn holds a session at a time: another is told who holds it, until the holder lets go or
 /// its lease lapses; a renewal never takes the session back.

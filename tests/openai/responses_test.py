@@ -1,8 +1,9 @@
 """The official `openai` Python package against the server's Responses and Conversations APIs:
-conversations (create with items, retrieve, items, delete), responses (JSON, streamed with the SDK's
-streaming helper, continued with previous_response_id, retrieved, a dropped stream resumed with
-starting_after, background with retrieve and cancel, input items, an approval round trip), and errors
-in OpenAI's shape.
+conversations (create with items, retrieve, update, items list and create, delete), responses (JSON,
+streamed with the SDK's streaming helper, continued with previous_response_id, retrieved, a dropped
+stream resumed with starting_after, background with retrieve and cancel, input items, instructions
+for one turn, tool calls the server ran, an approval round trip, delete), and errors in OpenAI's
+shape.
 
 Usage: python3 tests/openai/responses_test.py BASE_URL"""
 
@@ -24,6 +25,14 @@ conv = client.conversations.create(
 )
 assert conv.id.startswith("conv_"), conv
 assert client.conversations.retrieve(conv.id).metadata == {"topic": "demo"}
+updated = client.conversations.update(conv.id, metadata={"topic": "changed", "owner": "me"})
+assert updated.metadata == {"topic": "changed", "owner": "me"}, updated
+assert client.conversations.retrieve(conv.id).metadata == {"topic": "changed", "owner": "me"}
+try:
+    client.conversations.update(conv.id, metadata={f"k{i}": "v" for i in range(17)})
+    raise AssertionError("17 metadata keys were accepted")
+except openai.BadRequestError as e:
+    assert e.status_code == 400 and e.param == "metadata", e
 
 r = client.responses.create(model="any-model", input="hello", conversation=conv.id)
 assert r.id.startswith("resp_"), r
@@ -58,6 +67,38 @@ texts = [part.text for item in items.data for part in item.content]
 assert texts[0] == "an earlier question", texts
 assert "hello" in texts and "stream me" in texts and "and then?" in texts, texts
 assert len(items.data) == 7, texts
+added = client.conversations.items.create(
+    conv.id, items=[{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "added later"}]}]
+)
+assert [i.content[0].text for i in added.data] == ["added later"], added
+newest = client.conversations.items.list(conv.id, limit=1)
+assert newest.data[0].id == added.data[0].id and newest.has_more, newest
+after = client.conversations.items.list(conv.id, order="asc", after=items.data[5].id)
+assert [i.id for i in after.data] == [items.data[6].id, added.data[0].id], after
+
+# Instructions reach the agent's system prompt, for that turn only.
+told = client.responses.create(model="any-model", input="[echo-system] hi", instructions="Answer in French.", conversation=conv.id)
+assert told.output_text.startswith("system said: ") and told.output_text.endswith("Answer in French."), told.output_text
+untold = client.responses.create(model="any-model", input="[echo-system] again", conversation=conv.id)
+assert "Answer in French." not in untold.output_text, untold.output_text
+
+# A tool the server runs: an mcp_call output item with its output, in JSON and streamed; in the
+# conversation, a function_call and its function_call_output before the reply.
+lookup = '[tools:[{"name":"list_resources","arguments":{"resourceType":"appointments"}}]]'
+ran = client.responses.create(model="any-model", input="what is booked? " + lookup, conversation=conv.id)
+calls = [o for o in ran.output if o.type == "mcp_call"]
+assert len(calls) == 1 and calls[0].name == "list_resources" and calls[0].output and not calls[0].error, ran.output
+assert ran.output[-1].type == "message" and ran.output_text.startswith("tool results:"), ran.output
+with client.responses.stream(model="any-model", input="again? " + lookup, conversation=conv.id) as stream:
+    added_items = [e.item.type for e in stream if e.type == "response.output_item.added"]
+    streamed = stream.get_final_response()
+assert added_items == ["mcp_call", "message"], added_items
+assert [o.type for o in streamed.output] == ["mcp_call", "message"], streamed.output
+assert streamed.output_text.startswith("tool results:"), streamed.output_text
+newest = client.conversations.items.list(conv.id, limit=3)
+assert [i.type for i in newest.data] == ["message", "function_call_output", "function_call"], newest.data
+assert newest.data[1].call_id == newest.data[2].call_id == streamed.output[0].id, newest.data
+assert newest.data[2].name == "list_resources", newest.data
 
 # A dropped stream, resumed from its last sequence number (from any server: the turn's events are stored).
 first_events = []
@@ -101,6 +142,19 @@ approved = client.responses.create(
     input=[{"type": "mcp_approval_response", "approval_request_id": request.id, "approve": True}],
 )
 assert approved.output_text.startswith("mock reply"), approved
+decided = [o for o in approved.output if o.type == "mcp_call"]
+assert decided and decided[0].approval_request_id == request.id and decided[0].output, approved.output
+assert client.responses.retrieve(approved.id).output_text == approved.output_text
+
+# Deleting a response: gone from retrieve, and its messages from the conversation.
+before = len(client.conversations.items.list(conv.id, limit=100).data)
+client.responses.delete(r.id)
+try:
+    client.responses.retrieve(r.id)
+    raise AssertionError("a deleted response was found")
+except openai.NotFoundError:
+    pass
+assert len(client.conversations.items.list(conv.id, limit=100).data) == before - 2
 
 try:
     client.responses.create(model="any-model", input="x", store=False)
@@ -116,10 +170,10 @@ import urllib.request
 
 for method, path, status, kind in [
     ("GET", "/v1/nothing-here", 404, "not_found_error"),
-    ("POST", f"/v1/conversations/{conv.id}/items", 405, "invalid_request_error"),
+    ("PUT", f"/v1/conversations/{conv.id}", 405, "invalid_request_error"),
 ]:
     headers = {"x-tenant-id": "t1", "x-user-id": "u1", "content-type": "application/json"}
-    req = urllib.request.Request(base + path, data=b"{}" if method == "POST" else None, headers=headers, method=method)
+    req = urllib.request.Request(base + path, data=b"{}" if method != "GET" else None, headers=headers, method=method)
     try:
         urllib.request.urlopen(req)
         raise AssertionError(f"{path} answered 2xx")
@@ -127,6 +181,16 @@ for method, path, status, kind in [
         assert answer.code == status, (path, answer.code)
         error = json.loads(answer.read())["error"]
     assert error["type"] == kind and "param" in error and error["message"], (path, error)
+
+# Conversations the protocol opened are announced like any session (session.created in the feed).
+opened = {conv.id, alone.conversation.id}
+for _ in range(100):
+    req = urllib.request.Request(base + "/agent/events/t1?types=session.created&limit=100", headers={"x-tenant-id": "t1"})
+    seen = {"conv_" + e["data"]["sessionId"] for e in json.loads(urllib.request.urlopen(req).read())}
+    if opened <= seen:
+        break
+    time.sleep(0.1)
+assert opened <= seen, (opened, seen)
 
 client.conversations.delete(conv.id)
 try:

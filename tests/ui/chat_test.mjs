@@ -1,6 +1,7 @@
 // The Vercel AI SDK's own chat (`AbstractChat`, what `@ai-sdk/react`'s `Chat` wraps, with
-// `DefaultChatTransport`) against the server: a streamed reply, an approval round trip, resuming a
-// running turn from a second chat object, and loading the history.
+// `DefaultChatTransport`) against the server: a streamed reply, an approval round trip (the tool's
+// output after an approval, its denial after a rejection), resuming a running turn from a second
+// chat object, stopping one (its stream ends with `abort`, not a finish), and loading the history.
 // Usage: node tests/ui/chat_test.mjs BASE_URL
 import assert from "node:assert/strict";
 import { AbstractChat, DefaultChatTransport } from "ai";
@@ -16,12 +17,17 @@ class State {
   snapshot(thing) { return structuredClone(thing); }
 }
 class Chat extends AbstractChat {}
-const chat = (id) => new Chat({
-  id,
-  state: new State(),
-  transport: new DefaultChatTransport({ api: `${base}/agent/ui/chat`, headers }),
-  onError: (e) => { throw e; },
-});
+const finished = new Map();
+const chat = (id) => {
+  const made = new Chat({
+    id,
+    state: new State(),
+    transport: new DefaultChatTransport({ api: `${base}/agent/ui/chat`, headers }),
+    onError: (e) => { throw e; },
+    onFinish: ({ finishReason }) => finished.set(made, finishReason),
+  });
+  return made;
+};
 const text = (m) => m.parts.filter((p) => p.type === "text").map((p) => p.text).join("");
 
 // A streamed reply, on a chat id the SDK made up (a new session).
@@ -31,6 +37,7 @@ assert.equal(c.status, "ready", String(c.error));
 assert.equal(c.messages.length, 2);
 assert.equal(c.messages[1].role, "assistant");
 assert.match(text(c.messages[1]), /^mock reply to: hello there/);
+assert.equal(finished.get(c), "stop");
 
 // An approval: the tool call waits; the SDK's approval response decides it, and the answer follows.
 const write = JSON.stringify([{ name: "update_resource", arguments: { resourceType: "appointments", resourceId: "a1", data: { time: "12:00" } } }]);
@@ -45,6 +52,20 @@ await c.sendMessage();
 assert.equal(c.status, "ready", String(c.error));
 const answered = c.messages[c.messages.length - 1];
 assert.match(text(answered), /mock reply/, JSON.stringify(answered.parts));
+const ran = answered.parts.find((p) => p.type === "tool-update_resource");
+assert.equal(ran.state, "output-available", JSON.stringify(answered.parts));
+assert.ok(ran.output, JSON.stringify(ran));
+
+// A rejection: the tool part shows the denial, and the agent answers without running it.
+await c.sendMessage({ text: `move it again [tools:${write}]` });
+const again = c.messages[c.messages.length - 1].parts.find((p) => p.type === "tool-update_resource");
+assert.equal(again.state, "approval-requested");
+assert.equal(finished.get(c), "tool-calls");
+await c.addToolApprovalResponse({ id: again.approval.id, approved: false, reason: "not now" });
+await c.sendMessage();
+assert.equal(c.status, "ready", String(c.error));
+const denied = c.messages[c.messages.length - 1].parts.find((p) => p.toolCallId === again.toolCallId);
+assert.equal(denied.state, "output-denied", JSON.stringify(c.messages[c.messages.length - 1].parts));
 
 // Resuming: one chat object starts a slow turn, another (a reloaded page) resumes its stream.
 const first = chat(c.id);
@@ -66,6 +87,8 @@ await new Promise((r) => setTimeout(r, 400));
 assert.equal((await fetch(`${base}/agent/ui/chat/${c.id}/stop`, { method: "POST", headers })).status, 204);
 await slow;
 assert.ok(Date.now() - began < 3000, `the stream ended ${Date.now() - began} ms after it began`);
+assert.equal(third.status, "ready", String(third.error));
+assert.equal(finished.get(third), undefined, "a stopped turn is not reported as finished");
 
 // Another chat of the same user leaves this one open: both go on.
 const other = chat();
@@ -79,7 +102,11 @@ assert.match(text(c.messages[c.messages.length - 1]), /^mock reply to: back to t
 const history = await (await fetch(`${base}/agent/ui/chat/${c.id}/messages`, { headers })).json();
 assert.equal(history[0].role, "user");
 assert.equal(text(history[0]), "hello there");
-assert.ok(history.length >= 9, `${history.length} messages`);
+assert.ok(history.length >= 11, `${history.length} messages`);
+const states = history.flatMap((m) => m.parts.filter((p) => p.type === "tool-update_resource").map((p) => p.state));
+assert.ok(states.includes("output-available") && states.includes("output-denied"), JSON.stringify(states));
+const calls = history.flatMap((m) => m.parts.filter((p) => p.toolCallId).map((p) => p.toolCallId));
+assert.equal(new Set(calls).size, calls.length, `each tool call once: ${calls}`);
 // Nothing runs now: resuming is a 204.
 assert.equal((await fetch(`${base}/agent/ui/chat/${c.id}/stream`, { headers })).status, 204);
 console.log("ui chat: every step passed");

@@ -53,6 +53,7 @@ impl Channels {
             agent: channel.spec.agent_id.clone(),
             concurrency: None,
             session_metadata,
+            instructions: None,
         };
         let mut outcome = self.turn(request.clone(), placed).await;
         let answered = |o: &TurnOutcome| {

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use utoipa_axum::router::OpenApiRouter;
 
-use super::{Result, bad, conversation, conversation_view, input_text, item};
+use super::{OpenAiError, Result, bad, conversation, conversation_view, input_text, items_of, not_found};
 use crate::http::AppState;
 use crate::http::extract::{Scope, identity_of};
 use crate::ids::MessageId;
@@ -17,8 +17,8 @@ use crate::store::{MessageQuery, NewMessage, NewSession, Order, Role};
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(utoipa_axum::routes!(create_conversation))
-        .routes(utoipa_axum::routes!(get_conversation, delete_conversation))
-        .routes(utoipa_axum::routes!(list_items))
+        .routes(utoipa_axum::routes!(get_conversation, update_conversation, delete_conversation))
+        .routes(utoipa_axum::routes!(list_items, add_items))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -43,19 +43,51 @@ async fn create_conversation(
 ) -> Result<Json<Value>> {
     let who = identity_of(&scope, &headers, None)?;
     let Json(body) = body?;
+    check_metadata(&body.metadata)?;
     let metadata = body.metadata.map(|m| {
         let mut session = crate::store::Metadata::new();
-        session.insert("openai".into(), Value::Object(m));
+        session.insert(METADATA_KEY.into(), Value::Object(m));
         session
     });
+    let seed = seed_messages(&who, body.items.unwrap_or_default())?;
+    let new = NewSession {
+        tenant_id: who.tenant.clone(),
+        user_id: who.user.clone(),
+        location_id: who.location.clone(),
+        metadata,
+    };
+    let (session, _) = state.store.create_session_with(new, seed).await?;
+    state.agent.announce_session_created(&session).await;
+    Ok(Json(conversation_view(&session)))
+}
+
+/// Where a conversation's `metadata` is kept in its session's metadata.
+const METADATA_KEY: &str = "openai";
+
+/// OpenAI's rule for `metadata` (at most 16 pairs), and ours for any JSON a client stores.
+fn check_metadata(metadata: &Option<Map<String, Value>>) -> Result<()> {
+    if metadata.as_ref().is_some_and(|m| m.len() > 16) {
+        return Err(bad("metadata", "metadata has at most 16 keys"));
+    }
+    crate::http::check_json("metadata", metadata).map_err(|e| OpenAiError(e.with("field", json!("metadata"))))
+}
+
+/// Input items as messages to store: `message` items of role `user` or `assistant`, with text.
+fn seed_messages(who: &crate::http::extract::TurnIdentity, items: Vec<Value>) -> Result<Vec<NewMessage>> {
+    if items.len() > 20 {
+        return Err(bad("items", "at most 20 items at a time"));
+    }
     let mut seed = Vec::new();
-    for i in body.items.unwrap_or_default() {
-        let role = match i["role"].as_str() {
-            Some("user") => Role::User,
-            Some("assistant") => Role::Agent,
+    for i in items {
+        let role = match (i["type"].as_str(), i["role"].as_str()) {
+            (None | Some("message"), Some("user")) => Role::User,
+            (None | Some("message"), Some("assistant")) => Role::Agent,
             _ => return Err(bad("items", "each item is a message of role user or assistant")),
         };
         let text = input_text(&json!([{"role": "user", "content": i["content"]}])).unwrap_or_default();
+        if text.trim().is_empty() {
+            return Err(bad("items", "each item has text (a string, or input_text / output_text parts)"));
+        }
         seed.push(NewMessage {
             id: MessageId::generate(),
             user_id: who.user.clone(),
@@ -65,14 +97,7 @@ async fn create_conversation(
             counted: None,
         });
     }
-    let new = NewSession {
-        tenant_id: who.tenant.clone(),
-        user_id: who.user.clone(),
-        location_id: who.location.clone(),
-        metadata,
-    };
-    let (session, _) = state.store.create_session_with(new, seed).await?;
-    Ok(Json(conversation_view(&session)))
+    Ok(seed)
 }
 
 /// One conversation of the caller's user.
@@ -86,6 +111,34 @@ async fn get_conversation(
 ) -> Result<Json<Value>> {
     let who = identity_of(&scope, &headers, None)?;
     Ok(Json(conversation_view(&conversation(&state, &who, &id).await?)))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct UpdateConversation {
+    /// Replaces the conversation's metadata (at most 16 keys).
+    #[schema(value_type = Object)]
+    metadata: Map<String, Value>,
+}
+
+/// Replaces a conversation's metadata.
+#[utoipa::path(post, path = "/v1/conversations/{conversation_id}", tag = "openai",
+    params(("conversation_id" = String, Path)), request_body = UpdateConversation,
+    responses((status = 200, body = Object), (status = 404)))]
+async fn update_conversation(
+    State(state): State<AppState>,
+    scope: Scope,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: std::result::Result<Json<UpdateConversation>, JsonRejection>,
+) -> Result<Json<Value>> {
+    let who = identity_of(&scope, &headers, None)?;
+    let Json(body) = body?;
+    let metadata = Some(body.metadata);
+    check_metadata(&metadata)?;
+    let session = conversation(&state, &who, &id).await?;
+    let value = Value::Object(metadata.into_iter().flatten().collect());
+    let updated = state.store.set_session_metadata(&who.tenant, &session.id, METADATA_KEY, &value).await?;
+    Ok(Json(conversation_view(&updated.ok_or_else(|| not_found("conversation", &id))?)))
 }
 
 /// Deletes a conversation: the session and its messages are erased.
@@ -146,11 +199,21 @@ async fn list_items(
             _ => break,
         }
     }
+    let all: Vec<Value> = all
+        .iter()
+        .flat_map(|m| {
+            let mut items = items_of(m);
+            if order == Order::Desc {
+                items.reverse();
+            }
+            items
+        })
+        .collect();
     let start = match &q.after {
-        Some(after) => all.iter().position(|m| format!("msg_{}", m.id) == *after).map_or(all.len(), |i| i + 1),
+        Some(after) => all.iter().position(|i| i["id"] == after.as_str()).map_or(all.len(), |i| i + 1),
         None => 0,
     };
-    let page: Vec<Value> = all.iter().skip(start).take(limit).map(item).collect();
+    let page: Vec<Value> = all.iter().skip(start).take(limit).cloned().collect();
     let has_more = all.len() > start + page.len();
     Ok(Json(json!({
         "object": "list",
@@ -158,5 +221,41 @@ async fn list_items(
         "last_id": page.last().map(|i| i["id"].clone()),
         "has_more": has_more,
         "data": page,
+    })))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct AddItems {
+    /// `message` items of role `user` or `assistant` (at most 20).
+    #[schema(value_type = Vec<Object>)]
+    items: Vec<Value>,
+}
+
+/// Adds items to a conversation (stored as its messages, after the ones it has); the items added.
+#[utoipa::path(post, path = "/v1/conversations/{conversation_id}/items", tag = "openai",
+    params(("conversation_id" = String, Path)), request_body = AddItems,
+    responses((status = 200, body = Object), (status = 404)))]
+async fn add_items(
+    State(state): State<AppState>,
+    scope: Scope,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: std::result::Result<Json<AddItems>, JsonRejection>,
+) -> Result<Json<Value>> {
+    let who = identity_of(&scope, &headers, None)?;
+    let Json(body) = body?;
+    let seed = seed_messages(&who, body.items)?;
+    if seed.is_empty() {
+        return Err(bad("items", "items: at least one"));
+    }
+    let session = conversation(&state, &who, &id).await?;
+    let added = state.store.append_messages(&who.tenant, &session.id, seed).await?;
+    let data: Vec<Value> = added.iter().flat_map(|a| items_of(&a.message)).collect();
+    Ok(Json(json!({
+        "object": "list",
+        "first_id": data.first().map(|i| i["id"].clone()),
+        "last_id": data.last().map(|i| i["id"].clone()),
+        "has_more": false,
+        "data": data,
     })))
 }

@@ -5,12 +5,13 @@
 //! Ids map 1:1 onto ours: a conversation is a session (`conv_<sessionId>`), a response is a turn
 //! (`resp_<turnId>`), an item is a message (`msg_<messageId>`).
 //!
-//! `conversations`: the Conversations API; `responses`: the Responses API; `stream`: a turn's
-//! events as the Responses API's streaming events.
+//! `conversations`: the Conversations API; `responses`: the Responses API's routes; `view`: a
+//! response object; `stream`: a turn's events as the Responses API's streaming events.
 
 mod conversations;
 mod responses;
 mod stream;
+mod view;
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -109,7 +110,7 @@ fn conversation_view(s: &crate::store::Session) -> Value {
     json!({"id": conv_id(&s.id), "object": "conversation", "created_at": seconds(&s.created_at), "metadata": metadata})
 }
 
-/// A stored message as a conversation item.
+/// A stored message as a conversation's `message` item.
 fn item(m: &Message) -> Value {
     let (role, part) = match m.role {
         Role::User => ("user", "input_text"),
@@ -120,6 +121,72 @@ fn item(m: &Message) -> Value {
         content["annotations"] = json!([]);
     }
     json!({"type": "message", "id": format!("msg_{}", m.id), "status": "completed", "role": role, "content": [content]})
+}
+
+/// A stored message as conversation items: an agent message's actions first (each a
+/// `function_call` and its `function_call_output`, or an `mcp_approval_request` while it waits),
+/// then the message.
+fn items_of(m: &Message) -> Vec<Value> {
+    let mut items = Vec::new();
+    for a in crate::agent::Agent::proposed_actions(m) {
+        let id = a["id"].as_str().unwrap_or_default();
+        if a["status"] == "pending_approval" {
+            items.push(approval_request(a));
+            continue;
+        }
+        items.push(json!({
+            "type": "function_call", "id": format!("fc_{id}"), "call_id": id, "name": a["tool"],
+            "arguments": a["arguments"].to_string(), "status": "completed",
+        }));
+        let output = match action_error(a) {
+            Some(error) => json!({"error": error}).to_string(),
+            None => a["result"].as_str().unwrap_or("null").to_string(),
+        };
+        items.push(
+            json!({"type": "function_call_output", "id": format!("fco_{id}"), "call_id": id, "output": output, "status": "completed"}),
+        );
+    }
+    items.push(item(m));
+    items
+}
+
+/// Why an action did not answer (`None` when it ran and answered).
+fn action_error(a: &Value) -> Option<String> {
+    let reason = a["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default();
+    match a["status"].as_str() {
+        Some("done") => None,
+        Some("rejected") => Some(format!("rejected by the user{reason}")),
+        Some("refused") => Some("the agent may not use this tool".into()),
+        Some("approved") => Some("approved; its result was not recorded".into()),
+        _ => Some(format!("failed: {}", a["result"].as_str().unwrap_or("no result"))),
+    }
+}
+
+/// An action waiting for approval, as an `mcp_approval_request` output item.
+fn approval_request(a: &Value) -> Value {
+    json!({
+        "type": "mcp_approval_request", "id": a["id"], "server_label": "agent-server",
+        "name": a["tool"], "arguments": a["arguments"].to_string(),
+    })
+}
+
+/// An action of a response: waiting for approval, or run (or refused) by the server, as an
+/// `mcp_call` output item (a call the server made, not one the client must run).
+fn action_output(a: &Value) -> Value {
+    if a["status"] == "pending_approval" {
+        return approval_request(a);
+    }
+    let error = action_error(a);
+    let output = if error.is_none() { a["result"].clone() } else { Value::Null };
+    let mut call = json!({
+        "type": "mcp_call", "id": a["id"], "server_label": "agent-server", "name": a["tool"],
+        "arguments": a["arguments"].to_string(), "output": output,
+        "status": if error.is_none() { "completed" } else { "failed" }, "error": error,
+    });
+    if a["approved"] == true || a["status"] == "rejected" {
+        call["approval_request_id"] = a["id"].clone();
+    }
+    call
 }
 
 /// The text of input items (a string, or `message` items' text parts), the newest user one.

@@ -12,17 +12,18 @@ use serde_json::{Map, Value, json};
 use utoipa_axum::router::OpenApiRouter;
 
 use super::stream::stream_response;
-use super::{OpenAiError, Result, bad, conv_id, conversation, input_text, item, not_found, seconds, turn_of};
-use crate::agent::{OnDisconnect, Started, TurnAnswer, TurnEvents, TurnRequest, replayed_events};
+use super::view::{answer_json, response_now, response_turn, response_view};
+use super::{OpenAiError, Result, bad, conv_id, conversation, input_text, item, not_found, turn_of};
+use crate::agent::{OnDisconnect, Started, TurnEvents, TurnRequest, replayed_events};
 use crate::http::extract::{Scope, TurnIdentity, identity_of};
 use crate::http::{ApiError, AppState};
 use crate::ids::{AgentId, MessageId, SessionId};
-use crate::store::{Message, Role};
+use crate::store::{Role, TurnEvent};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(utoipa_axum::routes!(create_response))
-        .routes(utoipa_axum::routes!(get_response))
+        .routes(utoipa_axum::routes!(get_response, delete_response))
         .routes(utoipa_axum::routes!(cancel_response))
         .routes(utoipa_axum::routes!(input_items))
 }
@@ -35,7 +36,7 @@ pub struct CreateResponse {
     /// A string, or input items.
     #[schema(value_type = Object)]
     input: Value,
-    /// Added to the turn as context (this turn only).
+    /// Added to the agent's system prompt (this turn only).
     #[serde(default)]
     instructions: Option<String>,
     /// A conversation id, or `{"id": ...}`.
@@ -61,60 +62,6 @@ pub struct CreateResponse {
     user: Option<String>,
 }
 
-/// The response object of a finished turn, from its answer (`TurnAnswer`'s JSON).
-pub(super) fn response_view(answer: &Value, model: &str) -> Value {
-    let m = &answer["agentMessage"];
-    let mut output = Vec::new();
-    for a in answer["actions"].as_array().into_iter().flatten() {
-        if a["status"] == "pending_approval" {
-            output.push(json!({
-                "type": "mcp_approval_request", "id": a["id"], "server_label": "agent-server",
-                "name": a["tool"], "arguments": a["arguments"].to_string(),
-            }));
-        }
-    }
-    let text = m["content"].as_str().unwrap_or_default();
-    output.push(json!({
-        "type": "message", "id": format!("msg_{}", m["id"].as_str().unwrap_or_default()), "status": "completed",
-        "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}],
-    }));
-    let usage = &m["metadata"]["usage"];
-    let (input, output_tokens) =
-        (usage["inputTokens"].as_u64().unwrap_or(0), usage["outputTokens"].as_u64().unwrap_or(0));
-    let status = match answer["status"].as_str() {
-        Some("completed" | "awaiting_approval") => "completed",
-        Some("cancelled") => "cancelled",
-        Some("interrupted") => "incomplete",
-        Some("failed") => "failed",
-        _ => "in_progress",
-    };
-    let created = m["timestamp"].as_str().and_then(crate::timestamp::parse_micros).map_or(0, |t| t / 1_000_000);
-    json!({
-        "id": format!("resp_{}", answer["turnId"].as_str().unwrap_or_default()),
-        "object": "response",
-        "created_at": created,
-        "status": status,
-        "model": m["metadata"]["model"].as_str().unwrap_or(model),
-        "output": output,
-        "output_text": text,
-        "parallel_tool_calls": false,
-        "tool_choice": "auto",
-        "tools": [],
-        "conversation": {"id": format!("conv_{}", answer["sessionId"].as_str().unwrap_or_default())},
-        "usage": {
-            "input_tokens": input, "output_tokens": output_tokens, "total_tokens": input + output_tokens,
-            "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0},
-        },
-        "error": null,
-        "incomplete_details": null,
-        "metadata": {},
-    })
-}
-
-fn answer_json(outcome: crate::agent::TurnOutcome) -> Value {
-    serde_json::to_value(TurnAnswer::from(outcome)).unwrap_or_default()
-}
-
 /// Runs a turn: the newest user input of `input`, in the conversation (`conversation`, or the
 /// one `previous_response_id` is in, or a new one), as the agent `model` names (else the default).
 #[utoipa::path(post, path = "/v1/responses", tag = "openai", request_body = CreateResponse,
@@ -128,85 +75,39 @@ async fn create_response(
     let Json(body) = body?;
     let fallback = body.safety_identifier.as_deref().or(body.user.as_deref());
     let who = identity_of(&scope, &headers, fallback)?;
+    crate::http::check_json("metadata", &body.metadata).map_err(|e| OpenAiError(e.with("field", json!("metadata"))))?;
     if body.store == Some(false) {
         return Err(bad("store", "store: false is not supported: every response is stored (a turn of a conversation)"));
     }
-    let approvals: Vec<(String, bool, Option<String>)> = body
-        .input
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|i| i["type"] == "mcp_approval_response")
-        .filter_map(|i| {
-            Some((
-                i["approval_request_id"].as_str()?.to_string(),
-                i["approve"].as_bool()?,
-                i["reason"].as_str().map(str::to_string),
-            ))
-        })
-        .collect();
-    let session = match (&body.conversation, &body.previous_response_id) {
-        (Some(c), _) => {
-            let id = c.as_str().or(c["id"].as_str()).ok_or_else(|| bad("conversation", "a conversation id"))?;
-            conversation(&state, &who, id).await?.id
-        }
-        (None, Some(previous)) => {
-            let turn = turn_of(previous)?;
-            let found = state.store.get_message(&who.tenant, &turn).await?;
-            let found = found.filter(|m| m.user_id == who.user).ok_or_else(|| not_found("response", previous))?;
-            found.session_id
-        }
-        (None, None) if !approvals.is_empty() => {
-            return Err(bad(
-                "previous_response_id",
-                "an mcp_approval_response needs the conversation or previous_response_id",
-            ));
-        }
-        (None, None) => {
-            let id = SessionId::generate();
-            crate::protocols::open_session(&*state.store, &who.tenant, &who.user, who.location.as_ref(), &id).await?;
-            id
-        }
-    };
+    let approvals = approvals_in(&body.input);
+    let session = session_for(&state, &who, &body, !approvals.is_empty()).await?;
     let model = body.model.clone().unwrap_or_else(|| "agent-server".into());
-    // Approval responses decide the actions the agent asked about, as the approve and reject
-    // routes do; the response is the agent's follow-up.
     if !approvals.is_empty() {
-        let mut last = None;
-        for (action, approve, reason) in approvals {
-            let decided = state.agent.decide(&who.tenant, &session, Some(&who.user), &action, approve, reason).await;
-            last = Some(decided?);
-        }
-        let outcome = last.expect("at least one approval");
-        return Ok(Json(response_view(&answer_json(outcome), &model)).into_response());
+        return decide_all(&state, &who, &session, approvals, body.stream == Some(true), model).await;
     }
     let message =
         input_text(&body.input).filter(|t| !t.trim().is_empty()).ok_or_else(|| bad("input", "input: no user text"))?;
     if message.chars().count() > state.max_message_chars {
         return Err(bad("input", "input: longer than MAX_MESSAGE_CHARS"));
     }
+    if body.instructions.as_ref().is_some_and(|i| i.chars().count() > state.max_message_chars) {
+        return Err(bad("instructions", "instructions: longer than MAX_MESSAGE_CHARS"));
+    }
     let mut agent = None;
     // An end user's credential does not choose the agent (as on `POST /agent/process`).
     if let Some(model) =
         body.model.as_deref().and_then(|m| AgentId::parse(m).ok()).filter(|_| scope.bound_user().is_none())
     {
-        let found = state.store.get_agent(&who.tenant, &model).await?;
-        agent = found.map(|a| a.id);
+        agent = state.store.get_agent(&who.tenant, &model).await?.map(|a| a.id);
     }
-    let context = body.instructions.as_ref().map(|i| {
-        let mut c = Map::new();
-        c.insert("instructions".into(), json!(i));
-        c
-    });
-    let background = body.background == Some(true);
-    let stream = body.stream == Some(true);
+    let (background, stream) = (body.background == Some(true), body.stream == Some(true));
     let turn = TurnRequest {
         tenant: who.tenant.clone(),
         user: who.user.clone(),
         location: who.location.clone(),
         message,
         session_id: Some(session.clone()),
-        context,
+        context: None,
         metadata: body.metadata.clone(),
         idempotency_key: None,
         on_disconnect: OnDisconnect::Continue,
@@ -215,51 +116,126 @@ async fn create_response(
         agent,
         concurrency: None,
         session_metadata: None,
+        instructions: body.instructions.clone().filter(|i| !i.trim().is_empty()),
     };
+    // A stream's slot is taken before the turn starts, so a refusal leaves nothing running.
+    let slot = if stream { Some(crate::http::sse::slot(&state.streams)?) } else { None };
     let started = state.agent.start(turn).await?;
-    if background && !stream {
-        let turn = match &started {
-            Started::Live(live) | Started::Following(live) => live.turn_id.clone(),
-            Started::Replayed(outcome) => outcome.turn_id.clone(),
-            Started::Elsewhere(_) => {
-                return Err(OpenAiError(ApiError::new(StatusCode::CONFLICT, "in_progress", "the turn runs elsewhere")));
-            }
-        };
-        return Ok(Json(json!({
-            "id": format!("resp_{turn}"), "object": "response", "created_at": crate::timestamp::epoch_seconds(),
-            "status": "queued", "background": true, "model": model, "output": [], "parallel_tool_calls": false,
-            "tool_choice": "auto", "tools": [], "metadata": {}, "error": null, "incomplete_details": null,
-            "conversation": {"id": conv_id(&session)},
-        }))
-        .into_response());
+    match slot {
+        Some(slot) => streamed(started, model, slot).await,
+        None if background => queued(started, &session, &model).await,
+        None => Ok(Json(response_view(&answer_json(finished(started).await?), &model)).into_response()),
     }
-    if !stream {
-        let outcome = match started {
-            Started::Live(live) => live.finished().await?,
-            Started::Replayed(outcome) => *outcome,
-            _ => {
-                return Err(OpenAiError(ApiError::new(StatusCode::CONFLICT, "in_progress", "the turn runs elsewhere")));
-            }
-        };
-        return Ok(Json(response_view(&answer_json(outcome), &model)).into_response());
+}
+
+/// The `mcp_approval_response` input items: (action id, approved, reason).
+fn approvals_in(input: &Value) -> Vec<(String, bool, Option<String>)> {
+    let items = input.as_array().into_iter().flatten().filter(|i| i["type"] == "mcp_approval_response");
+    items
+        .filter_map(|i| {
+            let id = i["approval_request_id"].as_str()?.to_string();
+            Some((id, i["approve"].as_bool()?, i["reason"].as_str().map(str::to_string)))
+        })
+        .collect()
+}
+
+/// The session a response runs in: the conversation named, the one `previous_response_id` is in,
+/// or a new one (not for approval decisions, which answer in the conversation that asked).
+async fn session_for(state: &AppState, who: &TurnIdentity, body: &CreateResponse, deciding: bool) -> Result<SessionId> {
+    match (&body.conversation, &body.previous_response_id) {
+        (Some(c), _) => {
+            let id = c.as_str().or(c["id"].as_str()).ok_or_else(|| bad("conversation", "a conversation id"))?;
+            Ok(conversation(state, who, id).await?.id)
+        }
+        (None, Some(previous)) => {
+            let turn = turn_of(previous)?;
+            let found = state.store.get_message(&who.tenant, &turn).await?;
+            let found = found.filter(|m| m.user_id == who.user).ok_or_else(|| not_found("response", previous))?;
+            Ok(found.session_id)
+        }
+        (None, None) if deciding => {
+            Err(bad("previous_response_id", "an mcp_approval_response needs the conversation or previous_response_id"))
+        }
+        (None, None) => {
+            let id = SessionId::generate();
+            crate::protocols::open_session(&state.agent, &who.tenant, &who.user, who.location.as_ref(), &id).await?;
+            Ok(id)
+        }
     }
+}
+
+/// Decides the actions the agent asked about, as the approve and reject routes do; the response
+/// is the agent's follow-up (streamed whole when asked: it is stored before it is answered).
+async fn decide_all(
+    state: &AppState,
+    who: &TurnIdentity,
+    session: &SessionId,
+    approvals: Vec<(String, bool, Option<String>)>,
+    stream: bool,
+    model: String,
+) -> Result<Response> {
+    let slot = if stream { Some(crate::http::sse::slot(&state.streams)?) } else { None };
+    let mut last = None;
+    for (action, approve, reason) in approvals {
+        last = Some(state.agent.decide(&who.tenant, session, Some(&who.user), &action, approve, reason).await?);
+    }
+    let outcome = last.expect("at least one approval");
+    Ok(match slot {
+        Some(slot) => {
+            let done = TurnEvent { id: 1, event: "done".into(), data: answer_json(outcome) };
+            stream_response(futures::stream::iter([done]).boxed(), model, None, slot)
+        }
+        None => Json(response_view(&answer_json(outcome), &model)).into_response(),
+    })
+}
+
+fn elsewhere() -> OpenAiError {
+    OpenAiError(ApiError::new(StatusCode::CONFLICT, "in_progress", "the turn runs on another server"))
+}
+
+/// A started turn's outcome, once it has finished.
+async fn finished(started: Started) -> Result<crate::agent::TurnOutcome> {
+    match started {
+        Started::Live(live) | Started::Following(live) => Ok(live.finished().await?),
+        Started::Replayed(outcome) => Ok(*outcome),
+        Started::Elsewhere(_) => Err(elsewhere()),
+    }
+}
+
+/// A background response: answered `queued` once its input is stored (its first event), so a
+/// retrieve finds it; a problem known by then (a closed conversation, a budget) is the answer.
+async fn queued(started: Started, session: &SessionId, model: &str) -> Result<Response> {
+    let turn = match &started {
+        Started::Live(live) => {
+            live.started().await?;
+            live.turn_id.clone()
+        }
+        Started::Following(live) => live.turn_id.clone(),
+        Started::Replayed(outcome) => outcome.turn_id.clone(),
+        Started::Elsewhere(_) => return Err(elsewhere()),
+    };
+    Ok(Json(json!({
+        "id": format!("resp_{turn}"), "object": "response", "created_at": crate::timestamp::epoch_seconds(),
+        "status": "queued", "background": true, "model": model, "output": [], "parallel_tool_calls": false,
+        "tool_choice": "auto", "tools": [], "metadata": {}, "error": null, "incomplete_details": null,
+        "conversation": {"id": conv_id(session)},
+    }))
+    .into_response())
+}
+
+/// A streamed response: the turn's events as the Responses API's (a problem known before the
+/// stream starts, such as a closed conversation or a budget, is an error answer instead).
+async fn streamed(started: Started, model: String, slot: tokio::sync::OwnedSemaphorePermit) -> Result<Response> {
     let events: TurnEvents = match started {
         Started::Live(live) => {
-            // A problem known before the stream starts (a closed conversation, a budget) is an error.
-            live.wait_after(0).await;
-            let (first, _) = live.events_after(0);
-            if first.first().is_none_or(|e| e.event == "error")
-                && let Some(Err(e)) = live.result()
-            {
-                return Err(OpenAiError(e.into()));
-            }
+            live.started().await?;
             live.follow(0).boxed()
         }
         Started::Following(live) => live.follow(0).boxed(),
         Started::Replayed(outcome) => replayed_events(*outcome, 0),
         Started::Elsewhere(events) => events,
     };
-    Ok(stream_response(events, model, None))
+    Ok(stream_response(events, model, None, slot))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -271,44 +247,34 @@ pub struct RetrieveQuery {
     starting_after: Option<u64>,
 }
 
-/// The turn of a response id and its user message, if the caller's user's.
-async fn response_turn(state: &AppState, who: &TurnIdentity, id: &str) -> Result<(MessageId, Message)> {
-    let turn = turn_of(id)?;
-    let user = state.store.get_message(&who.tenant, &turn).await?;
-    let user =
-        user.filter(|m| m.user_id == who.user && m.role == Role::User).ok_or_else(|| not_found("response", id))?;
-    Ok((turn, user))
-}
-
-/// A response as it is now: from the turn's view, and its stored reply once there is one.
-async fn response_now(state: &AppState, who: &TurnIdentity, id: &str, turn: MessageId, user: Message) -> Result<Value> {
-    let view = state.agent.turn(&who.tenant, &user.session_id, &turn, Some(&who.user)).await?;
-    let view = serde_json::to_value(&view).unwrap_or_default();
-    let status = view["status"].as_str().unwrap_or("running").to_string();
-    let reply = state.store.get_message(&who.tenant, &crate::agent::Agent::reply_id_of(&turn)).await?;
-    let Some(reply) = reply.filter(|_| status != "running") else {
-        let status = match status.as_str() {
-            "running" | "queued" => "in_progress",
-            "cancelled" => "cancelled",
-            _ => "failed",
-        };
-        return Ok(json!({
-            "id": id, "object": "response", "created_at": seconds(&user.timestamp), "status": status,
-            "model": "agent-server", "output": [], "parallel_tool_calls": false, "tool_choice": "auto", "tools": [],
-            "conversation": {"id": conv_id(&user.session_id)}, "error": null, "incomplete_details": null, "metadata": {},
-        }));
-    };
-    let session_id = user.session_id.clone();
-    let outcome = crate::agent::TurnOutcome {
-        turn_id: turn,
-        status: serde_json::from_value(json!(status)).unwrap_or(crate::store::TurnStatus::Completed),
-        session_id,
-        user_message: Some(user),
-        agent_message: reply,
-        answered_by: None,
-        answers: Vec::new(),
-    };
-    Ok(response_view(&answer_json(outcome), "agent-server"))
+/// Deletes a finished response: its turn's record and its messages (the input and the reply)
+/// leave the conversation. A running response is a 409: cancel it first.
+#[utoipa::path(delete, path = "/v1/responses/{response_id}", tag = "openai",
+    params(("response_id" = String, Path)), responses((status = 200, body = Object), (status = 404), (status = 409)))]
+async fn delete_response(
+    State(state): State<AppState>,
+    scope: Scope,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
+    let who = identity_of(&scope, &headers, None)?;
+    let (turn, found) = response_turn(&state, &who, &id).await?;
+    let mut messages = vec![turn.clone()];
+    if found.role == Role::User {
+        let view = state.agent.turn(&who.tenant, &found.session_id, &turn, Some(&who.user)).await?;
+        let view = serde_json::to_value(&view).unwrap_or_default();
+        if matches!(view["status"].as_str(), Some("running" | "queued")) {
+            return Err(OpenAiError(ApiError::new(
+                StatusCode::CONFLICT,
+                "turn_in_progress",
+                "the response is still running: cancel it first (POST /v1/responses/{id}/cancel)",
+            )));
+        }
+        let reply = view["agentMessageId"].as_str().and_then(|r| MessageId::parse(r).ok());
+        messages.push(reply.unwrap_or_else(|| crate::agent::Agent::reply_id_of(&turn)));
+    }
+    state.store.delete_turn(&who.tenant, &turn, &messages).await?;
+    Ok(Json(json!({"id": id, "object": "response.deleted", "deleted": true})))
 }
 
 /// A response of the caller's user: as it is now, or (`stream=true`) its events again, after
@@ -325,8 +291,9 @@ async fn get_response(
     let who = identity_of(&scope, &headers, None)?;
     let (turn, user) = response_turn(&state, &who, &id).await?;
     if q.stream == Some(true) {
+        let slot = crate::http::sse::slot(&state.streams)?;
         let events = state.agent.turn_events(&who.tenant, &user.session_id, &turn, Some(&who.user), 0).await?;
-        return Ok(stream_response(events, "agent-server".into(), q.starting_after));
+        return Ok(stream_response(events, "agent-server".into(), q.starting_after, slot));
     }
     Ok(Json(response_now(&state, &who, &id, turn, user).await?).into_response())
 }

@@ -695,6 +695,62 @@ impl ConversationStore for DynamoStore {
         }
     }
 
+    async fn set_session_metadata(
+        &self,
+        tenant: &TenantId,
+        id: &SessionId,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> StoreResult<Option<Session>> {
+        let value = to_attribute(value)?;
+        // The key is set inside the metadata map when there is one, else the map is written with
+        // only that key; a map written in between makes the second try fail and the first run again.
+        for _ in 0..3 {
+            let inside = self
+                .client
+                .update_item()
+                .table_name(&self.sessions)
+                .key("id", s(id.as_str()))
+                .key("tenantId", s(tenant.as_str()))
+                .update_expression("SET #m.#k = :v")
+                .condition_expression("attribute_exists(#m)")
+                .expression_attribute_names("#m", "metadata")
+                .expression_attribute_names("#k", key)
+                .expression_attribute_values(":v", value.clone())
+                .return_values(ReturnValue::AllNew)
+                .send()
+                .await;
+            match inside {
+                Ok(out) => return out.attributes.map(session_from_item).transpose(),
+                Err(e) if is_conditional_failure(&e) => {}
+                Err(e) => return Err(map_err(&self.sessions, "UpdateItem", e)),
+            }
+            let whole = self
+                .client
+                .update_item()
+                .table_name(&self.sessions)
+                .key("id", s(id.as_str()))
+                .key("tenantId", s(tenant.as_str()))
+                .update_expression("SET #m = :m")
+                .condition_expression("attribute_exists(id) AND attribute_not_exists(#m)")
+                .expression_attribute_names("#m", "metadata")
+                .expression_attribute_values(":m", AttributeValue::M(HashMap::from([(key.to_string(), value.clone())])))
+                .return_values(ReturnValue::AllNew)
+                .send()
+                .await;
+            match whole {
+                Ok(out) => return out.attributes.map(session_from_item).transpose(),
+                Err(e) if is_conditional_failure(&e) => {
+                    if self.get_session_item(tenant.as_str(), id.as_str()).await?.is_none() {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(map_err(&self.sessions, "UpdateItem", e)),
+            }
+        }
+        Err(StoreError::Conflict("the session's metadata kept changing; try again".into()))
+    }
+
     async fn delete_session(
         &self,
         tenant: &TenantId,

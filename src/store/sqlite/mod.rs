@@ -477,6 +477,27 @@ impl ConversationStore for SqliteStore {
         .await
     }
 
+    async fn set_session_metadata(
+        &self,
+        tenant: &TenantId,
+        id: &SessionId,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> StoreResult<Option<Session>> {
+        let (tenant, id, path, value) = (tenant.clone(), id.clone(), format!("$.\"{key}\""), value.to_string());
+        self.write("set_session_metadata", move |c| {
+            c.prepare_cached(&format!(
+                "UPDATE sessions SET metadata = json_set(coalesce(metadata, '{{}}'), ?3, json(?4)) \
+                 WHERE tenant_id = ?1 AND id = ?2 AND {LIVE} RETURNING {SESSION_COLUMNS}"
+            ))
+            .and_then(|mut s| {
+                s.query_row(params![tenant.as_str(), id.as_str(), path, value], session_from_row).optional()
+            })
+            .map_err(internal)
+        })
+        .await
+    }
+
     async fn delete_session(
         &self,
         tenant: &TenantId,

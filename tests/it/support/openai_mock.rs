@@ -7,6 +7,7 @@
 //! - `[huge-index]`: a streamed answer with a tool call at index 4,000,000,000;
 //! - `[echo-request]`: 400 with an error message quoting the request's Authorization header;
 //! - `[slow:MS]`: waits that long before answering;
+//! - `[echo-system]`: answers `system said: <the system prompt it was sent>`;
 //! - a model whose name contains `failing`: 400 to every call;
 //! - otherwise: `mock reply to: <message> (<n> messages)`.
 //!
@@ -155,6 +156,10 @@ async fn completions(
         let results: Vec<&str> =
             messages.iter().rev().take_while(|m| m["role"] == "tool").filter_map(|m| m["content"].as_str()).collect();
         format!("tool results: {}", results.join(" | "))
+    } else if last.contains("[echo-system]") {
+        // What the agent was told, for tests of per-turn instructions.
+        let system = messages.iter().find(|m| m["role"] == "system").and_then(|m| m["content"].as_str());
+        format!("system said: {}", system.unwrap_or_default())
     } else {
         format!("mock reply to: {last} ({} messages) ✓", messages.len())
     };

@@ -13,21 +13,24 @@
 //!   history as `UIMessage`s.
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::agent::{OnDisconnect, Started, TurnEvents, TurnRequest, replayed_events};
+mod stream;
+
+use stream::{action_error, answered, respond};
+
+use crate::agent::{OnDisconnect, Started, TurnRequest, replayed_events};
 use crate::http::extract::TurnIdentity;
 use crate::http::{ApiError, AppState};
 use crate::ids::SessionId;
-use crate::store::{Message, MessageQuery, Order, Role, TurnEvent};
+use crate::store::{Message, MessageQuery, Order, Role};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -81,136 +84,6 @@ fn approvals_of(message: &Value) -> Vec<(String, bool, Option<String>)> {
         .collect()
 }
 
-/// One SSE data line.
-fn chunk(value: Value) -> String {
-    format!("data: {value}\n\n")
-}
-
-/// The UI chunks of a turn's events: the stream the SDK reads.
-fn ui_stream(events: TurnEvents) -> impl futures::Stream<Item = String> + Send {
-    let mut text_open = false;
-    let mut started = false;
-    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let seen_end = ended.clone();
-    let mapped = events
-        .map(move |e: TurnEvent| {
-            let mut out = Vec::new();
-            if !started {
-                started = true;
-                // The reply's id, as the history will name it.
-                let start = match e.data["turnId"].as_str().and_then(|t| crate::ids::MessageId::parse(t).ok()) {
-                    Some(turn) => json!({"type": "start", "messageId": crate::agent::Agent::reply_id_of(&turn)}),
-                    None => json!({"type": "start"}),
-                };
-                out.push(chunk(start));
-                out.push(chunk(json!({"type": "start-step"})));
-            }
-            let close_text = |out: &mut Vec<String>, open: &mut bool| {
-                if *open {
-                    out.push(chunk(json!({"type": "text-end", "id": "text-1"})));
-                    *open = false;
-                }
-            };
-            match e.event.as_str() {
-                "delta" => {
-                    if let Some(text) = e.data["text"].as_str().filter(|t| !t.is_empty()) {
-                        if !text_open {
-                            out.push(chunk(json!({"type": "text-start", "id": "text-1"})));
-                            text_open = true;
-                        }
-                        out.push(chunk(json!({"type": "text-delta", "id": "text-1", "delta": text})));
-                    }
-                }
-                "tool_call" => {
-                    close_text(&mut out, &mut text_open);
-                    out.push(chunk(json!({
-                        "type": "tool-input-available",
-                        "toolCallId": e.data["id"], "toolName": e.data["tool"], "input": e.data["arguments"],
-                    })));
-                }
-                "tool_result" => {
-                    out.push(chunk(json!({
-                        "type": "tool-output-available",
-                        "toolCallId": e.data["id"],
-                        "output": e.data.get("result").cloned().unwrap_or(e.data.clone()),
-                    })));
-                }
-                "done" => {
-                    close_text(&mut out, &mut text_open);
-                    let mut waiting = false;
-                    for a in e.data["actions"].as_array().into_iter().flatten() {
-                        if a["status"] == "pending_approval" {
-                            waiting = true;
-                            out.push(chunk(json!({
-                                "type": "tool-input-available",
-                                "toolCallId": a["id"], "toolName": a["tool"], "input": a["arguments"],
-                            })));
-                            out.push(chunk(
-                                json!({"type": "tool-approval-request", "approvalId": a["id"], "toolCallId": a["id"]}),
-                            ));
-                        }
-                    }
-                    out.push(chunk(json!({"type": "finish-step"})));
-                    let reason = if waiting { "tool-calls" } else { "stop" };
-                    out.push(chunk(json!({"type": "finish", "finishReason": reason})));
-                    out.push("data: [DONE]\n\n".to_string());
-                    ended.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                "error" => {
-                    close_text(&mut out, &mut text_open);
-                    let text =
-                        e.data["error"]["message"].as_str().or(e.data["message"].as_str()).unwrap_or("the turn failed");
-                    out.push(chunk(json!({"type": "error", "errorText": text})));
-                    out.push("data: [DONE]\n\n".to_string());
-                    ended.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                _ => {}
-            }
-            futures::stream::iter(out)
-        })
-        .flatten();
-    // Events that stop without an end (a server that died) still end the SDK's stream.
-    let tail = futures::stream::once(async move {
-        if seen_end.load(std::sync::atomic::Ordering::Relaxed) {
-            Vec::new()
-        } else {
-            vec![
-                chunk(json!({"type": "error", "errorText": "the turn's events stopped"})),
-                "data: [DONE]\n\n".to_string(),
-            ]
-        }
-    })
-    .flat_map(futures::stream::iter);
-    mapped.chain(tail)
-}
-
-fn respond(events: TurnEvents) -> Response {
-    let body = Body::from_stream(ui_stream(events).map(Ok::<_, std::convert::Infallible>));
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::HeaderName::from_static("x-vercel-ai-ui-message-stream"), "v1"),
-        ],
-        body,
-    )
-        .into_response()
-}
-
-/// A finished answer (an approval's follow-up) as the chunks of one text.
-fn answered(message: &Message) -> Response {
-    let data = json!({"turnId": message.id, "text": message.content});
-    let events = vec![
-        TurnEvent { id: 1, event: "delta".into(), data: data.clone() },
-        TurnEvent {
-            id: 2,
-            event: "done".into(),
-            data: json!({"turnId": message.id, "actions": message.tool_actions()}),
-        },
-    ];
-    respond(futures::stream::iter(events).boxed())
-}
-
 /// Runs the newest user message as a streamed turn of the session `id` (or decides the actions
 /// the newest assistant message approves or rejects), answered as a UI message stream.
 #[utoipa::path(
@@ -236,6 +109,7 @@ async fn chat(
                 "the newest message is the assistant's, with no approval response",
             ));
         }
+        let ids: Vec<String> = decisions.iter().map(|(id, _, _)| id.clone()).collect();
         let mut outcome = None;
         for (action, approve, reason) in decisions {
             let o =
@@ -243,7 +117,7 @@ async fn chat(
             outcome = Some(o);
         }
         let outcome = outcome.expect("at least one decision");
-        return Ok(answered(&outcome.agent_message));
+        return answered(&state, &outcome.agent_message, &ids);
     }
     let message = body
         .messages
@@ -264,7 +138,7 @@ async fn chat(
         ));
     }
     crate::protocols::open_session(
-        &*state.store,
+        &state.agent,
         &identity.tenant,
         &identity.user,
         identity.location.as_ref(),
@@ -285,23 +159,18 @@ async fn chat(
         agent: None,
         concurrency: None,
         session_metadata: None,
+        instructions: None,
     };
     let events = match state.agent.start(turn).await? {
         Started::Live(live) => {
-            live.wait_after(0).await;
-            let (first, _) = live.events_after(0);
-            if first.first().is_none_or(|e| e.event == "error")
-                && let Some(Err(e)) = live.result()
-            {
-                return Err(e.into());
-            }
+            live.started().await?;
             live.follow(0).boxed()
         }
         Started::Following(live) => live.follow(0).boxed(),
         Started::Replayed(outcome) => replayed_events(*outcome, 0),
         Started::Elsewhere(events) => events,
     };
-    Ok(respond(events))
+    respond(&state, events)
 }
 
 /// Resumes the session's running turn (on this server) as a UI message stream; 204 when none runs.
@@ -319,7 +188,7 @@ async fn resume(
 ) -> Result<Response, ApiError> {
     let session = session_id(&id)?;
     match state.agent.running_in(&identity.tenant, &session).filter(|l| l.user == identity.user) {
-        Some(live) => Ok(respond(live.follow(0).boxed())),
+        Some(live) => respond(&state, live.follow(0).boxed()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }
@@ -380,7 +249,7 @@ async fn history(
 fn ui_message(m: &Message) -> Value {
     let mut parts = Vec::new();
     if m.role == Role::Agent {
-        for a in m.tool_actions() {
+        for a in crate::agent::Agent::proposed_actions(m) {
             let name = a["tool"].as_str().unwrap_or("tool");
             let mut part = json!({"type": format!("tool-{name}"), "toolCallId": a["id"], "input": a["arguments"]});
             match a["status"].as_str() {
@@ -392,9 +261,16 @@ fn ui_message(m: &Message) -> Value {
                     part["state"] = json!("output-available");
                     part["output"] = a.get("result").cloned().unwrap_or(Value::Null);
                 }
-                _ => {
+                Some("rejected") => {
+                    part["state"] = json!("output-denied");
+                    part["approval"] = json!({"id": a["id"], "approved": false});
+                    if let Some(reason) = a["reason"].as_str() {
+                        part["approval"]["reason"] = json!(reason);
+                    }
+                }
+                other => {
                     part["state"] = json!("output-error");
-                    part["errorText"] = json!(a["status"]);
+                    part["errorText"] = json!(action_error(a, other));
                 }
             }
             parts.push(part);
