@@ -629,7 +629,7 @@ pub async fn search(bin: &std::path::Path, mock: SocketAddr, report: &mut Report
 }
 
 /// A local webhook receiver that acknowledges every delivery and counts them.
-struct Receiver {
+pub(crate) struct Receiver {
     url: String,
     delivered: Arc<AtomicU64>,
     last: Arc<std::sync::Mutex<Instant>>,
@@ -755,7 +755,7 @@ pub async fn features(bin: &std::path::Path, mock: SocketAddr, seconds: u64, rep
 /// Runs the server under callgrind (valgrind) on SQLite with `env` (the echo provider when it names
 /// none), `turns` turns of short messages in one session, then stops it with SIGTERM; the
 /// instructions it executed. With a `receiver`, waits for its deliveries first.
-async fn instructions_for(
+pub(crate) async fn instructions_for(
     bin: &std::path::Path,
     turns: u64,
     env: &[(&str, String)],

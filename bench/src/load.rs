@@ -42,6 +42,8 @@ pub enum Mode {
     Json,
     Streamed,
     Short,
+    /// A JSON turn through the OpenAI Responses adapter (`POST /v1/responses` in a conversation).
+    OpenAi,
 }
 
 /// Realistic traffic: tenants, users, sessions of several turns, messages of a few bytes to a few KB.
@@ -68,6 +70,37 @@ impl Traffic {
     }
 }
 
+/// A turn as a Responses API request (`POST /v1/responses`, in the conversation of `session`, or a
+/// new one); the latency and the session.
+async fn openai_turn(
+    client: &reqwest::Client,
+    url: &str,
+    (tenant, user): (&str, &str),
+    message: String,
+    session: Option<&str>,
+) -> Result<(u64, String), String> {
+    let mut body = json!({"model": "any-model", "input": message});
+    if let Some(s) = session {
+        body["conversation"] = json!(format!("conv_{s}"));
+    }
+    let started = Instant::now();
+    let r = client
+        .post(format!("{url}/v1/responses"))
+        .header("x-tenant-id", tenant)
+        .header("x-user-id", user)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!("status {}", r.status()));
+    }
+    let v: Value = r.json().await.map_err(|e| e.to_string())?;
+    let us = started.elapsed().as_micros() as u64;
+    let conv = v["conversation"]["id"].as_str().unwrap_or_default();
+    Ok((us, conv.strip_prefix("conv_").unwrap_or(conv).to_string()))
+}
+
 /// One turn; the latency in microseconds (or to the first delta when streaming), and the session.
 pub async fn one_turn(
     client: &reqwest::Client,
@@ -78,6 +111,9 @@ pub async fn one_turn(
 ) -> Result<(u64, String), String> {
     let stream = mode == Mode::Streamed;
     let (tenant, user) = Traffic::who(n);
+    if mode == Mode::OpenAi {
+        return openai_turn(client, url, (&tenant, &user), Traffic::message_for(mode, n), session).await;
+    }
     let mut body = json!({"message": Traffic::message_for(mode, n)});
     if let Some(s) = session {
         body["sessionId"] = json!(s);

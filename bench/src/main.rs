@@ -11,6 +11,7 @@ mod figures;
 mod load;
 mod mock_model;
 mod processes;
+mod protocols;
 mod proxy;
 mod smoke;
 
@@ -102,6 +103,12 @@ enum Cmd {
         #[arg(long, default_value = "bench")]
         bench_dir: PathBuf,
     },
+    /// Only figures 19 and 20: an OpenAI Responses turn against a native one (instructions), and
+    /// a WhatsApp message's path to its reply.
+    Protocols {
+        #[arg(long, default_value = "target/release/agent-server")]
+        server: PathBuf,
+    },
     /// Only figure 17: a burst of three messages under each concurrency policy.
     Burst {
         #[arg(long, default_value = "target/release/agent-server")]
@@ -167,6 +174,13 @@ async fn main() {
             let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
             println!("| figure | measured | target | |\n|---|---|---|---|");
             figures::usage_cost(&server, &bench_dir, &mut report).await;
+        }
+        Cmd::Protocols { server } => {
+            let mock = start_mock(MockModel { ttft: Duration::ZERO, per_token: Duration::ZERO, tokens: 20 }, 0).await;
+            let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
+            println!("| figure | measured | target | |\n|---|---|---|---|");
+            protocols::openai_against_native(&server, mock, &mut report).await;
+            protocols::channel_path(&server, mock, &mut report).await;
         }
         Cmd::Burst { server } => {
             let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };

@@ -174,6 +174,12 @@ impl Agent {
         messages::agent_message_id(turn)
     }
 
+    /// Whether an agent message is the follow-up of a decision on an action (it starts with it).
+    pub fn is_follow_up(message: &crate::store::Message) -> bool {
+        let first = message.tool_actions().first().and_then(|a| a["id"].as_str());
+        first.is_some_and(|id| messages::follow_up_id(id) == message.id)
+    }
+
     /// The actions of an agent message that it proposed: a follow-up after a decision starts
     /// with the decided action, which belongs to (and is shown in) the message that proposed it.
     pub fn proposed_actions(message: &crate::store::Message) -> impl Iterator<Item = &serde_json::Value> {

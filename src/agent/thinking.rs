@@ -102,9 +102,11 @@ impl Agent {
             if !pending.is_empty() {
                 let wanted: Vec<String> = pending.iter().map(|c| format!("{}({})", c.name, c.arguments)).collect();
                 let note = format!("I would like to run {}. Please approve or reject.", wanted.join(", "));
-                reply.text = if reply.text.is_empty() { note } else { format!("{}\n\n{note}", reply.text) };
+                // Streamed as stored, so a client's deltas add up to the reply.
+                let added = if reply.text.is_empty() { note } else { format!("\n\n{note}") };
+                reply.text.push_str(&added);
                 if let Some(p) = progress {
-                    p.send(format!("\n\n{}", wanted.join(", ")));
+                    p.send(added);
                 }
                 actions.extend(pending.iter().map(|c| action_record(c, ActionStatus::PendingApproval, None)));
                 return Ok(Thought { reply, actions, model_calls: step as u64 + 1 });

@@ -145,6 +145,67 @@ assert approved.output_text.startswith("mock reply"), approved
 decided = [o for o in approved.output if o.type == "mcp_call"]
 assert decided and decided[0].approval_request_id == request.id and decided[0].output, approved.output
 assert client.responses.retrieve(approved.id).output_text == approved.output_text
+assert client.responses.input_items.list(approved.id).data == [], "a decision is not an input message"
+
+# Two actions decided in one request, streamed: both decided calls, then the answer.
+two = '[tools:[{"name":"update_resource","arguments":{"resourceType":"appointments","resourceId":"a1","data":{"time":"9:00"}}},{"name":"update_resource","arguments":{"resourceType":"appointments","resourceId":"a2","data":{"time":"10:00"}}}]]'
+asking = client.responses.create(model="any-model", input="move both " + two, conversation=conv.id)
+requests = [o for o in asking.output if o.type == "mcp_approval_request"]
+assert len(requests) == 2, asking.output
+decisions = [{"type": "mcp_approval_response", "approval_request_id": q.id, "approve": True} for q in requests]
+with client.responses.stream(model="any-model", previous_response_id=asking.id, input=decisions) as stream:
+    deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+    both = stream.get_final_response()
+assert [o.type for o in both.output] == ["mcp_call", "mcp_call", "message"], both.output
+assert {o.approval_request_id for o in both.output[:2]} == {q.id for q in requests}, both.output
+assert "".join(deltas) == both.output_text and both.output_text, (deltas, both.output_text)
+
+# A streamed reply that asks for approval says, as it streams, what it stores.
+with client.responses.stream(model="any-model", input="move it " + write, conversation=conv.id) as stream:
+    deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+    waiting = stream.get_final_response()
+assert "".join(deltas) == waiting.output_text == client.responses.retrieve(waiting.id).output_text, deltas
+
+# An assistant message is not a response; a response's metadata is the client's own.
+assistant_item = [i for i in client.conversations.items.list(conv.id, limit=100).data if i.type == "message" and i.role == "assistant"][0]
+try:
+    client.responses.retrieve("resp_" + assistant_item.id.removeprefix("msg_"))
+    raise AssertionError("an assistant message was taken for a response")
+except openai.NotFoundError:
+    pass
+tagged = client.responses.create(model="any-model", input="tagged", conversation=conv.id, metadata={"order": "42"})
+assert tagged.metadata == {"order": "42"} and client.responses.retrieve(tagged.id).metadata == {"order": "42"}, tagged.metadata
+try:
+    client.responses.create(model="any-model", input="x", conversation=conv.id, previous_response_id=tagged.id)
+    raise AssertionError("conversation and previous_response_id were both accepted")
+except openai.BadRequestError as e:
+    assert e.param == "previous_response_id", e
+
+# A user named only by safety_identifier (a tenant-wide credential) retrieves their response.
+anon = openai.OpenAI(base_url=base + "/v1", api_key="x", default_headers={"x-tenant-id": "t1"})
+theirs = anon.responses.create(model="any-model", input="who am I?", safety_identifier="u9", background=True)
+for _ in range(100):
+    got = anon.responses.retrieve(theirs.id)
+    if got.status == "completed":
+        break
+    time.sleep(0.05)
+assert got.status == "completed" and got.output_text.startswith("mock reply to: who am I?"), got
+
+# Queued messages share one reply: deleting one of their responses leaves the reply to the other.
+busy = client.conversations.create()
+client.responses.create(model="any-model", input="[slow:600] first", conversation=busy.id, background=True)
+time.sleep(0.2)
+q1 = client.responses.create(model="any-model", input="second", conversation=busy.id, background=True)
+q2 = client.responses.create(model="any-model", input="third", conversation=busy.id, background=True)
+for _ in range(200):
+    if all(client.responses.retrieve(q.id).status == "completed" for q in (q1, q2)):
+        break
+    time.sleep(0.05)
+shared = client.responses.retrieve(q2.id).output_text
+assert shared and client.responses.retrieve(q1.id).output_text == shared, shared
+client.responses.delete(q1.id)
+kept = client.responses.retrieve(q2.id)
+assert kept.status == "completed" and kept.output_text == shared, kept
 
 # Deleting a response: gone from retrieve, and its messages from the conversation.
 before = len(client.conversations.items.list(conv.id, limit=100).data)
@@ -171,6 +232,8 @@ import urllib.request
 for method, path, status, kind in [
     ("GET", "/v1/nothing-here", 404, "not_found_error"),
     ("PUT", f"/v1/conversations/{conv.id}", 405, "invalid_request_error"),
+    ("GET", f"/v1/conversations/{conv.id}/items?limit=abc", 400, "invalid_request_error"),
+    ("GET", f"/v1/responses/{r.id}?stream=maybe", 400, "invalid_request_error"),
 ]:
     headers = {"x-tenant-id": "t1", "x-user-id": "u1", "content-type": "application/json"}
     req = urllib.request.Request(base + path, data=b"{}" if method != "GET" else None, headers=headers, method=method)

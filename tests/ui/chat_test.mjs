@@ -105,6 +105,8 @@ assert.equal(text(history[0]), "hello there");
 assert.ok(history.length >= 11, `${history.length} messages`);
 const states = history.flatMap((m) => m.parts.filter((p) => p.type === "tool-update_resource").map((p) => p.state));
 assert.ok(states.includes("output-available") && states.includes("output-denied"), JSON.stringify(states));
+// What streamed while the agent asked for approval is what was stored.
+assert.equal(text(history.find((m) => m.id === asking.id)), text(asking));
 const calls = history.flatMap((m) => m.parts.filter((p) => p.toolCallId).map((p) => p.toolCallId));
 assert.equal(new Set(calls).size, calls.length, `each tool call once: ${calls}`);
 // Nothing runs now: resuming is a 204.

@@ -1,14 +1,14 @@
 //! The Conversations API: a conversation is a session of the caller's user, its items its messages.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use utoipa_axum::router::OpenApiRouter;
 
-use super::{OpenAiError, Result, bad, conversation, conversation_view, input_text, items_of, not_found};
+use super::{Result, bad, check_metadata, conversation, conversation_view, input_text, items_of, not_found};
 use crate::http::AppState;
 use crate::http::extract::{Scope, identity_of};
 use crate::ids::MessageId;
@@ -63,14 +63,6 @@ async fn create_conversation(
 
 /// Where a conversation's `metadata` is kept in its session's metadata.
 const METADATA_KEY: &str = "openai";
-
-/// OpenAI's rule for `metadata` (at most 16 pairs), and ours for any JSON a client stores.
-fn check_metadata(metadata: &Option<Map<String, Value>>) -> Result<()> {
-    if metadata.as_ref().is_some_and(|m| m.len() > 16) {
-        return Err(bad("metadata", "metadata has at most 16 keys"));
-    }
-    crate::http::check_json("metadata", metadata).map_err(|e| OpenAiError(e.with("field", json!("metadata"))))
-}
 
 /// Input items as messages to store: `message` items of role `user` or `assistant`, with text.
 fn seed_messages(who: &crate::http::extract::TurnIdentity, items: Vec<Value>) -> Result<Vec<NewMessage>> {
@@ -175,8 +167,9 @@ async fn list_items(
     scope: Scope,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<ItemsQuery>,
+    query: std::result::Result<Query<ItemsQuery>, QueryRejection>,
 ) -> Result<Json<Value>> {
+    let Query(q) = query.map_err(|e| bad("limit", format!("the query: {}", e.body_text())))?;
     let who = identity_of(&scope, &headers, None)?;
     let session = conversation(&state, &who, &id).await?;
     let limit = q.limit.unwrap_or(20);

@@ -16,7 +16,7 @@ mod view;
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::http::extract::TurnIdentity;
@@ -78,6 +78,14 @@ fn bad(param: &str, message: impl Into<String>) -> OpenAiError {
 
 fn not_found(what: &str, id: &str) -> OpenAiError {
     OpenAiError(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} with id {id}")))
+}
+
+/// OpenAI's rule for `metadata` (at most 16 pairs), and ours for any JSON a client stores.
+fn check_metadata(metadata: &Option<Map<String, Value>>) -> Result<()> {
+    if metadata.as_ref().is_some_and(|m| m.len() > 16) {
+        return Err(bad("metadata", "metadata has at most 16 keys"));
+    }
+    crate::http::check_json("metadata", metadata).map_err(|e| OpenAiError(e.with("field", json!("metadata"))))
 }
 
 fn conv_id(session: &SessionId) -> String {

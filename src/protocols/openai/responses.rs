@@ -2,7 +2,7 @@
 //! resumed, cancelled; approvals come as `mcp_approval_response` input items.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -75,7 +75,10 @@ async fn create_response(
     let Json(body) = body?;
     let fallback = body.safety_identifier.as_deref().or(body.user.as_deref());
     let who = identity_of(&scope, &headers, fallback)?;
-    crate::http::check_json("metadata", &body.metadata).map_err(|e| OpenAiError(e.with("field", json!("metadata"))))?;
+    super::check_metadata(&body.metadata)?;
+    if body.conversation.is_some() && body.previous_response_id.is_some() {
+        return Err(bad("previous_response_id", "give conversation or previous_response_id, not both"));
+    }
     if body.store == Some(false) {
         return Err(bad("store", "store: false is not supported: every response is stored (a turn of a conversation)"));
     }
@@ -123,7 +126,7 @@ async fn create_response(
     let started = state.agent.start(turn).await?;
     match slot {
         Some(slot) => streamed(started, model, slot).await,
-        None if background => queued(started, &session, &model).await,
+        None if background => queued(started, &session, &model, body.metadata).await,
         None => Ok(Json(response_view(&answer_json(finished(started).await?), &model)).into_response()),
     }
 }
@@ -175,17 +178,24 @@ async fn decide_all(
     model: String,
 ) -> Result<Response> {
     let slot = if stream { Some(crate::http::sse::slot(&state.streams)?) } else { None };
+    // Each decision is answered by its own follow-up (as on the approve and reject routes); the
+    // response is the last one, with every decided action in its output.
+    let mut decided = Vec::new();
     let mut last = None;
     for (action, approve, reason) in approvals {
-        last = Some(state.agent.decide(&who.tenant, session, Some(&who.user), &action, approve, reason).await?);
+        let outcome = state.agent.decide(&who.tenant, session, Some(&who.user), &action, approve, reason).await?;
+        decided.extend(outcome.agent_message.tool_actions().iter().filter(|a| a["id"] == action.as_str()).cloned());
+        last = Some(outcome);
     }
-    let outcome = last.expect("at least one approval");
+    let mut answer = answer_json(last.expect("at least one approval"));
+    let later: Vec<Value> = answer["actions"].as_array().into_iter().flatten().skip(1).cloned().collect();
+    answer["actions"] = json!(decided.into_iter().chain(later).collect::<Vec<_>>());
     Ok(match slot {
         Some(slot) => {
-            let done = TurnEvent { id: 1, event: "done".into(), data: answer_json(outcome) };
+            let done = TurnEvent { id: 1, event: "done".into(), data: answer };
             stream_response(futures::stream::iter([done]).boxed(), model, None, slot)
         }
-        None => Json(response_view(&answer_json(outcome), &model)).into_response(),
+        None => Json(response_view(&answer, &model)).into_response(),
     })
 }
 
@@ -204,7 +214,12 @@ async fn finished(started: Started) -> Result<crate::agent::TurnOutcome> {
 
 /// A background response: answered `queued` once its input is stored (its first event), so a
 /// retrieve finds it; a problem known by then (a closed conversation, a budget) is the answer.
-async fn queued(started: Started, session: &SessionId, model: &str) -> Result<Response> {
+async fn queued(
+    started: Started,
+    session: &SessionId,
+    model: &str,
+    metadata: Option<Map<String, Value>>,
+) -> Result<Response> {
     let turn = match &started {
         Started::Live(live) => {
             live.started().await?;
@@ -217,7 +232,8 @@ async fn queued(started: Started, session: &SessionId, model: &str) -> Result<Re
     Ok(Json(json!({
         "id": format!("resp_{turn}"), "object": "response", "created_at": crate::timestamp::epoch_seconds(),
         "status": "queued", "background": true, "model": model, "output": [], "parallel_tool_calls": false,
-        "tool_choice": "auto", "tools": [], "metadata": {}, "error": null, "incomplete_details": null,
+        "tool_choice": "auto", "tools": [], "metadata": metadata.unwrap_or_default(), "error": null,
+        "incomplete_details": null,
         "conversation": {"id": conv_id(session)},
     }))
     .into_response())
@@ -257,7 +273,7 @@ async fn delete_response(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
-    let who = identity_of(&scope, &headers, None)?;
+    let who = asker(&state, &scope, &headers, &id).await?;
     let (turn, found) = response_turn(&state, &who, &id).await?;
     let mut messages = vec![turn.clone()];
     if found.role == Role::User {
@@ -270,11 +286,27 @@ async fn delete_response(
                 "the response is still running: cancel it first (POST /v1/responses/{id}/cancel)",
             )));
         }
-        let reply = view["agentMessageId"].as_str().and_then(|r| MessageId::parse(r).ok());
-        messages.push(reply.unwrap_or_else(|| crate::agent::Agent::reply_id_of(&turn)));
+        // A reply that answers other messages too (a queue's) stays: it is theirs as well.
+        let shared = view["answeredBy"].is_string() || view["answers"].as_array().is_some_and(|a| !a.is_empty());
+        if !shared {
+            let reply = view["agentMessageId"].as_str().and_then(|r| MessageId::parse(r).ok());
+            messages.push(reply.unwrap_or_else(|| crate::agent::Agent::reply_id_of(&turn)));
+        }
     }
     state.store.delete_turn(&who.tenant, &turn, &messages).await?;
     Ok(Json(json!({"id": id, "object": "response.deleted", "deleted": true})))
+}
+
+/// Who asks about a response: the user the request names, else (a tenant-wide credential, and a
+/// response created with only `safety_identifier`, which a retrieve cannot send) its own user.
+async fn asker(state: &AppState, scope: &Scope, headers: &HeaderMap, id: &str) -> Result<TurnIdentity> {
+    if scope.bound_user().is_some() || headers.contains_key("x-user-id") {
+        return Ok(identity_of(scope, headers, None)?);
+    }
+    let probe = identity_of(scope, headers, Some("anyone"))?;
+    let found = state.store.get_message(&probe.tenant, &turn_of(id)?).await?;
+    let owner = found.ok_or_else(|| not_found("response", id))?.user_id;
+    Ok(identity_of(scope, headers, Some(owner.as_str()))?)
 }
 
 /// A response of the caller's user: as it is now, or (`stream=true`) its events again, after
@@ -286,9 +318,10 @@ async fn get_response(
     scope: Scope,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(q): Query<RetrieveQuery>,
+    query: std::result::Result<Query<RetrieveQuery>, QueryRejection>,
 ) -> Result<Response> {
-    let who = identity_of(&scope, &headers, None)?;
+    let Query(q) = query.map_err(|e| bad("stream", format!("the query: {}", e.body_text())))?;
+    let who = asker(&state, &scope, &headers, &id).await?;
     let (turn, user) = response_turn(&state, &who, &id).await?;
     if q.stream == Some(true) {
         let slot = crate::http::sse::slot(&state.streams)?;
@@ -307,7 +340,7 @@ async fn cancel_response(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
-    let who = identity_of(&scope, &headers, None)?;
+    let who = asker(&state, &scope, &headers, &id).await?;
     let (turn, user) = response_turn(&state, &who, &id).await?;
     state.agent.cancel(&who.tenant, &user.session_id, &turn, Some(&who.user)).await?;
     Ok(Json(response_now(&state, &who, &id, turn, user).await?))
@@ -322,10 +355,12 @@ async fn input_items(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
-    let who = identity_of(&scope, &headers, None)?;
+    let who = asker(&state, &scope, &headers, &id).await?;
     let (_, user) = response_turn(&state, &who, &id).await?;
-    let input = item(&user);
-    Ok(Json(
-        json!({"object": "list", "data": [input], "first_id": input["id"], "last_id": input["id"], "has_more": false}),
-    ))
+    // A follow-up's input was a decision, not a message.
+    let data: Vec<Value> = if user.role == Role::User { vec![item(&user)] } else { Vec::new() };
+    Ok(Json(json!({
+        "object": "list", "first_id": data.first().map(|i| i["id"].clone()),
+        "last_id": data.last().map(|i| i["id"].clone()), "has_more": false, "data": data,
+    })))
 }

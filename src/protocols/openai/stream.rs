@@ -25,6 +25,8 @@ struct ResponseStream {
     message: Option<usize>,
     message_id: String,
     text: String,
+    /// The actions already streamed (as their tools answered).
+    shown: Vec<Value>,
 }
 
 type Events = Vec<(&'static str, Value)>;
@@ -88,7 +90,10 @@ impl ResponseStream {
                     ));
                 }
             }
-            "tool_result" => self.add_item(action_output(&e.data), &mut out),
+            "tool_result" => {
+                self.shown.push(e.data["id"].clone());
+                self.add_item(action_output(&e.data), &mut out);
+            }
             "done" => self.finish(&e.data, &mut out),
             "error" => {
                 let mut response = self.head.clone().unwrap_or_default();
@@ -106,8 +111,10 @@ impl ResponseStream {
     }
 
     fn finish(&mut self, answer: &Value, out: &mut Events) {
+        // What the events did not show: actions waiting for approval, and a follow-up's decided
+        // action (a follow-up is stored whole before it is streamed).
         for a in answer["actions"].as_array().into_iter().flatten() {
-            if a["status"] == "pending_approval" {
+            if !self.shown.contains(&a["id"]) {
                 self.add_item(action_output(a), out);
             }
         }
@@ -119,6 +126,12 @@ impl ResponseStream {
         let index = self.open_message(out);
         let text = answer["response"].as_str().unwrap_or(&self.text).to_string();
         let id = &self.message_id;
+        if self.text.is_empty() && !text.is_empty() {
+            out.push((
+                "response.output_text.delta",
+                json!({"item_id": id, "output_index": index, "content_index": 0, "delta": text, "logprobs": []}),
+            ));
+        }
         out.push((
             "response.output_text.done",
             json!({"item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": []}),
@@ -134,7 +147,12 @@ impl ResponseStream {
         let mut response = response_view(answer, &self.model);
         // The items as the stream numbered them.
         response["output"] = json!(self.items);
-        out.push(("response.completed", json!({"response": response})));
+        let end = match response["status"].as_str() {
+            Some("incomplete") => "response.incomplete",
+            Some("failed") => "response.failed",
+            _ => "response.completed",
+        };
+        out.push((end, json!({"response": response})));
     }
 }
 
@@ -154,6 +172,7 @@ pub(super) fn stream_response(
         message: None,
         message_id: String::new(),
         text: String::new(),
+        shown: Vec::new(),
     };
     let mut seq = 0u64;
     let frames = events

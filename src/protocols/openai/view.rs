@@ -47,7 +47,7 @@ pub(super) fn response_view(answer: &Value, model: &str) -> Value {
         },
         "error": null,
         "incomplete_details": null,
-        "metadata": answer["userMessage"]["metadata"].as_object().cloned().unwrap_or_default(),
+        "metadata": client_metadata(answer["userMessage"]["metadata"].as_object()),
     })
 }
 
@@ -60,8 +60,10 @@ pub(super) fn answer_json(outcome: crate::agent::TurnOutcome) -> Value {
 pub(super) async fn response_turn(state: &AppState, who: &TurnIdentity, id: &str) -> Result<(MessageId, Message)> {
     let turn = turn_of(id)?;
     let found = state.store.get_message(&who.tenant, &turn).await?;
-    let found = found.filter(|m| m.user_id == who.user).ok_or_else(|| not_found("response", id))?;
-    Ok((turn, found))
+    // An agent message is a response only when it is a follow-up (its id is its decision's).
+    let found =
+        found.filter(|m| m.user_id == who.user && (m.role == Role::User || crate::agent::Agent::is_follow_up(m)));
+    Ok((turn, found.ok_or_else(|| not_found("response", id))?))
 }
 
 /// A response as it is now: from the turn's view, and its stored reply once there is one.
@@ -101,7 +103,7 @@ pub(super) async fn response_now(
             "id": id, "object": "response", "created_at": seconds(&user.timestamp), "status": status,
             "model": "agent-server", "output": [], "parallel_tool_calls": false, "tool_choice": "auto", "tools": [],
             "conversation": {"id": conv_id(&user.session_id)}, "error": null, "incomplete_details": null,
-            "metadata": user.metadata.clone().unwrap_or_default(),
+            "metadata": client_metadata(user.metadata.as_ref()),
         }));
     };
     let outcome = outcome_of(turn, Some(json!(status)), Some(user), reply);
@@ -123,4 +125,11 @@ fn outcome_of(
         answered_by: None,
         answers: Vec::new(),
     }
+}
+
+/// The metadata a client gave its input, without what the server adds (`turnId`).
+fn client_metadata(metadata: Option<&serde_json::Map<String, Value>>) -> Value {
+    let mut m = metadata.cloned().unwrap_or_default();
+    m.remove("turnId");
+    Value::Object(m)
 }

@@ -109,15 +109,15 @@ async fn chat(
                 "the newest message is the assistant's, with no approval response",
             ));
         }
-        let ids: Vec<String> = decisions.iter().map(|(id, _, _)| id.clone()).collect();
-        let mut outcome = None;
+        // The slot first: a refusal leaves nothing decided.
+        let slot = crate::http::sse::slot(&state.streams)?;
+        let mut answers = Vec::new();
         for (action, approve, reason) in decisions {
-            let o =
-                state.agent.decide(&identity.tenant, &session, Some(&identity.user), &action, approve, reason).await?;
-            outcome = Some(o);
+            let o = state.agent.decide(&identity.tenant, &session, Some(&identity.user), &action, approve, reason);
+            let message = o.await?.agent_message;
+            answers.push((action, message));
         }
-        let outcome = outcome.expect("at least one decision");
-        return answered(&state, &outcome.agent_message, &ids);
+        return Ok(answered(&answers, slot));
     }
     let message = body
         .messages
@@ -137,6 +137,8 @@ async fn chat(
             "the message is too long (MAX_MESSAGE_CHARS)",
         ));
     }
+    // The slot first: a refusal leaves nothing stored.
+    let slot = crate::http::sse::slot(&state.streams)?;
     crate::protocols::open_session(
         &state.agent,
         &identity.tenant,
@@ -170,7 +172,7 @@ async fn chat(
         Started::Replayed(outcome) => replayed_events(*outcome, 0),
         Started::Elsewhere(events) => events,
     };
-    respond(&state, events)
+    Ok(respond(events, slot))
 }
 
 /// Resumes the session's running turn (on this server) as a UI message stream; 204 when none runs.
@@ -188,7 +190,7 @@ async fn resume(
 ) -> Result<Response, ApiError> {
     let session = session_id(&id)?;
     match state.agent.running_in(&identity.tenant, &session).filter(|l| l.user == identity.user) {
-        Some(live) => respond(&state, live.follow(0).boxed()),
+        Some(live) => Ok(respond(live.follow(0).boxed(), crate::http::sse::slot(&state.streams)?)),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }

@@ -5,9 +5,9 @@ use axum::http::header;
 use axum::response::Response;
 use futures::StreamExt;
 use serde_json::{Value, json};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::agent::TurnEvents;
-use crate::http::{ApiError, AppState};
 use crate::store::{Message, TurnEvent};
 
 /// One SSE data line.
@@ -57,13 +57,7 @@ pub(super) fn ui_stream(events: TurnEvents) -> impl futures::Stream<Item = Strin
                         "toolCallId": e.data["id"], "toolName": e.data["tool"], "input": e.data["arguments"],
                     })));
                 }
-                "tool_result" => {
-                    out.push(chunk(json!({
-                        "type": "tool-output-available",
-                        "toolCallId": e.data["id"],
-                        "output": e.data.get("result").cloned().unwrap_or(e.data.clone()),
-                    })));
-                }
+                "tool_result" => out.extend(action_chunks(&e.data, true)),
                 "done" => {
                     close_text(&mut out, &mut text_open);
                     let mut waiting = false;
@@ -106,10 +100,9 @@ pub(super) fn ui_stream(events: TurnEvents) -> impl futures::Stream<Item = Strin
 
 /// The UI message stream of a turn's events; it holds a stream slot (`MAX_CONCURRENT_STREAMS`)
 /// until it ends, and sends keep-alive comments like every other stream.
-pub(super) fn respond(state: &AppState, events: TurnEvents) -> Result<Response, ApiError> {
-    let slot = crate::http::sse::slot(&state.streams)?;
+pub(super) fn respond(events: TurnEvents, slot: OwnedSemaphorePermit) -> Response {
     let header = header::HeaderName::from_static("x-vercel-ai-ui-message-stream");
-    Ok(crate::http::sse::framed(ui_stream(events), String::new(), slot, &[(header, "v1")]))
+    crate::http::sse::framed(ui_stream(events), String::new(), slot, &[(header, "v1")])
 }
 
 /// The chunks of an action: its input, then its output, its denial, its error, or the request for
@@ -152,23 +145,27 @@ fn finish(answer: &Value, waiting: bool) -> Vec<String> {
     vec![chunk(json!({"type": "finish-step"})), chunk(end), "data: [DONE]\n\n".to_string()]
 }
 
-/// A finished answer (an approval's follow-up) as a UI message stream: the decided actions'
-/// outcomes, the actions it proposed next, and its text.
-pub(super) fn answered(state: &AppState, message: &Message, decided: &[String]) -> Result<Response, ApiError> {
-    let slot = crate::http::sse::slot(&state.streams)?;
-    let mut out = vec![chunk(json!({"type": "start", "messageId": message.id})), chunk(json!({"type": "start-step"}))];
-    let actions = message.tool_actions();
-    for a in actions {
-        out.extend(action_chunks(a, a["id"].as_str().is_some_and(|id| decided.iter().any(|d| d == id))));
+/// Finished answers (the follow-ups of approval decisions, one per decision) as one UI message
+/// stream: each decided action's outcome, the actions a follow-up proposed next, and its text.
+pub(super) fn answered(answers: &[(String, Message)], slot: OwnedSemaphorePermit) -> Response {
+    let first = answers.last().map(|(_, m)| m.id.to_string()).unwrap_or_default();
+    let mut out = vec![chunk(json!({"type": "start", "messageId": first})), chunk(json!({"type": "start-step"}))];
+    let mut waiting = false;
+    for (n, (decided, message)) in answers.iter().enumerate() {
+        let actions = message.tool_actions();
+        for a in actions {
+            out.extend(action_chunks(a, a["id"] == decided.as_str()));
+        }
+        if !message.content.is_empty() {
+            let id = format!("text-{}", n + 1);
+            out.push(chunk(json!({"type": "text-start", "id": id})));
+            out.push(chunk(json!({"type": "text-delta", "id": id, "delta": message.content})));
+            out.push(chunk(json!({"type": "text-end", "id": id})));
+        }
+        waiting = actions.iter().any(|a| a["status"] == "pending_approval");
     }
-    if !message.content.is_empty() {
-        out.push(chunk(json!({"type": "text-start", "id": "text-1"})));
-        out.push(chunk(json!({"type": "text-delta", "id": "text-1", "delta": message.content})));
-        out.push(chunk(json!({"type": "text-end", "id": "text-1"})));
-    }
-    let waiting = actions.iter().any(|a| a["status"] == "pending_approval");
-    let status = message.metadata.as_ref().and_then(|m| m.get("turnStatus")).cloned().unwrap_or(Value::Null);
+    let status = answers.last().and_then(|(_, m)| m.metadata.as_ref()?.get("turnStatus").cloned());
     out.extend(finish(&json!({"status": status}), waiting));
     let header = header::HeaderName::from_static("x-vercel-ai-ui-message-stream");
-    Ok(crate::http::sse::framed(futures::stream::iter(out), String::new(), slot, &[(header, "v1")]))
+    crate::http::sse::framed(futures::stream::iter(out), String::new(), slot, &[(header, "v1")])
 }
