@@ -1,5 +1,6 @@
-//! The one source of randomness: the operating system's generator, through aws-lc-rs (already the
-//! TLS and JWT crypto provider), for secrets and for retry jitter alike.
+//! The one source of randomness: aws-lc-rs's generator (already the TLS and JWT crypto provider),
+//! for secrets and for retry jitter alike. It seeds itself once per process, expensively (jitter
+//! entropy), so the server draws once at start (`startup::serve`).
 
 use aws_lc_rs::rand;
 

@@ -17,6 +17,9 @@ use crate::tools::{McpServers, Toolbox};
 /// finish within `SHUTDOWN_GRACE_SECONDS`.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = crate::telemetry::install()?;
+    // The random generator seeds itself on first use (aws-lc's jitter entropy: about 400 million
+    // instructions, a tenth of a second or more): here, not in the first turn or TLS handshake.
+    tokio::task::spawn_blocking(crate::random::bytes::<1>).await?;
     let store = crate::store::open(&config.storage, config.retention).await?;
     // Expired messages (with MESSAGE_TTL_DAYS) and turn records past TURN_EVENTS_TTL_HOURS.
     {

@@ -285,6 +285,8 @@ pub async fn run(bin: PathBuf, seconds: u64, bench_dir: PathBuf, out: Option<Pat
     // 12, 13: streamed turns and webhooks; 14: instructions per turn.
     features(&bin, mock, seconds, &mut report).await;
     instructions(&bin, mock, &mut report).await;
+    crate::protocols::openai_against_native(&bin, mock, &mut report).await;
+    crate::protocols::channel_path(&bin, mock, &mut report).await;
 
     if let Some(out) = out {
         let json = json!({"rows": report.rows, "figures": report.json});
@@ -752,9 +754,13 @@ pub async fn features(bin: &std::path::Path, mock: SocketAddr, seconds: u64, rep
     );
 }
 
+/// Turns every instruction count starts with (see `instructions_for`).
+const WARMUP_TURNS: u64 = 10;
+
 /// Runs the server under callgrind (valgrind) on SQLite with `env` (the echo provider when it names
-/// none), `turns` turns of short messages in one session, then stops it with SIGTERM; the
-/// instructions it executed. With a `receiver`, waits for its deliveries first.
+/// none), `WARMUP_TURNS` and then `turns` turns of short messages in one session, then stops it
+/// with SIGTERM; the instructions it executed. With a `receiver`, waits for its deliveries first.
+/// The difference of two runs divided by their difference in turns is a turn's cost.
 pub(crate) async fn instructions_for(
     bin: &std::path::Path,
     turns: u64,
@@ -791,7 +797,9 @@ pub(crate) async fn instructions_for(
         assert!(r.is_ok_and(|r| r.status().is_success()), "the agent is created");
     }
     let mut session: Option<String> = None;
-    for _ in 0..turns {
+    // Warm-up turns first, in the base run too: what a server does once (its random generator's
+    // seeding, lazy statics, the first connections, the tenant's agents read) is not a turn's cost.
+    for _ in 0..WARMUP_TURNS + turns {
         // One tenant, user and short message throughout: one session of `turns` turns.
         let (_, sid) = one_turn(&client, &url, 1, session.as_deref(), mode).await.unwrap();
         session = Some(sid);

@@ -51,6 +51,17 @@ impl LiveTurn {
 
     pub fn set_session(&self, session: &SessionId) {
         self.state().session = Some(session.clone());
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until the turn has its session (its messages' place is fixed), or has ended.
+    pub async fn placed(&self) {
+        let mut changed = self.changed.subscribe();
+        while self.session().is_none() && self.result().is_none() {
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// The session this turn holds as its one running turn, and as which holder, if it does.

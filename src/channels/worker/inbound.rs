@@ -127,10 +127,7 @@ impl Channels {
         match self.agent.start(request).await? {
             crate::agent::Started::Live(live) => {
                 if let Some(placed) = placed {
-                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                    while live.session().is_none() && live.result().is_none() && std::time::Instant::now() < deadline {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(10), live.placed()).await;
                     let _ = placed.send(true);
                 }
                 live.finished().await
