@@ -97,6 +97,23 @@ pub enum Started {
     Elsewhere(TurnEvents),
 }
 
+impl Started {
+    /// The turn's events for a client that follows it, from its first; a turn that failed before
+    /// it began (a closed session, a budget) is its error instead (see `LiveTurn::started`).
+    pub async fn into_events(self) -> Result<TurnEvents, TurnError> {
+        use futures::StreamExt;
+        Ok(match self {
+            Started::Live(live) => {
+                live.started().await?;
+                live.follow(0).boxed()
+            }
+            Started::Following(live) => live.follow(0).boxed(),
+            Started::Replayed(outcome) => replayed_events(*outcome, 0),
+            Started::Elsewhere(events) => events,
+        })
+    }
+}
+
 type SessionStartLock = Arc<tokio::sync::Mutex<()>>;
 
 pub struct Agent {

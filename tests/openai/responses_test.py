@@ -245,6 +245,29 @@ for method, path, status, kind in [
         error = json.loads(answer.read())["error"]
     assert error["type"] == kind and "param" in error and error["message"], (path, error)
 
+# Another user (and another tenant) finds none of it: conversations, their items, responses.
+for other in ({"x-tenant-id": "t1", "x-user-id": "u2"}, {"x-tenant-id": "t2", "x-user-id": "u1"}):
+    stranger = openai.OpenAI(base_url=base + "/v1", api_key="x", default_headers=other)
+    for attempt in (
+        lambda: stranger.conversations.retrieve(conv.id),
+        lambda: stranger.conversations.items.list(conv.id),
+        lambda: stranger.conversations.update(conv.id, metadata={"x": "y"}),
+        lambda: stranger.conversations.items.create(conv.id, items=[{"type": "message", "role": "user", "content": "hi"}]),
+        lambda: stranger.responses.retrieve(tagged.id),
+        lambda: stranger.responses.input_items.list(tagged.id),
+        lambda: stranger.responses.cancel(tagged.id),
+        lambda: stranger.responses.delete(tagged.id),
+        lambda: stranger.responses.create(model="any-model", input="hi", previous_response_id=tagged.id),
+        lambda: stranger.responses.create(model="any-model", input="hi", conversation=conv.id),
+    ):
+        try:
+            attempt()
+            raise AssertionError(f"{other} reached another user's data")
+        except openai.NotFoundError:
+            pass
+assert client.conversations.retrieve(conv.id).metadata == {"topic": "changed", "owner": "me"}
+assert client.responses.retrieve(tagged.id).status == "completed"
+
 # Conversations the protocol opened are announced like any session (session.created in the feed).
 opened = {conv.id, alone.conversation.id}
 for _ in range(100):

@@ -3,14 +3,13 @@
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use utoipa_axum::router::OpenApiRouter;
 
 use super::{Result, bad, check_metadata, conversation, conversation_view, input_text, items_of, not_found};
 use crate::http::AppState;
-use crate::http::extract::{Scope, identity_of};
+use crate::http::extract::TurnIdentity;
 use crate::ids::MessageId;
 use crate::store::{MessageQuery, NewMessage, NewSession, Order, Role};
 
@@ -37,11 +36,9 @@ pub struct CreateConversation {
     responses((status = 200, body = Object)))]
 async fn create_conversation(
     State(state): State<AppState>,
-    scope: Scope,
-    headers: HeaderMap,
+    who: TurnIdentity,
     body: std::result::Result<Json<CreateConversation>, JsonRejection>,
 ) -> Result<Json<Value>> {
-    let who = identity_of(&scope, &headers, None)?;
     let Json(body) = body?;
     check_metadata(&body.metadata)?;
     let metadata = body.metadata.map(|m| {
@@ -65,7 +62,7 @@ async fn create_conversation(
 const METADATA_KEY: &str = "openai";
 
 /// Input items as messages to store: `message` items of role `user` or `assistant`, with text.
-fn seed_messages(who: &crate::http::extract::TurnIdentity, items: Vec<Value>) -> Result<Vec<NewMessage>> {
+fn seed_messages(who: &TurnIdentity, items: Vec<Value>) -> Result<Vec<NewMessage>> {
     if items.len() > 20 {
         return Err(bad("items", "at most 20 items at a time"));
     }
@@ -97,11 +94,9 @@ fn seed_messages(who: &crate::http::extract::TurnIdentity, items: Vec<Value>) ->
     params(("conversation_id" = String, Path)), responses((status = 200, body = Object), (status = 404)))]
 async fn get_conversation(
     State(state): State<AppState>,
-    scope: Scope,
-    headers: HeaderMap,
+    who: TurnIdentity,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
-    let who = identity_of(&scope, &headers, None)?;
     Ok(Json(conversation_view(&conversation(&state, &who, &id).await?)))
 }
 
@@ -118,12 +113,10 @@ pub struct UpdateConversation {
     responses((status = 200, body = Object), (status = 404)))]
 async fn update_conversation(
     State(state): State<AppState>,
-    scope: Scope,
-    headers: HeaderMap,
+    who: TurnIdentity,
     Path(id): Path<String>,
     body: std::result::Result<Json<UpdateConversation>, JsonRejection>,
 ) -> Result<Json<Value>> {
-    let who = identity_of(&scope, &headers, None)?;
     let Json(body) = body?;
     let metadata = Some(body.metadata);
     check_metadata(&metadata)?;
@@ -138,11 +131,9 @@ async fn update_conversation(
     params(("conversation_id" = String, Path)), responses((status = 200, body = Object), (status = 404)))]
 async fn delete_conversation(
     State(state): State<AppState>,
-    scope: Scope,
-    headers: HeaderMap,
+    who: TurnIdentity,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
-    let who = identity_of(&scope, &headers, None)?;
     let session = conversation(&state, &who, &id).await?;
     state.agent.erase_session(&who.tenant, &session.id).await?;
     Ok(Json(json!({"id": id, "object": "conversation.deleted", "deleted": true})))
@@ -164,13 +155,11 @@ pub struct ItemsQuery {
     params(("conversation_id" = String, Path), ItemsQuery), responses((status = 200, body = Object), (status = 404)))]
 async fn list_items(
     State(state): State<AppState>,
-    scope: Scope,
-    headers: HeaderMap,
+    who: TurnIdentity,
     Path(id): Path<String>,
     query: std::result::Result<Query<ItemsQuery>, QueryRejection>,
 ) -> Result<Json<Value>> {
     let Query(q) = query.map_err(|e| bad("limit", format!("the query: {}", e.body_text())))?;
-    let who = identity_of(&scope, &headers, None)?;
     let session = conversation(&state, &who, &id).await?;
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
@@ -230,12 +219,10 @@ pub struct AddItems {
     responses((status = 200, body = Object), (status = 404)))]
 async fn add_items(
     State(state): State<AppState>,
-    scope: Scope,
-    headers: HeaderMap,
+    who: TurnIdentity,
     Path(id): Path<String>,
     body: std::result::Result<Json<AddItems>, JsonRejection>,
 ) -> Result<Json<Value>> {
-    let who = identity_of(&scope, &headers, None)?;
     let Json(body) = body?;
     let seed = seed_messages(&who, body.items)?;
     if seed.is_empty() {

@@ -14,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use super::stream::stream_response;
 use super::view::{answer_json, response_now, response_turn, response_view};
 use super::{OpenAiError, Result, bad, conv_id, conversation, input_text, item, not_found, turn_of};
-use crate::agent::{OnDisconnect, Started, TurnEvents, TurnRequest, replayed_events};
+use crate::agent::{OnDisconnect, Started, TurnRequest};
 use crate::http::extract::{Scope, TurnIdentity, identity_of};
 use crate::http::{ApiError, AppState};
 use crate::ids::{AgentId, MessageId, SessionId};
@@ -242,16 +242,7 @@ async fn queued(
 /// A streamed response: the turn's events as the Responses API's (a problem known before the
 /// stream starts, such as a closed conversation or a budget, is an error answer instead).
 async fn streamed(started: Started, model: String, slot: tokio::sync::OwnedSemaphorePermit) -> Result<Response> {
-    let events: TurnEvents = match started {
-        Started::Live(live) => {
-            live.started().await?;
-            live.follow(0).boxed()
-        }
-        Started::Following(live) => live.follow(0).boxed(),
-        Started::Replayed(outcome) => replayed_events(*outcome, 0),
-        Started::Elsewhere(events) => events,
-    };
-    Ok(stream_response(events, model, None, slot))
+    Ok(stream_response(started.into_events().await?, model, None, slot))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

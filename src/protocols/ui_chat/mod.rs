@@ -26,7 +26,7 @@ mod stream;
 
 use stream::{action_error, answered, respond};
 
-use crate::agent::{OnDisconnect, Started, TurnRequest, replayed_events};
+use crate::agent::{OnDisconnect, TurnRequest};
 use crate::http::extract::TurnIdentity;
 use crate::http::{ApiError, AppState};
 use crate::ids::SessionId;
@@ -163,15 +163,7 @@ async fn chat(
         session_metadata: None,
         instructions: None,
     };
-    let events = match state.agent.start(turn).await? {
-        Started::Live(live) => {
-            live.started().await?;
-            live.follow(0).boxed()
-        }
-        Started::Following(live) => live.follow(0).boxed(),
-        Started::Replayed(outcome) => replayed_events(*outcome, 0),
-        Started::Elsewhere(events) => events,
-    };
+    let events = state.agent.start(turn).await?.into_events().await?;
     Ok(respond(events, slot))
 }
 
