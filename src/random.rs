@@ -11,6 +11,11 @@ pub fn bytes<const N: usize>() -> [u8; N] {
     buf
 }
 
+/// A random (version 4) UUID, from this generator (request ids, claim owners, nonces).
+pub fn uuid() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(bytes::<16>()).into_uuid()
+}
+
 /// A uniformly random number in `[0, 1)` (jitter).
 pub fn fraction() -> f64 {
     (u64::from_le_bytes(bytes::<8>()) >> 11) as f64 / (1u64 << 53) as f64

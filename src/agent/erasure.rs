@@ -80,7 +80,7 @@ impl Agent {
         let erased_at = Timestamp::now();
         let micros = erased_at.micros().unwrap_or_else(timestamp::now_micros);
         let erasure = Erasure {
-            id: format!("{} {}", erased_at.as_str(), uuid::Uuid::from_bytes(crate::random::bytes::<16>()).simple()),
+            id: format!("{} {}", erased_at.as_str(), crate::random::uuid().simple()),
             tenant_id: tenant.clone(),
             user_id: user.cloned(),
             session_ids: sessions,

@@ -40,7 +40,7 @@ fn lease() -> HoldLease {
 /// A holder's id: its turn's id and a nonce (retries of one `Idempotency-Key` share the turn's id:
 /// each attempt holds as itself).
 pub(super) fn holder_for(turn: &MessageId) -> MessageId {
-    let nonce = uuid::Uuid::from_bytes(crate::random::bytes::<16>()).simple().to_string();
+    let nonce = crate::random::uuid().simple().to_string();
     MessageId::parse(format!("{turn}~{}", &nonce[..12])).unwrap_or_else(|_| turn.clone())
 }
 

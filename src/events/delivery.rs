@@ -135,7 +135,7 @@ impl Deliverer {
             wake,
             client: client(allow_private),
             allow_private,
-            owner: uuid::Uuid::new_v4().simple().to_string(),
+            owner: crate::random::uuid().simple().to_string(),
         }
     }
 

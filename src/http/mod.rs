@@ -204,7 +204,7 @@ async fn request_context(mut request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_printable_id(v))
         .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(|| crate::random::uuid().to_string());
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let tenant = request

@@ -178,7 +178,7 @@ impl Channels {
             config,
             client,
             wake: Arc::new(Notify::new()),
-            owner: uuid::Uuid::new_v4().simple().to_string(),
+            owner: crate::random::uuid().simple().to_string(),
         })
     }
 

@@ -124,8 +124,8 @@ impl SqliteStore {
         // add milliseconds to a request. Under sustained writes a passive checkpoint never sees the
         // whole WAL (new frames keep arriving), so the writer still checkpoints past 4,000 pages (16
         // MB), by then a small remainder, which lets the WAL start over; the file is cut back to 64 MB
-        // afterwards. (Tried: no checkpoint in any commit, a background RESTART past 16 MB woken by
-        // the WAL hook: writers that never pause starved it and the WAL grew to 1.9 GB.)
+        // afterwards. Without the writer's own checkpoint (only a background RESTART past 16 MB), writers
+        // that never pause starve the background one and the WAL grows without bound (1.9 GB measured).
         writer
             .execute_batch("PRAGMA wal_autocheckpoint=4000; PRAGMA journal_size_limit=67108864;")
             .map_err(internal)?;
@@ -447,7 +447,7 @@ impl ConversationStore for SqliteStore {
                 Order::Asc => (">", "ASC"),
             };
             // A model's history reads metadata only where it records actions (rare): parsing every
-            // message's metadata was a large part of a turn's CPU.
+            // message's metadata would cost more than the rest of the read.
             let columns = match query.for_model {
                 true => MODEL_HISTORY_COLUMNS,
                 false => MESSAGE_COLUMNS,
