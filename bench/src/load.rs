@@ -70,6 +70,27 @@ impl Traffic {
     }
 }
 
+/// A turn's request as a tenant's user; a status other than 2xx is an error.
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    (tenant, user): (&str, &str),
+    body: &Value,
+) -> Result<reqwest::Response, String> {
+    let r = client
+        .post(url)
+        .header("x-tenant-id", tenant)
+        .header("x-user-id", user)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    match r.status().is_success() {
+        true => Ok(r),
+        false => Err(format!("status {}", r.status())),
+    }
+}
+
 /// A turn as a Responses API request (`POST /v1/responses`, in the conversation of `session`, or a
 /// new one); the latency and the session.
 async fn openai_turn(
@@ -84,17 +105,7 @@ async fn openai_turn(
         body["conversation"] = json!(format!("conv_{s}"));
     }
     let started = Instant::now();
-    let r = client
-        .post(format!("{url}/v1/responses"))
-        .header("x-tenant-id", tenant)
-        .header("x-user-id", user)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if !r.status().is_success() {
-        return Err(format!("status {}", r.status()));
-    }
+    let r = post(client, &format!("{url}/v1/responses"), (tenant, user), &body).await?;
     let v: Value = r.json().await.map_err(|e| e.to_string())?;
     let us = started.elapsed().as_micros() as u64;
     let conv = v["conversation"]["id"].as_str().unwrap_or_default();
@@ -122,17 +133,7 @@ pub async fn one_turn(
         body["stream"] = json!(true);
     }
     let started = Instant::now();
-    let r = client
-        .post(format!("{url}/agent/process"))
-        .header("x-tenant-id", tenant)
-        .header("x-user-id", user)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if !r.status().is_success() {
-        return Err(format!("status {}", r.status()));
-    }
+    let r = post(client, &format!("{url}/agent/process"), (&tenant, &user), &body).await?;
     if !stream {
         let v: Value = r.json().await.map_err(|e| e.to_string())?;
         let us = started.elapsed().as_micros() as u64;

@@ -191,6 +191,11 @@ impl Agent {
         messages::agent_message_id(turn)
     }
 
+    /// The status of the turn an agent message ended (as stored with it).
+    pub fn recorded_status(message: &crate::store::Message) -> crate::store::TurnStatus {
+        messages::recorded_status(message)
+    }
+
     /// Whether an agent message is the follow-up of a decision on an action (it starts with it).
     pub fn is_follow_up(message: &crate::store::Message) -> bool {
         let first = message.tool_actions().first().and_then(|a| a["id"].as_str());

@@ -13,9 +13,8 @@ mod responses;
 mod stream;
 mod view;
 
-use axum::Json;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+
 use serde_json::{Map, Value, json};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -27,26 +26,6 @@ use crate::store::{Message, Role};
 pub fn router() -> OpenApiRouter<AppState> {
     conversations::router().merge(responses::router())
 }
-
-/// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`, same status.
-struct OpenAiError(ApiError);
-
-/// Whatever our routes would answer with, as OpenAI's error (`?` in the handlers).
-macro_rules! openai_error_from {
-    ($($ty:ty),+) => {
-        $(impl From<$ty> for OpenAiError {
-            fn from(e: $ty) -> Self {
-                OpenAiError(e.into())
-            }
-        })+
-    };
-}
-openai_error_from!(
-    ApiError,
-    crate::store::StoreError,
-    crate::agent::TurnError,
-    axum::extract::rejection::JsonRejection
-);
 
 /// OpenAI's error body for one of our errors (also what the server's own errors on `/v1/` paths,
 /// such as a refused credential or an unknown route, become).
@@ -63,21 +42,16 @@ pub fn error_body(e: &ApiError) -> Value {
     json!({"error": {"message": e.message, "type": kind, "param": param, "code": e.code}})
 }
 
-impl IntoResponse for OpenAiError {
-    fn into_response(self) -> Response {
-        let e = self.0;
-        (e.status, Json(error_body(&e))).into_response()
-    }
+/// Handlers answer our own errors: the request-context middleware renders every error under
+/// `/v1/` in OpenAI's shape (`error_body`), so a handler's and the server's own refusals agree.
+type Result<T> = std::result::Result<T, ApiError>;
+
+fn bad(param: &str, message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_request", message).with("field", json!(param))
 }
 
-type Result<T> = std::result::Result<T, OpenAiError>;
-
-fn bad(param: &str, message: impl Into<String>) -> OpenAiError {
-    OpenAiError(ApiError::bad_request("invalid_request", message).with("field", json!(param)))
-}
-
-fn not_found(what: &str, id: &str) -> OpenAiError {
-    OpenAiError(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} with id {id}")))
+fn not_found(what: &str, id: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} with id {id}"))
 }
 
 /// OpenAI's rule for `metadata` (at most 16 pairs), and ours for any JSON a client stores.
@@ -85,7 +59,7 @@ fn check_metadata(metadata: &Option<Map<String, Value>>) -> Result<()> {
     if metadata.as_ref().is_some_and(|m| m.len() > 16) {
         return Err(bad("metadata", "metadata has at most 16 keys"));
     }
-    crate::http::check_json("metadata", metadata).map_err(|e| OpenAiError(e.with("field", json!("metadata"))))
+    crate::http::check_json("metadata", metadata).map_err(|e| e.with("field", json!("metadata")))
 }
 
 fn conv_id(session: &SessionId) -> String {

@@ -12,13 +12,13 @@ use serde_json::{Map, Value, json};
 use utoipa_axum::router::OpenApiRouter;
 
 use super::stream::stream_response;
-use super::view::{answer_json, response_now, response_turn, response_view};
-use super::{OpenAiError, Result, bad, conv_id, conversation, input_text, item, not_found, turn_of};
+use super::view::{answer_json, response_now, response_of, response_view};
+use super::{Result, bad, conv_id, conversation, input_text, item, not_found, turn_of};
 use crate::agent::{OnDisconnect, Started, TurnRequest};
 use crate::http::extract::{Scope, TurnIdentity, identity_of};
 use crate::http::{ApiError, AppState};
-use crate::ids::{AgentId, MessageId, SessionId};
-use crate::store::{Role, TurnEvent};
+use crate::ids::{AgentId, SessionId};
+use crate::store::{Role, TurnEvent, TurnStatus};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -199,8 +199,8 @@ async fn decide_all(
     })
 }
 
-fn elsewhere() -> OpenAiError {
-    OpenAiError(ApiError::new(StatusCode::CONFLICT, "in_progress", "the turn runs on another server"))
+fn elsewhere() -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "in_progress", "the turn runs on another server")
 }
 
 /// A started turn's outcome, once it has finished.
@@ -264,40 +264,24 @@ async fn delete_response(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
-    let who = asker(&state, &scope, &headers, &id).await?;
-    let (turn, found) = response_turn(&state, &who, &id).await?;
+    let (who, turn, found) = response_of(&state, &scope, &headers, &id).await?;
     let mut messages = vec![turn.clone()];
     if found.role == Role::User {
         let view = state.agent.turn(&who.tenant, &found.session_id, &turn, Some(&who.user)).await?;
-        let view = serde_json::to_value(&view).unwrap_or_default();
-        if matches!(view["status"].as_str(), Some("running" | "queued")) {
-            return Err(OpenAiError(ApiError::new(
+        if matches!(view.status, TurnStatus::Running | TurnStatus::Queued) {
+            return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "turn_in_progress",
                 "the response is still running: cancel it first (POST /v1/responses/{id}/cancel)",
-            )));
+            ));
         }
         // A reply that answers other messages too (a queue's) stays: it is theirs as well.
-        let shared = view["answeredBy"].is_string() || view["answers"].as_array().is_some_and(|a| !a.is_empty());
-        if !shared {
-            let reply = view["agentMessageId"].as_str().and_then(|r| MessageId::parse(r).ok());
-            messages.push(reply.unwrap_or_else(|| crate::agent::Agent::reply_id_of(&turn)));
+        if view.answered_by.is_none() && view.answers.is_empty() {
+            messages.push(view.agent_message_id.unwrap_or_else(|| crate::agent::Agent::reply_id_of(&turn)));
         }
     }
     state.store.delete_turn(&who.tenant, &turn, &messages).await?;
     Ok(Json(json!({"id": id, "object": "response.deleted", "deleted": true})))
-}
-
-/// Who asks about a response: the user the request names, else (a tenant-wide credential, and a
-/// response created with only `safety_identifier`, which a retrieve cannot send) its own user.
-async fn asker(state: &AppState, scope: &Scope, headers: &HeaderMap, id: &str) -> Result<TurnIdentity> {
-    if scope.bound_user().is_some() || headers.contains_key("x-user-id") {
-        return Ok(identity_of(scope, headers, None)?);
-    }
-    let probe = identity_of(scope, headers, Some("anyone"))?;
-    let found = state.store.get_message(&probe.tenant, &turn_of(id)?).await?;
-    let owner = found.ok_or_else(|| not_found("response", id))?.user_id;
-    Ok(identity_of(scope, headers, Some(owner.as_str()))?)
 }
 
 /// A response of the caller's user: as it is now, or (`stream=true`) its events again, after
@@ -312,8 +296,7 @@ async fn get_response(
     query: std::result::Result<Query<RetrieveQuery>, QueryRejection>,
 ) -> Result<Response> {
     let Query(q) = query.map_err(|e| bad("stream", format!("the query: {}", e.body_text())))?;
-    let who = asker(&state, &scope, &headers, &id).await?;
-    let (turn, user) = response_turn(&state, &who, &id).await?;
+    let (who, turn, user) = response_of(&state, &scope, &headers, &id).await?;
     if q.stream == Some(true) {
         let slot = crate::http::sse::slot(&state.streams)?;
         let events = state.agent.turn_events(&who.tenant, &user.session_id, &turn, Some(&who.user), 0).await?;
@@ -331,8 +314,7 @@ async fn cancel_response(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
-    let who = asker(&state, &scope, &headers, &id).await?;
-    let (turn, user) = response_turn(&state, &who, &id).await?;
+    let (who, turn, user) = response_of(&state, &scope, &headers, &id).await?;
     state.agent.cancel(&who.tenant, &user.session_id, &turn, Some(&who.user)).await?;
     Ok(Json(response_now(&state, &who, &id, turn, user).await?))
 }
@@ -346,8 +328,7 @@ async fn input_items(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
-    let who = asker(&state, &scope, &headers, &id).await?;
-    let (_, user) = response_turn(&state, &who, &id).await?;
+    let (_, _, user) = response_of(&state, &scope, &headers, &id).await?;
     // A follow-up's input was a decision, not a message.
     let data: Vec<Value> = if user.role == Role::User { vec![item(&user)] } else { Vec::new() };
     Ok(Json(json!({

@@ -4,10 +4,12 @@ use serde_json::{Value, json};
 
 use super::{Result, action_output, conv_id, not_found, seconds, turn_of};
 use crate::agent::TurnAnswer;
+use axum::http::HeaderMap;
+
 use crate::http::AppState;
-use crate::http::extract::TurnIdentity;
+use crate::http::extract::{Scope, TurnIdentity, identity_of};
 use crate::ids::MessageId;
-use crate::store::{Message, Role};
+use crate::store::{Message, Role, TurnStatus};
 
 /// The response object of a finished turn, from its answer (`TurnAnswer`'s JSON).
 pub(super) fn response_view(answer: &Value, model: &str) -> Value {
@@ -55,15 +57,25 @@ pub(super) fn answer_json(outcome: crate::agent::TurnOutcome) -> Value {
     serde_json::to_value(TurnAnswer::from(outcome)).unwrap_or_default()
 }
 
-/// The turn of a response id and the message it starts from, if the caller's user's: a turn's
-/// user message, or (the response to an approval decision) the follow-up agent message.
-pub(super) async fn response_turn(state: &AppState, who: &TurnIdentity, id: &str) -> Result<(MessageId, Message)> {
+/// A response of the caller, read once: who asks (the user the request names, else, for a
+/// tenant-wide credential, the response's own user: one made with only `safety_identifier`, which
+/// a retrieve cannot send), its turn, and the message it starts from (a turn's user message, or the
+/// follow-up agent message of an approval decision).
+pub(super) async fn response_of(
+    state: &AppState,
+    scope: &Scope,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<(TurnIdentity, MessageId, Message)> {
     let turn = turn_of(id)?;
-    let found = state.store.get_message(&who.tenant, &turn).await?;
+    let named = scope.bound_user().is_some() || headers.contains_key("x-user-id");
+    let asking = identity_of(scope, headers, if named { None } else { Some("anyone") })?;
+    let found = state.store.get_message(&asking.tenant, &turn).await?;
     // An agent message is a response only when it is a follow-up (its id is its decision's).
-    let found =
-        found.filter(|m| m.user_id == who.user && (m.role == Role::User || crate::agent::Agent::is_follow_up(m)));
-    Ok((turn, found.ok_or_else(|| not_found("response", id))?))
+    let found = found.filter(|m| m.role == Role::User || crate::agent::Agent::is_follow_up(m));
+    let found = found.filter(|m| !named || m.user_id == asking.user).ok_or_else(|| not_found("response", id))?;
+    let who = if named { asking } else { identity_of(scope, headers, Some(found.user_id.as_str()))? };
+    Ok((who, turn, found))
 }
 
 /// A response as it is now: from the turn's view, and its stored reply once there is one.
@@ -76,27 +88,25 @@ pub(super) async fn response_now(
 ) -> Result<Value> {
     if user.role == Role::Agent {
         // A follow-up: it is stored once it has finished.
-        let status = user.metadata.as_ref().and_then(|m| m.get("turnStatus")).cloned();
-        let outcome = outcome_of(turn, status, None, user);
-        return Ok(response_view(&answer_json(outcome), "agent-server"));
+        let status = crate::agent::Agent::recorded_status(&user);
+        return Ok(response_view(&answer_json(outcome_of(turn, status, None, user)), "agent-server"));
     }
     let view = state.agent.turn(&who.tenant, &user.session_id, &turn, Some(&who.user)).await?;
-    let view = serde_json::to_value(&view).unwrap_or_default();
-    let status = view["status"].as_str().unwrap_or("running").to_string();
+    let running = matches!(view.status, TurnStatus::Running | TurnStatus::Queued);
     // A queued message's reply is the reply of the turn that answered it.
-    let answerer = view["answeredBy"].as_str().and_then(|t| MessageId::parse(t).ok()).unwrap_or_else(|| turn.clone());
-    let reply = match view["agentMessageId"].as_str().and_then(|r| MessageId::parse(r).ok()) {
+    let answerer = view.answered_by.as_ref().unwrap_or(&turn);
+    let reply = match view.agent_message_id {
         Some(reply) => Some(reply),
-        None => (status != "running").then(|| crate::agent::Agent::reply_id_of(&answerer)),
+        None => (!running).then(|| crate::agent::Agent::reply_id_of(answerer)),
     };
     let reply = match reply {
-        Some(reply) => state.store.get_message(&who.tenant, &reply).await?,
-        None => None,
+        Some(reply) if !running => state.store.get_message(&who.tenant, &reply).await?,
+        _ => None,
     };
-    let Some(reply) = reply.filter(|_| status != "running" && status != "queued") else {
-        let status = match status.as_str() {
-            "running" | "queued" => "in_progress",
-            "cancelled" => "cancelled",
+    let Some(reply) = reply else {
+        let status = match view.status {
+            TurnStatus::Running | TurnStatus::Queued => "in_progress",
+            TurnStatus::Cancelled => "cancelled",
             _ => "failed",
         };
         return Ok(json!({
@@ -106,19 +116,13 @@ pub(super) async fn response_now(
             "metadata": client_metadata(user.metadata.as_ref()),
         }));
     };
-    let outcome = outcome_of(turn, Some(json!(status)), Some(user), reply);
-    Ok(response_view(&answer_json(outcome), "agent-server"))
+    Ok(response_view(&answer_json(outcome_of(turn, view.status, Some(user), reply)), "agent-server"))
 }
 
-fn outcome_of(
-    turn: MessageId,
-    status: Option<Value>,
-    user: Option<Message>,
-    reply: Message,
-) -> crate::agent::TurnOutcome {
+fn outcome_of(turn: MessageId, status: TurnStatus, user: Option<Message>, reply: Message) -> crate::agent::TurnOutcome {
     crate::agent::TurnOutcome {
         turn_id: turn,
-        status: status.and_then(|s| serde_json::from_value(s).ok()).unwrap_or(crate::store::TurnStatus::Completed),
+        status,
         session_id: reply.session_id.clone(),
         user_message: user,
         agent_message: reply,

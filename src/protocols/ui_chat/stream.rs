@@ -67,7 +67,7 @@ pub(super) fn ui_stream(events: TurnEvents) -> impl futures::Stream<Item = Strin
                             out.extend(action_chunks(a, false));
                         }
                     }
-                    out.extend(finish(&e.data, waiting));
+                    out.extend(finish(e.data["status"].as_str(), waiting));
                     ended.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 "error" => {
@@ -135,10 +135,10 @@ pub(super) fn action_error(a: &Value, status: Option<&str>) -> String {
     }
 }
 
-/// The end of a turn's stream: `finish` (`tool-calls` when an action waits for approval), or
-/// `abort` for a turn that was cancelled or superseded; then `[DONE]`.
-fn finish(answer: &Value, waiting: bool) -> Vec<String> {
-    let end = match answer["status"].as_str() {
+/// The end of a turn's stream (`status`, the turn's): `finish` (`tool-calls` when an action waits
+/// for approval), or `abort` for a turn that was cancelled or superseded; then `[DONE]`.
+fn finish(status: Option<&str>, waiting: bool) -> Vec<String> {
+    let end = match status {
         Some(reason @ ("cancelled" | "interrupted")) => json!({"type": "abort", "reason": reason}),
         _ => json!({"type": "finish", "finishReason": if waiting { "tool-calls" } else { "stop" }}),
     };
@@ -164,8 +164,8 @@ pub(super) fn answered(answers: &[(String, Message)], slot: OwnedSemaphorePermit
         }
         waiting = actions.iter().any(|a| a["status"] == "pending_approval");
     }
-    let status = answers.last().and_then(|(_, m)| m.metadata.as_ref()?.get("turnStatus").cloned());
-    out.extend(finish(&json!({"status": status}), waiting));
+    let status = answers.last().map(|(_, m)| crate::agent::Agent::recorded_status(m).as_str());
+    out.extend(finish(status, waiting));
     let header = header::HeaderName::from_static("x-vercel-ai-ui-message-stream");
     crate::http::sse::framed(futures::stream::iter(out), String::new(), slot, &[(header, "v1")])
 }
