@@ -7,8 +7,11 @@ shape.
 
 Usage: python3 tests/openai/responses_test.py BASE_URL"""
 
+import json
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import openai
 
@@ -81,6 +84,15 @@ told = client.responses.create(model="any-model", input="[echo-system] hi", inst
 assert told.output_text.startswith("system said: ") and told.output_text.endswith("Answer in French."), told.output_text
 untold = client.responses.create(model="any-model", input="[echo-system] again", conversation=conv.id)
 assert "Answer in French." not in untold.output_text, untold.output_text
+
+# `model` names a tenant agent: its system prompt answers (any other name is the default agent).
+agent = json.dumps({"systemPrompt": "You are the front desk."}).encode()
+req = urllib.request.Request(base + "/agent/tenants/t1/agents/desk", data=agent, method="PUT",
+                             headers={"x-tenant-id": "t1", "content-type": "application/json"})
+assert urllib.request.urlopen(req).status in (200, 201)
+desk = client.responses.create(model="desk", input="[echo-system] who are you?")
+assert desk.output_text.startswith("system said: You are the front desk."), desk.output_text
+assert "front desk" not in client.responses.create(model="any-model", input="[echo-system] and you?").output_text
 
 # A tool the server runs: an mcp_call output item with its output, in JSON and streamed; in the
 # conversation, a function_call and its function_call_output before the reply.
@@ -225,10 +237,6 @@ except openai.BadRequestError as e:
 
 # Whatever refuses a request under /v1 (an unknown route, a method the route does not have) answers
 # in OpenAI's error shape.
-import json
-import urllib.error
-import urllib.request
-
 for method, path, status, kind in [
     ("GET", "/v1/nothing-here", 404, "not_found_error"),
     ("PUT", f"/v1/conversations/{conv.id}", 405, "invalid_request_error"),
